@@ -1,0 +1,67 @@
+/*
+ * Shared-memory regions: a memfd or a file under an allowed directory
+ * (normally /dev/shm), mapped MAP_SHARED read-write.
+ *
+ * Ownership: a region owns its mapping and its fd; region_close() releases
+ * both, and unlinks the file when the region created it with
+ * REGION_UNLINK_ON_CLOSE. A region that maps a peer's fd takes ownership of
+ * that fd (it is closed by region_close(), or on failure by the call).
+ * Sizes always come from fstat(), never from the peer's word.
+ */
+#ifndef SHMIPC_SHM_REGION_H
+#define SHMIPC_SHM_REGION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum region_flags {
+    REGION_PREFAULT = 1u << 0,        /* populate every page at map time */
+    REGION_UNLINK_ON_CLOSE = 1u << 1, /* created file: unlink in region_close() */
+    REGION_SEAL = 1u << 2,            /* memfd: seal size (F_SEAL_SHRINK|GROW) */
+};
+
+struct region {
+    uint8_t *base;  /* mapping, NULL when closed */
+    size_t size;    /* mapped bytes == file size at map time */
+    int fd;         /* -1 when closed */
+    unsigned flags; /* enum region_flags */
+    dev_t dev;      /* file identity (st_dev, st_ino) for pool registries */
+    ino_t ino;
+    char path[256]; /* file path, or the memfd's name; for logs */
+};
+
+/* Sets every field to the closed state; region_close() on it is a no-op. */
+void region_init(struct region *r);
+
+/* Creates a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING) named `name`, reserves
+ * `size` bytes of backing store (posix_fallocate: a full tmpfs fails here
+ * with SHMIPC_ENOSPACE instead of SIGBUS later) and maps it. */
+int region_create_memfd(struct region *r, const char *name, size_t size, unsigned flags);
+
+/* Creates `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), reserves and maps
+ * it. -EEXIST if it exists. */
+int region_create_file(struct region *r, const char *path, size_t size, unsigned flags);
+
+/* Maps an fd received from a peer. Takes ownership of `fd` in all cases.
+ * The fd must be a regular file or memfd whose size is in [min, max]. */
+int region_map_fd(struct region *r, int fd, size_t min, size_t max, unsigned flags);
+
+/* Opens and maps a peer-named file that must lie under `allowed_dir`:
+ * absolute, no ".." or "." components, no symlink anywhere below the
+ * directory, a regular file, size in [min, max]. SHMIPC_EPATH otherwise. */
+int region_open_file(struct region *r, const char *allowed_dir, const char *path, size_t min,
+                     size_t max, unsigned flags);
+
+/* Checks `path` against `allowed_dir` by its text alone (the rules above
+ * that need no file system). 0 or SHMIPC_EPATH. */
+int region_path_allowed(const char *allowed_dir, const char *path);
+
+/* Unmaps, closes, and unlinks if REGION_UNLINK_ON_CLOSE. Idempotent. */
+void region_close(struct region *r);
+
+/* Touches every page so later accesses do not fault (also done at map time
+ * with REGION_PREFAULT). */
+void region_prefault(struct region *r);
+
+#endif

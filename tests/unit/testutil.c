@@ -1,0 +1,213 @@
+/*
+ * Test helpers. The vector reader parses "<label> <offset> <hex>" records
+ * and skips '#' comment lines; the byte data stays in the files.
+ */
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static int parse_line(char *line, struct vec_record *r)
+{
+    char *label = strtok(line, " \t\r\n");
+    char *off = strtok(NULL, " \t\r\n");
+    char *hex = strtok(NULL, " \t\r\n");
+    if (label == NULL || off == NULL || hex == NULL)
+        return -EINVAL;
+    size_t hl = strlen(hex);
+    if (hl % 2 != 0)
+        return -EINVAL;
+    r->bytes = malloc(hl / 2 + 1);
+    r->label = strdup(label);
+    if (r->bytes == NULL || r->label == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < hl / 2; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -EINVAL;
+        r->bytes[i] = (uint8_t)(hi << 4 | lo);
+    }
+    r->len = hl / 2;
+    r->offset = strtoull(off, NULL, 10);
+    return 0;
+}
+
+int vec_load(const char *name, struct vec_file *out)
+{
+    const char *dir = getenv("SHMIPC_VECTORS");
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir != NULL && *dir ? dir : "tests/vectors", name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "cannot open vector file %s: %s\n", path, strerror(errno));
+        return -errno;
+    }
+    memset(out, 0, sizeof(*out));
+    size_t cap = 0;
+    char *line = NULL;
+    size_t linecap = 0;
+    int rc = 0;
+    while (getline(&line, &linecap, f) > 0) {
+        if (line[0] == '#' || line[0] == '\n')
+            continue;
+        if (out->n == cap) {
+            cap = cap ? cap * 2 : 64;
+            struct vec_record *nr = realloc(out->recs, cap * sizeof(*nr));
+            if (nr == NULL) {
+                rc = -ENOMEM;
+                break;
+            }
+            out->recs = nr;
+        }
+        memset(&out->recs[out->n], 0, sizeof(out->recs[0]));
+        rc = parse_line(line, &out->recs[out->n]);
+        out->n++;
+        if (rc < 0)
+            break;
+    }
+    free(line);
+    fclose(f);
+    if (rc < 0)
+        vec_free(out);
+    return rc;
+}
+
+const struct vec_record *vec_find(const struct vec_file *vf, const char *label)
+{
+    for (size_t i = 0; i < vf->n; i++)
+        if (strcmp(vf->recs[i].label, label) == 0)
+            return &vf->recs[i];
+    return NULL;
+}
+
+void vec_free(struct vec_file *vf)
+{
+    for (size_t i = 0; i < vf->n; i++) {
+        free(vf->recs[i].label);
+        free(vf->recs[i].bytes);
+    }
+    free(vf->recs);
+    memset(vf, 0, sizeof(*vf));
+}
+
+int vec_check(const struct vec_file *vf, const char *label, const void *p, size_t len)
+{
+    const struct vec_record *r = vec_find(vf, label);
+    if (r == NULL) {
+        fprintf(stderr, "\n  vector %s: missing from file\n", label);
+        return 0;
+    }
+    if (r->len != len) {
+        fprintf(stderr, "\n  vector %s: length %zu, expected %zu\n", label, len, r->len);
+        return 0;
+    }
+    const uint8_t *b = p;
+    for (size_t i = 0; i < len; i++) {
+        if (b[i] != r->bytes[i]) {
+            fprintf(stderr, "\n  vector %s: byte %zu is %02x, expected %02x\n", label, i, b[i],
+                    r->bytes[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+pid_t tu_fork(int (*fn)(void *), void *arg)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(60); /* a child that hangs dies even if the parent is gone */
+        _exit(fn(arg));
+    }
+    return pid;
+}
+
+int tu_wait(pid_t pid, int timeout_ms)
+{
+    uint64_t deadline = tu_now_ns() + (uint64_t)timeout_ms * 1000000u;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (r < 0)
+            return -1;
+        if (tu_now_ns() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            fprintf(stderr, "\n  child %d killed after %d ms deadline\n", (int)pid, timeout_ms);
+            return -1;
+        }
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    return 128 + WTERMSIG(status);
+}
+
+static int count_dir(const char *path, const char *prefix)
+{
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (prefix == NULL || strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+            n++;
+    }
+    closedir(d);
+    return n;
+}
+
+int tu_count_fds(void)
+{
+    int n = count_dir("/proc/self/fd", NULL);
+    return n < 0 ? n : n - 1; /* opendir's own fd */
+}
+
+int tu_count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    int n = 0, c;
+    while ((c = fgetc(f)) != EOF)
+        n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+int tu_count_shm(const char *prefix)
+{
+    return count_dir("/dev/shm", prefix);
+}
+
+uint64_t tu_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,64 @@
+/*
+ * Shared test helpers: the suite table, golden-vector files, forked peers
+ * with deadlines, and resource counters for leak checks.
+ */
+#ifndef SHMIPC_TESTUTIL_H
+#define SHMIPC_TESTUTIL_H
+
+#include <CUnit/CUnit.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct test_case {
+    const char *name;
+    void (*fn)(void);
+};
+
+struct test_suite {
+    const char *name;
+    const struct test_case *cases; /* terminated by {NULL, NULL} */
+};
+
+/* ---- golden vectors ---- */
+
+struct vec_record {
+    char *label;
+    uint64_t offset;
+    uint8_t *bytes;
+    size_t len;
+};
+
+struct vec_file {
+    struct vec_record *recs;
+    size_t n;
+};
+
+/* Loads `name` from $SHMIPC_VECTORS (default tests/vectors). 0 or -errno. */
+int vec_load(const char *name, struct vec_file *out);
+const struct vec_record *vec_find(const struct vec_file *vf, const char *label);
+void vec_free(struct vec_file *vf);
+
+/* Asserts that `len` bytes at `p` equal the record `label` (found in vf),
+ * reporting the first differing byte. Returns 1 when equal. */
+int vec_check(const struct vec_file *vf, const char *label, const void *p, size_t len);
+#define CU_ASSERT_VEC(vf, label, p, len) CU_ASSERT_TRUE(vec_check((vf), (label), (p), (len)))
+
+/* ---- forked peers ---- */
+
+/* Forks; the child runs fn(arg) and _exit()s with its return value. */
+pid_t tu_fork(int (*fn)(void *), void *arg);
+/* Waits up to timeout_ms; kills the child (SIGKILL) on expiry and returns
+ * -1. Otherwise returns the child's exit code (128+sig if it was killed). */
+int tu_wait(pid_t pid, int timeout_ms);
+
+/* ---- resources ---- */
+
+int tu_count_fds(void);
+int tu_count_maps(void);
+/* Number of entries in /dev/shm whose name starts with `prefix`. */
+int tu_count_shm(const char *prefix);
+
+uint64_t tu_now_ns(void);
+
+#endif
