@@ -1,0 +1,572 @@
+/*
+ * The buffer pool (see pool.h). The one rule: a value read from the
+ * mapping is validated right before it is used as an offset, and only the
+ * validated copy is used; nothing read from shared memory is re-read and
+ * trusted again.
+ *
+ * Free lists follow shmipc's algorithm so that a Go or Rust peer popping
+ * and pushing on the same lists stays consistent with us: pop decrements
+ * the free count first and never takes the last free slice, so pop (which
+ * moves head) and push (which moves tail and then links the old tail)
+ * never touch the same slice. Free-list links are relative to the list's
+ * slice region; message-chain links are absolute offsets in the pool.
+ */
+#include "shm/pool.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "shm/atomics.h"
+#include "shmipc/errors.h"
+
+#define POP_RETRIES 200
+#define PUSH_RETRIES 65536
+
+const struct pool_class pool_default_classes[3] = {
+    {8172, 50},
+    {32748, 30},
+    {131052, 20},
+};
+
+static int classes_valid(const struct pool_class *classes, unsigned n)
+{
+    if (n == 0 || n > POOL_MAX_LISTS)
+        return 0;
+    uint32_t sum = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (classes[i].slice_cap == 0 || classes[i].percent == 0 || classes[i].percent > 100 ||
+            classes[i].slice_cap > POOL_MAX_SIZE - SHMIPC_SLICE_HEADER_LEN)
+            return 0;
+        sum += classes[i].percent;
+    }
+    return sum <= 100;
+}
+
+int pool_layout(size_t size, const struct pool_class *classes, unsigned n, uint32_t *nslices)
+{
+    if (!classes_valid(classes, n) || size > POOL_MAX_SIZE)
+        return -EINVAL;
+    uint64_t meta = SHMIPC_POOL_HEADER_LEN + (uint64_t)SHMIPC_LIST_HEADER_LEN * n;
+    if (size <= meta)
+        return -EINVAL;
+    uint64_t region = size - meta;
+    for (unsigned i = 0; i < n; i++) {
+        uint64_t share = region * classes[i].percent / 100;
+        nslices[i] = (uint32_t)(share / (classes[i].slice_cap + (uint64_t)SHMIPC_SLICE_HEADER_LEN));
+        if (nslices[i] == 0)
+            return -EINVAL;
+    }
+    return 0;
+}
+
+/* Orders list indexes by slice capacity (insertion sort: at most 16). */
+static void sort_by_cap(struct pool *p)
+{
+    for (unsigned i = 0; i < p->nlists; i++)
+        p->by_cap[i] = (uint8_t)i;
+    for (unsigned i = 1; i < p->nlists; i++) {
+        uint8_t v = p->by_cap[i];
+        unsigned j = i;
+        while (j > 0 && p->lists[p->by_cap[j - 1]].slice_cap > p->lists[v].slice_cap) {
+            p->by_cap[j] = p->by_cap[j - 1];
+            j--;
+        }
+        p->by_cap[j] = v;
+    }
+}
+
+static void list_view(struct pool *p, unsigned i, uint32_t off, uint32_t nslices, uint32_t cap)
+{
+    struct pool_list *l = &p->lists[i];
+    memset(l, 0, sizeof(*l));
+    l->hdr = (struct shmipc_list_header *)(p->base + off);
+    l->region_off = off + SHMIPC_LIST_HEADER_LEN;
+    l->region = p->base + l->region_off;
+    l->nslices = nslices;
+    l->slice_cap = cap;
+    l->stride = cap + SHMIPC_SLICE_HEADER_LEN;
+    p->total_slices += nslices;
+    if (cap > p->max_slice_cap)
+        p->max_slice_cap = cap;
+}
+
+static void init_list(struct pool_list *l)
+{
+    struct shmipc_list_header *h = l->hdr;
+    memset(h, 0, sizeof(*h));
+    h->free_count = (int32_t)l->nslices;
+    h->nslices = l->nslices;
+    h->head = 0;
+    h->tail = (l->nslices - 1) * l->stride;
+    h->slice_cap = l->slice_cap;
+    for (uint32_t k = 0; k < l->nslices; k++) {
+        struct shmipc_slice_header *s = (void *)(l->region + (size_t)k * l->stride);
+        memset(s, 0, sizeof(*s));
+        s->cap = l->slice_cap;
+        if (k + 1 < l->nslices) {
+            s->next = (k + 1) * l->stride;
+            s->flags = SHMIPC_SLICE_HAS_NEXT;
+        }
+    }
+}
+
+int pool_create(struct pool *p, void *base, size_t size, const struct pool_class *classes,
+                unsigned n)
+{
+    uint32_t counts[POOL_MAX_LISTS];
+    int rc = pool_layout(size, classes, n, counts);
+    if (rc < 0)
+        return rc;
+    memset(p, 0, sizeof(*p));
+    p->base = base;
+    p->size = size;
+    p->creator = 1;
+    p->nlists = n;
+    uint64_t off = SHMIPC_POOL_HEADER_LEN;
+    for (unsigned i = 0; i < n; i++) {
+        list_view(p, i, (uint32_t)off, counts[i], classes[i].slice_cap);
+        off += SHMIPC_LIST_HEADER_LEN + (uint64_t)counts[i] * p->lists[i].stride;
+    }
+    p->end = (uint32_t)off;
+    struct shmipc_pool_header *ph = base;
+    ph->nlists = (uint16_t)n;
+    ph->reserved = 0;
+    ph->used = (uint32_t)(off - SHMIPC_POOL_HEADER_LEN);
+    for (unsigned i = 0; i < n; i++)
+        init_list(&p->lists[i]);
+    sort_by_cap(p);
+    return 0;
+}
+
+int pool_map(struct pool *p, void *base, size_t size)
+{
+    if (size < SHMIPC_POOL_HEADER_LEN + SHMIPC_LIST_HEADER_LEN || size > POOL_MAX_SIZE)
+        return SHMIPC_EBADPOOL;
+    memset(p, 0, sizeof(*p));
+    p->base = base;
+    p->size = size;
+    const volatile struct shmipc_pool_header *ph = base;
+    uint32_t nlists = ph->nlists;
+    uint64_t end = SHMIPC_POOL_HEADER_LEN + (uint64_t)ph->used;
+    if (nlists == 0 || nlists > POOL_MAX_LISTS || end > size)
+        return SHMIPC_EBADPOOL;
+    uint64_t off = SHMIPC_POOL_HEADER_LEN;
+    for (unsigned i = 0; i < nlists; i++) {
+        if (off + SHMIPC_LIST_HEADER_LEN > end)
+            return SHMIPC_EBADPOOL;
+        const volatile struct shmipc_list_header *lh = (void *)(p->base + off);
+        uint32_t nslices = lh->nslices, cap = lh->slice_cap;
+        if (nslices == 0 || cap == 0 || cap > POOL_MAX_SIZE - SHMIPC_SLICE_HEADER_LEN)
+            return SHMIPC_EBADPOOL;
+        uint64_t bytes = SHMIPC_LIST_HEADER_LEN +
+                         (uint64_t)nslices * (cap + (uint64_t)SHMIPC_SLICE_HEADER_LEN);
+        if (bytes > end - off)
+            return SHMIPC_EBADPOOL;
+        list_view(p, i, (uint32_t)off, nslices, cap);
+        off += bytes;
+    }
+    if (off != end)
+        return SHMIPC_EBADPOOL;
+    p->nlists = nlists;
+    p->end = (uint32_t)end;
+    sort_by_cap(p);
+    return 0;
+}
+
+/* A free-list link (region-relative) is valid if it is a slice start. */
+static int rel_valid(const struct pool_list *l, uint32_t rel)
+{
+    return rel / l->stride < l->nslices && rel % l->stride == 0;
+}
+
+static struct shmipc_slice_header *rel_slice(const struct pool_list *l, uint32_t rel)
+{
+    return (struct shmipc_slice_header *)(l->region + rel);
+}
+
+static int32_t *side_counter(const struct pool *p, struct pool_list *l)
+{
+    return p->creator ? &l->hdr->creator_count : &l->hdr->mapper_count;
+}
+
+int pool_pop(struct pool *p, unsigned li, uint32_t *off)
+{
+    if (li >= p->nlists)
+        return -EINVAL;
+    struct pool_list *l = &p->lists[li];
+    struct shmipc_list_header *h = l->hdr;
+    uint32_t head = ld32_acq(&h->head);
+    if (__atomic_sub_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL) <= 0) {
+        __atomic_add_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL);
+        return SHMIPC_ENOBUFS;
+    }
+    int rc = SHMIPC_ECONTENDED;
+    for (int i = 0; i < POP_RETRIES; i++) {
+        if (!rel_valid(l, head)) {
+            rc = SHMIPC_ECORRUPT;
+            break;
+        }
+        struct shmipc_slice_header *s = rel_slice(l, head);
+        if (!(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & SHMIPC_SLICE_HAS_NEXT)) {
+            rc = SHMIPC_ENOBUFS; /* a push has moved tail but not linked yet */
+            break;
+        }
+        uint32_t next = ld32_relaxed(&s->next);
+        if (!rel_valid(l, next)) {
+            rc = SHMIPC_ECORRUPT;
+            break;
+        }
+        if (cas32(&h->head, head, next)) {
+            __atomic_store_n(&s->flags, SHMIPC_SLICE_IN_USE, __ATOMIC_RELEASE);
+            __atomic_add_fetch(side_counter(p, l), 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&l->pops, 1, __ATOMIC_RELAXED);
+            *off = l->region_off + head;
+            return 0;
+        }
+        head = ld32_acq(&h->head);
+        cpu_relax();
+    }
+    __atomic_add_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL);
+    return rc;
+}
+
+int pool_list_of(const struct pool *p, uint32_t off)
+{
+    if (off < SHMIPC_POOL_HEADER_LEN || off >= p->end)
+        return SHMIPC_EBADOFFSET;
+    for (unsigned i = 0; i < p->nlists; i++) {
+        const struct pool_list *l = &p->lists[i];
+        if (off < l->region_off)
+            continue;
+        uint64_t rel = off - l->region_off;
+        if (rel >= (uint64_t)l->nslices * l->stride)
+            continue;
+        return rel % l->stride == 0 ? (int)i : SHMIPC_EBADOFFSET;
+    }
+    return SHMIPC_EBADOFFSET;
+}
+
+int pool_push(struct pool *p, uint32_t off)
+{
+    int li = pool_list_of(p, off);
+    if (li < 0)
+        return li;
+    struct pool_list *l = &p->lists[li];
+    struct shmipc_list_header *h = l->hdr;
+    struct shmipc_slice_header *s = pool_slice(p, off);
+    /* Clearing IN_USE atomically makes a double free fail here instead of
+     * looping the free list. */
+    uint8_t old = __atomic_fetch_and(&s->flags, (uint8_t)~SHMIPC_SLICE_IN_USE, __ATOMIC_ACQ_REL);
+    if (!(old & SHMIPC_SLICE_IN_USE))
+        return SHMIPC_EBADSLICE;
+    s->size = 0;
+    s->start = 0;
+    __atomic_store_n(&s->flags, 0, __ATOMIC_RELEASE);
+    uint32_t rel = off - l->region_off;
+    for (int i = 0; i < PUSH_RETRIES; i++) {
+        uint32_t tail = ld32_acq(&h->tail);
+        if (!rel_valid(l, tail))
+            return SHMIPC_ECORRUPT;
+        if (!cas32(&h->tail, tail, rel)) {
+            cpu_relax();
+            continue;
+        }
+        struct shmipc_slice_header *t = rel_slice(l, tail);
+        __atomic_store_n(&t->next, rel, __ATOMIC_RELAXED);
+        __atomic_fetch_or(&t->flags, SHMIPC_SLICE_HAS_NEXT, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL);
+        __atomic_sub_fetch(side_counter(p, l), 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&l->pushes, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return SHMIPC_ECONTENDED;
+}
+
+/* Links `off` after `prev` as a chain member (absolute next). */
+static void chain_link(struct pool *p, uint32_t prev, uint32_t off)
+{
+    struct shmipc_slice_header *s = pool_slice(p, prev);
+    s->next = off;
+    __atomic_store_n(&s->flags, SHMIPC_SLICE_IN_USE | SHMIPC_SLICE_HAS_NEXT, __ATOMIC_RELAXED);
+}
+
+static void chain_add(struct pool *p, struct pool_chain *c, uint32_t off)
+{
+    if (c->nslices == 0)
+        c->head = off;
+    else
+        chain_link(p, c->tail, off);
+    c->tail = off;
+    c->nslices++;
+    c->cap += p->lists[pool_list_of(p, off)].slice_cap;
+}
+
+/* Frees slices popped into a chain that never left this process: their
+ * links were written here and the chain is walked by count, not by flags. */
+static void chain_release(struct pool *p, uint32_t head, uint32_t n)
+{
+    uint32_t off = head;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t next = pool_slice(p, off)->next;
+        pool_push(p, off);
+        if (i + 1 < n && pool_list_of(p, next) < 0)
+            return; /* the peer rewrote a link of ours; leak rather than trust it */
+        off = next;
+    }
+}
+
+static int alloc_single(struct pool *p, uint32_t size, uint32_t *off)
+{
+    for (unsigned k = 0; k < p->nlists; k++) {
+        unsigned li = p->by_cap[k];
+        if (p->lists[li].slice_cap >= size && pool_pop(p, li, off) == 0)
+            return 0;
+    }
+    return SHMIPC_ENOBUFS;
+}
+
+static int alloc_chain(struct pool *p, uint32_t size, struct pool_chain *c)
+{
+    uint64_t got = 0;
+    for (unsigned k = p->nlists; k-- > 0 && got < size;) {
+        unsigned li = p->by_cap[k];
+        uint32_t off;
+        while (got < size && pool_pop(p, li, &off) == 0) {
+            chain_add(p, c, off);
+            got += p->lists[li].slice_cap;
+        }
+    }
+    return got >= size ? 0 : SHMIPC_ENOBUFS;
+}
+
+static int alloc_into(struct pool *p, uint32_t size, struct pool_chain *c)
+{
+    if (size == 0)
+        size = 1;
+    uint32_t off;
+    if (size <= p->max_slice_cap && alloc_single(p, size, &off) == 0) {
+        chain_add(p, c, off);
+        return 0;
+    }
+    return alloc_chain(p, size, c);
+}
+
+int pool_alloc(struct pool *p, uint32_t size, struct pool_chain *out)
+{
+    memset(out, 0, sizeof(*out));
+    int rc = alloc_into(p, size, out);
+    if (rc < 0) {
+        chain_release(p, out->head, out->nslices);
+        memset(out, 0, sizeof(*out));
+    }
+    return rc;
+}
+
+int pool_chain_extend(struct pool *p, struct pool_chain *c, uint32_t size)
+{
+    struct pool_chain more;
+    int rc = pool_alloc(p, size, &more);
+    if (rc < 0)
+        return rc;
+    if (c->nslices == 0) {
+        *c = more;
+        return 0;
+    }
+    chain_link(p, c->tail, more.head);
+    c->tail = more.tail;
+    c->nslices += more.nslices;
+    c->cap += more.cap;
+    return 0;
+}
+
+void pool_walk_init(struct pool_walk *w, const struct pool *p, uint32_t first)
+{
+    w->p = p;
+    w->next = first;
+    w->more = 1;
+    w->count = 0;
+}
+
+int pool_walk_next(struct pool_walk *w, struct pool_seg *seg)
+{
+    if (!w->more)
+        return 0;
+    const struct pool *p = w->p;
+    uint32_t off = w->next;
+    int li = pool_list_of(p, off);
+    if (li < 0)
+        return li;
+    if (++w->count > p->total_slices)
+        return SHMIPC_ECHAINLOOP;
+    const volatile struct shmipc_slice_header *s = (void *)(p->base + off);
+    uint32_t cap = s->cap, size = s->size, start = s->start, next = s->next;
+    uint8_t flags = s->flags;
+    uint32_t lcap = p->lists[li].slice_cap;
+    if (cap != lcap || start > lcap || size > lcap - start || !(flags & SHMIPC_SLICE_IN_USE))
+        return SHMIPC_EBADSLICE;
+    seg->off = off;
+    seg->data = p->base + off + SHMIPC_SLICE_HEADER_LEN + start;
+    seg->len = size;
+    w->more = (flags & SHMIPC_SLICE_HAS_NEXT) != 0;
+    w->next = next;
+    return 1;
+}
+
+int pool_chain_check(const struct pool *p, uint32_t first, uint64_t *bytes, uint32_t *nslices)
+{
+    struct pool_walk w;
+    struct pool_seg seg;
+    uint64_t total = 0;
+    int rc;
+    pool_walk_init(&w, p, first);
+    while ((rc = pool_walk_next(&w, &seg)) > 0)
+        total += seg.len;
+    if (rc < 0)
+        return rc;
+    if (bytes != NULL)
+        *bytes = total;
+    if (nslices != NULL)
+        *nslices = w.count;
+    return 0;
+}
+
+int pool_free_chain(struct pool *p, uint32_t first)
+{
+    struct pool_walk w;
+    struct pool_seg seg;
+    int rc, freed = 0;
+    pool_walk_init(&w, p, first);
+    while ((rc = pool_walk_next(&w, &seg)) > 0) {
+        /* The walk already copied this slice's next: pushing it is safe. */
+        int prc = pool_push(p, seg.off);
+        if (prc < 0)
+            return prc;
+        freed++;
+    }
+    return rc < 0 ? rc : freed;
+}
+
+int64_t pool_outstanding(const struct pool *p)
+{
+    int64_t n = 0;
+    for (unsigned i = 0; i < p->nlists; i++)
+        n += (int64_t)(__atomic_load_n(&p->lists[i].pops, __ATOMIC_RELAXED) -
+                       __atomic_load_n(&p->lists[i].pushes, __ATOMIC_RELAXED));
+    return n;
+}
+
+int32_t pool_free_count(const struct pool *p, unsigned li)
+{
+    if (li >= p->nlists)
+        return -EINVAL;
+    return __atomic_load_n(&p->lists[li].hdr->free_count, __ATOMIC_RELAXED);
+}
+
+/* ---- writer ---- */
+
+void pool_writer_init(struct pool_writer *w, struct pool *p)
+{
+    memset(w, 0, sizeof(*w));
+    w->p = p;
+}
+
+static uint32_t cur_room(const struct pool_writer *w)
+{
+    if (w->chain.nslices == 0)
+        return 0;
+    return w->p->lists[pool_list_of(w->p, w->cur)].slice_cap - w->cur_len;
+}
+
+/* Moves to the slice after `cur`, allocating for `need` bytes if `cur` is
+ * the chain's last. Links inside our own chain are validated before use:
+ * the peer can write them. */
+static int advance(struct pool_writer *w, uint32_t need)
+{
+    struct pool *p = w->p;
+    if (w->chain.nslices == 0 || w->cur == w->chain.tail) {
+        uint32_t old_tail = w->chain.tail;
+        int had = w->chain.nslices != 0;
+        int rc = pool_chain_extend(p, &w->chain, need);
+        if (rc < 0)
+            return rc;
+        w->cur = had ? pool_slice(p, old_tail)->next : w->chain.head;
+    } else {
+        uint32_t next = pool_slice(p, w->cur)->next;
+        if (pool_list_of(p, next) < 0)
+            return SHMIPC_ECORRUPT;
+        w->cur = next;
+    }
+    if (pool_list_of(p, w->cur) < 0)
+        return SHMIPC_ECORRUPT;
+    w->cur_len = 0;
+    pool_slice(p, w->cur)->size = 0;
+    pool_slice(p, w->cur)->start = 0;
+    return 0;
+}
+
+int pool_writer_write(struct pool_writer *w, const void *data, size_t n)
+{
+    const uint8_t *src = data;
+    if (n > UINT32_MAX || w->total + n > UINT32_MAX)
+        return -EMSGSIZE;
+    while (n > 0) {
+        uint32_t room = cur_room(w);
+        if (room == 0) {
+            int rc = advance(w, (uint32_t)n);
+            if (rc < 0)
+                return rc;
+            room = cur_room(w);
+        }
+        uint32_t k = n < room ? (uint32_t)n : room;
+        memcpy(pool_slice_data(w->p, w->cur) + w->cur_len, src, k);
+        w->cur_len += k;
+        pool_slice(w->p, w->cur)->size = w->cur_len;
+        w->total += k;
+        src += k;
+        n -= k;
+    }
+    return 0;
+}
+
+int pool_writer_reserve(struct pool_writer *w, size_t n, void **ptr)
+{
+    if (n == 0 || n > w->p->max_slice_cap || w->total + n > UINT32_MAX)
+        return -EMSGSIZE;
+    if (cur_room(w) < n) {
+        /* Contiguous: a fresh single slice, never a chain. */
+        int rc;
+        uint32_t off;
+        if ((rc = alloc_single(w->p, (uint32_t)n, &off)) < 0)
+            return rc;
+        chain_add(w->p, &w->chain, off);
+        w->cur = off;
+        w->cur_len = 0;
+        pool_slice(w->p, off)->size = 0;
+        pool_slice(w->p, off)->start = 0;
+    }
+    *ptr = pool_slice_data(w->p, w->cur) + w->cur_len;
+    w->cur_len += (uint32_t)n;
+    pool_slice(w->p, w->cur)->size = w->cur_len;
+    w->total += n;
+    return 0;
+}
+
+int pool_writer_finish(struct pool_writer *w, uint32_t *first)
+{
+    if (w->chain.nslices == 0)
+        return SHMIPC_EBADSLICE;
+    /* Every allocation covers exactly the rest of one write, so the last
+     * slice is always the one being filled. */
+    struct shmipc_slice_header *t = pool_slice(w->p, w->chain.tail);
+    __atomic_store_n(&t->flags, SHMIPC_SLICE_IN_USE, __ATOMIC_RELAXED);
+    *first = w->chain.head;
+    pool_writer_init(w, w->p);
+    return 0;
+}
+
+void pool_writer_abort(struct pool_writer *w)
+{
+    if (w->chain.nslices != 0)
+        chain_release(w->p, w->chain.head, w->chain.nslices);
+    pool_writer_init(w, w->p);
+}
