@@ -1,0 +1,342 @@
+/*
+ * Buffer pool: creation rules, the never-the-last-slice pop, double frees,
+ * the allocation policy, the writer, and every way a peer-written mapping
+ * or chain can lie (each refused with a code, never a crash).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shm/pool.h"
+#include "shmipc/errors.h"
+#include "testutil.h"
+
+#define SMALL_SIZE (1u << 20)
+static const struct pool_class small_classes[2] = {{4096, 70}, {16384, 30}};
+
+static uint8_t *mem_new(size_t size)
+{
+    uint8_t *m = aligned_alloc(4096, (size + 4095) / 4096 * 4096);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(m);
+    memset(m, 0, size);
+    return m;
+}
+
+static uint8_t *small_pool(struct pool *p)
+{
+    uint8_t *m = mem_new(SMALL_SIZE);
+    CU_ASSERT_FATAL(pool_create(p, m, SMALL_SIZE, small_classes, 2) == 0);
+    return m;
+}
+
+static void test_create_rejects(void)
+{
+    struct pool p;
+    uint8_t *m = mem_new(SMALL_SIZE);
+    const struct pool_class zero_cap[1] = {{0, 50}};
+    const struct pool_class zero_pct[1] = {{4096, 0}};
+    const struct pool_class over[2] = {{4096, 60}, {8192, 41}};
+    const struct pool_class huge_cap[1] = {{0xfffffff0u, 100}};
+    struct pool_class many[POOL_MAX_LISTS + 1];
+    for (unsigned i = 0; i < POOL_MAX_LISTS + 1; i++)
+        many[i] = (struct pool_class){64, 1};
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, zero_cap, 1), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, zero_pct, 1), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, over, 2), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, huge_cap, 1), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, many, POOL_MAX_LISTS + 1), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, small_classes, 0), -EINVAL);
+    /* Too small for even one slice of the big class. */
+    CU_ASSERT_EQUAL(pool_create(&p, m, 20000, small_classes, 2), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, (size_t)POOL_MAX_SIZE + 1, small_classes, 2), -EINVAL);
+    CU_ASSERT_EQUAL(pool_create(&p, m, SMALL_SIZE, small_classes, 2), 0);
+    free(m);
+}
+
+static void test_never_last_slice(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    uint32_t n = p.lists[1].nslices, off;
+    CU_ASSERT_EQUAL_FATAL(n, 19);
+    for (uint32_t i = 0; i + 1 < n; i++)
+        CU_ASSERT_EQUAL_FATAL(pool_pop(&p, 1, &off), 0);
+    CU_ASSERT_EQUAL(pool_pop(&p, 1, &off), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 1), 1);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), (int64_t)n - 1);
+    CU_ASSERT_EQUAL(pool_pop(&p, 2, &off), -EINVAL);
+    free(m);
+}
+
+static void test_push_checks(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    uint32_t a, b;
+    CU_ASSERT_FATAL(pool_pop(&p, 0, &a) == 0);
+    CU_ASSERT_FATAL(pool_pop(&p, 0, &b) == 0);
+    CU_ASSERT_EQUAL(pool_push(&p, a), 0);
+    CU_ASSERT_EQUAL(pool_push(&p, a), SHMIPC_EBADSLICE); /* double free */
+    CU_ASSERT_EQUAL(pool_push(&p, b + 1), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_push(&p, 0), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_push(&p, 8), SHMIPC_EBADOFFSET); /* a list header */
+    CU_ASSERT_EQUAL(pool_push(&p, p.end), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_push(&p, 0xfffffff0u), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_push(&p, b), 0);
+    /* FIFO: the freed slices went to the tail, the head moved on. */
+    CU_ASSERT_EQUAL(p.lists[0].hdr->tail, b - p.lists[0].region_off);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 0), (int32_t)p.lists[0].nslices);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    free(m);
+}
+
+static void test_alloc_policy(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct pool_chain c;
+    /* Smallest class that fits. */
+    CU_ASSERT_FATAL(pool_alloc(&p, 100, &c) == 0);
+    CU_ASSERT(c.nslices == 1 && pool_list_of(&p, c.head) == 0 && c.cap == 4096);
+    CU_ASSERT_FATAL(pool_alloc(&p, 4097, &c) == 0);
+    CU_ASSERT(c.nslices == 1 && pool_list_of(&p, c.head) == 1);
+    /* Larger than any slice: a chain from the largest class down. */
+    CU_ASSERT_FATAL(pool_alloc(&p, 40000, &c) == 0);
+    CU_ASSERT_EQUAL(c.nslices, 3);
+    CU_ASSERT_EQUAL(c.cap, 3 * 16384);
+    uint64_t bytes;
+    uint32_t ns;
+    CU_ASSERT_EQUAL(pool_chain_check(&p, c.head, &bytes, &ns), 0);
+    CU_ASSERT_EQUAL(ns, 3);
+    CU_ASSERT_EQUAL(pool_free_chain(&p, c.head), 3);
+    /* Exhaust the small class: a small request moves to the next class. */
+    uint32_t off;
+    while (pool_pop(&p, 0, &off) == 0)
+        ;
+    CU_ASSERT_FATAL(pool_alloc(&p, 10, &c) == 0);
+    CU_ASSERT_EQUAL(pool_list_of(&p, c.head), 1);
+    /* Exhaust the big class too: a big request chains what is left. */
+    int32_t big_free = pool_free_count(&p, 1);
+    CU_ASSERT_EQUAL(pool_alloc(&p, 0x7fffffff, &c), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 1), big_free); /* all or nothing */
+    free(m);
+}
+
+static void test_alloc_chain_crosses_classes(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    uint32_t off;
+    while (pool_pop(&p, 1, &off) == 0)
+        ;
+    struct pool_chain c;
+    CU_ASSERT_FATAL(pool_alloc(&p, 20000, &c) == 0);
+    CU_ASSERT_EQUAL(c.nslices, 5); /* 5 x 4096 from the small class */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, c.head, NULL, NULL), 0);
+    int64_t before = pool_outstanding(&p);
+    CU_ASSERT_EQUAL(pool_free_chain(&p, c.head), 5);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), before - 5);
+    free(m);
+}
+
+static void test_writer(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct pool_writer w;
+    uint8_t data[10000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7);
+    pool_writer_init(&w, &p);
+    uint32_t first;
+    CU_ASSERT_EQUAL(pool_writer_finish(&w, &first), SHMIPC_EBADSLICE); /* empty */
+    void *r;
+    CU_ASSERT_EQUAL(pool_writer_reserve(&w, 16385, &r), -EMSGSIZE);
+    CU_ASSERT_EQUAL(pool_writer_reserve(&w, 0, &r), -EMSGSIZE);
+    CU_ASSERT_FATAL(pool_writer_reserve(&w, 100, &r) == 0);
+    memset(r, 0xab, 100);
+    CU_ASSERT_FATAL(pool_writer_write(&w, data, sizeof(data)) == 0);
+    CU_ASSERT_FATAL(pool_writer_reserve(&w, 4000, &r) == 0); /* needs a fresh slice */
+    memset(r, 0xcd, 4000);
+    CU_ASSERT_FATAL(pool_writer_finish(&w, &first) == 0);
+    struct pool_walk wk;
+    struct pool_seg seg;
+    uint8_t out[14100];
+    size_t pos = 0;
+    int rc;
+    pool_walk_init(&wk, &p, first);
+    while ((rc = pool_walk_next(&wk, &seg)) > 0) {
+        CU_ASSERT_FATAL(pos + seg.len <= sizeof(out));
+        memcpy(out + pos, seg.data, seg.len);
+        pos += seg.len;
+    }
+    CU_ASSERT_EQUAL(rc, 0);
+    CU_ASSERT_EQUAL(pos, sizeof(out));
+    CU_ASSERT(out[0] == 0xab && out[99] == 0xab);
+    CU_ASSERT(memcmp(out + 100, data, sizeof(data)) == 0);
+    CU_ASSERT(out[10100] == 0xcd && out[14099] == 0xcd);
+    CU_ASSERT(pool_free_chain(&p, first) > 0);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+
+    pool_writer_init(&w, &p);
+    CU_ASSERT_FATAL(pool_writer_write(&w, data, sizeof(data)) == 0);
+    pool_writer_abort(&w);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    free(m);
+}
+
+/* ---- hostile mappings ---- */
+
+static void expect_map_refused(uint8_t *m, size_t size, const char *what)
+{
+    struct pool p;
+    int rc = pool_map(&p, m, size);
+    if (rc != SHMIPC_EBADPOOL)
+        fprintf(stderr, "\n  %s: pool_map returned %d\n", what, rc);
+    CU_ASSERT_EQUAL(rc, SHMIPC_EBADPOOL);
+}
+
+static void test_map_rejects_lying_headers(void)
+{
+    struct pool good;
+    uint8_t *m = small_pool(&good);
+    struct shmipc_pool_header *ph = (void *)m;
+    struct shmipc_list_header *l0 = good.lists[0].hdr, *l1 = good.lists[1].hdr;
+    struct pool p;
+    CU_ASSERT_EQUAL_FATAL(pool_map(&p, m, SMALL_SIZE), 0);
+    CU_ASSERT_EQUAL(p.total_slices, 178 + 19);
+
+    ph->nlists = 0;
+    expect_map_refused(m, SMALL_SIZE, "nlists 0");
+    ph->nlists = POOL_MAX_LISTS + 1;
+    expect_map_refused(m, SMALL_SIZE, "nlists 17");
+    ph->nlists = 3; /* a third list header would lie beyond `used` */
+    expect_map_refused(m, SMALL_SIZE, "nlists 3");
+    ph->nlists = 2;
+    uint32_t used = ph->used;
+    ph->used = SMALL_SIZE; /* beyond the mapping */
+    expect_map_refused(m, SMALL_SIZE, "used > size");
+    ph->used = used - 1; /* lists no longer add up */
+    expect_map_refused(m, SMALL_SIZE, "used short");
+    ph->used = used;
+    l0->nslices = 0;
+    expect_map_refused(m, SMALL_SIZE, "0 slices");
+    l0->nslices = 0xffffffffu; /* count * stride overflows 32 bits */
+    expect_map_refused(m, SMALL_SIZE, "count overflow");
+    l0->nslices = 178;
+    l1->slice_cap = 0;
+    expect_map_refused(m, SMALL_SIZE, "slice cap 0");
+    l1->slice_cap = 0xfffffff0u;
+    expect_map_refused(m, SMALL_SIZE, "slice cap huge");
+    l1->slice_cap = 16384;
+    expect_map_refused(m, 4, "mapping smaller than a header");
+    expect_map_refused(m, SMALL_SIZE / 2, "mapping shorter than used");
+    CU_ASSERT_EQUAL(pool_map(&p, m, SMALL_SIZE), 0);
+    free(m);
+}
+
+static void test_pop_push_on_corrupt_lists(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct shmipc_list_header *l0 = p.lists[0].hdr;
+    uint32_t off;
+    uint32_t head = l0->head;
+    l0->head = 5; /* not a slice start */
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ECORRUPT);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 0), 178); /* the count was restored */
+    l0->head = 178 * 4116; /* one past the region */
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ECORRUPT);
+    l0->head = head;
+    struct shmipc_slice_header *s0 = (void *)p.lists[0].region;
+    s0->next = 0xffff0000u; /* the head's free-list link */
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ECORRUPT);
+    s0->next = 4116;
+    CU_ASSERT_EQUAL_FATAL(pool_pop(&p, 0, &off), 0);
+    uint32_t tail = l0->tail;
+    l0->tail = 3;
+    CU_ASSERT_EQUAL(pool_push(&p, off), SHMIPC_ECORRUPT);
+    l0->tail = tail;
+    /* A slice whose IN_USE flag the peer cleared is not pushed. */
+    CU_ASSERT_FATAL(pool_pop(&p, 0, &off) == 0);
+    pool_slice(&p, off)->flags = 0;
+    CU_ASSERT_EQUAL(pool_push(&p, off), SHMIPC_EBADSLICE);
+    free(m);
+}
+
+/* Builds a 3-slice chain for the hostile-chain cases. */
+static uint32_t make_chain(struct pool *p, uint32_t offs[3])
+{
+    struct pool_chain c;
+    CU_ASSERT_FATAL(pool_alloc(p, 40000, &c) == 0);
+    CU_ASSERT_EQUAL_FATAL(c.nslices, 3);
+    uint32_t o = c.head;
+    for (int i = 0; i < 3; i++) {
+        offs[i] = o;
+        pool_slice(p, o)->size = 100;
+        o = pool_slice(p, o)->next;
+    }
+    pool_slice(p, offs[2])->flags = SHMIPC_SLICE_IN_USE;
+    return c.head;
+}
+
+static void test_chain_rejects(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    uint32_t o[3];
+    uint32_t first = make_chain(&p, o);
+    uint64_t bytes;
+    CU_ASSERT_EQUAL_FATAL(pool_chain_check(&p, first, &bytes, NULL), 0);
+    CU_ASSERT_EQUAL(bytes, 300);
+    struct shmipc_slice_header *s1 = pool_slice(&p, o[1]);
+
+    CU_ASSERT_EQUAL(pool_chain_check(&p, 0xfffffff0u, NULL, NULL), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first + 4, NULL, NULL), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_chain_check(&p, 0, NULL, NULL), SHMIPC_EBADOFFSET);
+
+    s1->size = 16385; /* size beyond capacity */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    s1->size = 100;
+    s1->start = 16300; /* start + size beyond capacity */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    s1->start = 0xffffffffu; /* start + size wraps */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    s1->start = 0;
+    s1->cap = 1u << 30; /* the header lies about its capacity */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    s1->cap = 16384;
+    s1->flags = SHMIPC_SLICE_HAS_NEXT; /* a free slice, not a message */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    s1->flags = SHMIPC_SLICE_HAS_NEXT | SHMIPC_SLICE_IN_USE;
+    s1->next = p.end + 20; /* out of range */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADOFFSET);
+    s1->next = first; /* a loop back to the first slice */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_ECHAINLOOP);
+    s1->next = o[1]; /* a self loop */
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_ECHAINLOOP);
+    s1->next = o[2];
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, &bytes, NULL), 0);
+
+    /* Freeing a chain with a bad link frees what comes before it. */
+    s1->next = 12345;
+    int64_t before = pool_outstanding(&p);
+    CU_ASSERT_EQUAL(pool_free_chain(&p, first), SHMIPC_EBADOFFSET);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), before - 2);
+    free(m);
+}
+
+static const struct test_case cases[] = {
+    {"create_rejects", test_create_rejects},
+    {"never_last_slice", test_never_last_slice},
+    {"push_checks", test_push_checks},
+    {"alloc_policy", test_alloc_policy},
+    {"alloc_chain_crosses_classes", test_alloc_chain_crosses_classes},
+    {"writer", test_writer},
+    {"map_rejects_lying_headers", test_map_rejects_lying_headers},
+    {"pop_push_on_corrupt_lists", test_pop_push_on_corrupt_lists},
+    {"chain_rejects", test_chain_rejects},
+    {NULL, NULL},
+};
+
+const struct test_suite suite_pool = {"pool", cases};
