@@ -34,7 +34,9 @@ const char *shmipc_strerror(int code)
     const struct err_entry *e = own_entry(code);
     if (e != NULL)
         return e->msg;
-    if (code < 0 && code > SHMIPC_ERR_BASE)
+    /* strerror() formats an unknown errno into a buffer that the next call
+     * overwrites; only numbers glibc names have a static message. */
+    if (code < 0 && code > SHMIPC_ERR_BASE && strerrorname_np(-code) != NULL)
         return strerror(-code);
     return "unknown error";
 }

@@ -54,21 +54,28 @@ int ev_decode_header(const uint8_t buf[SHMIPC_EV_HEADER_LEN], uint32_t max_len,
                      struct ev_header *out);
 
 /* Body decoders: `ev` is the whole event (header included), `len` its
- * length as validated by ev_decode_header(). */
+ * length as validated by ev_decode_header(). They re-check the header:
+ * a header length other than `len` or a type the decoder does not handle
+ * is SHMIPC_EBADEVENT. `out` is written only on success. */
 int ev_decode_shm_meta(const uint8_t *ev, uint32_t len, struct ev_shm_meta *out);
 int ev_decode_stream_close(const uint8_t *ev, uint32_t len, uint32_t *stream_id);
 int ev_decode_fallback(const uint8_t *ev, uint32_t len, struct ev_fallback *out);
 int ev_decode_hot_restart(const uint8_t *ev, uint32_t len, uint64_t *epoch);
 
-/* Encoders write into `buf` of `cap` bytes and return the event length, or
- * -ENOBUFS if it does not fit (and SHMIPC_EBADEVENT for paths over 65535
- * bytes). */
+/* Encoders write into `buf` of `cap` bytes and return the number of bytes
+ * written (the event length, except for ev_encode_header() and
+ * ev_encode_fallback_header(), which write only a header), or
+ * -ENOBUFS (the errno, not SHMIPC_ENOBUFS) if it does not fit, leaving buf
+ * untouched; SHMIPC_EBADEVENT for paths over 65535 bytes, -EINVAL for a
+ * type the encoder does not make. */
+/* Writes the 8-byte header exactly as given, valid or not; returns 8. */
 int ev_encode_header(uint8_t *buf, size_t cap, uint32_t length, uint8_t version, uint8_t type);
 /* Header-only events: Polling, ExchangeProtoVersion, AckShareMemory, AckReadyRecvFD. */
 int ev_encode_simple(uint8_t *buf, size_t cap, uint8_t version, uint8_t type);
 int ev_encode_stream_close(uint8_t *buf, size_t cap, uint8_t version, uint32_t stream_id);
 /* Writes only the 16-byte FallbackData header for a payload of
- * payload_len bytes (sent separately, e.g. with writev). */
+ * payload_len bytes (sent separately, e.g. with writev); returns 16, or
+ * SHMIPC_EBIGEVENT if 16 + payload_len does not fit the u32 length. */
 int ev_encode_fallback_header(uint8_t *buf, size_t cap, uint8_t version, uint32_t stream_id,
                               uint32_t status, uint32_t payload_len);
 /* type is SHMIPC_EV_SHM_BY_PATH or SHMIPC_EV_SHM_BY_MEMFD. */
