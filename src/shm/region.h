@@ -18,7 +18,7 @@
 enum region_flags {
     REGION_PREFAULT = 1u << 0,        /* populate every page at map time */
     REGION_UNLINK_ON_CLOSE = 1u << 1, /* created file: unlink in region_close() */
-    REGION_SEAL = 1u << 2,            /* memfd: seal size (F_SEAL_SHRINK|GROW) */
+    REGION_SEAL = 1u << 2,            /* created memfd: F_SEAL_SHRINK|GROW|SEAL */
 };
 
 struct region {
@@ -31,30 +31,42 @@ struct region {
     char path[256]; /* file path, or the memfd's name; for logs */
 };
 
-/* Sets every field to the closed state; region_close() on it is a no-op. */
+/* Sets every field to the closed state; region_close() on it is a no-op.
+ * Every other call starts by doing this to `r` (close an open region first)
+ * and leaves it closed when it fails. Flags a call does not use are ignored
+ * (REGION_UNLINK_ON_CLOSE outside region_create_file(), REGION_SEAL outside
+ * region_create_memfd()); unknown bits are -EINVAL. */
 void region_init(struct region *r);
 
 /* Creates a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING) named `name`, reserves
  * `size` bytes of backing store (posix_fallocate: a full tmpfs fails here
- * with SHMIPC_ENOSPACE instead of SIGBUS later) and maps it. */
+ * with SHMIPC_ENOSPACE instead of SIGBUS later) and maps it. A size of 0 or
+ * above SIZE_MAX / 2 is -EINVAL. */
 int region_create_memfd(struct region *r, const char *name, size_t size, unsigned flags);
 
 /* Creates `path` (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), reserves and maps
- * it. -EEXIST if it exists. */
+ * it. -EEXIST if it exists (a symlink included); -ENAMETOOLONG unless it
+ * fits in `path`. On failure the file is removed again. */
 int region_create_file(struct region *r, const char *path, size_t size, unsigned flags);
 
-/* Maps an fd received from a peer. Takes ownership of `fd` in all cases.
- * The fd must be a regular file or memfd whose size is in [min, max]. */
+/* Maps an fd received from a peer. Takes ownership of `fd` in all cases
+ * and sets FD_CLOEXEC on it. The fd must be a regular file or memfd
+ * (SHMIPC_EPATH otherwise) whose size is in [min, max]: -EFBIG above max,
+ * -EINVAL below min or when empty; -EINVAL also when min > max. r->size is
+ * the fstat() size. */
 int region_map_fd(struct region *r, int fd, size_t min, size_t max, unsigned flags);
 
 /* Opens and maps a peer-named file that must lie under `allowed_dir`:
  * absolute, no ".." or "." components, no symlink anywhere below the
- * directory, a regular file, size in [min, max]. SHMIPC_EPATH otherwise. */
+ * directory, a regular file: SHMIPC_EPATH otherwise. Size in [min, max]
+ * with the codes of region_map_fd(); other open errors as -errno
+ * (-ENOENT, -ENOTDIR). The file is never unlinked. */
 int region_open_file(struct region *r, const char *allowed_dir, const char *path, size_t min,
                      size_t max, unsigned flags);
 
 /* Checks `path` against `allowed_dir` by its text alone (the rules above
- * that need no file system). 0 or SHMIPC_EPATH. */
+ * that need no file system; also no empty component, no trailing '/', and
+ * shorter than sizeof(r->path)). 0 or SHMIPC_EPATH. */
 int region_path_allowed(const char *allowed_dir, const char *path);
 
 /* Unmaps, closes, and unlinks if REGION_UNLINK_ON_CLOSE. Idempotent. */

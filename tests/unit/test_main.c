@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/log.h"
 #include "testutil.h"
 
 /* Weak so that a suite missing from the link is reported, not a link error. */
@@ -50,6 +51,13 @@ static int selected(const char *name, int argc, char **argv)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    /* Tests provoke failures on purpose; their warnings would bury the
+     * report. SHMIPC_TEST_LOG=debug (or info, warn) shows them. */
+    enum log_level level = LOG_ERROR;
+    const char *lv = getenv("SHMIPC_TEST_LOG");
+    if (lv != NULL && log_level_parse(lv, &level) < 0)
+        level = LOG_ERROR;
+    log_set_level(level);
     if (CU_initialize_registry() != CUE_SUCCESS)
         return 2;
     unsigned missing = 0;

@@ -55,6 +55,7 @@ int tu_wait(pid_t pid, int timeout_ms);
 /* ---- resources ---- */
 
 int tu_count_fds(void);
+/* Shared mappings of this process (what regions create). */
 int tu_count_maps(void);
 /* Number of entries in /dev/shm whose name starts with `prefix`. */
 int tu_count_shm(const char *prefix);
