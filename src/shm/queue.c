@@ -71,7 +71,7 @@ static void init_half(uint8_t *hdr, uint32_t cap)
 
 int queue_pair_create(struct queue_pair *qp, void *base, size_t size, uint32_t cap)
 {
-    if (cap == 0 || cap % 16 != 0 || cap > QUEUE_MAX_CAP || size != queue_pair_size(cap))
+    if (cap == 0 || cap > QUEUE_MAX_CAP || size != queue_pair_size(cap))
         return -EINVAL;
     uint8_t *b = base;
     init_half(b, cap);

@@ -36,9 +36,10 @@ struct queue_pair {
 /* Bytes of a queue pair mapping for `cap` elements per queue. */
 size_t queue_pair_size(uint32_t cap);
 
-/* Lays out a fresh pair in [base, base+size) (client role). cap must be a
- * multiple of 16 (so no counter straddles a cache line) and <= QUEUE_MAX_CAP;
- * size must be queue_pair_size(cap). */
+/* Lays out a fresh pair in [base, base+size) (client role). cap must be in
+ * [1, QUEUE_MAX_CAP] and size queue_pair_size(cap). Use multiples of 16 in
+ * production: then no counter straddles a cache line, and peers that read
+ * counters with one plain load never see a torn value. */
 int queue_pair_create(struct queue_pair *qp, void *base, size_t size, uint32_t cap);
 
 /* Views a pair created by the peer (server_role=1) or by this process in

@@ -22,11 +22,13 @@ SUITE_(suite_pool);
 SUITE_(suite_queue);
 SUITE_(suite_vectors);
 SUITE_(suite_xproc);
+SUITE_(suite_sock);
+SUITE_(suite_handshake);
 #undef SUITE_
 
 static const struct test_suite *const suites[] = {
     &suite_errors, &suite_event, &suite_region, &suite_pool,
-    &suite_queue,  &suite_vectors, &suite_xproc,
+    &suite_queue,  &suite_vectors, &suite_xproc, &suite_sock, &suite_handshake,
 };
 
 static int selected(const char *name, int argc, char **argv)
