@@ -551,14 +551,24 @@ int pool_writer_reserve(struct pool_writer *w, size_t n, void **ptr)
     return 0;
 }
 
+int pool_writer_touch(struct pool_writer *w)
+{
+    if (w->chain.nslices != 0)
+        return 0;
+    int rc = advance(w, 1);
+    if (rc == 0)
+        pool_slice(w->p, w->cur)->size = 0;
+    return rc;
+}
+
 int pool_writer_finish(struct pool_writer *w, uint32_t *first)
 {
     if (w->chain.nslices == 0)
         return SHMIPC_EBADSLICE;
     /* Every allocation covers exactly the rest of one write, so the last
-     * slice is always the one being filled. */
-    struct shmipc_slice_header *t = pool_slice(w->p, w->chain.tail);
-    __atomic_store_n(&t->flags, SHMIPC_SLICE_IN_USE, __ATOMIC_RELAXED);
+     * slice is the one being filled, and its flags are IN_USE since its
+     * pop: nothing is written here, which matters because the chain may
+     * be published (and freed by the peer) right after. */
     *first = w->chain.head;
     pool_writer_init(w, w->p);
     return 0;

@@ -159,6 +159,8 @@ void pool_writer_init(struct pool_writer *w, struct pool *p);
 int pool_writer_write(struct pool_writer *w, const void *data, size_t n);
 /* Contiguous space for n bytes (n <= max slice cap), counted as written. */
 int pool_writer_reserve(struct pool_writer *w, size_t n, void **ptr);
+/* Makes sure the message has a slice (an empty message still needs one). */
+int pool_writer_touch(struct pool_writer *w);
 /* Ends the message; *first gets its first slice. SHMIPC_EBADSLICE if empty. */
 int pool_writer_finish(struct pool_writer *w, uint32_t *first);
 /* Frees whatever the writer holds. */

@@ -1,0 +1,197 @@
+/*
+ * libshmipc: shared-memory IPC speaking the shmipc wire protocol.
+ *
+ * A session is one socket plus a shared buffer pool and a queue pair. A
+ * stream is a numbered conversation inside a session. Payloads are written
+ * into pool slices and handed to the peer by offset: nothing is copied on
+ * the way.
+ *
+ * Client: shmipc_client_open() keeps N sessions to one address; get a
+ * stream, write a request, flush, receive the response (or shmipc_call()
+ * for all of it), put the stream back for reuse.
+ *
+ * Server: shmipc_server_open() listens; shmipc_server_run() accepts
+ * sessions, runs handshakes off the accept path, and calls the handlers
+ * for every message on every stream.
+ *
+ * Ownership:
+ *  - a shmipc_msg's views point into shared memory (or a heap copy for
+ *    fallback data) and stay valid until shmipc_msg_release(), even if the
+ *    session dies meanwhile;
+ *  - a stream from shmipc_client_get() belongs to the caller until
+ *    shmipc_client_put() or shmipc_stream_close();
+ *  - a stream passed to a server handler is borrowed for the call;
+ *    shmipc_stream_hold() keeps it, shmipc_stream_release() lets it go.
+ *
+ * Thread safety: all calls may be made from any thread; one stream should
+ * be written by one thread at a time.
+ */
+#ifndef SHMIPC_SHMIPC_H
+#define SHMIPC_SHMIPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shmipc/errors.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- messages (what one flush of the peer delivered) ------------------ */
+
+struct shmipc_iov {
+    const uint8_t *base;
+    size_t len;
+};
+
+typedef struct shmipc_msg {
+    size_t len;                  /* total bytes */
+    unsigned niov;               /* number of pieces (slices) */
+    const struct shmipc_iov *iov; /* the pieces, in order */
+    void *priv_;                 /* the library's; NULL once released */
+} shmipc_msg;
+
+/* Copies n bytes starting at `off` (spanning pieces as needed); returns the
+ * number copied (less than n at the end of the message). */
+SHMIPC_API size_t shmipc_msg_copy(const shmipc_msg *m, size_t off, void *dst, size_t n);
+/* Gives the slices back to the pool. Idempotent. */
+SHMIPC_API void shmipc_msg_release(shmipc_msg *m);
+
+/* ---- streams ----------------------------------------------------------- */
+
+typedef struct shmipc_stream shmipc_stream;
+
+SHMIPC_API uint32_t shmipc_stream_id(const shmipc_stream *s);
+
+/* Zero-copy write: n contiguous bytes of shared memory (n no larger than
+ * the pool's largest slice); fill them before the next call on the
+ * stream. Counted as written. */
+SHMIPC_API int shmipc_stream_reserve(shmipc_stream *s, size_t n, void **ptr);
+/* Copies n bytes into the stream's pending message. */
+SHMIPC_API int shmipc_stream_write(shmipc_stream *s, const void *data, size_t n);
+/* Publishes everything written since the last flush as one message (an
+ * empty flush sends an empty message). On SHMIPC_EQFULL the data stays
+ * pending and a later flush retries it. */
+SHMIPC_API int shmipc_stream_flush(shmipc_stream *s);
+/* Drops what was written since the last flush. */
+SHMIPC_API void shmipc_stream_discard(shmipc_stream *s);
+
+/* Next message, waiting up to timeout_ms (-1: no limit). 0 and *m filled;
+ * SHMIPC_ECLOSED once the peer closed and every message was read;
+ * SHMIPC_ETIMEDOUT; or the session's error. */
+SHMIPC_API int shmipc_stream_recv(shmipc_stream *s, shmipc_msg *m, int timeout_ms);
+/* Byte-stream read across messages: up to n bytes; returns the count, 0 at
+ * end of stream, or an error. */
+SHMIPC_API int shmipc_stream_read(shmipc_stream *s, void *buf, size_t n, int timeout_ms);
+
+/* Half-close: tells the peer we will write no more; reading goes on until
+ * the peer closes too. */
+SHMIPC_API int shmipc_stream_shutdown(shmipc_stream *s);
+/* Shutdown plus release: the stream is gone for this side. */
+SHMIPC_API void shmipc_stream_close(shmipc_stream *s);
+
+/* Server handlers: keep a borrowed stream beyond the call / let it go. */
+SHMIPC_API void shmipc_stream_hold(shmipc_stream *s);
+SHMIPC_API void shmipc_stream_release(shmipc_stream *s);
+SHMIPC_API void *shmipc_stream_user(const shmipc_stream *s);
+SHMIPC_API void shmipc_stream_set_user(shmipc_stream *s, void *user);
+
+/* ---- counters ---------------------------------------------------------- */
+
+struct shmipc_stats {
+    uint64_t sessions_opened, sessions_closed, session_errors;
+    uint64_t streams_opened;
+    uint64_t messages_sent, messages_received;
+    uint64_t bytes_sent, bytes_received;
+    uint64_t wakeups_sent;     /* Polling events written */
+    uint64_t wakeups_received; /* Polling events read */
+    uint64_t fallbacks_sent, fallbacks_received;
+    uint64_t queue_full;       /* flushes that met a full queue */
+    uint64_t protocol_errors;  /* sessions closed for a peer's bad input */
+    uint64_t handshakes_failed;
+    uint64_t reconnects;
+};
+
+/* ---- client ------------------------------------------------------------ */
+
+enum shmipc_mem_mode {
+    SHMIPC_MODE_MEMFD = 0, /* version 3, fds over a unix socket (default) */
+    SHMIPC_MODE_FILE = 1,  /* version 2, /dev/shm paths (unix or TCP) */
+};
+
+struct shmipc_client_config {
+    const char *address;      /* "unix:/path", "/path" or "tcp:host:port" */
+    enum shmipc_mem_mode mode;
+    unsigned sessions;        /* default 1 */
+    size_t pool_bytes;        /* default 32 MiB */
+    uint32_t queue_cap;       /* elements per queue, default 8192 */
+    const char *path_prefix;  /* default "/dev/shm/shmipc"; names get _<pid>[_<n>] */
+    int connect_timeout_ms;   /* default 1000; also bounds the handshake */
+    uint32_t max_event_bytes; /* default 32 MiB */
+    int unhealthy_ms;         /* after a fallback, default 30000 */
+    int queue_full_retries;   /* default 10, queue_full_wait_ms apart */
+    int queue_full_wait_ms;   /* default 10 */
+    int reconnect_min_ms;     /* backoff start, default 50 */
+    int reconnect_max_ms;     /* backoff cap, default 5000 */
+    unsigned idle_streams;    /* streams kept for reuse, default 1024 */
+    int prefault;             /* touch the pool's pages at creation */
+};
+
+typedef struct shmipc_client shmipc_client;
+
+SHMIPC_API void shmipc_client_config_init(struct shmipc_client_config *c);
+/* Connects every session (at least one must succeed). */
+SHMIPC_API int shmipc_client_open(const struct shmipc_client_config *c, shmipc_client **out);
+/* A stream: a pooled one if any, else a new one on a healthy session. */
+SHMIPC_API int shmipc_client_get(shmipc_client *c, shmipc_stream **out);
+/* Back to the pool when reusable (healthy, nothing pending), else closed. */
+SHMIPC_API void shmipc_client_put(shmipc_client *c, shmipc_stream *s);
+/* Write the request, flush, wait for one response message. */
+SHMIPC_API int shmipc_call(shmipc_stream *s, const void *req, size_t n, shmipc_msg *resp,
+                           int timeout_ms);
+SHMIPC_API void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st);
+/* Number of sessions currently connected. */
+SHMIPC_API unsigned shmipc_client_live_sessions(shmipc_client *c);
+/* Closes every session; streams still held fail with SHMIPC_ECLOSED. */
+SHMIPC_API void shmipc_client_close(shmipc_client *c);
+
+/* ---- server ------------------------------------------------------------ */
+
+struct shmipc_server_handlers {
+    /* A new stream (optional). */
+    void (*on_stream)(shmipc_stream *s, void *arg);
+    /* A message: the handler owns *m and must release it (now or later). */
+    void (*on_message)(shmipc_stream *s, shmipc_msg *m, void *arg);
+    /* The peer closed the stream, or its session ended (optional). */
+    void (*on_close)(shmipc_stream *s, void *arg);
+};
+
+struct shmipc_server_config {
+    const char *address;
+    int socket_mode;           /* unix socket permissions, default 0660; -1 keeps umask */
+    const char *allowed_dir;   /* file-path mode, default "/dev/shm" */
+    int handshake_timeout_ms;  /* default 1000 */
+    uint32_t max_event_bytes;  /* default 32 MiB */
+    size_t max_pool_bytes;     /* largest client pool mapped, default 1 GiB */
+    unsigned max_sessions;     /* default 1024 */
+    int unhealthy_ms;          /* default 30000 */
+};
+
+typedef struct shmipc_server shmipc_server;
+
+SHMIPC_API void shmipc_server_config_init(struct shmipc_server_config *c);
+SHMIPC_API int shmipc_server_open(const struct shmipc_server_config *c,
+                                  const struct shmipc_server_handlers *h, void *arg,
+                                  shmipc_server **out);
+/* Serves on the calling thread until shmipc_server_stop(). */
+SHMIPC_API int shmipc_server_run(shmipc_server *s);
+/* Async-signal-safe; shmipc_server_run() returns soon after. */
+SHMIPC_API void shmipc_server_stop(shmipc_server *s);
+SHMIPC_API void shmipc_server_stats(shmipc_server *s, struct shmipc_stats *st);
+SHMIPC_API void shmipc_server_close(shmipc_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

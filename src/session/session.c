@@ -1,0 +1,814 @@
+/*
+ * The session engine (see session.h): events in and out, the receive-queue
+ * harvest, stream tables and pool references. The one rule: everything
+ * the peer wrote (event bytes, queue elements, slice chains) is validated
+ * here before a stream sees it, and a violation kills this session only.
+ */
+#include "session/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "proto/event.h"
+#include "proto/sock.h"
+#include "shmipc/errors.h"
+
+#define IN_START (64u << 10)
+#define POLLING_LEN SHMIPC_EV_HEADER_LEN
+
+/* ---- pool references ---- */
+
+void pool_registry_init(struct pool_registry *r)
+{
+    pthread_mutex_init(&r->mu, NULL);
+    r->head = NULL;
+    r->count = 0;
+}
+
+struct pool_ref *pool_registry_find(struct pool_registry *r, dev_t dev, ino_t ino)
+{
+    pthread_mutex_lock(&r->mu);
+    struct pool_ref *p = r->head;
+    while (p != NULL && !(p->region.dev == dev && p->region.ino == ino))
+        p = p->next;
+    if (p != NULL)
+        __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&r->mu);
+    return p;
+}
+
+int pool_ref_new(struct region *rg, int creator, const struct pool_class *classes, unsigned n,
+                 struct pool_registry *reg, struct pool_ref **out)
+{
+    struct pool_ref *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        region_close(rg);
+        return -ENOMEM;
+    }
+    p->region = *rg;
+    region_init(rg);
+    int rc = creator ? pool_create(&p->pool, p->region.base, p->region.size, classes, n)
+                     : pool_map(&p->pool, p->region.base, p->region.size);
+    if (rc < 0) {
+        region_close(&p->region);
+        free(p);
+        return rc;
+    }
+    p->refs = 1;
+    if (reg != NULL) {
+        p->reg = reg;
+        pthread_mutex_lock(&reg->mu);
+        p->next = reg->head;
+        reg->head = p;
+        reg->count++;
+        pthread_mutex_unlock(&reg->mu);
+    }
+    *out = p;
+    return 0;
+}
+
+void pool_ref_get(struct pool_ref *p)
+{
+    __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+}
+
+void pool_ref_put(struct pool_ref *p)
+{
+    struct pool_registry *reg = p->reg;
+    if (reg != NULL) {
+        /* Under the registry lock so a lookup never revives a dying pool. */
+        pthread_mutex_lock(&reg->mu);
+        if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0) {
+            pthread_mutex_unlock(&reg->mu);
+            return;
+        }
+        struct pool_ref **pp = &reg->head;
+        while (*pp != p)
+            pp = &(*pp)->next;
+        *pp = p->next;
+        reg->count--;
+        pthread_mutex_unlock(&reg->mu);
+    } else if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0) {
+        return;
+    }
+    region_close(&p->region);
+    free(p);
+}
+
+/* ---- sessions ---- */
+
+int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
+                struct region *qregion, struct session **out)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    int rc = -ENOMEM;
+    if (s == NULL)
+        goto fail;
+    s->cfg = *cfg;
+    s->nbuckets = 256;
+    s->table = calloc(s->nbuckets, sizeof(*s->table));
+    s->in_cap = IN_START;
+    s->in = malloc(s->in_cap);
+    if (s->table == NULL || s->in == NULL)
+        goto fail;
+    rc = queue_pair_map(&s->qp, qregion->base, qregion->size, cfg->role == ROLE_SERVER);
+    if (rc < 0)
+        goto fail;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->out_cv, NULL);
+    s->refs = 1;
+    s->fd = fd;
+    s->pool = pool;
+    s->qregion = *qregion;
+    region_init(qregion);
+    s->next_id = 1;
+    *out = s;
+    return 0;
+fail:
+    if (s != NULL) {
+        free(s->table);
+        free(s->in);
+        free(s);
+    }
+    close(fd);
+    region_close(qregion);
+    pool_ref_put(pool);
+    return rc;
+}
+
+void session_get(struct session *s)
+{
+    __atomic_add_fetch(&s->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void session_free(struct session *s)
+{
+    /* Streams hold references, so none is left in the table here. */
+    free(s->table);
+    free(s->in);
+    free(s->out);
+    close(s->fd);
+    region_close(&s->qregion);
+    pool_ref_put(s->pool);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->out_cv);
+    free(s);
+}
+
+void session_put(struct session *s)
+{
+    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0)
+        session_free(s);
+}
+
+int session_alive(struct session *s)
+{
+    return !__atomic_load_n(&s->dead, __ATOMIC_ACQUIRE);
+}
+
+int session_unhealthy(struct session *s)
+{
+    uint64_t until = __atomic_load_n(&s->unhealthy_until_ns, __ATOMIC_RELAXED);
+    return until != 0 && sock_now_ns() < until;
+}
+
+static void wake_all_locked(struct session *s)
+{
+    for (unsigned b = 0; b < s->nbuckets; b++)
+        for (shmipc_stream *st = s->table[b]; st != NULL; st = st->hnext)
+            pthread_cond_broadcast(&st->cv);
+    pthread_cond_broadcast(&s->out_cv);
+}
+
+static void mark_ready_locked(struct session *s, shmipc_stream *st);
+
+void session_die_locked(struct session *s, int err, const char *why)
+{
+    if (s->dead)
+        return;
+    __atomic_store_n(&s->dead, 1, __ATOMIC_RELEASE);
+    s->err = err;
+    snprintf(s->why, sizeof(s->why), "%s", why);
+    shutdown(s->fd, SHUT_RDWR); /* the driver sees a hang-up and lets go */
+    wake_all_locked(s);
+    if (s->cfg.role == ROLE_SERVER)
+        for (unsigned b = 0; b < s->nbuckets; b++)
+            for (shmipc_stream *st = s->table[b]; st != NULL; st = st->hnext)
+                mark_ready_locked(s, st);
+}
+
+void session_die(struct session *s, int err, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    session_die_locked(s, err, why);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int protocol_error(struct session *s, int err, const char *what)
+{
+    char why[160];
+    snprintf(why, sizeof(why), "%s: %s", what, shmipc_strerror(err));
+    s->stats.protocol_errors++;
+    log_warn("session %d (fd %d): closing: %s", s->index, s->fd, why);
+    session_die_locked(s, err, why);
+    return err;
+}
+
+/* ---- stream table ---- */
+
+static unsigned bucket(const struct session *s, uint32_t id)
+{
+    return (id * 2654435761u) >> 8 & (s->nbuckets - 1);
+}
+
+static shmipc_stream *lookup_locked(struct session *s, uint32_t id)
+{
+    shmipc_stream *st = s->table[bucket(s, id)];
+    while (st != NULL && st->id != id)
+        st = st->hnext;
+    return st;
+}
+
+static void grow_table_locked(struct session *s)
+{
+    unsigned n = s->nbuckets * 2;
+    shmipc_stream **t = calloc(n, sizeof(*t));
+    if (t == NULL)
+        return; /* longer chains, still correct */
+    shmipc_stream **old = s->table;
+    unsigned oldn = s->nbuckets;
+    s->table = t;
+    s->nbuckets = n;
+    for (unsigned b = 0; b < oldn; b++) {
+        shmipc_stream *st = old[b];
+        while (st != NULL) {
+            shmipc_stream *next = st->hnext;
+            unsigned k = bucket(s, st->id);
+            st->hnext = t[k];
+            t[k] = st;
+            st = next;
+        }
+    }
+    free(old);
+}
+
+static shmipc_stream *stream_new_locked(struct session *s, uint32_t id)
+{
+    shmipc_stream *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->sess = s;
+    st->id = id;
+    st->refs = 1; /* the table's */
+    st->flags = ST_IN_TABLE;
+    pthread_cond_init(&st->cv, NULL);
+    pool_writer_init(&st->w, &s->pool->pool);
+    session_get(s);
+    if (s->nstreams >= s->nbuckets)
+        grow_table_locked(s);
+    unsigned k = bucket(s, id);
+    st->hnext = s->table[k];
+    s->table[k] = st;
+    s->nstreams++;
+    s->stats.streams_opened++;
+    return st;
+}
+
+void stream_unlink_locked(struct session *s, shmipc_stream *st)
+{
+    if (!(st->flags & ST_IN_TABLE))
+        return;
+    shmipc_stream **pp = &s->table[bucket(s, st->id)];
+    while (*pp != st)
+        pp = &(*pp)->hnext;
+    *pp = st->hnext;
+    st->hnext = NULL;
+    st->flags &= ~ST_IN_TABLE;
+    s->nstreams--;
+}
+
+int session_open_stream(struct session *s, shmipc_stream **out)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->dead)
+        rc = s->err ? s->err : SHMIPC_ECLOSED;
+    else if (session_unhealthy(s))
+        rc = SHMIPC_EUNHEALTHY;
+    else if (s->cfg.max_streams && s->nstreams >= s->cfg.max_streams)
+        rc = -EMFILE;
+    if (rc == 0) {
+        uint32_t id;
+        do
+            id = ++s->next_id;
+        while (id < 2 || lookup_locked(s, id) != NULL);
+        shmipc_stream *st = stream_new_locked(s, id);
+        if (st == NULL) {
+            rc = -ENOMEM;
+        } else {
+            __atomic_add_fetch(&st->refs, 1, __ATOMIC_RELAXED); /* the caller's */
+            *out = st;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* ---- output ---- */
+
+static int out_append(struct session *s, const uint8_t *p, size_t n)
+{
+    if (s->out_len + n > s->out_cap) {
+        size_t cap = s->out_cap ? s->out_cap : 4096;
+        while (cap < s->out_len + n)
+            cap *= 2;
+        uint8_t *b = realloc(s->out, cap);
+        if (b == NULL)
+            return -ENOMEM;
+        s->out = b;
+        s->out_cap = cap;
+    }
+    memcpy(s->out + s->out_len, p, n);
+    s->out_len += n;
+    return 0;
+}
+
+/* Writes as much of the output buffer as the socket takes. */
+static int flush_out_locked(struct session *s)
+{
+    size_t done = 0;
+    while (done < s->out_len) {
+        ssize_t w = send(s->fd, s->out + done, s->out_len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            done += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            break;
+        int err = w < 0 ? -errno : SHMIPC_ECLOSED;
+        session_die_locked(s, err, "write to the peer failed");
+        return err;
+    }
+    memmove(s->out, s->out + done, s->out_len - done);
+    s->out_len -= done;
+    if (s->out_len == 0)
+        pthread_cond_broadcast(&s->out_cv);
+    return 0;
+}
+
+int session_send_locked(struct session *s, const void *ev, size_t evlen, const void *payload,
+                        size_t plen)
+{
+    if (s->dead)
+        return s->err ? s->err : SHMIPC_ECLOSED;
+    if (s->out_len == 0) {
+        /* The common case: straight to the socket, nothing buffered. */
+        struct iovec iov[2] = {{(void *)ev, evlen}, {(void *)payload, plen}};
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = plen ? 2 : 1};
+        ssize_t w;
+        do
+            w = sendmsg(s->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN) {
+            int err = -errno;
+            session_die_locked(s, err, "write to the peer failed");
+            return err;
+        }
+        size_t sent = w < 0 ? 0 : (size_t)w;
+        if (sent >= evlen + plen)
+            return 0;
+        if (sent < evlen) {
+            if (out_append(s, (const uint8_t *)ev + sent, evlen - sent) < 0)
+                return -ENOMEM;
+            sent = 0;
+        } else {
+            sent -= evlen;
+        }
+        if (plen > sent && out_append(s, (const uint8_t *)payload + sent, plen - sent) < 0)
+            return -ENOMEM;
+    } else if (out_append(s, ev, evlen) < 0 || (plen && out_append(s, payload, plen) < 0)) {
+        return -ENOMEM;
+    }
+    if (s->cfg.out_limit && s->out_len > s->cfg.out_limit) {
+        s->stats.protocol_errors++;
+        session_die_locked(s, SHMIPC_EPROTO, "peer stopped reading: output limit reached");
+        return SHMIPC_EPROTO;
+    }
+    return 0;
+}
+
+int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
+{
+    while (s->out_len > 0 && !s->dead) {
+        uint64_t now = sock_now_ns();
+        if (now >= deadline_ns)
+            return SHMIPC_ETIMEDOUT;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t left = deadline_ns - now;
+        if (left > 1000000000ull)
+            left = 1000000000ull;
+        ts.tv_nsec += (long)(left % 1000000000ull);
+        ts.tv_sec += (time_t)(left / 1000000000ull) + ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&s->out_cv, &s->mu, &ts);
+    }
+    return s->dead ? (s->err ? s->err : SHMIPC_ECLOSED) : 0;
+}
+
+static int wake_peer_locked(struct session *s)
+{
+    if (!queue_mark_working(&s->qp.send))
+        return 0;
+    uint8_t ev[POLLING_LEN];
+    ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
+    s->stats.wakeups_sent++;
+    return session_send_locked(s, ev, sizeof(ev), NULL, 0);
+}
+
+int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e)
+{
+    int tries = s->cfg.role == ROLE_CLIENT ? s->cfg.queue_full_retries : 0;
+    for (;;) {
+        if (s->dead)
+            return s->err ? s->err : SHMIPC_ECLOSED;
+        int rc = queue_put(&s->qp.send, e);
+        if (rc == 0)
+            return wake_peer_locked(s);
+        if (rc == SHMIPC_ECORRUPT)
+            return protocol_error(s, rc, "send queue head out of range");
+        s->stats.queue_full++;
+        /* Make sure the peer is awake to drain what is queued. */
+        if (queue_mark_working(&s->qp.send)) {
+            uint8_t ev[POLLING_LEN];
+            ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
+            s->stats.wakeups_sent++;
+            session_send_locked(s, ev, sizeof(ev), NULL, 0);
+        }
+        if (tries-- <= 0)
+            return SHMIPC_EQFULL;
+        pthread_mutex_unlock(&s->mu);
+        struct timespec ts = {0, (long)s->cfg.queue_full_wait_ms * 1000000L};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&s->mu);
+    }
+}
+
+/* ---- input ---- */
+
+void rx_msg_free(struct rx_msg *m)
+{
+    if (m->pool != NULL) {
+        for (uint32_t i = 0; i < m->nseg; i++)
+            pool_push(&m->pool->pool, m->offs[i]);
+        pool_ref_put(m->pool);
+    }
+    if (m->iov != m->iov_inline)
+        free(m->iov);
+    if (m->offs != m->offs_inline)
+        free(m->offs);
+    free(m->heap);
+    free(m);
+}
+
+static void mark_ready_locked(struct session *s, shmipc_stream *st)
+{
+    if (s->cfg.role != ROLE_SERVER || (st->flags & ST_READY))
+        return;
+    st->flags |= ST_READY;
+    __atomic_add_fetch(&st->refs, 1, __ATOMIC_RELAXED); /* the ready list's */
+    st->rnext = NULL;
+    if (s->ready_tail != NULL)
+        s->ready_tail->rnext = st;
+    else
+        s->ready_head = st;
+    s->ready_tail = st;
+}
+
+static void deliver_locked(struct session *s, shmipc_stream *st, struct rx_msg *m)
+{
+    m->next = NULL;
+    if (st->rx_tail != NULL)
+        st->rx_tail->next = m;
+    else
+        st->rx_head = m;
+    st->rx_tail = m;
+    st->rx_count++;
+    s->stats.messages_received++;
+    s->stats.bytes_received += m->len;
+    pthread_cond_broadcast(&st->cv);
+    mark_ready_locked(s, st);
+}
+
+static void remote_close_locked(struct session *s, shmipc_stream *st)
+{
+    st->flags |= ST_REMOTE_CLOSED;
+    pthread_cond_broadcast(&st->cv);
+    mark_ready_locked(s, st);
+}
+
+/* Finds the stream an incoming message or close belongs to; a server
+ * opens it implicitly on its first open-status message. */
+static shmipc_stream *stream_for_locked(struct session *s, uint32_t id, int opening)
+{
+    shmipc_stream *st = lookup_locked(s, id);
+    if (st != NULL || !opening || s->cfg.role != ROLE_SERVER)
+        return st;
+    if (s->cfg.max_streams && s->nstreams >= s->cfg.max_streams) {
+        protocol_error(s, -EMFILE, "peer opened more streams than allowed");
+        return NULL;
+    }
+    return stream_new_locked(s, id);
+}
+
+/* Snapshots a peer's chain into a message: every slice checked once, and
+ * only the checked copy used afterwards. */
+static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
+{
+    struct pool *p = &s->pool->pool;
+    struct rx_msg *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return -ENOMEM;
+    m->iov = m->iov_inline;
+    m->offs = m->offs_inline;
+    uint32_t cap = RX_INLINE_SEGS;
+    struct pool_walk w;
+    struct pool_seg seg;
+    int rc;
+    uint64_t total = 0;
+    pool_walk_init(&w, p, first);
+    while ((rc = pool_walk_next(&w, &seg)) > 0) {
+        if (m->nseg == cap) {
+            cap *= 2;
+            struct shmipc_iov *iov = malloc(cap * sizeof(*iov));
+            uint32_t *offs = malloc(cap * sizeof(*offs));
+            if (iov == NULL || offs == NULL) {
+                free(iov);
+                free(offs);
+                rc = -ENOMEM;
+                break;
+            }
+            memcpy(iov, m->iov, m->nseg * sizeof(*iov));
+            memcpy(offs, m->offs, m->nseg * sizeof(*offs));
+            if (m->iov != m->iov_inline)
+                free(m->iov);
+            if (m->offs != m->offs_inline)
+                free(m->offs);
+            m->iov = iov;
+            m->offs = offs;
+        }
+        m->iov[m->nseg] = (struct shmipc_iov){seg.data, seg.len};
+        m->offs[m->nseg++] = seg.off;
+        total += seg.len;
+    }
+    if (rc == 0 && total > UINT32_MAX)
+        rc = SHMIPC_EBADSLICE;
+    if (rc < 0) {
+        /* Nothing of a bad chain is freed: its links cannot be trusted. */
+        m->nseg = 0;
+        rx_msg_free(m);
+        return rc;
+    }
+    m->len = (uint32_t)total;
+    m->pool = s->pool;
+    pool_ref_get(s->pool);
+    *out = m;
+    return 0;
+}
+
+static int on_elem_locked(struct session *s, const struct shmipc_queue_elem *e)
+{
+    uint32_t status = e->status & 0xff;
+    if (status == SHMIPC_STREAM_CLOSED) {
+        shmipc_stream *st = lookup_locked(s, e->stream_id);
+        if (st != NULL)
+            remote_close_locked(s, st);
+        return 0; /* unknown id: ignored, as the peers do */
+    }
+    if (status != SHMIPC_STREAM_OPEN)
+        return protocol_error(s, SHMIPC_EPROTO, "queue element with an unknown status");
+    struct rx_msg *m;
+    int rc = chain_to_msg(s, e->offset, &m);
+    if (rc < 0)
+        return protocol_error(s, rc, "bad slice chain in a queue element");
+    shmipc_stream *st = stream_for_locked(s, e->stream_id, 1);
+    if (st == NULL || (st->flags & ST_REMOTE_CLOSED)) {
+        rx_msg_free(m); /* a stream we do not know: give the slices back */
+        return s->dead ? s->err : 0;
+    }
+    deliver_locked(s, st, m);
+    return 0;
+}
+
+static int harvest_locked(struct session *s)
+{
+    do {
+        struct shmipc_queue_elem e;
+        int rc;
+        while ((rc = queue_pop(&s->qp.recv, &e)) == 0) {
+            if ((rc = on_elem_locked(s, &e)) < 0)
+                return rc;
+        }
+        if (rc != SHMIPC_EQEMPTY)
+            return protocol_error(s, rc, "receive queue tail out of range");
+    } while (!queue_mark_not_working(&s->qp.recv));
+    return 0;
+}
+
+static int on_fallback_locked(struct session *s, const uint8_t *ev, uint32_t len)
+{
+    struct ev_fallback fb;
+    int rc = ev_decode_fallback(ev, len, &fb);
+    if (rc < 0)
+        return protocol_error(s, rc, "malformed FallbackData");
+    uint32_t status = fb.status & 0xff;
+    if (status > SHMIPC_STREAM_CLOSED)
+        return protocol_error(s, SHMIPC_EPROTO, "FallbackData with an unknown status");
+    s->stats.fallbacks_received++;
+    shmipc_stream *st = stream_for_locked(s, fb.stream_id, status == SHMIPC_STREAM_OPEN);
+    if (st == NULL)
+        return s->dead ? s->err : 0;
+    if (fb.payload_len > 0 || status == SHMIPC_STREAM_OPEN) {
+        struct rx_msg *m = calloc(1, sizeof(*m));
+        uint8_t *copy = malloc(fb.payload_len ? fb.payload_len : 1);
+        if (m == NULL || copy == NULL) {
+            free(m);
+            free(copy);
+            return protocol_error(s, -ENOMEM, "no memory for FallbackData");
+        }
+        memcpy(copy, fb.payload, fb.payload_len);
+        m->heap = copy;
+        m->len = fb.payload_len;
+        m->nseg = 1;
+        m->iov = m->iov_inline;
+        m->offs = m->offs_inline;
+        m->iov[0] = (struct shmipc_iov){copy, fb.payload_len};
+        deliver_locked(s, st, m);
+    }
+    if (status == SHMIPC_STREAM_CLOSED)
+        remote_close_locked(s, st);
+    return 0;
+}
+
+static int on_event_locked(struct session *s, const uint8_t *ev, const struct ev_header *h)
+{
+    switch (h->type) {
+    case SHMIPC_EV_POLLING:
+        s->stats.wakeups_received++;
+        return harvest_locked(s);
+    case SHMIPC_EV_STREAM_CLOSE: {
+        uint32_t id;
+        int rc = ev_decode_stream_close(ev, h->length, &id);
+        if (rc < 0)
+            return protocol_error(s, rc, "malformed StreamClose");
+        shmipc_stream *st = lookup_locked(s, id);
+        if (st != NULL)
+            remote_close_locked(s, st);
+        return 0;
+    }
+    case SHMIPC_EV_FALLBACK_DATA:
+        return on_fallback_locked(s, ev, h->length);
+    case SHMIPC_EV_HOT_RESTART:
+        if (s->cfg.role == ROLE_CLIENT) {
+            session_die_locked(s, SHMIPC_ECLOSED, "server is restarting");
+            return SHMIPC_ECLOSED;
+        }
+        return protocol_error(s, SHMIPC_EPROTO, "a client sent HotRestart");
+    default:
+        return protocol_error(s, SHMIPC_EPROTO, "event type not allowed after the handshake");
+    }
+}
+
+/* Handles every whole event in the input buffer. */
+static int parse_locked(struct session *s)
+{
+    size_t at = 0;
+    int rc = 0;
+    while (s->in_len - at >= SHMIPC_EV_HEADER_LEN && !s->dead) {
+        struct ev_header h;
+        rc = ev_decode_header(s->in + at, s->cfg.max_event, &h);
+        if (rc < 0) {
+            protocol_error(s, rc, "bad event from the peer");
+            break;
+        }
+        if (h.version != s->cfg.version) {
+            rc = protocol_error(s, SHMIPC_EBADVERSION, "event version differs from the session's");
+            break;
+        }
+        if (s->in_len - at < h.length) {
+            if (h.length > s->in_cap) {
+                uint8_t *b = realloc(s->in, h.length);
+                if (b == NULL) {
+                    rc = protocol_error(s, -ENOMEM, "no memory for a large event");
+                    break;
+                }
+                s->in = b;
+                s->in_cap = h.length;
+            }
+            break;
+        }
+        rc = on_event_locked(s, s->in + at, &h);
+        at += h.length;
+        if (rc < 0)
+            break;
+    }
+    memmove(s->in, s->in + at, s->in_len - at);
+    s->in_len -= at;
+    return rc;
+}
+
+int session_on_io(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    while (!s->dead) {
+        if (s->in_len == s->in_cap) {
+            if ((rc = parse_locked(s)) < 0)
+                break;
+            if (s->in_len == s->in_cap) {
+                rc = protocol_error(s, SHMIPC_EBIGEVENT, "input buffer full");
+                break;
+            }
+        }
+        ssize_t n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
+        if (n > 0) {
+            s->in_len += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            break;
+        rc = n == 0 ? SHMIPC_ECLOSED : -errno;
+        parse_locked(s);
+        session_die_locked(s, rc, n == 0 ? "peer closed the connection" : "read failed");
+        break;
+    }
+    if (!s->dead && (rc = parse_locked(s)) == 0 && s->out_len > 0)
+        rc = flush_out_locked(s);
+    /* A Polling may have been lost to a full socket earlier; harvesting
+     * when nothing is queued costs two loads. */
+    if (!s->dead && rc == 0)
+        rc = harvest_locked(s);
+    if (s->dead)
+        rc = s->err ? s->err : SHMIPC_ECLOSED;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+shmipc_stream *session_next_ready(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    shmipc_stream *st = s->ready_head;
+    if (st != NULL) {
+        s->ready_head = st->rnext;
+        if (s->ready_head == NULL)
+            s->ready_tail = NULL;
+        st->rnext = NULL;
+        st->flags &= ~ST_READY;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return st; /* carries the ready list's reference */
+}
+
+void session_add_stats(struct session *s, struct shmipc_stats *st)
+{
+    pthread_mutex_lock(&s->mu);
+    const struct session_stats *a = &s->stats;
+    st->streams_opened += a->streams_opened;
+    st->messages_sent += a->messages_sent;
+    st->messages_received += a->messages_received;
+    st->bytes_sent += a->bytes_sent;
+    st->bytes_received += a->bytes_received;
+    st->wakeups_sent += a->wakeups_sent;
+    st->wakeups_received += a->wakeups_received;
+    st->fallbacks_sent += a->fallbacks_sent;
+    st->fallbacks_received += a->fallbacks_received;
+    st->queue_full += a->queue_full;
+    st->protocol_errors += a->protocol_errors;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void session_release_streams(struct session *s)
+{
+    for (;;) {
+        shmipc_stream *st = NULL;
+        pthread_mutex_lock(&s->mu);
+        for (unsigned b = 0; b < s->nbuckets && st == NULL; b++)
+            st = s->table[b];
+        if (st != NULL)
+            stream_unlink_locked(s, st);
+        pthread_mutex_unlock(&s->mu);
+        if (st == NULL)
+            return;
+        stream_put(st); /* the table's reference */
+    }
+}
