@@ -136,6 +136,13 @@ struct shmipc_client_config {
     int reconnect_max_ms;     /* backoff cap, default 5000 */
     unsigned idle_streams;    /* streams kept for reuse, default 1024 */
     int prefault;             /* touch the pool's pages at creation */
+    /* Slice classes of the pool; nclasses 0 means shmipc's defaults
+     * (8172/32748/131052 bytes at 50/30/20 %). Sizes ascending. */
+    unsigned nclasses;
+    struct shmipc_slice_class {
+        uint32_t slice_bytes;
+        uint32_t percent;
+    } classes[8];
 };
 
 typedef struct shmipc_client shmipc_client;

@@ -71,8 +71,7 @@ enum stream_flags {
     ST_FALLBACK = 1u << 2,      /* writes go as FallbackData for good */
     ST_IN_TABLE = 1u << 3,
     ST_READY = 1u << 4,         /* on the session's ready list (server) */
-    ST_OPEN_NOTIFIED = 1u << 5,
-    ST_CLOSE_NOTIFIED = 1u << 6,
+    ST_BLOCKED = 1u << 5,       /* on the session's blocked list (server) */
 };
 
 struct shmipc_stream {
@@ -92,6 +91,9 @@ struct shmipc_stream {
     pthread_cond_t cv;
     struct shmipc_stream *hnext; /* table chain */
     struct shmipc_stream *rnext; /* ready list */
+    struct shmipc_stream *bnext; /* blocked list (server) */
+    uint8_t seen_open;           /* touched by the dispatcher only */
+    uint8_t seen_close;
     void *user;
 };
 
@@ -135,6 +137,7 @@ struct session {
     uint8_t *out;
     size_t out_len, out_cap;
     struct shmipc_stream *ready_head, *ready_tail;
+    struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
     struct session_stats stats;
     void *owner;           /* the client slot or server that drives it */
     int index;             /* session number inside its client */
@@ -199,3 +202,6 @@ void stream_unlink_locked(struct session *s, shmipc_stream *st);
  * caller still holds keep working until they notice the session died). */
 void session_release_streams(struct session *s);
 void stream_put(shmipc_stream *st);
+/* Server: retries the flushes that met a full queue. Returns how many
+ * streams are still blocked. */
+unsigned session_retry_blocked(struct session *s);

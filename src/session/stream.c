@@ -226,10 +226,18 @@ static int put_message_locked(shmipc_stream *st, uint32_t first, uint32_t len)
     struct shmipc_queue_elem e = {st->id, first, SHMIPC_STREAM_OPEN};
     int rc = session_put_elem_locked(st->sess, &e);
     if (rc == SHMIPC_EQFULL) {
-        /* Kept, not freed: the next flush publishes it first. */
+        /* Kept, not freed: the next flush publishes it first. A server
+         * retries by itself, since its handler may never flush again. */
         st->has_unsent = 1;
         st->unsent_first = first;
         st->unsent_len = len;
+        struct session *s = st->sess;
+        if (s->cfg.role == ROLE_SERVER && !(st->flags & ST_BLOCKED)) {
+            st->flags |= ST_BLOCKED;
+            stream_get(st);
+            st->bnext = s->blocked;
+            s->blocked = st;
+        }
         return rc;
     }
     if (rc == 0) {
@@ -487,4 +495,26 @@ void shmipc_msg_release(shmipc_msg *m)
         return;
     rx_msg_free(m->priv_);
     memset(m, 0, sizeof(*m));
+}
+
+unsigned session_retry_blocked(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    shmipc_stream *list = s->blocked;
+    s->blocked = NULL;
+    for (shmipc_stream *st = list; st != NULL; st = st->bnext)
+        st->flags &= ~ST_BLOCKED;
+    pthread_mutex_unlock(&s->mu);
+    while (list != NULL) {
+        shmipc_stream *st = list;
+        list = st->bnext;
+        shmipc_stream_flush(st); /* re-blocks itself if still full */
+        stream_put(st);
+    }
+    pthread_mutex_lock(&s->mu);
+    unsigned n = 0;
+    for (shmipc_stream *st = s->blocked; st != NULL; st = st->bnext)
+        n++;
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }

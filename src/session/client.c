@@ -1,0 +1,486 @@
+/*
+ * The client session manager: N sessions to one address sharing one pool,
+ * an I/O thread that drives them (epoll, edge-triggered), a pool of idle
+ * streams, and reconnection with exponential backoff done by the caller
+ * that next needs the slot, so healthy sessions never wait for it.
+ *
+ * Lock order: a slot's mutex, then the idle-list mutex is never held with
+ * it; a session's mutex is taken inside either. The I/O thread holds one
+ * reference on each session registered with it and drops it when it sees
+ * the session dead.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "proto/handshake.h"
+#include "proto/sock.h"
+#include "session/session.h"
+#include "shmipc/errors.h"
+
+struct client_slot {
+    pthread_mutex_t mu;
+    struct session *sess; /* NULL or the current one, maybe dead */
+    unsigned index;
+    unsigned generation;  /* connections made, for unique queue names */
+    unsigned failures;
+    uint64_t next_try_ns;
+};
+
+struct shmipc_client {
+    struct shmipc_client_config cfg;
+    struct sock_addr addr;
+    char prefix[200];
+    char buffer_path[256];
+    struct pool_ref *pool;
+    struct client_slot *slots;
+    unsigned nslots;
+    unsigned rr; /* atomic */
+    pthread_t io;
+    int io_started;
+    int epfd, evfd;
+    int stopping; /* atomic */
+    pthread_mutex_t idle_mu;
+    shmipc_stream **idle;
+    unsigned nidle;
+    pthread_mutex_t stats_mu;
+    struct shmipc_stats gone;
+    pthread_mutex_t reg_mu; /* sessions the I/O thread holds a reference on */
+    struct session **reg;
+    unsigned nreg, capreg;
+};
+
+static unsigned instances; /* per process, for unique default names */
+
+void shmipc_client_config_init(struct shmipc_client_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->mode = SHMIPC_MODE_MEMFD;
+    c->sessions = 1;
+    c->pool_bytes = POOL_DEFAULT_SIZE;
+    c->queue_cap = 8192;
+    c->path_prefix = "/dev/shm/shmipc";
+    c->connect_timeout_ms = 1000;
+    c->max_event_bytes = 32u << 20;
+    c->unhealthy_ms = 30000;
+    c->queue_full_retries = 10;
+    c->queue_full_wait_ms = 10;
+    c->reconnect_min_ms = 50;
+    c->reconnect_max_ms = 5000;
+    c->idle_streams = 1024;
+}
+
+static int io_register(struct shmipc_client *c, struct session *s)
+{
+    pthread_mutex_lock(&c->reg_mu);
+    if (c->nreg == c->capreg) {
+        unsigned cap = c->capreg ? c->capreg * 2 : 8;
+        struct session **r = realloc(c->reg, cap * sizeof(*r));
+        if (r == NULL) {
+            pthread_mutex_unlock(&c->reg_mu);
+            return -ENOMEM;
+        }
+        c->reg = r;
+        c->capreg = cap;
+    }
+    session_get(s);
+    c->reg[c->nreg++] = s;
+    pthread_mutex_unlock(&c->reg_mu);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = s};
+    if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
+        return -errno; /* left registered: released with the client */
+    return 0;
+}
+
+/* Drops the I/O thread's reference on s (once). */
+static void io_unregister(struct shmipc_client *c, struct session *s)
+{
+    int found = 0;
+    pthread_mutex_lock(&c->reg_mu);
+    for (unsigned i = 0; i < c->nreg; i++) {
+        if (c->reg[i] == s) {
+            c->reg[i] = c->reg[--c->nreg];
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->reg_mu);
+    if (found) {
+        epoll_ctl(c->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        session_put(s);
+    }
+}
+
+static void *io_main(void *arg)
+{
+    struct shmipc_client *c = arg;
+    struct epoll_event evs[64];
+    while (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+        int n = epoll_wait(c->epfd, evs, 64, 1000);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                uint64_t v;
+                if (read(c->evfd, &v, sizeof(v)) < 0)
+                    continue;
+                continue;
+            }
+            struct session *s = evs[i].data.ptr;
+            session_on_io(s);
+            if (!session_alive(s)) {
+                if (__atomic_load_n(&c->stopping, __ATOMIC_RELAXED) || s->err == SHMIPC_ECLOSED)
+                    log_debug("session %d to %s ended: %s", s->index, c->addr.text, s->why);
+                else
+                    log_warn("session %d to %s ended: %s", s->index, c->addr.text, s->why);
+                io_unregister(c, s);
+            }
+        }
+    }
+    return NULL;
+}
+
+static int create_pool(struct shmipc_client *c)
+{
+    struct region r;
+    region_init(&r);
+    unsigned flags = c->cfg.prefault ? REGION_PREFAULT : 0;
+    int rc;
+    if (c->cfg.mode == SHMIPC_MODE_MEMFD) {
+        char name[256];
+        snprintf(name, sizeof(name), "%s_buffer", basename(c->prefix));
+        rc = region_create_memfd(&r, name, c->cfg.pool_bytes, flags | REGION_SEAL);
+    } else {
+        rc = region_create_file(&r, c->buffer_path, c->cfg.pool_bytes,
+                                flags | REGION_UNLINK_ON_CLOSE);
+    }
+    if (rc < 0)
+        return rc;
+    if (c->cfg.nclasses == 0)
+        return pool_ref_new(&r, 1, pool_default_classes, 3, NULL, &c->pool);
+    struct pool_class classes[8];
+    for (unsigned i = 0; i < c->cfg.nclasses; i++)
+        classes[i] = (struct pool_class){c->cfg.classes[i].slice_bytes, c->cfg.classes[i].percent};
+    return pool_ref_new(&r, 1, classes, c->cfg.nclasses, NULL, &c->pool);
+}
+
+static void drop_session(struct shmipc_client *c, struct client_slot *sl);
+
+/* One connection attempt for a slot: socket, queue, handshake, session. */
+static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
+{
+    uint64_t deadline = sock_deadline(c->cfg.connect_timeout_ms);
+    char qpath[256];
+    int n = sl->generation == 0
+                ? snprintf(qpath, sizeof(qpath), "%s_queue_%u", c->prefix, sl->index)
+                : snprintf(qpath, sizeof(qpath), "%s_queue_%u_r%u", c->prefix, sl->index,
+                           sl->generation);
+    if (n < 0 || (size_t)n >= sizeof(qpath))
+        return -ENAMETOOLONG;
+    sl->generation++;
+    int fd = sock_connect(&c->addr, deadline);
+    if (fd < 0)
+        return fd;
+    struct region q;
+    region_init(&q);
+    size_t qsize = queue_pair_size(c->cfg.queue_cap);
+    int rc = c->cfg.mode == SHMIPC_MODE_MEMFD
+                 ? region_create_memfd(&q, basename(qpath), qsize, REGION_SEAL)
+                 : region_create_file(&q, qpath, qsize, REGION_UNLINK_ON_CLOSE);
+    struct queue_pair qp;
+    if (rc == 0)
+        rc = queue_pair_create(&qp, q.base, q.size, c->cfg.queue_cap);
+    uint8_t version = 0;
+    if (rc == 0) {
+        int memfd = c->cfg.mode == SHMIPC_MODE_MEMFD;
+        rc = hs_client(fd, memfd ? HS_MEMFD : HS_FILE, memfd ? SHMIPC_PROTO_V3 : SHMIPC_PROTO_V2,
+                       qpath, c->buffer_path, c->pool->region.fd, q.fd, deadline, &version);
+    }
+    if (rc < 0) {
+        close(fd);
+        region_close(&q);
+        return rc;
+    }
+    struct session_cfg scfg = {
+        .role = ROLE_CLIENT,
+        .version = version,
+        .max_event = c->cfg.max_event_bytes,
+        .unhealthy_ms = c->cfg.unhealthy_ms,
+        .queue_full_retries = c->cfg.queue_full_retries,
+        .queue_full_wait_ms = c->cfg.queue_full_wait_ms,
+    };
+    pool_ref_get(c->pool);
+    struct session *s;
+    if ((rc = session_new(&scfg, fd, c->pool, &q, &s)) < 0)
+        return rc;
+    s->owner = c;
+    s->index = (int)sl->index;
+    sl->sess = s;
+    if ((rc = io_register(c, s)) < 0) {
+        drop_session(c, sl);
+        return rc;
+    }
+    pthread_mutex_lock(&c->stats_mu);
+    c->gone.sessions_opened++;
+    pthread_mutex_unlock(&c->stats_mu);
+    return 0;
+}
+
+/* Lets a dead session go, keeping its counters. Slot locked. */
+static void drop_session(struct shmipc_client *c, struct client_slot *sl)
+{
+    struct session *s = sl->sess;
+    if (s == NULL)
+        return;
+    sl->sess = NULL;
+    session_die(s, SHMIPC_ECLOSED, "client closed the session");
+    session_release_streams(s);
+    pthread_mutex_lock(&c->stats_mu);
+    session_add_stats(s, &c->gone);
+    c->gone.sessions_closed++;
+    if (s->err != SHMIPC_ECLOSED)
+        c->gone.session_errors++;
+    pthread_mutex_unlock(&c->stats_mu);
+    session_put(s);
+}
+
+static uint64_t backoff_ns(const struct shmipc_client *c, unsigned failures)
+{
+    uint64_t ms = (uint64_t)c->cfg.reconnect_min_ms;
+    for (unsigned i = 1; i < failures && ms < (uint64_t)c->cfg.reconnect_max_ms; i++)
+        ms *= 2;
+    if (ms > (uint64_t)c->cfg.reconnect_max_ms)
+        ms = (uint64_t)c->cfg.reconnect_max_ms;
+    return ms * 1000000u;
+}
+
+/* Slot locked: makes sure it has a live session, reconnecting when the
+ * backoff allows. */
+static int ensure_slot(struct shmipc_client *c, struct client_slot *sl, int initial)
+{
+    if (sl->sess != NULL && session_alive(sl->sess))
+        return 0;
+    if (!initial && sock_now_ns() < sl->next_try_ns)
+        return SHMIPC_ENOSESSION;
+    int was_connected = sl->sess != NULL;
+    drop_session(c, sl);
+    int rc = connect_slot(c, sl);
+    if (rc < 0) {
+        sl->failures++;
+        sl->next_try_ns = sock_now_ns() + backoff_ns(c, sl->failures);
+        log_warn("session %u to %s: connect failed (attempt %u): %s", sl->index, c->addr.text,
+                 sl->failures, shmipc_strerror(rc));
+        return rc;
+    }
+    sl->failures = 0;
+    if (was_connected || !initial) {
+        pthread_mutex_lock(&c->stats_mu);
+        c->gone.reconnects++;
+        pthread_mutex_unlock(&c->stats_mu);
+    }
+    return 0;
+}
+
+int shmipc_client_open(const struct shmipc_client_config *cfg, shmipc_client **out)
+{
+    struct shmipc_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->cfg = *cfg;
+    c->epfd = c->evfd = -1;
+    pthread_mutex_init(&c->idle_mu, NULL);
+    pthread_mutex_init(&c->stats_mu, NULL);
+    pthread_mutex_init(&c->reg_mu, NULL);
+    unsigned inst = __atomic_fetch_add(&instances, 1, __ATOMIC_RELAXED);
+    const char *pre = cfg->path_prefix ? cfg->path_prefix : "/dev/shm/shmipc";
+    int n = inst == 0 ? snprintf(c->prefix, sizeof(c->prefix), "%s_%d", pre, (int)getpid())
+                      : snprintf(c->prefix, sizeof(c->prefix), "%s_%d_%u", pre, (int)getpid(), inst);
+    int rc = n < 0 || (size_t)n >= sizeof(c->prefix) ? -ENAMETOOLONG : 0;
+    snprintf(c->buffer_path, sizeof(c->buffer_path), "%s_buffer", c->prefix);
+    c->cfg.path_prefix = NULL;
+    c->cfg.address = NULL;
+    if (c->cfg.sessions == 0 || c->cfg.queue_cap == 0 || c->cfg.nclasses > 8)
+        rc = -EINVAL;
+    if (rc == 0)
+        rc = sock_addr_parse(cfg->address, &c->addr);
+    if (rc == 0 && c->cfg.mode == SHMIPC_MODE_MEMFD && c->addr.family != AF_UNIX)
+        rc = -EINVAL; /* fds travel only over unix sockets */
+    c->nslots = c->cfg.sessions;
+    c->slots = calloc(c->nslots, sizeof(*c->slots));
+    c->idle = calloc(c->cfg.idle_streams ? c->cfg.idle_streams : 1, sizeof(*c->idle));
+    if (rc == 0 && (c->slots == NULL || c->idle == NULL))
+        rc = -ENOMEM;
+    for (unsigned i = 0; c->slots != NULL && i < c->nslots; i++) {
+        pthread_mutex_init(&c->slots[i].mu, NULL);
+        c->slots[i].index = i;
+    }
+    if (rc == 0)
+        rc = create_pool(c);
+    if (rc == 0) {
+        c->epfd = epoll_create1(EPOLL_CLOEXEC);
+        c->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (c->epfd < 0 || c->evfd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->evfd, &ev) < 0)
+            rc = -errno;
+    }
+    if (rc == 0 && (rc = -pthread_create(&c->io, NULL, io_main, c)) == 0)
+        c->io_started = 1;
+    int live = 0, last = rc;
+    for (unsigned i = 0; rc == 0 && i < c->nslots; i++) {
+        pthread_mutex_lock(&c->slots[i].mu);
+        int r = ensure_slot(c, &c->slots[i], 1);
+        pthread_mutex_unlock(&c->slots[i].mu);
+        live += r == 0;
+        if (r < 0)
+            last = r;
+    }
+    if (rc == 0 && live == 0)
+        rc = last < 0 ? last : SHMIPC_ENOSESSION;
+    if (rc < 0) {
+        log_warn("shmipc client to %s: %s", cfg->address ? cfg->address : "(null)",
+                 shmipc_strerror(rc));
+        shmipc_client_close(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+static shmipc_stream *take_idle(struct shmipc_client *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->idle_mu);
+        shmipc_stream *st = c->nidle ? c->idle[--c->nidle] : NULL;
+        pthread_mutex_unlock(&c->idle_mu);
+        if (st == NULL || stream_reusable(st))
+            return st;
+        shmipc_stream_close(st);
+    }
+}
+
+/* Opens a stream on the slot's session; reconnects when it is dead. */
+static int open_on_slot(struct shmipc_client *c, struct client_slot *sl, shmipc_stream **out)
+{
+    int rc = ensure_slot(c, sl, 0);
+    if (rc == 0)
+        rc = session_open_stream(sl->sess, out);
+    return rc;
+}
+
+int shmipc_client_get(shmipc_client *c, shmipc_stream **out)
+{
+    if ((*out = take_idle(c)) != NULL)
+        return 0;
+    int rc = SHMIPC_ENOSESSION;
+    unsigned start = __atomic_fetch_add(&c->rr, 1, __ATOMIC_RELAXED);
+    /* First pass skips slots another thread is reconnecting. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (unsigned k = 0; k < c->nslots; k++) {
+            struct client_slot *sl = &c->slots[(start + k) % c->nslots];
+            if (pass == 0 ? pthread_mutex_trylock(&sl->mu) != 0 : pthread_mutex_lock(&sl->mu) != 0)
+                continue;
+            int r = open_on_slot(c, sl, out);
+            pthread_mutex_unlock(&sl->mu);
+            if (r == 0)
+                return 0;
+            if (rc == SHMIPC_ENOSESSION || r == SHMIPC_EUNHEALTHY)
+                rc = r;
+        }
+    }
+    return rc;
+}
+
+void shmipc_client_put(shmipc_client *c, shmipc_stream *st)
+{
+    if (st == NULL)
+        return;
+    if (stream_reusable(st)) {
+        pthread_mutex_lock(&c->idle_mu);
+        int kept = c->nidle < c->cfg.idle_streams;
+        if (kept)
+            c->idle[c->nidle++] = st;
+        pthread_mutex_unlock(&c->idle_mu);
+        if (kept)
+            return;
+    }
+    shmipc_stream_close(st);
+}
+
+int shmipc_call(shmipc_stream *st, const void *req, size_t n, shmipc_msg *resp, int timeout_ms)
+{
+    int rc = shmipc_stream_write(st, req, n);
+    if (rc == 0)
+        rc = shmipc_stream_flush(st);
+    if (rc == 0)
+        rc = shmipc_stream_recv(st, resp, timeout_ms);
+    return rc;
+}
+
+void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st)
+{
+    pthread_mutex_lock(&c->stats_mu);
+    *st = c->gone;
+    pthread_mutex_unlock(&c->stats_mu);
+    for (unsigned i = 0; i < c->nslots; i++) {
+        pthread_mutex_lock(&c->slots[i].mu);
+        if (c->slots[i].sess != NULL)
+            session_add_stats(c->slots[i].sess, st);
+        pthread_mutex_unlock(&c->slots[i].mu);
+    }
+}
+
+unsigned shmipc_client_live_sessions(shmipc_client *c)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < c->nslots; i++) {
+        pthread_mutex_lock(&c->slots[i].mu);
+        n += c->slots[i].sess != NULL && session_alive(c->slots[i].sess);
+        pthread_mutex_unlock(&c->slots[i].mu);
+    }
+    return n;
+}
+
+void shmipc_client_close(shmipc_client *c)
+{
+    if (c == NULL)
+        return;
+    while (c->nidle > 0)
+        shmipc_stream_close(c->idle[--c->nidle]);
+    for (unsigned i = 0; c->slots != NULL && i < c->nslots; i++) {
+        pthread_mutex_lock(&c->slots[i].mu);
+        if (c->slots[i].sess != NULL)
+            session_die(c->slots[i].sess, SHMIPC_ECLOSED, "client closed");
+        pthread_mutex_unlock(&c->slots[i].mu);
+    }
+    if (c->io_started) {
+        __atomic_store_n(&c->stopping, 1, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        if (write(c->evfd, &one, sizeof(one)) < 0)
+            log_warn("waking the I/O thread failed");
+        pthread_join(c->io, NULL);
+    }
+    /* The I/O thread has stopped: drop the references it still held. */
+    while (c->nreg > 0)
+        io_unregister(c, c->reg[c->nreg - 1]);
+    for (unsigned i = 0; c->slots != NULL && i < c->nslots; i++) {
+        drop_session(c, &c->slots[i]);
+        pthread_mutex_destroy(&c->slots[i].mu);
+    }
+    if (c->pool != NULL)
+        pool_ref_put(c->pool);
+    if (c->epfd >= 0)
+        close(c->epfd);
+    if (c->evfd >= 0)
+        close(c->evfd);
+    free(c->slots);
+    free(c->idle);
+    free(c->reg);
+    pthread_mutex_destroy(&c->reg_mu);
+    pthread_mutex_destroy(&c->idle_mu);
+    pthread_mutex_destroy(&c->stats_mu);
+    free(c);
+}
