@@ -1,0 +1,430 @@
+/*
+ * shmipc-pingpong: request/response round trips of one size over shmipc
+ * (library client against the library server, in another process) and
+ * over a plain unix socket (an epoll echo server with 4-byte length
+ * framing), measured in the same run. Each of C client threads keeps one
+ * request in flight on its own stream or connection; every request byte
+ * is written and every response byte read and checked on both transports.
+ *
+ * Usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]
+ *                        [--mode memfd|file]
+ * Prints one line per transport, size and stream count: round trips,
+ * ns/op (wall time / round trips), p50 and p99 round-trip latency.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc/shmipc.h"
+
+#define MAX_LIST 16
+
+struct opts {
+    size_t sizes[MAX_LIST];
+    unsigned nsizes;
+    unsigned streams[MAX_LIST];
+    unsigned nstreams;
+    int ms;
+    enum shmipc_mem_mode mode;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- servers (run in a forked child) ---- */
+
+static shmipc_server *echo_srv;
+
+static void stop_echo(int sig)
+{
+    (void)sig;
+    shmipc_server_stop(echo_srv);
+}
+
+static void echo_message(shmipc_stream *st, shmipc_msg *m, void *arg)
+{
+    (void)arg;
+    for (unsigned i = 0; i < m->niov; i++)
+        shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
+    shmipc_msg_release(m);
+    shmipc_stream_flush(st);
+}
+
+static int run_shmipc_server(const char *addr)
+{
+    struct shmipc_server_config cfg;
+    shmipc_server_config_init(&cfg);
+    cfg.address = addr;
+    struct shmipc_server_handlers h = {.on_message = echo_message};
+    if (shmipc_server_open(&cfg, &h, NULL, &echo_srv) < 0)
+        return 1;
+    struct sigaction sa = {.sa_handler = stop_echo};
+    sigaction(SIGTERM, &sa, NULL);
+    int rc = shmipc_server_run(echo_srv);
+    shmipc_server_close(echo_srv);
+    return rc < 0;
+}
+
+struct uds_conn {
+    int fd;
+    uint8_t *buf;
+    size_t have, need, cap;
+};
+
+/* Reads what is there; when a whole frame is in, writes it back. */
+static int uds_serve(struct uds_conn *c)
+{
+    for (;;) {
+        size_t want = c->need ? c->need : 4;
+        if (c->have == want && c->need == 0) {
+            uint32_t len;
+            memcpy(&len, c->buf, 4);
+            c->need = 4 + (size_t)len;
+            if (c->need > c->cap) {
+                c->cap = c->need;
+                c->buf = realloc(c->buf, c->cap);
+            }
+            continue;
+        }
+        if (c->need && c->have == c->need) {
+            size_t off = 0;
+            while (off < c->need) {
+                ssize_t w = write(c->fd, c->buf + off, c->need - off);
+                if (w > 0) {
+                    off += (size_t)w;
+                } else if (w < 0 && errno == EAGAIN) {
+                    struct timespec ts = {0, 20000};
+                    nanosleep(&ts, NULL);
+                } else {
+                    return -1;
+                }
+            }
+            c->have = c->need = 0;
+            continue;
+        }
+        ssize_t n = read(c->fd, c->buf + c->have, want - c->have);
+        if (n > 0) {
+            c->have += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN)
+            return 0;
+        return -1;
+    }
+}
+
+static volatile sig_atomic_t uds_stop;
+
+static void stop_uds(int sig)
+{
+    (void)sig;
+    uds_stop = 1;
+}
+
+static int run_uds_server(const char *path)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(a.sun_path))
+        return 1;
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    unlink(path);
+    if (bind(lfd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(lfd, 256) < 0)
+        return 1;
+    struct sigaction sa = {.sa_handler = stop_uds};
+    sigaction(SIGTERM, &sa, NULL);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    while (!uds_stop) {
+        struct epoll_event evs[64];
+        int n = epoll_wait(ep, evs, 64, 200);
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == NULL) {
+                int fd;
+                while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    struct uds_conn *c = calloc(1, sizeof(*c));
+                    c->fd = fd;
+                    c->cap = 4096;
+                    c->buf = malloc(c->cap);
+                    struct epoll_event cev = {.events = EPOLLIN, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
+                }
+                continue;
+            }
+            struct uds_conn *c = evs[i].data.ptr;
+            if (uds_serve(c) < 0) {
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                free(c->buf);
+                free(c);
+            }
+        }
+    }
+    unlink(path);
+    return 0;
+}
+
+/* ---- clients ---- */
+
+struct worker {
+    pthread_t th;
+    int uds;                /* 1: unix socket, 0: shmipc */
+    shmipc_client *client;
+    const char *path;
+    size_t size;
+    uint64_t end_ns;
+    uint64_t ops, errors;
+    uint32_t *lat_us;       /* per round trip */
+    size_t nlat, caplat;
+};
+
+static void record(struct worker *w, uint64_t t0)
+{
+    if (w->nlat == w->caplat) {
+        w->caplat = w->caplat ? w->caplat * 2 : 4096;
+        w->lat_us = realloc(w->lat_us, w->caplat * sizeof(*w->lat_us));
+    }
+    w->lat_us[w->nlat++] = (uint32_t)((now_ns() - t0 + 500) / 1000);
+    w->ops++;
+}
+
+static int check(const uint8_t *p, size_t n, uint8_t seed)
+{
+    for (size_t i = 0; i < n; i += 61)
+        if (p[i] != (uint8_t)(seed + i))
+            return 0;
+    return n == 0 || p[n - 1] == (uint8_t)(seed + n - 1);
+}
+
+static void *shmipc_worker(void *arg)
+{
+    struct worker *w = arg;
+    shmipc_stream *st;
+    if (shmipc_client_get(w->client, &st) < 0) {
+        w->errors++;
+        return NULL;
+    }
+    uint8_t *req = malloc(w->size + 1), *resp = malloc(w->size + 1);
+    for (uint8_t seed = 0; now_ns() < w->end_ns; seed++) {
+        for (size_t i = 0; i < w->size; i++)
+            req[i] = (uint8_t)(seed + i);
+        uint64_t t0 = now_ns();
+        shmipc_msg m;
+        int rc = shmipc_call(st, req, w->size, &m, 5000);
+        if (rc < 0) {
+            w->errors++;
+            break;
+        }
+        size_t n = shmipc_msg_copy(&m, 0, resp, w->size);
+        shmipc_msg_release(&m);
+        if (n != w->size || !check(resp, n, seed))
+            w->errors++;
+        record(w, t0);
+    }
+    free(req);
+    free(resp);
+    shmipc_client_put(w->client, st);
+    return NULL;
+}
+
+static int read_full(int fd, void *buf, size_t n)
+{
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    const uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t r = write(fd, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void *uds_worker(void *arg)
+{
+    struct worker *w = arg;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, w->path, strlen(w->path) + 1); /* checked by the server side */
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        w->errors++;
+        close(fd);
+        return NULL;
+    }
+    uint8_t *req = malloc(w->size + 4), *resp = malloc(w->size + 4);
+    uint32_t len = (uint32_t)w->size;
+    for (uint8_t seed = 0; now_ns() < w->end_ns; seed++) {
+        memcpy(req, &len, 4);
+        for (size_t i = 0; i < w->size; i++)
+            req[4 + i] = (uint8_t)(seed + i);
+        uint64_t t0 = now_ns();
+        if (write_full(fd, req, w->size + 4) < 0 || read_full(fd, resp, w->size + 4) < 0) {
+            w->errors++;
+            break;
+        }
+        if (!check(resp + 4, w->size, seed))
+            w->errors++;
+        record(w, t0);
+    }
+    free(req);
+    free(resp);
+    close(fd);
+    return NULL;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void run_case(const char *name, int uds, shmipc_client *client, const char *path,
+                     size_t size, unsigned nstreams, int ms)
+{
+    struct worker *w = calloc(nstreams, sizeof(*w));
+    uint64_t t0 = now_ns(), end = t0 + (uint64_t)ms * 1000000u;
+    for (unsigned i = 0; i < nstreams; i++) {
+        w[i] = (struct worker){.uds = uds, .client = client, .path = path, .size = size,
+                               .end_ns = end};
+        pthread_create(&w[i].th, NULL, uds ? uds_worker : shmipc_worker, &w[i]);
+    }
+    uint64_t ops = 0, errors = 0;
+    size_t nlat = 0;
+    for (unsigned i = 0; i < nstreams; i++) {
+        pthread_join(w[i].th, NULL);
+        ops += w[i].ops;
+        errors += w[i].errors;
+        nlat += w[i].nlat;
+    }
+    uint64_t wall = now_ns() - t0;
+    uint32_t *all = malloc((nlat ? nlat : 1) * sizeof(*all));
+    size_t k = 0;
+    for (unsigned i = 0; i < nstreams; i++) {
+        memcpy(all + k, w[i].lat_us, w[i].nlat * sizeof(*all));
+        k += w[i].nlat;
+        free(w[i].lat_us);
+    }
+    qsort(all, nlat, sizeof(*all), cmp_u32);
+    printf("%-8s size %8zu  streams %3u  round trips %8lu  ns/op %10.0f  p50 %6u us  p99 %6u us"
+           "  errors %lu\n",
+           name, size, nstreams, (unsigned long)ops, ops ? (double)wall / (double)ops : 0.0,
+           nlat ? all[nlat / 2] : 0, nlat ? all[nlat * 99 / 100] : 0, (unsigned long)errors);
+    fflush(stdout);
+    free(all);
+    free(w);
+}
+
+static unsigned parse_list(const char *s, size_t *out)
+{
+    unsigned n = 0;
+    char *copy = strdup(s), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t && n < MAX_LIST; t = strtok_r(NULL, ",", &save))
+        out[n++] = (size_t)strtoull(t, NULL, 10);
+    free(copy);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.sizes = {64, 1048576}, .nsizes = 2, .streams = {1, 8}, .nstreams = 2,
+                     .ms = 1500, .mode = SHMIPC_MODE_MEMFD};
+    for (int i = 1; i + 1 < argc; i += 2) {
+        size_t tmp[MAX_LIST];
+        if (strcmp(argv[i], "--sizes") == 0) {
+            o.nsizes = parse_list(argv[i + 1], o.sizes);
+        } else if (strcmp(argv[i], "--streams") == 0) {
+            o.nstreams = parse_list(argv[i + 1], tmp);
+            for (unsigned k = 0; k < o.nstreams; k++)
+                o.streams[k] = (unsigned)tmp[k];
+        } else if (strcmp(argv[i], "--ms") == 0) {
+            o.ms = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--mode") == 0) {
+            o.mode = strcmp(argv[i + 1], "file") == 0 ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD;
+        } else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    char dir[] = "/tmp/shmipc-pingpong-XXXXXX";
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    char shm_path[128], uds_path[128], shm_addr[140];
+    snprintf(shm_path, sizeof(shm_path), "%s/shmipc.sock", dir);
+    snprintf(uds_path, sizeof(uds_path), "%s/uds.sock", dir);
+    snprintf(shm_addr, sizeof(shm_addr), "unix:%s", shm_path);
+    pid_t ps = fork();
+    if (ps == 0)
+        _exit(run_shmipc_server(shm_addr));
+    pid_t pu = fork();
+    if (pu == 0)
+        _exit(run_uds_server(uds_path));
+    /* Wait (bounded) for both servers to listen. */
+    for (int i = 0; i < 200 && (access(shm_path, F_OK) != 0 || access(uds_path, F_OK) != 0); i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    unsigned max_streams = 1;
+    for (unsigned k = 0; k < o.nstreams; k++)
+        if (o.streams[k] > max_streams)
+            max_streams = o.streams[k];
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = shm_addr;
+    cfg.mode = o.mode;
+    cfg.sessions = max_streams < 4 ? max_streams : 4;
+    cfg.pool_bytes = 64u << 20;
+    shmipc_client *client = NULL;
+    int rc = shmipc_client_open(&cfg, &client);
+    if (rc < 0) {
+        fprintf(stderr, "shmipc-pingpong: %s\n", shmipc_strerror(rc));
+    } else {
+        for (unsigned si = 0; si < o.nsizes; si++) {
+            for (unsigned k = 0; k < o.nstreams; k++) {
+                run_case("shmipc", 0, client, NULL, o.sizes[si], o.streams[k], o.ms);
+                run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms);
+            }
+        }
+        struct shmipc_stats st;
+        shmipc_client_stats(client, &st);
+        printf("shmipc client: %lu messages sent, %lu Polling sent (%.3f per message), "
+               "%lu received, %lu fallbacks\n",
+               (unsigned long)st.messages_sent, (unsigned long)st.wakeups_sent,
+               st.messages_sent ? (double)st.wakeups_sent / (double)st.messages_sent : 0.0,
+               (unsigned long)st.wakeups_received, (unsigned long)st.fallbacks_sent);
+        shmipc_client_close(client);
+    }
+    kill(ps, SIGTERM);
+    kill(pu, SIGTERM);
+    waitpid(ps, NULL, 0);
+    waitpid(pu, NULL, 0);
+    rmdir(dir);
+    return rc < 0;
+}
