@@ -1,0 +1,74 @@
+/*
+ * shmipcd's configuration: a libconfig file, validated whole before use.
+ *
+ *   workers = 2;                         # worker threads (1..64)
+ *   log = { level = "info"; };           # error | warn | info | debug
+ *   admin = "unix:/run/shmipcd/admin.sock";   # optional
+ *   admin_mode = "0600";                 # optional, octal string
+ *   plugin_dir = "/usr/lib/shmipcd";     # optional: base of relative plugin paths
+ *   limits = { max_sessions = 1024; max_pool_bytes = 268435456;
+ *              handshake_timeout_ms = 1000; max_event_bytes = 33554432;
+ *              drain_timeout_ms = 5000; };    # every key optional
+ *   services = (
+ *     { name = "echo"; listen = "unix:/run/shmipcd/echo.sock";
+ *       mode = "0660";                   # optional (unix sockets)
+ *       allowed_dir = "/dev/shm";        # optional (file-path mode)
+ *       plugin = "echo.so"; config = { ... }; }   # config optional
+ *   );
+ *
+ * Unknown keys, wrong types and out-of-range values are errors. Relative
+ * plugin paths resolve against plugin_dir, else the config file's
+ * directory. Messages read "FILE:LINE: key 'services.[0].listen': why".
+ */
+#ifndef SHMIPC_SERVER_CONFIG_H
+#define SHMIPC_SERVER_CONFIG_H
+
+#include <libconfig.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/log.h"
+
+#define CONF_MAX_WORKERS 64
+#define CONF_MAX_SERVICES 64
+
+struct svc_conf {
+    char *name;
+    char *listen;           /* address as written */
+    int mode;               /* socket file mode, default 0660 */
+    char *allowed_dir;      /* default "/dev/shm" */
+    char *plugin;           /* resolved absolute path */
+    config_setting_t *plugin_conf; /* the service's "config" group or NULL */
+    int line;               /* where the service starts, for messages */
+};
+
+struct daemon_conf {
+    config_t cfg;           /* owns every string and setting above */
+    char *path;             /* the file read */
+    unsigned workers;       /* default 2 */
+    enum log_level log_level; /* default info */
+    char *admin;            /* NULL when absent */
+    int admin_mode;         /* default 0600 */
+    unsigned max_sessions;  /* default 1024 */
+    uint64_t max_pool_bytes; /* default 256 MiB */
+    int handshake_timeout_ms; /* default 1000 */
+    uint32_t max_event_bytes; /* default 32 MiB */
+    int drain_timeout_ms;   /* default 5000 */
+    struct svc_conf *services;
+    unsigned nservices;
+};
+
+/* Reads and validates `path`. On failure returns a negative code and
+ * writes "FILE:LINE: key 'K': reason" (or libconfig's parse error with
+ * file and line) into err. */
+int conf_load(const char *path, struct daemon_conf *out, char *err, size_t errlen);
+void conf_free(struct daemon_conf *c);
+
+/* Accessors for plugins (the host API's conf_* functions): path relative
+ * to the plugin's config group; group may be NULL (then -ENOENT). */
+int conf_plugin_int(const config_setting_t *group, const char *path, long long *out);
+int conf_plugin_bool(const config_setting_t *group, const char *path, int *out);
+int conf_plugin_float(const config_setting_t *group, const char *path, double *out);
+int conf_plugin_string(const config_setting_t *group, const char *path, const char **out);
+
+#endif

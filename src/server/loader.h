@@ -1,0 +1,52 @@
+/*
+ * Loading handler plugins. A generation is one loaded copy of a plugin:
+ * the .so is copied to a private per-generation file (so replacing the
+ * original and dlopen's cache never mix versions), opened with
+ * dlopen(RTLD_NOW|RTLD_LOCAL), its descriptor checked, and init() run.
+ *
+ * Ownership: a generation owns its dl handle, private copy and plugin
+ * state; gen_unload() runs fini(), dlclose()s and removes the copy. Worker
+ * thread states are created and destroyed by the workers themselves
+ * (gen_thread_init / gen_thread_fini on their own thread).
+ */
+#ifndef SHMIPC_SERVER_LOADER_H
+#define SHMIPC_SERVER_LOADER_H
+
+#include <stddef.h>
+
+#include "shmipc/plugin.h"
+
+struct plugin_gen {
+    void *dl;
+    const struct shmipc_plugin *desc;
+    void *state;                 /* from init() */
+    void **thread_states;        /* one per worker, NULL until thread_init */
+    unsigned nworkers;
+    unsigned number;             /* generation number within its service */
+    char *source;                /* the configured .so */
+    char *private_path;          /* the private copy that was dlopen()ed */
+    int refs;                    /* atomic: in-flight requests + the service */
+};
+
+/* Checks a descriptor against the host ABI. 0, or -EPROTO with err naming
+ * the file and the mismatch ("wrong magic 0x..., expected 0x...", "ABI
+ * major 2, host has 1", "ABI minor 5 is newer than the host's 0",
+ * "descriptor size 40, expected 168"). */
+int gen_check_descriptor(const struct shmipc_plugin *d, const char *file, char *err, size_t errlen);
+
+/* Loads a generation: private copy under `tmpdir`, dlopen, descriptor
+ * check, init(host, conf). On failure nothing is left behind (copy
+ * removed, handle closed) and err says what and why, naming the file. */
+int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned nworkers,
+             const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
+             struct plugin_gen **out, char *err, size_t errlen);
+
+/* Worker `w`, on its own thread: create / destroy its thread state. */
+int gen_thread_init(struct plugin_gen *g, unsigned w, char *err, size_t errlen);
+void gen_thread_fini(struct plugin_gen *g, unsigned w);
+
+/* fini(), dlclose(), remove the private copy, free. Thread states must
+ * have been finished already. */
+void gen_unload(struct plugin_gen *g);
+
+#endif
