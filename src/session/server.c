@@ -22,11 +22,10 @@
 #include "base/log.h"
 #include "proto/handshake.h"
 #include "proto/sock.h"
+#include "session/accept.h"
 #include "session/session.h"
 #include "shmipc/errors.h"
 
-#define QUEUE_MAP_MAX (2 * (SHMIPC_QUEUE_HEADER_LEN + (size_t)QUEUE_MAX_CAP * SHMIPC_QUEUE_ELEM_LEN))
-#define POOL_MAP_MIN (SHMIPC_POOL_HEADER_LEN + SHMIPC_LIST_HEADER_LEN + SHMIPC_SLICE_HEADER_LEN)
 
 enum ep_kind { EP_LISTEN, EP_STOP, EP_HS, EP_SESSION };
 
@@ -158,66 +157,6 @@ static void hs_free(struct shmipc_server *srv, struct hs_conn *c, int close_fd)
     free(c);
 }
 
-static int map_pool_fd(struct shmipc_server *srv, int fd, struct pool_ref **out)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int err = -errno;
-        close(fd);
-        return err;
-    }
-    if ((*out = pool_registry_find(&srv->reg, st.st_dev, st.st_ino)) != NULL) {
-        close(fd); /* this client's pool is already mapped */
-        return 0;
-    }
-    struct region r;
-    region_init(&r);
-    int rc = region_map_fd(&r, fd, POOL_MAP_MIN, srv->cfg.max_pool_bytes, 0);
-    return rc < 0 ? rc : pool_ref_new(&r, 0, NULL, 0, &srv->reg, out);
-}
-
-static int map_pool_file(struct shmipc_server *srv, const char *path, struct pool_ref **out)
-{
-    struct region r;
-    region_init(&r);
-    int rc = region_open_file(&r, srv->allowed_dir, path, POOL_MAP_MIN, srv->cfg.max_pool_bytes, 0);
-    if (rc < 0)
-        return rc;
-    if ((*out = pool_registry_find(&srv->reg, r.dev, r.ino)) != NULL) {
-        region_close(&r);
-        return 0;
-    }
-    return pool_ref_new(&r, 0, NULL, 0, &srv->reg, out);
-}
-
-/* The handshake has the client's memory: map it (pool once per client). */
-static int map_memory(struct shmipc_server *srv, struct hs_conn *c)
-{
-    int rc;
-    if (c->hs.mode == HS_MEMFD) {
-        int bfd, qfd;
-        hs_server_take_fds(&c->hs, &bfd, &qfd);
-        rc = map_pool_fd(srv, bfd, &c->pool);
-        if (rc < 0) {
-            close(qfd);
-            return rc;
-        }
-        rc = region_map_fd(&c->qregion, qfd, 2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, 0);
-    } else {
-        rc = map_pool_file(srv, c->hs.buffer_path, &c->pool);
-        if (rc < 0)
-            return rc;
-        rc = region_open_file(&c->qregion, srv->allowed_dir, c->hs.queue_path,
-                              2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, 0);
-    }
-    if (rc == 0) {
-        /* Validate the queue now, so a bad one fails the handshake. */
-        struct queue_pair qp;
-        rc = queue_pair_map(&qp, c->qregion.base, c->qregion.size, 1);
-    }
-    return rc;
-}
-
 static void start_session(struct shmipc_server *srv, struct hs_conn *c)
 {
     struct srv_session *ss = calloc(1, sizeof(*ss));
@@ -284,7 +223,8 @@ static void hs_advance(struct shmipc_server *srv, struct hs_conn *c)
     for (;;) {
         int rc = hs_server_step(&c->hs);
         if (rc == HS_MAP) {
-            int mrc = map_memory(srv, c);
+            struct accept_limits lim = {srv->allowed_dir, srv->cfg.max_pool_bytes};
+            int mrc = accept_map(&c->hs, &srv->reg, &lim, &c->pool, &c->qregion);
             hs_server_mapped(&c->hs, mrc == 0, mrc);
             continue;
         }
