@@ -1,0 +1,316 @@
+/*
+ * Plugin generations: private copy, dlopen, descriptor check, init.
+ *
+ * Every generation dlopen()s its own copy of the configured .so, so that
+ * replacing the file on disk (an upgrade in place, a half-written copy)
+ * never changes code that is already running, and dlopen's by-inode cache
+ * never hands back an older generation's mapping. The copy lives beside
+ * the generation and goes away with it.
+ *
+ * Nothing of a plugin runs before its descriptor has been checked: the
+ * dynamic loader runs the object's constructors (that much is
+ * unavoidable), but no hook is called until magic, ABI and size match.
+ *
+ * Return codes: -ENOENT etc. (negated errno) when the file cannot be read
+ * or copied, -ENOEXEC when it is not a loadable object or has no
+ * descriptor, -EPROTO for a descriptor mismatch, -ECANCELED when the
+ * plugin's init or thread_init refused, -ENOMEM.
+ */
+#include "server/loader.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <link.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The descriptor's size for each minor this host knows: a plugin of minor
+ * m must declare exactly desc_size[m]. A new minor appends its size here
+ * (the assertion below fails until it does). */
+static const uint32_t desc_size[] = {
+    sizeof(struct shmipc_plugin), /* 0 */
+};
+_Static_assert(sizeof(desc_size) / sizeof(desc_size[0]) == SHMIPC_PLUGIN_ABI_MINOR + 1,
+               "desc_size needs one entry per ABI minor");
+
+/* The leading fields every ABI version shares: magic, major, minor, size. */
+#define DESC_HEADER_BYTES (offsetof(struct shmipc_plugin, size) + sizeof(uint32_t))
+
+static int fail(int code, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(int code, char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int gen_check_descriptor(const struct shmipc_plugin *d, const char *file, char *err, size_t errlen)
+{
+    if (file == NULL)
+        file = "(plugin)";
+    if (d == NULL)
+        return fail(-EPROTO, err, errlen, "%s: no descriptor", file);
+    if (d->magic != SHMIPC_PLUGIN_MAGIC)
+        return fail(-EPROTO, err, errlen, "%s: wrong magic 0x%08x, expected 0x%08x", file,
+                    (unsigned)d->magic, (unsigned)SHMIPC_PLUGIN_MAGIC);
+    if (d->abi_major != SHMIPC_PLUGIN_ABI_MAJOR)
+        return fail(-EPROTO, err, errlen, "%s: ABI major %u, host has %u", file,
+                    (unsigned)d->abi_major, (unsigned)SHMIPC_PLUGIN_ABI_MAJOR);
+    if (d->abi_minor > SHMIPC_PLUGIN_ABI_MINOR)
+        return fail(-EPROTO, err, errlen, "%s: ABI minor %u is newer than the host's %u", file,
+                    (unsigned)d->abi_minor, (unsigned)SHMIPC_PLUGIN_ABI_MINOR);
+    if (d->size != desc_size[d->abi_minor])
+        return fail(-EPROTO, err, errlen, "%s: descriptor size %u, expected %u for ABI %u.%u", file,
+                    (unsigned)d->size, (unsigned)desc_size[d->abi_minor], (unsigned)d->abi_major,
+                    (unsigned)d->abi_minor);
+    if (d->name == NULL)
+        return fail(-EPROTO, err, errlen, "%s: descriptor has no name", file);
+    if (d->version == NULL)
+        return fail(-EPROTO, err, errlen, "%s: descriptor of '%s' has no version", file, d->name);
+    if (d->handle == NULL)
+        return fail(-EPROTO, err, errlen, "%s: descriptor of '%s' has no handle hook", file,
+                    d->name);
+    return 0;
+}
+
+/* Copies all of `in` to `out`. 0 or -errno. */
+static int copy_fd(int in, int out)
+{
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return 0;
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(out, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0)
+                return -errno;
+            done += w;
+        }
+    }
+}
+
+/* Makes the private copy of `src` under `tmpdir`; returns its malloc'd
+ * path in *out. 0 or a negative code with err set. */
+static int make_private_copy(const char *src, const char *tmpdir, unsigned number, char **out,
+                             char *err, size_t errlen)
+{
+    *out = NULL;
+    int in = open(src, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (in < 0)
+        return fail(-errno, err, errlen, "%s: cannot open: %s", src, strerror(errno));
+    struct stat st;
+    if (fstat(in, &st) < 0) {
+        int e = errno;
+        close(in);
+        return fail(-e, err, errlen, "%s: cannot stat: %s", src, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(in);
+        return fail(-ENOEXEC, err, errlen, "%s: not a regular file", src);
+    }
+
+    const char *base = strrchr(src, '/');
+    base = base != NULL ? base + 1 : src;
+    size_t blen = strcspn(base, ".");
+    if (blen > 64)
+        blen = 64;
+    char *path = NULL;
+    if (asprintf(&path, "%s/shmipc-%.*s.gen%u.XXXXXX", tmpdir, (int)blen, base, number) < 0) {
+        close(in);
+        return fail(-ENOMEM, err, errlen, "%s: out of memory", src);
+    }
+    int outfd = mkostemp(path, O_CLOEXEC);
+    if (outfd < 0) {
+        int e = errno;
+        close(in);
+        fail(-e, err, errlen, "%s: cannot create a private copy in %s: %s", src, tmpdir,
+             strerror(e));
+        free(path);
+        return -e;
+    }
+    int rc = fchmod(outfd, 0700) < 0 ? -errno : 0;
+    if (rc == 0)
+        rc = copy_fd(in, outfd);
+    close(in);
+    if (close(outfd) < 0 && rc == 0)
+        rc = -errno;
+    if (rc < 0) {
+        fail(rc, err, errlen, "%s: cannot copy to %s: %s", src, path, strerror(-rc));
+        unlink(path);
+        free(path);
+        return rc;
+    }
+    *out = path;
+    return 0;
+}
+
+/* The descriptor of `dl`, checked. NULL with err set on failure. */
+static const struct shmipc_plugin *find_descriptor(void *dl, const char *src, int *code, char *err,
+                                                   size_t errlen)
+{
+    dlerror();
+    const struct shmipc_plugin *d = dlsym(dl, SHMIPC_PLUGIN_SYMBOL);
+    if (d == NULL) {
+        const char *why = dlerror();
+        *code = fail(-ENOEXEC, err, errlen, "%s: no descriptor symbol '%s'%s%s", src,
+                     SHMIPC_PLUGIN_SYMBOL, why != NULL ? ": " : "", why != NULL ? why : "");
+        return NULL;
+    }
+    /* Read no further than the object the plugin actually exports: a
+     * truncated or mistyped symbol must not make us read past it. */
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (dladdr1(d, &info, (void **)&sym, RTLD_DL_SYMENT) != 0 && sym != NULL) {
+        if (ELF64_ST_TYPE(sym->st_info) != STT_OBJECT) { /* same for ELF32 */
+            *code = fail(-ENOEXEC, err, errlen, "%s: '%s' is not a data object", src,
+                         SHMIPC_PLUGIN_SYMBOL);
+            return NULL;
+        }
+        if (sym->st_size < DESC_HEADER_BYTES) {
+            *code = fail(-EPROTO, err, errlen, "%s: descriptor object is %zu bytes, too small", src,
+                         (size_t)sym->st_size);
+            return NULL;
+        }
+    }
+    int rc = gen_check_descriptor(d, src, err, errlen);
+    if (rc < 0) {
+        *code = rc;
+        return NULL;
+    }
+    if (sym != NULL && sym->st_size < d->size) {
+        *code = fail(-EPROTO, err, errlen, "%s: descriptor object is %zu bytes, it declares %u",
+                     src, (size_t)sym->st_size, (unsigned)d->size);
+        return NULL;
+    }
+    return d;
+}
+
+int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned nworkers,
+             const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
+             struct plugin_gen **out, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (out == NULL || so_path == NULL || tmpdir == NULL)
+        return fail(-EINVAL, err, errlen, "%s: invalid arguments to gen_load",
+                    so_path != NULL ? so_path : "(null)");
+    *out = NULL;
+
+    char *priv = NULL;
+    int rc = make_private_copy(so_path, tmpdir, number, &priv, err, errlen);
+    if (rc < 0)
+        return rc;
+
+    struct plugin_gen *g = NULL;
+    void *dl = dlopen(priv, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        const char *why = dlerror();
+        rc = fail(-ENOEXEC, err, errlen, "%s: dlopen failed: %s", so_path,
+                  why != NULL ? why : "unknown error");
+        goto out_unlink;
+    }
+    const struct shmipc_plugin *d = find_descriptor(dl, so_path, &rc, err, errlen);
+    if (d == NULL)
+        goto out_close;
+
+    g = calloc(1, sizeof(*g));
+    if (g != NULL) {
+        g->thread_states = calloc(nworkers > 0 ? nworkers : 1, sizeof(void *));
+        g->source = strdup(so_path);
+    }
+    if (g == NULL || g->thread_states == NULL || g->source == NULL) {
+        rc = fail(-ENOMEM, err, errlen, "%s: out of memory", so_path);
+        goto out_close;
+    }
+    g->dl = dl;
+    g->desc = d;
+    g->nworkers = nworkers;
+    g->number = number;
+    g->private_path = priv;
+
+    if (d->init != NULL) {
+        char perr[512];
+        perr[0] = '\0';
+        g->state = d->init(host, conf, perr, sizeof(perr));
+        if (g->state == NULL) {
+            perr[sizeof(perr) - 1] = '\0';
+            rc = fail(-ECANCELED, err, errlen, "%s: plugin '%s' %s: init failed: %s", so_path,
+                      d->name, d->version, perr[0] != '\0' ? perr : "no reason given");
+            goto out_close;
+        }
+    }
+    __atomic_store_n(&g->refs, 1, __ATOMIC_RELEASE);
+    *out = g;
+    return 0;
+
+out_close:
+    dlclose(dl);
+out_unlink:
+    unlink(priv);
+    free(priv);
+    if (g != NULL) {
+        free(g->thread_states);
+        free(g->source);
+        free(g);
+    }
+    return rc;
+}
+
+int gen_thread_init(struct plugin_gen *g, unsigned w, char *err, size_t errlen)
+{
+    if (g == NULL || w >= g->nworkers)
+        return fail(-EINVAL, err, errlen, "%s: worker %u out of range (%u workers)",
+                    g != NULL ? g->source : "(null)", w, g != NULL ? g->nworkers : 0);
+    if (g->desc->thread_init == NULL) {
+        g->thread_states[w] = NULL;
+        return 0;
+    }
+    void *ts = g->desc->thread_init(g->state, w);
+    if (ts == NULL)
+        return fail(-ECANCELED, err, errlen, "%s: plugin '%s' %s: thread_init failed for worker %u",
+                    g->source, g->desc->name, g->desc->version, w);
+    g->thread_states[w] = ts;
+    return 0;
+}
+
+void gen_thread_fini(struct plugin_gen *g, unsigned w)
+{
+    if (g == NULL || w >= g->nworkers)
+        return;
+    if (g->desc->thread_fini != NULL)
+        g->desc->thread_fini(g->state, g->thread_states[w]);
+    g->thread_states[w] = NULL;
+}
+
+void gen_unload(struct plugin_gen *g)
+{
+    if (g == NULL)
+        return;
+    if (g->desc->fini != NULL)
+        g->desc->fini(g->state);
+    dlclose(g->dl);
+    if (g->private_path != NULL)
+        unlink(g->private_path);
+    free(g->private_path);
+    free(g->thread_states);
+    free(g->source);
+    free(g);
+}
