@@ -36,6 +36,10 @@ static int fail(struct hs_server *h, int err, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(h->why, sizeof(h->why), fmt, ap);
     va_end(ap);
+    /* hs_server_step() returns h->err once failed: a 0 here (say,
+     * hs_server_mapped(h, 0, 0)) would read as "call me again". */
+    if (err >= 0)
+        err = -EINVAL;
     h->err = err;
     h->st = HS_ST_FAILED;
     return err;

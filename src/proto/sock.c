@@ -56,8 +56,12 @@ static int parse_tcp(const char *hp, struct sock_addr *out)
     char host[64];
     memcpy(host, hp, (size_t)(colon - hp));
     host[colon - hp] = '\0';
+    /* Digits only: strtol alone would also take " 80", "+80" and "-0". */
+    const char *digits = colon + 1;
+    if (*digits < '0' || *digits > '9')
+        return -EINVAL;
     char *end;
-    long port = strtol(colon + 1, &end, 10);
+    long port = strtol(digits, &end, 10);
     if (*end != '\0' || port <= 0 || port > 65535)
         return -EINVAL;
     struct sockaddr_in *in = (struct sockaddr_in *)&out->ss;
@@ -115,9 +119,16 @@ int sock_listen(const struct sock_addr *a, int mode, int backlog)
         if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
             unlink(path);
     }
-    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, backlog) < 0) {
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
         int err = -errno;
         close(fd);
+        return err;
+    }
+    if (listen(fd, backlog) < 0) {
+        int err = -errno;
+        close(fd);
+        if (path != NULL)
+            unlink(path); /* the socket file bind() just made */
         return err;
     }
     if (path != NULL && mode >= 0 && chmod(path, (mode_t)mode) < 0) {
@@ -145,21 +156,45 @@ static int wait_fd(int fd, short events, uint64_t deadline_ns)
     }
 }
 
+/* Sleeps a little (at most until the deadline) before a connect retry. */
+static int backoff(uint64_t deadline_ns, int *ms)
+{
+    uint64_t now = sock_now_ns();
+    if (now >= deadline_ns)
+        return SHMIPC_ETIMEDOUT;
+    uint64_t left_ms = (deadline_ns - now + 999999) / 1000000;
+    poll(NULL, 0, left_ms < (uint64_t)*ms ? (int)left_ms : *ms);
+    if (*ms < 16)
+        *ms *= 2;
+    return 0;
+}
+
 int sock_connect(const struct sock_addr *a, uint64_t deadline_ns)
 {
     int fd = new_socket(a->family);
     if (fd < 0)
         return fd;
-    int rc = 0;
-    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+    int rc, ms = 1;
+    for (;;) {
+        if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0)
+            return fd;
         rc = -errno;
-        if (rc == -EINPROGRESS || rc == -EAGAIN) {
-            rc = wait_fd(fd, POLLOUT, deadline_ns);
-            int soerr = 0;
-            socklen_t sl = sizeof(soerr);
-            if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr != 0)
-                rc = -soerr;
-        }
+        /* EAGAIN (a unix listener's backlog is full, or no local TCP port
+         * is free) leaves the socket unconnected, not in progress: poll()
+         * would call it writable at once and we would hand out a socket
+         * that is not connected. Try again until the deadline. */
+        if (rc == -EAGAIN && (rc = backoff(deadline_ns, &ms)) == 0)
+            continue;
+        break;
+    }
+    if (rc == -EINPROGRESS) {
+        rc = wait_fd(fd, POLLOUT, deadline_ns);
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+            rc = -errno;
+        else if (rc == 0 && soerr != 0)
+            rc = -soerr;
     }
     if (rc < 0) {
         close(fd);
@@ -182,7 +217,9 @@ int sock_read_exact(int fd, void *buf, size_t n, uint64_t deadline_ns)
 {
     uint8_t *p = buf;
     while (n > 0) {
-        ssize_t r = read(fd, p, n);
+        /* MSG_DONTWAIT: on a blocking socket a plain read() would wait
+         * past the deadline. */
+        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
         if (r > 0) {
             p += r;
             n -= (size_t)r;
@@ -205,7 +242,7 @@ int sock_write_all(int fd, const void *buf, size_t n, uint64_t deadline_ns)
 {
     const uint8_t *p = buf;
     while (n > 0) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
             p += w;
             n -= (size_t)w;
@@ -241,7 +278,7 @@ int sock_send_fds(int fd, const int *fds, int nfds, uint64_t deadline_ns)
     c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
     memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
     for (;;) {
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w == 1)
             return 0;
         if (w < 0 && errno == EINTR)
