@@ -31,6 +31,8 @@
 
 #define CONF_MAX_WORKERS 64
 #define CONF_MAX_SERVICES 64
+#define CONF_MAX_NAME 63 /* longest service name (struct service.name[64]) */
+#define CONF_MAX_DIR 255 /* longest allowed_dir (struct service.allowed_dir[256]) */
 
 struct svc_conf {
     char *name;
@@ -43,8 +45,8 @@ struct svc_conf {
 };
 
 struct daemon_conf {
-    config_t cfg;           /* owns every string and setting above */
-    char *path;             /* the file read */
+    config_t cfg;           /* owns the settings (plugin_conf); the strings are malloc'd */
+    char *path;             /* the file read, made absolute (a reload after chdir finds it) */
     unsigned workers;       /* default 2 */
     enum log_level log_level; /* default info */
     char *admin;            /* NULL when absent */
@@ -60,12 +62,17 @@ struct daemon_conf {
 
 /* Reads and validates `path`. On failure returns a negative code and
  * writes "FILE:LINE: key 'K': reason" (or libconfig's parse error with
- * file and line) into err. */
+ * file and line) into err: -ENOENT/-EACCES/... when the file cannot be
+ * opened, -EINVAL for a parse or validation error, -ENOENT for a plugin
+ * file not found, -EIO for a read error. On failure `out` is left zeroed.
+ * Integer literals beyond 32 bits need libconfig's L suffix (1.5 wraps
+ * them silently); such a literal anywhere in the file is refused. */
 int conf_load(const char *path, struct daemon_conf *out, char *err, size_t errlen);
 void conf_free(struct daemon_conf *c);
 
 /* Accessors for plugins (the host API's conf_* functions): path relative
- * to the plugin's config group; group may be NULL (then -ENOENT). */
+ * to the plugin's config group; group may be NULL (then -ENOENT). Types
+ * are strict: int takes int and int64 settings, float only floats. */
 int conf_plugin_int(const config_setting_t *group, const char *path, long long *out);
 int conf_plugin_bool(const config_setting_t *group, const char *path, int *out);
 int conf_plugin_float(const config_setting_t *group, const char *path, double *out);

@@ -1,0 +1,171 @@
+/*
+ * Admin commands (text in, text or JSON out): status, stats [--json],
+ * stop. Runs on the master thread; reads worker-owned sessions under each
+ * worker's mutex and each session's own lock.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/daemon.h"
+
+struct buf {
+    char *p;
+    size_t len, cap;
+};
+
+static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(struct buf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (b->p != NULL && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + (size_t)n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (p == NULL)
+            return;
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+/* Bytes of the client's pool currently taken (both sides), as the
+ * shared free counts say; clamped, since the client can write them. */
+static uint64_t pool_bytes_in_use(const struct pool *p)
+{
+    uint64_t used = 0;
+    for (unsigned i = 0; i < p->nlists; i++) {
+        int32_t f = pool_free_count(p, i);
+        uint32_t free_slices = f < 0 ? 0 : (uint32_t)f;
+        if (free_slices > p->lists[i].nslices)
+            free_slices = p->lists[i].nslices;
+        used += (uint64_t)(p->lists[i].nslices - free_slices) * p->lists[i].slice_cap;
+    }
+    return used;
+}
+
+static void status(struct daemon *d, struct buf *b)
+{
+    put(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
+        (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->nworkers);
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct service *svc = &d->svcs[i];
+        struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
+        unsigned open = (unsigned)(__atomic_load_n(&svc->st.sessions_opened, __ATOMIC_RELAXED) -
+                                   __atomic_load_n(&svc->st.sessions_closed, __ATOMIC_RELAXED));
+        put(b, "service %s: listen %s, plugin %s %s, generation %u, sessions %u\n", svc->name,
+            svc->addr.text, g->desc->name, g->desc->version, g->number, open);
+    }
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        pthread_mutex_lock(&d->workers[i].mu);
+        put(b, "worker %u: sessions %u\n", i, d->workers[i].nsessions);
+        pthread_mutex_unlock(&d->workers[i].mu);
+    }
+}
+
+static void session_line(struct buf *b, struct dsession *ds, unsigned worker, int json, int first)
+{
+    struct shmipc_stats st = {0};
+    session_add_stats(ds->s, &st);
+    uint64_t in_use = pool_bytes_in_use(&ds->s->pool->pool);
+    if (json) {
+        put(b,
+            "%s{\"id\":%lu,\"service\":\"%s\",\"worker\":%u,\"requests\":%lu,"
+            "\"handler_errors\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,\"wakeups_sent\":%lu,"
+            "\"wakeups_received\":%lu,\"fallbacks_sent\":%lu,\"fallbacks_received\":%lu,"
+            "\"queue_full\":%lu,\"streams\":%lu,\"pool_bytes_in_use\":%lu}",
+            first ? "" : ",", (unsigned long)ds->id, ds->svc->name, worker,
+            (unsigned long)ds->requests, (unsigned long)ds->handler_errors,
+            (unsigned long)st.bytes_received, (unsigned long)st.bytes_sent,
+            (unsigned long)st.wakeups_sent, (unsigned long)st.wakeups_received,
+            (unsigned long)st.fallbacks_sent, (unsigned long)st.fallbacks_received,
+            (unsigned long)st.queue_full, (unsigned long)st.streams_opened,
+            (unsigned long)in_use);
+        return;
+    }
+    put(b,
+        "session %lu (%s, worker %u): requests %lu, errors %lu, bytes in %lu out %lu, "
+        "wake-ups sent %lu received %lu, fallbacks sent %lu received %lu, queue full %lu, "
+        "pool bytes in use %lu\n",
+        (unsigned long)ds->id, ds->svc->name, worker, (unsigned long)ds->requests,
+        (unsigned long)ds->handler_errors, (unsigned long)st.bytes_received,
+        (unsigned long)st.bytes_sent, (unsigned long)st.wakeups_sent,
+        (unsigned long)st.wakeups_received, (unsigned long)st.fallbacks_sent,
+        (unsigned long)st.fallbacks_received, (unsigned long)st.queue_full,
+        (unsigned long)in_use);
+}
+
+static void stats(struct daemon *d, struct buf *b, int json)
+{
+    if (json)
+        put(b, "{\"services\":[");
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct svc_stats *s = &d->svcs[i].st;
+        unsigned long v[7] = {
+            __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->bytes_out, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->handler_errors, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->sessions_opened, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->sessions_closed, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->handshakes_failed, __ATOMIC_RELAXED),
+        };
+        if (json)
+            put(b,
+                "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
+                "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
+                "\"handshakes_failed\":%lu}",
+                i ? "," : "", d->svcs[i].name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+        else
+            put(b,
+                "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
+                "sessions opened %lu closed %lu, handshakes failed %lu\n",
+                d->svcs[i].name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+    }
+    if (json)
+        put(b, "],\"sessions\":[");
+    int first = 1;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        pthread_mutex_lock(&d->workers[i].mu);
+        for (struct dsession *ds = d->workers[i].sessions; ds != NULL; ds = ds->next) {
+            session_line(b, ds, i, json, first);
+            first = 0;
+        }
+        pthread_mutex_unlock(&d->workers[i].mu);
+    }
+    if (json)
+        put(b, "],\"pools_mapped\":%u}\n", d->reg.count);
+    else
+        put(b, "pools mapped: %u\n", d->reg.count);
+}
+
+char *admin_command(struct daemon *d, const char *line, int *stop)
+{
+    struct buf b = {0};
+    *stop = 0;
+    if (strcmp(line, "status") == 0)
+        status(d, &b);
+    else if (strcmp(line, "stats") == 0)
+        stats(d, &b, 0);
+    else if (strcmp(line, "stats --json") == 0)
+        stats(d, &b, 1);
+    else if (strcmp(line, "stop") == 0) {
+        put(&b, "stopping\n");
+        *stop = 1;
+    } else
+        put(&b, "error: unknown command '%.64s' (status, stats [--json], stop)\n", line);
+    return b.p;
+}

@@ -1,0 +1,876 @@
+/*
+ * shmipcd's configuration loader (see config.h): libconfig parses, then
+ * every key is checked here before anything uses it, so a bad file never
+ * half-applies. The one rule: every refusal names FILE:LINE and the full
+ * key ("services.[0].listen"), and every string in the result is malloc'd
+ * and freed by conf_free(); only plugin_conf points into cfg.
+ *
+ * libconfig 1.5 stores an integer literal outside 32 bits without an 'L'
+ * suffix silently wrapped (4295032832 reads as 65536), so the files it read
+ * are scanned for such literals before the values are trusted.
+ */
+#include "server/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "proto/sock.h"
+
+#define KEY_MAX 256
+
+#define DEF_WORKERS 2u
+#define DEF_ADMIN_MODE 0600
+#define DEF_MAX_SESSIONS 1024u
+#define DEF_MAX_POOL_BYTES (256ull << 20)
+#define DEF_HANDSHAKE_MS 1000
+#define DEF_MAX_EVENT_BYTES (32u << 20)
+#define DEF_DRAIN_MS 5000
+#define DEF_SVC_MODE 0660
+#define DEF_ALLOWED_DIR "/dev/shm"
+
+struct loader {
+    struct daemon_conf *c;
+    const char *path; /* as the caller wrote it, for messages */
+    char *err;
+    size_t errlen;
+    char conf_dir[PATH_MAX];    /* realpath of the file's directory */
+    char plugin_base[PATH_MAX]; /* plugin_dir resolved, else conf_dir */
+};
+
+static const char *const top_keys[] = {"workers",    "log",    "admin",    "admin_mode",
+                                       "plugin_dir", "limits", "services", NULL};
+static const char *const log_keys[] = {"level", NULL};
+static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
+                                         "handshake_timeout_ms", "max_event_bytes",
+                                         "drain_timeout_ms",     NULL};
+static const char *const svc_keys[] = {"name",   "listen", "mode", "allowed_dir",
+                                       "plugin", "config", NULL};
+
+static const char *type_name(int type)
+{
+    switch (type) {
+    case CONFIG_TYPE_GROUP:
+        return "a group";
+    case CONFIG_TYPE_INT:
+    case CONFIG_TYPE_INT64:
+        return "an integer";
+    case CONFIG_TYPE_FLOAT:
+        return "a float";
+    case CONFIG_TYPE_STRING:
+        return "a string";
+    case CONFIG_TYPE_BOOL:
+        return "a boolean";
+    case CONFIG_TYPE_ARRAY:
+        return "an array";
+    case CONFIG_TYPE_LIST:
+        return "a list";
+    default:
+        return "empty";
+    }
+}
+
+/* Formats "FILE:LINE: key 'KEY': why" at setting s (line 1 for the root)
+ * and returns code. */
+static int fail_code(struct loader *ld, int code, const config_setting_t *s, const char *key,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int fail_code(struct loader *ld, int code, const config_setting_t *s, const char *key,
+                     const char *fmt, ...)
+{
+    if (ld->err == NULL || ld->errlen == 0)
+        return code;
+    const char *file = s != NULL && config_setting_source_file(s) != NULL
+                           ? config_setting_source_file(s)
+                           : ld->path;
+    unsigned line = s != NULL ? config_setting_source_line(s) : 0;
+    int n = snprintf(ld->err, ld->errlen, "%s:%u: key '%s': ", file, line ? line : 1, key);
+    if (n >= 0 && (size_t)n < ld->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ld->err + n, ld->errlen - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+#define fail(ld, s, key, ...) fail_code((ld), -EINVAL, (s), (key), __VA_ARGS__)
+
+static void key_join(char *buf, const char *prefix, const char *name)
+{
+    if (prefix == NULL || *prefix == '\0')
+        snprintf(buf, KEY_MAX, "%s", name);
+    else
+        snprintf(buf, KEY_MAX, "%s.%s", prefix, name);
+}
+
+static int in_list(const char *name, const char *const *list)
+{
+    for (; *list != NULL; list++)
+        if (strcmp(name, *list) == 0)
+            return 1;
+    return 0;
+}
+
+/* Refuses members of `group` whose names are not in `allowed`. */
+static int check_keys(struct loader *ld, const config_setting_t *group, const char *prefix,
+                      const char *const *allowed)
+{
+    for (int i = 0; i < config_setting_length(group); i++) {
+        const config_setting_t *m = config_setting_get_elem(group, (unsigned)i);
+        const char *name = config_setting_name(m);
+        if (name != NULL && in_list(name, allowed))
+            continue;
+        char key[KEY_MAX], expect[256] = "";
+        key_join(key, prefix, name != NULL ? name : "?");
+        for (const char *const *a = allowed; *a != NULL; a++) {
+            size_t used = strlen(expect);
+            snprintf(expect + used, sizeof(expect) - used, "%s%s", used ? ", " : "", *a);
+        }
+        return fail(ld, m, key, "unknown key (expected one of: %s)", expect);
+    }
+    return 0;
+}
+
+/* ---- typed getters: 1 when present and valid, 0 when absent, <0 refused ---- */
+
+static int get_group(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                     const char *name, const config_setting_t **out)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    *out = NULL;
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    if (config_setting_type(s) != CONFIG_TYPE_GROUP)
+        return fail(ld, s, key, "must be a group ({ ... }), not %s",
+                    type_name(config_setting_type(s)));
+    *out = s;
+    return 1;
+}
+
+static int get_int(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                   const char *name, long long min, long long max, long long *out)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    long long v;
+    int type = config_setting_type(s);
+    if (type == CONFIG_TYPE_INT)
+        v = config_setting_get_int(s);
+    else if (type == CONFIG_TYPE_INT64)
+        v = config_setting_get_int64(s);
+    else
+        return fail(ld, s, key, "must be an integer, not %s", type_name(type));
+    if (v < min || v > max)
+        return fail(ld, s, key, "%lld is out of range (%lld..%lld)", v, min, max);
+    *out = v;
+    return 1;
+}
+
+static int get_string(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                      const char *name, const char **out)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return fail(ld, s, key, "must be a string, not %s", type_name(config_setting_type(s)));
+    *out = config_setting_get_string(s);
+    if (**out == '\0')
+        return fail(ld, s, key, "must not be empty");
+    return 1;
+}
+
+/* An octal file mode written as a string ("0660"): a bare 0660 would be
+ * read by libconfig as the decimal 660. */
+static int get_mode(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                    const char *name, int *out)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return fail(ld, s, key, "must be an octal mode in a string like \"0660\", not %s",
+                    type_name(config_setting_type(s)));
+    const char *t = config_setting_get_string(s);
+    int v = 0;
+    for (const char *p = t; *p != '\0'; p++) {
+        if (*p < '0' || *p > '7')
+            return fail(ld, s, key, "\"%s\" is not an octal mode (digits 0-7, like \"0660\")", t);
+        v = v * 8 + (*p - '0');
+        if (v > 07777)
+            return fail(ld, s, key, "\"%s\" is larger than 07777", t);
+    }
+    if (*t == '\0')
+        return fail(ld, s, key, "must not be empty (an octal mode like \"0660\")");
+    *out = v;
+    return 1;
+}
+
+static int dup_str(struct loader *ld, const config_setting_t *s, const char *key, const char *v,
+                   char **out)
+{
+    *out = strdup(v);
+    if (*out == NULL)
+        return fail_code(ld, -ENOMEM, s, key, "out of memory");
+    return 0;
+}
+
+/* ---- 32-bit overflow of integer literals (libconfig 1.5) ---- */
+
+struct wrapped {
+    unsigned line;
+    int has_value; /* 0 when even strtoll overflowed */
+    int value;     /* what libconfig stored */
+    char lit[48];
+};
+
+static int is_name_char(char ch)
+{
+    return isalnum((unsigned char)ch) || ch == '_' || ch == '-' || ch == '*' || ch == '@';
+}
+
+/* Reads one number token at p[*i]; returns 1 and fills w when it is an
+ * integer without 'L' that libconfig would store wrapped. */
+static int scan_number(const char *p, size_t n, size_t *i, struct wrapped *w)
+{
+    size_t start = *i, j = *i;
+    int hex = 0;
+    if (p[j] == '-' || p[j] == '+')
+        j++;
+    if (j + 1 < n && p[j] == '0' && (p[j + 1] == 'x' || p[j + 1] == 'X')) {
+        hex = 1;
+        j += 2;
+        while (j < n && isxdigit((unsigned char)p[j]))
+            j++;
+    } else {
+        while (j < n && isdigit((unsigned char)p[j]))
+            j++;
+        if (j < n && (p[j] == '.' || p[j] == 'e' || p[j] == 'E')) { /* a float */
+            while (j < n &&
+                   (isdigit((unsigned char)p[j]) || p[j] == '.' || p[j] == 'e' || p[j] == 'E' ||
+                    ((p[j] == '-' || p[j] == '+') && (p[j - 1] == 'e' || p[j - 1] == 'E'))))
+                j++;
+            *i = j;
+            return 0;
+        }
+    }
+    *i = j;
+    if (j < n && p[j] == 'L') { /* 64-bit literal: stored exactly */
+        while (*i < n && p[*i] == 'L')
+            (*i)++;
+        return 0;
+    }
+    char lit[48];
+    size_t len = j - start;
+    if (len >= sizeof(lit)) { /* far beyond 64 bits as well */
+        len = sizeof(w->lit) - 1;
+        memcpy(w->lit, p + start, len);
+        w->lit[len] = '\0';
+        w->has_value = 0;
+        return 1;
+    }
+    memcpy(lit, p + start, len);
+    lit[len] = '\0';
+    errno = 0;
+    long long v;
+    if (hex) {
+        unsigned long long u = strtoull(lit + (lit[0] == '-' || lit[0] == '+') + 2, NULL, 16);
+        v = errno == ERANGE || u > LLONG_MAX ? LLONG_MAX : (long long)u;
+        if (lit[0] == '-')
+            v = -v;
+    } else {
+        v = strtoll(lit, NULL, 10);
+    }
+    if (errno != ERANGE && v >= INT_MIN && v <= INT_MAX)
+        return 0;
+    memcpy(w->lit, lit, len + 1);
+    w->has_value = errno != ERANGE;
+    w->value = (int)(uint32_t)(unsigned long long)v;
+    return 1;
+}
+
+/* Finds the first wrapped integer literal in a well-formed libconfig text. */
+static int scan_text(const char *p, size_t n, struct wrapped *w)
+{
+    unsigned line = 1;
+    size_t i = 0;
+    while (i < n) {
+        char ch = p[i];
+        if (ch == '\n') {
+            line++;
+            i++;
+        } else if (ch == '#' || (ch == '/' && i + 1 < n && p[i + 1] == '/')) {
+            while (i < n && p[i] != '\n')
+                i++;
+        } else if (ch == '/' && i + 1 < n && p[i + 1] == '*') {
+            for (i += 2; i < n && !(p[i] == '*' && i + 1 < n && p[i + 1] == '/'); i++)
+                line += p[i] == '\n';
+            i += 2;
+        } else if (ch == '"') {
+            for (i++; i < n && p[i] != '"'; i++) {
+                if (p[i] == '\\' && i + 1 < n)
+                    i++;
+                line += p[i] == '\n';
+            }
+            i++;
+        } else if (isalpha((unsigned char)ch) || ch == '*' || ch == '@') {
+            while (i < n && is_name_char(p[i]))
+                i++;
+        } else if (isdigit((unsigned char)ch) ||
+                   ((ch == '-' || ch == '+' || ch == '.') && i + 1 < n &&
+                    (isdigit((unsigned char)p[i + 1]) || p[i + 1] == '.'))) {
+            if (scan_number(p, n, &i, w)) {
+                w->line = line;
+                return 1;
+            }
+        } else {
+            i++;
+        }
+    }
+    return 0;
+}
+
+/* The integer setting that holds the wrapped literal: same file and value,
+ * named on the literal's line or the nearest line above it (a value may sit
+ * on a line after its name). Its key goes to best_key. */
+struct int_hit {
+    const config_setting_t *s;
+    char key[KEY_MAX];
+};
+
+static void find_int(const config_setting_t *s, const char *file, const struct wrapped *w,
+                     char *key, struct int_hit *best)
+{
+    size_t base = strlen(key);
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *m = config_setting_get_elem(s, (unsigned)i);
+        const char *name = config_setting_name(m);
+        if (name != NULL)
+            snprintf(key + base, KEY_MAX - base, "%s%s", base ? "." : "", name);
+        else
+            snprintf(key + base, KEY_MAX - base, "%s[%d]", base ? "." : "", i);
+        const char *mf = config_setting_source_file(m);
+        unsigned line = config_setting_source_line(m);
+        if (config_setting_is_aggregate(m)) {
+            find_int(m, file, w, key, best);
+        } else if (config_setting_type(m) == CONFIG_TYPE_INT &&
+                   config_setting_get_int(m) == w->value && mf != NULL && strcmp(mf, file) == 0 &&
+                   line <= w->line &&
+                   (best->s == NULL || line > config_setting_source_line(best->s))) {
+            best->s = m;
+            snprintf(best->key, KEY_MAX, "%s", key);
+        }
+        key[base] = '\0';
+    }
+}
+
+static char *read_all(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf != NULL) {
+        len += fread(buf + len, 1, cap - len, f);
+        if (len < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (nb == NULL)
+            free(buf);
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    *n = len;
+    return buf;
+}
+
+static int check_wrapped(struct loader *ld)
+{
+    const config_t *cfg = &ld->c->cfg;
+    for (unsigned f = 0; f < cfg->num_filenames; f++) {
+        const char *name = cfg->filenames[f];
+        char full[PATH_MAX + 256];
+        if (name[0] == '/' || f == 0)
+            snprintf(full, sizeof(full), "%s", name);
+        else /* includes are recorded relative to include_dir */
+            snprintf(full, sizeof(full), "%s/%s", ld->conf_dir, name);
+        size_t n;
+        char *text = read_all(full, &n);
+        if (text == NULL)
+            continue; /* libconfig has read it; nothing better to check against */
+        struct wrapped w;
+        int found = scan_text(text, n, &w);
+        free(text);
+        if (!found)
+            continue;
+        char key[KEY_MAX] = "";
+        struct int_hit hit = {NULL, ""};
+        if (w.has_value)
+            find_int(config_root_setting(cfg), name, &w, key, &hit);
+        if (hit.s != NULL)
+            return fail(ld, hit.s, hit.key,
+                        "%s does not fit in 32 bits (libconfig 1.5 reads it as %d); "
+                        "write %sL",
+                        w.lit, w.value, w.lit);
+        if (ld->err != NULL && ld->errlen > 0)
+            snprintf(ld->err, ld->errlen,
+                     "%s:%u: integer %s does not fit in 32 bits (libconfig 1.5 reads it "
+                     "wrapped); write %sL",
+                     name, w.line, w.lit, w.lit);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* ---- sections ---- */
+
+static int load_top(struct loader *ld, const config_setting_t *root)
+{
+    struct daemon_conf *c = ld->c;
+    long long v;
+    int rc;
+    if ((rc = check_keys(ld, root, NULL, top_keys)) < 0)
+        return rc;
+    if ((rc = get_int(ld, root, NULL, "workers", 1, CONF_MAX_WORKERS, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->workers = (unsigned)v;
+
+    const config_setting_t *log;
+    if ((rc = get_group(ld, root, NULL, "log", &log)) < 0)
+        return rc;
+    if (log != NULL) {
+        const char *lv;
+        if ((rc = check_keys(ld, log, "log", log_keys)) < 0)
+            return rc;
+        if ((rc = get_string(ld, log, "log", "level", &lv)) < 0)
+            return rc;
+        if (rc > 0 && log_level_parse(lv, &c->log_level) < 0)
+            return fail(ld, config_setting_get_member(log, "level"), "log.level",
+                        "\"%s\" is not one of error, warn, info, debug", lv);
+    }
+
+    const char *admin;
+    if ((rc = get_string(ld, root, NULL, "admin", &admin)) < 0)
+        return rc;
+    if (rc > 0) {
+        const config_setting_t *s = config_setting_get_member(root, "admin");
+        struct sock_addr a;
+        if (sock_addr_parse(admin, &a) < 0)
+            return fail(ld, s, "admin",
+                        "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)",
+                        admin);
+        if ((rc = dup_str(ld, s, "admin", admin, &c->admin)) < 0)
+            return rc;
+    }
+    if ((rc = get_mode(ld, root, NULL, "admin_mode", &c->admin_mode)) < 0)
+        return rc;
+    return 0;
+}
+
+static int load_limits(struct loader *ld, const config_setting_t *root)
+{
+    struct daemon_conf *c = ld->c;
+    const config_setting_t *lim;
+    long long v;
+    int rc;
+    if ((rc = get_group(ld, root, NULL, "limits", &lim)) <= 0)
+        return rc;
+    if ((rc = check_keys(ld, lim, "limits", limit_keys)) < 0)
+        return rc;
+    if ((rc = get_int(ld, lim, "limits", "max_sessions", 1, 1000000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->max_sessions = (unsigned)v;
+    if ((rc = get_int(ld, lim, "limits", "max_pool_bytes", 64 << 10, (4ll << 30) - 1, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->max_pool_bytes = (uint64_t)v;
+    if ((rc = get_int(ld, lim, "limits", "handshake_timeout_ms", 10, 600000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->handshake_timeout_ms = (int)v;
+    if ((rc = get_int(ld, lim, "limits", "max_event_bytes", 64 << 10, 1ll << 30, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->max_event_bytes = (uint32_t)v;
+    if ((rc = get_int(ld, lim, "limits", "drain_timeout_ms", 0, 600000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->drain_timeout_ms = (int)v;
+    return 0;
+}
+
+/* Resolves plugin_dir (relative to the file's directory) into plugin_base. */
+static int load_plugin_dir(struct loader *ld, const config_setting_t *root)
+{
+    const char *dir;
+    int rc = get_string(ld, root, NULL, "plugin_dir", &dir);
+    if (rc <= 0) {
+        if (rc == 0)
+            memcpy(ld->plugin_base, ld->conf_dir, sizeof(ld->plugin_base));
+        return rc;
+    }
+    const config_setting_t *s = config_setting_get_member(root, "plugin_dir");
+    char joined[2 * PATH_MAX];
+    if (dir[0] == '/')
+        snprintf(joined, sizeof(joined), "%s", dir);
+    else
+        snprintf(joined, sizeof(joined), "%s/%s", ld->conf_dir, dir);
+    struct stat st;
+    if (realpath(joined, ld->plugin_base) == NULL)
+        return fail(ld, s, "plugin_dir", "%s: %s", joined, strerror(errno));
+    if (stat(ld->plugin_base, &st) < 0 || !S_ISDIR(st.st_mode))
+        return fail(ld, s, "plugin_dir", "%s is not a directory", ld->plugin_base);
+    return 0;
+}
+
+static int resolve_plugin(struct loader *ld, const config_setting_t *s, const char *key,
+                          const char *plugin, char **out)
+{
+    char full[2 * PATH_MAX];
+    int n = plugin[0] == '/' ? snprintf(full, sizeof(full), "%s", plugin)
+                             : snprintf(full, sizeof(full), "%s/%s", ld->plugin_base, plugin);
+    if (n < 0 || n >= PATH_MAX)
+        return fail(ld, s, key, "resolved path is longer than %d bytes", PATH_MAX - 1);
+    struct stat st;
+    if (stat(full, &st) < 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return fail_code(ld, -ENOENT, s, key, "plugin file not found: %s", full);
+        return fail(ld, s, key, "cannot access %s: %s", full, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode))
+        return fail(ld, s, key, "%s is not a regular file", full);
+    return dup_str(ld, s, key, full, out);
+}
+
+static int valid_name(const char *name)
+{
+    for (const char *p = name; *p != '\0'; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && *p != '-')
+            return 0;
+    return 1;
+}
+
+/* One element of `services`; addrs[0..i) hold the earlier services'
+ * addresses (normalized text) for the uniqueness check. */
+static int load_service(struct loader *ld, const config_setting_t *e, unsigned i,
+                        struct sock_addr *addrs)
+{
+    struct svc_conf *sv = &ld->c->services[i];
+    char prefix[32], key[KEY_MAX];
+    const char *v;
+    int rc;
+    snprintf(prefix, sizeof(prefix), "services.[%u]", i);
+    if (config_setting_type(e) != CONFIG_TYPE_GROUP)
+        return fail(ld, e, prefix, "must be a group ({ name = ...; ... }), not %s",
+                    type_name(config_setting_type(e)));
+    sv->line = config_setting_source_line(e);
+    sv->mode = DEF_SVC_MODE;
+    if ((rc = check_keys(ld, e, prefix, svc_keys)) < 0)
+        return rc;
+
+    key_join(key, prefix, "name");
+    if ((rc = get_string(ld, e, prefix, "name", &v)) < 0)
+        return rc;
+    if (rc == 0)
+        return fail(ld, e, key, "missing (every service needs a name)");
+    const config_setting_t *s = config_setting_get_member(e, "name");
+    if (!valid_name(v))
+        return fail(ld, s, key, "\"%s\" may hold only letters, digits, '_', '.' and '-'", v);
+    if (strlen(v) > CONF_MAX_NAME)
+        return fail(ld, s, key, "longer than %d characters", CONF_MAX_NAME);
+    for (unsigned j = 0; j < i; j++)
+        if (strcmp(ld->c->services[j].name, v) == 0)
+            return fail(ld, s, key, "duplicate service name \"%s\" (first at line %d)", v,
+                        ld->c->services[j].line);
+    if ((rc = dup_str(ld, s, key, v, &sv->name)) < 0)
+        return rc;
+
+    key_join(key, prefix, "listen");
+    if ((rc = get_string(ld, e, prefix, "listen", &v)) < 0)
+        return rc;
+    if (rc == 0)
+        return fail(ld, e, key, "missing (an address to listen on)");
+    s = config_setting_get_member(e, "listen");
+    if (sock_addr_parse(v, &addrs[i]) < 0)
+        return fail(ld, s, key,
+                    "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)", v);
+    for (unsigned j = 0; j < i; j++)
+        if (strcmp(addrs[j].text, addrs[i].text) == 0)
+            return fail(ld, s, key, "%s is already used by service \"%s\" (line %d)", addrs[i].text,
+                        ld->c->services[j].name, ld->c->services[j].line);
+    if ((rc = dup_str(ld, s, key, v, &sv->listen)) < 0)
+        return rc;
+
+    if ((rc = get_mode(ld, e, prefix, "mode", &sv->mode)) < 0)
+        return rc;
+
+    key_join(key, prefix, "allowed_dir");
+    if ((rc = get_string(ld, e, prefix, "allowed_dir", &v)) < 0)
+        return rc;
+    if (rc == 0)
+        v = DEF_ALLOWED_DIR;
+    s = config_setting_get_member(e, "allowed_dir");
+    if (v[0] != '/')
+        return fail(ld, s, key, "\"%s\" is not an absolute path", v);
+    if (strlen(v) > CONF_MAX_DIR)
+        return fail(ld, s, key, "longer than %d characters", CONF_MAX_DIR);
+    if ((rc = dup_str(ld, s != NULL ? s : e, key, v, &sv->allowed_dir)) < 0)
+        return rc;
+
+    key_join(key, prefix, "plugin");
+    if ((rc = get_string(ld, e, prefix, "plugin", &v)) < 0)
+        return rc;
+    if (rc == 0)
+        return fail(ld, e, key, "missing (the plugin .so this service runs)");
+    if ((rc = resolve_plugin(ld, config_setting_get_member(e, "plugin"), key, v, &sv->plugin)) < 0)
+        return rc;
+
+    const config_setting_t *pc;
+    if ((rc = get_group(ld, e, prefix, "config", &pc)) < 0)
+        return rc;
+    sv->plugin_conf = (config_setting_t *)pc;
+    return 0;
+}
+
+static int load_services(struct loader *ld, const config_setting_t *root)
+{
+    struct daemon_conf *c = ld->c;
+    const config_setting_t *svcs = config_setting_get_member(root, "services");
+    if (svcs == NULL)
+        return fail(ld, root, "services", "missing (at least one service is required)");
+    int type = config_setting_type(svcs);
+    int n = config_setting_length(svcs);
+    if ((type == CONFIG_TYPE_LIST || type == CONFIG_TYPE_ARRAY) && n == 0)
+        return fail(ld, svcs, "services", "empty (at least one service is required)");
+    if (type != CONFIG_TYPE_LIST)
+        return fail(ld, svcs, "services", "must be a list of groups: services = ( { ... } );");
+    if (n > CONF_MAX_SERVICES)
+        return fail(ld, svcs, "services", "%d services; at most %d", n, CONF_MAX_SERVICES);
+
+    c->services = calloc((size_t)n, sizeof(*c->services));
+    struct sock_addr *addrs = calloc((size_t)n + 1, sizeof(*addrs));
+    if (c->services == NULL || addrs == NULL) {
+        free(addrs);
+        return fail_code(ld, -ENOMEM, svcs, "services", "out of memory");
+    }
+    c->nservices = (unsigned)n; /* zeroed entries: conf_free copes */
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = load_service(ld, config_setting_get_elem(svcs, (unsigned)i), (unsigned)i, addrs);
+    if (rc == 0 && c->admin != NULL) {
+        /* The admin socket must not collide with a service's. */
+        sock_addr_parse(c->admin, &addrs[n]);
+        for (int i = 0; i < n; i++)
+            if (strcmp(addrs[i].text, addrs[n].text) == 0) {
+                rc = fail(ld, config_setting_get_member(root, "admin"), "admin",
+                          "%s is already used by service \"%s\" (line %d)", addrs[n].text,
+                          c->services[i].name, c->services[i].line);
+                break;
+            }
+    }
+    free(addrs);
+    return rc;
+}
+
+/* ---- entry points ---- */
+
+static void set_defaults(struct daemon_conf *c)
+{
+    c->workers = DEF_WORKERS;
+    c->log_level = LOG_INFO;
+    c->admin_mode = DEF_ADMIN_MODE;
+    c->max_sessions = DEF_MAX_SESSIONS;
+    c->max_pool_bytes = DEF_MAX_POOL_BYTES;
+    c->handshake_timeout_ms = DEF_HANDSHAKE_MS;
+    c->max_event_bytes = DEF_MAX_EVENT_BYTES;
+    c->drain_timeout_ms = DEF_DRAIN_MS;
+}
+
+/* Checks the file can be opened and fills conf_dir and c->path. */
+static int locate(struct loader *ld)
+{
+    const char *path = ld->path;
+    struct stat st;
+    FILE *f = fopen(path, "r");
+    if (f == NULL || fstat(fileno(f), &st) < 0 || S_ISDIR(st.st_mode)) {
+        int code = f == NULL ? -errno : S_ISDIR(st.st_mode) ? -EISDIR : -errno;
+        if (f != NULL)
+            fclose(f);
+        if (ld->err != NULL && ld->errlen > 0)
+            snprintf(ld->err, ld->errlen, "%s: cannot read: %s", path, strerror(-code));
+        return code;
+    }
+    fclose(f);
+    char *copy = strdup(path);
+    if (copy == NULL)
+        return -ENOMEM;
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash == NULL ? "." : slash == copy ? "/" : copy;
+    if (slash != NULL && slash != copy)
+        *slash = '\0';
+    const char *base = slash == NULL ? path : path + (slash - copy) + 1;
+    char *real = realpath(dir, ld->conf_dir);
+    int err = errno;
+    free(copy);
+    if (real == NULL) {
+        if (ld->err != NULL && ld->errlen > 0)
+            snprintf(ld->err, ld->errlen, "%s: cannot resolve its directory: %s", path,
+                     strerror(err));
+        return -err;
+    }
+    size_t need = strlen(ld->conf_dir) + strlen(base) + 2;
+    ld->c->path = malloc(need);
+    if (ld->c->path == NULL)
+        return -ENOMEM;
+    snprintf(ld->c->path, need, "%s%s%s", ld->conf_dir, strcmp(ld->conf_dir, "/") ? "/" : "", base);
+    return 0;
+}
+
+static int load(struct loader *ld)
+{
+    struct daemon_conf *c = ld->c;
+    int rc = locate(ld);
+    if (rc < 0)
+        return rc;
+    config_init(&c->cfg);
+    /* @include "x" is resolved next to the file, not in the cwd. */
+    config_set_include_dir(&c->cfg, ld->conf_dir);
+    if (config_read_file(&c->cfg, ld->path) != CONFIG_TRUE) {
+        const char *file = config_error_file(&c->cfg);
+        int line = config_error_line(&c->cfg);
+        const char *text = config_error_text(&c->cfg);
+        if (ld->err != NULL && ld->errlen > 0) {
+            if (line > 0)
+                snprintf(ld->err, ld->errlen, "%s:%d: %s", file ? file : ld->path, line,
+                         text ? text : "parse error");
+            else
+                snprintf(ld->err, ld->errlen, "%s: %s", file ? file : ld->path,
+                         text ? text : "cannot read");
+        }
+        return config_error_type(&c->cfg) == CONFIG_ERR_FILE_IO ? -EIO : -EINVAL;
+    }
+    const config_setting_t *root = config_root_setting(&c->cfg);
+    if ((rc = check_wrapped(ld)) < 0 || (rc = load_top(ld, root)) < 0 ||
+        (rc = load_limits(ld, root)) < 0 || (rc = load_plugin_dir(ld, root)) < 0 ||
+        (rc = load_services(ld, root)) < 0)
+        return rc;
+    return 0;
+}
+
+int conf_load(const char *path, struct daemon_conf *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    if (path == NULL)
+        return -EINVAL;
+    struct loader *ld = calloc(1, sizeof(*ld)); /* two PATH_MAX buffers: not on the stack */
+    if (ld == NULL)
+        return -ENOMEM;
+    ld->c = out;
+    ld->path = path;
+    ld->err = err;
+    ld->errlen = errlen;
+    set_defaults(out);
+    int rc = load(ld);
+    if (rc < 0) {
+        if (err != NULL && errlen > 0 && err[0] == '\0')
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        conf_free(out);
+    }
+    free(ld);
+    return rc;
+}
+
+void conf_free(struct daemon_conf *c)
+{
+    if (c == NULL)
+        return;
+    for (unsigned i = 0; c->services != NULL && i < c->nservices; i++) {
+        free(c->services[i].name);
+        free(c->services[i].listen);
+        free(c->services[i].allowed_dir);
+        free(c->services[i].plugin);
+    }
+    free(c->services);
+    free(c->admin);
+    free(c->path);
+    if (c->cfg.root != NULL)
+        config_destroy(&c->cfg);
+    memset(c, 0, sizeof(*c));
+}
+
+/* ---- plugin accessors ---- */
+
+static const config_setting_t *plugin_lookup(const config_setting_t *group, const char *path)
+{
+    if (group == NULL || path == NULL)
+        return NULL;
+    /* libconfig 1.5 takes a non-const setting but does not modify it. */
+    return config_setting_lookup((config_setting_t *)group, path);
+}
+
+int conf_plugin_int(const config_setting_t *group, const char *path, long long *out)
+{
+    const config_setting_t *s = plugin_lookup(group, path);
+    if (s == NULL)
+        return -ENOENT;
+    if (config_setting_type(s) == CONFIG_TYPE_INT)
+        *out = config_setting_get_int(s);
+    else if (config_setting_type(s) == CONFIG_TYPE_INT64)
+        *out = config_setting_get_int64(s);
+    else
+        return -EINVAL;
+    return 0;
+}
+
+int conf_plugin_bool(const config_setting_t *group, const char *path, int *out)
+{
+    const config_setting_t *s = plugin_lookup(group, path);
+    if (s == NULL)
+        return -ENOENT;
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+        return -EINVAL;
+    *out = config_setting_get_bool(s);
+    return 0;
+}
+
+int conf_plugin_float(const config_setting_t *group, const char *path, double *out)
+{
+    const config_setting_t *s = plugin_lookup(group, path);
+    if (s == NULL)
+        return -ENOENT;
+    if (config_setting_type(s) != CONFIG_TYPE_FLOAT)
+        return -EINVAL;
+    *out = config_setting_get_float(s);
+    return 0;
+}
+
+int conf_plugin_string(const config_setting_t *group, const char *path, const char **out)
+{
+    const config_setting_t *s = plugin_lookup(group, path);
+    if (s == NULL)
+        return -ENOENT;
+    if (config_setting_type(s) != CONFIG_TYPE_STRING)
+        return -EINVAL;
+    *out = config_setting_get_string(s);
+    return 0;
+}

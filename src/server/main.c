@@ -1,0 +1,91 @@
+/*
+ * shmipcd -c FILE [-t]: the server. With -t, checks the configuration
+ * (syntax, keys, plugins load and pass init) and exits 0 or 1.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "server/daemon.h"
+#include "shmipc/errors.h"
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: shmipcd -c FILE [-t]\n"
+                    "  -c FILE  configuration (libconfig syntax; see etc/shmipcd.conf)\n"
+                    "  -t       check the configuration and exit\n");
+}
+
+/* -t: the file parses and validates, and every plugin loads, passes the
+ * ABI check and its init() (then is unloaded again). */
+static int check_config(const char *path)
+{
+    struct daemon_conf c;
+    char err[1024], tmp[] = "/tmp/shmipcd-check-XXXXXX";
+    int rc = conf_load(path, &c, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "shmipcd: %s\n", err);
+        return 1;
+    }
+    if (mkdtemp(tmp) == NULL) {
+        perror("shmipcd: mkdtemp");
+        conf_free(&c);
+        return 1;
+    }
+    struct shmipc_host_api host;
+    host_api_init(&host);
+    for (unsigned i = 0; rc == 0 && i < c.nservices; i++) {
+        struct plugin_gen *g;
+        char lerr[512];
+        rc = gen_load(c.services[i].plugin, tmp, 1, c.workers, &host,
+                      (const struct shmipc_plugin_conf *)c.services[i].plugin_conf, &g, lerr,
+                      sizeof(lerr));
+        if (rc < 0)
+            fprintf(stderr, "shmipcd: %s:%d: service '%s': %s\n", path, c.services[i].line,
+                    c.services[i].name, lerr);
+        else
+            gen_unload(g);
+    }
+    rmdir(tmp);
+    conf_free(&c);
+    if (rc < 0)
+        return 1;
+    printf("shmipcd: configuration %s is valid\n", path);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = NULL;
+    int test = 0, opt;
+    while ((opt = getopt(argc, argv, "c:th")) != -1) {
+        if (opt == 'c')
+            conf = optarg;
+        else if (opt == 't')
+            test = 1;
+        else {
+            usage();
+            return opt == 'h' ? 0 : 2;
+        }
+    }
+    if (conf == NULL || optind != argc) {
+        usage();
+        return 2;
+    }
+    if (test)
+        return check_config(conf);
+    static struct daemon d;
+    char err[1024] = "";
+    int rc = daemon_start(&d, conf, err, sizeof(err));
+    if (rc < 0) {
+        log_error("shmipcd: %s", err[0] ? err : shmipc_strerror(rc));
+        daemon_stop_and_free(&d);
+        return 1;
+    }
+    rc = daemon_run(&d);
+    daemon_stop_and_free(&d);
+    log_info("shmipcd: stopped");
+    return rc < 0 ? 1 : 0;
+}

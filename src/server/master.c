@@ -1,0 +1,455 @@
+/*
+ * shmipcd's master thread: configuration, plugins, listeners, handshakes,
+ * signals (through a signalfd, so handlers never run in odd places) and
+ * the admin socket. The one rule: nothing here waits on a client; every
+ * handshake is a state machine with a deadline, and a finished session is
+ * handed to a worker at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "server/daemon.h"
+#include "session/accept.h"
+#include "shmipc/errors.h"
+
+static int ep_add(struct daemon *d, int fd, uint32_t events, void *tag)
+{
+    struct epoll_event ev = {.events = events, .data.ptr = tag};
+    return epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+static ino_t sock_inode(const struct sock_addr *a)
+{
+    struct stat st;
+    if (a->family != AF_UNIX || stat(((const struct sockaddr_un *)&a->ss)->sun_path, &st) < 0)
+        return 0;
+    return st.st_ino;
+}
+
+static void unlink_own_socket(const struct sock_addr *a, ino_t ino)
+{
+    if (a->family != AF_UNIX || ino == 0)
+        return;
+    const char *path = ((const struct sockaddr_un *)&a->ss)->sun_path;
+    struct stat st;
+    if (stat(path, &st) == 0 && st.st_ino == ino)
+        unlink(path);
+}
+
+static int load_services(struct daemon *d, char *err, size_t errlen)
+{
+    d->nsvcs = d->conf.nservices;
+    d->svcs = calloc(d->nsvcs, sizeof(*d->svcs));
+    if (d->svcs == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct service *svc = &d->svcs[i];
+        const struct svc_conf *sc = &d->conf.services[i];
+        svc->tag.kind = EPK_LISTEN;
+        svc->index = i;
+        svc->d = d;
+        svc->lfd = -1;
+        snprintf(svc->name, sizeof(svc->name), "%s", sc->name);
+        snprintf(svc->listen, sizeof(svc->listen), "%s", sc->listen);
+        snprintf(svc->allowed_dir, sizeof(svc->allowed_dir), "%s", sc->allowed_dir);
+        snprintf(svc->plugin_path, sizeof(svc->plugin_path), "%s", sc->plugin);
+        svc->mode = sc->mode;
+        char lerr[512];
+        int rc = gen_load(sc->plugin, d->tmpdir, ++svc->next_gen, d->nworkers, &d->host,
+                          (const struct shmipc_plugin_conf *)sc->plugin_conf, &svc->gen, lerr,
+                          sizeof(lerr));
+        if (rc < 0) {
+            snprintf(err, errlen, "service '%s': %s", svc->name, lerr);
+            return rc;
+        }
+        log_info("service %s: plugin %s %s loaded (generation %u)", svc->name,
+                 svc->gen->desc->name, svc->gen->desc->version, svc->gen->number);
+    }
+    return 0;
+}
+
+static int open_listeners(struct daemon *d, char *err, size_t errlen)
+{
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct service *svc = &d->svcs[i];
+        int rc = sock_addr_parse(svc->listen, &svc->addr);
+        if (rc == 0 && (rc = sock_listen(&svc->addr, svc->mode, 1024)) >= 0) {
+            svc->lfd = rc;
+            svc->sock_ino = sock_inode(&svc->addr);
+            rc = ep_add(d, svc->lfd, EPOLLIN, svc);
+        }
+        if (rc < 0) {
+            snprintf(err, errlen, "service '%s': listening on %s: %s", svc->name, svc->listen,
+                     shmipc_strerror(rc));
+            return rc;
+        }
+        log_info("service %s: listening on %s", svc->name, svc->addr.text);
+    }
+    return 0;
+}
+
+static int open_admin(struct daemon *d, char *err, size_t errlen)
+{
+    d->adminfd = -1;
+    if (d->conf.admin == NULL)
+        return 0;
+    int rc = sock_addr_parse(d->conf.admin, &d->admin_addr);
+    if (rc == 0 && d->admin_addr.family != AF_UNIX)
+        rc = -EINVAL; /* never on a network */
+    if (rc == 0 && (rc = sock_listen(&d->admin_addr, d->conf.admin_mode, 16)) >= 0) {
+        d->adminfd = rc;
+        d->admin_ino = sock_inode(&d->admin_addr);
+        d->admin_tag.kind = EPK_ADMIN;
+        rc = ep_add(d, d->adminfd, EPOLLIN, &d->admin_tag);
+    }
+    if (rc < 0)
+        snprintf(err, errlen, "admin socket %s: %s", d->conf.admin, shmipc_strerror(rc));
+    return rc < 0 ? rc : 0;
+}
+
+int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen)
+{
+    memset(d, 0, sizeof(*d));
+    d->epfd = d->sigfd = d->adminfd = -1;
+    d->started_ns = sock_now_ns();
+    pool_registry_init(&d->reg);
+    host_api_init(&d->host);
+    int rc = conf_load(conf_path, &d->conf, err, errlen);
+    if (rc < 0)
+        return rc;
+    log_set_level(d->conf.log_level);
+    d->nworkers = d->conf.workers;
+    snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
+    if (mkdtemp(d->tmpdir) == NULL) {
+        snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
+        d->tmpdir[0] = '\0';
+        return -errno;
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    /* Blocked before any thread starts, so every thread inherits it. */
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    d->epfd = epoll_create1(EPOLL_CLOEXEC);
+    d->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (d->epfd < 0 || d->sigfd < 0) {
+        snprintf(err, errlen, "epoll/signalfd: %s", strerror(errno));
+        return -errno;
+    }
+    d->sig_tag.kind = EPK_SIGNAL;
+    if ((rc = ep_add(d, d->sigfd, EPOLLIN, &d->sig_tag)) < 0)
+        return rc;
+    if ((rc = load_services(d, err, errlen)) < 0 || (rc = open_listeners(d, err, errlen)) < 0 ||
+        (rc = open_admin(d, err, errlen)) < 0)
+        return rc;
+    d->workers = calloc(d->nworkers, sizeof(*d->workers));
+    if (d->workers == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        if ((rc = worker_start(&d->workers[i], d, i)) < 0) {
+            snprintf(err, errlen, "starting worker %u: %s", i, shmipc_strerror(rc));
+            d->nworkers = i;
+            return rc;
+        }
+    }
+    log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->nworkers);
+    return 0;
+}
+
+/* ---- handshakes ---- */
+
+static void hs_drop(struct daemon *d, struct hs_pending *h, int close_fd)
+{
+    struct hs_pending **pp = &d->hs;
+    while (*pp != h)
+        pp = &(*pp)->next;
+    *pp = h->next;
+    d->nhs--;
+    if (close_fd) {
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, h->hs.fd, NULL);
+        close(h->hs.fd);
+    }
+    hs_server_cleanup(&h->hs);
+    if (h->pool != NULL)
+        pool_ref_put(h->pool);
+    region_close(&h->qregion);
+    free(h);
+}
+
+static unsigned total_sessions(struct daemon *d)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        pthread_mutex_lock(&d->workers[i].mu);
+        n += d->workers[i].nsessions;
+        pthread_mutex_unlock(&d->workers[i].mu);
+    }
+    return n;
+}
+
+static struct worker *least_loaded(struct daemon *d)
+{
+    struct worker *best = &d->workers[0];
+    unsigned best_n = ~0u;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        pthread_mutex_lock(&d->workers[i].mu);
+        unsigned n = d->workers[i].nsessions;
+        pthread_mutex_unlock(&d->workers[i].mu);
+        if (n < best_n) {
+            best_n = n;
+            best = &d->workers[i];
+        }
+    }
+    return best;
+}
+
+static void start_session(struct daemon *d, struct hs_pending *h)
+{
+    struct service *svc = h->svc;
+    struct session_cfg cfg = {
+        .role = ROLE_SERVER,
+        .version = h->hs.version,
+        .max_event = d->conf.max_event_bytes,
+        .unhealthy_ms = 30000,
+        .out_limit = (size_t)d->conf.max_event_bytes * 2 + (1u << 20),
+        .max_streams = 65536,
+    };
+    int fd = h->hs.fd;
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
+    struct pool_ref *pool = h->pool;
+    struct region q = h->qregion;
+    h->pool = NULL;
+    region_init(&h->qregion);
+    hs_drop(d, h, 0);
+    struct dsession *ds = calloc(1, sizeof(*ds));
+    if (ds == NULL) {
+        close(fd);
+        pool_ref_put(pool);
+        region_close(&q);
+        return;
+    }
+    int rc = session_new(&cfg, fd, pool, &q, &ds->s);
+    if (rc < 0) {
+        log_warn("service %s: session setup failed: %s", svc->name, shmipc_strerror(rc));
+        free(ds);
+        return;
+    }
+    ds->tag.kind = EPK_SESSION;
+    ds->svc = svc;
+    ds->id = ++d->next_session_id;
+    ds->s->index = (int)ds->id;
+    __atomic_add_fetch(&svc->st.sessions_opened, 1, __ATOMIC_RELAXED);
+    struct worker *w = least_loaded(d);
+    log_debug("service %s: session %lu (protocol v%u) to worker %u", svc->name,
+              (unsigned long)ds->id, cfg.version, w->index);
+    worker_hand_over(w, ds);
+}
+
+static void hs_advance(struct daemon *d, struct hs_pending *h)
+{
+    for (;;) {
+        int rc = hs_server_step(&h->hs);
+        if (rc == HS_MAP) {
+            struct accept_limits lim = {h->svc->allowed_dir, d->conf.max_pool_bytes};
+            int mrc = accept_map(&h->hs, &d->reg, &lim, &h->pool, &h->qregion);
+            hs_server_mapped(&h->hs, mrc == 0, mrc);
+            continue;
+        }
+        if (rc == HS_DONE) {
+            start_session(d, h);
+            return;
+        }
+        if (rc == HS_WANT_READ || rc == HS_WANT_WRITE) {
+            struct epoll_event ev = {.events = rc == HS_WANT_READ ? EPOLLIN : EPOLLOUT,
+                                     .data.ptr = h};
+            epoll_ctl(d->epfd, EPOLL_CTL_MOD, h->hs.fd, &ev);
+            return;
+        }
+        log_warn("service %s: handshake refused: %s", h->svc->name,
+                 h->hs.why[0] ? h->hs.why : shmipc_strerror(rc));
+        __atomic_add_fetch(&h->svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
+        hs_drop(d, h, 1);
+        return;
+    }
+}
+
+static void on_accept(struct daemon *d, struct service *svc)
+{
+    for (;;) {
+        int fd = sock_accept(svc->lfd);
+        if (fd < 0) {
+            if (fd != -EAGAIN && fd != -ECONNABORTED)
+                log_warn("service %s: accept: %s", svc->name, shmipc_strerror(fd));
+            return;
+        }
+        if (total_sessions(d) + d->nhs >= d->conf.max_sessions) {
+            log_warn("service %s: connection refused: %u sessions is the limit", svc->name,
+                     d->conf.max_sessions);
+            close(fd);
+            continue;
+        }
+        struct hs_pending *h = calloc(1, sizeof(*h));
+        if (h == NULL) {
+            close(fd);
+            continue;
+        }
+        h->tag.kind = EPK_HANDSHAKE;
+        h->svc = svc;
+        region_init(&h->qregion);
+        hs_server_init(&h->hs, fd, svc->addr.family == AF_UNIX,
+                       sock_deadline(d->conf.handshake_timeout_ms));
+        h->next = d->hs;
+        d->hs = h;
+        d->nhs++;
+        if (ep_add(d, fd, EPOLLIN, h) < 0) {
+            hs_drop(d, h, 1);
+            continue;
+        }
+        hs_advance(d, h);
+    }
+}
+
+static int expire_handshakes(struct daemon *d)
+{
+    uint64_t now = sock_now_ns(), next = UINT64_MAX;
+    for (struct hs_pending *h = d->hs, *n; h != NULL; h = n) {
+        n = h->next;
+        if (h->hs.deadline_ns <= now)
+            hs_advance(d, h);
+        else if (h->hs.deadline_ns < next)
+            next = h->hs.deadline_ns;
+    }
+    return next == UINT64_MAX ? 1000 : (int)((next - now) / 1000000 + 1);
+}
+
+/* ---- signals and admin ---- */
+
+static void on_signal(struct daemon *d)
+{
+    struct signalfd_siginfo si;
+    while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+            log_warn("SIGHUP: configuration reload is not available in this build");
+            continue;
+        }
+        log_info("signal %u: stopping", si.ssi_signo);
+        d->stopping = 1;
+    }
+}
+
+/* One admin connection: a command line in, a reply out, closed. Bounded
+ * by short deadlines so a stuck admin client cannot hold the master. */
+static void on_admin(struct daemon *d)
+{
+    int fd;
+    while ((fd = sock_accept(d->adminfd)) >= 0) {
+        char line[256];
+        size_t n = 0;
+        uint64_t deadline = sock_deadline(200);
+        while (n < sizeof(line) - 1 && memchr(line, '\n', n) == NULL) {
+            ssize_t r = read(fd, line + n, sizeof(line) - 1 - n);
+            if (r > 0) {
+                n += (size_t)r;
+                continue;
+            }
+            if (r == 0 || (errno != EAGAIN && errno != EINTR) || sock_now_ns() >= deadline)
+                break;
+            struct pollfd p = {fd, POLLIN, 0};
+            poll(&p, 1, 20);
+        }
+        line[n] = '\0';
+        char *nl = strchr(line, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        int stop = 0;
+        char *reply = admin_command(d, line, &stop);
+        if (reply != NULL) {
+            sock_write_all(fd, reply, strlen(reply), sock_deadline(1000));
+            free(reply);
+        }
+        close(fd);
+        if (stop) {
+            log_info("admin: stop requested");
+            d->stopping = 1;
+        }
+    }
+}
+
+int daemon_run(struct daemon *d)
+{
+    struct epoll_event evs[64];
+    while (!d->stopping) {
+        int timeout = expire_handshakes(d);
+        int n = epoll_wait(d->epfd, evs, 64, timeout);
+        if (n < 0 && errno != EINTR)
+            return -errno;
+        for (int i = 0; i < n && !d->stopping; i++) {
+            struct ep_tag *t = evs[i].data.ptr;
+            switch (t->kind) {
+            case EPK_LISTEN:
+                on_accept(d, (struct service *)t);
+                break;
+            case EPK_HANDSHAKE:
+                hs_advance(d, (struct hs_pending *)t);
+                break;
+            case EPK_SIGNAL:
+                on_signal(d);
+                break;
+            case EPK_ADMIN:
+                on_admin(d);
+                break;
+            default:
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+void daemon_stop_and_free(struct daemon *d)
+{
+    /* Stop accepting first, then let the workers drain. */
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        if (d->svcs[i].lfd >= 0) {
+            close(d->svcs[i].lfd);
+            unlink_own_socket(&d->svcs[i].addr, d->svcs[i].sock_ino);
+        }
+    }
+    while (d->hs != NULL)
+        hs_drop(d, d->hs, 1);
+    uint64_t deadline = sock_deadline(d->conf.drain_timeout_ms);
+    for (unsigned i = 0; i < d->nworkers; i++)
+        worker_stop(&d->workers[i], deadline);
+    for (unsigned i = 0; i < d->nworkers; i++)
+        worker_join(&d->workers[i]);
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        if (d->svcs[i].gen != NULL)
+            gen_unload(d->svcs[i].gen);
+    if (d->adminfd >= 0) {
+        close(d->adminfd);
+        unlink_own_socket(&d->admin_addr, d->admin_ino);
+    }
+    if (d->tmpdir[0] != '\0')
+        rmdir(d->tmpdir);
+    if (d->epfd >= 0)
+        close(d->epfd);
+    if (d->sigfd >= 0)
+        close(d->sigfd);
+    free(d->workers);
+    free(d->svcs);
+    conf_free(&d->conf);
+}

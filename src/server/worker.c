@@ -1,0 +1,368 @@
+/*
+ * shmipcd's worker threads. Each owns an epoll set of sessions handed over
+ * by the master; a wake-up harvests a session's whole receive queue, then
+ * every ready stream's requests go to the service's plugin in order. The
+ * one rule: a worker never blocks on a client: responses are written
+ * without waiting, and a flush that meets a full queue is retried from
+ * this loop.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "server/daemon.h"
+#include "shmipc/errors.h"
+
+_Static_assert(sizeof(struct shmipc_iov) == sizeof(struct shmipc_plugin_iov), "iov layout");
+_Static_assert(offsetof(struct shmipc_iov, len) == offsetof(struct shmipc_plugin_iov, len),
+               "iov layout");
+
+struct shmipc_response {
+    shmipc_stream *st;
+    int err;
+    size_t bytes;
+};
+
+/* ---- the host API ---- */
+
+static void host_log(int level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_vmsg((enum log_level)level, fmt, ap);
+    va_end(ap);
+}
+
+static int host_write(struct shmipc_response *r, const void *data, size_t n)
+{
+    int rc = shmipc_stream_write(r->st, data, n);
+    if (rc < 0)
+        r->err = rc;
+    else
+        r->bytes += n;
+    return rc;
+}
+
+static int host_reserve(struct shmipc_response *r, size_t n, void **ptr)
+{
+    int rc = shmipc_stream_reserve(r->st, n, ptr);
+    if (rc < 0)
+        r->err = rc;
+    else
+        r->bytes += n;
+    return rc;
+}
+
+static size_t host_copy(const struct shmipc_request *req, size_t off, void *dst, size_t n)
+{
+    shmipc_msg m = {req->len, req->niov, (const struct shmipc_iov *)req->iov, NULL};
+    return shmipc_msg_copy(&m, off, dst, n);
+}
+
+static int host_conf_int(const struct shmipc_plugin_conf *c, const char *path, long long *out)
+{
+    return conf_plugin_int((const config_setting_t *)c, path, out);
+}
+
+static int host_conf_bool(const struct shmipc_plugin_conf *c, const char *path, int *out)
+{
+    return conf_plugin_bool((const config_setting_t *)c, path, out);
+}
+
+static int host_conf_float(const struct shmipc_plugin_conf *c, const char *path, double *out)
+{
+    return conf_plugin_float((const config_setting_t *)c, path, out);
+}
+
+static int host_conf_string(const struct shmipc_plugin_conf *c, const char *path,
+                            const char **out)
+{
+    return conf_plugin_string((const config_setting_t *)c, path, out);
+}
+
+void host_api_init(struct shmipc_host_api *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->size = sizeof(*h);
+    h->abi_minor = SHMIPC_PLUGIN_ABI_MINOR;
+    h->log = host_log;
+    h->write = host_write;
+    h->reserve = host_reserve;
+    h->copy = host_copy;
+    h->strerror = shmipc_strerror;
+    h->conf_int = host_conf_int;
+    h->conf_bool = host_conf_bool;
+    h->conf_float = host_conf_float;
+    h->conf_string = host_conf_string;
+}
+
+/* ---- generations ---- */
+
+static struct plugin_gen *gen_acquire(struct service *svc)
+{
+    /* The master swaps svc->gen only after taking its own reference for
+     * the new one; a worker's reference keeps an old one alive. */
+    for (;;) {
+        struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
+        int refs = __atomic_load_n(&g->refs, __ATOMIC_RELAXED);
+        while (refs > 0) {
+            if (__atomic_compare_exchange_n(&g->refs, &refs, refs + 1, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED))
+                return g;
+        }
+    }
+}
+
+static void gen_release(struct plugin_gen *g)
+{
+    __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL);
+}
+
+static void *thread_state(struct worker *w, struct plugin_gen *g)
+{
+    if (g->desc->thread_init == NULL || g->thread_states[w->index] != NULL)
+        return g->thread_states[w->index];
+    char err[256];
+    if (gen_thread_init(g, w->index, err, sizeof(err)) < 0) {
+        log_error("worker %u: %s", w->index, err);
+        return NULL;
+    }
+    return g->thread_states[w->index];
+}
+
+/* ---- requests ---- */
+
+static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shmipc_msg *m)
+{
+    struct service *svc = ds->svc;
+    struct plugin_gen *g = gen_acquire(svc);
+    void *ts = thread_state(w, g);
+    struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
+                                 (const struct shmipc_plugin_iov *)m->iov};
+    struct shmipc_response resp = {st, 0, 0};
+    int rc = SHMIPC_EPROTO;
+    if (ts != NULL || g->desc->thread_init == NULL)
+        rc = g->desc->handle(g->state, ts, &req, &resp);
+    size_t in = m->len;
+    shmipc_msg_release(m);
+    gen_release(g);
+    if (rc == 0 && resp.err == 0)
+        rc = shmipc_stream_flush(st);
+    else
+        shmipc_stream_discard(st);
+    ds->requests++;
+    __atomic_add_fetch(&svc->st.requests, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st.bytes_in, in, __ATOMIC_RELAXED);
+    if ((rc == 0 || rc == SHMIPC_EQFULL) && resp.err == 0) {
+        __atomic_add_fetch(&svc->st.bytes_out, resp.bytes, __ATOMIC_RELAXED);
+        return;
+    }
+    ds->handler_errors++;
+    __atomic_add_fetch(&svc->st.handler_errors, 1, __ATOMIC_RELAXED);
+    log_debug("service %s: request on session %lu stream %u failed: %s", svc->name,
+              (unsigned long)ds->id, shmipc_stream_id(st),
+              shmipc_strerror(resp.err ? resp.err : rc));
+}
+
+static void stream_hook(struct worker *w, struct dsession *ds, shmipc_stream *st, int open)
+{
+    struct plugin_gen *g = gen_acquire(ds->svc);
+    void (*hook)(void *, void *, uint64_t, uint32_t) =
+        open ? g->desc->stream_open : g->desc->stream_close;
+    if (hook != NULL)
+        hook(g->state, thread_state(w, g), ds->id, shmipc_stream_id(st));
+    gen_release(g);
+}
+
+static void dispatch(struct worker *w, struct dsession *ds)
+{
+    shmipc_stream *st;
+    while ((st = session_next_ready(ds->s)) != NULL) {
+        if (!st->seen_open) {
+            st->seen_open = 1;
+            stream_hook(w, ds, st, 1);
+        }
+        shmipc_msg m;
+        int closed = 0;
+        while (stream_take(st, &m, &closed) == 0)
+            handle(w, ds, st, &m);
+        if (closed && !st->seen_close) {
+            st->seen_close = 1;
+            stream_hook(w, ds, st, 0);
+            stream_forget(st);
+        }
+        stream_put(st);
+    }
+}
+
+/* ---- sessions ---- */
+
+static void close_session(struct worker *w, struct dsession *ds)
+{
+    pthread_mutex_lock(&w->mu);
+    struct dsession **pp = &w->sessions;
+    while (*pp != ds)
+        pp = &(*pp)->next;
+    *pp = ds->next;
+    w->nsessions--;
+    pthread_mutex_unlock(&w->mu);
+    struct session *s = ds->s;
+    epoll_ctl(w->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+    if (session_alive(s))
+        session_die(s, SHMIPC_ECLOSED, "server closed the session");
+    session_retry_blocked(s);
+    dispatch(w, ds);
+    session_release_streams(s);
+    struct service *svc = ds->svc;
+    __atomic_add_fetch(&svc->st.sessions_closed, 1, __ATOMIC_RELAXED);
+    if (s->err == SHMIPC_ECLOSED)
+        log_debug("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
+    else
+        log_info("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
+    session_put(s);
+    free(ds);
+}
+
+static void serve(struct worker *w, struct dsession *ds)
+{
+    session_on_io(ds->s);
+    dispatch(w, ds);
+    if (!session_alive(ds->s))
+        close_session(w, ds);
+}
+
+/* Moves sessions from the inbox into the epoll set. */
+static void adopt(struct worker *w)
+{
+    uint64_t v;
+    if (read(w->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+        log_warn("worker %u: reading its eventfd: %s", w->index, strerror(errno));
+    pthread_mutex_lock(&w->mu);
+    struct dsession *in = w->inbox;
+    w->inbox = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (in != NULL) {
+        struct dsession *ds = in;
+        in = ds->next;
+        pthread_mutex_lock(&w->mu);
+        ds->next = w->sessions;
+        w->sessions = ds;
+        pthread_mutex_unlock(&w->mu);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                 .data.ptr = ds};
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ds->s->fd, &ev) < 0)
+            session_die(ds->s, -errno, "epoll_ctl failed");
+        serve(w, ds); /* a file-path client may have sent already */
+    }
+}
+
+static int retry_blocked(struct worker *w)
+{
+    int any = 0;
+    for (struct dsession *ds = w->sessions; ds != NULL; ds = ds->next)
+        if (ds->s->blocked != NULL)
+            any |= session_retry_blocked(ds->s) > 0;
+    return any;
+}
+
+/* Stop: answer what is already queued, flush what is blocked, until done
+ * or the drain deadline, then close every session. */
+static void drain(struct worker *w)
+{
+    adopt(w);
+    for (;;) {
+        for (struct dsession *ds = w->sessions, *n; ds != NULL; ds = n) {
+            n = ds->next;
+            serve(w, ds);
+        }
+        if (!retry_blocked(w) || sock_now_ns() >= w->drain_deadline_ns)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    while (w->sessions != NULL)
+        close_session(w, w->sessions);
+}
+
+static void finish_thread_states(struct worker *w)
+{
+    for (unsigned i = 0; i < w->d->nsvcs; i++) {
+        struct plugin_gen *g = w->d->svcs[i].gen;
+        if (g != NULL && g->thread_states[w->index] != NULL)
+            gen_thread_fini(g, w->index);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct epoll_event evs[64];
+    int blocked = 0;
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+        int n = epoll_wait(w->epfd, evs, 64, blocked ? 1 : 1000);
+        for (int i = 0; i < n; i++) {
+            struct ep_tag *t = evs[i].data.ptr;
+            if (t->kind == EPK_WAKE)
+                adopt(w);
+            else
+                serve(w, (struct dsession *)t);
+        }
+        blocked = retry_blocked(w);
+    }
+    drain(w);
+    finish_thread_states(w);
+    return NULL;
+}
+
+int worker_start(struct worker *w, struct daemon *d, unsigned index)
+{
+    memset(w, 0, sizeof(*w));
+    w->wake_tag.kind = EPK_WAKE;
+    w->index = index;
+    w->d = d;
+    pthread_mutex_init(&w->mu, NULL);
+    w->epfd = epoll_create1(EPOLL_CLOEXEC);
+    w->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->epfd < 0 || w->evfd < 0)
+        return -errno;
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->wake_tag};
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->evfd, &ev) < 0)
+        return -errno;
+    return -pthread_create(&w->th, NULL, worker_main, w);
+}
+
+void worker_hand_over(struct worker *w, struct dsession *ds)
+{
+    ds->w = w;
+    pthread_mutex_lock(&w->mu);
+    ds->next = w->inbox;
+    w->inbox = ds;
+    w->nsessions++;
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    if (write(w->evfd, &one, sizeof(one)) < 0)
+        log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
+}
+
+void worker_stop(struct worker *w, uint64_t drain_deadline_ns)
+{
+    w->drain_deadline_ns = drain_deadline_ns;
+    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write(w->evfd, &one, sizeof(one)) < 0)
+        log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
+}
+
+void worker_join(struct worker *w)
+{
+    pthread_join(w->th, NULL);
+    close(w->epfd);
+    close(w->evfd);
+    pthread_mutex_destroy(&w->mu);
+}
