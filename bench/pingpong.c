@@ -7,7 +7,10 @@
  * is written and every response byte read and checked on both transports.
  *
  * Usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]
- *                        [--mode memfd|file]
+ *                        [--mode memfd|file] [--connect ADDR] [--no-uds]
+ * --connect points the shmipc client at a running echo server (shmipcd's
+ * echo plugin, echo_server, or any peer speaking the protocol) instead of
+ * one forked here; --no-uds skips the unix-socket rows.
  * Prints one line per transport, size and stream count: round trips,
  * ns/op (wall time / round trips), p50 and p99 round-trip latency.
  */
@@ -35,6 +38,8 @@ struct opts {
     unsigned nstreams;
     int ms;
     enum shmipc_mem_mode mode;
+    const char *connect;
+    int no_uds;
 };
 
 static uint64_t now_ns(void)
@@ -355,9 +360,20 @@ int main(int argc, char **argv)
 {
     struct opts o = {.sizes = {64, 1048576}, .nsizes = 2, .streams = {1, 8}, .nstreams = 2,
                      .ms = 1500, .mode = SHMIPC_MODE_MEMFD};
-    for (int i = 1; i + 1 < argc; i += 2) {
+    for (int i = 1; i < argc; i += 2) {
         size_t tmp[MAX_LIST];
-        if (strcmp(argv[i], "--sizes") == 0) {
+        if (strcmp(argv[i], "--no-uds") == 0) {
+            o.no_uds = 1;
+            i--;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "option %s needs a value\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--connect") == 0) {
+            o.connect = argv[i + 1];
+        } else if (strcmp(argv[i], "--sizes") == 0) {
             o.nsizes = parse_list(argv[i + 1], o.sizes);
         } else if (strcmp(argv[i], "--streams") == 0) {
             o.nstreams = parse_list(argv[i + 1], tmp);
@@ -380,14 +396,15 @@ int main(int argc, char **argv)
     snprintf(shm_path, sizeof(shm_path), "%s/shmipc.sock", dir);
     snprintf(uds_path, sizeof(uds_path), "%s/uds.sock", dir);
     snprintf(shm_addr, sizeof(shm_addr), "unix:%s", shm_path);
-    pid_t ps = fork();
-    if (ps == 0)
+    pid_t ps = -1, pu = -1;
+    if (o.connect == NULL && (ps = fork()) == 0)
         _exit(run_shmipc_server(shm_addr));
-    pid_t pu = fork();
-    if (pu == 0)
+    if (!o.no_uds && (pu = fork()) == 0)
         _exit(run_uds_server(uds_path));
-    /* Wait (bounded) for both servers to listen. */
-    for (int i = 0; i < 200 && (access(shm_path, F_OK) != 0 || access(uds_path, F_OK) != 0); i++) {
+    /* Wait (bounded) for the servers started here to listen. */
+    for (int i = 0; i < 200 && ((ps > 0 && access(shm_path, F_OK) != 0) ||
+                                (pu > 0 && access(uds_path, F_OK) != 0));
+         i++) {
         struct timespec ts = {0, 10000000};
         nanosleep(&ts, NULL);
     }
@@ -397,7 +414,7 @@ int main(int argc, char **argv)
             max_streams = o.streams[k];
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
-    cfg.address = shm_addr;
+    cfg.address = o.connect ? o.connect : shm_addr;
     cfg.mode = o.mode;
     cfg.sessions = max_streams < 4 ? max_streams : 4;
     cfg.pool_bytes = 64u << 20;
@@ -409,7 +426,8 @@ int main(int argc, char **argv)
         for (unsigned si = 0; si < o.nsizes; si++) {
             for (unsigned k = 0; k < o.nstreams; k++) {
                 run_case("shmipc", 0, client, NULL, o.sizes[si], o.streams[k], o.ms);
-                run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms);
+                if (!o.no_uds)
+                    run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms);
             }
         }
         struct shmipc_stats st;
@@ -421,10 +439,14 @@ int main(int argc, char **argv)
                (unsigned long)st.wakeups_received, (unsigned long)st.fallbacks_sent);
         shmipc_client_close(client);
     }
-    kill(ps, SIGTERM);
-    kill(pu, SIGTERM);
-    waitpid(ps, NULL, 0);
-    waitpid(pu, NULL, 0);
+    if (ps > 0) {
+        kill(ps, SIGTERM);
+        waitpid(ps, NULL, 0);
+    }
+    if (pu > 0) {
+        kill(pu, SIGTERM);
+        waitpid(pu, NULL, 0);
+    }
     rmdir(dir);
     return rc < 0;
 }

@@ -642,7 +642,7 @@ static void check_example(const struct daemon_conf *c, const char *plugdir)
     CU_ASSERT_EQUAL(c->handshake_timeout_ms, 1000);
     CU_ASSERT_EQUAL(c->max_event_bytes, 32u << 20);
     CU_ASSERT_EQUAL(c->drain_timeout_ms, 5000);
-    CU_ASSERT_EQUAL_FATAL(c->nservices, 2);
+    CU_ASSERT_EQUAL_FATAL(c->nservices, 3);
     CU_ASSERT_STRING_EQUAL(c->services[0].name, "echo");
     CU_ASSERT_STRING_EQUAL(c->services[0].listen, "unix:/run/shmipcd/echo.sock");
     CU_ASSERT_EQUAL(c->services[0].mode, 0660);
@@ -652,6 +652,12 @@ static void check_example(const struct daemon_conf *c, const char *plugdir)
     CU_ASSERT_STRING_EQUAL(c->services[1].listen, "unix:/run/shmipcd/greeter.sock");
     snprintf(want, sizeof(want), "%s/greeter.so", plugdir);
     CU_ASSERT_STRING_EQUAL(c->services[1].plugin, want);
+    CU_ASSERT_STRING_EQUAL(c->services[2].name, "kv");
+    snprintf(want, sizeof(want), "%s/kv.so", plugdir);
+    CU_ASSERT_STRING_EQUAL(c->services[2].plugin, want);
+    long long max_keys = 0;
+    CU_ASSERT_EQUAL(conf_plugin_int(c->services[2].plugin_conf, "max_keys", &max_keys), 0);
+    CU_ASSERT_EQUAL(max_keys, 100000);
 }
 
 static void test_example_file(void)
@@ -671,6 +677,7 @@ static void test_example_file(void)
      * loads whatever has been built. */
     put("build/plugins/echo.so", "");
     put("build/plugins/greeter.so", "");
+    put("build/plugins/kv.so", "");
     put("etc/shmipcd.conf", text);
     int rc = conf_load(tpath("etc/shmipcd.conf"), &c, err, sizeof(err));
     if (rc != 0)
@@ -690,6 +697,8 @@ static void test_example_file(void)
         built = access(so, F_OK) == 0;
         snprintf(so, sizeof(so), "%s/greeter.so", real);
         built &= access(so, F_OK) == 0;
+        snprintf(so, sizeof(so), "%s/kv.so", real);
+        built &= access(so, F_OK) == 0;
     }
     rc = conf_load(path, &c, err, sizeof(err));
     if (built) {
@@ -699,7 +708,7 @@ static void test_example_file(void)
         check_example(&c, real);
         conf_free(&c);
     } else {
-        printf("\n  NOTE: %s/{echo,greeter}.so not built yet: only the refusal is checked\n", dir);
+        printf("\n  NOTE: %s/{echo,greeter,kv}.so not built yet: only the refusal is checked\n", dir);
         CU_ASSERT_EQUAL(rc, -ENOENT);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, "plugin file not found"));
     }
