@@ -21,7 +21,10 @@
  *  - a stream from shmipc_client_get() belongs to the caller until
  *    shmipc_client_put() or shmipc_stream_close();
  *  - a stream passed to a server handler is borrowed for the call;
- *    shmipc_stream_hold() keeps it, shmipc_stream_release() lets it go.
+ *    shmipc_stream_hold() keeps it, shmipc_stream_release() lets it go;
+ *    shmipc_stream_close() on it from within the handler ends the stream
+ *    and releases nothing (the borrow ends when the handler returns; a
+ *    reference taken with hold still needs shmipc_stream_release()).
  *
  * Thread safety: all calls may be made from any thread; one stream should
  * be written by one thread at a time.
@@ -170,7 +173,9 @@ struct shmipc_server_handlers {
     void (*on_stream)(shmipc_stream *s, void *arg);
     /* A message: the handler owns *m and must release it (now or later). */
     void (*on_message)(shmipc_stream *s, shmipc_msg *m, void *arg);
-    /* The peer closed the stream, or its session ended (optional). */
+    /* The peer closed the stream, or its session ended (optional). Not
+     * called for a stream the server closed itself with
+     * shmipc_stream_close() before either happened. */
     void (*on_close)(shmipc_stream *s, void *arg);
 };
 

@@ -300,6 +300,7 @@ static void dispatch(struct shmipc_server *srv, struct session *s)
 {
     shmipc_stream *st;
     while ((st = session_next_ready(s)) != NULL) {
+        stream_lent = st; /* for the handlers' calls below */
         if (!st->seen_open) {
             st->seen_open = 1;
             if (srv->h.on_stream)
@@ -319,6 +320,7 @@ static void dispatch(struct shmipc_server *srv, struct session *s)
                 srv->h.on_close(st, srv->arg);
             stream_forget(st);
         }
+        stream_lent = NULL;
         stream_put(st); /* the ready list's reference */
     }
 }

@@ -176,6 +176,10 @@ int stream_take(shmipc_stream *st, shmipc_msg *m, int *closed);
 void stream_forget(shmipc_stream *st);
 
 void stream_get(shmipc_stream *st);
+/* The stream a server handler is running for on this thread (the
+ * dispatcher sets it around each call): it is lent, not owned, so
+ * shmipc_stream_close() on it must not drop the dispatcher's reference. */
+extern _Thread_local shmipc_stream *stream_lent;
 /* 1 if the stream can be pooled for reuse. */
 int stream_reusable(shmipc_stream *st);
 

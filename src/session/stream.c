@@ -431,7 +431,11 @@ int shmipc_stream_shutdown(shmipc_stream *st)
         st->flags |= ST_LOCAL_CLOSED;
         pool_writer_abort(&st->w);
         st->fb_len = 0;
-        if (!s->dead && !(st->flags & ST_REMOTE_CLOSED))
+        /* Sent even when the peer closed first: a peer that half-closed
+         * keeps its stream until it hears from us (a server would hold it
+         * for the session's life), and one that already let it go ignores
+         * a close for an unknown id. */
+        if (!s->dead)
             rc = send_close_locked(st);
     }
     pthread_mutex_unlock(&s->mu);
@@ -450,11 +454,16 @@ void stream_forget(shmipc_stream *st)
         stream_put(st); /* the table's reference */
 }
 
+_Thread_local shmipc_stream *stream_lent;
+
 void shmipc_stream_close(shmipc_stream *st)
 {
     shmipc_stream_shutdown(st);
     stream_forget(st);
-    stream_put(st); /* the caller's */
+    /* A handler closing the stream it was called for holds no reference of
+     * its own: the dispatcher lets go of it after the handler returns. */
+    if (st != stream_lent)
+        stream_put(st); /* the caller's */
 }
 
 int stream_reusable(shmipc_stream *st)

@@ -1,0 +1,1699 @@
+/*
+ * End to end: the C client (this process) against the C server running in
+ * a forked child, over a unix socket in a mkdtemp directory (or TCP
+ * loopback for file mode over TCP), in both handshake modes.
+ *
+ * The one rule: a test never uses CU_ASSERT_FATAL. Its checks that must
+ * stop it (REQUIRE, REQUIRE_RC) jump to its `out:` label, which closes the
+ * client, stops (or kills) every child, removes the socket directory and
+ * then checks that fds, shared mappings and /dev/shm entries are back to
+ * where the test found them. Every wait is bounded; no check is on time.
+ *
+ * The server child answers by mode (echo, echo then half-close, swallow,
+ * checksum) and also understands two control messages, on a stream of
+ * their own, that return its counters and the streams it saw closed, so a
+ * test can look into the server without sharing memory with it.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc/shmipc.h"
+#include "testutil.h"
+
+#define CHILD_MS 15000    /* a child's deadline to exit after being asked */
+#define START_MS 10000    /* a server child's deadline to start listening */
+#define RECV_MS 10000     /* an answer that should come */
+#define POLL_MS 5000      /* a state that should be reached */
+#define MAX_SLICE 131052u /* the default pool's largest slice */
+
+/* ---- checks that can stop a test (at its `out:` label) ---- */
+
+static int expect_rc_(int got, int want, const char *what, const char *file, unsigned line)
+{
+    int ok = got == want;
+    if (!ok)
+        fprintf(stderr, "\n  %s:%u: %s is %d (%s), expected %d (%s)\n", file, line, what, got,
+                shmipc_err_name(got), want, shmipc_err_name(want));
+    CU_assertImplementation(ok ? CU_TRUE : CU_FALSE, line, what, file, "", CU_FALSE);
+    return ok;
+}
+
+#define EXPECT_RC(expr, want) expect_rc_((expr), (want), #expr, __FILE__, __LINE__)
+#define REQUIRE_RC(expr, want)                                                                     \
+    do {                                                                                           \
+        if (!EXPECT_RC(expr, want))                                                                \
+            goto out;                                                                              \
+    } while (0)
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        int ok_ = (cond) ? 1 : 0;                                                                  \
+        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
+                                __FILE__, "", CU_FALSE);                                           \
+        if (!ok_)                                                                                  \
+            goto out;                                                                              \
+    } while (0)
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---- payloads ---- */
+
+/* Byte i of the message with this seed: every message is distinct and a
+ * byte out of place shows. */
+static uint8_t pat(uint64_t seed, uint64_t i)
+{
+    uint64_t x = (seed ^ 0x9e3779b97f4a7c15ull) + i * 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 31;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 29;
+    return (uint8_t)x;
+}
+
+static void fill(uint8_t *b, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = pat(seed, i);
+}
+
+static uint8_t *pattern(size_t n, uint64_t seed)
+{
+    uint8_t *b = malloc(n ? n : 1);
+    if (b != NULL)
+        fill(b, n, seed);
+    return b;
+}
+
+static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+#define FNV_INIT 0xcbf29ce484222325ull
+
+static uint64_t msg_hash(const shmipc_msg *m)
+{
+    uint64_t h = FNV_INIT;
+    for (unsigned i = 0; i < m->niov; i++)
+        h = fnv1a(h, m->iov[i].base, m->iov[i].len);
+    return h;
+}
+
+/* 1 if the message is exactly the n pattern bytes of `seed`. */
+static int msg_is(const shmipc_msg *m, size_t n, uint64_t seed)
+{
+    if (m->len != n) {
+        fprintf(stderr, "\n  message of %zu bytes, expected %zu\n", m->len, n);
+        return 0;
+    }
+    size_t at = 0;
+    for (unsigned i = 0; i < m->niov; i++) {
+        for (size_t k = 0; k < m->iov[i].len; k++, at++) {
+            if (m->iov[i].base[k] != pat(seed, at)) {
+                fprintf(stderr, "\n  message byte %zu differs (seed %llu)\n", at,
+                        (unsigned long long)seed);
+                return 0;
+            }
+        }
+    }
+    return at == n;
+}
+
+static uint64_t rng(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* ---- leftovers ---- */
+
+/* The /dev/shm name prefix of this run, with the test process's pid (set
+ * before any fork, so children share it): another run of the suite at the
+ * same time must not change our counts. `suffix` ("", "a", "b") tells
+ * apart several clients; the library adds "_<pid>..." after it. */
+static const char *shm_name(const char *suffix)
+{
+    static int pid;
+    static char buf[4][64];
+    static unsigned next;
+    if (pid == 0)
+        pid = (int)getpid();
+    char *b = buf[next++ % 4];
+    snprintf(b, sizeof(buf[0]), "shmipc-sesstest-%d-%s", pid, suffix); /* '-': 12 vs 123 */
+    return b;
+}
+
+/* The client's path_prefix for that name: one string per suffix, kept
+ * for the run (the suite uses three suffixes). */
+static const char *shm_prefix(const char *suffix)
+{
+    static struct {
+        char suffix[8];
+        char path[96];
+    } cache[4];
+    unsigned i = 0;
+    while (i < 3 && cache[i].path[0] != '\0' && strcmp(cache[i].suffix, suffix) != 0)
+        i++;
+    if (cache[i].path[0] == '\0' || strcmp(cache[i].suffix, suffix) != 0) {
+        snprintf(cache[i].suffix, sizeof(cache[i].suffix), "%s", suffix);
+        snprintf(cache[i].path, sizeof(cache[i].path), "/dev/shm/%s", shm_name(suffix));
+    }
+    return cache[i].path;
+}
+
+struct leaks {
+    int fds, maps, shm;
+};
+
+static void leaks_begin(struct leaks *l)
+{
+    l->fds = tu_count_fds();
+    l->maps = tu_count_maps();
+    l->shm = tu_count_shm(shm_name(""));
+}
+
+static void leaks_check(const struct leaks *l)
+{
+    int fds = tu_count_fds(), maps = tu_count_maps(), shm = tu_count_shm(shm_name(""));
+    if (fds != l->fds || maps != l->maps || shm != l->shm)
+        fprintf(stderr, "\n  leftovers: fds %d -> %d, shared maps %d -> %d, /dev/shm %d -> %d\n",
+                l->fds, fds, l->maps, maps, l->shm, shm);
+    CU_ASSERT_EQUAL(fds, l->fds);
+    CU_ASSERT_EQUAL(maps, l->maps);
+    CU_ASSERT_EQUAL(shm, l->shm);
+}
+
+/* Removes /dev/shm files a killed client process left (its pid in the name). */
+static int unlink_shm_of(pid_t pid)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "%s_%d_", shm_name(""), (int)pid);
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, want, strlen(want)) != 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name);
+        n += unlink(path) == 0;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* A forked child starts with only stdio and `keep`/`keep2`: it must not
+ * hold the parent's sockets or memfds (a server child outliving a client
+ * would keep that client's resources alive). */
+static void close_inherited(int keep, int keep2)
+{
+    int fds[256], n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL && n < 256) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] != '.' && fd > 2 && fd != keep && fd != keep2 && fd != dirfd(d))
+            fds[n++] = fd;
+    }
+    if (d != NULL)
+        closedir(d);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* ASan builds check the child for leaks too; release builds lack the symbol. */
+extern int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
+
+/* ---- the server child ---- */
+
+enum srv_mode {
+    SRV_ECHO,          /* answers every message with its bytes */
+    SRV_ECHO_SHUTDOWN, /* answers, then half-closes the stream */
+    SRV_ECHO_CLOSE,    /* answers, logs the stream as closed, closes it */
+    SRV_SWALLOW,       /* never answers */
+    SRV_HASH,          /* answers with u32 length + u64 FNV-1a of the message */
+};
+
+#define CTL_LEN 11
+static const char ctl_stats[CTL_LEN + 1] = "\001ctl:stats\001";
+static const char ctl_closed[CTL_LEN + 1] = "\001ctl:close\001";
+
+/* What the server saw on a stream by the time on_close ran. */
+struct closed_rec {
+    uint32_t id;
+    uint32_t msgs;
+    uint64_t bytes;
+};
+#define CLOSED_MAX 64
+
+struct tally {
+    uint32_t msgs;
+    uint64_t bytes;
+};
+
+struct srv_state {
+    shmipc_server *srv;
+    enum srv_mode mode;
+    uint32_t nclosed; /* ever; the log keeps the last CLOSED_MAX */
+    struct closed_rec closed[CLOSED_MAX];
+};
+
+static shmipc_server *child_srv; /* for the SIGTERM handler */
+
+static void child_on_term(int sig)
+{
+    (void)sig;
+    shmipc_server_stop(child_srv);
+}
+
+static void reply(shmipc_stream *st, const void *p, size_t n)
+{
+    int rc = shmipc_stream_write(st, p, n);
+    if (rc == 0)
+        rc = shmipc_stream_flush(st);
+    (void)rc; /* a full queue is retried by the server; else the session is gone */
+}
+
+static void h_stream(shmipc_stream *st, void *arg)
+{
+    (void)arg;
+    shmipc_stream_set_user(st, calloc(1, sizeof(struct tally)));
+}
+
+static int ctl_kind(const shmipc_msg *m)
+{
+    char b[CTL_LEN];
+    if (m->len != CTL_LEN || shmipc_msg_copy(m, 0, b, CTL_LEN) != CTL_LEN)
+        return 0;
+    return memcmp(b, ctl_stats, CTL_LEN) == 0 ? 1 : memcmp(b, ctl_closed, CTL_LEN) == 0 ? 2 : 0;
+}
+
+static void answer_ctl(struct srv_state *S, shmipc_stream *st, int kind)
+{
+    if (kind == 1) {
+        struct shmipc_stats s;
+        shmipc_server_stats(S->srv, &s);
+        reply(st, &s, sizeof(s));
+        return;
+    }
+    uint32_t n = S->nclosed < CLOSED_MAX ? S->nclosed : CLOSED_MAX;
+    uint8_t buf[4 + sizeof(S->closed)];
+    memcpy(buf, &n, 4);
+    memcpy(buf + 4, S->closed, n * sizeof(S->closed[0]));
+    reply(st, buf, 4 + n * sizeof(S->closed[0]));
+}
+
+static void log_closed(struct srv_state *S, shmipc_stream *st)
+{
+    struct tally *t = shmipc_stream_user(st);
+    struct closed_rec r = {shmipc_stream_id(st), t ? t->msgs : 0, t ? t->bytes : 0};
+    S->closed[S->nclosed++ % CLOSED_MAX] = r;
+    free(t);
+    shmipc_stream_set_user(st, NULL);
+}
+
+static void h_message(shmipc_stream *st, shmipc_msg *m, void *arg)
+{
+    struct srv_state *S = arg;
+    int kind = ctl_kind(m);
+    if (kind != 0) {
+        shmipc_msg_release(m);
+        answer_ctl(S, st, kind);
+        return;
+    }
+    struct tally *t = shmipc_stream_user(st);
+    if (t != NULL) {
+        t->msgs++;
+        t->bytes += m->len;
+    }
+    if (S->mode == SRV_SWALLOW) {
+        shmipc_msg_release(m);
+    } else if (S->mode == SRV_HASH) {
+        uint8_t out[12];
+        uint32_t len = (uint32_t)m->len;
+        uint64_t h = msg_hash(m);
+        shmipc_msg_release(m);
+        memcpy(out, &len, 4);
+        memcpy(out + 4, &h, 8);
+        reply(st, out, sizeof(out));
+    } else {
+        int rc = 0;
+        for (unsigned i = 0; i < m->niov && rc == 0; i++)
+            rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
+        shmipc_msg_release(m);
+        if (rc == 0)
+            shmipc_stream_flush(st);
+        if (S->mode == SRV_ECHO_SHUTDOWN) {
+            shmipc_stream_shutdown(st);
+        } else if (S->mode == SRV_ECHO_CLOSE) {
+            log_closed(S, st);       /* no on_close will come */
+            shmipc_stream_close(st); /* borrowed: the library keeps its reference */
+        }
+    }
+}
+
+static void h_close(shmipc_stream *st, void *arg)
+{
+    log_closed(arg, st);
+}
+
+struct srv_boot {
+    enum srv_mode mode;
+    char address[160];
+    int go;         /* one byte here starts the server; EOF ends the child */
+    int wfd;        /* the server's open result goes here */
+    int leak_check; /* at exit (ASan builds) */
+};
+
+static int srv_child_main(void *arg)
+{
+    struct srv_boot *b = arg;
+    close_inherited(b->wfd, b->go);
+    char go;
+    if (read(b->go, &go, 1) != 1)
+        return 0; /* never started */
+    close(b->go);
+    struct srv_state S = {.mode = b->mode};
+    struct shmipc_server_config cfg;
+    shmipc_server_config_init(&cfg);
+    cfg.address = b->address;
+    struct shmipc_server_handlers h = {h_stream, h_message, h_close};
+    int rc = shmipc_server_open(&cfg, &h, &S, &S.srv);
+    if (rc == 0) {
+        child_srv = S.srv;
+        struct sigaction sa = {.sa_handler = child_on_term};
+        sigaction(SIGTERM, &sa, NULL);
+    }
+    int32_t v = rc;
+    if (write(b->wfd, &v, sizeof(v)) != (ssize_t)sizeof(v) || rc < 0)
+        return 1;
+    close(b->wfd);
+    rc = shmipc_server_run(S.srv);
+    shmipc_server_close(S.srv);
+    if (rc < 0)
+        return 2;
+    if (b->leak_check && __lsan_do_recoverable_leak_check != NULL &&
+        __lsan_do_recoverable_leak_check() != 0)
+        return 3; /* the report is on stderr */
+    return 0;
+}
+
+/* A server child: forked first (while this process has no other thread,
+ * which fork and the sanitizers need), started on `go`. */
+struct srv_child {
+    pid_t pid;   /* 0: none */
+    int waiting; /* forked, not started: go and ready are open */
+    int go;      /* write end: start the server */
+    int ready;   /* read end: its open result */
+};
+
+/* Forks a server child that waits for srv_go(). 0 or a negative code. */
+static int srv_fork(struct srv_child *c, enum srv_mode mode, const char *address)
+{
+    int go[2], ready[2];
+    memset(c, 0, sizeof(*c));
+    if (pipe2(go, O_CLOEXEC) < 0)
+        return -errno;
+    if (pipe2(ready, O_CLOEXEC) < 0) {
+        int err = -errno;
+        close(go[0]);
+        close(go[1]);
+        return err;
+    }
+    /* The leak checker looks for every thread the parent had, and they do
+     * not exist in the child: check only children of a single thread. */
+    struct srv_boot b = {mode, "", go[0], ready[1], count_threads() == 1};
+    snprintf(b.address, sizeof(b.address), "%s", address);
+    c->pid = tu_fork(srv_child_main, &b);
+    close(go[0]);
+    close(ready[1]);
+    if (c->pid <= 0) {
+        close(go[1]);
+        close(ready[0]);
+        c->pid = 0;
+        return -EAGAIN;
+    }
+    c->waiting = 1;
+    c->go = go[1];
+    c->ready = ready[0];
+    return 0;
+}
+
+/* Starts a forked server: 0 once it listens, else its open error or -1
+ * (the child is reaped then). */
+static int srv_go(struct srv_child *c)
+{
+    if (!c->waiting)
+        return -1;
+    int32_t v = -1;
+    struct pollfd pfd = {c->ready, POLLIN, 0};
+    if (write(c->go, "g", 1) == 1 && poll(&pfd, 1, START_MS) == 1 &&
+        read(c->ready, &v, sizeof(v)) != sizeof(v))
+        v = -1;
+    close(c->go);
+    close(c->ready);
+    c->waiting = 0;
+    if (v != 0) {
+        tu_wait(c->pid, CHILD_MS);
+        c->pid = 0;
+        fprintf(stderr, "\n  server did not start: %s\n", shmipc_strerror(v));
+        return v;
+    }
+    return 0;
+}
+
+static int srv_start(struct srv_child *c, enum srv_mode mode, const char *address)
+{
+    int rc = srv_fork(c, mode, address);
+    return rc < 0 ? rc : srv_go(c);
+}
+
+/* SIGTERM (after SIGCONT, in case a test stopped it) and reap: the exit
+ * code, 0 for a clean stop; 0 when no child is running. */
+static int srv_stop(struct srv_child *c)
+{
+    if (c->pid <= 0)
+        return 0;
+    if (c->waiting) { /* never started: EOF on go ends it */
+        close(c->go);
+        close(c->ready);
+        c->waiting = 0;
+    }
+    kill(c->pid, SIGCONT);
+    kill(c->pid, SIGTERM);
+    int rc = tu_wait(c->pid, CHILD_MS);
+    c->pid = 0;
+    return rc;
+}
+
+/* ---- fixture: baseline, socket directory, one server, one client ---- */
+
+struct fx {
+    struct leaks base;
+    char dir[64];
+    char addr[128]; /* unix:<dir>/sock */
+    struct srv_child srv;
+    shmipc_client *cli;
+};
+
+static int fx_begin(struct fx *f)
+{
+    memset(f, 0, sizeof(*f));
+    leaks_begin(&f->base);
+    snprintf(f->dir, sizeof(f->dir), "/tmp/shmipc-sess-XXXXXX");
+    if (mkdtemp(f->dir) == NULL) {
+        f->dir[0] = '\0';
+        return -errno;
+    }
+    snprintf(f->addr, sizeof(f->addr), "unix:%s/sock", f->dir);
+    return 0;
+}
+
+/* Closes the client, stops the server (which must exit cleanly), removes
+ * the directory and checks for leftovers. Safe on a half-built fixture. */
+static void fx_end(struct fx *f)
+{
+    shmipc_client_close(f->cli);
+    f->cli = NULL;
+    EXPECT_RC(srv_stop(&f->srv), 0);
+    if (f->dir[0] != '\0') {
+        char path[160];
+        snprintf(path, sizeof(path), "%s/sock", f->dir);
+        unlink(path);
+        CU_ASSERT_EQUAL(rmdir(f->dir), 0);
+    }
+    leaks_check(&f->base);
+}
+
+static void cfg_init(struct shmipc_client_config *c, const char *addr, enum shmipc_mem_mode mode)
+{
+    shmipc_client_config_init(c);
+    c->address = addr;
+    c->mode = mode;
+    c->path_prefix = shm_prefix("");
+    c->reconnect_min_ms = 10;
+    c->reconnect_max_ms = 100;
+}
+
+/* ---- client-side helpers ---- */
+
+/* One message of n pattern bytes and its echo; checks length and content.
+ * 0, the library's code, or 1 on a content mismatch. */
+static int echo_once(shmipc_stream *st, size_t n, uint64_t seed, unsigned *niov)
+{
+    uint8_t *buf = pattern(n, seed);
+    if (buf == NULL)
+        return -ENOMEM;
+    shmipc_msg m;
+    int rc = shmipc_call(st, buf, n, &m, RECV_MS);
+    free(buf);
+    if (rc < 0)
+        return rc;
+    if (niov != NULL)
+        *niov = m.niov;
+    rc = msg_is(&m, n, seed) ? 0 : 1;
+    shmipc_msg_release(&m);
+    return rc;
+}
+
+/* A fresh stream, one echo, back to the pool. */
+static int echo_new(shmipc_client *c, size_t n, uint64_t seed)
+{
+    shmipc_stream *st;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    rc = echo_once(st, n, seed, NULL);
+    shmipc_client_put(c, st);
+    return rc;
+}
+
+/* Reads exactly n bytes with shmipc_stream_read in chunks of varying size
+ * and checks them against `want`. 0, a code, or 1 on a mismatch or EOF. */
+static int read_expect(shmipc_stream *st, const uint8_t *want, size_t n)
+{
+    static const size_t chunks[] = {1, 3, 64, 1000, 9999, 65536};
+    uint8_t *buf = malloc(65536);
+    if (buf == NULL)
+        return -ENOMEM;
+    size_t got = 0;
+    int rc = 0;
+    for (unsigned k = 0; got < n && rc == 0; k++) {
+        size_t want_now = chunks[k % 6] < n - got ? chunks[k % 6] : n - got;
+        int r = shmipc_stream_read(st, buf, want_now, RECV_MS);
+        if (r <= 0) {
+            fprintf(stderr, "\n  read at byte %zu of %zu: %s\n", got, n,
+                    r == 0 ? "end of stream" : shmipc_strerror(r));
+            rc = r < 0 ? r : 1;
+        } else if ((size_t)r > want_now || memcmp(buf, want + got, (size_t)r) != 0) {
+            fprintf(stderr, "\n  read: bytes %zu..%zu differ\n", got, got + (size_t)r);
+            rc = 1;
+        } else {
+            got += (size_t)r;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+/* Sends a control message on a stream of its own and copies the answer. */
+static int srv_query(shmipc_client *c, const char *ctl, void *out, size_t cap, size_t *len)
+{
+    shmipc_stream *st;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    shmipc_msg m;
+    rc = shmipc_call(st, ctl, CTL_LEN, &m, RECV_MS);
+    if (rc == 0) {
+        *len = shmipc_msg_copy(&m, 0, out, cap);
+        shmipc_msg_release(&m);
+    }
+    shmipc_stream_close(st);
+    return rc;
+}
+
+static int srv_stats(shmipc_client *c, struct shmipc_stats *st)
+{
+    size_t len = 0;
+    int rc = srv_query(c, ctl_stats, st, sizeof(*st), &len);
+    return rc < 0 ? rc : len == sizeof(*st) ? 0 : 1;
+}
+
+/* Finds the records of stream `id` in the server's close log: how many
+ * (the first in *out), or a code. Only meaningful with one session. */
+static int srv_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
+{
+    uint8_t buf[4 + CLOSED_MAX * sizeof(struct closed_rec)];
+    size_t len = 0;
+    int rc = srv_query(c, ctl_closed, buf, sizeof(buf), &len);
+    if (rc < 0)
+        return rc;
+    uint32_t n;
+    if (len < 4)
+        return 0;
+    memcpy(&n, buf, 4);
+    int found = 0;
+    for (uint32_t i = 0; i < n && 4 + (i + 1) * sizeof(*out) <= len; i++) {
+        struct closed_rec r;
+        memcpy(&r, buf + 4 + i * sizeof(r), sizeof(r));
+        if (r.id == id && found++ == 0)
+            *out = r;
+    }
+    return found;
+}
+
+/* Polls the close log until stream `id` shows up (bounded). */
+static int srv_wait_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
+{
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    int rc;
+    while ((rc = srv_closed(c, id, out)) == 0 && tu_now_ns() < end)
+        sleep_ms(10);
+    return rc;
+}
+
+/* ==== 1. echo round trips ==== */
+
+static const size_t echo_sizes[] = {0, 1, 64, 4096, 1u << 20, 4u << 20};
+
+/* A loopback port nobody listens on right now. */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0)
+        close(fd);
+    return port;
+}
+
+static void echo_sizes_on(int tcp, enum shmipc_mem_mode mode)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    char tcp_addr[64];
+    REQUIRE_RC(fx_begin(&f), 0);
+    const char *addr = f.addr;
+    if (tcp) {
+        /* A port found free may be taken before the child binds it: retry. */
+        int rc = -1;
+        for (int tries = 0; tries < 5 && rc != 0; tries++) {
+            snprintf(tcp_addr, sizeof(tcp_addr), "tcp:127.0.0.1:%d", free_port());
+            rc = srv_start(&f.srv, SRV_ECHO, tcp_addr);
+        }
+        REQUIRE_RC(rc, 0);
+        addr = tcp_addr;
+    } else {
+        REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, addr), 0);
+    }
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, addr, mode);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    for (unsigned i = 0; i < sizeof(echo_sizes) / sizeof(echo_sizes[0]); i++) {
+        size_t n = echo_sizes[i];
+        unsigned niov = 0;
+        REQUIRE_RC(echo_once(st, n, 1000 + i, &niov), 0);
+        /* Past the largest slice a message is a chain of slices. */
+        CU_ASSERT(n > MAX_SLICE ? niov > 1 : niov == 1);
+    }
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.messages_sent, 6);
+    CU_ASSERT_EQUAL(s.messages_received, 6);
+    CU_ASSERT_EQUAL(s.fallbacks_sent, 0);
+    CU_ASSERT_EQUAL(s.fallbacks_received, 0);
+    CU_ASSERT_EQUAL(s.sessions_opened, 1);
+    /* File mode: a buffer and a queue file; memfd mode: nothing in /dev/shm. */
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("")), f.base.shm + (mode == SHMIPC_MODE_FILE ? 2 : 0));
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+static void test_echo_sizes_memfd(void)
+{
+    echo_sizes_on(0, SHMIPC_MODE_MEMFD);
+}
+
+static void test_echo_sizes_file(void)
+{
+    echo_sizes_on(0, SHMIPC_MODE_FILE);
+}
+
+static void test_echo_sizes_file_tcp(void)
+{
+    echo_sizes_on(1, SHMIPC_MODE_FILE);
+
+    /* fds cannot travel over TCP: memfd mode is refused up front. */
+    struct leaks l;
+    leaks_begin(&l);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, "tcp:127.0.0.1:1", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = NULL;
+    EXPECT_RC(shmipc_client_open(&cfg, &c), -EINVAL);
+    CU_ASSERT_PTR_NULL(c);
+    leaks_check(&l);
+}
+
+/* Random sizes (fixed seed): the echo's checksum must equal the request's. */
+static void random_echo_on(enum shmipc_mem_mode mode)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *buf = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, mode);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE((buf = malloc(1u << 20)) != NULL);
+    uint64_t seed = 0x5eed0001u + (unsigned)mode;
+    for (unsigned i = 0; i < 300; i++) {
+        uint64_t r = rng(&seed);
+        size_t n = r % 10 < 5 ? r >> 8 & 1023 : r % 10 < 9 ? r >> 8 & 65535 : r >> 8 & 0xfffff;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (uint8_t)(rng(&seed) >> 24);
+        uint64_t want = fnv1a(FNV_INIT, buf, n);
+        shmipc_msg m;
+        REQUIRE_RC(shmipc_call(st, buf, n, &m, RECV_MS), 0);
+        CU_ASSERT_EQUAL(m.len, n);
+        CU_ASSERT_EQUAL(msg_hash(&m), want);
+        int ok = m.len == n && msg_hash(&m) == want;
+        shmipc_msg_release(&m);
+        REQUIRE(ok);
+    }
+out:
+    free(buf);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+static void test_random_echo_memfd(void)
+{
+    random_echo_on(SHMIPC_MODE_MEMFD);
+}
+
+static void test_random_echo_file(void)
+{
+    random_echo_on(SHMIPC_MODE_FILE);
+}
+
+/* The server computes the checksum: what it read must be what we wrote. */
+static void test_random_server_checksum(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *buf = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_HASH, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE((buf = malloc(2u << 20)) != NULL);
+    uint64_t seed = 0xc0ffee;
+    for (unsigned i = 0; i < 200; i++) {
+        uint64_t r = rng(&seed);
+        size_t n = r % 8 == 0 ? r >> 8 & 0x1fffff : r >> 8 & 0x3ffff;
+        for (size_t k = 0; k < n; k++)
+            buf[k] = (uint8_t)(rng(&seed) >> 24);
+        shmipc_msg m;
+        REQUIRE_RC(shmipc_call(st, buf, n, &m, RECV_MS), 0);
+        uint8_t ans[12];
+        size_t got = shmipc_msg_copy(&m, 0, ans, sizeof(ans));
+        shmipc_msg_release(&m);
+        uint32_t len;
+        uint64_t h;
+        memcpy(&len, ans, 4);
+        memcpy(&h, ans + 4, 8);
+        REQUIRE(got == sizeof(ans));
+        CU_ASSERT_EQUAL(len, n);
+        CU_ASSERT_EQUAL(h, fnv1a(FNV_INIT, buf, n));
+        REQUIRE(len == n && h == fnv1a(FNV_INIT, buf, n));
+    }
+out:
+    free(buf);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* Byte-level reads cut across message boundaries in both directions. */
+static void test_stream_read_across_messages(void)
+{
+    static const size_t sizes[] = {1, 7, 100, 5000, 20000, 3, 150000, 0, 42};
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *all = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    size_t total = 0;
+    for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        total += sizes[i];
+    REQUIRE((all = malloc(total)) != NULL);
+    size_t at = 0;
+    for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        fill(all + at, sizes[i], 77 + i);
+        REQUIRE_RC(shmipc_stream_write(st, all + at, sizes[i]), 0);
+        REQUIRE_RC(shmipc_stream_flush(st), 0);
+        at += sizes[i];
+    }
+    REQUIRE_RC(read_expect(st, all, total), 0);
+    /* Everything was read: nothing more is there. */
+    uint8_t b;
+    EXPECT_RC(shmipc_stream_read(st, &b, 1, 50), SHMIPC_ETIMEDOUT);
+    /* A message split by reads still leaves the next whole for recv. */
+    REQUIRE_RC(echo_once(st, 300, 5, NULL), 0);
+out:
+    free(all);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* Zero-copy writes: reserved space is part of the message, in order with
+ * copied bytes; an oversized reserve fails and leaves the message alone. */
+static void test_reserve_zero_copy(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *want = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    static const size_t parts[] = {100, 8000, 50, MAX_SLICE, 1};
+    size_t total = 0;
+    for (unsigned i = 0; i < 5; i++)
+        total += parts[i];
+    REQUIRE((want = pattern(total, 99)) != NULL);
+    size_t at = 0;
+    for (unsigned i = 0; i < 5; i++) {
+        if (i == 2) { /* a copied piece between reserved ones */
+            REQUIRE_RC(shmipc_stream_write(st, want + at, parts[i]), 0);
+        } else {
+            void *p = NULL;
+            REQUIRE_RC(shmipc_stream_reserve(st, parts[i], &p), 0);
+            REQUIRE(p != NULL);
+            memcpy(p, want + at, parts[i]);
+        }
+        at += parts[i];
+    }
+    void *p = NULL;
+    CU_ASSERT(shmipc_stream_reserve(st, MAX_SLICE + 1, &p) < 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    shmipc_msg m;
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, total);
+    uint8_t *got = malloc(total);
+    if (got != NULL) {
+        CU_ASSERT_EQUAL(shmipc_msg_copy(&m, 0, got, total), total);
+        CU_ASSERT(memcmp(got, want, total) == 0);
+        free(got);
+    }
+    shmipc_msg_release(&m);
+    /* Reserve alone, filled, as one small message. */
+    REQUIRE_RC(shmipc_stream_reserve(st, 16, &p), 0);
+    memcpy(p, "zero-copy-16byte", 16);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    char small[17] = "";
+    CU_ASSERT_EQUAL(shmipc_msg_copy(&m, 0, small, 16), 16);
+    CU_ASSERT_STRING_EQUAL(small, "zero-copy-16byte");
+    shmipc_msg_release(&m);
+out:
+    free(want);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* ==== 2. many streams, pooled reuse ==== */
+
+#define NSTREAMS 1000
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (void *const *)a, y = (uintptr_t) * (void *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_1000_streams_4_sessions(void)
+{
+    struct fx f;
+    shmipc_stream **st = calloc(NSTREAMS, sizeof(*st));
+    void **first = calloc(NSTREAMS, sizeof(*first));
+    void **second = calloc(NSTREAMS, sizeof(*second));
+    uint8_t buf[1200];
+    unsigned n = 0;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE(st != NULL && first != NULL && second != NULL);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.sessions = 4;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 4);
+    for (int round = 0; round < 2; round++) {
+        for (n = 0; n < NSTREAMS; n++) {
+            REQUIRE_RC(shmipc_client_get(f.cli, &st[n]), 0);
+            size_t len = 64 + n;
+            fill(buf, len, (uint64_t)round << 32 | n);
+            REQUIRE_RC(shmipc_stream_write(st[n], buf, len), 0);
+            REQUIRE_RC(shmipc_stream_flush(st[n]), 0);
+        }
+        /* Every request is out before any answer is read. */
+        uint32_t max_id = 0;
+        for (unsigned i = 0; i < NSTREAMS; i++) {
+            shmipc_msg m;
+            REQUIRE_RC(shmipc_stream_recv(st[i], &m, RECV_MS), 0);
+            int ok = msg_is(&m, 64 + i, (uint64_t)round << 32 | i);
+            shmipc_msg_release(&m);
+            REQUIRE(ok);
+            uint32_t id = shmipc_stream_id(st[i]);
+            max_id = id > max_id ? id : max_id;
+            (round == 0 ? first : second)[i] = st[i];
+        }
+        /* Spread over the sessions: ids are per session, so a session
+         * holding them all would have numbered up to 1001. */
+        CU_ASSERT(max_id <= NSTREAMS / 4 + 2);
+        for (; n > 0; n--)
+            shmipc_client_put(f.cli, st[n - 1]);
+    }
+    /* The second round got the very streams of the first, from the pool. */
+    qsort(first, NSTREAMS, sizeof(void *), cmp_ptr);
+    qsort(second, NSTREAMS, sizeof(void *), cmp_ptr);
+    CU_ASSERT(memcmp(first, second, NSTREAMS * sizeof(void *)) == 0);
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.streams_opened, NSTREAMS);
+    CU_ASSERT_EQUAL(s.sessions_opened, 4);
+    CU_ASSERT_EQUAL(s.messages_received, 2 * NSTREAMS);
+    CU_ASSERT_EQUAL(s.fallbacks_sent, 0);
+    struct shmipc_stats ss;
+    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    CU_ASSERT_EQUAL(ss.sessions_opened, 4);
+    CU_ASSERT_EQUAL(ss.messages_received, 2 * NSTREAMS + 1); /* + the query */
+    CU_ASSERT_EQUAL(ss.streams_opened, NSTREAMS);            /* the query took a pooled stream */
+out:
+    while (n > 0)
+        shmipc_stream_close(st[--n]);
+    free(st);
+    free(first);
+    free(second);
+    fx_end(&f);
+}
+
+static void test_pooled_stream_reuse(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL, *again = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    uint32_t id = shmipc_stream_id(st);
+    CU_ASSERT(id >= 2);
+    REQUIRE_RC(echo_once(st, 1000, 1, NULL), 0);
+    struct shmipc_stats s0, s1;
+    shmipc_client_stats(f.cli, &s0);
+    for (int i = 0; i < 20; i++) {
+        shmipc_client_put(f.cli, st);
+        st = NULL;
+        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+        CU_ASSERT_EQUAL(shmipc_stream_id(st), id);
+        REQUIRE_RC(echo_once(st, 100 + (size_t)i, 2 + (uint64_t)i, NULL), 0);
+    }
+    shmipc_client_stats(f.cli, &s1);
+    CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened);
+    CU_ASSERT_EQUAL(s1.messages_sent, s0.messages_sent + 20);
+    /* Held, a stream is not handed out twice: a second get is a new one. */
+    REQUIRE_RC(shmipc_client_get(f.cli, &again), 0);
+    CU_ASSERT_NOT_EQUAL(shmipc_stream_id(again), id);
+    REQUIRE_RC(echo_once(again, 10, 3, NULL), 0);
+    /* A stream with an unread answer is not pooled: put closes it. The
+     * echo on `again` (same session, answered in order) makes sure the
+     * answer to "x" has arrived. */
+    uint32_t again_id = shmipc_stream_id(again);
+    REQUIRE_RC(shmipc_stream_write(st, "x", 1), 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    REQUIRE_RC(echo_once(again, 20, 4, NULL), 0);
+    shmipc_client_put(f.cli, st);
+    st = NULL;
+    shmipc_client_put(f.cli, again);
+    again = NULL;
+    /* Had both been pooled, the second get would return `id`. */
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    CU_ASSERT_EQUAL(shmipc_stream_id(st), again_id);
+    REQUIRE_RC(shmipc_client_get(f.cli, &again), 0);
+    CU_ASSERT(shmipc_stream_id(again) != id && shmipc_stream_id(again) != again_id);
+    REQUIRE_RC(echo_once(again, 30, 5, NULL), 0);
+    shmipc_client_stats(f.cli, &s1);
+    CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened + 2);
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    if (again != NULL)
+        shmipc_stream_close(again);
+    fx_end(&f);
+}
+
+/* ==== 3. fallback under a tiny pool ==== */
+
+static void fallback_on(enum shmipc_mem_mode mode)
+{
+    struct fx f;
+    shmipc_stream *keep = NULL, *st = NULL, *later = NULL;
+    uint8_t *want = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, mode);
+    /* 62 slices of 1 KiB: a 64 KiB message can never be in the pool. */
+    cfg.pool_bytes = 64u << 10;
+    cfg.nclasses = 1;
+    cfg.classes[0].slice_bytes = 1024;
+    cfg.classes[0].percent = 100;
+    cfg.unhealthy_ms = 1000; /* the refusal is checked right after the fallback */
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &keep), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(echo_once(keep, 3000, 10, NULL), 0); /* in the pool */
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    REQUIRE(s.fallbacks_sent == 0);
+
+    /* A message in the pool; then one whose first 3000 bytes fit in slices
+     * before 64 KiB cannot (those bytes must move to the socket with the
+     * rest); then small ones, which stay on the socket: nothing reorders. */
+    static const struct {
+        size_t len;
+        int flush;
+    } parts[] = {{500, 1}, {3000, 0}, {64u << 10, 0}, {100, 1}, {300, 1}, {2000, 1}};
+    enum { NPARTS = sizeof(parts) / sizeof(parts[0]) };
+    size_t total = 0;
+    for (unsigned i = 0; i < NPARTS; i++)
+        total += parts[i].len;
+    REQUIRE((want = pattern(total, 11)) != NULL);
+    size_t at = 0;
+    for (unsigned i = 0; i < NPARTS; i++) {
+        REQUIRE_RC(shmipc_stream_write(st, want + at, parts[i].len), 0);
+        at += parts[i].len;
+        if (!parts[i].flush)
+            continue;
+        REQUIRE_RC(shmipc_stream_flush(st), 0);
+        if (i == 3) {
+            /* Refused right away (well within unhealthy_ms). */
+            EXPECT_RC(shmipc_client_get(f.cli, &later), SHMIPC_EUNHEALTHY);
+            CU_ASSERT_PTR_NULL(later);
+            later = NULL;
+        }
+    }
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.fallbacks_sent, 3);
+    /* Existing streams keep working, in the pool. */
+    REQUIRE_RC(echo_once(keep, 200, 12, NULL), 0);
+    REQUIRE_RC(read_expect(st, want, total), 0);
+    /* The fallen-back stream stays usable, on the socket. */
+    REQUIRE_RC(echo_once(st, 5000, 13, NULL), 0);
+    shmipc_client_stats(f.cli, &s);
+    /* 64 KiB cannot fit the server's answer either. */
+    CU_ASSERT(s.fallbacks_received >= 1);
+    CU_ASSERT_EQUAL(s.fallbacks_sent, 4);
+
+    /* After the window new streams are allowed again (bounded poll). */
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    int rc;
+    while ((rc = shmipc_client_get(f.cli, &later)) == SHMIPC_EUNHEALTHY && tu_now_ns() < end)
+        sleep_ms(20);
+    REQUIRE_RC(rc, 0);
+    REQUIRE_RC(echo_once(later, 700, 14, NULL), 0);
+    struct shmipc_stats s2;
+    shmipc_client_stats(f.cli, &s2);
+    CU_ASSERT_EQUAL(s2.fallbacks_sent, s.fallbacks_sent); /* a new stream is in the pool */
+out:
+    free(want);
+    if (keep != NULL)
+        shmipc_stream_close(keep);
+    if (st != NULL)
+        shmipc_client_put(f.cli, st); /* in fallback: not pooled, closed */
+    if (later != NULL)
+        shmipc_stream_close(later);
+    fx_end(&f);
+}
+
+static void test_fallback_memfd(void)
+{
+    fallback_on(SHMIPC_MODE_MEMFD);
+}
+
+static void test_fallback_file(void)
+{
+    fallback_on(SHMIPC_MODE_FILE);
+}
+
+/* ==== 4. queue full, close, half-close, deadlines ==== */
+
+/* Waits (bounded) until the child is stopped by SIGSTOP. */
+static int wait_stopped(pid_t pid)
+{
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    int status;
+    while (tu_now_ns() < end) {
+        pid_t r = waitpid(pid, &status, WUNTRACED | WNOHANG);
+        if (r == pid && WIFSTOPPED(status))
+            return 0;
+        if (r != 0)
+            return -1;
+        sleep_ms(1);
+    }
+    return -1;
+}
+
+#define QMSG 100 /* bytes per message in the queue-full test */
+
+static void test_queue_full(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL, *hog = NULL;
+    uint8_t *want = NULL, *big = NULL;
+    int stopped = 0;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.queue_cap = 8;
+    /* A small pool of 63 slices, so that one stream can take every free
+     * slice: a slice wrongly freed after EQFULL would be overwritten. */
+    cfg.pool_bytes = 256u << 10;
+    cfg.nclasses = 1;
+    cfg.classes[0].slice_bytes = 4076;
+    cfg.classes[0].percent = 100;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &hog), 0);
+    REQUIRE_RC(echo_once(st, 10, 1, NULL), 0); /* the server has drained the queue */
+    enum { NMSG = 30 };
+    REQUIRE((want = pattern(NMSG * QMSG, 21)) != NULL);
+
+    REQUIRE(kill(f.srv.pid, SIGSTOP) == 0);
+    stopped = 1;
+    REQUIRE_RC(wait_stopped(f.srv.pid), 0);
+    unsigned sent = 0;
+    int rc = 0;
+    for (; sent < NMSG; sent++) {
+        REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
+        if ((rc = shmipc_stream_flush(st)) != 0)
+            break;
+    }
+    EXPECT_RC(rc, SHMIPC_EQFULL);
+    CU_ASSERT_EQUAL(sent, cfg.queue_cap); /* nothing drains a stopped server */
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT(s.queue_full > 0);
+    /* Message `sent` is pending. The hog takes every free slice, then
+     * falls back: had the pending message's slice been freed, it would
+     * have been handed to the hog and filled with 0xEE. */
+    size_t hog_bytes = 64 * 4076;
+    REQUIRE((big = malloc(hog_bytes)) != NULL);
+    memset(big, 0xEE, hog_bytes);
+    REQUIRE_RC(shmipc_stream_write(hog, big, hog_bytes), 0);
+    shmipc_stream_discard(hog);
+    shmipc_stream_close(hog); /* the close meets the full queue: it goes as an event */
+    hog = NULL;
+    /* Written after EQFULL: goes after the pending message. */
+    sent++;
+    REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
+    sent++;
+
+    REQUIRE(kill(f.srv.pid, SIGCONT) == 0);
+    stopped = 0;
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    while ((rc = shmipc_stream_flush(st)) == SHMIPC_EQFULL && tu_now_ns() < end)
+        ;
+    REQUIRE_RC(rc, 0);
+    for (; sent < NMSG; sent++) {
+        REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
+        while ((rc = shmipc_stream_flush(st)) == SHMIPC_EQFULL && tu_now_ns() < end)
+            ;
+        REQUIRE_RC(rc, 0);
+    }
+    /* Every byte back, in order (the echo may merge messages). */
+    REQUIRE_RC(read_expect(st, want, NMSG * QMSG), 0);
+    REQUIRE_RC(echo_once(st, 50, 22, NULL), 0);
+out:
+    if (stopped)
+        kill(f.srv.pid, SIGCONT);
+    free(want);
+    free(big);
+    if (hog != NULL)
+        shmipc_stream_close(hog);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* Client half-close: the server gets every message, then on_close. */
+static void test_client_shutdown(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *buf = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    static const size_t parts[] = {10, 100000, 1};
+    REQUIRE((buf = pattern(100000, 3)) != NULL);
+    for (unsigned i = 0; i < 3; i++) {
+        REQUIRE_RC(shmipc_stream_write(st, buf, parts[i]), 0);
+        REQUIRE_RC(shmipc_stream_flush(st), 0);
+    }
+    uint32_t id = shmipc_stream_id(st);
+    REQUIRE_RC(shmipc_stream_shutdown(st), 0);
+    EXPECT_RC(shmipc_stream_write(st, "x", 1), SHMIPC_ECLOSED);
+    EXPECT_RC(shmipc_stream_flush(st), SHMIPC_ECLOSED);
+    struct closed_rec r;
+    REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
+    CU_ASSERT_EQUAL(r.msgs, 3);
+    CU_ASSERT_EQUAL(r.bytes, 100011);
+out:
+    free(buf);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* Server half-close after answering: the client reads the answer, then
+ * end of stream; when the client closes too, the server lets it go. */
+static void test_server_shutdown(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO_SHUTDOWN, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    for (int i = 0; i < 3; i++) {
+        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+        uint32_t id = shmipc_stream_id(st);
+        REQUIRE_RC(echo_once(st, 2000, 30 + (uint64_t)i, NULL), 0);
+        shmipc_msg m;
+        EXPECT_RC(shmipc_stream_recv(st, &m, RECV_MS), SHMIPC_ECLOSED);
+        uint8_t b;
+        EXPECT_RC(shmipc_stream_read(st, &b, 1, RECV_MS), 0); /* end of stream */
+        shmipc_client_put(f.cli, st);                         /* closed by the peer: not pooled */
+        st = NULL;
+        /* Both sides closed: the server's stream ends (on_close). */
+        struct closed_rec r;
+        REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
+        CU_ASSERT_EQUAL(r.msgs, 1);
+        CU_ASSERT_EQUAL(r.bytes, 2000);
+    }
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.streams_opened, 3 + 3); /* + the three queries */
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+/* A handler that answers and closes its stream: the client gets the
+ * answer and then end of stream; the server lives on (under ASan its
+ * child would report a use after free) and never calls on_close for it. */
+static void test_server_handler_close(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO_CLOSE, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    for (int i = 0; i < 5; i++) {
+        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+        uint32_t id = shmipc_stream_id(st);
+        REQUIRE_RC(echo_once(st, 1000 + (size_t)i, 70 + (uint64_t)i, NULL), 0);
+        shmipc_msg m;
+        EXPECT_RC(shmipc_stream_recv(st, &m, RECV_MS), SHMIPC_ECLOSED);
+        shmipc_client_put(f.cli, st);
+        st = NULL;
+        /* Our close (after theirs) comes before the query: an on_close it
+         * wrongly caused would be in the log already. */
+        struct closed_rec r;
+        EXPECT_RC(srv_closed(f.cli, id, &r), 1);
+        CU_ASSERT_EQUAL(r.msgs, 1);
+        CU_ASSERT_EQUAL(r.bytes, 1000 + (uint64_t)i);
+    }
+    struct shmipc_stats ss;
+    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    CU_ASSERT_EQUAL(ss.sessions_closed, 0);
+    CU_ASSERT_EQUAL(ss.protocol_errors, 0);
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+static void test_read_deadline(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL, *quiet = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(shmipc_stream_write(st, "never answered", 14), 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    shmipc_msg m;
+    EXPECT_RC(shmipc_stream_recv(st, &m, 50), SHMIPC_ETIMEDOUT);
+    CU_ASSERT_PTR_NULL(m.priv_);
+    EXPECT_RC(shmipc_stream_recv(st, &m, 0), SHMIPC_ETIMEDOUT);
+    uint8_t b[4];
+    EXPECT_RC(shmipc_stream_read(st, b, sizeof(b), 50), SHMIPC_ETIMEDOUT);
+    /* A stream that sent nothing times out the same way. */
+    REQUIRE_RC(shmipc_client_get(f.cli, &quiet), 0);
+    EXPECT_RC(shmipc_stream_recv(quiet, &m, 50), SHMIPC_ETIMEDOUT);
+    /* The session is fine afterwards. */
+    struct shmipc_stats ss;
+    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    CU_ASSERT_EQUAL(ss.messages_received, 2);
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    if (quiet != NULL)
+        shmipc_stream_close(quiet);
+    fx_end(&f);
+}
+
+/* ==== 5. a peer killed mid-stream ==== */
+
+struct killer {
+    pid_t pid;
+    int after_ms;
+};
+
+static void *killer_main(void *arg)
+{
+    struct killer *k = arg;
+    sleep_ms(k->after_ms);
+    kill(k->pid, SIGKILL);
+    return NULL;
+}
+
+static void server_killed_on(enum shmipc_mem_mode mode)
+{
+    struct fx f;
+    struct srv_child next = {0};
+    shmipc_stream *st = NULL;
+    pthread_t th;
+    int th_started = 0;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
+    /* The successor is forked now, before the client has threads. */
+    REQUIRE_RC(srv_fork(&next, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, mode);
+    cfg.sessions = 2;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(shmipc_stream_write(st, "are you there?", 14), 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    REQUIRE_RC(shmipc_stream_write(st, "pending", 7), 0); /* not flushed */
+
+    struct killer k = {f.srv.pid, 100};
+    REQUIRE(pthread_create(&th, NULL, killer_main, &k) == 0);
+    th_started = 1;
+    shmipc_msg m;
+    int rc = shmipc_stream_recv(st, &m, 30000);
+    CU_ASSERT(rc < 0 && rc != SHMIPC_ETIMEDOUT);
+    if (rc == 0)
+        shmipc_msg_release(&m);
+    pthread_join(th, NULL);
+    th_started = 0;
+    f.srv.pid = 0;
+    CU_ASSERT_EQUAL(tu_wait(k.pid, CHILD_MS), 128 + SIGKILL);
+    CU_ASSERT(shmipc_stream_flush(st) < 0);
+    shmipc_stream_close(st);
+    st = NULL;
+    /* Both sessions notice (bounded). */
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
+        sleep_ms(5);
+    CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
+    /* Nobody listens: a get fails rather than hangs. */
+    CU_ASSERT(shmipc_client_get(f.cli, &st) < 0);
+    st = NULL;
+
+    /* A new server on the same address: the client reconnects. */
+    REQUIRE_RC(srv_go(&next), 0);
+    f.srv = next;
+    next.pid = 0;
+    end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    while ((rc = shmipc_client_get(f.cli, &st)) < 0 && tu_now_ns() < end)
+        sleep_ms(10);
+    REQUIRE_RC(rc, 0);
+    REQUIRE_RC(echo_once(st, 5000, 40, NULL), 0);
+    for (int i = 0; i < 10; i++)
+        REQUIRE_RC(echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT(s.reconnects >= 1);
+    CU_ASSERT(s.sessions_closed >= 2);
+    CU_ASSERT(s.sessions_opened >= 3);
+out:
+    if (th_started)
+        pthread_join(th, NULL);
+    EXPECT_RC(srv_stop(&next), 0);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
+static void test_server_killed_memfd(void)
+{
+    server_killed_on(SHMIPC_MODE_MEMFD);
+}
+
+static void test_server_killed_file(void)
+{
+    server_killed_on(SHMIPC_MODE_FILE);
+}
+
+struct cli_boot {
+    char address[160];
+    enum shmipc_mem_mode mode;
+    int wfd;
+};
+
+/* A client that stops mid-stream (an answer unread, a write unflushed,
+ * a stream held) and waits to be killed. */
+static int cli_child_main(void *arg)
+{
+    struct cli_boot *b = arg;
+    close_inherited(b->wfd, -1);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, b->address, b->mode);
+    shmipc_client *c;
+    shmipc_stream *st;
+    if (shmipc_client_open(&cfg, &c) < 0 || shmipc_client_get(c, &st) < 0)
+        return 1;
+    uint8_t buf[3000];
+    fill(buf, sizeof(buf), 50);
+    if (echo_once(st, 3000, 50, NULL) != 0 || shmipc_stream_write(st, buf, sizeof(buf)) < 0 ||
+        shmipc_stream_flush(st) < 0 || shmipc_stream_write(st, buf, 100) < 0)
+        return 2;
+    if (write(b->wfd, "R", 1) != 1)
+        return 3;
+    for (;;)
+        pause(); /* tu_fork's alarm ends this if the parent never kills */
+}
+
+static void client_killed_on(enum shmipc_mem_mode mode)
+{
+    struct fx f;
+    pid_t child = 0, dead = 0;
+    int p[2] = {-1, -1};
+    struct cli_boot b = {.mode = mode};
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE(pipe2(p, O_CLOEXEC) == 0);
+    b.wfd = p[1];
+    snprintf(b.address, sizeof(b.address), "%s", f.addr);
+    child = tu_fork(cli_child_main, &b);
+    close(p[1]);
+    p[1] = -1;
+    REQUIRE(child > 0);
+    char c = 0;
+    struct pollfd pfd = {p[0], POLLIN, 0};
+    REQUIRE(poll(&pfd, 1, START_MS) == 1 && read(p[0], &c, 1) == 1 && c == 'R');
+    kill(child, SIGKILL);
+    CU_ASSERT_EQUAL(tu_wait(child, CHILD_MS), 128 + SIGKILL);
+    dead = child;
+    child = 0;
+
+    /* The server goes on serving a second client... */
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, mode);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    for (int i = 0; i < 20; i++)
+        REQUIRE_RC(echo_new(f.cli, 200 + (size_t)i * 100, 60 + (uint64_t)i), 0);
+    /* ...and has closed the dead client's session (bounded poll). */
+    struct shmipc_stats ss = {0};
+    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    for (;;) {
+        REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+        if (ss.sessions_closed > 0 || tu_now_ns() >= end)
+            break;
+        sleep_ms(10);
+    }
+    CU_ASSERT_EQUAL(ss.sessions_opened, 2);
+    CU_ASSERT_EQUAL(ss.sessions_closed, 1);
+    CU_ASSERT_EQUAL(ss.protocol_errors, 0);
+out:
+    if (child > 0) {
+        kill(child, SIGKILL);
+        tu_wait(child, CHILD_MS);
+        dead = child;
+    }
+    if (p[0] >= 0)
+        close(p[0]);
+    if (p[1] >= 0)
+        close(p[1]);
+    /* A killed client cannot remove its files; the test does, by pid. */
+    if (dead > 0 && mode == SHMIPC_MODE_FILE)
+        CU_ASSERT(unlink_shm_of(dead) >= 2); /* its buffer and queue */
+    fx_end(&f);
+}
+
+static void test_client_killed_memfd(void)
+{
+    client_killed_on(SHMIPC_MODE_MEMFD);
+}
+
+static void test_client_killed_file(void)
+{
+    client_killed_on(SHMIPC_MODE_FILE);
+}
+
+/* ==== 7. two clients in one process, file mode, different prefixes ==== */
+
+struct worker {
+    shmipc_client *c;
+    uint64_t seed;
+    int rc;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uint64_t s = w->seed;
+    for (int i = 0; i < 200 && w->rc == 0; i++)
+        w->rc = echo_new(w->c, (size_t)(rng(&s) % 20000), w->seed + (uint64_t)i);
+    return NULL;
+}
+
+static void test_two_clients_file_prefixes(void)
+{
+    struct fx f;
+    shmipc_client *other = NULL;
+    pthread_t th[2];
+    int nth = 0;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config a, b;
+    cfg_init(&a, f.addr, SHMIPC_MODE_FILE);
+    cfg_init(&b, f.addr, SHMIPC_MODE_FILE);
+    a.path_prefix = shm_prefix("a");
+    b.path_prefix = shm_prefix("b");
+    a.sessions = 2;
+    REQUIRE_RC(shmipc_client_open(&a, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_open(&b, &other), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("a_")), 3); /* buffer + 2 queues */
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("b_")), 2);
+    struct worker w[2] = {{f.cli, 1000, 0}, {other, 2000, 0}};
+    for (; nth < 2; nth++)
+        REQUIRE(pthread_create(&th[nth], NULL, worker_main, &w[nth]) == 0);
+    while (nth > 0)
+        pthread_join(th[--nth], NULL);
+    EXPECT_RC(w[0].rc, 0);
+    EXPECT_RC(w[1].rc, 0);
+    struct shmipc_stats sa, sb, ss;
+    shmipc_client_stats(f.cli, &sa);
+    shmipc_client_stats(other, &sb);
+    CU_ASSERT_EQUAL(sa.messages_received, 200);
+    CU_ASSERT_EQUAL(sb.messages_received, 200);
+    REQUIRE_RC(srv_stats(other, &ss), 0);
+    CU_ASSERT_EQUAL(ss.sessions_opened, 3);
+    CU_ASSERT_EQUAL(ss.messages_received, 401);
+out:
+    while (nth > 0)
+        pthread_join(th[--nth], NULL);
+    shmipc_client_close(other);
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("b_")), 0);
+    fx_end(&f);
+}
+
+static const struct test_case cases[] = {
+    {"echo_sizes_memfd", test_echo_sizes_memfd},
+    {"echo_sizes_file", test_echo_sizes_file},
+    {"echo_sizes_file_tcp", test_echo_sizes_file_tcp},
+    {"random_echo_memfd", test_random_echo_memfd},
+    {"random_echo_file", test_random_echo_file},
+    {"random_server_checksum", test_random_server_checksum},
+    {"stream_read_across_messages", test_stream_read_across_messages},
+    {"reserve_zero_copy", test_reserve_zero_copy},
+    {"1000_streams_4_sessions", test_1000_streams_4_sessions},
+    {"pooled_stream_reuse", test_pooled_stream_reuse},
+    {"fallback_memfd", test_fallback_memfd},
+    {"fallback_file", test_fallback_file},
+    {"queue_full", test_queue_full},
+    {"client_shutdown", test_client_shutdown},
+    {"server_shutdown", test_server_shutdown},
+    {"server_handler_close", test_server_handler_close},
+    {"read_deadline", test_read_deadline},
+    {"server_killed_memfd", test_server_killed_memfd},
+    {"server_killed_file", test_server_killed_file},
+    {"client_killed_memfd", test_client_killed_memfd},
+    {"client_killed_file", test_client_killed_file},
+    {"two_clients_file_prefixes", test_two_clients_file_prefixes},
+    {NULL, NULL},
+};
+
+const struct test_suite suite_session = {"session", cases};
