@@ -13,6 +13,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +51,7 @@ static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
                                          "drain_timeout_ms",     NULL};
-static const char *const svc_keys[] = {"name",   "listen", "mode", "allowed_dir",
+static const char *const svc_keys[] = {"name",   "listen", "mode",  "owner", "allowed_dir",
                                        "plugin", "config", NULL};
 
 static const char *type_name(int type)
@@ -570,6 +572,40 @@ static int valid_name(const char *name)
 
 /* One element of `services`; addrs[0..i) hold the earlier services'
  * addresses (normalized text) for the uniqueness check. */
+/* "user" or "user:group" (names or numbers) to ids; -1 keeps one as is. */
+static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
+{
+    char user[128], *group;
+    if (strlen(v) >= sizeof(user) || v[0] == '\0')
+        return -EINVAL;
+    strcpy(user, v);
+    group = strchr(user, ':');
+    if (group != NULL)
+        *group++ = '\0';
+    char buf[4096], *end;
+    if (user[0] != '\0') {
+        struct passwd pw, *pr = NULL;
+        unsigned long n = strtoul(user, &end, 10);
+        if (*end == '\0')
+            *uid = (uid_t)n;
+        else if (getpwnam_r(user, &pw, buf, sizeof(buf), &pr) == 0 && pr != NULL)
+            *uid = pr->pw_uid;
+        else
+            return -EINVAL;
+    }
+    if (group != NULL && group[0] != '\0') {
+        struct group gr, *grp = NULL;
+        unsigned long n = strtoul(group, &end, 10);
+        if (*end == '\0')
+            *gid = (gid_t)n;
+        else if (getgrnam_r(group, &gr, buf, sizeof(buf), &grp) == 0 && grp != NULL)
+            *gid = grp->gr_gid;
+        else
+            return -EINVAL;
+    }
+    return 0;
+}
+
 static int load_service(struct loader *ld, const config_setting_t *e, unsigned i,
                         struct sock_addr *addrs)
 {
@@ -621,6 +657,15 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
 
     if ((rc = get_mode(ld, e, prefix, "mode", &sv->mode)) < 0)
         return rc;
+
+    sv->uid = (uid_t)-1;
+    sv->gid = (gid_t)-1;
+    key_join(key, prefix, "owner");
+    if ((rc = get_string(ld, e, prefix, "owner", &v)) < 0)
+        return rc;
+    if (rc > 0 && (rc = parse_owner(v, &sv->uid, &sv->gid)) < 0)
+        return fail(ld, config_setting_get_member(e, "owner"), key,
+                    "\"%s\" is not \"user\" or \"user:group\" known to this system", v);
 
     key_join(key, prefix, "allowed_dir");
     if ((rc = get_string(ld, e, prefix, "allowed_dir", &v)) < 0)

@@ -12,6 +12,7 @@
  *   services = (
  *     { name = "echo"; listen = "unix:/run/shmipcd/echo.sock";
  *       mode = "0660";                   # optional (unix sockets)
+ *       owner = "user:group";            # optional (unix sockets)
  *       allowed_dir = "/dev/shm";        # optional (file-path mode)
  *       plugin = "echo.so"; config = { ... }; }   # config optional
  *   );
@@ -26,6 +27,7 @@
 #include <libconfig.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "base/log.h"
 
@@ -38,6 +40,8 @@ struct svc_conf {
     char *name;
     char *listen;           /* address as written */
     int mode;               /* socket file mode, default 0660 */
+    uid_t uid;              /* socket owner ("owner" key), -1: unchanged */
+    gid_t gid;
     char *allowed_dir;      /* default "/dev/shm" */
     char *plugin;           /* resolved absolute path */
     config_setting_t *plugin_conf; /* the service's "config" group or NULL */

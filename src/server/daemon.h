@@ -40,6 +40,8 @@ struct service {
     char name[64];
     char listen[256];
     int mode;
+    uid_t uid; /* socket owner, -1: unchanged */
+    gid_t gid;
     char allowed_dir[256];
     char plugin_path[4096];
     struct sock_addr addr;

@@ -173,6 +173,30 @@ static void test_full_file(void)
     tmp_remove();
 }
 
+static void test_owner(void)
+{
+    tmp_make();
+    put("p.so", "");
+    const char *path = put("own.conf", "services = (\n"
+                                       "  { name = \"a\"; listen = \"/tmp/a.sock\"; owner = \"root:0\";"
+                                       " plugin = \"p.so\"; },\n"
+                                       "  { name = \"b\"; listen = \"/tmp/b.sock\"; owner = \"1234\";"
+                                       " plugin = \"p.so\"; },\n"
+                                       "  { name = \"c\"; listen = \"/tmp/c.sock\"; owner = \":42\";"
+                                       " plugin = \"p.so\"; }\n);\n");
+    struct daemon_conf c;
+    char err[512] = "";
+    int rc = conf_load(path, &c, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "\n  %s\n", err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT(c.services[0].uid == 0 && c.services[0].gid == 0);
+    CU_ASSERT(c.services[1].uid == 1234 && c.services[1].gid == (gid_t)-1);
+    CU_ASSERT(c.services[2].uid == (uid_t)-1 && c.services[2].gid == 42);
+    conf_free(&c);
+    tmp_remove();
+}
+
 static void test_defaults(void)
 {
     tmp_make();
@@ -195,6 +219,8 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL_FATAL(c.nservices, 1);
     CU_ASSERT_STRING_EQUAL(c.services[0].listen, "/tmp/a.sock");
     CU_ASSERT_EQUAL(c.services[0].mode, 0660);
+    CU_ASSERT_EQUAL(c.services[0].uid, (uid_t)-1);
+    CU_ASSERT_EQUAL(c.services[0].gid, (gid_t)-1);
     CU_ASSERT_STRING_EQUAL(c.services[0].allowed_dir, "/dev/shm");
     CU_ASSERT_STRING_EQUAL(c.services[0].plugin, tpath("p.so"));
     CU_ASSERT_PTR_NULL(c.services[0].plugin_conf);
@@ -459,6 +485,14 @@ static const struct refusal refusals[] = {
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = 0660; plugin = "
      "\"p.so\"; }\n);\n",
      "services.[0].mode", "mode", -EINVAL, "like \"0660\", not an integer"},
+    {"owner unknown",
+     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    owner = \"no-such-user-x1\"; "
+     "plugin = \"p.so\"; }\n);\n",
+     "services.[0].owner", "owner", -EINVAL, "is not \"user\" or \"user:group\""},
+    {"owner group unknown",
+     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    owner = \"root:no-such-grp\"; "
+     "plugin = \"p.so\"; }\n);\n",
+     "services.[0].owner", "owner", -EINVAL, "is not \"user\" or \"user:group\""},
     {"admin_mode empty", "admin_mode = \"\";\n" SVC, "admin_mode", "admin_mode", -EINVAL,
      "must not be empty"},
     {"log level verbose", "log = {\n\n  level = \"verbose\"; };\n" SVC, "log.level", "level",
@@ -717,6 +751,7 @@ static void test_example_file(void)
 static const struct test_case cases[] = {
     {"full file read back", test_full_file},
     {"defaults when keys are absent", test_defaults},
+    {"socket owner by name and number", test_owner},
     {"relative plugin paths and includes", test_relative_plugins},
     {"plugin config accessors", test_plugin_accessors},
     {"refusals name file, line and key", test_refusals},
