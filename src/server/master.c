@@ -53,18 +53,22 @@ static int load_services(struct daemon *d, char *err, size_t errlen)
     d->svcs = calloc(d->nsvcs, sizeof(*d->svcs));
     if (d->svcs == NULL)
         return -ENOMEM;
+    /* Before anything can fail: daemon_stop_and_free() closes every lfd. */
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        d->svcs[i].lfd = -1;
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = &d->svcs[i];
         const struct svc_conf *sc = &d->conf.services[i];
         svc->tag.kind = EPK_LISTEN;
         svc->index = i;
         svc->d = d;
-        svc->lfd = -1;
         snprintf(svc->name, sizeof(svc->name), "%s", sc->name);
         snprintf(svc->listen, sizeof(svc->listen), "%s", sc->listen);
         snprintf(svc->allowed_dir, sizeof(svc->allowed_dir), "%s", sc->allowed_dir);
         snprintf(svc->plugin_path, sizeof(svc->plugin_path), "%s", sc->plugin);
         svc->mode = sc->mode;
+        svc->uid = sc->uid;
+        svc->gid = sc->gid;
         char lerr[512];
         int rc = gen_load(sc->plugin, d->tmpdir, ++svc->next_gen, d->nworkers, &d->host,
                           (const struct shmipc_plugin_conf *)sc->plugin_conf, &svc->gen, lerr,
@@ -87,7 +91,12 @@ static int open_listeners(struct daemon *d, char *err, size_t errlen)
         if (rc == 0 && (rc = sock_listen(&svc->addr, svc->mode, 1024)) >= 0) {
             svc->lfd = rc;
             svc->sock_ino = sock_inode(&svc->addr);
-            rc = ep_add(d, svc->lfd, EPOLLIN, svc);
+            rc = 0;
+            if (svc->addr.family == AF_UNIX && (svc->uid != (uid_t)-1 || svc->gid != (gid_t)-1) &&
+                chown(((struct sockaddr_un *)&svc->addr.ss)->sun_path, svc->uid, svc->gid) < 0)
+                rc = -errno;
+            if (rc == 0)
+                rc = ep_add(d, svc->lfd, EPOLLIN, svc);
         }
         if (rc < 0) {
             snprintf(err, errlen, "service '%s': listening on %s: %s", svc->name, svc->listen,
@@ -431,10 +440,13 @@ void daemon_stop_and_free(struct daemon *d)
     }
     while (d->hs != NULL)
         hs_drop(d, d->hs, 1);
+    /* A start that failed before the workers existed leaves d->workers
+     * NULL while d->nworkers already holds the configured count. */
+    unsigned nworkers = d->workers != NULL ? d->nworkers : 0;
     uint64_t deadline = sock_deadline(d->conf.drain_timeout_ms);
-    for (unsigned i = 0; i < d->nworkers; i++)
+    for (unsigned i = 0; i < nworkers; i++)
         worker_stop(&d->workers[i], deadline);
-    for (unsigned i = 0; i < d->nworkers; i++)
+    for (unsigned i = 0; i < nworkers; i++)
         worker_join(&d->workers[i]);
     for (unsigned i = 0; i < d->nsvcs; i++)
         if (d->svcs[i].gen != NULL)

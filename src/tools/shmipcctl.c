@@ -44,8 +44,10 @@ int main(int argc, char **argv)
         close(fd);
         return 1;
     }
-    char buf[65536];
-    int is_error = 0, first = 1;
+    /* The reply may arrive in pieces of any size: the "error:" prefix is
+     * judged on the first bytes of the whole reply, not of one read. */
+    char buf[65536], head[6];
+    size_t nhead = 0;
     for (;;) {
         rc = sock_read_exact(fd, buf, 1, deadline);
         if (rc < 0)
@@ -53,11 +55,11 @@ int main(int argc, char **argv)
         /* Read what is there in bulk after the first byte. */
         ssize_t n = read(fd, buf + 1, sizeof(buf) - 1);
         size_t len = 1 + (n > 0 ? (size_t)n : 0);
-        if (first && len >= 6 && memcmp(buf, "error:", 6) == 0)
-            is_error = 1;
-        first = 0;
+        for (size_t k = 0; k < len && nhead < sizeof(head); k++)
+            head[nhead++] = buf[k];
         fwrite(buf, 1, len, stdout);
     }
     close(fd);
+    int is_error = nhead == sizeof(head) && memcmp(head, "error:", sizeof(head)) == 0;
     return rc == SHMIPC_ECLOSED && !is_error ? 0 : 1;
 }

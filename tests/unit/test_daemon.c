@@ -1,0 +1,1631 @@
+/*
+ * shmipcd end to end: the real shmipcd and shmipcctl binaries, started
+ * with configuration files written into a mkdtemp directory (sockets, the
+ * admin socket, shmipcd's log and the plugin trace live there too), driven
+ * by forked client processes that use libshmipc in both handshake modes.
+ *
+ * The one rule: a test never uses CU_ASSERT_FATAL. A check that must stop
+ * it (REQUIRE) jumps to its `out:` label, where fx_end() kills and reaps
+ * every client child, stops shmipcd (SIGTERM, SIGKILL after a deadline),
+ * fails the test if shmipcd's log holds a sanitizer report, and removes
+ * the directory and any /dev/shm file of this run. Every wait is bounded;
+ * no check is on time.
+ *
+ * Binaries and plugins: $SHMIPC_BIN, $SHMIPC_PLUGINS, $SHMIPC_TEST_PLUGINS
+ * (set by `scons test`), else the layout next to this program
+ * ($TOP/tests/unit_tests: $TOP/bin, $TOP/plugins, $TOP/tests/plugins).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc/shmipc.h"
+#include "testutil.h"
+
+#define START_MS 15000 /* shmipcd to answer on its admin socket */
+#define STOP_MS 15000  /* shmipcd to exit after SIGTERM (drain included) */
+#define CHILD_MS 30000 /* a client child to finish its work */
+#define CMD_MS 15000   /* one shmipcctl or `shmipcd -t` run */
+#define POLL_MS 10000  /* a state that should be reached */
+#define RECV_MS 10000  /* an answer that should come */
+#define DRAIN_MS 3000  /* drain_timeout_ms of the SIGTERM test */
+
+#define GREETER_REQ "client say hello world!!!"
+#define GREETER_RESP "server hello world!!!"
+
+/* ---- checks that can stop a test (at its `out:` label) ---- */
+
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        int ok_ = (cond) ? 1 : 0;                                                                  \
+        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
+                                __FILE__, "", CU_FALSE);                                           \
+        if (!ok_)                                                                                  \
+            goto out;                                                                              \
+    } while (0)
+
+/* An assertion that also says what it saw. */
+#define CHECK_EQ(got, want)                                                                        \
+    do {                                                                                           \
+        long long g_ = (long long)(got), w_ = (long long)(want);                                   \
+        if (g_ != w_)                                                                              \
+            fprintf(stderr, "\n  %s:%d: %s is %lld, expected %lld\n", __FILE__, __LINE__, #got,    \
+                    g_, w_);                                                                       \
+        CU_ASSERT_EQUAL(g_, w_);                                                                   \
+    } while (0)
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static int past(uint64_t deadline_ns)
+{
+    return tu_now_ns() >= deadline_ns;
+}
+
+static uint64_t deadline_in(int ms)
+{
+    return tu_now_ns() + (uint64_t)ms * 1000000u;
+}
+
+/* ---- where things are ---- */
+
+static const char *exe_dir(void)
+{
+    static char dir[2048];
+    if (dir[0] == '\0') {
+        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+        dir[n > 0 ? n : 0] = '\0';
+        char *slash = strrchr(dir, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof(dir), ".");
+    }
+    return dir;
+}
+
+/* $env, else exe_dir()/rel. */
+static const char *locate(const char *env, const char *rel, char *buf, size_t cap)
+{
+    const char *e = getenv(env);
+    if (e != NULL && *e != '\0')
+        snprintf(buf, cap, "%s", e);
+    else
+        snprintf(buf, cap, "%s/%s", exe_dir(), rel);
+    return buf;
+}
+
+static const char *bin_path(const char *name)
+{
+    static char buf[2][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 2];
+    snprintf(b, sizeof(buf[0]), "%s/%s", locate("SHMIPC_BIN", "../bin", dir, sizeof(dir)), name);
+    return b;
+}
+
+static const char *plugin_path(const char *name)
+{
+    static char buf[4][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 4];
+    snprintf(b, sizeof(buf[0]), "%s/%s.so",
+             locate("SHMIPC_PLUGINS", "../plugins", dir, sizeof(dir)), name);
+    return b;
+}
+
+static const char *test_plugin_path(const char *name)
+{
+    static char buf[4][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 4];
+    snprintf(b, sizeof(buf[0]), "%s/%s.so",
+             locate("SHMIPC_TEST_PLUGINS", "plugins", dir, sizeof(dir)), name);
+    return b;
+}
+
+/* The /dev/shm name prefix of this run (pid of the test program, taken
+ * before any fork so the children share it); file-mode clients add a
+ * letter, the library adds "_<pid>...". */
+static const char *shm_name(void)
+{
+    static char b[64];
+    if (b[0] == '\0')
+        snprintf(b, sizeof(b), "shmipc-dmntest-%d-", (int)getpid());
+    return b;
+}
+
+/* Removes every /dev/shm file of this run (a killed client leaves its
+ * file-mode pool behind); returns how many. */
+static int unlink_shm_all(void)
+{
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, shm_name(), strlen(shm_name())) != 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name);
+        n += unlink(path) == 0;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* Directories shmipcd <pid> made for its private plugin copies that are
+ * still there; removes them (with their files) when `remove`. */
+static int daemon_tmpdirs(pid_t pid, int remove)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
+    DIR *d = opendir("/tmp");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, want, strlen(want)) != 0)
+            continue;
+        n++;
+        if (!remove)
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
+        DIR *sub = opendir(path);
+        struct dirent *f;
+        while (sub != NULL && (f = readdir(sub)) != NULL) {
+            if (strcmp(f->d_name, ".") == 0 || strcmp(f->d_name, "..") == 0)
+                continue;
+            char fp[800];
+            snprintf(fp, sizeof(fp), "%s/%s", path, f->d_name);
+            unlink(fp);
+        }
+        if (sub != NULL)
+            closedir(sub);
+        rmdir(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* A forked child keeps only stdio and the fds in keep[] (-1 ends early):
+ * it must not hold the parent's pipes or sockets. */
+static void close_inherited(const int *keep, int nkeep)
+{
+    int fds[512], n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL && n < 512) {
+        if (e->d_name[0] == '.')
+            continue;
+        int fd = atoi(e->d_name), kept = fd <= 2 || fd == dirfd(d);
+        for (int i = 0; i < nkeep; i++)
+            kept |= keep[i] == fd;
+        if (!kept)
+            fds[n++] = fd;
+    }
+    if (d != NULL)
+        closedir(d);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+}
+
+static int count_proc_fds(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *b = malloc(cap);
+    size_t r;
+    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (cap - n < 2) {
+            char *nb = realloc(b, cap * 2);
+            if (nb == NULL) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (b != NULL)
+        b[n] = '\0';
+    if (len != NULL)
+        *len = n;
+    return b;
+}
+
+static int count_str(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; p != NULL && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Lines of text equal to `line`. */
+static int count_lines(const char *text, const char *line)
+{
+    int n = 0;
+    size_t len = strlen(line);
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        n += l == len && memcmp(p, line, len) == 0;
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+    return n;
+}
+
+/* The sanitizer runtimes' report markers. */
+static const char *sanitizer_report(const char *text)
+{
+    static const char *const marks[] = {"ERROR: AddressSanitizer", "runtime error",
+                                        "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer"};
+    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
+        if (strstr(text, marks[i]) != NULL)
+            return marks[i];
+    return NULL;
+}
+
+/* ---- running a program and capturing its output ---- */
+
+struct exec_args {
+    const char *const *argv;
+    int out; /* stdout and stderr go here */
+};
+
+static int exec_main(void *arg)
+{
+    const struct exec_args *a = arg;
+    int keep[1] = {a->out};
+    close_inherited(keep, 1);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) {
+        dup2(null, 0);
+        close(null);
+    }
+    if (dup2(a->out, 1) < 0 || dup2(a->out, 2) < 0)
+        return 126;
+    close(a->out);
+    execv(a->argv[0], (char *const *)a->argv);
+    fprintf(stderr, "exec %s: %s\n", a->argv[0], strerror(errno));
+    return 127;
+}
+
+/* Runs argv with stdout+stderr into out (NUL-terminated, cut at cap).
+ * Returns its exit code (128+signal), or -1 when it outlived timeout_ms
+ * (then it was killed). */
+static int run_capture(const char *const *argv, char *out, size_t cap, int timeout_ms)
+{
+    int p[2];
+    out[0] = '\0';
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    struct exec_args a = {argv, p[1]};
+    pid_t pid = tu_fork(exec_main, &a);
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        return -1;
+    }
+    uint64_t dl = deadline_in(timeout_ms);
+    size_t n = 0;
+    char sink[4096];
+    for (;;) {
+        int left = (int)((dl - (past(dl) ? dl : tu_now_ns())) / 1000000u);
+        struct pollfd pfd = {p[0], POLLIN, 0};
+        if (left <= 0 || poll(&pfd, 1, left) <= 0)
+            break;
+        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
+        if (r <= 0)
+            break;
+        if (n + 1 < cap)
+            n += (size_t)r;
+    }
+    out[n] = '\0';
+    close(p[0]);
+    return tu_wait(pid, past(dl) ? 1 : (int)((dl - tu_now_ns()) / 1000000u) + 1);
+}
+
+/* ---- the daemon ---- */
+
+struct dmn {
+    char dir[64];    /* mkdtemp; "" when none */
+    char conf[128];  /* the configuration written last */
+    char log[128];   /* shmipcd's stdout and stderr */
+    char admin[160]; /* "unix:<dir>/admin.sock" */
+    char admin_path[128];
+    pid_t pid;      /* running shmipcd, 0 when none */
+    pid_t last_pid; /* the last one started, for leftover checks */
+};
+
+static int dm_init(struct dmn *d)
+{
+    memset(d, 0, sizeof(*d));
+    snprintf(d->dir, sizeof(d->dir), "/tmp/shmipcd-test-XXXXXX");
+    if (mkdtemp(d->dir) == NULL) {
+        d->dir[0] = '\0';
+        return -errno;
+    }
+    snprintf(d->log, sizeof(d->log), "%s/shmipcd.log", d->dir);
+    snprintf(d->admin_path, sizeof(d->admin_path), "%s/admin.sock", d->dir);
+    snprintf(d->admin, sizeof(d->admin), "unix:%s", d->admin_path);
+    return 0;
+}
+
+/* "<dir>/<name>" in a rotating static buffer. */
+static const char *dm_path(const struct dmn *d, const char *name)
+{
+    static char buf[8][384];
+    static unsigned k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof(buf[0]), "%s/%s", d->dir, name);
+    return b;
+}
+
+/* "unix:<dir>/<svc>.sock" */
+static const char *dm_addr(const struct dmn *d, const char *svc)
+{
+    static char buf[8][200];
+    static unsigned k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof(buf[0]), "unix:%s/%s.sock", d->dir, svc);
+    return b;
+}
+
+static int write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -errno;
+    int ok = fputs(text, f) >= 0;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : -EIO;
+}
+
+/* A growing configuration text. */
+struct text {
+    char b[8192];
+    size_t n;
+};
+
+static void add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void add(struct text *t, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(t->b + t->n, sizeof(t->b) - t->n, fmt, ap);
+    va_end(ap);
+    if (r > 0)
+        t->n = t->n + (size_t)r < sizeof(t->b) ? t->n + (size_t)r : sizeof(t->b) - 1;
+}
+
+/* The head of a configuration: workers, log, admin, limits (a text of
+ * "key = value;" pairs), and the opening of the service list. */
+static void conf_head(struct text *t, const struct dmn *d, const char *limits)
+{
+    add(t, "workers = 2;\nlog = { level = \"info\"; };\nadmin = \"%s\";\n", d->admin);
+    add(t, "limits = { %s };\nservices = (\n", limits ? limits : "");
+}
+
+static void conf_svc(struct text *t, const struct dmn *d, int first, const char *name,
+                     const char *plugin, const char *config)
+{
+    add(t, "%s  { name = \"%s\"; listen = \"%s\"; plugin = \"%s\"; config = { %s }; }\n",
+        first ? "" : ",", name, dm_addr(d, name), plugin, config ? config : "");
+}
+
+static int conf_write(struct dmn *d, struct text *t, const char *file)
+{
+    add(t, ");\n");
+    snprintf(d->conf, sizeof(d->conf), "%s", dm_path(d, file));
+    return write_text(d->conf, t->b);
+}
+
+/* Connects to a unix socket address ("unix:/path"); fd or -errno. */
+static int raw_connect(const char *addr)
+{
+    const char *path = strncmp(addr, "unix:", 5) == 0 ? addr + 5 : addr;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+/* One admin command without shmipcctl (readiness polling): the reply
+ * length, or a negative code. */
+static int admin_raw(const struct dmn *d, const char *cmd, char *out, size_t cap)
+{
+    int fd = raw_connect(d->admin);
+    if (fd < 0)
+        return fd;
+    char line[64];
+    int len = snprintf(line, sizeof(line), "%s\n", cmd);
+    if (write(fd, line, (size_t)len) != len) {
+        close(fd);
+        return -EIO;
+    }
+    uint64_t dl = deadline_in(2000);
+    size_t n = 0;
+    while (n + 1 < cap && !past(dl)) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 50) <= 0)
+            continue;
+        ssize_t r = read(fd, out + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    out[n] = '\0';
+    close(fd);
+    return (int)n;
+}
+
+struct start_args {
+    const char *conf;
+    const char *log;
+};
+
+static int daemon_main(void *arg)
+{
+    const struct start_args *a = arg;
+    int fd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return 126;
+    int keep[1] = {fd};
+    close_inherited(keep, 1);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0) {
+        dup2(null, 0);
+        close(null);
+    }
+    dup2(fd, 1);
+    dup2(fd, 2);
+    const char *argv[] = {bin_path("shmipcd"), "-c", a->conf, NULL};
+    execv(argv[0], (char *const *)argv);
+    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+    return 127;
+}
+
+/* Forks shmipcd on d->conf. 0 once it answers on its admin socket (every
+ * listener is open by then: the admin socket comes last); else its exit
+ * code when it exited (d->pid 0), or -1 when it never answered. tu_fork's
+ * alarm(60) survives the exec: a shmipcd a crashed test left behind dies
+ * within a minute. */
+static int dm_start(struct dmn *d)
+{
+    struct start_args a = {d->conf, d->log};
+    d->pid = tu_fork(daemon_main, &a);
+    if (d->pid < 0) {
+        d->pid = 0;
+        return -1;
+    }
+    d->last_pid = d->pid;
+    uint64_t dl = deadline_in(START_MS);
+    char reply[512];
+    while (!past(dl)) {
+        int status;
+        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+            d->pid = 0;
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+        if (admin_raw(d, "status", reply, sizeof(reply)) > 0 &&
+            strncmp(reply, "shmipcd pid", 11) == 0)
+            return 0;
+        sleep_ms(10);
+    }
+    fprintf(stderr, "\n  shmipcd did not answer on %s\n", d->admin);
+    return -1;
+}
+
+/* Sends sig and reaps: the exit code, -1 if SIGKILL was needed after
+ * timeout_ms, 0 when nothing runs. */
+static int dm_stop(struct dmn *d, int sig, int timeout_ms)
+{
+    if (d->pid <= 0)
+        return 0;
+    kill(d->pid, sig);
+    int rc = tu_wait(d->pid, timeout_ms);
+    d->pid = 0;
+    return rc;
+}
+
+/* Waits for shmipcd to exit by itself (after `shmipcctl stop`). */
+static int dm_reap(struct dmn *d, int timeout_ms)
+{
+    if (d->pid <= 0)
+        return -1;
+    int rc = tu_wait(d->pid, timeout_ms);
+    d->pid = 0;
+    return rc;
+}
+
+static char *dm_log(const struct dmn *d)
+{
+    char *t = read_file(d->log, NULL);
+    return t != NULL ? t : strdup("");
+}
+
+static int dm_log_count(const struct dmn *d, const char *needle)
+{
+    char *t = dm_log(d);
+    int n = count_str(t, needle);
+    free(t);
+    return n;
+}
+
+/* shmipcctl -s <admin> args...: exit code, output in out. */
+static int ctl(const struct dmn *d, char *out, size_t cap, const char *a1, const char *a2)
+{
+    const char *argv[] = {bin_path("shmipcctl"), "-s", d->admin, a1, a2, NULL};
+    int rc = run_capture(argv, out, cap, CMD_MS);
+    const char *san = sanitizer_report(out);
+    if (san != NULL)
+        fprintf(stderr, "\n  shmipcctl %s: %s:\n%s\n", a1, san, out);
+    CU_ASSERT_PTR_NULL(san);
+    return rc;
+}
+
+/* ---- stats parsing (roughly: the formats are admin.c's) ---- */
+
+struct svc_stats_txt {
+    unsigned long requests, bytes_in, bytes_out, handler_errors, opened, closed, hs_failed;
+};
+
+static int stats_svc(const char *txt, const char *svc, struct svc_stats_txt *s)
+{
+    char pat[96];
+    snprintf(pat, sizeof(pat), "service %s: requests ", svc);
+    const char *p = strstr(txt, pat);
+    if (p == NULL)
+        return -1;
+    p += strlen(pat) - strlen("requests ");
+    return sscanf(p,
+                  "requests %lu, bytes in %lu out %lu, handler errors %lu, sessions opened %lu "
+                  "closed %lu, handshakes failed %lu",
+                  &s->requests, &s->bytes_in, &s->bytes_out, &s->handler_errors, &s->opened,
+                  &s->closed, &s->hs_failed) == 7
+               ? 0
+               : -1;
+}
+
+static int stats_pools(const char *txt, unsigned long *n)
+{
+    const char *p = strstr(txt, "pools mapped: ");
+    return p != NULL && sscanf(p, "pools mapped: %lu", n) == 1 ? 0 : -1;
+}
+
+/* "key":N inside the JSON object of service `svc`. */
+static int json_svc(const char *js, const char *svc, const char *key, unsigned long *out)
+{
+    char pat[96], k[64];
+    snprintf(pat, sizeof(pat), "{\"name\":\"%s\",", svc);
+    const char *p = strstr(js, pat);
+    if (p == NULL)
+        return -1;
+    const char *end = strchr(p, '}');
+    snprintf(k, sizeof(k), "\"%s\":", key);
+    const char *q = strstr(p, k);
+    if (q == NULL || end == NULL || q > end)
+        return -1;
+    return sscanf(q + strlen(k), "%lu", out) == 1 ? 0 : -1;
+}
+
+static int json_top(const char *js, const char *key, unsigned long *out)
+{
+    char k[64];
+    snprintf(k, sizeof(k), "\"%s\":", key);
+    const char *q = strstr(js, k);
+    return q != NULL && sscanf(q + strlen(k), "%lu", out) == 1 ? 0 : -1;
+}
+
+/* Polls `shmipcctl stats` until service svc has every session closed (and
+ * at least min_closed of them) and `pools` pools are mapped. The last
+ * output stays in out. 0 when reached. */
+static int wait_settled(const struct dmn *d, const char *svc, unsigned long min_closed,
+                        unsigned long pools, char *out, size_t cap)
+{
+    uint64_t dl = deadline_in(POLL_MS);
+    struct svc_stats_txt s;
+    unsigned long np = ~0ul;
+    do {
+        if (ctl(d, out, cap, "stats", NULL) == 0 && stats_svc(out, svc, &s) == 0 &&
+            stats_pools(out, &np) == 0 && s.opened == s.closed && s.closed >= min_closed &&
+            np == pools)
+            return 0;
+        sleep_ms(20);
+    } while (!past(dl));
+    fprintf(stderr, "\n  stats did not settle (service %s, %lu closed, %lu pools):\n%s\n", svc,
+            min_closed, pools, out);
+    return -1;
+}
+
+/* ---- payloads ---- */
+
+static void fill(uint8_t *b, size_t n, uint64_t seed)
+{
+    uint64_t x = seed * 0x9e3779b97f4a7c15ull | 1;
+    for (size_t i = 0; i < n; i += 8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        memcpy(b + i, &x, n - i < 8 ? n - i : 8);
+    }
+}
+
+static uint64_t req_seed(uint64_t base, unsigned stream, unsigned round)
+{
+    return base * 1000003u + (uint64_t)stream * 65537u + round;
+}
+
+/* Sizes around the slice classes (8172/32748/131052), an empty message,
+ * and 1 MiB once per round per client (on a rotating stream). */
+static size_t req_size(unsigned stream, unsigned round, size_t max)
+{
+    static const uint32_t sizes[] = {0,     1,     7,     64,    500,    4096,   8172,  8173,
+                                     20000, 32748, 32749, 65536, 131052, 131053, 250000};
+    const unsigned n = sizeof(sizes) / sizeof(sizes[0]);
+    if (max >= (1u << 20) && (stream + round) % 16 == 0)
+        return 1u << 20;
+    size_t s = sizes[(stream * 7 + round * 3) % n];
+    return s <= max ? s : s % (max + 1);
+}
+
+/* 1 when m is exactly the n bytes at want. */
+static int msg_equals(const shmipc_msg *m, const uint8_t *want, size_t n)
+{
+    if (m->len != n)
+        return 0;
+    size_t at = 0;
+    for (unsigned i = 0; i < m->niov; i++) {
+        if (at + m->iov[i].len > n || memcmp(m->iov[i].base, want + at, m->iov[i].len) != 0)
+            return 0;
+        at += m->iov[i].len;
+    }
+    return at == n;
+}
+
+/* ---- client children ---- */
+
+struct cl_args {
+    char address[200];
+    enum shmipc_mem_mode mode;
+    char prefix[128]; /* path_prefix (file mode) */
+    int greeter;      /* greeter requests instead of echoed patterns */
+    unsigned sessions;
+    unsigned streams;
+    unsigned rounds; /* rounds of one request per stream */
+    size_t max_size;
+    uint64_t seed;
+    int res_fd;   /* struct cl_result goes here */
+    int ready_fd; /* -1, or a byte once round `mark_round` is flushed */
+    unsigned mark_round;
+    int hold_fd; /* -1, or wait for EOF on it before closing */
+};
+
+struct cl_result {
+    int32_t open_rc;
+    int32_t first_err; /* first error a stream ended with, 0 if none */
+    uint64_t flushed;  /* requests flushed */
+    uint64_t ok;       /* answered, every byte right */
+    uint64_t bad;      /* answered wrong */
+    uint64_t errors;   /* ended by a session or stream error (not a timeout) */
+    uint64_t timeouts; /* no answer within RECV_MS */
+    uint64_t flush_errors;
+    uint64_t marked;    /* requests of round mark_round flushed (before the ready byte) */
+    uint64_t marked_ok; /* ... and answered right */
+};
+
+static void cl_fail(struct cl_result *r, int rc)
+{
+    if (r->first_err == 0)
+        r->first_err = rc;
+}
+
+static void cl_report(const struct cl_args *a, const struct cl_result *r)
+{
+    if (write(a->res_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
+        _exit(3);
+}
+
+static int client_main(void *arg)
+{
+    const struct cl_args *a = arg;
+    int keep[3] = {a->res_fd, a->ready_fd, a->hold_fd};
+    close_inherited(keep, 3);
+    struct cl_result r = {0};
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = a->address;
+    cfg.mode = a->mode;
+    cfg.path_prefix = a->prefix;
+    cfg.sessions = a->sessions ? a->sessions : 1;
+    cfg.connect_timeout_ms = 5000;
+    shmipc_client *c = NULL;
+    r.open_rc = shmipc_client_open(&cfg, &c);
+    if (r.open_rc < 0) {
+        cl_report(a, &r);
+        return 1;
+    }
+    unsigned ns = a->streams;
+    shmipc_stream **st = calloc(ns, sizeof(*st));
+    uint8_t **req = calloc(ns, sizeof(*req));
+    size_t *len = calloc(ns, sizeof(*len));
+    char *alive = calloc(ns, 1), *pending = calloc(ns, 1);
+    if (st == NULL || req == NULL || len == NULL || alive == NULL || pending == NULL)
+        return 4;
+    for (unsigned i = 0; i < ns; i++) {
+        int rc = shmipc_client_get(c, &st[i]);
+        req[i] = malloc(a->max_size ? a->max_size : 1);
+        if (req[i] == NULL)
+            return 4;
+        alive[i] = rc == 0;
+        if (rc < 0) {
+            st[i] = NULL;
+            r.errors++;
+            cl_fail(&r, rc);
+        }
+    }
+    for (unsigned round = 0; round < a->rounds; round++) {
+        unsigned live = 0;
+        for (unsigned i = 0; i < ns; i++) {
+            if (!alive[i])
+                continue;
+            int rc;
+            if (a->greeter) {
+                rc = shmipc_stream_write(st[i], GREETER_REQ, sizeof(GREETER_REQ) - 1);
+            } else {
+                len[i] = req_size(i, round, a->max_size);
+                fill(req[i], len[i], req_seed(a->seed, i, round));
+                rc = shmipc_stream_write(st[i], req[i], len[i]);
+            }
+            if (rc == 0)
+                rc = shmipc_stream_flush(st[i]);
+            if (rc < 0) {
+                alive[i] = 0;
+                r.flush_errors++;
+                cl_fail(&r, rc);
+                continue;
+            }
+            r.flushed++;
+            r.marked += round == a->mark_round;
+            pending[i] = 1;
+            live++;
+        }
+        /* Every request of this round is in the queue now: tell the
+         * parent (which may stop shmipcd) before reading any answer. */
+        if (round == a->mark_round && a->ready_fd >= 0) {
+            char one = 1;
+            if (write(a->ready_fd, &one, 1) != 1)
+                return 5;
+        }
+        for (unsigned i = 0; i < ns; i++) {
+            if (!pending[i])
+                continue;
+            pending[i] = 0;
+            shmipc_msg m;
+            int rc = shmipc_stream_recv(st[i], &m, RECV_MS);
+            if (rc == 0) {
+                int good = a->greeter ? msg_equals(&m, (const uint8_t *)GREETER_RESP,
+                                                   sizeof(GREETER_RESP) - 1)
+                                      : msg_equals(&m, req[i], len[i]);
+                shmipc_msg_release(&m);
+                if (good) {
+                    r.ok++;
+                    r.marked_ok += round == a->mark_round;
+                    continue;
+                }
+                r.bad++;
+                fprintf(stderr, "\n  client %d: stream %u round %u: wrong answer\n", (int)getpid(),
+                        i, round);
+            } else if (rc == SHMIPC_ETIMEDOUT) {
+                r.timeouts++;
+            } else {
+                r.errors++;
+            }
+            alive[i] = 0;
+            cl_fail(&r, rc ? rc : -1);
+        }
+        if (live == 0)
+            break;
+    }
+    if (a->hold_fd >= 0) {
+        struct pollfd pfd = {a->hold_fd, POLLIN, 0};
+        char b;
+        if (poll(&pfd, 1, CHILD_MS) == 1 && read(a->hold_fd, &b, 1) < 0)
+            return 6;
+    }
+    for (unsigned i = 0; i < ns; i++) {
+        if (st[i] != NULL)
+            shmipc_client_put(c, st[i]);
+        free(req[i]);
+    }
+    shmipc_client_close(c);
+    cl_report(a, &r);
+    free(st);
+    free(req);
+    free(len);
+    free(alive);
+    free(pending);
+    return 0;
+}
+
+/* ---- fixture: one daemon directory, client children ---- */
+
+#define MAX_KIDS 16
+
+struct kid {
+    pid_t pid;
+    int res_fd;   /* read end of the result pipe */
+    int ready_fd; /* read end, or -1 */
+    int hold_fd;  /* write end, or -1 */
+    struct cl_args args;
+};
+
+struct fx {
+    struct dmn d;
+    struct kid kids[MAX_KIDS];
+    int nkids;
+    unsigned failures_before;
+};
+
+static int fx_begin(struct fx *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->failures_before = CU_get_number_of_failures();
+    for (int i = 0; i < MAX_KIDS; i++)
+        f->kids[i].res_fd = f->kids[i].ready_fd = f->kids[i].hold_fd = -1;
+    return dm_init(&f->d);
+}
+
+static void cl_defaults(struct cl_args *a, const struct dmn *d, const char *svc,
+                        enum shmipc_mem_mode mode, char letter)
+{
+    memset(a, 0, sizeof(*a));
+    snprintf(a->address, sizeof(a->address), "%s", dm_addr(d, svc));
+    a->mode = mode;
+    snprintf(a->prefix, sizeof(a->prefix), "/dev/shm/%s%c", shm_name(), letter);
+    a->sessions = 1;
+    a->streams = 4;
+    a->rounds = 10;
+    a->max_size = 65536;
+    a->seed = (uint64_t)letter * 7919u + 1;
+    a->ready_fd = a->hold_fd = -1;
+}
+
+/* Forks a client child; with want_ready / want_hold it gets those pipes.
+ * Returns its index in f->kids or -1. */
+static int kid_start(struct fx *f, const struct cl_args *args, int want_ready, int want_hold)
+{
+    if (f->nkids >= MAX_KIDS)
+        return -1;
+    struct kid *k = &f->kids[f->nkids];
+    k->args = *args;
+    int res[2], rdy[2] = {-1, -1}, hold[2] = {-1, -1};
+    if (pipe2(res, O_CLOEXEC) < 0)
+        return -1;
+    if (want_ready && pipe2(rdy, O_CLOEXEC) < 0)
+        return -1;
+    if (want_hold && pipe2(hold, O_CLOEXEC) < 0)
+        return -1;
+    k->args.res_fd = res[1];
+    k->args.ready_fd = rdy[1];
+    k->args.hold_fd = hold[0];
+    k->pid = tu_fork(client_main, &k->args);
+    close(res[1]);
+    if (rdy[1] >= 0)
+        close(rdy[1]);
+    if (hold[0] >= 0)
+        close(hold[0]);
+    k->res_fd = res[0];
+    k->ready_fd = rdy[0];
+    k->hold_fd = hold[1];
+    if (k->pid < 0) {
+        k->pid = 0;
+        return -1;
+    }
+    return f->nkids++;
+}
+
+/* Waits for its mark round to be flushed (a byte on the ready pipe). 0
+ * when it came. */
+static int kid_ready(struct kid *k)
+{
+    struct pollfd pfd = {k->ready_fd, POLLIN, 0};
+    char b;
+    return poll(&pfd, 1, CHILD_MS) == 1 && read(k->ready_fd, &b, 1) == 1 ? 0 : -1;
+}
+
+static void kid_release(struct kid *k)
+{
+    if (k->hold_fd >= 0)
+        close(k->hold_fd);
+    k->hold_fd = -1;
+}
+
+/* Reaps the child and reads its result. Its exit code (-1 on timeout). */
+static int kid_finish(struct kid *k, struct cl_result *r, int timeout_ms)
+{
+    memset(r, 0, sizeof(*r));
+    r->open_rc = -1;
+    kid_release(k);
+    int rc = k->pid > 0 ? tu_wait(k->pid, timeout_ms) : -1;
+    k->pid = 0;
+    if (k->res_fd >= 0) {
+        struct pollfd pfd = {k->res_fd, POLLIN, 0};
+        if (poll(&pfd, 1, 0) != 1 || read(k->res_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
+            r->open_rc = rc == 0 ? -EIO : r->open_rc;
+        close(k->res_fd);
+        k->res_fd = -1;
+    }
+    if (k->ready_fd >= 0)
+        close(k->ready_fd);
+    k->ready_fd = -1;
+    if ((rc != 0 && rc != 128 + SIGKILL) || r->bad || r->timeouts)
+        fprintf(stderr,
+                "\n  client on %s (%s): exit %d, open %d, flushed %llu, ok %llu, bad %llu, "
+                "errors %llu, timeouts %llu, first error %s\n",
+                k->args.address, k->args.mode == SHMIPC_MODE_FILE ? "file" : "memfd", rc,
+                r->open_rc, (unsigned long long)r->flushed, (unsigned long long)r->ok,
+                (unsigned long long)r->bad, (unsigned long long)r->errors,
+                (unsigned long long)r->timeouts, shmipc_err_name(r->first_err));
+    return rc;
+}
+
+/* A child that must have done all its work right. */
+static void kid_expect_all_ok(struct kid *k)
+{
+    struct cl_result r;
+    CHECK_EQ(kid_finish(k, &r, CHILD_MS), 0);
+    CHECK_EQ(r.open_rc, 0);
+    CHECK_EQ(r.ok, (uint64_t)k->args.streams * k->args.rounds);
+    CHECK_EQ(r.bad, 0);
+    CHECK_EQ(r.errors + r.flush_errors + r.timeouts, 0);
+}
+
+/* Kills and reaps every child left, stops shmipcd, checks its log for
+ * sanitizer reports, removes the directory and this run's /dev/shm
+ * files. Safe on a half-built fixture. */
+static void fx_end(struct fx *f)
+{
+    for (int i = 0; i < f->nkids; i++) {
+        struct kid *k = &f->kids[i];
+        if (k->pid > 0) {
+            kill(k->pid, SIGKILL);
+            tu_wait(k->pid, CHILD_MS);
+            k->pid = 0;
+        }
+        if (k->res_fd >= 0)
+            close(k->res_fd);
+        if (k->ready_fd >= 0)
+            close(k->ready_fd);
+        if (k->hold_fd >= 0)
+            close(k->hold_fd);
+        k->res_fd = k->ready_fd = k->hold_fd = -1;
+    }
+    if (f->d.pid > 0) {
+        int rc = dm_stop(&f->d, SIGTERM, STOP_MS);
+        if (rc != 0)
+            fprintf(stderr, "\n  shmipcd stopped with %d at the end of the test\n", rc);
+        CU_ASSERT_EQUAL(rc, 0);
+    }
+    if (f->d.dir[0] == '\0')
+        return;
+    char *log = dm_log(&f->d);
+    const char *san = sanitizer_report(log);
+    if (san != NULL || CU_get_number_of_failures() != f->failures_before) {
+        size_t n = strlen(log);
+        fprintf(stderr, "\n  ---- shmipcd log%s (last part) ----\n%s\n  ---- end of log ----\n",
+                san ? " with a sanitizer report" : "", n > 6000 ? log + n - 6000 : log);
+    }
+    CU_ASSERT_PTR_NULL(san);
+    free(log);
+    if (f->d.last_pid > 0)
+        daemon_tmpdirs(f->d.last_pid, 1);
+    unlink_shm_all();
+    DIR *dir = opendir(f->d.dir);
+    struct dirent *e;
+    while (dir != NULL && (e = readdir(dir)) != NULL) {
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            unlink(dm_path(&f->d, e->d_name));
+    }
+    if (dir != NULL)
+        closedir(dir);
+    CU_ASSERT_EQUAL(rmdir(f->d.dir), 0);
+    f->d.dir[0] = '\0';
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* ---- tests ---- */
+
+/* 4 echo clients x 16 streams x 50 requests (sizes up to 1 MiB) and 2
+ * greeter clients x 8 streams x 50, memfd and file mode, two with two
+ * sessions; every byte checked; then the counters add up. */
+static void test_many_clients(void)
+{
+    struct fx f;
+    REQUIRE(fx_begin(&f) == 0);
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, NULL);
+    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
+    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
+    REQUIRE(conf_write(&f.d, &t, "many.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+
+    static const struct {
+        const char *svc;
+        enum shmipc_mem_mode mode;
+        unsigned sessions, streams;
+    } plan[] = {
+        {"echo", SHMIPC_MODE_MEMFD, 1, 16},   {"echo", SHMIPC_MODE_MEMFD, 2, 16},
+        {"echo", SHMIPC_MODE_FILE, 1, 16},    {"echo", SHMIPC_MODE_FILE, 2, 16},
+        {"greeter", SHMIPC_MODE_MEMFD, 1, 8}, {"greeter", SHMIPC_MODE_FILE, 1, 8},
+    };
+    const unsigned nplan = sizeof(plan) / sizeof(plan[0]), rounds = 50;
+    unsigned long echo_reqs = 0, greet_reqs = 0, echo_bytes = 0, echo_sessions = 0,
+                  greet_sessions = 0;
+    for (unsigned i = 0; i < nplan; i++) {
+        struct cl_args a;
+        cl_defaults(&a, &f.d, plan[i].svc, plan[i].mode, (char)('a' + i));
+        a.greeter = strcmp(plan[i].svc, "greeter") == 0;
+        a.sessions = plan[i].sessions;
+        a.streams = plan[i].streams;
+        a.rounds = rounds;
+        a.max_size = 1u << 20;
+        REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+        if (a.greeter) {
+            greet_reqs += a.streams * rounds;
+            greet_sessions += a.sessions;
+            continue;
+        }
+        echo_reqs += a.streams * rounds;
+        echo_sessions += a.sessions;
+        for (unsigned s = 0; s < a.streams; s++)
+            for (unsigned r = 0; r < rounds; r++)
+                echo_bytes += req_size(s, r, a.max_size);
+    }
+    for (int i = 0; i < f.nkids; i++)
+        kid_expect_all_ok(&f.kids[i]);
+
+    char out[65536];
+    REQUIRE(wait_settled(&f.d, "echo", echo_sessions, 0, out, sizeof(out)) == 0);
+    REQUIRE(wait_settled(&f.d, "greeter", greet_sessions, 0, out, sizeof(out)) == 0);
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
+    unsigned long v = 0;
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "{\"services\":["));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"sessions\":[]"));
+    CU_ASSERT(json_svc(out, "echo", "requests", &v) == 0 && v == echo_reqs);
+    CU_ASSERT(json_svc(out, "echo", "bytes_in", &v) == 0 && v == echo_bytes);
+    CU_ASSERT(json_svc(out, "echo", "bytes_out", &v) == 0 && v == echo_bytes);
+    CU_ASSERT(json_svc(out, "echo", "handler_errors", &v) == 0 && v == 0);
+    CU_ASSERT(json_svc(out, "echo", "sessions_opened", &v) == 0 && v == echo_sessions);
+    CU_ASSERT(json_svc(out, "echo", "sessions_closed", &v) == 0 && v == echo_sessions);
+    CU_ASSERT(json_svc(out, "echo", "handshakes_failed", &v) == 0 && v == 0);
+    CU_ASSERT(json_svc(out, "greeter", "requests", &v) == 0 && v == greet_reqs);
+    CU_ASSERT(json_svc(out, "greeter", "bytes_in", &v) == 0 &&
+              v == greet_reqs * (sizeof(GREETER_REQ) - 1));
+    CU_ASSERT(json_svc(out, "greeter", "bytes_out", &v) == 0 &&
+              v == greet_reqs * (sizeof(GREETER_RESP) - 1));
+    CU_ASSERT(json_svc(out, "greeter", "sessions_closed", &v) == 0 && v == greet_sessions);
+    CU_ASSERT(json_top(out, "pools_mapped", &v) == 0 && v == 0);
+    /* The greeter only warns about unexpected requests: none came. */
+    CHECK_EQ(dm_log_count(&f.d, "unexpected request"), 0);
+    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+out:
+    fx_end(&f);
+}
+
+/* 1 once the child has exited (left unreaped for kid_finish). */
+static int kid_exited(const struct kid *k)
+{
+    siginfo_t si = {0};
+    return k->pid <= 0 ||
+           (waitid(P_PID, (id_t)k->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid != 0);
+}
+
+#define MAX_STALLED 48
+
+/* Opens stalled connection number i: on echo or greeter, sending nothing
+ * or half an event header. fd or -errno. */
+static int open_stalled(const struct dmn *d, int i)
+{
+    static const uint8_t half[4] = {0x00, 0x00, 0x00, 0x08};
+    int fd = raw_connect(dm_addr(d, i % 3 == 2 ? "greeter" : "echo"));
+    if (fd >= 0 && i % 3 == 1 && write(fd, half, sizeof(half)) != (ssize_t)sizeof(half)) {
+        close(fd);
+        return -EIO;
+    }
+    return fd;
+}
+
+/* Connections that never finish their handshake (nothing sent; half a
+ * header) do not hold up other clients, and are dropped at the deadline
+ * with the reason in the log. New stalled connections keep coming for as
+ * long as the clients run, so one is always pending whatever the speed of
+ * the machine; the checks count outcomes only. */
+static void test_slow_handshake(void)
+{
+    struct fx f;
+    int raw[MAX_STALLED], nraw = 0;
+    REQUIRE(fx_begin(&f) == 0);
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, "handshake_timeout_ms = 300;");
+    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
+    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
+    REQUIRE(conf_write(&f.d, &t, "hs.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+
+    for (; nraw < 3; nraw++)
+        REQUIRE((raw[nraw] = open_stalled(&f.d, nraw)) >= 0);
+    struct cl_args a;
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'h');
+    a.rounds = 200;
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'i');
+    a.rounds = 200;
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    cl_defaults(&a, &f.d, "greeter", SHMIPC_MODE_MEMFD, 'j');
+    a.greeter = 1;
+    a.rounds = 200;
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    uint64_t dl = deadline_in(CHILD_MS);
+    for (int running = 1; running && !past(dl);) {
+        running = 0;
+        for (int i = 0; i < f.nkids; i++)
+            running |= !kid_exited(&f.kids[i]);
+        if (running && nraw < MAX_STALLED) {
+            REQUIRE((raw[nraw] = open_stalled(&f.d, nraw)) >= 0);
+            nraw++;
+        }
+        sleep_ms(20);
+    }
+    for (int i = 0; i < f.nkids; i++)
+        kid_expect_all_ok(&f.kids[i]);
+
+    /* Every stalled one: shmipcd closes it (EOF or a reset), says why. */
+    int echo_stalled = 0;
+    for (int i = 0; i < nraw; i++) {
+        struct pollfd pfd = {raw[i], POLLIN, 0};
+        char b[64];
+        int dropped = poll(&pfd, 1, POLL_MS) == 1 && read(raw[i], b, sizeof(b)) <= 0;
+        if (!dropped)
+            fprintf(stderr, "\n  stalled connection %d was not dropped\n", i);
+        CU_ASSERT(dropped);
+        echo_stalled += i % 3 != 2;
+    }
+    CHECK_EQ(dm_log_count(&f.d, "handshake not finished before its deadline"), nraw);
+    char out[16384];
+    struct svc_stats_txt s = {0};
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CU_ASSERT(stats_svc(out, "echo", &s) == 0 && s.requests == 2 * 4 * 200);
+    CHECK_EQ(s.hs_failed, echo_stalled);
+    CHECK_EQ(s.opened, 2);
+    CU_ASSERT(stats_svc(out, "greeter", &s) == 0 && s.requests == 4 * 200);
+    CHECK_EQ(s.hs_failed, nraw - echo_stalled);
+    CHECK_EQ(s.opened, 1);
+    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+out:
+    for (int i = 0; i < nraw; i++)
+        if (raw[i] >= 0)
+            close(raw[i]);
+    fx_end(&f);
+}
+
+/* One bad (or good) file: `shmipcd -t -c FILE` and a real start. */
+static void check_conf(struct fx *f, const char *file, const char *text, int want_rc,
+                       const char *want1, const char *want2)
+{
+    const char *path = dm_path(&f->d, file);
+    if (text != NULL && write_text(path, text) < 0) {
+        CU_FAIL("cannot write the configuration");
+        return;
+    }
+    char out[8192];
+    const char *tv[] = {bin_path("shmipcd"), "-t", "-c", path, NULL};
+    int rc = run_capture(tv, out, sizeof(out), CMD_MS);
+    int ok = rc == want_rc && strstr(out, want1) != NULL && (!want2 || strstr(out, want2));
+    if (!ok)
+        fprintf(stderr, "\n  shmipcd -t -c %s: exit %d (want %d), output:\n%s\n  wanted '%s'%s%s\n",
+                file, rc, want_rc, out, want1, want2 ? " and " : "", want2 ? want2 : "");
+    CU_ASSERT(ok);
+    CU_ASSERT_PTR_NULL(sanitizer_report(out));
+    /* -t starts nothing: no socket appears. */
+    CU_ASSERT_FALSE(exists(dm_path(&f->d, "s.sock")));
+    CU_ASSERT_FALSE(exists(f->d.admin_path));
+    if (want_rc == 0)
+        return;
+    /* The real start refuses the same file the same way, and leaves
+     * nothing behind: no socket, no private plugin directory. */
+    snprintf(f->d.conf, sizeof(f->d.conf), "%s", path);
+    unlink(f->d.log); /* this start's log only */
+    rc = dm_start(&f->d);
+    char *log = dm_log(&f->d);
+    ok = rc == want_rc && strstr(log, want1) != NULL && (!want2 || strstr(log, want2));
+    if (!ok)
+        fprintf(stderr, "\n  shmipcd -c %s: exit %d (want %d), log:\n%s\n", file, rc, want_rc, log);
+    CU_ASSERT(ok);
+    CU_ASSERT_PTR_NULL(sanitizer_report(log));
+    free(log);
+    if (rc == 0)
+        dm_stop(&f->d, SIGTERM, STOP_MS);
+    CU_ASSERT_FALSE(exists(dm_path(&f->d, "s.sock")));
+    CU_ASSERT_FALSE(exists(f->d.admin_path));
+    int left = daemon_tmpdirs(f->d.last_pid, 1);
+    if (left != 0)
+        fprintf(stderr, "\n  shmipcd -c %s left its plugin directory in /tmp\n", file);
+    CU_ASSERT_EQUAL(left, 0);
+}
+
+static void test_bad_configs(void)
+{
+    struct fx f;
+    REQUIRE(fx_begin(&f) == 0);
+    char head[512], svc[1024], text[2048], want[256];
+    snprintf(head, sizeof(head), "workers = 2;\nadmin = \"%s\";\n", f.d.admin);
+#define SVC(plugin, extra)                                                                         \
+    snprintf(svc, sizeof(svc),                                                                     \
+             "services = (\n  { name = \"s\"; listen = \"%s\"; plugin = \"%s\";%s }\n);\n",        \
+             dm_addr(&f.d, "s"), (plugin), (extra))
+
+    /* Syntax error on line 3: file and line in the message. */
+    SVC(plugin_path("echo"), "");
+    snprintf(text, sizeof(text), "%slimits = { max_sessions = ; };\n%s", head, svc);
+    snprintf(want, sizeof(want), "%s:3", dm_path(&f.d, "syntax.conf"));
+    check_conf(&f, "syntax.conf", text, 1, want, NULL);
+
+    /* Unknown key, top level (line 3) and in a service (line 5). */
+    snprintf(text, sizeof(text), "%sbogus_key = 1;\n%s", head, svc);
+    snprintf(want, sizeof(want), "%s:3: key 'bogus_key': unknown key",
+             dm_path(&f.d, "unknown.conf"));
+    check_conf(&f, "unknown.conf", text, 1, want, NULL);
+    SVC(plugin_path("echo"), " colour = \"red\";");
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "unknown2.conf", text, 1, "key 'services.[0].colour': unknown key", NULL);
+
+    /* Missing plugin file. */
+    SVC(test_plugin_path("no-such-plugin"), "");
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "missing.conf", text, 1, "plugin file not found", "no-such-plugin.so");
+
+    /* Wrong ABI major: refused before any hook runs. */
+    SVC(test_plugin_path("badabi"), "");
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "badabi.conf", text, 1, "ABI major", "badabi.so");
+
+    /* init fails: its own reason is shown. */
+    SVC(test_plugin_path("failinit"), "");
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "failinit.conf", text, 1, "init failed", "refusing to start: test");
+
+    /* A bad service after a good one: the good one is unloaded again. */
+    snprintf(svc, sizeof(svc),
+             "services = (\n  { name = \"s\"; listen = \"%s\"; plugin = \"%s\"; },\n"
+             "  { name = \"t\"; listen = \"%s\"; plugin = \"%s\"; }\n);\n",
+             dm_addr(&f.d, "s"), plugin_path("echo"), dm_addr(&f.d, "t"),
+             test_plugin_path("failinit"));
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "second.conf", text, 1, "service 't'", "init failed");
+    CU_ASSERT_FALSE(exists(dm_path(&f.d, "t.sock")));
+
+    /* A file that does not exist. */
+    check_conf(&f, "absent-dir/x.conf", NULL, 1, "absent-dir/x.conf", NULL);
+
+    /* A good file: -t says valid and exits 0 without starting anything. */
+    SVC(test_plugin_path("slow"), " config = { delay_ms = 5; };");
+    snprintf(text, sizeof(text), "%s%s", head, svc);
+    check_conf(&f, "good.conf", text, 0, "valid", NULL);
+#undef SVC
+out:
+    fx_end(&f);
+}
+
+/* SIGTERM while clients keep requests in flight: every flushed request
+ * gets its whole answer or a clean session error, shmipcd exits 0, and
+ * leaves no socket, no private plugin copy, no /dev/shm file; the
+ * plugins' fini ran. */
+static void test_sigterm_under_load(void)
+{
+    struct fx f;
+    REQUIRE(fx_begin(&f) == 0);
+    char limits[64], trace_conf[256];
+    snprintf(limits, sizeof(limits), "drain_timeout_ms = %d;", DRAIN_MS);
+    snprintf(trace_conf, sizeof(trace_conf), "trace = \"%s\";", dm_path(&f.d, "trace"));
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, limits);
+    conf_svc(&t, &f.d, 1, "slow", test_plugin_path("slow"), "delay_ms = 20;");
+    conf_svc(&t, &f.d, 0, "counter", test_plugin_path("counter"), trace_conf);
+    REQUIRE(conf_write(&f.d, &t, "term.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+    pid_t dpid = f.d.pid;
+
+    const char *svcs[2] = {"slow", "counter"};
+    for (unsigned i = 0; i < 4; i++) {
+        struct cl_args a;
+        cl_defaults(&a, &f.d, svcs[i / 2], i % 2 ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
+                    (char)('p' + i));
+        a.streams = 8;
+        a.rounds = 1000000; /* until shmipcd goes away (or the child's alarm) */
+        a.max_size = 40000;
+        a.mark_round = i < 2 ? 2 : 20; /* slow: 8 x 20 ms a round */
+        REQUIRE(kid_start(&f, &a, 1, 0) >= 0);
+    }
+    /* SIGTERM once every client has a round flushed and not yet read: at
+     * least those requests are in flight. */
+    for (int i = 0; i < f.nkids; i++)
+        REQUIRE(kid_ready(&f.kids[i]) == 0);
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, DRAIN_MS + STOP_MS), 0);
+
+    uint64_t total_ok = 0;
+    for (int i = 0; i < f.nkids; i++) {
+        struct cl_result r;
+        CHECK_EQ(kid_finish(&f.kids[i], &r, CHILD_MS), 0);
+        CHECK_EQ(r.open_rc, 0);
+        CHECK_EQ(r.bad, 0);
+        CHECK_EQ(r.timeouts, 0);
+        /* Every flushed request: answered right, or its stream ended
+         * with the session's error. */
+        CHECK_EQ(r.ok + r.errors, r.flushed);
+        /* The round in flight at SIGTERM was drained: all answered. */
+        CHECK_EQ(r.marked, f.kids[i].args.streams);
+        CHECK_EQ(r.marked_ok, r.marked);
+        CU_ASSERT(r.ok >= (uint64_t)f.kids[i].args.streams * (f.kids[i].args.mark_round + 1));
+        CU_ASSERT(r.errors + r.flush_errors > 0); /* it ended because shmipcd left */
+        total_ok += r.ok;
+    }
+    CU_ASSERT(total_ok > 0);
+    CU_ASSERT_FALSE(exists(dm_path(&f.d, "slow.sock")));
+    CU_ASSERT_FALSE(exists(dm_path(&f.d, "counter.sock")));
+    CU_ASSERT_FALSE(exists(f.d.admin_path));
+    CHECK_EQ(daemon_tmpdirs(dpid, 0), 0);
+    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(dm_log_count(&f.d, "signal 15: stopping"), 1);
+    CHECK_EQ(dm_log_count(&f.d, "shmipcd: stopped"), 1);
+
+    char *trace = read_file(dm_path(&f.d, "trace"), NULL);
+    REQUIRE(trace != NULL);
+    CHECK_EQ(count_lines(trace, "init"), 1);
+    CHECK_EQ(count_lines(trace, "fini"), 1);
+    CHECK_EQ(count_str(trace, "thread_init"), count_str(trace, "thread_fini"));
+    CU_ASSERT(count_str(trace, "thread_init") >= 1);
+    size_t tl = strlen(trace);
+    CU_ASSERT(tl >= 5 && strcmp(trace + tl - 5, "fini\n") == 0 &&
+              (tl == 5 || trace[tl - 6] == '\n')); /* fini came last */
+    free(trace);
+out:
+    fx_end(&f);
+}
+
+/* A client SIGKILLed mid-stream: its session is closed, its pool
+ * unmapped, shmipcd's fds back to what they were, other clients served. */
+static void test_client_sigkill(void)
+{
+    struct fx f;
+    REQUIRE(fx_begin(&f) == 0);
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, NULL);
+    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
+    REQUIRE(conf_write(&f.d, &t, "kill.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+
+    /* Warm up (one client in each mode), then take the baseline. */
+    struct cl_args a;
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'k');
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'l');
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    char out[65536];
+    REQUIRE(wait_settled(&f.d, "echo", 2, 0, out, sizeof(out)) == 0);
+    int base_fds = count_proc_fds(f.d.pid);
+    REQUIRE(base_fds > 0);
+
+    /* One victim per mode, killed while its streams have requests out. */
+    for (int mode = 0; mode < 2; mode++) {
+        cl_defaults(&a, &f.d, "echo", mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
+                    (char)('m' + mode));
+        a.streams = 16;
+        a.rounds = 1000000;
+        a.max_size = 1u << 20;
+        int k = kid_start(&f, &a, 1, 0);
+        REQUIRE(k >= 0);
+        REQUIRE(kid_ready(&f.kids[k]) == 0);
+        CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+        unsigned long pools = 0;
+        CU_ASSERT(stats_pools(out, &pools) == 0 && pools == 1);
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, "(echo, worker "));
+        kill(f.kids[k].pid, SIGKILL);
+        struct cl_result r;
+        CHECK_EQ(kid_finish(&f.kids[k], &r, CHILD_MS), 128 + SIGKILL);
+        /* Its session closed, its pool unmapped... */
+        REQUIRE(wait_settled(&f.d, "echo", 3 + (unsigned long)mode, 0, out, sizeof(out)) == 0);
+        /* ...and every fd of it closed. */
+        uint64_t dl = deadline_in(POLL_MS);
+        int fds;
+        while ((fds = count_proc_fds(f.d.pid)) != base_fds && !past(dl))
+            sleep_ms(10);
+        CHECK_EQ(fds, base_fds);
+        /* A file-mode victim's files are its own to remove; it cannot. */
+        unlink_shm_all();
+    }
+    /* Others are still served, in both modes. */
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'n');
+    a.streams = 8;
+    a.rounds = 20;
+    a.max_size = 1u << 20;
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'o');
+    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    REQUIRE(wait_settled(&f.d, "echo", 6, 0, out, sizeof(out)) == 0);
+    CHECK_EQ(count_proc_fds(f.d.pid), base_fds);
+    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+out:
+    fx_end(&f);
+}
+
+/* shmipcctl status / stats / stats --json / an unknown command / stop. */
+static void test_shmipcctl(void)
+{
+    struct fx f;
+    REQUIRE(fx_begin(&f) == 0);
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, NULL);
+    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
+    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
+    REQUIRE(conf_write(&f.d, &t, "ctl.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+    pid_t dpid = f.d.pid;
+
+    /* A client that keeps its session open until released. */
+    struct cl_args a;
+    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'q');
+    a.streams = 2;
+    a.rounds = 3;
+    int k = kid_start(&f, &a, 1, 1);
+    REQUIRE(k >= 0);
+    REQUIRE(kid_ready(&f.kids[k]) == 0);
+    /* Its last rounds may still be running: wait for all 6 requests. */
+    char out[65536], line[512];
+    struct svc_stats_txt s = {0};
+    uint64_t dl = deadline_in(POLL_MS);
+    while ((ctl(&f.d, out, sizeof(out), "stats", NULL) != 0 || stats_svc(out, "echo", &s) != 0 ||
+            s.requests != 6) &&
+           !past(dl))
+        sleep_ms(10);
+    CHECK_EQ(s.requests, 6);
+
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "status", NULL), 0);
+    char pidline[64];
+    snprintf(pidline, sizeof(pidline), "shmipcd pid %d, up ", (int)dpid);
+    CU_ASSERT(strncmp(out, pidline, strlen(pidline)) == 0);
+    snprintf(line, sizeof(line),
+             "service echo: listen %s, plugin echo 1.0.0, generation 1, sessions 1\n",
+             dm_addr(&f.d, "echo"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    snprintf(line, sizeof(line),
+             "service greeter: listen %s, plugin greeter 1.0.0, generation 1, sessions 0\n",
+             dm_addr(&f.d, "greeter"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+    unsigned w0 = 9, w1 = 9;
+    const char *p0 = strstr(out, "worker 0: sessions "), *p1 = strstr(out, "worker 1: sessions ");
+    CU_ASSERT(p0 != NULL && sscanf(p0, "worker 0: sessions %u", &w0) == 1);
+    CU_ASSERT(p1 != NULL && sscanf(p1, "worker 1: sessions %u", &w1) == 1);
+    CHECK_EQ(w0 + w1, 1);
+    if (strstr(out, line) == NULL)
+        fprintf(stderr, "\n  status:\n%s\n", out);
+
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    unsigned long pools = 9;
+    CU_ASSERT(stats_pools(out, &pools) == 0 && pools == 1);
+    CU_ASSERT(stats_svc(out, "echo", &s) == 0 && s.opened == 1 && s.closed == 0 && s.requests == 6);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "(echo, worker "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "requests 6, errors 0"));
+
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
+    unsigned long v = 9;
+    CU_ASSERT(out[0] == '{');
+    CU_ASSERT(json_svc(out, "echo", "requests", &v) == 0 && v == 6);
+    CU_ASSERT(json_svc(out, "greeter", "requests", &v) == 0 && v == 0);
+    CU_ASSERT(json_top(out, "pools_mapped", &v) == 0 && v == 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"sessions\":[{\"id\":"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"service\":\"echo\""));
+
+    /* Unknown commands: a non-zero exit and "error:". */
+    int rc = ctl(&f.d, out, sizeof(out), "bogus", NULL);
+    CU_ASSERT(rc != 0 && strstr(out, "error:") != NULL);
+    rc = ctl(&f.d, out, sizeof(out), "stats", "--yaml");
+    CU_ASSERT(rc != 0 && strstr(out, "error:") != NULL);
+    /* No command: usage, exit 2. */
+    const char *noarg[] = {bin_path("shmipcctl"), NULL};
+    rc = run_capture(noarg, out, sizeof(out), CMD_MS);
+    CU_ASSERT(rc == 2 && strstr(out, "usage:") != NULL);
+
+    /* The client leaves; its session closes. */
+    kid_expect_all_ok(&f.kids[k]);
+    REQUIRE(wait_settled(&f.d, "echo", 1, 0, out, sizeof(out)) == 0);
+
+    /* stop: shmipcd drains and exits 0, its sockets removed. */
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stop", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "stopping"));
+    CHECK_EQ(dm_reap(&f.d, STOP_MS), 0);
+    CU_ASSERT_FALSE(exists(dm_path(&f.d, "echo.sock")));
+    CU_ASSERT_FALSE(exists(dm_path(&f.d, "greeter.sock")));
+    CU_ASSERT_FALSE(exists(f.d.admin_path));
+    CHECK_EQ(daemon_tmpdirs(dpid, 0), 0);
+    CHECK_EQ(dm_log_count(&f.d, "admin: stop requested"), 1);
+    /* Nobody listens any more: shmipcctl says so and fails. */
+    rc = ctl(&f.d, out, sizeof(out), "status", NULL);
+    CU_ASSERT(rc == 1 && strstr(out, "shmipcctl: ") != NULL);
+out:
+    fx_end(&f);
+}
+
+static const struct test_case cases[] = {
+    {"many clients x streams, echo and greeter, both modes", test_many_clients},
+    {"a slow handshake does not delay others", test_slow_handshake},
+    {"bad configurations are refused (-t and start)", test_bad_configs},
+    {"SIGTERM under load: answered or clean error, clean exit", test_sigterm_under_load},
+    {"a SIGKILLed client's session and pool are freed", test_client_sigkill},
+    {"shmipcctl status, stats, stats --json, stop", test_shmipcctl},
+    {NULL, NULL},
+};
+
+const struct test_suite suite_daemon = {"daemon", cases};
