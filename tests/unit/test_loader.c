@@ -216,7 +216,7 @@ static const struct shmipc_plugin_conf *conf_from(config_t *cfg, const char *tex
     return (const struct shmipc_plugin_conf *)config_lookup(cfg, "config");
 }
 
-/* $env/name.so, or NULL (with a NOTE) when the directory is missing.
+/* $env/name.so, or NULL (and a failed assertion) when the directory is missing.
  * Without $env: `dflt` relative to this program's directory (build/tests
  * or build/<variant>/tests), so that each variant loads its own plugins. */
 static char *so_path(const char *env, const char *dflt, const char *name)
@@ -234,7 +234,10 @@ static char *so_path(const char *env, const char *dflt, const char *name)
     }
     struct stat st;
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        printf("\nNOTE: %s (%s) is missing: skipped\n", env, dir);
+        /* The build makes the tests depend on the plugins: a missing
+         * directory is a broken setup, not something to skip. */
+        printf("\n  %s (%s) is missing\n", env, dir);
+        CU_FAIL("plugin directory missing");
         return NULL;
     }
     char *p = NULL;
