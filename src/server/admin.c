@@ -57,18 +57,36 @@ static uint64_t pool_bytes_in_use(const struct pool *p)
     return used;
 }
 
+static unsigned count_retiring(const struct daemon *d)
+{
+    unsigned n = 0;
+    for (const struct retiring *r = d->retiring; r != NULL; r = r->next)
+        n++;
+    return n;
+}
+
 static void status(struct daemon *d, struct buf *b)
 {
     put(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
         (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->nworkers);
     for (unsigned i = 0; i < d->nsvcs; i++) {
-        struct service *svc = &d->svcs[i];
+        struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
         unsigned open = (unsigned)(__atomic_load_n(&svc->st.sessions_opened, __ATOMIC_RELAXED) -
                                    __atomic_load_n(&svc->st.sessions_closed, __ATOMIC_RELAXED));
-        put(b, "service %s: listen %s, plugin %s %s, generation %u, sessions %u\n", svc->name,
-            svc->addr.text, g->desc->name, g->desc->version, g->number, open);
+        unsigned draining = 0;
+        for (struct retiring *r = d->retiring; r != NULL; r = r->next)
+            draining += r->svc == svc;
+        put(b,
+            "service %s: listen %s, plugin %s %s, generation %u, draining generations %u, "
+            "sessions %u\n",
+            svc->name, svc->addr.text, g->desc->name, g->desc->version, g->number, draining, open);
     }
+    for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
+        put(b, "service %s: removed, draining\n", svc->name);
+    put(b, "reloads %lu (refused %lu), generations finished %lu, still draining %u\n",
+        (unsigned long)d->reloads, (unsigned long)d->reloads_failed,
+        (unsigned long)d->gens_retired, count_retiring(d));
     for (unsigned i = 0; i < d->nworkers; i++) {
         pthread_mutex_lock(&d->workers[i].mu);
         put(b, "worker %u: sessions %u\n", i, d->workers[i].nsessions);
@@ -113,7 +131,7 @@ static void stats(struct daemon *d, struct buf *b, int json)
     if (json)
         put(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
-        struct svc_stats *s = &d->svcs[i].st;
+        struct svc_stats *s = &d->svcs[i]->st;
         unsigned long v[7] = {
             __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),
@@ -128,12 +146,12 @@ static void stats(struct daemon *d, struct buf *b, int json)
                 "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
                 "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
                 "\"handshakes_failed\":%lu}",
-                i ? "," : "", d->svcs[i].name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+                i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
         else
             put(b,
                 "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
                 "sessions opened %lu closed %lu, handshakes failed %lu\n",
-                d->svcs[i].name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
     }
     if (json)
         put(b, "],\"sessions\":[");
@@ -162,10 +180,15 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
         stats(d, &b, 0);
     else if (strcmp(line, "stats --json") == 0)
         stats(d, &b, 1);
-    else if (strcmp(line, "stop") == 0) {
+    else if (strcmp(line, "reload") == 0) {
+        char *report = NULL;
+        daemon_reload(d, &report);
+        put(&b, "%s", report != NULL ? report : "error: reload: out of memory\n");
+        free(report);
+    } else if (strcmp(line, "stop") == 0) {
         put(&b, "stopping\n");
         *stop = 1;
     } else
-        put(&b, "error: unknown command '%.64s' (status, stats [--json], stop)\n", line);
+        put(&b, "error: unknown command '%.64s' (status, stats [--json], reload, stop)\n", line);
     return b.p;
 }

@@ -34,6 +34,23 @@ struct svc_stats {
     uint64_t sessions_opened, sessions_closed, handshakes_failed;
 };
 
+/* A loaded configuration, shared by the generations created from it (a
+ * plugin may keep pointers into its config group for its whole life). */
+struct conf_ref {
+    struct daemon_conf c;
+    int refs;
+};
+
+/* What a generation was made from: a change means a new generation. */
+struct gen_source {
+    char path[4096];
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+    char *conf_sig; /* the plugin's config group, serialized */
+};
+
 struct service {
     struct ep_tag tag;
     unsigned index;
@@ -48,7 +65,10 @@ struct service {
     int lfd;
     ino_t sock_ino;
     struct plugin_gen *gen;  /* current generation; swapped atomically */
+    struct gen_source src;   /* what gen was made from */
     unsigned next_gen;
+    int removed;             /* no longer configured: draining */
+    struct service *next_removed;
     struct svc_stats st;     /* atomic adds */
     struct daemon *d;
 };
@@ -63,6 +83,19 @@ struct dsession {
     struct dsession *next;
 };
 
+enum wcmd_kind { WCMD_THREAD_INIT, WCMD_THREAD_FINI, WCMD_CLOSE_SERVICE };
+
+/* A job the master runs on a worker's own thread and waits for. */
+struct wcmd {
+    enum wcmd_kind kind;
+    struct plugin_gen *g;
+    struct service *svc;
+    int rc;
+    int done;
+    char err[256];
+    struct wcmd *next;
+};
+
 struct worker {
     struct ep_tag wake_tag;
     unsigned index;
@@ -72,6 +105,8 @@ struct worker {
     struct dsession *sessions;
     struct dsession *inbox;
     unsigned nsessions;        /* including the inbox */
+    struct wcmd *cmds;         /* pending jobs from the master */
+    pthread_cond_t cmd_done;
     int stop;                  /* atomic: 1 drain then exit */
     uint64_t drain_deadline_ns;
     struct daemon *d;
@@ -86,10 +121,22 @@ struct hs_pending {
     struct hs_pending *next;
 };
 
+struct retiring {
+    struct plugin_gen *g;
+    struct service *svc;
+    struct retiring *next;
+};
+
 struct daemon {
-    struct daemon_conf conf;
-    struct service *svcs;
+    struct conf_ref *cref;     /* the current configuration */
+    struct daemon_conf *conf;  /* == &cref->c */
+    struct service *svcs[CONF_MAX_SERVICES];
     unsigned nsvcs;
+    struct service *removed;   /* services draining after a reload */
+    struct retiring *retiring; /* generations waiting for their last request */
+    uint64_t gens_retired;
+    uint64_t reloads, reloads_failed;
+    int reload_requested;
     struct worker *workers;
     unsigned nworkers;
     struct pool_registry reg;
@@ -103,6 +150,7 @@ struct daemon {
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;
     uint64_t started_ns;
+    char conf_path[4096];
     int stopping;
 };
 
@@ -119,6 +167,34 @@ int worker_start(struct worker *w, struct daemon *d, unsigned index);
 void worker_hand_over(struct worker *w, struct dsession *ds);
 void worker_stop(struct worker *w, uint64_t drain_deadline_ns);
 void worker_join(struct worker *w);
+
+/* worker.c: runs a job on every worker's thread and waits for all. Returns
+ * the first failure (err filled) or 0. */
+int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, struct service *svc,
+                 char *err, size_t errlen);
+
+/* master.c: drops the handshakes in progress for a service going away. */
+void master_drop_handshakes(struct daemon *d, struct service *svc);
+
+/* reload.c */
+void conf_ref_get(struct conf_ref *r);
+void conf_ref_put(struct conf_ref *r);
+/* Loads a service's plugin as a new generation and runs thread_init on
+ * every worker; on success svc->gen is NOT yet changed: *out is ready. */
+int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf *sc,
+                    struct conf_ref *cref, struct plugin_gen **out, char *err, size_t errlen);
+int gen_source_read(struct gen_source *src, const char *path, const config_setting_t *conf);
+void gen_source_free(struct gen_source *src);
+/* Re-reads the configuration and applies it; the report (malloc'd) says
+ * what changed and why anything failed. Returns 0 if everything applied. */
+int daemon_reload(struct daemon *d, char **report);
+/* Finishes retired generations whose last request completed; returns how
+ * many are still draining. */
+unsigned daemon_retire(struct daemon *d);
+struct service *service_create(struct daemon *d, const struct svc_conf *sc, char *err,
+                               size_t errlen);
+int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen);
+void service_free(struct daemon *d, struct service *svc);
 
 /* admin.c: runs one admin command, writes the reply into a malloc'd
  * buffer. Sets *stop when the command asks the daemon to stop. */

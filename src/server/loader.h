@@ -26,6 +26,7 @@ struct plugin_gen {
     char *source;                /* the configured .so */
     char *private_path;          /* the private copy that was dlopen()ed */
     int refs;                    /* atomic: in-flight requests + the service */
+    void *host_ref;              /* the host's: what must outlive this generation */
 };
 
 /* Checks a descriptor against the host ABI. 0, or -EPROTO with err naming

@@ -49,61 +49,16 @@ static void unlink_own_socket(const struct sock_addr *a, ino_t ino)
 
 static int load_services(struct daemon *d, char *err, size_t errlen)
 {
-    d->nsvcs = d->conf.nservices;
-    d->svcs = calloc(d->nsvcs, sizeof(*d->svcs));
-    if (d->svcs == NULL)
-        return -ENOMEM;
-    /* Before anything can fail: daemon_stop_and_free() closes every lfd. */
-    for (unsigned i = 0; i < d->nsvcs; i++)
-        d->svcs[i].lfd = -1;
-    for (unsigned i = 0; i < d->nsvcs; i++) {
-        struct service *svc = &d->svcs[i];
-        const struct svc_conf *sc = &d->conf.services[i];
-        svc->tag.kind = EPK_LISTEN;
-        svc->index = i;
-        svc->d = d;
-        snprintf(svc->name, sizeof(svc->name), "%s", sc->name);
-        snprintf(svc->listen, sizeof(svc->listen), "%s", sc->listen);
-        snprintf(svc->allowed_dir, sizeof(svc->allowed_dir), "%s", sc->allowed_dir);
-        snprintf(svc->plugin_path, sizeof(svc->plugin_path), "%s", sc->plugin);
-        svc->mode = sc->mode;
-        svc->uid = sc->uid;
-        svc->gid = sc->gid;
-        char lerr[512];
-        int rc = gen_load(sc->plugin, d->tmpdir, ++svc->next_gen, d->nworkers, &d->host,
-                          (const struct shmipc_plugin_conf *)sc->plugin_conf, &svc->gen, lerr,
-                          sizeof(lerr));
-        if (rc < 0) {
-            snprintf(err, errlen, "service '%s': %s", svc->name, lerr);
-            return rc;
-        }
-        log_info("service %s: plugin %s %s loaded (generation %u)", svc->name,
-                 svc->gen->desc->name, svc->gen->desc->version, svc->gen->number);
+    for (unsigned i = 0; i < d->conf->nservices; i++) {
+        struct service *svc = service_create(d, &d->conf->services[i], err, errlen);
+        if (svc == NULL)
+            return -EINVAL;
+        d->svcs[d->nsvcs++] = svc;
     }
-    return 0;
-}
-
-static int open_listeners(struct daemon *d, char *err, size_t errlen)
-{
     for (unsigned i = 0; i < d->nsvcs; i++) {
-        struct service *svc = &d->svcs[i];
-        int rc = sock_addr_parse(svc->listen, &svc->addr);
-        if (rc == 0 && (rc = sock_listen(&svc->addr, svc->mode, 1024)) >= 0) {
-            svc->lfd = rc;
-            svc->sock_ino = sock_inode(&svc->addr);
-            rc = 0;
-            if (svc->addr.family == AF_UNIX && (svc->uid != (uid_t)-1 || svc->gid != (gid_t)-1) &&
-                chown(((struct sockaddr_un *)&svc->addr.ss)->sun_path, svc->uid, svc->gid) < 0)
-                rc = -errno;
-            if (rc == 0)
-                rc = ep_add(d, svc->lfd, EPOLLIN, svc);
-        }
-        if (rc < 0) {
-            snprintf(err, errlen, "service '%s': listening on %s: %s", svc->name, svc->listen,
-                     shmipc_strerror(rc));
+        int rc = service_listen(d, d->svcs[i], err, errlen);
+        if (rc < 0)
             return rc;
-        }
-        log_info("service %s: listening on %s", svc->name, svc->addr.text);
     }
     return 0;
 }
@@ -111,19 +66,19 @@ static int open_listeners(struct daemon *d, char *err, size_t errlen)
 static int open_admin(struct daemon *d, char *err, size_t errlen)
 {
     d->adminfd = -1;
-    if (d->conf.admin == NULL)
+    if (d->conf->admin == NULL)
         return 0;
-    int rc = sock_addr_parse(d->conf.admin, &d->admin_addr);
+    int rc = sock_addr_parse(d->conf->admin, &d->admin_addr);
     if (rc == 0 && d->admin_addr.family != AF_UNIX)
         rc = -EINVAL; /* never on a network */
-    if (rc == 0 && (rc = sock_listen(&d->admin_addr, d->conf.admin_mode, 16)) >= 0) {
+    if (rc == 0 && (rc = sock_listen(&d->admin_addr, d->conf->admin_mode, 16)) >= 0) {
         d->adminfd = rc;
         d->admin_ino = sock_inode(&d->admin_addr);
         d->admin_tag.kind = EPK_ADMIN;
         rc = ep_add(d, d->adminfd, EPOLLIN, &d->admin_tag);
     }
     if (rc < 0)
-        snprintf(err, errlen, "admin socket %s: %s", d->conf.admin, shmipc_strerror(rc));
+        snprintf(err, errlen, "admin socket %s: %s", d->conf->admin, shmipc_strerror(rc));
     return rc < 0 ? rc : 0;
 }
 
@@ -134,11 +89,17 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->started_ns = sock_now_ns();
     pool_registry_init(&d->reg);
     host_api_init(&d->host);
-    int rc = conf_load(conf_path, &d->conf, err, errlen);
+    d->cref = calloc(1, sizeof(*d->cref));
+    if (d->cref == NULL)
+        return -ENOMEM;
+    d->cref->refs = 1;
+    d->conf = &d->cref->c;
+    int rc = conf_load(conf_path, d->conf, err, errlen);
     if (rc < 0)
         return rc;
-    log_set_level(d->conf.log_level);
-    d->nworkers = d->conf.workers;
+    snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
+    log_set_level(d->conf->log_level);
+    d->nworkers = d->conf->workers;
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
@@ -162,8 +123,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->sig_tag.kind = EPK_SIGNAL;
     if ((rc = ep_add(d, d->sigfd, EPOLLIN, &d->sig_tag)) < 0)
         return rc;
-    if ((rc = load_services(d, err, errlen)) < 0 || (rc = open_listeners(d, err, errlen)) < 0 ||
-        (rc = open_admin(d, err, errlen)) < 0)
+    if ((rc = load_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0)
         return rc;
     d->workers = calloc(d->nworkers, sizeof(*d->workers));
     if (d->workers == NULL)
@@ -172,6 +132,14 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
         if ((rc = worker_start(&d->workers[i], d, i)) < 0) {
             snprintf(err, errlen, "starting worker %u: %s", i, shmipc_strerror(rc));
             d->nworkers = i;
+            return rc;
+        }
+    }
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        char werr[256];
+        if ((rc = workers_exec(d, WCMD_THREAD_INIT, d->svcs[i]->gen, NULL, werr, sizeof(werr))) <
+            0) {
+            snprintf(err, errlen, "service '%s': %s", d->svcs[i]->name, werr);
             return rc;
         }
     }
@@ -232,9 +200,9 @@ static void start_session(struct daemon *d, struct hs_pending *h)
     struct session_cfg cfg = {
         .role = ROLE_SERVER,
         .version = h->hs.version,
-        .max_event = d->conf.max_event_bytes,
+        .max_event = d->conf->max_event_bytes,
         .unhealthy_ms = 30000,
-        .out_limit = (size_t)d->conf.max_event_bytes * 2 + (1u << 20),
+        .out_limit = (size_t)d->conf->max_event_bytes * 2 + (1u << 20),
         .max_streams = 65536,
     };
     int fd = h->hs.fd;
@@ -273,7 +241,7 @@ static void hs_advance(struct daemon *d, struct hs_pending *h)
     for (;;) {
         int rc = hs_server_step(&h->hs);
         if (rc == HS_MAP) {
-            struct accept_limits lim = {h->svc->allowed_dir, d->conf.max_pool_bytes};
+            struct accept_limits lim = {h->svc->allowed_dir, d->conf->max_pool_bytes};
             int mrc = accept_map(&h->hs, &d->reg, &lim, &h->pool, &h->qregion);
             hs_server_mapped(&h->hs, mrc == 0, mrc);
             continue;
@@ -305,9 +273,9 @@ static void on_accept(struct daemon *d, struct service *svc)
                 log_warn("service %s: accept: %s", svc->name, shmipc_strerror(fd));
             return;
         }
-        if (total_sessions(d) + d->nhs >= d->conf.max_sessions) {
+        if (total_sessions(d) + d->nhs >= d->conf->max_sessions) {
             log_warn("service %s: connection refused: %u sessions is the limit", svc->name,
-                     d->conf.max_sessions);
+                     d->conf->max_sessions);
             close(fd);
             continue;
         }
@@ -320,7 +288,7 @@ static void on_accept(struct daemon *d, struct service *svc)
         h->svc = svc;
         region_init(&h->qregion);
         hs_server_init(&h->hs, fd, svc->addr.family == AF_UNIX,
-                       sock_deadline(d->conf.handshake_timeout_ms));
+                       sock_deadline(d->conf->handshake_timeout_ms));
         h->next = d->hs;
         d->hs = h;
         d->nhs++;
@@ -352,7 +320,13 @@ static void on_signal(struct daemon *d)
     struct signalfd_siginfo si;
     while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-            log_warn("SIGHUP: configuration reload is not available in this build");
+            char *report = NULL;
+            log_info("SIGHUP: reloading %s", d->conf_path);
+            daemon_reload(d, &report);
+            if (report != NULL)
+                for (char *line = strtok(report, "\n"); line != NULL; line = strtok(NULL, "\n"))
+                    log_info("%s", line);
+            free(report);
             continue;
         }
         log_info("signal %u: stopping", si.ssi_signo);
@@ -401,8 +375,11 @@ static void on_admin(struct daemon *d)
 int daemon_run(struct daemon *d)
 {
     struct epoll_event evs[64];
+    unsigned draining = 0;
     while (!d->stopping) {
         int timeout = expire_handshakes(d);
+        if (draining && timeout > 20)
+            timeout = 20; /* old generations and removed services wait for us */
         int n = epoll_wait(d->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             return -errno;
@@ -425,17 +402,33 @@ int daemon_run(struct daemon *d)
                 break;
             }
         }
+        if (d->retiring != NULL || d->removed != NULL)
+            draining = daemon_retire(d);
+        else
+            draining = 0;
     }
     return 0;
+}
+
+void master_drop_handshakes(struct daemon *d, struct service *svc)
+{
+    for (struct hs_pending *h = d->hs, *n; h != NULL; h = n) {
+        n = h->next;
+        if (h->svc == svc)
+            hs_drop(d, h, 1);
+    }
 }
 
 void daemon_stop_and_free(struct daemon *d)
 {
     /* Stop accepting first, then let the workers drain. */
     for (unsigned i = 0; i < d->nsvcs; i++) {
-        if (d->svcs[i].lfd >= 0) {
-            close(d->svcs[i].lfd);
-            unlink_own_socket(&d->svcs[i].addr, d->svcs[i].sock_ino);
+        struct service *svc = d->svcs[i];
+        if (svc->lfd >= 0) {
+            epoll_ctl(d->epfd, EPOLL_CTL_DEL, svc->lfd, NULL);
+            close(svc->lfd);
+            unlink_own_socket(&svc->addr, svc->sock_ino);
+            svc->lfd = -1;
         }
     }
     while (d->hs != NULL)
@@ -443,14 +436,29 @@ void daemon_stop_and_free(struct daemon *d)
     /* A start that failed before the workers existed leaves d->workers
      * NULL while d->nworkers already holds the configured count. */
     unsigned nworkers = d->workers != NULL ? d->nworkers : 0;
-    uint64_t deadline = sock_deadline(d->conf.drain_timeout_ms);
+    uint64_t deadline = sock_deadline(d->conf != NULL ? d->conf->drain_timeout_ms : 0);
     for (unsigned i = 0; i < nworkers; i++)
         worker_stop(&d->workers[i], deadline);
     for (unsigned i = 0; i < nworkers; i++)
         worker_join(&d->workers[i]);
+    /* The workers ran every thread_fini on their way out. */
+    while (d->retiring != NULL) {
+        struct retiring *r = d->retiring;
+        d->retiring = r->next;
+        struct conf_ref *cref = r->g->host_ref;
+        gen_unload(r->g);
+        conf_ref_put(cref);
+        free(r);
+    }
+    while (d->removed != NULL) {
+        struct service *svc = d->removed;
+        d->removed = svc->next_removed;
+        svc->gen = NULL;
+        service_free(d, svc);
+    }
     for (unsigned i = 0; i < d->nsvcs; i++)
-        if (d->svcs[i].gen != NULL)
-            gen_unload(d->svcs[i].gen);
+        service_free(d, d->svcs[i]);
+    d->nsvcs = 0;
     if (d->adminfd >= 0) {
         close(d->adminfd);
         unlink_own_socket(&d->admin_addr, d->admin_ino);
@@ -462,6 +470,5 @@ void daemon_stop_and_free(struct daemon *d)
     if (d->sigfd >= 0)
         close(d->sigfd);
     free(d->workers);
-    free(d->svcs);
-    conf_free(&d->conf);
+    conf_ref_put(d->cref);
 }

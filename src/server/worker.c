@@ -104,18 +104,26 @@ void host_api_init(struct shmipc_host_api *h)
 
 /* ---- generations ---- */
 
+/* A reference on the service's current generation, or NULL when the
+ * service was removed and its last generation is retiring. The master
+ * publishes a new generation holding the service's reference before it
+ * drops the old one's, so a reference count of 0 on the generation we
+ * read means "read the pointer again"; if it did not change, there is
+ * nothing left to serve with. */
 static struct plugin_gen *gen_acquire(struct service *svc)
 {
-    /* The master swaps svc->gen only after taking its own reference for
-     * the new one; a worker's reference keeps an old one alive. */
+    struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
     for (;;) {
-        struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
         int refs = __atomic_load_n(&g->refs, __ATOMIC_RELAXED);
         while (refs > 0) {
             if (__atomic_compare_exchange_n(&g->refs, &refs, refs + 1, 0, __ATOMIC_ACQ_REL,
                                             __ATOMIC_RELAXED))
                 return g;
         }
+        struct plugin_gen *again = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
+        if (again == g)
+            return NULL;
+        g = again;
     }
 }
 
@@ -142,6 +150,12 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
 {
     struct service *svc = ds->svc;
     struct plugin_gen *g = gen_acquire(svc);
+    if (g == NULL) {
+        shmipc_msg_release(m);
+        ds->handler_errors++;
+        session_die(ds->s, SHMIPC_ECLOSED, "service removed");
+        return;
+    }
     void *ts = thread_state(w, g);
     struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
                                  (const struct shmipc_plugin_iov *)m->iov};
@@ -173,6 +187,8 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
 static void stream_hook(struct worker *w, struct dsession *ds, shmipc_stream *st, int open)
 {
     struct plugin_gen *g = gen_acquire(ds->svc);
+    if (g == NULL)
+        return;
     void (*hook)(void *, void *, uint64_t, uint32_t) =
         open ? g->desc->stream_open : g->desc->stream_close;
     if (hook != NULL)
@@ -237,6 +253,48 @@ static void serve(struct worker *w, struct dsession *ds)
         close_session(w, ds);
 }
 
+static void close_service_sessions(struct worker *w, struct service *svc)
+{
+    for (struct dsession *ds = w->sessions, *n; ds != NULL; ds = n) {
+        n = ds->next;
+        if (ds->svc != svc)
+            continue;
+        serve(w, ds); /* answer what is already queued */
+        pthread_mutex_lock(&w->mu);
+        int still = 0;
+        for (struct dsession *x = w->sessions; x != NULL; x = x->next)
+            still |= x == ds;
+        pthread_mutex_unlock(&w->mu);
+        if (still)
+            close_session(w, ds);
+    }
+}
+
+/* Runs the master's jobs on this thread. */
+static void run_jobs(struct worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    struct wcmd *jobs = w->cmds;
+    w->cmds = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (jobs != NULL) {
+        struct wcmd *c = jobs;
+        jobs = c->next;
+        c->rc = 0;
+        if (c->kind == WCMD_THREAD_INIT && c->g->desc->thread_init != NULL &&
+            c->g->thread_states[w->index] == NULL)
+            c->rc = gen_thread_init(c->g, w->index, c->err, sizeof(c->err));
+        else if (c->kind == WCMD_THREAD_FINI)
+            gen_thread_fini(c->g, w->index);
+        else if (c->kind == WCMD_CLOSE_SERVICE)
+            close_service_sessions(w, c->svc);
+        pthread_mutex_lock(&w->mu);
+        c->done = 1;
+        pthread_cond_broadcast(&w->cmd_done);
+        pthread_mutex_unlock(&w->mu);
+    }
+}
+
 /* Moves sessions from the inbox into the epoll set. */
 static void adopt(struct worker *w)
 {
@@ -260,6 +318,7 @@ static void adopt(struct worker *w)
             session_die(ds->s, -errno, "epoll_ctl failed");
         serve(w, ds); /* a file-path client may have sent already */
     }
+    run_jobs(w);
 }
 
 static int retry_blocked(struct worker *w)
@@ -290,13 +349,19 @@ static void drain(struct worker *w)
         close_session(w, w->sessions);
 }
 
+/* On the way out: every generation this worker started finishes here,
+ * current ones and those still draining (the master waits in join). */
 static void finish_thread_states(struct worker *w)
 {
-    for (unsigned i = 0; i < w->d->nsvcs; i++) {
-        struct plugin_gen *g = w->d->svcs[i].gen;
+    struct daemon *d = w->d;
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct plugin_gen *g = d->svcs[i]->gen;
         if (g != NULL && g->thread_states[w->index] != NULL)
             gen_thread_fini(g, w->index);
     }
+    for (struct retiring *r = d->retiring; r != NULL; r = r->next)
+        if (r->g->thread_states[w->index] != NULL)
+            gen_thread_fini(r->g, w->index);
 }
 
 static void *worker_main(void *arg)
@@ -327,6 +392,7 @@ int worker_start(struct worker *w, struct daemon *d, unsigned index)
     w->index = index;
     w->d = d;
     pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cmd_done, NULL);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (w->epfd < 0 || w->evfd < 0)
@@ -364,5 +430,45 @@ void worker_join(struct worker *w)
     pthread_join(w->th, NULL);
     close(w->epfd);
     close(w->evfd);
+    pthread_cond_destroy(&w->cmd_done);
     pthread_mutex_destroy(&w->mu);
+}
+
+int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, struct service *svc,
+                 char *err, size_t errlen)
+{
+    if (d->workers == NULL || d->nworkers == 0)
+        return 0;
+    struct wcmd *jobs = calloc(d->nworkers, sizeof(*jobs));
+    if (jobs == NULL) {
+        if (err != NULL)
+            snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        struct worker *w = &d->workers[i];
+        jobs[i] = (struct wcmd){.kind = kind, .g = g, .svc = svc};
+        pthread_mutex_lock(&w->mu);
+        jobs[i].next = w->cmds;
+        w->cmds = &jobs[i];
+        pthread_mutex_unlock(&w->mu);
+        uint64_t one = 1;
+        if (write(w->evfd, &one, sizeof(one)) < 0)
+            log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
+    }
+    int rc = 0;
+    for (unsigned i = 0; i < d->nworkers; i++) {
+        struct worker *w = &d->workers[i];
+        pthread_mutex_lock(&w->mu);
+        while (!jobs[i].done)
+            pthread_cond_wait(&w->cmd_done, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+        if (jobs[i].rc < 0 && rc == 0) {
+            rc = jobs[i].rc;
+            if (err != NULL)
+                snprintf(err, errlen, "worker %u: %s", i, jobs[i].err);
+        }
+    }
+    free(jobs);
+    return rc;
 }

@@ -1557,11 +1557,13 @@ static void test_shmipcctl(void)
     snprintf(pidline, sizeof(pidline), "shmipcd pid %d, up ", (int)dpid);
     CU_ASSERT(strncmp(out, pidline, strlen(pidline)) == 0);
     snprintf(line, sizeof(line),
-             "service echo: listen %s, plugin echo 1.0.0, generation 1, sessions 1\n",
+             "service echo: listen %s, plugin echo 1.0.0, generation 1, draining generations 0, "
+             "sessions 1\n",
              dm_addr(&f.d, "echo"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
     snprintf(line, sizeof(line),
-             "service greeter: listen %s, plugin greeter 1.0.0, generation 1, sessions 0\n",
+             "service greeter: listen %s, plugin greeter 1.0.0, generation 1, draining "
+             "generations 0, sessions 0\n",
              dm_addr(&f.d, "greeter"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
     unsigned w0 = 9, w1 = 9;
