@@ -52,7 +52,7 @@ static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes
                                          "handshake_timeout_ms", "max_event_bytes",
                                          "drain_timeout_ms",     NULL};
 static const char *const svc_keys[] = {"name",   "listen", "mode",  "owner", "allowed_dir",
-                                       "plugin", "config", NULL};
+                                       "plugin", "config", "watch", NULL};
 
 static const char *type_name(int type)
 {
@@ -175,6 +175,20 @@ static int get_int(struct loader *ld, const config_setting_t *parent, const char
     if (v < min || v > max)
         return fail(ld, s, key, "%lld is out of range (%lld..%lld)", v, min, max);
     *out = v;
+    return 1;
+}
+
+static int get_bool(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                    const char *name, int *out)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+        return fail(ld, s, key, "must be true or false, not %s", type_name(config_setting_type(s)));
+    *out = config_setting_get_bool(s);
     return 1;
 }
 
@@ -686,6 +700,9 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
     if (rc == 0)
         return fail(ld, e, key, "missing (the plugin .so this service runs)");
     if ((rc = resolve_plugin(ld, config_setting_get_member(e, "plugin"), key, v, &sv->plugin)) < 0)
+        return rc;
+
+    if ((rc = get_bool(ld, e, prefix, "watch", &sv->watch)) < 0)
         return rc;
 
     const config_setting_t *pc;

@@ -14,7 +14,8 @@
  *       mode = "0660";                   # optional (unix sockets)
  *       owner = "user:group";            # optional (unix sockets)
  *       allowed_dir = "/dev/shm";        # optional (file-path mode)
- *       plugin = "echo.so"; config = { ... }; }   # config optional
+ *       plugin = "echo.so"; config = { ... };     # config optional
+ *       watch = false; }                 # optional: reload when the .so changes
  *   );
  *
  * Unknown keys, wrong types and out-of-range values are errors. Relative
@@ -45,6 +46,7 @@ struct svc_conf {
     char *allowed_dir;      /* default "/dev/shm" */
     char *plugin;           /* resolved absolute path */
     config_setting_t *plugin_conf; /* the service's "config" group or NULL */
+    int watch;              /* reload when the plugin file is replaced */
     int line;               /* where the service starts, for messages */
 };
 

@@ -21,9 +21,10 @@
 #include "proto/sock.h"
 #include "server/config.h"
 #include "server/loader.h"
+#include "server/watch.h"
 #include "session/session.h"
 
-enum ep_kind { EPK_LISTEN, EPK_SIGNAL, EPK_ADMIN, EPK_HANDSHAKE, EPK_SESSION, EPK_WAKE };
+enum ep_kind { EPK_LISTEN, EPK_SIGNAL, EPK_ADMIN, EPK_HANDSHAKE, EPK_SESSION, EPK_WAKE, EPK_WATCH };
 
 struct ep_tag {
     enum ep_kind kind;
@@ -68,6 +69,7 @@ struct service {
     struct gen_source src;   /* what gen was made from */
     unsigned next_gen;
     int removed;             /* no longer configured: draining */
+    int watch;               /* reload when the plugin file changes */
     struct service *next_removed;
     struct svc_stats st;     /* atomic adds */
     struct daemon *d;
@@ -151,6 +153,8 @@ struct daemon {
     struct shmipc_host_api host;
     uint64_t started_ns;
     char conf_path[4096];
+    struct watch watch;
+    struct ep_tag watch_tag;
     int stopping;
 };
 

@@ -86,6 +86,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
 {
     memset(d, 0, sizeof(*d));
     d->epfd = d->sigfd = d->adminfd = -1;
+    watch_init(&d->watch);
     d->started_ns = sock_now_ns();
     pool_registry_init(&d->reg);
     host_api_init(&d->host);
@@ -142,6 +143,10 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
             snprintf(err, errlen, "service '%s': %s", d->svcs[i]->name, werr);
             return rc;
         }
+    }
+    if ((rc = watch_refresh(d)) < 0) {
+        snprintf(err, errlen, "inotify: %s", shmipc_strerror(rc));
+        return rc;
     }
     log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->nworkers);
     return 0;
@@ -380,6 +385,9 @@ int daemon_run(struct daemon *d)
         int timeout = expire_handshakes(d);
         if (draining && timeout > 20)
             timeout = 20; /* old generations and removed services wait for us */
+        int due = watch_tick(d);
+        if (due >= 0 && due < timeout)
+            timeout = due;
         int n = epoll_wait(d->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             return -errno;
@@ -397,6 +405,9 @@ int daemon_run(struct daemon *d)
                 break;
             case EPK_ADMIN:
                 on_admin(d);
+                break;
+            case EPK_WATCH:
+                watch_on_event(d);
                 break;
             default:
                 break;
@@ -463,6 +474,7 @@ void daemon_stop_and_free(struct daemon *d)
         close(d->adminfd);
         unlink_own_socket(&d->admin_addr, d->admin_ino);
     }
+    watch_close(&d->watch);
     if (d->tmpdir[0] != '\0')
         rmdir(d->tmpdir);
     if (d->epfd >= 0)

@@ -191,6 +191,7 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     svc->mode = sc->mode;
     svc->uid = sc->uid;
     svc->gid = sc->gid;
+    svc->watch = sc->watch;
     int rc = gen_source_read(&svc->src, sc->plugin, sc->plugin_conf);
     char lerr[512] = "";
     if (rc == 0)
@@ -455,6 +456,7 @@ int daemon_reload(struct daemon *d, char **report)
             continue;
         }
         failed += update_service(d, d->svcs[i], sc, cref, &body) < 0;
+        d->svcs[i]->watch = sc->watch;
         i++;
     }
     for (unsigned k = 0; k < nc->nservices; k++) {
@@ -470,6 +472,7 @@ int daemon_reload(struct daemon *d, char **report)
     d->cref = cref;
     d->conf = &cref->c;
     conf_ref_put(old);
+    watch_refresh(d);
     if (failed) {
         d->reloads_failed++;
         sb_add(&rep, "error: reload: %d service(s) refused; the rest applied\n", failed);

@@ -193,6 +193,7 @@ static void test_owner(void)
     CU_ASSERT(c.services[0].uid == 0 && c.services[0].gid == 0);
     CU_ASSERT(c.services[1].uid == 1234 && c.services[1].gid == (gid_t)-1);
     CU_ASSERT(c.services[2].uid == (uid_t)-1 && c.services[2].gid == 42);
+    CU_ASSERT_EQUAL(c.services[0].watch, 0);
     conf_free(&c);
     tmp_remove();
 }
@@ -485,6 +486,10 @@ static const struct refusal refusals[] = {
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = 0660; plugin = "
      "\"p.so\"; }\n);\n",
      "services.[0].mode", "mode", -EINVAL, "like \"0660\", not an integer"},
+    {"watch not a bool",
+     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    watch = \"yes\"; "
+     "plugin = \"p.so\"; }\n);\n",
+     "services.[0].watch", "watch", -EINVAL, "must be true or false"},
     {"owner unknown",
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    owner = \"no-such-user-x1\"; "
      "plugin = \"p.so\"; }\n);\n",
