@@ -1620,6 +1620,87 @@ out:
     fx_end(&f);
 }
 
+/* Replaces dst by the bytes of src the way a deployment does: a new file
+ * renamed into place. */
+static int deploy(const char *src, const char *dst)
+{
+    size_t len;
+    char *bytes = read_file(src, &len);
+    if (bytes == NULL)
+        return -EIO;
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s.new", dst);
+    FILE *f = fopen(tmp, "w");
+    int ok = f != NULL && fwrite(bytes, 1, len, f) == len;
+    ok &= f != NULL && fclose(f) == 0;
+    free(bytes);
+    return ok && rename(tmp, dst) == 0 ? 0 : -EIO;
+}
+
+/* One request on a fresh stream; the first 3 bytes of the answer. */
+static int ask_version(shmipc_client *c, char ver[4])
+{
+    shmipc_stream *st;
+    shmipc_msg m;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    rc = shmipc_call(st, "x", 1, &m, RECV_MS);
+    if (rc == 0) {
+        memset(ver, 0, 4);
+        shmipc_msg_copy(&m, 0, ver, 3);
+        shmipc_msg_release(&m);
+    }
+    shmipc_client_put(c, st);
+    return rc;
+}
+
+/* watch = true: replacing the plugin file reloads the service by itself;
+ * a broken replacement is refused and the running generation stays. */
+static void test_watch(void)
+{
+    struct fx f;
+    shmipc_client *c = NULL;
+    REQUIRE(fx_begin(&f) == 0);
+    const char *so = dm_path(&f.d, "plugin.so");
+    REQUIRE(deploy(test_plugin_path("versioned"), so) == 0);
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, NULL);
+    add(&t, "  { name = \"ver\"; listen = \"%s\"; plugin = \"%s\"; watch = true; }\n",
+        dm_addr(&f.d, "ver"), so);
+    REQUIRE(conf_write(&f.d, &t, "watch.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = dm_addr(&f.d, "ver");
+    REQUIRE(shmipc_client_open(&cfg, &c) == 0);
+    char ver[4];
+    CHECK_EQ(ask_version(c, ver), 0);
+    CU_ASSERT_STRING_EQUAL(ver, "v1 ");
+
+    REQUIRE(deploy(test_plugin_path("versioned2"), so) == 0);
+    uint64_t dl = deadline_in(POLL_MS);
+    while (ask_version(c, ver) == 0 && strcmp(ver, "v2 ") != 0 && !past(dl))
+        sleep_ms(20);
+    CU_ASSERT_STRING_EQUAL(ver, "v2 ");
+    CU_ASSERT(dm_log_count(&f.d, "plugin file plugin.so changed") >= 1);
+
+    REQUIRE(deploy(test_plugin_path("badabi"), so) == 0);
+    dl = deadline_in(POLL_MS);
+    while (dm_log_count(&f.d, "ABI major") == 0 && !past(dl))
+        sleep_ms(20);
+    CU_ASSERT(dm_log_count(&f.d, "ABI major") >= 1);
+    CHECK_EQ(ask_version(c, ver), 0);
+    CU_ASSERT_STRING_EQUAL(ver, "v2 ");
+    shmipc_client_close(c);
+    c = NULL;
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+out:
+    if (c != NULL)
+        shmipc_client_close(c);
+    fx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"many clients x streams, echo and greeter, both modes", test_many_clients},
     {"a slow handshake does not delay others", test_slow_handshake},
@@ -1627,6 +1708,7 @@ static const struct test_case cases[] = {
     {"SIGTERM under load: answered or clean error, clean exit", test_sigterm_under_load},
     {"a SIGKILLed client's session and pool are freed", test_client_sigkill},
     {"shmipcctl status, stats, stats --json, stop", test_shmipcctl},
+    {"watch: a replaced plugin file reloads the service", test_watch},
     {NULL, NULL},
 };
 
