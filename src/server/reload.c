@@ -92,9 +92,10 @@ static void serialize(struct sbuf *b, const config_setting_t *s)
         break;
     case CONFIG_TYPE_STRING: {
         const char *v = config_setting_get_string(s);
-        sb_add(b, "s%zu:", strlen(v));
-        for (const char *p = v; *p != '\0'; p += 256)
-            sb_add(b, "%.256s", p);
+        size_t len = strlen(v);
+        sb_add(b, "s%zu:", len);
+        for (size_t at = 0; at < len; at += 256)
+            sb_add(b, "%.256s", v + at);
         sb_add(b, ";");
         break;
     }
