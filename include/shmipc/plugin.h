@@ -82,7 +82,10 @@ struct shmipc_host_api {
     int (*conf_bool)(const struct shmipc_plugin_conf *c, const char *path, int *out);
     int (*conf_float)(const struct shmipc_plugin_conf *c, const char *path, double *out);
     int (*conf_string)(const struct shmipc_plugin_conf *c, const char *path, const char **out);
-    void *reserved[8];
+    /* Response: n more bytes left as the pool slices hold them (zero-touch
+     * benchmarks; data placed by other means). */
+    int (*advance)(struct shmipc_response *resp, size_t n);
+    void *reserved[7];
 };
 
 struct shmipc_plugin {

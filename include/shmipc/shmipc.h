@@ -73,6 +73,10 @@ SHMIPC_API uint32_t shmipc_stream_id(const shmipc_stream *s);
 SHMIPC_API int shmipc_stream_reserve(shmipc_stream *s, size_t n, void **ptr);
 /* Copies n bytes into the stream's pending message. */
 SHMIPC_API int shmipc_stream_write(shmipc_stream *s, const void *data, size_t n);
+/* Appends n bytes without writing them: the message carries whatever the
+ * slices hold. For zero-touch benchmarks, and for data already placed in
+ * reserved memory by other means. */
+SHMIPC_API int shmipc_stream_advance(shmipc_stream *s, size_t n);
 /* Publishes everything written since the last flush as one message (an
  * empty flush sends an empty message). On SHMIPC_EQFULL the data stays
  * pending and a later flush retries it. */
@@ -138,6 +142,7 @@ struct shmipc_client_config {
     int reconnect_min_ms;     /* backoff start, default 50 */
     int reconnect_max_ms;     /* backoff cap, default 5000 */
     unsigned idle_streams;    /* streams kept for reuse, default 1024 */
+    int no_io_thread;         /* event-loop style: drive with shmipc_client_poll() */
     int prefault;             /* touch the pool's pages at creation */
     /* Slice classes of the pool; nclasses 0 means shmipc's defaults
      * (8172/32748/131052 bytes at 50/30/20 %). Sizes ascending. */
@@ -161,6 +166,19 @@ SHMIPC_API void shmipc_client_put(shmipc_client *c, shmipc_stream *s);
 SHMIPC_API int shmipc_call(shmipc_stream *s, const void *req, size_t n, shmipc_msg *resp,
                            int timeout_ms);
 SHMIPC_API void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st);
+
+/* Event-loop style (cfg.no_io_thread = 1; one thread can drive hundreds of
+ * streams). shmipc_client_fd() becomes readable when a session has input.
+ * shmipc_client_poll() reads and harvests every ready session (waiting up
+ * to timeout_ms, as epoll_wait, when nothing is pending) and stores up to
+ * max streams that got messages or were closed; take their messages with
+ * shmipc_stream_recv(st, &m, 0). The streams are borrowed: they stay valid
+ * while the caller holds them. Returns the count or a negative code. In
+ * this style nothing reads the sockets between calls, so blocking calls
+ * (shmipc_call, a recv with a timeout) would wait in vain. */
+SHMIPC_API int shmipc_client_fd(shmipc_client *c);
+SHMIPC_API int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max,
+                                  int timeout_ms);
 /* Number of sessions currently connected. */
 SHMIPC_API unsigned shmipc_client_live_sessions(shmipc_client *c);
 /* Closes every session; streams still held fail with SHMIPC_ECLOSED. */

@@ -209,6 +209,7 @@ static void start_session(struct daemon *d, struct hs_pending *h)
         .unhealthy_ms = 30000,
         .out_limit = (size_t)d->conf->max_event_bytes * 2 + (1u << 20),
         .max_streams = 65536,
+        .notify_ready = 1,
     };
     int fd = h->hs.fd;
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);

@@ -59,6 +59,16 @@ static int host_reserve(struct shmipc_response *r, size_t n, void **ptr)
     return rc;
 }
 
+static int host_advance(struct shmipc_response *r, size_t n)
+{
+    int rc = shmipc_stream_advance(r->st, n);
+    if (rc < 0)
+        r->err = rc;
+    else
+        r->bytes += n;
+    return rc;
+}
+
 static size_t host_copy(const struct shmipc_request *req, size_t off, void *dst, size_t n)
 {
     shmipc_msg m = {req->len, req->niov, (const struct shmipc_iov *)req->iov, NULL};
@@ -100,6 +110,7 @@ void host_api_init(struct shmipc_host_api *h)
     h->conf_bool = host_conf_bool;
     h->conf_float = host_conf_float;
     h->conf_string = host_conf_string;
+    h->advance = host_advance;
 }
 
 /* ---- generations ---- */

@@ -212,6 +212,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .unhealthy_ms = c->cfg.unhealthy_ms,
         .queue_full_retries = c->cfg.queue_full_retries,
         .queue_full_wait_ms = c->cfg.queue_full_wait_ms,
+        .notify_ready = c->cfg.no_io_thread,
     };
     pool_ref_get(c->pool);
     struct session *s;
@@ -327,7 +328,7 @@ int shmipc_client_open(const struct shmipc_client_config *cfg, shmipc_client **o
         if (c->epfd < 0 || c->evfd < 0 || epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->evfd, &ev) < 0)
             rc = -errno;
     }
-    if (rc == 0 && (rc = -pthread_create(&c->io, NULL, io_main, c)) == 0)
+    if (rc == 0 && !c->cfg.no_io_thread && (rc = -pthread_create(&c->io, NULL, io_main, c)) == 0)
         c->io_started = 1;
     int live = 0, last = rc;
     for (unsigned i = 0; rc == 0 && i < c->nslots; i++) {
@@ -431,6 +432,48 @@ void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st)
             session_add_stats(c->slots[i].sess, st);
         pthread_mutex_unlock(&c->slots[i].mu);
     }
+}
+
+int shmipc_client_fd(shmipc_client *c)
+{
+    return c->epfd;
+}
+
+/* Streams with news from every session, up to max. */
+static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
+{
+    int n = 0;
+    for (unsigned i = 0; i < c->nslots && n < max; i++) {
+        struct client_slot *sl = &c->slots[i];
+        pthread_mutex_lock(&sl->mu);
+        shmipc_stream *st;
+        while (n < max && sl->sess != NULL && (st = session_next_ready(sl->sess)) != NULL) {
+            ready[n++] = st;
+            stream_put(st); /* borrowed: the caller holds its own reference */
+        }
+        pthread_mutex_unlock(&sl->mu);
+    }
+    return n;
+}
+
+int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int timeout_ms)
+{
+    if (!c->cfg.no_io_thread || max <= 0)
+        return -EINVAL;
+    int n = collect(c, ready, max);
+    struct epoll_event evs[64];
+    int k = epoll_wait(c->epfd, evs, 64, n > 0 ? 0 : timeout_ms);
+    if (k < 0 && errno != EINTR)
+        return -errno;
+    for (int i = 0; i < k; i++) {
+        struct session *s = evs[i].data.ptr;
+        if (s == NULL)
+            continue;
+        session_on_io(s);
+        if (!session_alive(s))
+            io_unregister(c, s);
+    }
+    return n + collect(c, ready + n, max - n);
 }
 
 unsigned shmipc_client_live_sessions(shmipc_client *c)

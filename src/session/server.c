@@ -167,6 +167,7 @@ static void start_session(struct shmipc_server *srv, struct hs_conn *c)
         .unhealthy_ms = srv->cfg.unhealthy_ms,
         .out_limit = (size_t)srv->cfg.max_event_bytes * 2 + (1u << 20),
         .max_streams = 65536,
+        .notify_ready = 1,
     };
     int fd = c->hs.fd;
     epoll_ctl(srv->epfd, EPOLL_CTL_DEL, fd, NULL);

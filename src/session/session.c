@@ -197,7 +197,7 @@ void session_die_locked(struct session *s, int err, const char *why)
     snprintf(s->why, sizeof(s->why), "%s", why);
     shutdown(s->fd, SHUT_RDWR); /* the driver sees a hang-up and lets go */
     wake_all_locked(s);
-    if (s->cfg.role == ROLE_SERVER)
+    if (s->cfg.notify_ready)
         for (unsigned b = 0; b < s->nbuckets; b++)
             for (shmipc_stream *st = s->table[b]; st != NULL; st = st->hnext)
                 mark_ready_locked(s, st);
@@ -481,7 +481,7 @@ void rx_msg_free(struct rx_msg *m)
 
 static void mark_ready_locked(struct session *s, shmipc_stream *st)
 {
-    if (s->cfg.role != ROLE_SERVER || (st->flags & ST_READY))
+    if (!s->cfg.notify_ready || (st->flags & ST_READY))
         return;
     st->flags |= ST_READY;
     __atomic_add_fetch(&st->refs, 1, __ATOMIC_RELAXED); /* the ready list's */
@@ -799,6 +799,9 @@ void session_add_stats(struct session *s, struct shmipc_stats *st)
 
 void session_release_streams(struct session *s)
 {
+    shmipc_stream *ready;
+    while ((ready = session_next_ready(s)) != NULL)
+        stream_put(ready); /* the ready list's reference */
     for (;;) {
         shmipc_stream *st = NULL;
         pthread_mutex_lock(&s->mu);

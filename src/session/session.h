@@ -108,6 +108,7 @@ struct session_cfg {
     int queue_full_wait_ms;
     size_t out_limit;  /* server: unsent bytes that mark a peer not reading */
     unsigned max_streams;
+    int notify_ready;  /* keep a list of streams with news (session_next_ready) */
 };
 
 struct session_stats {
@@ -166,8 +167,8 @@ int session_unhealthy(struct session *s);
 /* Client: a new stream with the next id. SHMIPC_EUNHEALTHY, ECLOSED. */
 int session_open_stream(struct session *s, shmipc_stream **out);
 
-/* Server: pops the next stream that has messages or news (a reference is
- * passed to the caller), NULL when none. */
+/* With cfg.notify_ready: pops the next stream that has messages or news (a
+ * reference is passed to the caller), NULL when none. */
 shmipc_stream *session_next_ready(struct session *s);
 /* Server: takes the stream's next message; 0, or SHMIPC_EQEMPTY. Sets
  * *closed when the peer closed and nothing is left. */

@@ -167,6 +167,30 @@ int shmipc_stream_write(shmipc_stream *st, const void *data, size_t n)
     return rc;
 }
 
+int shmipc_stream_advance(shmipc_stream *st, size_t n)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    int rc = check_writable_locked(st);
+    if (rc == 0 && !(st->flags & ST_FALLBACK)) {
+        uint64_t before = st->w.total;
+        rc = pool_writer_write(&st->w, NULL, n);
+        if (pool_exhausted(rc)) {
+            n -= (size_t)(st->w.total - before);
+            rc = enter_fallback_locked(st);
+        } else {
+            n = 0;
+        }
+    }
+    if (rc == 0 && n > 0) {
+        uint8_t *p;
+        if ((rc = fb_reserve(st, n, &p)) == 0)
+            memset(p, 0, n); /* heap bytes go on the socket: never send stale memory */
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int shmipc_stream_reserve(shmipc_stream *st, size_t n, void **ptr)
 {
     struct session *s = st->sess;

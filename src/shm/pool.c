@@ -518,11 +518,13 @@ int pool_writer_write(struct pool_writer *w, const void *data, size_t n)
             room = cur_room(w);
         }
         uint32_t k = n < room ? (uint32_t)n : room;
-        memcpy(pool_slice_data(w->p, w->cur) + w->cur_len, src, k);
+        if (src != NULL)
+            memcpy(pool_slice_data(w->p, w->cur) + w->cur_len, src, k);
         w->cur_len += k;
         pool_slice(w->p, w->cur)->size = w->cur_len;
         w->total += k;
-        src += k;
+        if (src != NULL)
+            src += k;
         n -= k;
     }
     return 0;

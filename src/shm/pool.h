@@ -156,6 +156,7 @@ struct pool_writer {
 };
 
 void pool_writer_init(struct pool_writer *w, struct pool *p);
+/* data NULL: the bytes are counted but not written (zero-touch). */
 int pool_writer_write(struct pool_writer *w, const void *data, size_t n);
 /* Contiguous space for n bytes (n <= max slice cap), counted as written. */
 int pool_writer_reserve(struct pool_writer *w, size_t n, void **ptr);
