@@ -8,6 +8,7 @@
  *
  * Usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]
  *                        [--mode memfd|file] [--connect ADDR] [--no-uds]
+ *                        [--spin-us N]   (low-latency mode on client and server)
  * --connect points the shmipc client at a running echo server (shmipcd's
  * echo plugin, echo_server, or any peer speaking the protocol) instead of
  * one forked here; --no-uds skips the unix-socket rows.
@@ -40,6 +41,7 @@ struct opts {
     enum shmipc_mem_mode mode;
     const char *connect;
     int no_uds;
+    int spin_us;
 };
 
 static uint64_t now_ns(void)
@@ -68,11 +70,12 @@ static void echo_message(shmipc_stream *st, shmipc_msg *m, void *arg)
     shmipc_stream_flush(st);
 }
 
-static int run_shmipc_server(const char *addr)
+static int run_shmipc_server(const char *addr, int spin_us)
 {
     struct shmipc_server_config cfg;
     shmipc_server_config_init(&cfg);
     cfg.address = addr;
+    cfg.spin_us = spin_us;
     struct shmipc_server_handlers h = {.on_message = echo_message};
     if (shmipc_server_open(&cfg, &h, NULL, &echo_srv) < 0)
         return 1;
@@ -371,7 +374,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "option %s needs a value\n", argv[i]);
             return 2;
         }
-        if (strcmp(argv[i], "--connect") == 0) {
+        if (strcmp(argv[i], "--spin-us") == 0) {
+            o.spin_us = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--connect") == 0) {
             o.connect = argv[i + 1];
         } else if (strcmp(argv[i], "--sizes") == 0) {
             o.nsizes = parse_list(argv[i + 1], o.sizes);
@@ -398,7 +403,7 @@ int main(int argc, char **argv)
     snprintf(shm_addr, sizeof(shm_addr), "unix:%s", shm_path);
     pid_t ps = -1, pu = -1;
     if (o.connect == NULL && (ps = fork()) == 0)
-        _exit(run_shmipc_server(shm_addr));
+        _exit(run_shmipc_server(shm_addr, o.spin_us));
     if (!o.no_uds && (pu = fork()) == 0)
         _exit(run_uds_server(uds_path));
     /* Wait (bounded) for the servers started here to listen. */
@@ -418,6 +423,7 @@ int main(int argc, char **argv)
     cfg.mode = o.mode;
     cfg.sessions = max_streams < 4 ? max_streams : 4;
     cfg.pool_bytes = 64u << 20;
+    cfg.spin_us = o.spin_us;
     shmipc_client *client = NULL;
     int rc = shmipc_client_open(&cfg, &client);
     if (rc < 0) {

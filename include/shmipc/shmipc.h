@@ -143,6 +143,8 @@ struct shmipc_client_config {
     int reconnect_max_ms;     /* backoff cap, default 5000 */
     unsigned idle_streams;    /* streams kept for reuse, default 1024 */
     int no_io_thread;         /* event-loop style: drive with shmipc_client_poll() */
+    int spin_us;              /* low-latency mode: a waiting recv polls the queue this
+                                 long before sleeping (burns CPU); default 0 = off */
     int prefault;             /* touch the pool's pages at creation */
     /* Slice classes of the pool; nclasses 0 means shmipc's defaults
      * (8172/32748/131052 bytes at 50/30/20 %). Sizes ascending. */
@@ -206,6 +208,8 @@ struct shmipc_server_config {
     size_t max_pool_bytes;     /* largest client pool mapped, default 1 GiB */
     unsigned max_sessions;     /* default 1024 */
     int unhealthy_ms;          /* default 30000 */
+    int spin_us;               /* low-latency mode: poll the queues this long after
+                                  work before sleeping (burns CPU); default 0 = off */
 };
 
 typedef struct shmipc_server shmipc_server;

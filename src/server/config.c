@@ -45,7 +45,7 @@ struct loader {
     char plugin_base[PATH_MAX]; /* plugin_dir resolved, else conf_dir */
 };
 
-static const char *const top_keys[] = {"workers",    "log",    "admin",    "admin_mode",
+static const char *const top_keys[] = {"workers",    "spin_us", "log",   "admin",    "admin_mode",
                                        "plugin_dir", "limits", "services", NULL};
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
@@ -467,6 +467,10 @@ static int load_top(struct loader *ld, const config_setting_t *root)
         return rc;
     if (rc > 0)
         c->workers = (unsigned)v;
+    if ((rc = get_int(ld, root, NULL, "spin_us", 0, 100000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->spin_us = (int)v;
 
     const config_setting_t *log;
     if ((rc = get_group(ld, root, NULL, "log", &log)) < 0)

@@ -2,6 +2,7 @@
  * shmipcd's configuration: a libconfig file, validated whole before use.
  *
  *   workers = 2;                         # worker threads (1..64)
+ *   spin_us = 0;                         # low-latency mode: poll queues this long (0..100000)
  *   log = { level = "info"; };           # error | warn | info | debug
  *   admin = "unix:/run/shmipcd/admin.sock";   # optional
  *   admin_mode = "0600";                 # optional, octal string
@@ -54,6 +55,7 @@ struct daemon_conf {
     config_t cfg;           /* owns the settings (plugin_conf); the strings are malloc'd */
     char *path;             /* the file read, made absolute (a reload after chdir finds it) */
     unsigned workers;       /* default 2 */
+    int spin_us;            /* low-latency mode, 0..100000, default 0 (off) */
     enum log_level log_level; /* default info */
     char *admin;            /* NULL when absent */
     int admin_mode;         /* default 0600 */

@@ -152,6 +152,7 @@ struct daemon {
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;
     uint64_t started_ns;
+    int spin_us;               /* low-latency mode of the workers (config) */
     char conf_path[4096];
     struct watch watch;
     struct ep_tag watch_tag;

@@ -101,6 +101,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
     log_set_level(d->conf->log_level);
     d->nworkers = d->conf->workers;
+    d->spin_us = d->conf->spin_us;
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));

@@ -469,6 +469,7 @@ int daemon_reload(struct daemon *d, char **report)
     }
     /* Settings that apply to new sessions from now on. */
     log_set_level(nc->log_level);
+    __atomic_store_n(&d->spin_us, nc->spin_us, __ATOMIC_RELAXED);
     struct conf_ref *old = d->cref;
     d->cref = cref;
     d->conf = &cref->c;

@@ -17,6 +17,7 @@
 
 #include "base/log.h"
 #include "server/daemon.h"
+#include "shm/atomics.h"
 #include "shmipc/errors.h"
 
 _Static_assert(sizeof(struct shmipc_iov) == sizeof(struct shmipc_plugin_iov), "iov layout");
@@ -332,6 +333,30 @@ static void adopt(struct worker *w)
     run_jobs(w);
 }
 
+/* Low-latency mode (spin_us): see the library server's spin(). */
+static void spin(struct worker *w, int spin_us)
+{
+    uint64_t window = (uint64_t)spin_us * 1000u, end = sock_now_ns() + window;
+    while (!__atomic_load_n(&w->stop, __ATOMIC_RELAXED) && sock_now_ns() < end) {
+        int any = 0;
+        for (struct dsession *ds = w->sessions; ds != NULL; ds = ds->next) {
+            if (session_spin_harvest(ds->s) > 0) {
+                dispatch(w, ds);
+                any = 1;
+            }
+        }
+        if (any)
+            end = sock_now_ns() + window;
+        else
+            for (int i = 0; i < 16; i++)
+                cpu_relax();
+    }
+    for (struct dsession *ds = w->sessions; ds != NULL; ds = ds->next) {
+        session_spin_end(ds->s);
+        dispatch(w, ds);
+    }
+}
+
 static int retry_blocked(struct worker *w)
 {
     int any = 0;
@@ -389,6 +414,9 @@ static void *worker_main(void *arg)
             else
                 serve(w, (struct dsession *)t);
         }
+        int spin_us = __atomic_load_n(&w->d->spin_us, __ATOMIC_RELAXED);
+        if (n > 0 && spin_us > 0)
+            spin(w, spin_us);
         blocked = retry_blocked(w);
     }
     drain(w);

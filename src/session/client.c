@@ -213,6 +213,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .queue_full_retries = c->cfg.queue_full_retries,
         .queue_full_wait_ms = c->cfg.queue_full_wait_ms,
         .notify_ready = c->cfg.no_io_thread,
+        .spin_us = c->cfg.spin_us,
     };
     pool_ref_get(c->pool);
     struct session *s;

@@ -24,6 +24,7 @@
 #include "proto/sock.h"
 #include "session/accept.h"
 #include "session/session.h"
+#include "shm/atomics.h"
 #include "shmipc/errors.h"
 
 
@@ -359,6 +360,32 @@ static void on_session(struct shmipc_server *srv, struct srv_session *ss)
         close_session(srv, ss);
 }
 
+/* Low-latency mode: after work, poll every session's queue for spin_us
+ * (holding the working flags, so clients skip their Polling) before going
+ * back to sleep; new work restarts the window. */
+static void spin(struct shmipc_server *srv)
+{
+    uint64_t window = (uint64_t)srv->cfg.spin_us * 1000u, end = sock_now_ns() + window;
+    while (!srv->stop && sock_now_ns() < end) {
+        int any = 0;
+        for (struct srv_session *ss = srv->ss; ss != NULL; ss = ss->next) {
+            if (session_spin_harvest(ss->s) > 0) {
+                dispatch(srv, ss->s);
+                any = 1;
+            }
+        }
+        if (any)
+            end = sock_now_ns() + window;
+        else
+            for (int i = 0; i < 16; i++)
+                cpu_relax();
+    }
+    for (struct srv_session *ss = srv->ss; ss != NULL; ss = ss->next) {
+        session_spin_end(ss->s);
+        dispatch(srv, ss->s);
+    }
+}
+
 static int retry_blocked(struct shmipc_server *srv)
 {
     int any = 0;
@@ -393,6 +420,8 @@ int shmipc_server_run(shmipc_server *srv)
                 on_session(srv, (struct srv_session *)it);
             }
         }
+        if (n > 0 && srv->cfg.spin_us > 0)
+            spin(srv);
         blocked = retry_blocked(srv);
     }
     return 0;

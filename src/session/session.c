@@ -610,6 +610,9 @@ static int on_elem_locked(struct session *s, const struct shmipc_queue_elem *e)
 
 static int harvest_locked(struct session *s)
 {
+    /* While a spinner holds the working flag it stays set: the spinner
+     * clears it (with the re-check) when it stops. */
+    int keep_flag = s->spinning;
     do {
         struct shmipc_queue_elem e;
         int rc;
@@ -619,8 +622,47 @@ static int harvest_locked(struct session *s)
         }
         if (rc != SHMIPC_EQEMPTY)
             return protocol_error(s, rc, "receive queue tail out of range");
-    } while (!queue_mark_not_working(&s->qp.recv));
+    } while (!keep_flag && !queue_mark_not_working(&s->qp.recv));
     return 0;
+}
+
+int session_spin_harvest(struct session *s)
+{
+    int n = 0;
+    if (queue_len(&s->qp.recv) == 0 && __atomic_load_n(&s->spinning, __ATOMIC_RELAXED))
+        return 0; /* the common idle case: two loads, no lock */
+    pthread_mutex_lock(&s->mu);
+    if (!s->dead) {
+        /* Claim the flag: a producer that finds it set skips its Polling,
+         * which is the point of spinning. */
+        if (!s->spinning) {
+            __atomic_store_n((uint32_t *)(s->qp.recv.hdr + SHMIPC_QUEUE_OFF_WORKING), 1,
+                             __ATOMIC_SEQ_CST);
+            __atomic_store_n(&s->spinning, 1, __ATOMIC_RELAXED);
+        }
+        struct shmipc_queue_elem e;
+        int rc;
+        while ((rc = queue_pop(&s->qp.recv, &e)) == 0) {
+            n++;
+            if (on_elem_locked(s, &e) < 0)
+                break;
+        }
+        if (rc != 0 && rc != SHMIPC_EQEMPTY)
+            protocol_error(s, rc, "receive queue tail out of range");
+    }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void session_spin_end(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->spinning) {
+        __atomic_store_n(&s->spinning, 0, __ATOMIC_RELAXED);
+        if (!s->dead)
+            harvest_locked(s); /* now clears the flag, re-checking the queue */
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 static int on_fallback_locked(struct session *s, const uint8_t *ev, uint32_t len)

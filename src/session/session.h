@@ -109,6 +109,7 @@ struct session_cfg {
     size_t out_limit;  /* server: unsent bytes that mark a peer not reading */
     unsigned max_streams;
     int notify_ready;  /* keep a list of streams with news (session_next_ready) */
+    int spin_us;       /* client: a waiting recv spins on the queue this long */
 };
 
 struct session_stats {
@@ -140,6 +141,7 @@ struct session {
     struct shmipc_stream *ready_head, *ready_tail;
     struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
     struct session_stats stats;
+    int spinning;          /* a spinner holds the receive queue's working flag */
     void *owner;           /* the client slot or server that drives it */
     int index;             /* session number inside its client */
 };
@@ -203,6 +205,13 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns);
 void rx_msg_free(struct rx_msg *m);
 void stream_unlink_locked(struct session *s, shmipc_stream *st);
+/* Low-latency mode: claims the receive queue's working flag (so the peer
+ * skips its Polling event) and harvests whatever is queued; returns how
+ * many elements it took. A spinner must call session_spin_end() before it
+ * sleeps: that clears the flag the safe way (store 0, re-check). */
+int session_spin_harvest(struct session *s);
+void session_spin_end(struct session *s);
+
 /* The driver lets a session go: every stream leaves the table (streams a
  * caller still holds keep working until they notice the session died). */
 void session_release_streams(struct session *s);

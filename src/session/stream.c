@@ -12,6 +12,7 @@
 
 #include "proto/event.h"
 #include "proto/sock.h"
+#include "shm/atomics.h"
 #include "session/session.h"
 #include "shmipc/errors.h"
 
@@ -369,10 +370,34 @@ static void fill_msg(shmipc_msg *out, struct rx_msg *m)
     out->priv_ = m;
 }
 
+/* Low-latency mode: poll the receive queue ourselves for up to spin_us
+ * before sleeping, holding the working flag so the peer skips its Polling. */
+static void spin_for_message(shmipc_stream *st, int spin_us, uint64_t deadline_ns)
+{
+    struct session *s = st->sess;
+    uint64_t end = sock_now_ns() + (uint64_t)spin_us * 1000u;
+    if (end > deadline_ns)
+        end = deadline_ns;
+    int have = 0;
+    while (!have) {
+        session_spin_harvest(s);
+        pthread_mutex_lock(&s->mu);
+        have = st->rx_head != NULL || (st->flags & ST_REMOTE_CLOSED) || s->dead;
+        pthread_mutex_unlock(&s->mu);
+        if (have || sock_now_ns() >= end)
+            break;
+        for (int i = 0; i < 16; i++)
+            cpu_relax();
+    }
+    session_spin_end(s);
+}
+
 int shmipc_stream_recv(shmipc_stream *st, shmipc_msg *out, int timeout_ms)
 {
     struct session *s = st->sess;
     memset(out, 0, sizeof(*out));
+    if (s->cfg.spin_us > 0 && timeout_ms != 0)
+        spin_for_message(st, s->cfg.spin_us, sock_deadline(timeout_ms));
     pthread_mutex_lock(&s->mu);
     int rc = wait_rx_locked(st, sock_deadline(timeout_ms));
     if (rc == 0)

@@ -209,6 +209,7 @@ static void test_defaults(void)
     char err[512] = "";
     CU_ASSERT_EQUAL_FATAL(conf_load(path, &c, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.workers, 2);
+    CU_ASSERT_EQUAL(c.spin_us, 0);
     CU_ASSERT_EQUAL(c.log_level, LOG_INFO);
     CU_ASSERT_PTR_NULL(c.admin);
     CU_ASSERT_EQUAL(c.admin_mode, 0600);
@@ -426,7 +427,7 @@ struct refusal {
 
 static const struct refusal refusals[] = {
     {"unknown top-level key", "workers = 2;\n\ncolour = \"red\";\n" SVC, "colour", "colour",
-     -EINVAL, "unknown key (expected one of: workers, log,"},
+     -EINVAL, "unknown key (expected one of: workers, spin_us, log,"},
     {"unknown key in a service",
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    plugin = \"p.so\";\n"
      "    port = 5; }\n);\n",
@@ -486,6 +487,8 @@ static const struct refusal refusals[] = {
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = 0660; plugin = "
      "\"p.so\"; }\n);\n",
      "services.[0].mode", "mode", -EINVAL, "like \"0660\", not an integer"},
+    {"spin_us out of range", "spin_us = 100001;\n" SVC, "spin_us", "spin_us", -EINVAL,
+     "out of range"},
     {"watch not a bool",
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    watch = \"yes\"; "
      "plugin = \"p.so\"; }\n);\n",
