@@ -145,6 +145,8 @@ struct shmipc_client_config {
     int no_io_thread;         /* event-loop style: drive with shmipc_client_poll() */
     int spin_us;              /* low-latency mode: a waiting recv polls the queue this
                                  long before sleeping (burns CPU); default 0 = off */
+    int keepalive_ms;         /* send a Polling ping on sessions idle this long, so
+                                 a server's idle timeout keeps them; default 0 = off */
     int prefault;             /* touch the pool's pages at creation */
     /* Slice classes of the pool; nclasses 0 means shmipc's defaults
      * (8172/32748/131052 bytes at 50/30/20 %). Sizes ascending. */

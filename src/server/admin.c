@@ -132,7 +132,7 @@ static void stats(struct daemon *d, struct buf *b, int json)
         put(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct svc_stats *s = &d->svcs[i]->st;
-        unsigned long v[7] = {
+        unsigned long v[9] = {
             __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_out, __ATOMIC_RELAXED),
@@ -140,18 +140,22 @@ static void stats(struct daemon *d, struct buf *b, int json)
             __atomic_load_n(&s->sessions_opened, __ATOMIC_RELAXED),
             __atomic_load_n(&s->sessions_closed, __ATOMIC_RELAXED),
             __atomic_load_n(&s->handshakes_failed, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->refused, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->idle_closed, __ATOMIC_RELAXED),
         };
         if (json)
             put(b,
                 "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
                 "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
-                "\"handshakes_failed\":%lu}",
-                i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+                "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu}",
+                i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
+                v[8]);
         else
             put(b,
                 "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
-                "sessions opened %lu closed %lu, handshakes failed %lu\n",
-                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+                "sessions opened %lu closed %lu, handshakes failed %lu, refused %lu, "
+                "idle closed %lu\n",
+                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
     }
     if (json)
         put(b, "],\"sessions\":[");

@@ -50,9 +50,11 @@ static const char *const top_keys[] = {"workers",    "spin_us", "log",   "admin"
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
-                                         "drain_timeout_ms",     NULL};
+                                         "drain_timeout_ms",     "max_sessions_per_uid",
+                                         "max_streams",          "idle_timeout_ms",
+                                         NULL};
 static const char *const svc_keys[] = {"name",   "listen", "mode",  "owner", "allowed_dir",
-                                       "plugin", "config", "watch", NULL};
+                                       "plugin", "config", "watch", "allow_uids", "allow_gids", NULL};
 
 static const char *type_name(int type)
 {
@@ -534,6 +536,18 @@ static int load_limits(struct loader *ld, const config_setting_t *root)
         return rc;
     if (rc > 0)
         c->drain_timeout_ms = (int)v;
+    if ((rc = get_int(ld, lim, "limits", "max_sessions_per_uid", 0, 1000000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->max_sessions_per_uid = (unsigned)v;
+    if ((rc = get_int(ld, lim, "limits", "max_streams", 1, 1000000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->max_streams = (unsigned)v;
+    if ((rc = get_int(ld, lim, "limits", "idle_timeout_ms", 0, 86400000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        c->idle_timeout_ms = (int)v;
     return 0;
 }
 
@@ -590,6 +604,35 @@ static int valid_name(const char *name)
 
 /* One element of `services`; addrs[0..i) hold the earlier services'
  * addresses (normalized text) for the uniqueness check. */
+/* An array of uids or gids ("allow_uids = [0, 1000];"). */
+static int get_ids(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                   const char *name, unsigned *ids, unsigned *n)
+{
+    const config_setting_t *s = config_setting_get_member(parent, name);
+    *n = 0;
+    if (s == NULL)
+        return 0;
+    char key[KEY_MAX];
+    key_join(key, prefix, name);
+    int type = config_setting_type(s);
+    if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
+        return fail(ld, s, key, "must be an array of ids, like [0, 1000]");
+    int len = config_setting_length(s);
+    if (len > CONF_MAX_IDS)
+        return fail(ld, s, key, "%d ids; at most %d", len, CONF_MAX_IDS);
+    for (int i = 0; i < len; i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        int t = config_setting_type(e);
+        long long v = t == CONFIG_TYPE_INT     ? config_setting_get_int(e)
+                      : t == CONFIG_TYPE_INT64 ? config_setting_get_int64(e)
+                                               : -1;
+        if (v < 0 || v > 0xfffffffell)
+            return fail(ld, s, key, "element %d is not a uid/gid number", i);
+        ids[(*n)++] = (unsigned)v;
+    }
+    return 1;
+}
+
 /* "user" or "user:group" (names or numbers) to ids; -1 keeps one as is. */
 static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
 {
@@ -708,6 +751,9 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
 
     if ((rc = get_bool(ld, e, prefix, "watch", &sv->watch)) < 0)
         return rc;
+    if ((rc = get_ids(ld, e, prefix, "allow_uids", sv->allow_uids, &sv->nallow_uids)) < 0 ||
+        (rc = get_ids(ld, e, prefix, "allow_gids", sv->allow_gids, &sv->nallow_gids)) < 0)
+        return rc;
 
     const config_setting_t *pc;
     if ((rc = get_group(ld, e, prefix, "config", &pc)) < 0)
@@ -768,6 +814,7 @@ static void set_defaults(struct daemon_conf *c)
     c->handshake_timeout_ms = DEF_HANDSHAKE_MS;
     c->max_event_bytes = DEF_MAX_EVENT_BYTES;
     c->drain_timeout_ms = DEF_DRAIN_MS;
+    c->max_streams = 65536;
 }
 
 /* Checks the file can be opened and fills conf_dir and c->path. */

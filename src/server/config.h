@@ -9,14 +9,16 @@
  *   plugin_dir = "/usr/lib/shmipcd";     # optional: base of relative plugin paths
  *   limits = { max_sessions = 1024; max_pool_bytes = 268435456;
  *              handshake_timeout_ms = 1000; max_event_bytes = 33554432;
- *              drain_timeout_ms = 5000; };    # every key optional
+ *              drain_timeout_ms = 5000; max_sessions_per_uid = 0;
+ *              max_streams = 65536; idle_timeout_ms = 0; };   # every key optional
  *   services = (
  *     { name = "echo"; listen = "unix:/run/shmipcd/echo.sock";
  *       mode = "0660";                   # optional (unix sockets)
  *       owner = "user:group";            # optional (unix sockets)
  *       allowed_dir = "/dev/shm";        # optional (file-path mode)
  *       plugin = "echo.so"; config = { ... };     # config optional
- *       watch = false; }                 # optional: reload when the .so changes
+ *       watch = false;                   # optional: reload when the .so changes
+ *       allow_uids = [0, 1000]; allow_gids = [100]; }   # optional peer allowlist
  *   );
  *
  * Unknown keys, wrong types and out-of-range values are errors. Relative
@@ -35,6 +37,7 @@
 
 #define CONF_MAX_WORKERS 64
 #define CONF_MAX_SERVICES 64
+#define CONF_MAX_IDS 32
 #define CONF_MAX_NAME 63 /* longest service name (struct service.name[64]) */
 #define CONF_MAX_DIR 255 /* longest allowed_dir (struct service.allowed_dir[256]) */
 
@@ -48,6 +51,10 @@ struct svc_conf {
     char *plugin;           /* resolved absolute path */
     config_setting_t *plugin_conf; /* the service's "config" group or NULL */
     int watch;              /* reload when the plugin file is replaced */
+    unsigned allow_uids[CONF_MAX_IDS]; /* peers allowed by SO_PEERCRED; none: any */
+    unsigned nallow_uids;
+    unsigned allow_gids[CONF_MAX_IDS];
+    unsigned nallow_gids;
     int line;               /* where the service starts, for messages */
 };
 
@@ -64,6 +71,9 @@ struct daemon_conf {
     int handshake_timeout_ms; /* default 1000 */
     uint32_t max_event_bytes; /* default 32 MiB */
     int drain_timeout_ms;   /* default 5000 */
+    unsigned max_sessions_per_uid; /* 0: no limit (default) */
+    unsigned max_streams;   /* per session, default 65536 */
+    int idle_timeout_ms;    /* close sessions idle this long; 0: never (default) */
     struct svc_conf *services;
     unsigned nservices;
 };

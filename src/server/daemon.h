@@ -33,6 +33,8 @@ struct ep_tag {
 struct svc_stats {
     uint64_t requests, bytes_in, bytes_out, handler_errors;
     uint64_t sessions_opened, sessions_closed, handshakes_failed;
+    uint64_t refused;      /* connections refused by a limit or the allowlist */
+    uint64_t idle_closed;  /* sessions closed by the idle timeout */
 };
 
 /* A loaded configuration, shared by the generations created from it (a
@@ -70,6 +72,8 @@ struct service {
     unsigned next_gen;
     int removed;             /* no longer configured: draining */
     int watch;               /* reload when the plugin file changes */
+    unsigned allow_uids[CONF_MAX_IDS], nallow_uids; /* SO_PEERCRED allowlist */
+    unsigned allow_gids[CONF_MAX_IDS], nallow_gids;
     struct service *next_removed;
     struct svc_stats st;     /* atomic adds */
     struct daemon *d;
@@ -81,6 +85,7 @@ struct dsession {
     struct service *svc;
     uint64_t id;
     struct worker *w;
+    long long uid;             /* peer's uid (SO_PEERCRED), -1 when unknown */
     uint64_t requests, handler_errors; /* written by the worker only */
     struct dsession *next;
 };
@@ -118,6 +123,7 @@ struct hs_pending {
     struct ep_tag tag;
     struct hs_server hs;
     struct service *svc;
+    long long uid;
     struct pool_ref *pool;
     struct region qregion;
     struct hs_pending *next;
@@ -152,7 +158,14 @@ struct daemon {
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;
     uint64_t started_ns;
+    pthread_mutex_t uid_mu;    /* sessions per peer uid */
+    struct uid_count {
+        long long uid;
+        unsigned n;
+    } *uids;
+    unsigned nuids, capuids;
     int spin_us;               /* low-latency mode of the workers (config) */
+    int idle_timeout_ms;       /* copies workers read: d->conf changes on reload */
     char conf_path[4096];
     struct watch watch;
     struct ep_tag watch_tag;
@@ -177,6 +190,9 @@ void worker_join(struct worker *w);
  * the first failure (err filled) or 0. */
 int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, struct service *svc,
                  char *err, size_t errlen);
+
+/* master.c: counts of sessions per peer uid (max_sessions_per_uid). */
+void uid_release(struct daemon *d, long long uid);
 
 /* master.c: drops the handshakes in progress for a service going away. */
 void master_drop_handshakes(struct daemon *d, struct service *svc);

@@ -87,6 +87,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     memset(d, 0, sizeof(*d));
     d->epfd = d->sigfd = d->adminfd = -1;
     watch_init(&d->watch);
+    pthread_mutex_init(&d->uid_mu, NULL);
     d->started_ns = sock_now_ns();
     pool_registry_init(&d->reg);
     host_api_init(&d->host);
@@ -102,6 +103,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     log_set_level(d->conf->log_level);
     d->nworkers = d->conf->workers;
     d->spin_us = d->conf->spin_us;
+    d->idle_timeout_ms = d->conf->idle_timeout_ms;
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
@@ -165,12 +167,99 @@ static void hs_drop(struct daemon *d, struct hs_pending *h, int close_fd)
     if (close_fd) {
         epoll_ctl(d->epfd, EPOLL_CTL_DEL, h->hs.fd, NULL);
         close(h->hs.fd);
+        uid_release(d, h->uid); /* a session carries it on otherwise */
     }
     hs_server_cleanup(&h->hs);
     if (h->pool != NULL)
         pool_ref_put(h->pool);
     region_close(&h->qregion);
     free(h);
+}
+
+/* Counts a session (or handshake) of uid; 0, or -EUSERS over the limit. */
+static int uid_acquire(struct daemon *d, long long uid)
+{
+    if (uid < 0 || d->conf->max_sessions_per_uid == 0)
+        return 0;
+    int rc = 0;
+    pthread_mutex_lock(&d->uid_mu);
+    unsigned i = 0;
+    while (i < d->nuids && d->uids[i].uid != uid)
+        i++;
+    if (i == d->nuids) {
+        if (d->nuids == d->capuids) {
+            unsigned cap = d->capuids ? d->capuids * 2 : 16;
+            struct uid_count *u = realloc(d->uids, cap * sizeof(*u));
+            if (u == NULL) {
+                pthread_mutex_unlock(&d->uid_mu);
+                return -ENOMEM;
+            }
+            d->uids = u;
+            d->capuids = cap;
+        }
+        d->uids[d->nuids++] = (struct uid_count){uid, 0};
+    }
+    if (d->uids[i].n >= d->conf->max_sessions_per_uid)
+        rc = -EUSERS;
+    else
+        d->uids[i].n++;
+    pthread_mutex_unlock(&d->uid_mu);
+    return rc;
+}
+
+void uid_release(struct daemon *d, long long uid)
+{
+    if (uid < 0)
+        return;
+    pthread_mutex_lock(&d->uid_mu);
+    for (unsigned i = 0; i < d->nuids; i++) {
+        if (d->uids[i].uid == uid) {
+            if (--d->uids[i].n == 0)
+                d->uids[i] = d->uids[--d->nuids];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&d->uid_mu);
+}
+
+static int id_in(const unsigned *ids, unsigned n, unsigned id)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (ids[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Checks a new connection against the service's allowlist and the per-uid
+ * limit. 0 to go on (uid set, and counted), or a refusal with the reason. */
+static int admit(struct daemon *d, struct service *svc, int fd, long long *uid, char *why,
+                 size_t whylen)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    *uid = -1;
+    int have = svc->addr.family == AF_UNIX &&
+               getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+    if (svc->nallow_uids || svc->nallow_gids) {
+        if (!have) {
+            snprintf(why, whylen, "no peer credentials (TCP) and the service has an allowlist");
+            return -EACCES;
+        }
+        if (!id_in(svc->allow_uids, svc->nallow_uids, cred.uid) &&
+            !id_in(svc->allow_gids, svc->nallow_gids, cred.gid)) {
+            snprintf(why, whylen, "peer uid %u gid %u (pid %d) is not allowed", cred.uid, cred.gid,
+                     (int)cred.pid);
+            return -EACCES;
+        }
+    }
+    if (have && uid_acquire(d, cred.uid) < 0) {
+        snprintf(why, whylen, "peer uid %u has %u sessions, the limit", cred.uid,
+                 d->conf->max_sessions_per_uid);
+        return -EUSERS;
+    }
+    if (have)
+        *uid = cred.uid;
+    return 0;
 }
 
 static unsigned total_sessions(struct daemon *d)
@@ -209,13 +298,14 @@ static void start_session(struct daemon *d, struct hs_pending *h)
         .max_event = d->conf->max_event_bytes,
         .unhealthy_ms = 30000,
         .out_limit = (size_t)d->conf->max_event_bytes * 2 + (1u << 20),
-        .max_streams = 65536,
+        .max_streams = d->conf->max_streams,
         .notify_ready = 1,
     };
     int fd = h->hs.fd;
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
     struct pool_ref *pool = h->pool;
     struct region q = h->qregion;
+    long long uid = h->uid;
     h->pool = NULL;
     region_init(&h->qregion);
     hs_drop(d, h, 0);
@@ -224,15 +314,18 @@ static void start_session(struct daemon *d, struct hs_pending *h)
         close(fd);
         pool_ref_put(pool);
         region_close(&q);
+        uid_release(d, uid);
         return;
     }
     int rc = session_new(&cfg, fd, pool, &q, &ds->s);
     if (rc < 0) {
         log_warn("service %s: session setup failed: %s", svc->name, shmipc_strerror(rc));
+        uid_release(d, uid);
         free(ds);
         return;
     }
     ds->tag.kind = EPK_SESSION;
+    ds->uid = uid;
     ds->svc = svc;
     ds->id = ++d->next_session_id;
     ds->s->index = (int)ds->id;
@@ -283,16 +376,27 @@ static void on_accept(struct daemon *d, struct service *svc)
         if (total_sessions(d) + d->nhs >= d->conf->max_sessions) {
             log_warn("service %s: connection refused: %u sessions is the limit", svc->name,
                      d->conf->max_sessions);
+            __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
+            close(fd);
+            continue;
+        }
+        long long uid;
+        char why[160];
+        if (admit(d, svc, fd, &uid, why, sizeof(why)) < 0) {
+            log_warn("service %s: connection refused: %s", svc->name, why);
+            __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
             close(fd);
             continue;
         }
         struct hs_pending *h = calloc(1, sizeof(*h));
         if (h == NULL) {
+            uid_release(d, uid);
             close(fd);
             continue;
         }
         h->tag.kind = EPK_HANDSHAKE;
         h->svc = svc;
+        h->uid = uid;
         region_init(&h->qregion);
         hs_server_init(&h->hs, fd, svc->addr.family == AF_UNIX,
                        sock_deadline(d->conf->handshake_timeout_ms));
@@ -484,5 +588,7 @@ void daemon_stop_and_free(struct daemon *d)
     if (d->sigfd >= 0)
         close(d->sigfd);
     free(d->workers);
+    free(d->uids);
+    pthread_mutex_destroy(&d->uid_mu);
     conf_ref_put(d->cref);
 }

@@ -193,6 +193,10 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     svc->uid = sc->uid;
     svc->gid = sc->gid;
     svc->watch = sc->watch;
+    memcpy(svc->allow_uids, sc->allow_uids, sizeof(svc->allow_uids));
+    memcpy(svc->allow_gids, sc->allow_gids, sizeof(svc->allow_gids));
+    svc->nallow_uids = sc->nallow_uids;
+    svc->nallow_gids = sc->nallow_gids;
     int rc = gen_source_read(&svc->src, sc->plugin, sc->plugin_conf);
     char lerr[512] = "";
     if (rc == 0)
@@ -457,7 +461,13 @@ int daemon_reload(struct daemon *d, char **report)
             continue;
         }
         failed += update_service(d, d->svcs[i], sc, cref, &body) < 0;
-        d->svcs[i]->watch = sc->watch;
+        struct service *svc = d->svcs[i];
+        svc->watch = sc->watch;
+        /* New connections see the new allowlist; sessions stay. */
+        memcpy(svc->allow_uids, sc->allow_uids, sizeof(svc->allow_uids));
+        memcpy(svc->allow_gids, sc->allow_gids, sizeof(svc->allow_gids));
+        svc->nallow_uids = sc->nallow_uids;
+        svc->nallow_gids = sc->nallow_gids;
         i++;
     }
     for (unsigned k = 0; k < nc->nservices; k++) {
@@ -470,6 +480,7 @@ int daemon_reload(struct daemon *d, char **report)
     /* Settings that apply to new sessions from now on. */
     log_set_level(nc->log_level);
     __atomic_store_n(&d->spin_us, nc->spin_us, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->idle_timeout_ms, nc->idle_timeout_ms, __ATOMIC_RELAXED);
     struct conf_ref *old = d->cref;
     d->cref = cref;
     d->conf = &cref->c;

@@ -248,6 +248,7 @@ static void close_session(struct worker *w, struct dsession *ds)
     dispatch(w, ds);
     session_release_streams(s);
     struct service *svc = ds->svc;
+    uid_release(w->d, ds->uid);
     __atomic_add_fetch(&svc->st.sessions_closed, 1, __ATOMIC_RELAXED);
     if (s->err == SHMIPC_ECLOSED)
         log_debug("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
@@ -400,13 +401,32 @@ static void finish_thread_states(struct worker *w)
             gen_thread_fini(r->g, w->index);
 }
 
+/* limits.idle_timeout_ms: sessions the peer has not used for that long
+ * are closed (a client that wants to stay sends keepalive Pollings). */
+static void close_idle(struct worker *w, int idle_ms)
+{
+    uint64_t now = sock_now_ns(), limit = (uint64_t)idle_ms * 1000000u;
+    for (struct dsession *ds = w->sessions, *n; ds != NULL; ds = n) {
+        n = ds->next;
+        uint64_t last = __atomic_load_n(&ds->s->last_rx_ns, __ATOMIC_RELAXED);
+        if (now > last && now - last > limit) {
+            __atomic_add_fetch(&ds->svc->st.idle_closed, 1, __ATOMIC_RELAXED);
+            session_die(ds->s, SHMIPC_ETIMEDOUT, "idle timeout");
+            close_session(w, ds);
+        }
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct epoll_event evs[64];
     int blocked = 0;
+    uint64_t next_idle_check = 0;
     while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
-        int n = epoll_wait(w->epfd, evs, 64, blocked ? 1 : 1000);
+        int idle_ms = __atomic_load_n(&w->d->idle_timeout_ms, __ATOMIC_RELAXED);
+        int timeout = blocked ? 1 : idle_ms > 0 && idle_ms < 4000 ? idle_ms / 4 + 1 : 1000;
+        int n = epoll_wait(w->epfd, evs, 64, timeout);
         for (int i = 0; i < n; i++) {
             struct ep_tag *t = evs[i].data.ptr;
             if (t->kind == EPK_WAKE)
@@ -418,6 +438,10 @@ static void *worker_main(void *arg)
         if (n > 0 && spin_us > 0)
             spin(w, spin_us);
         blocked = retry_blocked(w);
+        if (idle_ms > 0 && sock_now_ns() >= next_idle_check) {
+            close_idle(w, idle_ms);
+            next_idle_check = sock_now_ns() + (uint64_t)idle_ms * 250000u;
+        }
     }
     drain(w);
     finish_thread_states(w);

@@ -117,12 +117,30 @@ static void io_unregister(struct shmipc_client *c, struct session *s)
     }
 }
 
+/* keepalive_ms: a Polling on every session we have not written to lately. */
+static void keepalives(struct shmipc_client *c)
+{
+    uint64_t now = sock_now_ns(), limit = (uint64_t)c->cfg.keepalive_ms * 1000000u;
+    pthread_mutex_lock(&c->reg_mu);
+    for (unsigned i = 0; i < c->nreg; i++) {
+        struct session *s = c->reg[i];
+        uint64_t last = __atomic_load_n(&s->last_tx_ns, __ATOMIC_RELAXED);
+        if (session_alive(s) && now > last && now - last >= limit)
+            session_keepalive(s);
+    }
+    pthread_mutex_unlock(&c->reg_mu);
+}
+
 static void *io_main(void *arg)
 {
     struct shmipc_client *c = arg;
     struct epoll_event evs[64];
+    int ka = c->cfg.keepalive_ms;
+    int timeout = ka > 0 && ka < 2000 ? ka / 2 + 1 : 1000;
     while (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
-        int n = epoll_wait(c->epfd, evs, 64, 1000);
+        int n = epoll_wait(c->epfd, evs, 64, timeout);
+        if (ka > 0)
+            keepalives(c);
         for (int i = 0; i < n; i++) {
             if (evs[i].data.ptr == NULL) {
                 uint64_t v;

@@ -128,6 +128,7 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     s->qregion = *qregion;
     region_init(qregion);
     s->next_id = 1;
+    s->last_rx_ns = s->last_tx_ns = sock_now_ns();
     *out = s;
     return 0;
 fail:
@@ -369,6 +370,7 @@ int session_send_locked(struct session *s, const void *ev, size_t evlen, const v
 {
     if (s->dead)
         return s->err ? s->err : SHMIPC_ECLOSED;
+    __atomic_store_n(&s->last_tx_ns, sock_now_ns(), __ATOMIC_RELAXED);
     if (s->out_len == 0) {
         /* The common case: straight to the socket, nothing buffered. */
         struct iovec iov[2] = {{(void *)ev, evlen}, {(void *)payload, plen}};
@@ -432,6 +434,18 @@ static int wake_peer_locked(struct session *s)
     ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
     s->stats.wakeups_sent++;
     return session_send_locked(s, ev, sizeof(ev), NULL, 0);
+}
+
+int session_keepalive(struct session *s)
+{
+    /* A Polling on an empty queue is harmless to every peer, so it serves
+     * as a ping that needs nothing new on the wire. */
+    pthread_mutex_lock(&s->mu);
+    uint8_t ev[POLLING_LEN];
+    ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
+    int rc = session_send_locked(s, ev, sizeof(ev), NULL, 0);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
 }
 
 int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e)
@@ -647,6 +661,8 @@ int session_spin_harvest(struct session *s)
             if (on_elem_locked(s, &e) < 0)
                 break;
         }
+        if (n > 0)
+            __atomic_store_n(&s->last_rx_ns, sock_now_ns(), __ATOMIC_RELAXED);
         if (rc != 0 && rc != SHMIPC_EQEMPTY)
             protocol_error(s, rc, "receive queue tail out of range");
     }
@@ -783,6 +799,7 @@ int session_on_io(struct session *s)
         ssize_t n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
         if (n > 0) {
             s->in_len += (size_t)n;
+            __atomic_store_n(&s->last_rx_ns, sock_now_ns(), __ATOMIC_RELAXED);
             continue;
         }
         if (n < 0 && errno == EINTR)

@@ -142,6 +142,8 @@ struct session {
     struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
     struct session_stats stats;
     int spinning;          /* a spinner holds the receive queue's working flag */
+    uint64_t last_rx_ns;   /* atomic: when the peer last sent anything */
+    uint64_t last_tx_ns;   /* atomic: when we last wrote an event */
     void *owner;           /* the client slot or server that drives it */
     int index;             /* session number inside its client */
 };
@@ -211,6 +213,9 @@ void stream_unlink_locked(struct session *s, shmipc_stream *st);
  * sleeps: that clears the flag the safe way (store 0, re-check). */
 int session_spin_harvest(struct session *s);
 void session_spin_end(struct session *s);
+
+/* Sends a Polling event as a keepalive (harmless to every peer). */
+int session_keepalive(struct session *s);
 
 /* The driver lets a session go: every stream leaves the table (streams a
  * caller still holds keep working until they notice the session died). */

@@ -1701,6 +1701,106 @@ out:
     fx_end(&f);
 }
 
+/* Opens a client on svc with `sessions` sessions; 0 or its error. */
+static int open_client(const struct dmn *d, const char *svc, unsigned sessions, int keepalive_ms,
+                       shmipc_client **out)
+{
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = dm_addr(d, svc);
+    cfg.sessions = sessions;
+    cfg.keepalive_ms = keepalive_ms;
+    cfg.reconnect_min_ms = 10000; /* no quiet reconnects during the test */
+    return shmipc_client_open(&cfg, out);
+}
+
+/* Allowlist, sessions per uid, streams per session, idle timeout with
+ * and without keepalives: each refusal logged and counted. */
+static void test_limits(void)
+{
+    struct fx f;
+    shmipc_client *c1 = NULL, *c2 = NULL, *c3 = NULL, *idle = NULL, *alive = NULL;
+    shmipc_stream *st[5] = {0};
+    REQUIRE(fx_begin(&f) == 0);
+    unsigned me = (unsigned)getuid();
+    struct text t = {.n = 0};
+    conf_head(&t, &f.d, "max_sessions_per_uid = 3; max_streams = 4; idle_timeout_ms = 1500;");
+    add(&t, "  { name = \"open\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; }\n",
+        dm_addr(&f.d, "open"), plugin_path("echo"), me);
+    add(&t, ", { name = \"shut\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; "
+            "allow_gids = [%u]; }\n",
+        dm_addr(&f.d, "shut"), plugin_path("echo"), me + 4242, (unsigned)getgid() + 4242);
+    REQUIRE(conf_write(&f.d, &t, "limits.conf") == 0);
+    REQUIRE(dm_start(&f.d) == 0);
+    char out[65536];
+
+    /* Allowlist: our uid is not on "shut". */
+    CU_ASSERT(open_client(&f.d, "shut", 1, 0, &c1) < 0);
+    CU_ASSERT(dm_log_count(&f.d, "is not allowed") >= 1);
+
+    /* Three sessions for our uid, no more. */
+    REQUIRE(open_client(&f.d, "open", 2, 0, &c1) == 0);
+    REQUIRE(open_client(&f.d, "open", 1, 0, &c2) == 0);
+    CU_ASSERT(open_client(&f.d, "open", 1, 0, &c3) < 0);
+    CU_ASSERT(dm_log_count(&f.d, "sessions, the limit") >= 1);
+    shmipc_client_close(c2);
+    c2 = NULL;
+    uint64_t dl = deadline_in(POLL_MS);
+    while (open_client(&f.d, "open", 1, 0, &c3) < 0 && !past(dl))
+        sleep_ms(20);
+    CU_ASSERT_PTR_NOT_NULL(c3);
+
+    /* Four streams per session: the fifth closes the session. */
+    int ok = 0;
+    for (int i = 0; i < 4; i++) {
+        shmipc_msg m;
+        REQUIRE(shmipc_client_get(c3, &st[i]) == 0);
+        ok += shmipc_call(st[i], "ab", 2, &m, RECV_MS) == 0;
+        shmipc_msg_release(&m);
+    }
+    CHECK_EQ(ok, 4);
+    shmipc_msg m5;
+    REQUIRE(shmipc_client_get(c3, &st[4]) == 0);
+    CU_ASSERT(shmipc_call(st[4], "ab", 2, &m5, RECV_MS) < 0);
+    CU_ASSERT(dm_log_count(&f.d, "more streams than allowed") >= 1);
+    for (int i = 0; i < 5; i++) {
+        shmipc_stream_close(st[i]);
+        st[i] = NULL;
+    }
+    shmipc_client_close(c3);
+    c3 = NULL;
+    shmipc_client_close(c1);
+    c1 = NULL;
+
+    /* Idle timeout: a silent client is closed; one sending keepalives
+     * (every 100 ms against a 1500 ms limit) stays. */
+    dl = deadline_in(POLL_MS);
+    while (open_client(&f.d, "open", 1, 0, &idle) < 0 && !past(dl))
+        sleep_ms(20);
+    REQUIRE(idle != NULL);
+    REQUIRE(open_client(&f.d, "open", 1, 100, &alive) == 0);
+    dl = deadline_in(POLL_MS);
+    while (shmipc_client_live_sessions(idle) != 0 && !past(dl))
+        sleep_ms(20);
+    CHECK_EQ(shmipc_client_live_sessions(idle), 0);
+    CHECK_EQ(shmipc_client_live_sessions(alive), 1);
+    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "idle closed 1"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "service shut:"));
+    const char *shut = strstr(out, "service shut:");
+    CU_ASSERT(shut != NULL && strstr(shut, "refused 1") != NULL);
+    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+out:
+    for (int i = 0; i < 5; i++)
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+    shmipc_client *all[] = {c1, c2, c3, idle, alive};
+    for (unsigned i = 0; i < 5; i++)
+        if (all[i] != NULL)
+            shmipc_client_close(all[i]);
+    fx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"many clients x streams, echo and greeter, both modes", test_many_clients},
     {"a slow handshake does not delay others", test_slow_handshake},
@@ -1709,6 +1809,7 @@ static const struct test_case cases[] = {
     {"a SIGKILLed client's session and pool are freed", test_client_sigkill},
     {"shmipcctl status, stats, stats --json, stop", test_shmipcctl},
     {"watch: a replaced plugin file reloads the service", test_watch},
+    {"limits: allowlist, per-uid sessions, streams, idle timeout", test_limits},
     {NULL, NULL},
 };
 
