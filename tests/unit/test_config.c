@@ -210,6 +210,10 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL_FATAL(conf_load(path, &c, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.workers, 2);
     CU_ASSERT_EQUAL(c.spin_us, 0);
+    CU_ASSERT_EQUAL(c.max_streams, 65536);
+    CU_ASSERT_EQUAL(c.max_sessions_per_uid, 0);
+    CU_ASSERT_EQUAL(c.idle_timeout_ms, 0);
+    CU_ASSERT_EQUAL(c.services[0].nallow_uids, 0);
     CU_ASSERT_EQUAL(c.log_level, LOG_INFO);
     CU_ASSERT_PTR_NULL(c.admin);
     CU_ASSERT_EQUAL(c.admin_mode, 0600);
@@ -489,6 +493,12 @@ static const struct refusal refusals[] = {
      "services.[0].mode", "mode", -EINVAL, "like \"0660\", not an integer"},
     {"spin_us out of range", "spin_us = 100001;\n" SVC, "spin_us", "spin_us", -EINVAL,
      "out of range"},
+    {"allow_uids not an array",
+     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    allow_uids = 5; "
+     "plugin = \"p.so\"; }\n);\n",
+     "services.[0].allow_uids", "allow_uids", -EINVAL, "must be an array of ids"},
+    {"max_streams 0", "limits = {\n  max_streams = 0; };\n" SVC, "limits.max_streams",
+     "max_streams", -EINVAL, "out of range"},
     {"watch not a bool",
      "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    watch = \"yes\"; "
      "plugin = \"p.so\"; }\n);\n",
