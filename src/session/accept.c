@@ -29,7 +29,7 @@ static int map_pool_fd(struct pool_registry *reg, const struct accept_limits *li
     }
     struct region r;
     region_init(&r);
-    int rc = region_map_fd(&r, fd, POOL_MAP_MIN, lim->max_pool_bytes, 0);
+    int rc = region_map_fd(&r, fd, POOL_MAP_MIN, lim->max_pool_bytes, REGION_GUARD);
     return rc < 0 ? rc : pool_ref_new(&r, 0, NULL, 0, reg, out);
 }
 
@@ -38,7 +38,8 @@ static int map_pool_file(struct pool_registry *reg, const struct accept_limits *
 {
     struct region r;
     region_init(&r);
-    int rc = region_open_file(&r, lim->allowed_dir, path, POOL_MAP_MIN, lim->max_pool_bytes, 0);
+    int rc = region_open_file(&r, lim->allowed_dir, path, POOL_MAP_MIN, lim->max_pool_bytes,
+                              REGION_GUARD);
     if (rc < 0)
         return rc;
     if ((*out = pool_registry_find(reg, r.dev, r.ino)) != NULL) {
@@ -61,13 +62,13 @@ int accept_map(struct hs_server *hs, struct pool_registry *reg, const struct acc
             close(qfd);
             return rc;
         }
-        rc = region_map_fd(qregion, qfd, 2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, 0);
+        rc = region_map_fd(qregion, qfd, 2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, REGION_GUARD);
     } else {
         rc = map_pool_file(reg, lim, hs->buffer_path, pool);
         if (rc < 0)
             return rc;
         rc = region_open_file(qregion, lim->allowed_dir, hs->queue_path,
-                              2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, 0);
+                              2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, REGION_GUARD);
     }
     if (rc == 0) {
         /* Validate the queue now, so a bad one fails the handshake. */

@@ -787,6 +787,8 @@ int session_on_io(struct session *s)
 {
     pthread_mutex_lock(&s->mu);
     int rc = 0;
+    if (!s->dead && (region_tripped(&s->pool->region) || region_tripped(&s->qregion)))
+        protocol_error(s, SHMIPC_ECORRUPT, "peer truncated its shared memory");
     while (!s->dead) {
         if (s->in_len == s->in_cap) {
             if ((rc = parse_locked(s)) < 0)

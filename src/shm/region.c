@@ -22,13 +22,14 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "shm/guard.h"
 #include "shmipc/errors.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
-#define REGION_FLAGS_ALL (REGION_PREFAULT | REGION_UNLINK_ON_CLOSE | REGION_SEAL)
+#define REGION_FLAGS_ALL (REGION_PREFAULT | REGION_UNLINK_ON_CLOSE | REGION_SEAL | REGION_GUARD)
 
 /* O_NONBLOCK|O_NOCTTY: a FIFO or device planted under the allowed directory
  * must not block or become our terminal before fstat() refuses it. */
@@ -68,6 +69,7 @@ void region_init(struct region *r)
     r->dev = 0;
     r->ino = 0;
     r->path[0] = '\0';
+    r->guard = -1;
 }
 
 static int check_create_args(size_t size, unsigned flags)
@@ -220,7 +222,16 @@ static int map_checked(struct region *r, size_t min, size_t max)
         log_warn("region %s: size %jd below the minimum %zu", r->path, (intmax_t)st.st_size, min);
         return -EINVAL;
     }
-    return map_region(r, (size_t)st.st_size);
+    rc = map_region(r, (size_t)st.st_size);
+    if (rc == 0 && (r->flags & REGION_GUARD)) {
+        /* A shrink between fstat and here is caught by the guard too. */
+        if ((rc = guard_install()) == 0 && (r->guard = guard_add(r->base, r->size)) < 0)
+            rc = r->guard;
+        if (rc < 0)
+            log_warn("region %s: cannot guard it against truncation: %s", r->path,
+                     strerror(-rc));
+    }
+    return rc;
 }
 
 static int check_map_args(size_t min, size_t max, unsigned flags)
@@ -236,7 +247,7 @@ int region_map_fd(struct region *r, int fd, size_t min, size_t max, unsigned fla
     if (fd < 0)
         return -EBADF;
     r->fd = fd;
-    r->flags = flags & REGION_PREFAULT; /* never unlink or seal a peer's file */
+    r->flags = flags & (REGION_PREFAULT | REGION_GUARD); /* never unlink or seal a peer's file */
     fd_name(fd, r->path, sizeof(r->path));
     int rc = check_map_args(min, max, flags);
     /* We own it now: it must not leak into a child we exec. */
@@ -375,7 +386,7 @@ int region_open_file(struct region *r, const char *allowed_dir, const char *path
         return fd;
     }
     r->fd = fd;
-    r->flags = flags & REGION_PREFAULT;
+    r->flags = flags & (REGION_PREFAULT | REGION_GUARD);
     snprintf(r->path, sizeof(r->path), "%s", shown);
     rc = map_checked(r, min, max);
     if (rc < 0)
@@ -398,8 +409,15 @@ static void unlink_if_ours(const char *path, dev_t dev, ino_t ino)
         warn_err(errno, "unlink(%s)", path);
 }
 
+int region_tripped(const struct region *r)
+{
+    return r->guard >= 0 && guard_tripped(r->guard);
+}
+
 void region_close(struct region *r)
 {
+    if (r->guard >= 0)
+        guard_remove(r->guard);
     if (r->base != NULL && munmap(r->base, r->size) < 0)
         warn_err(errno, "munmap(%p, len=%zu)", (void *)r->base, r->size);
     /* Unlink while our fd still pins the inode, so its number is not reused. */

@@ -19,6 +19,7 @@ enum region_flags {
     REGION_PREFAULT = 1u << 0,        /* populate every page at map time */
     REGION_UNLINK_ON_CLOSE = 1u << 1, /* created file: unlink in region_close() */
     REGION_SEAL = 1u << 2,            /* created memfd: F_SEAL_SHRINK|GROW|SEAL */
+    REGION_GUARD = 1u << 3,           /* peer's file: survive its truncation (guard.h) */
 };
 
 struct region {
@@ -29,6 +30,7 @@ struct region {
     dev_t dev;      /* file identity (st_dev, st_ino) for pool registries */
     ino_t ino;
     char path[256]; /* file path, or the memfd's name; for logs */
+    int guard;      /* guard slot (REGION_GUARD), -1 when none */
 };
 
 /* Sets every field to the closed state; region_close() on it is a no-op.
@@ -68,6 +70,10 @@ int region_open_file(struct region *r, const char *allowed_dir, const char *path
  * that need no file system; also no empty component, no trailing '/', and
  * shorter than sizeof(r->path)). 0 or SHMIPC_EPATH. */
 int region_path_allowed(const char *allowed_dir, const char *path);
+
+/* 1 once the peer shrank a guarded region under us (its pages past the
+ * end now read as zeros): whatever uses it must be closed. */
+int region_tripped(const struct region *r);
 
 /* Unmaps, closes, and unlinks if REGION_UNLINK_ON_CLOSE. Idempotent. */
 void region_close(struct region *r);
