@@ -295,6 +295,10 @@ void gen_thread_fini(struct plugin_gen *g, unsigned w)
 {
     if (g == NULL || w >= g->nworkers)
         return;
+    /* A worker whose thread_init never ran, or failed, has nothing to
+     * finish: the plugin never saw this thread. */
+    if (g->desc->thread_init != NULL && g->thread_states[w] == NULL)
+        return;
     if (g->desc->thread_fini != NULL)
         g->desc->thread_fini(g->state, g->thread_states[w]);
     g->thread_states[w] = NULL;

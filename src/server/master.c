@@ -497,7 +497,12 @@ int daemon_run(struct daemon *d)
         int n = epoll_wait(d->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             return -errno;
-        for (int i = 0; i < n && !d->stopping; i++) {
+        /* A reload (SIGHUP, admin) frees the handshakes of a removed
+         * service, which later entries of evs[] may point at: after one,
+         * poll again. Every fd here is level-triggered, so what is still
+         * ready comes back, and what was dropped left the epoll set. */
+        uint64_t reloads = d->reloads;
+        for (int i = 0; i < n && !d->stopping && d->reloads == reloads; i++) {
             struct ep_tag *t = evs[i].data.ptr;
             switch (t->kind) {
             case EPK_LISTEN:

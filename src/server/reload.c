@@ -416,14 +416,22 @@ static int add_service(struct daemon *d, const struct svc_conf *sc, struct sbuf 
     }
     struct service *svc = service_create(d, sc, err, sizeof(err));
     int rc = svc == NULL ? -EINVAL : 0;
-    if (rc == 0 && (rc = workers_exec(d, WCMD_THREAD_INIT, svc->gen, NULL, err, sizeof(err))) < 0)
-        workers_exec(d, WCMD_THREAD_FINI, svc->gen, NULL, NULL, 0);
+    if (rc == 0)
+        rc = workers_exec(d, WCMD_THREAD_INIT, svc->gen, NULL, err, sizeof(err));
     if (rc == 0)
         rc = service_listen(d, svc, err, sizeof(err));
     if (rc < 0) {
-        if (svc != NULL)
+        /* Whatever failed, thread_init ran (or was tried) on the workers:
+         * their thread states go before the generation does. */
+        if (svc != NULL) {
+            workers_exec(d, WCMD_THREAD_FINI, svc->gen, NULL, NULL, 0);
             service_free(d, svc);
-        sb_add(rep, "service %s: refused: %s\n", sc->name, err);
+        }
+        /* err may already name the service; say it once. */
+        char prefix[96];
+        snprintf(prefix, sizeof(prefix), "service '%s': ", sc->name);
+        const char *why = strncmp(err, prefix, strlen(prefix)) == 0 ? err + strlen(prefix) : err;
+        sb_add(rep, "service %s: refused: %s\n", sc->name, why);
         return rc;
     }
     d->svcs[d->nsvcs++] = svc;

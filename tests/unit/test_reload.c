@@ -1,0 +1,1352 @@
+/*
+ * Hot reload through a running shmipcd: the real shmipcd and shmipcctl,
+ * configurations in a mkdtemp directory, clients in this process
+ * (libshmipc, memfd and file mode).
+ *
+ * The one rule: nothing here forks. Clients run threads in this process,
+ * so shmipcd and shmipcctl are started with posix_spawn (no code of ours
+ * runs in the child). A check that must stop a test (REQUIRE) jumps to
+ * its `out:` label, where rd_end() closes the clients, stops shmipcd
+ * (SIGTERM, SIGKILL after a deadline, exit 0 expected), fails the test on
+ * a sanitizer report in shmipcd's log and removes everything of the run.
+ * Every wait is bounded; no check is on time.
+ *
+ * Binaries and plugins: $SHMIPC_BIN, $SHMIPC_PLUGINS, $SHMIPC_TEST_PLUGINS,
+ * else the layout next to this program ($TOP/tests/unit_tests).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc/shmipc.h"
+#include "testutil.h"
+
+extern char **environ;
+
+#define START_MS 15000 /* shmipcd to answer on its admin socket */
+#define STOP_MS 15000  /* shmipcd to exit after SIGTERM */
+#define CMD_MS 15000   /* one admin command or shmipcctl run */
+#define POLL_MS 10000  /* a state that should be reached */
+#define RECV_MS 10000  /* an answer that should come */
+
+/* ---- checks ---- */
+
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        int ok_ = (cond) ? 1 : 0;                                                                  \
+        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
+                                __FILE__, "", CU_FALSE);                                           \
+        if (!ok_)                                                                                  \
+            goto out;                                                                              \
+    } while (0)
+
+#define CHECK_EQ(got, want)                                                                        \
+    do {                                                                                           \
+        long long g_ = (long long)(got), w_ = (long long)(want);                                   \
+        if (g_ != w_)                                                                              \
+            fprintf(stderr, "\n  %s:%d: %s is %lld, expected %lld\n", __FILE__, __LINE__, #got,    \
+                    g_, w_);                                                                       \
+        CU_ASSERT_EQUAL(g_, w_);                                                                   \
+    } while (0)
+
+/* `text` holds `needle`; says what it saw when not. */
+#define CHECK_HAS(text, needle) CU_ASSERT_TRUE(has_((text), (needle), __LINE__))
+#define CHECK_HASNT(text, needle) CU_ASSERT_FALSE(hasnt_((text), (needle), __LINE__))
+
+static int has_(const char *text, const char *needle, int line)
+{
+    if (text != NULL && strstr(text, needle) != NULL)
+        return 1;
+    fprintf(stderr, "\n  test_reload.c:%d: missing \"%s\" in:\n%s\n", line, needle,
+            text ? text : "(null)");
+    return 0;
+}
+
+static int hasnt_(const char *text, const char *needle, int line)
+{
+    if (text == NULL || strstr(text, needle) == NULL)
+        return 0;
+    fprintf(stderr, "\n  test_reload.c:%d: unexpected \"%s\" in:\n%s\n", line, needle, text);
+    return 1;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static uint64_t deadline_in(int ms)
+{
+    return tu_now_ns() + (uint64_t)ms * 1000000u;
+}
+
+static int past(uint64_t deadline_ns)
+{
+    return tu_now_ns() >= deadline_ns;
+}
+
+/* ---- where things are ---- */
+
+static const char *exe_dir(void)
+{
+    static char dir[2048];
+    if (dir[0] == '\0') {
+        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+        dir[n > 0 ? n : 0] = '\0';
+        char *slash = strrchr(dir, '/');
+        if (slash != NULL)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof(dir), ".");
+    }
+    return dir;
+}
+
+static const char *locate(const char *env, const char *rel, char *buf, size_t cap)
+{
+    const char *e = getenv(env);
+    if (e != NULL && *e != '\0')
+        snprintf(buf, cap, "%s", e);
+    else
+        snprintf(buf, cap, "%s/%s", exe_dir(), rel);
+    return buf;
+}
+
+static const char *bin_path(const char *name)
+{
+    static char buf[2][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 2];
+    snprintf(b, sizeof(buf[0]), "%s/%s", locate("SHMIPC_BIN", "../bin", dir, sizeof(dir)), name);
+    return b;
+}
+
+static const char *plugin_path(const char *name)
+{
+    static char buf[4][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 4];
+    snprintf(b, sizeof(buf[0]), "%s/%s.so",
+             locate("SHMIPC_PLUGINS", "../plugins", dir, sizeof(dir)), name);
+    return b;
+}
+
+static const char *test_plugin_path(const char *name)
+{
+    static char buf[4][4200];
+    static unsigned k;
+    char dir[4096];
+    char *b = buf[k++ % 4];
+    snprintf(b, sizeof(buf[0]), "%s/%s.so",
+             locate("SHMIPC_TEST_PLUGINS", "plugins", dir, sizeof(dir)), name);
+    return b;
+}
+
+/* The /dev/shm name prefix of file-mode clients of this run. */
+static const char *shm_name(void)
+{
+    static char b[64];
+    if (b[0] == '\0')
+        snprintf(b, sizeof(b), "shmipc-rldtest-%d-", (int)getpid());
+    return b;
+}
+
+static void unlink_prefix(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
+            strncmp(e->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+/* shmipcd <pid>'s private plugin directories still in /tmp; removed
+ * (with their files) when `remove`. */
+static int daemon_tmpdirs(pid_t pid, int remove)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
+    DIR *d = opendir("/tmp");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, want, strlen(want)) != 0)
+            continue;
+        n++;
+        if (remove) {
+            char path[512];
+            snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
+            unlink_prefix(path, "");
+            rmdir(path);
+        }
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+/* Files in shmipcd <pid>'s private plugin directories: its generations'
+ * copies still loaded. */
+static int plugin_copies(pid_t pid)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
+    DIR *d = opendir("/tmp");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, want, strlen(want)) != 0)
+            continue;
+        char path[512];
+        snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
+        DIR *sub = opendir(path);
+        struct dirent *g;
+        while (sub != NULL && (g = readdir(sub)) != NULL)
+            n += g->d_name[0] != '.';
+        if (sub != NULL)
+            closedir(sub);
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 4096, n = 0, r;
+    char *b = malloc(cap);
+    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (cap - n < 2) {
+            char *nb = realloc(b, cap * 2);
+            if (nb == NULL)
+                break;
+            b = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (b != NULL)
+        b[n] = '\0';
+    return b;
+}
+
+/* Writes a whole new file and renames it into place: a reload reads the
+ * old text or the new one, never half of it. */
+static int write_text(const char *path, const char *text)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -errno;
+    int ok = fputs(text, f) >= 0;
+    ok &= fclose(f) == 0;
+    ok = ok && rename(tmp, path) == 0;
+    if (!ok)
+        unlink(tmp);
+    return ok ? 0 : -EIO;
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static const char *sanitizer_report(const char *text)
+{
+    static const char *const marks[] = {"AddressSanitizer", "LeakSanitizer", "runtime error",
+                                        "ThreadSanitizer"};
+    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
+        if (strstr(text, marks[i]) != NULL)
+            return marks[i];
+    return NULL;
+}
+
+/* ---- programs, without fork ---- */
+
+/* Starts argv with stdin from /dev/null and stdout+stderr on out_fd. */
+static pid_t spawn(const char *const *argv, int out_fd)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
+    posix_spawn_file_actions_adddup2(&fa, out_fd, 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    return rc == 0 ? pid : -1;
+}
+
+/* Runs argv; its output (cut at cap) in out. Its exit code, 128+signal,
+ * or -1 when it outlived CMD_MS (then it was killed). */
+static int run_capture(const char *const *argv, char *out, size_t cap)
+{
+    int p[2];
+    out[0] = '\0';
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -1;
+    pid_t pid = spawn(argv, p[1]);
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        return -1;
+    }
+    uint64_t dl = deadline_in(CMD_MS);
+    size_t n = 0;
+    while (!past(dl)) {
+        struct pollfd pfd = {p[0], POLLIN, 0};
+        if (poll(&pfd, 1, 50) <= 0)
+            continue;
+        char sink[256];
+        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
+        if (r <= 0)
+            break;
+        n += n + 1 < cap ? (size_t)r : 0;
+    }
+    out[n] = '\0';
+    close(p[0]);
+    return tu_wait(pid, past(dl) ? 1 : CMD_MS);
+}
+
+/* ---- the fixture ---- */
+
+#define MAX_CLIENTS 8
+
+struct rd {
+    char dir[64];
+    char conf[128];
+    char log[128];
+    char admin_path[128];
+    char admin[160];
+    pid_t pid, last_pid;
+    shmipc_client *cl[MAX_CLIENTS];
+    unsigned failures_before;
+};
+
+static int rd_begin(struct rd *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->failures_before = CU_get_number_of_failures();
+    snprintf(f->dir, sizeof(f->dir), "/tmp/shmipc-reload-test-XXXXXX");
+    if (mkdtemp(f->dir) == NULL) {
+        f->dir[0] = '\0';
+        return -errno;
+    }
+    snprintf(f->conf, sizeof(f->conf), "%s/shmipcd.conf", f->dir);
+    snprintf(f->log, sizeof(f->log), "%s/shmipcd.log", f->dir);
+    snprintf(f->admin_path, sizeof(f->admin_path), "%s/admin.sock", f->dir);
+    snprintf(f->admin, sizeof(f->admin), "unix:%s", f->admin_path);
+    return 0;
+}
+
+static const char *rd_path(const struct rd *f, const char *name)
+{
+    static char buf[8][384];
+    static unsigned k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof(buf[0]), "%s/%s", f->dir, name);
+    return b;
+}
+
+/* "unix:<dir>/<svc>.sock" */
+static const char *rd_addr(const struct rd *f, const char *svc)
+{
+    static char buf[8][200];
+    static unsigned k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof(buf[0]), "unix:%s/%s.sock", f->dir, svc);
+    return b;
+}
+
+/* Copies src over <dir>/<name> the way a deployment does: a whole new
+ * file renamed into place. */
+static int install(const struct rd *f, const char *src, const char *name)
+{
+    char tmp[400];
+    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", f->dir, name);
+    FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
+    int ok = in != NULL && out != NULL;
+    char buf[65536];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof(buf), in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    ok &= in != NULL && !ferror(in);
+    if (in != NULL)
+        fclose(in);
+    if (out != NULL)
+        ok &= fclose(out) == 0;
+    ok = ok && rename(tmp, rd_path(f, name)) == 0;
+    if (!ok) {
+        fprintf(stderr, "\n  cannot install %s as %s\n", src, name);
+        unlink(tmp);
+    }
+    return ok ? 0 : -1;
+}
+
+/* A service entry: { name; listen <dir>/<name>.sock; plugin; config }. */
+static void svc_text(char *b, size_t cap, const struct rd *f, const char *name, const char *plugin,
+                     const char *config)
+{
+    snprintf(b, cap, "  { name = \"%s\"; listen = \"%s\"; plugin = \"%s\"; config = { %s }; }",
+             name, rd_addr(f, name), plugin, config ? config : "");
+}
+
+/* Writes the configuration: workers, log, admin, then the services
+ * (NULL-terminated list of entries from svc_text). */
+static int rd_conf(struct rd *f, const char *first, ...)
+{
+    char text[8192];
+    int n = snprintf(text, sizeof(text),
+                     "workers = 2;\nlog = { level = \"info\"; };\nadmin = \"%s\";\nservices = (\n",
+                     f->admin);
+    va_list ap;
+    va_start(ap, first);
+    for (const char *s = first; s != NULL; s = va_arg(ap, const char *))
+        n += snprintf(text + n, sizeof(text) - (size_t)n, "%s%s\n", s == first ? "" : ",", s);
+    va_end(ap);
+    snprintf(text + n, sizeof(text) - (size_t)n, ");\n");
+    return write_text(f->conf, text);
+}
+
+static int raw_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+/* One admin command on the socket itself: the reply length, or < 0. */
+static int admin(const struct rd *f, const char *cmd, char *out, size_t cap)
+{
+    out[0] = '\0';
+    int fd = raw_connect(f->admin_path);
+    if (fd < 0)
+        return fd;
+    char line[64];
+    int len = snprintf(line, sizeof(line), "%s\n", cmd);
+    if (write(fd, line, (size_t)len) != len) {
+        close(fd);
+        return -EIO;
+    }
+    uint64_t dl = deadline_in(CMD_MS);
+    size_t n = 0;
+    while (n + 1 < cap && !past(dl)) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 50) <= 0)
+            continue;
+        ssize_t r = read(fd, out + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    out[n] = '\0';
+    close(fd);
+    return (int)n;
+}
+
+/* shmipcctl -s <admin> cmd: its exit code, output in out. */
+static int ctl(const struct rd *f, const char *cmd, char *out, size_t cap)
+{
+    const char *argv[] = {bin_path("shmipcctl"), "-s", f->admin, cmd, NULL};
+    int rc = run_capture(argv, out, cap);
+    CU_ASSERT_PTR_NULL(sanitizer_report(out));
+    return rc;
+}
+
+/* Starts shmipcd on f->conf: 0 once it answers on its admin socket. */
+static int rd_start(struct rd *f)
+{
+    int log = open(f->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (log < 0)
+        return -1;
+    const char *argv[] = {bin_path("shmipcd"), "-c", f->conf, NULL};
+    f->pid = spawn(argv, log);
+    close(log);
+    if (f->pid < 0) {
+        f->pid = 0;
+        return -1;
+    }
+    f->last_pid = f->pid;
+    uint64_t dl = deadline_in(START_MS);
+    char reply[4096];
+    while (!past(dl)) {
+        int status;
+        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
+            f->pid = 0;
+            fprintf(stderr, "\n  shmipcd exited at start (status 0x%x)\n", status);
+            return -1;
+        }
+        if (admin(f, "status", reply, sizeof(reply)) > 0 && strncmp(reply, "shmipcd pid", 11) == 0)
+            return 0;
+        sleep_ms(10);
+    }
+    fprintf(stderr, "\n  shmipcd did not answer on %s\n", f->admin);
+    return -1;
+}
+
+static int rd_stop(struct rd *f)
+{
+    if (f->pid <= 0)
+        return 0;
+    kill(f->pid, SIGTERM);
+    int rc = tu_wait(f->pid, STOP_MS);
+    f->pid = 0;
+    return rc;
+}
+
+static void rd_close_clients(struct rd *f)
+{
+    for (unsigned i = 0; i < MAX_CLIENTS; i++) {
+        if (f->cl[i] != NULL)
+            shmipc_client_close(f->cl[i]);
+        f->cl[i] = NULL;
+    }
+}
+
+static void rd_end(struct rd *f)
+{
+    rd_close_clients(f);
+    if (f->pid > 0) {
+        int rc = rd_stop(f);
+        if (rc != 0)
+            fprintf(stderr, "\n  shmipcd stopped with %d at the end of the test\n", rc);
+        CU_ASSERT_EQUAL(rc, 0);
+    }
+    if (f->dir[0] == '\0')
+        return;
+    char *log = read_file(f->log);
+    const char *san = sanitizer_report(log);
+    if (san != NULL || CU_get_number_of_failures() != f->failures_before) {
+        size_t n = log != NULL ? strlen(log) : 0;
+        fprintf(stderr, "\n  ---- shmipcd log%s (last part) ----\n%s\n  ---- end of log ----\n",
+                san ? " with a sanitizer report" : "",
+                n > 6000 ? log + n - 6000
+                : log    ? log
+                         : "");
+    }
+    CU_ASSERT_PTR_NULL(san);
+    free(log);
+    if (f->last_pid > 0)
+        CHECK_EQ(daemon_tmpdirs(f->last_pid, 1), 0);
+    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    unlink_prefix("/dev/shm", shm_name());
+    unlink_prefix(f->dir, "");
+    CU_ASSERT_EQUAL(rmdir(f->dir), 0);
+    f->dir[0] = '\0';
+}
+
+/* ---- status ---- */
+
+struct status {
+    unsigned long reloads, refused, finished;
+    unsigned draining;
+};
+
+static int parse_status(const char *txt, struct status *s)
+{
+    memset(s, 0, sizeof(*s));
+    const char *p = strstr(txt, "\nreloads ");
+    return p != NULL && sscanf(p + 1,
+                               "reloads %lu (refused %lu), generations finished %lu, still "
+                               "draining %u",
+                               &s->reloads, &s->refused, &s->finished, &s->draining) == 4
+               ? 0
+               : -1;
+}
+
+/* Polls status until no generation and no removed service drains; the
+ * last reply stays in out. 0 when reached. */
+static int wait_drained(const struct rd *f, struct status *s, char *out, size_t cap)
+{
+    uint64_t dl = deadline_in(POLL_MS);
+    do {
+        if (admin(f, "status", out, cap) > 0 && parse_status(out, s) == 0 && s->draining == 0 &&
+            strstr(out, ", draining\n") == NULL)
+            return 0;
+        sleep_ms(10);
+    } while (!past(dl));
+    fprintf(stderr, "\n  still draining:\n%s\n", out);
+    return -1;
+}
+
+/* The status line of service `name`, as status prints it. */
+static const char *svc_line(const struct rd *f, const char *name, const char *plugin, unsigned gen,
+                            unsigned draining)
+{
+    static char b[4][512];
+    static unsigned k;
+    char *p = b[k++ % 4];
+    snprintf(p, sizeof(b[0]),
+             "service %s: listen %s, plugin %s, generation %u, draining generations %u, ", name,
+             rd_addr(f, name), plugin, gen, draining);
+    return p;
+}
+
+/* ---- clients in this process ---- */
+
+static shmipc_client *rd_client(struct rd *f, const char *svc, enum shmipc_mem_mode mode)
+{
+    unsigned i = 0;
+    while (i < MAX_CLIENTS && f->cl[i] != NULL)
+        i++;
+    if (i == MAX_CLIENTS)
+        return NULL;
+    char prefix[128];
+    snprintf(prefix, sizeof(prefix), "/dev/shm/%s%u", shm_name(), i);
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = rd_addr(f, svc);
+    cfg.mode = mode;
+    cfg.path_prefix = prefix;
+    cfg.pool_bytes = 4u << 20;
+    cfg.connect_timeout_ms = 5000;
+    int rc = shmipc_client_open(&cfg, &f->cl[i]);
+    if (rc < 0) {
+        fprintf(stderr, "\n  shmipc_client_open(%s): %s\n", cfg.address, shmipc_strerror(rc));
+        f->cl[i] = NULL;
+        return NULL;
+    }
+    return f->cl[i];
+}
+
+static void rd_client_close(struct rd *f, shmipc_client *c)
+{
+    for (unsigned i = 0; i < MAX_CLIENTS; i++) {
+        if (f->cl[i] == c) {
+            shmipc_client_close(c);
+            f->cl[i] = NULL;
+        }
+    }
+}
+
+/* 1 when m is exactly prefix followed by body. */
+static int msg_is(const shmipc_msg *m, const char *prefix, const char *body)
+{
+    size_t pl = strlen(prefix), bl = strlen(body);
+    if (m->len != pl + bl)
+        return 0;
+    char *b = malloc(m->len + 1);
+    int ok = b != NULL && shmipc_msg_copy(m, 0, b, m->len) == m->len &&
+             memcmp(b, prefix, pl) == 0 && memcmp(b + pl, body, bl) == 0;
+    free(b);
+    return ok;
+}
+
+/* One request on a pooled stream: 1 when answered with prefix + req. */
+static int call_is(shmipc_client *c, const char *req, const char *prefix)
+{
+    shmipc_stream *s = NULL;
+    shmipc_msg m = {0};
+    int rc = c != NULL ? shmipc_client_get(c, &s) : SHMIPC_ENOSESSION;
+    if (rc == 0)
+        rc = shmipc_call(s, req, strlen(req), &m, RECV_MS);
+    int ok = rc == 0 && msg_is(&m, prefix, req);
+    if (!ok) {
+        char got[128] = "";
+        if (rc == 0)
+            got[shmipc_msg_copy(&m, 0, got, sizeof(got) - 1)] = '\0';
+        fprintf(stderr, "\n  request \"%s\": %s \"%s\", expected \"%s%s\"\n", req,
+                rc ? shmipc_strerror(rc) : "answered", got, prefix, req);
+    }
+    shmipc_msg_release(&m);
+    if (s != NULL) {
+        if (rc == 0)
+            shmipc_client_put(c, s);
+        else
+            shmipc_stream_close(s);
+    }
+    return ok;
+}
+
+/* ---- tests ---- */
+
+/* A reload of a file that did not change: "unchanged", nothing else. */
+static void test_unchanged(void)
+{
+    struct rd f;
+    char out[8192], svc[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(call_is(c, "before", "v1 "));
+
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CU_ASSERT_EQUAL(strcmp(out, "reload: done\nservice v: unchanged (generation 1)\n"), 0);
+    CHECK_HAS(out, "service v: unchanged (generation 1)\n");
+    CU_ASSERT_TRUE(call_is(c, "after", "v1 "));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.reloads, 1);
+    CHECK_EQ(s.refused, 0);
+    CHECK_EQ(s.finished, 0);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
+out:
+    rd_end(&f);
+}
+
+/* The plugin file replaced: a new generation; answers switch from v1 to
+ * v2 on the sessions already open (both modes); the old generation is
+ * finished. */
+static void test_plugin_replaced(void)
+{
+    struct rd f;
+    char out[8192], svc[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
+    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *cm = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *cf = rd_client(&f, "v", SHMIPC_MODE_FILE);
+    REQUIRE(cm != NULL && cf != NULL);
+    CU_ASSERT_TRUE(call_is(cm, "memfd before", "v1 "));
+    CU_ASSERT_TRUE(call_is(cf, "file before", "v1 "));
+    REQUIRE(admin(&f, "status", out, sizeof(out)) > 0);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
+
+    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CU_ASSERT_EQUAL(strncmp(out, "reload: done\n", 13), 0);
+    CHECK_HAS(out, "service v: generation 2 (plugin versioned 2.0.0), generation 1 draining\n");
+    /* The same sessions, the new code. */
+    CU_ASSERT_TRUE(call_is(cm, "memfd after", "v2 "));
+    CU_ASSERT_TRUE(call_is(cf, "file after", "v2 "));
+    CHECK_EQ(shmipc_client_live_sessions(cm), 1);
+    CHECK_EQ(shmipc_client_live_sessions(cf), 1);
+
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CHECK_EQ(s.reloads, 1);
+    CHECK_EQ(s.refused, 0);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 2.0.0", 2, 0));
+    char *log = read_file(f.log);
+    CHECK_HAS(log, "service v: generation 1 finished");
+    free(log);
+    /* Only the serving generation's private copy is left. */
+    CHECK_EQ(plugin_copies(f.pid), 1);
+out:
+    rd_end(&f);
+}
+
+/* The plugin's config group changed, the file did not: new generation. */
+static void test_config_changed(void)
+{
+    struct rd f;
+    char out[8192], svc[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n = 1;");
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(call_is(c, "one", "v1 "));
+
+    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n = 2;");
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "service v: generation 2 (plugin versioned 1.0.0), generation 1 draining\n");
+    CU_ASSERT_TRUE(call_is(c, "two", "v1 "));
+    /* Formatting only (same settings, other spacing): unchanged. */
+    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n   =   2 ;");
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service v: unchanged (generation 2)\n");
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CHECK_EQ(s.reloads, 2);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 2, 0));
+out:
+    rd_end(&f);
+}
+
+/* Broken plugins put in place: each reload refused with its cause, the
+ * old generation keeps serving; a good file afterwards applies. */
+static void test_broken_plugins(void)
+{
+    static const struct {
+        const char *plugin, *cause;
+    } bad[] = {
+        {"badabi", "ABI major 2, host has 1"},
+        {"failinit", "init failed: refusing to start: test"},
+        {"failthread", "thread_init failed for worker"},
+    };
+    struct rd f;
+    char out[8192], svc[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
+    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        REQUIRE(install(&f, test_plugin_path(bad[i].plugin), "plugin.so") == 0);
+        int rc = ctl(&f, "reload", out, sizeof(out));
+        CU_ASSERT(rc == 1);
+        CU_ASSERT_EQUAL(strncmp(out, "error: reload: 1 service(s) refused", 35), 0);
+        CHECK_HAS(out, "service v: refused: ");
+        CHECK_HAS(out, bad[i].cause);
+        CHECK_HAS(out, "; generation 1 keeps serving\n");
+        CU_ASSERT_TRUE(call_is(c, bad[i].plugin, "v1 "));
+        struct status s;
+        REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+        CHECK_EQ(s.reloads, i + 1);
+        CHECK_EQ(s.refused, i + 1);
+        CHECK_EQ(s.finished, 0);
+        CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
+    }
+    /* Nothing of the refused plugins stays loaded: one private copy. */
+    CHECK_EQ(plugin_copies(f.pid), 1);
+    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "(plugin versioned 2.0.0), generation 1 draining\n");
+    CU_ASSERT_TRUE(call_is(c, "fixed", "v2 "));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CHECK_EQ(s.refused, 3);
+    CHECK_EQ(s.reloads, 4);
+out:
+    rd_end(&f);
+}
+
+/* A configuration with a syntax error: refused as a whole, with file and
+ * line; nothing changes, not even the parts that were fine. */
+static void test_syntax_error(void)
+{
+    struct rd f;
+    char out[8192], svc[1024], text[4096];
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    /* v switched to versioned2 and w added, but line 5 is broken. */
+    snprintf(text, sizeof(text),
+             "workers = 2;\nadmin = \"%s\";\nservices = (\n"
+             "  { name = \"v\"; listen = \"%s\"; plugin = \"%s\"; },\n"
+             "  { name = \"w\"; listen = \"%s\"; plugin = ; }\n);\n",
+             f.admin, rd_addr(&f, "v"), test_plugin_path("versioned2"), rd_addr(&f, "w"));
+    REQUIRE(write_text(f.conf, text) == 0);
+    int rc = ctl(&f, "reload", out, sizeof(out));
+    CU_ASSERT(rc == 1);
+    CU_ASSERT_EQUAL(strncmp(out, "error: reload refused: ", 23), 0);
+    char where[256];
+    snprintf(where, sizeof(where), "%s:5", f.conf);
+    CHECK_HAS(out, where);
+    CHECK_HAS(out, "nothing changed\n");
+    CU_ASSERT_TRUE(call_is(c, "still", "v1 "));
+    CU_ASSERT_FALSE(exists(rd_path(&f, "w.sock")));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.reloads, 1);
+    CHECK_EQ(s.refused, 1);
+    CHECK_EQ(s.finished, 0);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
+    CHECK_HASNT(out, "service w:");
+    /* The admin socket's own reply: the same first line. */
+    REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
+    CU_ASSERT_EQUAL(strncmp(out, "error: reload refused: ", 23), 0);
+out:
+    rd_end(&f);
+}
+
+/* A service added: its socket appears and serves; the others are
+ * unchanged. */
+static void test_service_added(void)
+{
+    struct rd f;
+    char out[8192], a[1024], b[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    REQUIRE(rd_conf(&f, a, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
+    REQUIRE(ca != NULL);
+    CU_ASSERT_FALSE(exists(rd_path(&f, "b.sock")));
+
+    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    REQUIRE(rd_conf(&f, a, b, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "service a: unchanged (generation 1)\n");
+    char want[512];
+    snprintf(want, sizeof(want),
+             "service b: added (generation 1, plugin versioned 2.0.0, listening on %s)\n",
+             rd_addr(&f, "b"));
+    CHECK_HAS(out, want);
+    CU_ASSERT_TRUE(exists(rd_path(&f, "b.sock")));
+    shmipc_client *cb = rd_client(&f, "b", SHMIPC_MODE_FILE);
+    REQUIRE(cb != NULL);
+    CU_ASSERT_TRUE(call_is(cb, "to b", "v2 "));
+    CU_ASSERT_TRUE(call_is(ca, "to a", "v1 "));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_HAS(out, svc_line(&f, "a", "versioned 1.0.0", 1, 0));
+    CHECK_HAS(out, svc_line(&f, "b", "versioned 2.0.0", 1, 0));
+    CHECK_EQ(s.finished, 0);
+out:
+    rd_end(&f);
+}
+
+/* A service removed: its socket goes, its open sessions are closed (a
+ * stream that was in use ends with an error, no new stream is had), its
+ * generation finishes; the other service keeps serving. */
+static void test_service_removed(void)
+{
+    struct rd f;
+    char out[8192], a[1024], b[1024];
+    shmipc_stream *held = NULL;
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    REQUIRE(rd_conf(&f, a, b, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
+    shmipc_client *cb = rd_client(&f, "b", SHMIPC_MODE_MEMFD);
+    shmipc_client *cb2 = rd_client(&f, "b", SHMIPC_MODE_FILE);
+    REQUIRE(ca != NULL && cb != NULL && cb2 != NULL);
+    CU_ASSERT_TRUE(call_is(cb, "b before", "v2 "));
+    CU_ASSERT_TRUE(call_is(cb2, "b2 before", "v2 "));
+    REQUIRE(shmipc_client_get(cb, &held) == 0);
+    shmipc_msg m = {0};
+    REQUIRE(shmipc_call(held, "held", 4, &m, RECV_MS) == 0);
+    CU_ASSERT_TRUE(msg_is(&m, "v2 ", "held"));
+    shmipc_msg_release(&m);
+    REQUIRE(admin(&f, "status", out, sizeof(out)) > 0);
+    char line[640];
+    snprintf(line, sizeof(line), "%ssessions 2\n", svc_line(&f, "b", "versioned 2.0.0", 1, 0));
+    CHECK_HAS(out, line);
+
+    REQUIRE(rd_conf(&f, a, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "service b: removed (listener closed, sessions closed)\n");
+    CHECK_HAS(out, "service a: unchanged (generation 1)\n");
+    CU_ASSERT_FALSE(exists(rd_path(&f, "b.sock")));
+    /* The held stream sees its session end: no answer, an error. */
+    int rc = shmipc_stream_recv(held, &m, RECV_MS);
+    if (rc == 0)
+        shmipc_msg_release(&m);
+    CU_ASSERT(rc < 0 && rc != SHMIPC_ETIMEDOUT);
+    shmipc_stream_close(held);
+    held = NULL;
+    uint64_t dl = deadline_in(POLL_MS);
+    while ((shmipc_client_live_sessions(cb) || shmipc_client_live_sessions(cb2)) && !past(dl))
+        sleep_ms(5);
+    CHECK_EQ(shmipc_client_live_sessions(cb), 0);
+    CHECK_EQ(shmipc_client_live_sessions(cb2), 0);
+    /* Nothing listens at b any more: no new stream, no connection. */
+    shmipc_stream *s2 = NULL;
+    rc = shmipc_client_get(cb2, &s2);
+    CU_ASSERT(rc < 0);
+    if (rc == 0)
+        shmipc_stream_close(s2);
+    CU_ASSERT(raw_connect(rd_path(&f, "b.sock")) < 0);
+    rd_client_close(&f, cb);
+    rd_client_close(&f, cb2);
+    CU_ASSERT_TRUE(call_is(ca, "a after", "v1 "));
+
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_HASNT(out, "service b");
+    CHECK_HAS(out, svc_line(&f, "a", "versioned 1.0.0", 1, 0));
+    CHECK_EQ(s.finished, 1); /* b's generation */
+    char *log = read_file(f.log);
+    CHECK_HAS(log, "service b: removed\n");
+    free(log);
+    /* b may come back. */
+    REQUIRE(rd_conf(&f, a, b, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service b: added (generation 1");
+    cb = rd_client(&f, "b", SHMIPC_MODE_MEMFD);
+    CU_ASSERT_TRUE(call_is(cb, "b again", "v2 "));
+out:
+    if (held != NULL)
+        shmipc_stream_close(held);
+    rd_end(&f);
+}
+
+/* SIGHUP runs the same reload as the admin command; its report goes to
+ * the log. */
+static void test_sighup(void)
+{
+    struct rd f;
+    char out[8192], svc[1024];
+    REQUIRE(rd_begin(&f) == 0);
+    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
+    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(call_is(c, "before", "v1 "));
+
+    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
+    REQUIRE(kill(f.pid, SIGHUP) == 0);
+    struct status s = {0};
+    uint64_t dl = deadline_in(POLL_MS);
+    while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
+            s.reloads < 1) &&
+           !past(dl))
+        sleep_ms(10);
+    CHECK_EQ(s.reloads, 1);
+    CHECK_EQ(s.refused, 0);
+    CU_ASSERT_TRUE(call_is(c, "after", "v2 "));
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CHECK_HAS(out, svc_line(&f, "v", "versioned 2.0.0", 2, 0));
+    char *log = read_file(f.log);
+    char want[4200];
+    snprintf(want, sizeof(want), "SIGHUP: reloading %s\n", f.conf);
+    CHECK_HAS(log, want);
+    CHECK_HAS(log, "reload: done\n");
+    CHECK_HAS(log, "service v: generation 2 (plugin versioned 2.0.0), generation 1 draining\n");
+    free(log);
+
+    /* A broken file on SIGHUP: refused, said in the log, v2 serves on. */
+    REQUIRE(write_text(f.conf, "services = (\n") == 0);
+    REQUIRE(kill(f.pid, SIGHUP) == 0);
+    dl = deadline_in(POLL_MS);
+    while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
+            s.reloads < 2) &&
+           !past(dl))
+        sleep_ms(10);
+    CHECK_EQ(s.reloads, 2);
+    CHECK_EQ(s.refused, 1);
+    log = read_file(f.log);
+    CHECK_HAS(log, "error: reload refused: ");
+    free(log);
+    CU_ASSERT_TRUE(call_is(c, "still", "v2 "));
+out:
+    rd_end(&f);
+}
+
+/* Requests in flight on the slow plugin while the service is switched to
+ * echo: each answered right, exactly once (the next answer on each
+ * stream is the next request's), none lost; then echo serves. */
+static void test_inflight_slow(void)
+{
+    enum { N = 6 };
+    struct rd f;
+    char out[8192], svc[1024];
+    shmipc_stream *st[N] = {NULL};
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(svc, sizeof(svc), &f, "s", test_plugin_path("slow"), "delay_ms = 150;");
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "s", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    char req[N][64];
+    for (int i = 0; i < N; i++) {
+        REQUIRE(shmipc_client_get(c, &st[i]) == 0);
+        snprintf(req[i], sizeof(req[i]), "in flight %d", i);
+        REQUIRE(shmipc_stream_write(st[i], req[i], strlen(req[i])) == 0);
+        REQUIRE(shmipc_stream_flush(st[i]) == 0);
+    }
+    /* Every request is out; the slow plugin takes a while on each. */
+    svc_text(svc, sizeof(svc), &f, "s", plugin_path("echo"), NULL);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "service s: generation 2 (plugin echo 1.0.0), generation 1 draining\n");
+    for (int i = 0; i < N; i++) {
+        shmipc_msg m = {0};
+        int rc = shmipc_stream_recv(st[i], &m, RECV_MS);
+        CHECK_EQ(rc, 0);
+        CU_ASSERT_TRUE(rc == 0 && msg_is(&m, "", req[i]));
+        shmipc_msg_release(&m);
+    }
+    /* Once: the next message on each stream answers the next request. */
+    for (int i = 0; i < N; i++) {
+        char next[64];
+        snprintf(next, sizeof(next), "next %d", i);
+        shmipc_msg m = {0};
+        int rc = shmipc_call(st[i], next, strlen(next), &m, RECV_MS);
+        CHECK_EQ(rc, 0);
+        CU_ASSERT_TRUE(rc == 0 && msg_is(&m, "", next));
+        shmipc_msg_release(&m);
+        shmipc_client_put(c, st[i]);
+        st[i] = NULL;
+    }
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CHECK_HAS(out, svc_line(&f, "s", "echo 1.0.0", 2, 0));
+    /* A request is counted just after its answer went out. */
+    uint64_t dl = deadline_in(POLL_MS);
+    while ((admin(&f, "stats", out, sizeof(out)) <= 0 ||
+            strstr(out, "service s: requests 12, ") == NULL) &&
+           !past(dl))
+        sleep_ms(5);
+    CHECK_HAS(out, "service s: requests 12, ");
+    CHECK_HAS(out, "handler errors 0,");
+out:
+    for (int i = 0; i < N; i++)
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+    rd_end(&f);
+}
+
+/* Lines of text, split (the copy is modified). */
+static int lines_of(char *text, char **line, int max)
+{
+    int n = 0;
+    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l != NULL && n < max;
+         l = strtok_r(NULL, "\n", &save))
+        line[n++] = l;
+    return n;
+}
+
+/* A trace of one generation: init first; a thread_init per worker before
+ * any thread_fini; with `finished`, a thread_fini per worker and fini
+ * last, else neither. */
+static int trace_ok(const char *path, int finished)
+{
+    char *t = read_file(path), *line[32];
+    int n = t != NULL ? lines_of(t, line, 32) : 0, ok = n == (finished ? 6 : 3);
+    int inits = 0, finis = 0, order = 1;
+    for (int i = 0; ok && i < n; i++) {
+        if (strncmp(line[i], "thread_init ", 12) == 0) {
+            inits++;
+            order &= finis == 0;
+        }
+        finis += strncmp(line[i], "thread_fini ", 12) == 0;
+    }
+    ok = ok && strcmp(line[0], "init") == 0 && inits == 2 && finis == (finished ? 2 : 0) && order &&
+         (!finished || strcmp(line[n - 1], "fini") == 0);
+    if (!ok) {
+        char *again = read_file(path);
+        fprintf(stderr, "\n  trace %s (%s):\n%s\n", path, finished ? "finished" : "serving",
+                again ? again : "(none)");
+        free(again);
+    }
+    free(t);
+    return ok;
+}
+
+/* The counter plugin's trace: the old generation's thread_fini on each
+ * worker and its fini, after it drained; the new one's at the stop. */
+static void test_counter_trace(void)
+{
+    struct rd f;
+    char out[8192], svc[1024], conf[512];
+    REQUIRE(rd_begin(&f) == 0);
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t1"));
+    svc_text(svc, sizeof(svc), &f, "c", test_plugin_path("counter"), conf);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    shmipc_client *c = rd_client(&f, "c", SHMIPC_MODE_MEMFD);
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(call_is(c, "gen 1", ""));
+    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t1"), 0));
+
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t2"));
+    svc_text(svc, sizeof(svc), &f, "c", test_plugin_path("counter"), conf);
+    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service c: generation 2 (plugin counter 1.0.0), generation 1 draining\n");
+    CU_ASSERT_TRUE(call_is(c, "gen 2", ""));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_EQ(s.finished, 1);
+    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t1"), 1));
+    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t2"), 0));
+    rd_close_clients(&f);
+    CHECK_EQ(rd_stop(&f), 0);
+    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t2"), 1));
+out:
+    rd_end(&f);
+}
+
+/* A service added whose listener cannot be opened: refused, and the
+ * generation made for it is finished whole (thread_fini on every worker,
+ * then fini); the other service is untouched. */
+static void test_added_cannot_listen(void)
+{
+    struct rd f;
+    char out[8192], a[1024], b[1024], conf[512];
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    REQUIRE(rd_conf(&f, a, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t"));
+    snprintf(b, sizeof(b),
+             "  { name = \"b\"; listen = \"unix:%s/no-such-dir/b.sock\"; plugin = \"%s\"; "
+             "config = { %s }; }",
+             f.dir, test_plugin_path("counter"), conf);
+    REQUIRE(rd_conf(&f, a, b, NULL) == 0);
+    int rc = ctl(&f, "reload", out, sizeof(out));
+    CU_ASSERT(rc == 1);
+    CU_ASSERT_EQUAL(strncmp(out, "error: reload: 1 service(s) refused", 35), 0);
+    CHECK_HAS(out, "service b: refused: ");
+    CHECK_HAS(out, "no-such-dir/b.sock");
+    CHECK_HAS(out, "service a: unchanged (generation 1)\n");
+    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t"), 1));
+    shmipc_client *c = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
+    CU_ASSERT_TRUE(call_is(c, "a", "v1 "));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CHECK_HASNT(out, "service b");
+    CHECK_EQ(s.reloads, 1);
+    CHECK_EQ(s.refused, 1);
+    CHECK_EQ(plugin_copies(f.pid), 1);
+out:
+    rd_end(&f);
+}
+
+struct flood {
+    const char *path;
+    int stop;           /* atomic */
+    unsigned long sent; /* atomic */
+};
+
+/* Keeps connections to a service half-way through their handshake, one
+ * byte at a time, reconnecting when they are dropped: there is always a
+ * handshake in progress with an event pending. */
+static void *flood_main(void *arg)
+{
+    struct flood *fl = arg;
+    int fds[32];
+    unsigned n = 0;
+    while (!__atomic_load_n(&fl->stop, __ATOMIC_RELAXED)) {
+        if (n < 32) {
+            int fd = raw_connect(fl->path);
+            if (fd >= 0)
+                fds[n++] = fd;
+        }
+        for (unsigned i = 0; i < n;) {
+            if (send(fds[i], "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
+                __atomic_add_fetch(&fl->sent, 1, __ATOMIC_RELAXED);
+                i++;
+                continue;
+            }
+            if (errno == EAGAIN) {
+                i++;
+                continue;
+            }
+            close(fds[i]);
+            fds[i] = fds[--n];
+        }
+        sleep_ms(1);
+    }
+    while (n > 0)
+        close(fds[--n]);
+    return NULL;
+}
+
+/* SIGHUPs in a row, each removing or adding back a service that has
+ * handshakes in progress. A reload used to free those handshakes while
+ * the master still had their events to handle (use after free, seen by
+ * ASan). shmipcd must stay up, serve, and stop cleanly. */
+static void test_reload_storm_handshakes(void)
+{
+    enum { ROUNDS = 150 };
+    struct rd f;
+    char out[8192], a[1024], b[1024];
+    struct flood fl = {0};
+    pthread_t th[2];
+    int nth = 0;
+    REQUIRE(rd_begin(&f) == 0);
+    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    REQUIRE(rd_conf(&f, a, b, NULL) == 0);
+    REQUIRE(rd_start(&f) == 0);
+    fl.path = rd_path(&f, "b.sock");
+    for (; nth < 2; nth++)
+        REQUIRE(pthread_create(&th[nth], NULL, flood_main, &fl) == 0);
+    uint64_t dl = deadline_in(POLL_MS);
+    while (__atomic_load_n(&fl.sent, __ATOMIC_RELAXED) == 0 && !past(dl))
+        sleep_ms(1);
+    for (int i = 0; i < ROUNDS && f.pid > 0; i++) {
+        REQUIRE(rd_conf(&f, a, i % 2 ? b : NULL, NULL) == 0);
+        REQUIRE(kill(f.pid, SIGHUP) == 0);
+        sleep_ms(1); /* not for correctness: lets signals and handshakes mix */
+    }
+    /* The last configuration has both services: applied by now or by
+     * this reload, whichever came last. */
+    REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
+    CU_ASSERT_EQUAL(strncmp(out, "reload: done\n", 13), 0);
+    CHECK_EQ(waitpid(f.pid, NULL, WNOHANG), 0); /* still running */
+    __atomic_store_n(&fl.stop, 1, __ATOMIC_RELAXED);
+    while (nth > 0)
+        pthread_join(th[--nth], NULL);
+    shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
+    shmipc_client *cb = rd_client(&f, "b", SHMIPC_MODE_MEMFD);
+    CU_ASSERT_TRUE(call_is(ca, "a", "v1 "));
+    CU_ASSERT_TRUE(call_is(cb, "b", "v2 "));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CU_ASSERT(s.reloads >= 2);
+    CHECK_EQ(s.refused, 0);
+out:
+    __atomic_store_n(&fl.stop, 1, __ATOMIC_RELAXED);
+    while (nth > 0)
+        pthread_join(th[--nth], NULL);
+    rd_end(&f);
+}
+
+static const struct test_case cases[] = {
+    {"unchanged configuration: unchanged", test_unchanged},
+    {"plugin file replaced: v1 -> v2, old generation finished", test_plugin_replaced},
+    {"plugin config changed: new generation", test_config_changed},
+    {"broken plugins refused with the cause, old generation serves", test_broken_plugins},
+    {"syntax error: refused, nothing changes", test_syntax_error},
+    {"service added: socket appears and serves", test_service_added},
+    {"service removed: socket and sessions closed, others serve", test_service_removed},
+    {"SIGHUP reloads like the admin command", test_sighup},
+    {"requests in flight on slow during a reload: answered once", test_inflight_slow},
+    {"counter trace: old generation's thread_fini and fini", test_counter_trace},
+    {"added service that cannot listen: refused, generation finished", test_added_cannot_listen},
+    {"SIGHUP storm removing a service with handshakes in progress", test_reload_storm_handshakes},
+    {NULL, NULL},
+};
+
+const struct test_suite suite_reload = {"reload", cases};
