@@ -1,0 +1,391 @@
+/*
+ * shmipc-kill-soak: peers that die with SIGKILL.
+ *
+ * Part 1: a busy client (memfd mode, several streams) is killed with
+ * SIGKILL at a random point, N times (default 100), while a second client
+ * keeps working. shmipcd must keep serving, and once every dead session is
+ * gone its fd count, shared mappings and RSS must be back near the
+ * baseline, with nothing of ours left in /dev/shm.
+ *
+ * Part 2: shmipcd itself is killed with SIGKILL under load, K times
+ * (default 3). Clients waiting for answers must get an error within a
+ * bounded time, and reconnect once a new shmipcd listens on the address.
+ *
+ * Last line: kill-soak: client_kills=N server_kills=K fd_growth=F
+ *   maps_growth=M rss_growth_kib=R worst_error_ms=E reconnects=C failed=X
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc/shmipc.h"
+
+#define DEADLINE_MS 20000
+
+static char bindir[PATH_MAX], plugdir[PATH_MAX + 16], tmp[64], conf[128], logpath[128];
+static char addr[160], admin[160];
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void locate(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    snprintf(bindir, sizeof(bindir), "%s", exe);
+    snprintf(plugdir, sizeof(plugdir), "%s/../plugins", exe);
+}
+
+static pid_t start_daemon(void)
+{
+    char stale[200];
+    snprintf(stale, sizeof(stale), "%s/admin.sock", tmp);
+    unlink(stale); /* left by a shmipcd killed with SIGKILL */
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        char bin[PATH_MAX + 16];
+        snprintf(bin, sizeof(bin), "%s/shmipcd", bindir);
+        execl(bin, "shmipcd", "-c", conf, (char *)NULL);
+        _exit(127);
+    }
+    /* Ready when the admin socket answers. */
+    uint64_t end = now_ms() + DEADLINE_MS;
+    while (now_ms() < end) {
+        char path[200];
+        snprintf(path, sizeof(path), "%s/admin.sock", tmp);
+        if (access(path, F_OK) == 0)
+            return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid)
+            return -1;
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+}
+
+/* Runs shmipcctl; its output in out. Exit status or -1. */
+static int ctl(const char *cmd, char *out, size_t cap)
+{
+    char line[PATH_MAX + 300];
+    snprintf(line, sizeof(line), "%s/shmipcctl -s %s %s 2>&1", bindir, admin, cmd);
+    FILE *p = popen(line, "r");
+    if (p == NULL)
+        return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static long proc_count(pid_t pid, const char *what)
+{
+    char path[64];
+    if (strcmp(what, "fd") == 0) {
+        snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+        char cmd[96];
+        snprintf(cmd, sizeof(cmd), "ls %s | wc -l", path);
+        FILE *p = popen(cmd, "r");
+        long n = -1;
+        if (p != NULL && fscanf(p, "%ld", &n) != 1)
+            n = -1;
+        if (p != NULL)
+            pclose(p);
+        return n;
+    }
+    if (strcmp(what, "maps") == 0) {
+        /* Shared mappings only: ours; malloc's come and go. */
+        snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+        FILE *f = fopen(path, "r");
+        long n = 0;
+        char line[512], perms[8];
+        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+            n += sscanf(line, "%*s %7s", perms) == 1 && perms[3] == 's';
+        if (f != NULL)
+            fclose(f);
+        return n;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    char line[256];
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
+/* A client that keeps 4 streams busy until killed (or for run_ms). */
+static int busy_client(int run_ms, int *errors)
+{
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = addr;
+    cfg.pool_bytes = 4u << 20;
+    shmipc_client *c;
+    if (shmipc_client_open(&cfg, &c) < 0)
+        return 1;
+    uint8_t buf[8192];
+    uint64_t end = now_ms() + (uint64_t)run_ms;
+    for (unsigned i = 0; now_ms() < end; i++) {
+        shmipc_stream *st;
+        shmipc_msg m;
+        if (shmipc_client_get(c, &st) < 0) {
+            (*errors)++;
+            continue;
+        }
+        size_t n = (i * 977) % sizeof(buf);
+        memset(buf, (int)i, n);
+        int rc = shmipc_call(st, buf, n, &m, 5000);
+        if (rc == 0) {
+            *errors += m.len != n;
+            shmipc_msg_release(&m);
+        } else {
+            (*errors)++;
+        }
+        shmipc_client_put(c, st);
+    }
+    shmipc_client_close(c);
+    return 0;
+}
+
+static void write_conf(void)
+{
+    FILE *f = fopen(conf, "w");
+    fprintf(f,
+            "workers = 2;\nadmin = \"%s\";\nlog = { level = \"warn\"; };\n"
+            "services = ( { name = \"echo\"; listen = \"%s\"; plugin = \"%s/echo.so\"; } );\n",
+            admin, addr, plugdir);
+    fclose(f);
+}
+
+/* Sessions still open in shmipcd ("sessions N" in status). */
+static int open_sessions(void)
+{
+    char out[8192];
+    if (ctl("status", out, sizeof(out)) != 0)
+        return -1;
+    const char *p = strstr(out, "service echo:");
+    const char *s = p ? strstr(p, "sessions ") : NULL;
+    int n = -1;
+    if (s == NULL || sscanf(s, "sessions %d", &n) != 1)
+        return -1;
+    return n;
+}
+
+static int count_shm(const char *needle)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "ls /dev/shm | grep -c '%s'", needle);
+    FILE *p = popen(cmd, "r");
+    int n = 0;
+    if (p != NULL && fscanf(p, "%d", &n) != 1)
+        n = 0;
+    if (p != NULL)
+        pclose(p);
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    int client_kills = 100, server_kills = 3, failed = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--client-kills") == 0)
+            client_kills = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--server-kills") == 0)
+            server_kills = atoi(argv[i + 1]);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    locate();
+    snprintf(tmp, sizeof(tmp), "/tmp/shmipc-kill-XXXXXX");
+    if (mkdtemp(tmp) == NULL)
+        return 1;
+    snprintf(conf, sizeof(conf), "%s/k.conf", tmp);
+    snprintf(logpath, sizeof(logpath), "%s/shmipcd.log", tmp);
+    snprintf(addr, sizeof(addr), "unix:%s/echo.sock", tmp);
+    snprintf(admin, sizeof(admin), "unix:%s/admin.sock", tmp);
+    write_conf();
+    pid_t d = start_daemon();
+    if (d < 0) {
+        fprintf(stderr, "kill-soak: shmipcd did not start (log %s)\n", logpath);
+        return 1;
+    }
+
+    /* Baseline after a warm-up client has come and gone. */
+    int errs = 0;
+    busy_client(300, &errs);
+    uint64_t end = now_ms() + DEADLINE_MS;
+    while (open_sessions() != 0 && now_ms() < end)
+        sleep_ms(20);
+    long fd0 = proc_count(d, "fd"), maps0 = proc_count(d, "maps"), rss0 = proc_count(d, "rss");
+
+    /* Part 1: kill busy clients at random points; a steady one watches. */
+    int *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    uint64_t *killed_ms = (uint64_t *)(shared + 4); /* CLOCK_MONOTONIC: one clock for all */
+    pid_t steady = fork();
+    if (steady == 0) {
+        int e = 0;
+        busy_client(1000000, &e);
+        _exit(0);
+    }
+    srand(12345);
+    for (int k = 0; k < client_kills; k++) {
+        pid_t c = fork();
+        if (c == 0) {
+            int e = 0;
+            busy_client(60000, &e);
+            _exit(0);
+        }
+        sleep_ms(5 + rand() % 60);
+        kill(c, SIGKILL);
+        waitpid(c, NULL, 0);
+        if (kill(d, 0) != 0) {
+            fprintf(stderr, "kill-soak: shmipcd died at client kill %d\n", k);
+            failed++;
+            break;
+        }
+        if ((k + 1) % 20 == 0)
+            fprintf(stderr, "kill-soak: %d clients killed, shmipcd alive\n", k + 1);
+    }
+    kill(steady, SIGKILL);
+    waitpid(steady, NULL, 0);
+    end = now_ms() + DEADLINE_MS;
+    while (open_sessions() != 0 && now_ms() < end)
+        sleep_ms(20);
+    /* A fresh client still works after all that. */
+    errs = 0;
+    busy_client(300, &errs);
+    failed += errs != 0;
+    end = now_ms() + DEADLINE_MS;
+    while (open_sessions() != 0 && now_ms() < end)
+        sleep_ms(20);
+    long fd1 = proc_count(d, "fd"), maps1 = proc_count(d, "maps"), rss1 = proc_count(d, "rss");
+    long fd_growth = fd1 - fd0, maps_growth = maps1 - maps0, rss_growth = rss1 - rss0;
+    failed += fd_growth > 2 || maps_growth > 2 || rss_growth > 16384 || open_sessions() != 0;
+    fprintf(stderr, "kill-soak: shmipcd fds %ld -> %ld, shared maps %ld -> %ld, RSS %ld -> %ld KiB\n",
+            fd0, fd1, maps0, maps1, rss0, rss1);
+
+    /* Part 2: kill shmipcd under a waiting client; it must see an error
+     * soon, and reconnect when shmipcd is back. */
+    uint64_t worst_error_ms = 0;
+    int reconnects = 0;
+    for (int k = 0; k < server_kills && !failed; k++) {
+        int pfd[2];
+        if (pipe(pfd) < 0)
+            break;
+        pid_t c = fork();
+        if (c == 0) {
+            struct shmipc_client_config cfg;
+            shmipc_client_config_init(&cfg);
+            cfg.address = addr;
+            cfg.reconnect_min_ms = 20;
+            cfg.reconnect_max_ms = 200;
+            shmipc_client *cl;
+            if (shmipc_client_open(&cfg, &cl) < 0)
+                _exit(2);
+            shmipc_stream *st;
+            shmipc_msg m;
+            if (shmipc_client_get(cl, &st) < 0)
+                _exit(3);
+            if (write(pfd[1], "r", 1) != 1)
+                _exit(4);
+            int rc = 0;
+            while (rc == 0) { /* keep calling until the server is gone */
+                rc = shmipc_call(st, "ping", 4, &m, 30000);
+                if (rc == 0)
+                    shmipc_msg_release(&m);
+            }
+            uint64_t killed_at = __atomic_load_n(killed_ms, __ATOMIC_ACQUIRE);
+            uint64_t waited = killed_at ? now_ms() - killed_at : 0;
+            shmipc_stream_close(st);
+            /* Wait for the new server and reconnect through get(). */
+            uint64_t until = now_ms() + DEADLINE_MS;
+            int ok = 0;
+            while (!ok && now_ms() < until) {
+                if (shmipc_client_get(cl, &st) == 0) {
+                    ok = shmipc_call(st, "back", 4, &m, 5000) == 0;
+                    if (ok)
+                        shmipc_msg_release(&m);
+                    shmipc_stream_close(st);
+                }
+                if (!ok)
+                    sleep_ms(20);
+            }
+            shmipc_client_close(cl);
+            shared[1] = (int)waited;
+            __atomic_store_n(killed_ms, 0, __ATOMIC_RELEASE);
+            _exit(ok ? 0 : 5);
+        }
+        close(pfd[1]);
+        char b;
+        if (read(pfd[0], &b, 1) != 1)
+            failed++;
+        close(pfd[0]);
+        sleep_ms(50);
+        __atomic_store_n(killed_ms, now_ms(), __ATOMIC_RELEASE);
+        kill(d, SIGKILL);
+        waitpid(d, NULL, 0);
+        d = start_daemon();
+        if (d < 0) {
+            failed++;
+            break;
+        }
+        int st;
+        if (waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+            reconnects++;
+            if ((uint64_t)shared[1] > worst_error_ms)
+                worst_error_ms = (uint64_t)shared[1];
+        } else {
+            failed++;
+        }
+    }
+    failed += worst_error_ms > 5000 || reconnects != server_kills;
+
+    if (d > 0) {
+        kill(d, SIGTERM);
+        waitpid(d, NULL, 0);
+    }
+    char pid_tag[32];
+    snprintf(pid_tag, sizeof(pid_tag), "shmipc_");
+    int left = count_shm(pid_tag);
+    failed += left != 0;
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
+    if (system(cmd) != 0)
+        failed++;
+    printf("kill-soak: client_kills=%d server_kills=%d fd_growth=%ld maps_growth=%ld "
+           "rss_growth_kib=%ld worst_error_ms=%lu reconnects=%d shm_left=%d failed=%d\n",
+           client_kills, server_kills, fd_growth, maps_growth, rss_growth,
+           (unsigned long)worst_error_ms, reconnects, left, failed);
+    return failed ? 1 : 0;
+}
