@@ -148,7 +148,7 @@ struct shmipc_client_config {
     int keepalive_ms;         /* send a Polling ping on sessions idle this long, so
                                  a server's idle timeout keeps them; default 0 = off */
     int prefault;             /* touch the pool's pages at creation */
-    /* Slice classes of the pool; nclasses 0 means shmipc's defaults
+    /* Slice classes of the pool (slice_bytes a multiple of 4); nclasses 0 means shmipc's defaults
      * (8172/32748/131052 bytes at 50/30/20 %). Sizes ascending. */
     unsigned nclasses;
     struct shmipc_slice_class {

@@ -456,6 +456,79 @@ static int check_wrapped(struct loader *ld)
     return 0;
 }
 
+/* ---- @include targets (libconfig 1.5) ---- */
+
+/* libconfig 1.5 opens an @include target with fopen() and its scanner calls
+ * exit() when a read fails, as it does on a directory (a FIFO would block
+ * it instead): shmipcd would die on a reload naming one. So before libconfig
+ * reads anything, the target of every line that may be an include directive
+ * (flex's ^[ \t]*@include[ \t]+"; a comment that looks like one is checked
+ * too) must be a regular file, or missing (libconfig reports that itself).
+ * Targets resolve against conf_dir as libconfig's include_dir does, and
+ * nested includes are followed as deep as libconfig goes. */
+#define INCLUDE_MAX_DEPTH 10 /* libconfig 1.5's MAX_INCLUDE_DEPTH */
+
+static int check_includes(struct loader *ld, const char *file, int depth);
+
+static int include_fail(struct loader *ld, const char *file, unsigned line, const char *name,
+                        size_t len, const char *why)
+{
+    if (ld->err != NULL && ld->errlen > 0)
+        snprintf(ld->err, ld->errlen, "%s:%u: @include \"%.*s\": %s", file, line,
+                 (int)(len > 200 ? 200 : len), name, why);
+    return -EINVAL;
+}
+
+/* p[0..n) follows the opening quote of an include on `line` of `file`. */
+static int check_include_target(struct loader *ld, const char *file, unsigned line, const char *p,
+                                size_t n, int depth)
+{
+    const char *q = memchr(p, '"', n);
+    if (q == NULL)
+        return 0; /* unterminated: libconfig opens nothing */
+    size_t len = (size_t)(q - p);
+    /* Escapes and NULs change the name libconfig opens; nobody needs them. */
+    if (memchr(p, '\\', len) != NULL || memchr(p, '\0', len) != NULL)
+        return include_fail(ld, file, line, p, len, "a backslash or NUL in the name");
+    if (depth + 1 > INCLUDE_MAX_DEPTH)
+        return include_fail(ld, file, line, p, len, "includes nested too deep");
+    char path[PATH_MAX];
+    struct stat st;
+    int n_path = snprintf(path, sizeof(path), "%s/%.*s", ld->conf_dir, (int)len, p);
+    if (n_path < 0 || (size_t)n_path >= sizeof(path))
+        return include_fail(ld, file, line, p, len, "path too long");
+    if (stat(path, &st) < 0)
+        return 0; /* libconfig cannot open it either, and says so */
+    if (!S_ISREG(st.st_mode))
+        return include_fail(ld, file, line, p, len, "not a regular file");
+    return check_includes(ld, path, depth + 1);
+}
+
+static int check_includes(struct loader *ld, const char *file, int depth)
+{
+    size_t n;
+    char *text = read_all(file, &n);
+    if (text == NULL)
+        return 0; /* libconfig reports what it cannot read */
+    int rc = 0;
+    unsigned line = 1;
+    for (size_t i = 0; i < n && rc == 0; line++) {
+        size_t j = i;
+        while (j < n && (text[j] == ' ' || text[j] == '\t'))
+            j++;
+        if (n - j > 8 && memcmp(text + j, "@include", 8) == 0) {
+            for (j += 8; j < n && (text[j] == ' ' || text[j] == '\t');)
+                j++;
+            if (j < n && text[j] == '"')
+                rc = check_include_target(ld, file, line, text + j + 1, n - j - 1, depth);
+        }
+        const char *eol = memchr(text + i, '\n', n - i);
+        i = eol == NULL ? n : (size_t)(eol - text) + 1;
+    }
+    free(text);
+    return rc;
+}
+
 /* ---- sections ---- */
 
 static int load_top(struct loader *ld, const config_setting_t *root)
@@ -862,6 +935,8 @@ static int load(struct loader *ld)
     struct daemon_conf *c = ld->c;
     int rc = locate(ld);
     if (rc < 0)
+        return rc;
+    if ((rc = check_includes(ld, ld->path, 0)) < 0)
         return rc;
     config_init(&c->cfg);
     /* @include "x" is resolved next to the file, not in the cwd. */

@@ -34,7 +34,8 @@ static int classes_valid(const struct pool_class *classes, unsigned n)
         return 0;
     uint32_t sum = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (classes[i].slice_cap == 0 || classes[i].percent == 0 || classes[i].percent > 100 ||
+        if (classes[i].slice_cap == 0 || classes[i].slice_cap % 4 != 0 || classes[i].percent == 0 ||
+            classes[i].percent > 100 ||
             classes[i].slice_cap > POOL_MAX_SIZE - SHMIPC_SLICE_HEADER_LEN)
             return 0;
         sum += classes[i].percent;
@@ -156,7 +157,11 @@ int pool_map(struct pool *p, void *base, size_t size)
             return SHMIPC_EBADPOOL;
         const volatile struct shmipc_list_header *lh = (void *)(p->base + off);
         uint32_t nslices = lh->nslices, cap = lh->slice_cap;
-        if (nslices == 0 || cap == 0 || cap > POOL_MAX_SIZE - SHMIPC_SLICE_HEADER_LEN)
+        /* A capacity that is not a multiple of 4 misaligns the slice and
+         * list headers after it, and the atomics on their fields (undefined
+         * in C; a bus error on aarch64, split locks on x86). */
+        if (nslices == 0 || cap == 0 || cap % 4 != 0 ||
+            cap > POOL_MAX_SIZE - SHMIPC_SLICE_HEADER_LEN)
             return SHMIPC_EBADPOOL;
         uint64_t bytes = SHMIPC_LIST_HEADER_LEN +
                          (uint64_t)nslices * (cap + (uint64_t)SHMIPC_SLICE_HEADER_LEN);

@@ -24,7 +24,7 @@
 #define POOL_MAX_SIZE 0xffffffffu /* offsets on the wire are u32 */
 
 struct pool_class {
-    uint32_t slice_cap; /* data bytes per slice */
+    uint32_t slice_cap; /* data bytes per slice, a multiple of 4 (alignment) */
     uint32_t percent;   /* share of the region, 1..100 */
 };
 
