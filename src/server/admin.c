@@ -96,6 +96,9 @@ static void status(struct daemon *d, struct buf *b)
 
 static void session_line(struct buf *b, struct dsession *ds, unsigned worker, int json, int first)
 {
+    /* The worker counts these as it goes, without a lock. */
+    unsigned long requests = __atomic_load_n(&ds->requests, __ATOMIC_RELAXED);
+    unsigned long handler_errors = __atomic_load_n(&ds->handler_errors, __ATOMIC_RELAXED);
     struct shmipc_stats st = {0};
     session_add_stats(ds->s, &st);
     uint64_t in_use = pool_bytes_in_use(&ds->s->pool->pool);
@@ -106,7 +109,7 @@ static void session_line(struct buf *b, struct dsession *ds, unsigned worker, in
             "\"wakeups_received\":%lu,\"fallbacks_sent\":%lu,\"fallbacks_received\":%lu,"
             "\"queue_full\":%lu,\"streams\":%lu,\"pool_bytes_in_use\":%lu}",
             first ? "" : ",", (unsigned long)ds->id, ds->svc->name, worker,
-            (unsigned long)ds->requests, (unsigned long)ds->handler_errors,
+            requests, handler_errors,
             (unsigned long)st.bytes_received, (unsigned long)st.bytes_sent,
             (unsigned long)st.wakeups_sent, (unsigned long)st.wakeups_received,
             (unsigned long)st.fallbacks_sent, (unsigned long)st.fallbacks_received,
@@ -118,8 +121,8 @@ static void session_line(struct buf *b, struct dsession *ds, unsigned worker, in
         "session %lu (%s, worker %u): requests %lu, errors %lu, bytes in %lu out %lu, "
         "wake-ups sent %lu received %lu, fallbacks sent %lu received %lu, queue full %lu, "
         "pool bytes in use %lu\n",
-        (unsigned long)ds->id, ds->svc->name, worker, (unsigned long)ds->requests,
-        (unsigned long)ds->handler_errors, (unsigned long)st.bytes_received,
+        (unsigned long)ds->id, ds->svc->name, worker, requests, handler_errors,
+        (unsigned long)st.bytes_received,
         (unsigned long)st.bytes_sent, (unsigned long)st.wakeups_sent,
         (unsigned long)st.wakeups_received, (unsigned long)st.fallbacks_sent,
         (unsigned long)st.fallbacks_received, (unsigned long)st.queue_full,
@@ -168,10 +171,14 @@ static void stats(struct daemon *d, struct buf *b, int json)
         }
         pthread_mutex_unlock(&d->workers[i].mu);
     }
+    /* Workers drop pools (under the registry lock) while we read. */
+    pthread_mutex_lock(&d->reg.mu);
+    unsigned pools = d->reg.count;
+    pthread_mutex_unlock(&d->reg.mu);
     if (json)
-        put(b, "],\"pools_mapped\":%u}\n", d->reg.count);
+        put(b, "],\"pools_mapped\":%u}\n", pools);
     else
-        put(b, "pools mapped: %u\n", d->reg.count);
+        put(b, "pools mapped: %u\n", pools);
 }
 
 char *admin_command(struct daemon *d, const char *line, int *stop)

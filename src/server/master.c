@@ -319,7 +319,11 @@ static void start_session(struct daemon *d, struct hs_pending *h)
     }
     int rc = session_new(&cfg, fd, pool, &q, &ds->s);
     if (rc < 0) {
+        /* The peer changed its memory between the check before our ack and
+         * this one (or we ran out of memory): the handshake failed after
+         * all, and is counted as such. */
         log_warn("service %s: session setup failed: %s", svc->name, shmipc_strerror(rc));
+        __atomic_add_fetch(&svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
         uid_release(d, uid);
         free(ds);
         return;

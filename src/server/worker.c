@@ -164,7 +164,7 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
     struct plugin_gen *g = gen_acquire(svc);
     if (g == NULL) {
         shmipc_msg_release(m);
-        ds->handler_errors++;
+        __atomic_add_fetch(&ds->handler_errors, 1, __ATOMIC_RELAXED);
         session_die(ds->s, SHMIPC_ECLOSED, "service removed");
         return;
     }
@@ -182,14 +182,14 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
         rc = shmipc_stream_flush(st);
     else
         shmipc_stream_discard(st);
-    ds->requests++;
+    __atomic_add_fetch(&ds->requests, 1, __ATOMIC_RELAXED); /* admin reads it */
     __atomic_add_fetch(&svc->st.requests, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->st.bytes_in, in, __ATOMIC_RELAXED);
     if ((rc == 0 || rc == SHMIPC_EQFULL) && resp.err == 0) {
         __atomic_add_fetch(&svc->st.bytes_out, resp.bytes, __ATOMIC_RELAXED);
         return;
     }
-    ds->handler_errors++;
+    __atomic_add_fetch(&ds->handler_errors, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->st.handler_errors, 1, __ATOMIC_RELAXED);
     log_debug("service %s: request on session %lu stream %u failed: %s", svc->name,
               (unsigned long)ds->id, shmipc_stream_id(st),
@@ -260,8 +260,12 @@ static void close_session(struct worker *w, struct dsession *ds)
 
 static void serve(struct worker *w, struct dsession *ds)
 {
-    session_on_io(ds->s);
-    dispatch(w, ds);
+    /* A session that stopped reading at its input limit has more: handle
+     * what it holds, then let it read on (see session_throttled). */
+    do {
+        session_on_io(ds->s);
+        dispatch(w, ds);
+    } while (session_alive(ds->s) && session_throttled(ds->s));
     if (!session_alive(ds->s))
         close_session(w, ds);
 }

@@ -195,7 +195,13 @@ static void start_session(struct shmipc_server *srv, struct hs_conn *c)
         }
     }
     if (rc < 0) {
+        /* The peer changed its memory between the check before our ack and
+         * this one (or we ran out of memory): the handshake failed after
+         * all, and is counted as such. */
         log_warn("session setup failed: %s", shmipc_strerror(rc));
+        pthread_mutex_lock(&srv->stats_mu);
+        srv->gone.handshakes_failed++;
+        pthread_mutex_unlock(&srv->stats_mu);
         free(ss);
         return;
     }
@@ -347,15 +353,24 @@ static void close_session(struct shmipc_server *srv, struct srv_session *ss)
     if (s->err != SHMIPC_ECLOSED)
         srv->gone.session_errors++;
     pthread_mutex_unlock(&srv->stats_mu);
-    log_debug("session on fd %d closed: %s", s->fd, s->why);
+    /* As shmipcd's workers do: a session closed for anything but a plain
+     * hang-up is worth a line saying why (the peer's fault or ours). */
+    if (s->err == SHMIPC_ECLOSED)
+        log_debug("session on fd %d closed: %s", s->fd, s->why);
+    else
+        log_info("session on fd %d closed: %s", s->fd, s->why);
     session_put(s);
     free(ss);
 }
 
 static void on_session(struct shmipc_server *srv, struct srv_session *ss)
 {
-    session_on_io(ss->s);
-    dispatch(srv, ss->s);
+    /* A session that stopped reading at its input limit has more: handle
+     * what it holds, then let it read on (see session_throttled). */
+    do {
+        session_on_io(ss->s);
+        dispatch(srv, ss->s);
+    } while (session_alive(ss->s) && session_throttled(ss->s));
     if (!session_alive(ss->s))
         close_session(srv, ss);
 }

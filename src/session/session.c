@@ -213,6 +213,12 @@ void session_die(struct session *s, int err, const char *why)
 
 static int protocol_error(struct session *s, int err, const char *what)
 {
+    /* Once the peer shrank its memory under us, whatever looked wrong
+     * (zeros where counters were) follows from that: say so. */
+    if (region_tripped(&s->pool->region) || region_tripped(&s->qregion)) {
+        err = SHMIPC_ECORRUPT;
+        what = "peer truncated its shared memory";
+    }
     char why[160];
     snprintf(why, sizeof(why), "%s: %s", what, shmipc_strerror(err));
     s->stats.protocol_errors++;
@@ -399,12 +405,19 @@ int session_send_locked(struct session *s, const void *ev, size_t evlen, const v
     } else if (out_append(s, ev, evlen) < 0 || (plen && out_append(s, payload, plen) < 0)) {
         return -ENOMEM;
     }
-    if (s->cfg.out_limit && s->out_len > s->cfg.out_limit) {
-        s->stats.protocol_errors++;
-        session_die_locked(s, SHMIPC_EPROTO, "peer stopped reading: output limit reached");
+    if (session_over_limit_locked(s, 0))
         return SHMIPC_EPROTO;
-    }
     return 0;
+}
+
+int session_over_limit_locked(struct session *s, size_t more)
+{
+    size_t held = s->out_len + __atomic_load_n(&s->fb_pending, __ATOMIC_RELAXED) + more;
+    if (!s->cfg.out_limit || held <= s->cfg.out_limit)
+        return 0;
+    s->stats.protocol_errors++;
+    session_die_locked(s, SHMIPC_EPROTO, "peer stopped reading: output limit reached");
+    return 1;
 }
 
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
@@ -507,8 +520,16 @@ static void mark_ready_locked(struct session *s, shmipc_stream *st)
     s->ready_tail = st;
 }
 
+size_t rx_msg_heap_cost(const struct rx_msg *m)
+{
+    /* Pool messages cost the peer's pool, which bounds them; a fallback
+     * message is a heap copy. */
+    return m->pool == NULL ? sizeof(*m) + m->len : 0;
+}
+
 static void deliver_locked(struct session *s, shmipc_stream *st, struct rx_msg *m)
 {
+    __atomic_add_fetch(&s->rx_heap, rx_msg_heap_cost(m), __ATOMIC_RELAXED);
     m->next = NULL;
     if (st->rx_tail != NULL)
         st->rx_tail->next = m;
@@ -783,13 +804,32 @@ static int parse_locked(struct session *s)
     return rc;
 }
 
+int session_throttled(struct session *s)
+{
+    return __atomic_load_n(&s->throttled, __ATOMIC_RELAXED);
+}
+
 int session_on_io(struct session *s)
 {
     pthread_mutex_lock(&s->mu);
     int rc = 0;
     if (!s->dead && (region_tripped(&s->pool->region) || region_tripped(&s->qregion)))
         protocol_error(s, SHMIPC_ECORRUPT, "peer truncated its shared memory");
+    __atomic_store_n(&s->throttled, 0, __ATOMIC_RELAXED);
     while (!s->dead) {
+        /* A peer that sends FallbackData faster than we handle it would
+         * otherwise have us read (and copy) without bound before the
+         * driver gets to dispatch. Unhandled input shares the output's
+         * allowance: beyond it, stop; the driver dispatches (which takes
+         * every message, so this cannot repeat without progress) and
+         * comes back. */
+        size_t rx = __atomic_load_n(&s->rx_heap, __ATOMIC_RELAXED);
+        if (s->cfg.out_limit && rx > 0 &&
+            rx + s->out_len + __atomic_load_n(&s->fb_pending, __ATOMIC_RELAXED) >
+                s->cfg.out_limit) {
+            __atomic_store_n(&s->throttled, 1, __ATOMIC_RELAXED);
+            break;
+        }
         if (s->in_len == s->in_cap) {
             if ((rc = parse_locked(s)) < 0)
                 break;

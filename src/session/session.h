@@ -106,7 +106,8 @@ struct session_cfg {
     int unhealthy_ms;
     int queue_full_retries;
     int queue_full_wait_ms;
-    size_t out_limit;  /* server: unsent bytes that mark a peer not reading */
+    size_t out_limit;  /* server: unsent bytes that mark a peer not reading; also
+                          bounds them plus received FallbackData not yet handled */
     unsigned max_streams;
     int notify_ready;  /* keep a list of streams with news (session_next_ready) */
     int spin_us;       /* client: a waiting recv spins on the queue this long */
@@ -138,6 +139,9 @@ struct session {
     size_t in_len, in_cap;
     uint8_t *out;
     size_t out_len, out_cap;
+    size_t fb_pending;     /* atomic: bytes in streams' fallback buffers, not yet sent */
+    size_t rx_heap;        /* atomic: received FallbackData messages not yet taken */
+    int throttled;         /* session_on_io stopped reading at the limit above */
     struct shmipc_stream *ready_head, *ready_tail;
     struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
     struct session_stats stats;
@@ -165,6 +169,13 @@ void session_die_locked(struct session *s, int err, const char *why);
 void session_die(struct session *s, int err, const char *why);
 
 int session_alive(struct session *s);
+/* Server: the last session_on_io() stopped reading because the session
+ * holds as much unhandled input as it may (cfg.out_limit): its driver
+ * dispatches, then calls session_on_io() again (the socket may still have
+ * input, and an edge-triggered poller will not say so again). */
+int session_throttled(struct session *s);
+/* Heap bytes a received message costs while it waits in a stream. */
+size_t rx_msg_heap_cost(const struct rx_msg *m);
 /* 1 while new streams are refused after a fallback. */
 int session_unhealthy(struct session *s);
 
@@ -202,6 +213,11 @@ int session_send_locked(struct session *s, const void *ev, size_t evlen, const v
  * so; on a full queue a client retries (unlocking meanwhile) and a server
  * reports SHMIPC_EQFULL at once. */
 int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e);
+/* Server: what the session holds for a peer that does not take it (the
+ * output buffer plus the streams' pending fallback bytes plus `more`)
+ * must stay within cfg.out_limit; beyond it the peer is not reading and
+ * the session dies (counted as a protocol error). Returns 1 then. */
+int session_over_limit_locked(struct session *s, size_t more);
 /* Client: waits (unlocked) until the output buffer drains, up to the
  * deadline. */
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns);

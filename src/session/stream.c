@@ -44,11 +44,23 @@ static void drop_rx(shmipc_stream *st)
     while (st->rx_head != NULL) {
         struct rx_msg *m = st->rx_head;
         st->rx_head = m->next;
+        __atomic_sub_fetch(&st->sess->rx_heap, rx_msg_heap_cost(m), __ATOMIC_RELAXED);
         rx_msg_free(m);
     }
     st->rx_tail = NULL;
     st->rx_count = 0;
     st->rx_off = 0;
+}
+
+/* The stream lets go of its fallback bytes (sent, or dropped) and of the
+ * buffer: a stream holds heap only while it has bytes pending, so many
+ * streams that each fell back once do not add up. */
+static void fb_release(shmipc_stream *st)
+{
+    __atomic_sub_fetch(&st->sess->fb_pending, st->fb_len, __ATOMIC_RELAXED);
+    free(st->fb);
+    st->fb = NULL;
+    st->fb_len = st->fb_cap = 0;
 }
 
 void stream_put(shmipc_stream *st)
@@ -60,7 +72,7 @@ void stream_put(shmipc_stream *st)
     pool_writer_abort(&st->w);
     if (st->has_unsent)
         pool_free_chain(&s->pool->pool, st->unsent_first);
-    free(st->fb);
+    fb_release(st);
     pthread_cond_destroy(&st->cv);
     free(st);
     session_put(s);
@@ -94,6 +106,10 @@ static int fb_reserve(shmipc_stream *st, size_t n, uint8_t **p)
 {
     if (st->fb_len + n > st->sess->cfg.max_event - SHMIPC_EV_FALLBACK_MIN_LEN)
         return -EMSGSIZE; /* could never be sent as one FallbackData event */
+    /* A server's streams whose flushes a full queue holds back would
+     * otherwise buffer up to max_event each for a peer that never reads. */
+    if (session_over_limit_locked(st->sess, n))
+        return SHMIPC_EPROTO;
     if (st->fb_len + n > st->fb_cap) {
         size_t cap = st->fb_cap ? st->fb_cap : 4096;
         while (cap < st->fb_len + n)
@@ -106,6 +122,7 @@ static int fb_reserve(shmipc_stream *st, size_t n, uint8_t **p)
     }
     *p = st->fb + st->fb_len;
     st->fb_len += n;
+    __atomic_add_fetch(&st->sess->fb_pending, n, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -220,7 +237,7 @@ void shmipc_stream_discard(shmipc_stream *st)
 {
     pthread_mutex_lock(&st->sess->mu);
     pool_writer_abort(&st->w);
-    st->fb_len = 0;
+    fb_release(st);
     pthread_mutex_unlock(&st->sess->mu);
 }
 
@@ -232,13 +249,20 @@ static int flush_fallback_locked(shmipc_stream *st)
                                        SHMIPC_STREAM_OPEN, (uint32_t)st->fb_len);
     if (rc < 0)
         return rc;
-    rc = session_send_locked(s, hdr, sizeof(hdr), st->fb, st->fb_len);
+    /* The bytes move to the socket or the output buffer (which counts
+     * them from now on), so the stream's count and buffer go first. */
+    uint8_t *fb = st->fb;
+    size_t len = st->fb_len;
+    __atomic_sub_fetch(&s->fb_pending, len, __ATOMIC_RELAXED);
+    st->fb = NULL;
+    st->fb_len = st->fb_cap = 0;
+    rc = session_send_locked(s, hdr, sizeof(hdr), fb, len);
+    free(fb);
     if (rc < 0)
         return rc;
     s->stats.fallbacks_sent++;
     s->stats.messages_sent++;
-    s->stats.bytes_sent += st->fb_len;
-    st->fb_len = 0;
+    s->stats.bytes_sent += len;
     /* A client does not pile up more than it can send: it waits (with a
      * deadline) for the socket to drain. A server never waits. */
     if (s->cfg.role == ROLE_CLIENT && s->out_len > CLIENT_OUT_HIGH)
@@ -338,6 +362,8 @@ static int wait_rx_locked(shmipc_stream *st, uint64_t deadline_ns)
 static struct rx_msg *take_head_locked(shmipc_stream *st)
 {
     struct rx_msg *m = st->rx_head;
+    /* Taken: from here it is the caller's memory, not the session's. */
+    __atomic_sub_fetch(&st->sess->rx_heap, rx_msg_heap_cost(m), __ATOMIC_RELAXED);
     st->rx_head = m->next;
     if (st->rx_head == NULL)
         st->rx_tail = NULL;
@@ -479,7 +505,7 @@ int shmipc_stream_shutdown(shmipc_stream *st)
     if (!(st->flags & ST_LOCAL_CLOSED)) {
         st->flags |= ST_LOCAL_CLOSED;
         pool_writer_abort(&st->w);
-        st->fb_len = 0;
+        fb_release(st);
         /* Sent even when the peer closed first: a peer that half-closed
          * keeps its stream until it hears from us (a server would hold it
          * for the session's life), and one that already let it go ignores

@@ -9,6 +9,7 @@
 #include "shmipc/shmipc.h"
 
 static shmipc_server *server;
+static unsigned long answer_errors; /* logged: the first few, then only counted */
 
 static void on_signal(int sig)
 {
@@ -27,9 +28,9 @@ static void on_message(shmipc_stream *st, shmipc_msg *m, void *arg)
         rc = shmipc_stream_flush(st);
     /* A full queue is retried by the server loop; anything else ends the
      * stream's usefulness and is the session's business. */
-    if (rc < 0 && rc != SHMIPC_EQFULL)
-        fprintf(stderr, "echo_server: stream %u: %s\n", shmipc_stream_id(st),
-                shmipc_strerror(rc));
+    if (rc < 0 && rc != SHMIPC_EQFULL && ++answer_errors <= 10)
+        fprintf(stderr, "echo_server: stream %u: %s%s\n", shmipc_stream_id(st),
+                shmipc_strerror(rc), answer_errors == 10 ? " (further errors only counted)" : "");
 }
 
 int main(int argc, char **argv)
@@ -57,10 +58,11 @@ int main(int argc, char **argv)
     shmipc_server_close(server);
     fprintf(stderr,
             "echo_server: sessions %lu, messages in %lu out %lu, wake-ups in %lu out %lu, "
-            "fallbacks in %lu, protocol errors %lu, failed handshakes %lu\n",
+            "fallbacks in %lu, protocol errors %lu, failed handshakes %lu, answer errors %lu\n",
             (unsigned long)st.sessions_opened, (unsigned long)st.messages_received,
             (unsigned long)st.messages_sent, (unsigned long)st.wakeups_received,
             (unsigned long)st.wakeups_sent, (unsigned long)st.fallbacks_received,
-            (unsigned long)st.protocol_errors, (unsigned long)st.handshakes_failed);
+            (unsigned long)st.protocol_errors, (unsigned long)st.handshakes_failed,
+            answer_errors);
     return rc < 0 ? 1 : 0;
 }

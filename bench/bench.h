@@ -1,0 +1,169 @@
+/*
+ * shmipc-bench internals, shared by the program's files: bench.c (options,
+ * servers, the row loop, table/JSON/plot), bench_shm.c (the shmipc client
+ * rows and the library server), bench_sock.c (the unix-socket and TCP
+ * baseline: server and client), bench_util.c (payload pattern, latency
+ * percentiles, clocks, CPU accounting, child processes).
+ *
+ * The one rule: every transport runs the same loop shape (one client thread
+ * driving C requests in flight, warm-up, a timed window, a drain) and the
+ * same payload code, so that the rows differ only by the transport.
+ */
+#ifndef SHMIPC_BENCH_H
+#define SHMIPC_BENCH_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum bench_mode { MODE_ZERO = 0, MODE_FULL = 1 };
+
+/* Byte 0 of every request tells the server what to do (see plugins/bench). */
+#define REQ_ZERO 'Z'
+#define REQ_FULL 'F'
+
+/* Set by SIGINT/SIGTERM/SIGHUP: every loop ends its row and the program
+ * cleans up. */
+extern volatile sig_atomic_t bench_stop;
+
+/* ---- what one row measured ---- */
+
+struct row_result {
+    const char *transport; /* "shmipc-lib", "shmipc-shmipcd", "uds", "tcp" or --label */
+    enum bench_mode mode;
+    size_t size;
+    unsigned conc;
+    uint64_t ops;        /* round trips completed inside the timed window */
+    uint64_t errors;     /* failed sends/receives and payload mismatches */
+    double wall_s;       /* length of the timed window */
+    double ns_per_op;    /* wall / ops */
+    double p50_us, p99_us;
+    double wakeups_per_op;
+    double sleeps_per_op; /* voluntary context switches, client + server */
+    double cpu_client_us; /* per op; < 0 unknown */
+    double cpu_server_us; /* per op; < 0 unknown (--connect) */
+    double other_cpu_pct; /* CPU used by other processes meanwhile, % of one CPU */
+    uint64_t fallbacks;   /* shmipc: FallbackData events (pool exhausted) */
+    unsigned sessions;    /* shmipc sessions, or socket connections */
+};
+
+/* Timing of one row: warm-up until every request slot completed once and
+ * warm_ms passed, then ms of measurement, then a drain. */
+struct row_params {
+    enum bench_mode mode;
+    size_t size;
+    unsigned conc;
+    int warm_ms;
+    int ms;
+    pid_t server_pid; /* for server CPU; <= 0 unknown */
+};
+
+/* ---- bench_util.c ---- */
+
+uint64_t now_ns(void);
+/* CPU time of this process (all threads), ns. */
+uint64_t self_cpu_ns(void);
+/* CPU time of a process, summed over its threads (/proc/PID/task/STAR/schedstat,
+ * ns resolution; falls back to /proc/PID/stat ticks). 0 when unknown. */
+uint64_t proc_cpu_ns(pid_t pid);
+/* CPU time all processes spent in user and system mode since boot
+ * (/proc/stat, clock ticks; irq and softirq time not included), ns. */
+uint64_t system_busy_ns(void);
+/* Voluntary context switches (times a thread blocked): this process (all
+ * threads), and another process summed over its threads. */
+uint64_t self_sleeps(void);
+uint64_t proc_sleeps(pid_t pid);
+
+/* The payload pattern: byte at message offset o is byte (o % 8) of the
+ * little-endian word seed + (o / 8) * K, except byte 0, which is REQ_FULL.
+ * Fill and check work on any piece [off, off + n) of a message. */
+void pattern_fill(uint8_t *dst, size_t off, size_t n, uint64_t seed);
+/* 1 when the piece matches. */
+int pattern_check(const uint8_t *p, size_t off, size_t n, uint64_t seed);
+uint64_t pattern_seed(unsigned slot, uint64_t seq);
+
+/* Round-trip latencies of one row (ns), kept in an array allocated before
+ * the row; grows (rarely, outside the timed path's common case) if a row
+ * completes more round trips than planned. */
+struct lat {
+    uint32_t *v;
+    size_t n, cap;
+};
+int lat_init(struct lat *l, size_t cap);
+void lat_grow(struct lat *l);
+static inline void lat_add(struct lat *l, uint64_t ns)
+{
+    if (l->n == l->cap)
+        lat_grow(l);
+    if (l->n < l->cap)
+        l->v[l->n++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+}
+/* Percentile q (0..1) in microseconds; reorders the array. */
+double lat_pct_us(struct lat *l, double q);
+void lat_free(struct lat *l);
+
+/* Children: remembered so that every exit path can kill them. */
+void child_track(pid_t pid);
+/* SIGTERM, wait up to grace_ms, then SIGKILL and reap. Returns the exit
+ * status from waitpid, or -1. */
+int child_stop(pid_t pid, int grace_ms);
+/* SIGKILL every tracked child still running (atexit). */
+void child_kill_all(void);
+/* In a forked child: die with the parent. */
+void child_die_with_parent(pid_t parent);
+/* 1 while pid has not exited (reaps it when it has). */
+int child_alive(pid_t pid);
+
+/* Progress line on stderr (a rewritten line on a terminal). */
+void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void progress_done(void);
+
+/* ---- bench_shm.c ---- */
+
+struct shm_client;
+struct shm_client_opts {
+    const char *address;
+    unsigned sessions;  /* per client, capped at the row's concurrency */
+    int file_mode;      /* 1: /dev/shm files (version 2; needed for tcp:) */
+};
+/* A client sized for rows of this size and concurrency (pool fits every
+ * request and response in flight, pre-faulted). */
+int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
+                    struct shm_client **out);
+void shm_client_close(struct shm_client *c);
+/* One row on an open client; fills *r. Returns 0 or a negative code. */
+int shm_row(struct shm_client *c, const struct row_params *p, struct row_result *r);
+/* A request of each mode through a fresh blocking-style client; 0 when
+ * the server answers them correctly. Retries the connection until
+ * timeout_ms. */
+int shm_probe(const char *address, int file_mode, int timeout_ms, char *err, size_t errlen);
+/* Forks the library-server child listening on address; 0 and *pid once it
+ * listens. */
+int shm_lib_server_start(const char *address, pid_t *pid);
+
+/* ---- bench_sock.c ---- */
+
+struct sock_opts {
+    int tcp;          /* 0: unix socket at path; 1: TCP on 127.0.0.1 */
+    const char *path; /* unix */
+    unsigned threads; /* server threads */
+    int sockbuf;      /* SO_SNDBUF/SO_RCVBUF bytes; 0 leaves the defaults */
+};
+/* Listens (in this process), forks the server child; the listener's
+ * address is kept in *srv for clients. */
+struct sock_server {
+    int tcp;
+    char path[108];
+    uint16_t port;
+    pid_t pid;
+    int sockbuf;
+};
+int sock_server_start(const struct sock_opts *o, struct sock_server *srv);
+struct sock_client;
+int sock_client_open(const struct sock_server *srv, size_t size, unsigned conc,
+                     struct sock_client **out);
+void sock_client_close(struct sock_client *c);
+int sock_row(struct sock_client *c, const struct row_params *p, struct row_result *r);
+
+#endif

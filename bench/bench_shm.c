@@ -1,0 +1,516 @@
+/*
+ * shmipc-bench, the shmipc side: the event-loop client that drives all C
+ * streams of a row from one thread (cfg.no_io_thread), and the library
+ * server (a forked child running shmipc_server with the bench handler).
+ *
+ * The one rule: a request is built in place in the shared pool (reserve and
+ * fill in full mode; one written byte and advance in zero-touch mode), and a
+ * response is checked in place through its views and released before the
+ * stream's next request goes out; nothing is copied on the client side.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "bench.h"
+#include "shmipc/shmipc.h"
+
+/* shmipc's default slice classes; only the shares and the pool size are
+ * fitted to the row, so that every request and response in flight fits in
+ * shared memory (a pool that runs dry falls back to the socket, which is
+ * another benchmark). */
+static const uint32_t class_cap[3] = {8172, 32748, 131052};
+#define SLICE_HDR 20u
+#define POOL_MIN (32u << 20)
+#define POOL_MAX 0xffffffffull
+
+struct shm_slot {
+    shmipc_stream *st;
+    unsigned idx;
+    int busy;     /* a request in flight */
+    int warmed;   /* completed at least one round trip this row */
+    uint64_t t0;  /* request started */
+    uint64_t seed;
+    uint64_t seq;
+};
+
+struct shm_client {
+    shmipc_client *c;
+    size_t size;
+    unsigned conc;
+    unsigned sessions;
+    struct shm_slot *slots;
+    shmipc_stream **ready;
+};
+
+/* Slices one message may take, per class, at worst (a first small slice
+ * for the zero-touch byte, a medium or small one for a remainder, the rest
+ * in large slices); messages: a request and a response per stream plus a
+ * few in transit. */
+static void pool_plan(size_t size, unsigned conc, struct shmipc_client_config *cfg)
+{
+    uint64_t msgs = 2ull * conc + 8;
+    uint64_t per[3] = {2, 1, size / class_cap[2] + 2};
+    uint64_t bytes[3], sum = 0;
+    for (int i = 0; i < 3; i++) {
+        bytes[i] = msgs * per[i] * (class_cap[i] + SLICE_HDR);
+        sum += bytes[i];
+    }
+    uint32_t pct[3], total = 0;
+    for (int i = 0; i < 3; i++) {
+        pct[i] = (uint32_t)(bytes[i] * 100 / sum);
+        if (pct[i] == 0)
+            pct[i] = 1;
+        total += pct[i];
+    }
+    while (total > 100) { /* rounding up the small ones may overshoot */
+        int big = pct[0] >= pct[1] && pct[0] >= pct[2] ? 0 : pct[1] >= pct[2] ? 1 : 2;
+        pct[big]--;
+        total--;
+    }
+    uint64_t pool = 0;
+    for (int i = 0; i < 3; i++) {
+        uint64_t need = bytes[i] * 100 / pct[i];
+        if (need > pool)
+            pool = need;
+    }
+    pool = pool + pool / 8 + (1u << 20); /* headroom and the headers */
+    if (pool < POOL_MIN)
+        pool = POOL_MIN;
+    if (pool > POOL_MAX) {
+        fprintf(stderr,
+                "shmipc-bench: a %zu-byte x %u-stream row needs a %llu-byte pool; using the "
+                "4 GiB maximum (expect fallbacks)\n",
+                size, conc, (unsigned long long)pool);
+        pool = POOL_MAX;
+    }
+    cfg->pool_bytes = (size_t)pool;
+    cfg->nclasses = 3;
+    for (int i = 0; i < 3; i++)
+        cfg->classes[i] = (struct shmipc_slice_class){class_cap[i], pct[i]};
+}
+
+void shm_client_close(struct shm_client *c)
+{
+    if (c == NULL)
+        return;
+    for (unsigned i = 0; c->slots != NULL && i < c->conc; i++)
+        if (c->slots[i].st != NULL)
+            shmipc_stream_close(c->slots[i].st);
+    shmipc_client_close(c->c);
+    free(c->slots);
+    free(c->ready);
+    free(c);
+}
+
+int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
+                    struct shm_client **out)
+{
+    struct shm_client *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -ENOMEM;
+    c->size = size;
+    c->conc = conc;
+    c->sessions = o->sessions < conc ? o->sessions : conc;
+    if (c->sessions == 0)
+        c->sessions = 1;
+    c->slots = calloc(conc, sizeof(*c->slots));
+    c->ready = calloc(conc, sizeof(*c->ready));
+    if (c->slots == NULL || c->ready == NULL) {
+        shm_client_close(c);
+        return -ENOMEM;
+    }
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = o->address;
+    cfg.mode = o->file_mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD;
+    cfg.sessions = c->sessions;
+    cfg.no_io_thread = 1;
+    cfg.prefault = 1; /* first touches of fresh pages stay out of the rows */
+    cfg.connect_timeout_ms = 5000;
+    cfg.max_event_bytes = 64u << 20;
+    pool_plan(size, conc, &cfg);
+    int rc = shmipc_client_open(&cfg, &c->c);
+    for (unsigned i = 0; rc == 0 && i < conc; i++) {
+        struct shm_slot *s = &c->slots[i];
+        s->idx = i;
+        rc = shmipc_client_get(c->c, &s->st);
+        if (rc == 0)
+            shmipc_stream_set_user(s->st, s);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "shmipc-bench: shmipc client to %s: %s\n", o->address,
+                shmipc_strerror(rc));
+        shm_client_close(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* Builds and flushes the slot's next request. */
+static int shm_send(struct shm_client *c, struct shm_slot *s, enum bench_mode mode, uint64_t t)
+{
+    int rc;
+    s->t0 = t;
+    if (mode == MODE_FULL) {
+        s->seed = pattern_seed(s->idx, ++s->seq);
+        size_t off = 0;
+        while (off < c->size) {
+            size_t k = c->size - off < class_cap[2] ? c->size - off : class_cap[2];
+            void *p;
+            if ((rc = shmipc_stream_reserve(s->st, k, &p)) < 0)
+                return rc;
+            pattern_fill(p, off, k, s->seed);
+            off += k;
+        }
+    } else {
+        static const uint8_t z = REQ_ZERO;
+        if ((rc = shmipc_stream_write(s->st, &z, 1)) < 0 ||
+            (rc = shmipc_stream_advance(s->st, c->size - 1)) < 0)
+            return rc;
+    }
+    if ((rc = shmipc_stream_flush(s->st)) < 0)
+        return rc;
+    s->busy = 1;
+    return 0;
+}
+
+static int shm_check(const struct shm_client *c, const struct shm_slot *s, const shmipc_msg *m,
+                     enum bench_mode mode)
+{
+    if (m->len != c->size)
+        return 0;
+    if (mode == MODE_ZERO)
+        return 1;
+    size_t off = 0;
+    for (unsigned i = 0; i < m->niov; i++) {
+        if (!pattern_check(m->iov[i].base, off, m->iov[i].len, s->seed))
+            return 0;
+        off += m->iov[i].len;
+    }
+    return 1;
+}
+
+enum phase { PH_WARM, PH_MEASURE, PH_DRAIN };
+
+struct snap {
+    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, fallbacks, sleeps;
+};
+
+static void take_snap(struct shm_client *c, pid_t srv, struct snap *sn)
+{
+    struct shmipc_stats st;
+    shmipc_client_stats(c->c, &st);
+    sn->wakeups = st.wakeups_sent + st.wakeups_received;
+    sn->fallbacks = st.fallbacks_sent + st.fallbacks_received;
+    sn->cpu_self = self_cpu_ns();
+    sn->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
+    sn->cpu_all = system_busy_ns();
+    sn->sleeps = self_sleeps() + (srv > 0 ? proc_sleeps(srv) : 0);
+}
+
+#define WARM_CAP_NS (60ull * 1000000000ull)
+#define DRAIN_CAP_NS (30ull * 1000000000ull)
+
+int shm_row(struct shm_client *c, const struct row_params *p, struct row_result *r)
+{
+    struct lat lat;
+    if (lat_init(&lat, (size_t)(p->ms > 0 ? p->ms : 1) * 1000) < 0)
+        return -ENOMEM;
+    memset(r, 0, sizeof(*r));
+    r->mode = p->mode;
+    r->size = p->size;
+    r->conc = p->conc;
+    r->sessions = c->sessions;
+    enum phase ph = PH_WARM;
+    uint64_t t = now_ns(), row0 = t, warm_end = t + (uint64_t)p->warm_ms * 1000000u, end = 0;
+    struct snap a = {0}, b = {0};
+    unsigned inflight = 0, warmed = 0;
+    int failed = 0;
+    for (unsigned i = 0; i < c->conc; i++) {
+        struct shm_slot *s = &c->slots[i];
+        s->busy = s->warmed = 0;
+        int rc = shm_send(c, s, p->mode, now_ns());
+        if (rc < 0) {
+            fprintf(stderr, "shmipc-bench: send on stream %u: %s\n", i, shmipc_strerror(rc));
+            r->errors++;
+            failed = 1;
+            break;
+        }
+        inflight++;
+    }
+    if (failed)
+        ph = PH_DRAIN;
+    while (ph != PH_DRAIN || inflight > 0) {
+        t = now_ns();
+        if (ph == PH_WARM && warmed == c->conc && t >= warm_end) {
+            ph = PH_MEASURE;
+            take_snap(c, p->server_pid, &a);
+            a.t = t = now_ns();
+            end = t + (uint64_t)p->ms * 1000000u;
+        } else if (ph == PH_WARM && t - row0 > WARM_CAP_NS) {
+            fprintf(stderr, "shmipc-bench: warm-up did not finish in 60 s (%u of %u streams "
+                            "answered)\n", warmed, c->conc);
+            r->errors++;
+            ph = PH_DRAIN;
+        }
+        if ((ph == PH_MEASURE && t >= end) || (bench_stop && ph != PH_DRAIN)) {
+            take_snap(c, p->server_pid, &b);
+            b.t = t;
+            ph = PH_DRAIN;
+            end = t; /* the drain's deadline counts from here */
+        }
+        if (ph == PH_DRAIN && t - (end ? end : row0) > DRAIN_CAP_NS) {
+            fprintf(stderr, "shmipc-bench: %u responses missing 30 s after the row\n", inflight);
+            r->errors += inflight;
+            break;
+        }
+        int n = shmipc_client_poll(c->c, c->ready, (int)c->conc, 50);
+        if (n < 0) {
+            fprintf(stderr, "shmipc-bench: shmipc_client_poll: %s\n", shmipc_strerror(n));
+            r->errors++;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            struct shm_slot *s = shmipc_stream_user(c->ready[i]);
+            shmipc_msg m;
+            int rc;
+            while ((rc = shmipc_stream_recv(s->st, &m, 0)) == 0) {
+                int ok = s->busy && shm_check(c, s, &m, p->mode);
+                shmipc_msg_release(&m);
+                t = now_ns();
+                if (!ok) {
+                    if (r->errors++ == 0)
+                        fprintf(stderr, "shmipc-bench: stream %u: bad response (mode %s, "
+                                        "size %zu)\n", s->idx,
+                                p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
+                }
+                if (!s->busy)
+                    continue;
+                s->busy = 0;
+                inflight--;
+                if (ph == PH_MEASURE && t >= end) {
+                    take_snap(c, p->server_pid, &b);
+                    b.t = t;
+                    ph = PH_DRAIN;
+                    end = t;
+                }
+                if (ph == PH_MEASURE) {
+                    r->ops++;
+                    lat_add(&lat, t - s->t0);
+                } else if (ph == PH_WARM && !s->warmed) {
+                    s->warmed = 1;
+                    warmed++;
+                }
+                if (ph == PH_DRAIN)
+                    continue;
+                if ((rc = shm_send(c, s, p->mode, t)) < 0) {
+                    fprintf(stderr, "shmipc-bench: send on stream %u: %s\n", s->idx,
+                            shmipc_strerror(rc));
+                    r->errors++;
+                    take_snap(c, p->server_pid, &b);
+                    b.t = t;
+                    ph = PH_DRAIN;
+                    end = t;
+                    continue;
+                }
+                inflight++;
+            }
+            if (rc != SHMIPC_ETIMEDOUT) {
+                fprintf(stderr, "shmipc-bench: stream %u: %s\n", s->idx, shmipc_strerror(rc));
+                r->errors++;
+                if (s->busy) {
+                    s->busy = 0;
+                    inflight--;
+                }
+                if (ph != PH_DRAIN) {
+                    take_snap(c, p->server_pid, &b);
+                    b.t = now_ns();
+                    ph = PH_DRAIN;
+                    end = b.t;
+                }
+            }
+        }
+    }
+    if (a.t != 0 && b.t > a.t) {
+        r->wall_s = (double)(b.t - a.t) / 1e9;
+        if (r->ops > 0) {
+            double ops = (double)r->ops;
+            r->ns_per_op = (double)(b.t - a.t) / ops;
+            r->wakeups_per_op = (double)(b.wakeups - a.wakeups) / ops;
+            r->sleeps_per_op = (double)(b.sleeps - a.sleeps) / ops;
+            r->cpu_client_us = (double)(b.cpu_self - a.cpu_self) / 1000.0 / ops;
+            r->cpu_server_us =
+                p->server_pid > 0 ? (double)(b.cpu_srv - a.cpu_srv) / 1000.0 / ops : -1.0;
+        }
+        r->fallbacks = b.fallbacks - a.fallbacks;
+        double other = (double)(b.cpu_all - a.cpu_all) - (double)(b.cpu_self - a.cpu_self) -
+                       (double)(b.cpu_srv - a.cpu_srv);
+        r->other_cpu_pct = other > 0 ? 100.0 * other / (double)(b.t - a.t) : 0.0;
+    } else if (r->errors == 0) {
+        r->errors++; /* stopped before the timed window began */
+    }
+    if (r->ops == 0 && r->errors == 0) {
+        fprintf(stderr, "shmipc-bench: no round trip completed in the %d ms window\n", p->ms);
+        r->errors++;
+    }
+    r->p50_us = lat_pct_us(&lat, 0.50);
+    r->p99_us = lat_pct_us(&lat, 0.99);
+    lat_free(&lat);
+    return r->errors ? -EIO : 0;
+}
+
+/* ---- probe: one request of each mode through a blocking-style client ---- */
+
+int shm_probe(const char *address, int file_mode, int timeout_ms, char *err, size_t errlen)
+{
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = address;
+    cfg.mode = file_mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD;
+    cfg.pool_bytes = 4u << 20;
+    cfg.connect_timeout_ms = 1000;
+    shmipc_client *c = NULL;
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+    enum log_level saved = log_get_level();
+    log_set_level(LOG_ERROR); /* refused connections while the server starts */
+    int rc;
+    while ((rc = shmipc_client_open(&cfg, &c)) < 0 && now_ns() < deadline && !bench_stop) {
+        struct timespec ts = {0, 20000000};
+        nanosleep(&ts, NULL);
+    }
+    log_set_level(saved);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot connect to %s: %s", address, shmipc_strerror(rc));
+        return rc;
+    }
+    shmipc_stream *st = NULL;
+    enum { N = 1000 };
+    uint8_t req[N];
+    shmipc_msg m = {0};
+    rc = shmipc_client_get(c, &st);
+    if (rc == 0) {
+        uint64_t seed = pattern_seed(0, 1);
+        pattern_fill(req, 0, N, seed);
+        rc = shmipc_call(st, req, N, &m, 5000);
+        if (rc == 0 && (m.len != N || m.niov == 0 || !pattern_check(m.iov[0].base, 0, m.iov[0].len, seed)))
+            rc = -EBADMSG;
+        shmipc_msg_release(&m);
+    }
+    if (rc == 0) {
+        req[0] = REQ_ZERO;
+        rc = shmipc_stream_write(st, req, 1);
+        if (rc == 0)
+            rc = shmipc_stream_advance(st, N - 1);
+        if (rc == 0)
+            rc = shmipc_stream_flush(st);
+        if (rc == 0)
+            rc = shmipc_stream_recv(st, &m, 5000);
+        if (rc == 0 && m.len != N)
+            rc = -EBADMSG;
+        shmipc_msg_release(&m);
+    }
+    if (rc < 0)
+        snprintf(err, errlen, "%s did not answer a test request correctly: %s", address,
+                 shmipc_strerror(rc));
+    if (st != NULL)
+        shmipc_client_put(c, st);
+    shmipc_client_close(c);
+    return rc;
+}
+
+/* ---- the library server (forked child) ---- */
+
+static shmipc_server *lib_srv;
+
+static void lib_stop(int sig)
+{
+    (void)sig;
+    shmipc_server_stop(lib_srv);
+}
+
+/* 'Z': one byte and the rest left as the slices hold it, the request not
+ * touched beyond byte 0; 'F' (or anything else): the request copied into
+ * the response, piece by piece. */
+static void lib_message(shmipc_stream *st, shmipc_msg *m, void *arg)
+{
+    (void)arg;
+    int rc = 0;
+    if (m->len > 0 && m->iov[0].len > 0 && m->iov[0].base[0] == REQ_ZERO) {
+        static const uint8_t z = REQ_ZERO;
+        rc = shmipc_stream_write(st, &z, 1);
+        if (rc == 0 && m->len > 1)
+            rc = shmipc_stream_advance(st, m->len - 1);
+    } else {
+        for (unsigned i = 0; rc == 0 && i < m->niov; i++)
+            if (m->iov[i].len > 0)
+                rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
+    }
+    shmipc_msg_release(m);
+    if (rc == 0)
+        rc = shmipc_stream_flush(st);
+    if (rc < 0 && rc != SHMIPC_EQFULL) /* a full queue is retried by the server */
+        shmipc_stream_discard(st);
+}
+
+static int lib_serve(const char *address, int ready_fd)
+{
+    struct shmipc_server_config cfg;
+    shmipc_server_config_init(&cfg);
+    cfg.address = address;
+    cfg.socket_mode = 0600;
+    cfg.max_pool_bytes = POOL_MAX;
+    cfg.max_event_bytes = 64u << 20;
+    struct shmipc_server_handlers h = {.on_message = lib_message};
+    int rc = shmipc_server_open(&cfg, &h, NULL, &lib_srv);
+    uint8_t status = rc == 0 ? 0 : 1;
+    if (write(ready_fd, &status, 1) != 1 || rc < 0)
+        return 1;
+    close(ready_fd);
+    struct sigaction sa = {.sa_handler = lib_stop};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    rc = shmipc_server_run(lib_srv);
+    shmipc_server_close(lib_srv);
+    return rc < 0;
+}
+
+int shm_lib_server_start(const char *address, pid_t *pid)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t parent = getpid();
+    pid_t c = fork();
+    if (c < 0) {
+        int e = -errno;
+        close(fds[0]);
+        close(fds[1]);
+        return e;
+    }
+    if (c == 0) {
+        child_die_with_parent(parent);
+        close(fds[0]);
+        _exit(lib_serve(address, fds[1]));
+    }
+    child_track(c);
+    close(fds[1]);
+    struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+    uint8_t status = 1;
+    int rc = poll(&pfd, 1, 10000) == 1 && read(fds[0], &status, 1) == 1 && status == 0 ? 0 : -EIO;
+    close(fds[0]);
+    if (rc < 0) {
+        fprintf(stderr, "shmipc-bench: the library server did not start on %s\n", address);
+        child_stop(c, 1000);
+        return rc;
+    }
+    *pid = c;
+    return 0;
+}

@@ -1,0 +1,58 @@
+/*
+ * bench: the handler shmipc-bench drives through shmipcd. Byte 0 of a
+ * request says what to do:
+ *   'Z'  zero-touch: the response is one byte 'Z' and then len-1 bytes
+ *        left as the pool slices hold them (host->advance); the request is
+ *        not read beyond byte 0;
+ *   'F'  (and anything else) full: the request is copied into the
+ *        response, every byte, piece by piece (an echo).
+ * It keeps no state; any number of workers may call it at once.
+ */
+#include <stddef.h>
+#include <stdio.h>
+
+#include "shmipc/plugin.h"
+
+static const struct shmipc_host_api *host;
+
+static void *bench_init(const struct shmipc_host_api *h, const struct shmipc_plugin_conf *conf,
+                        char *errbuf, size_t errlen)
+{
+    (void)conf;
+    if (h->size < offsetof(struct shmipc_host_api, advance) + sizeof(h->advance) ||
+        h->advance == NULL) {
+        snprintf(errbuf, errlen, "the host API has no advance(): shmipcd too old");
+        return NULL;
+    }
+    host = h;
+    return (void *)&host; /* no state of its own: any non-NULL pointer */
+}
+
+static int bench_handle(void *state, void *thread_state, const struct shmipc_request *req,
+                        struct shmipc_response *resp)
+{
+    (void)state;
+    (void)thread_state;
+    if (req->len == 0)
+        return 0;
+    uint8_t op = 0;
+    host->copy(req, 0, &op, 1);
+    if (op == 'Z') {
+        int rc = host->write(resp, &op, 1);
+        return rc < 0 || req->len == 1 ? rc : host->advance(resp, req->len - 1);
+    }
+    for (unsigned i = 0; i < req->niov; i++) {
+        if (req->iov[i].len == 0)
+            continue;
+        int rc = host->write(resp, req->iov[i].base, req->iov[i].len);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+SHMIPC_PLUGIN_EXPORT = {
+    SHMIPC_PLUGIN_HEADER("bench", "1.0.0"),
+    .init = bench_init,
+    .handle = bench_handle,
+};
