@@ -67,6 +67,7 @@ struct opts {
     int sockbuf;
     const char *shmipcd, *plugin;
     int file_mode;
+    size_t reserve_chunk;
 };
 
 static char tmpdir[64];
@@ -76,7 +77,8 @@ static pid_t shmipcd_pid; /* for its private directory, should it be killed */
 
 static void usage(FILE *f)
 {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: shmipc-bench [options]\n"
         "  --quick               64 B and 64 KiB, both modes, shmipc-lib and uds, 64 in flight\n"
         "  --sizes LIST          request = response sizes, e.g. 64,512,1K,4K,64K,1M,4M\n"
@@ -101,7 +103,10 @@ static void usage(FILE *f)
         "                        (default %d)\n"
         "  --shmipcd PATH        the shmipcd binary (default: next to this program)\n"
         "  --plugin PATH         the bench plugin (default: ../plugins/bench.so from here)\n"
-        "  --mem memfd|file      shmipc memory mode (default memfd; file for tcp: addresses)\n",
+        "  --mem memfd|file      shmipc memory mode (default memfd; file for tcp: addresses)\n"
+        "  --reserve-chunk BYTES full mode: bytes per shmipc_stream_reserve() (default and\n"
+        "                        most 131052, the largest slice; smaller ones let the pool\n"
+        "                        fall back to smaller slice classes)\n",
         DEF_SESSIONS, DEF_WORKERS, DEF_SOCK_THREADS, DEF_SOCKBUF);
 }
 
@@ -169,9 +174,17 @@ static int add_transport(const char *t, void *arg)
             o->transports[i] = 1;
         return 0;
     }
-    static const struct { const char *name; enum transport t; } alias[] = {
-        {"shmipc-shmipcd", T_SHMIPCD}, {"shmipcd", T_SHMIPCD}, {"shmipc-lib", T_LIB},
-        {"lib", T_LIB}, {"uds", T_UDS}, {"unix", T_UDS}, {"tcp", T_TCP},
+    static const struct {
+        const char *name;
+        enum transport t;
+    } alias[] = {
+        {"shmipc-shmipcd", T_SHMIPCD},
+        {"shmipcd", T_SHMIPCD},
+        {"shmipc-lib", T_LIB},
+        {"lib", T_LIB},
+        {"uds", T_UDS},
+        {"unix", T_UDS},
+        {"tcp", T_TCP},
     };
     for (size_t i = 0; i < sizeof(alias) / sizeof(alias[0]); i++) {
         if (strcmp(t, alias[i].name) == 0) {
@@ -206,9 +219,8 @@ static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
 
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
-    static const size_t def_sizes[] = {64,        512,       1024,       4096,
-                                       16384,     32768,     65536,      262144,
-                                       524288,    1048576,   4194304};
+    static const size_t def_sizes[] = {64,    512,    1024,   4096,    16384,  32768,
+                                       65536, 262144, 524288, 1048576, 4194304};
     static const unsigned def_concs[] = {1, 8, 64, 200};
     memset(o, 0, sizeof(*o));
     o->ms = 1000;
@@ -294,6 +306,8 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->shmipcd = v;
         } else if (strcmp(a, "--plugin") == 0) {
             o->plugin = v;
+        } else if (strcmp(a, "--reserve-chunk") == 0) {
+            bad = parse_size(v, &o->reserve_chunk) < 0 || o->reserve_chunk > 131052;
         } else if (strcmp(a, "--mem") == 0) {
             bad = strcmp(v, "memfd") != 0 && strcmp(v, "file") != 0;
             o->file_mode = strcmp(v, "file") == 0;
@@ -568,24 +582,24 @@ static void print_table(FILE *f, const struct opts *o)
         fprintf(f, "  %s: the shmipc client against %s, %u session(s) per client\n",
                 o->label ? o->label : tr_name[T_LIB], o->connect, o->sessions);
     else
-        fprintf(f,
-                "  shmipc: %u session(s) per client (at most C), event-loop style (no I/O thread);\n"
-                "          shmipc-lib = library server (1 thread), shmipc-shmipcd = shmipcd with "
-                "%u worker(s)\n"
-                "  uds/tcp: epoll server with %u thread(s), 4-byte length framing; SO_SNDBUF/"
-                "SO_RCVBUF %d;\n"
-                "          tcp on 127.0.0.1 with TCP_NODELAY\n",
-                o->sessions, o->workers, o->sock_threads, o->sockbuf);
-    fprintf(f,
-            "  ns/op     wall time / round trips (all C in flight together)\n"
-            "  p50, p99  one round trip, from building the request to the checked response\n"
-            "  wake/op   shmipc: Polling events sent + received by the client per round trip;\n"
-            "            uds/tcp: epoll_wait returns of the client per round trip\n"
-            "  slp/op    times the client or the server blocked (voluntary context switches)\n"
-            "            per round trip: the wake-ups that cost a scheduler round trip\n"
-            "  cli, srv  CPU time (us) per round trip of the client and the server process\n"
-            "  uds/x     uds ns/op / this row's ns/op, same size, C and mode (> 1: faster)\n"
-            "  oth%%      CPU other processes used meanwhile, %% of one CPU (noise if large)\n");
+        fprintf(
+            f,
+            "  shmipc: %u session(s) per client (at most C), event-loop style (no I/O thread);\n"
+            "          shmipc-lib = library server (1 thread), shmipc-shmipcd = shmipcd with "
+            "%u worker(s)\n"
+            "  uds/tcp: epoll server with %u thread(s), 4-byte length framing; SO_SNDBUF/"
+            "SO_RCVBUF %d;\n"
+            "          tcp on 127.0.0.1 with TCP_NODELAY\n",
+            o->sessions, o->workers, o->sock_threads, o->sockbuf);
+    fprintf(f, "  ns/op     wall time / round trips (all C in flight together)\n"
+               "  p50, p99  one round trip, from building the request to the checked response\n"
+               "  wake/op   shmipc: Polling events sent + received by the client per round trip;\n"
+               "            uds/tcp: epoll_wait returns of the client per round trip\n"
+               "  slp/op    times the client or the server blocked (voluntary context switches)\n"
+               "            per round trip: the wake-ups that cost a scheduler round trip\n"
+               "  cli, srv  CPU time (us) per round trip of the client and the server process\n"
+               "  uds/x     uds ns/op / this row's ns/op, same size, C and mode (> 1: faster)\n"
+               "  oth%%      CPU other processes used meanwhile, %% of one CPU (noise if large)\n");
     for (int m = 0; m < 2; m++) {
         if (!o->modes[m])
             continue;
@@ -615,12 +629,15 @@ static void print_table(FILE *f, const struct opts *o)
                     if (u != NULL && u != r && r->ns_per_op > 0 && u->ns_per_op > 0)
                         snprintf(ratio, sizeof(ratio), "%6.2f", u->ns_per_op / r->ns_per_op);
                     fprintf(f,
-                            "%8s %4u  %-15s %9llu %10.0f %9.1f %9.1f %7.2f %7.2f %8.2f %s %6s %5.0f%s\n",
+                            "%8s %4u  %-15s %9llu %10.0f %9.1f %9.1f %7.2f %7.2f %8.2f %s %6s "
+                            "%5.0f%s\n",
                             size_text(r->size, sz, sizeof(sz)), r->conc, r->transport,
                             (unsigned long long)r->ops, r->ns_per_op, r->p50_us, r->p99_us,
                             r->wakeups_per_op, r->sleeps_per_op, r->cpu_client_us, srv, ratio,
                             r->other_cpu_pct,
-                            r->errors ? "  ERRORS" : r->fallbacks ? "  fallbacks" : "");
+                            r->errors      ? "  ERRORS"
+                            : r->fallbacks ? "  fallbacks"
+                                           : "");
                     printed = 1;
                 }
             }
@@ -650,8 +667,10 @@ static int plot(const struct opts *o)
 {
     char gp[PATH_MAX];
     if (find_in_path("gnuplot", gp, sizeof(gp)) < 0) {
-        fprintf(stderr, "shmipc-bench: gnuplot not found: skipping the plot %s "
-                        "(apt-get install gnuplot-nox)\n", o->plot);
+        fprintf(stderr,
+                "shmipc-bench: gnuplot not found: skipping the plot %s "
+                "(apt-get install gnuplot-nox)\n",
+                o->plot);
         return 0;
     }
     char script[PATH_MAX];
@@ -664,8 +683,7 @@ static int plot(const struct opts *o)
     size_t pl = strlen(o->plot);
     int png = pl > 4 && strcmp(o->plot + pl - 4, ".png") == 0; /* else SVG */
     fprintf(f, "set terminal %s size %u,%u %sfont 'sans,10' background '#ffffff'\n",
-            png ? "pngcairo" : "svg", 360 * o->nconcs + 80, 380 * nm + 60,
-            png ? "" : "dynamic ");
+            png ? "pngcairo" : "svg", 360 * o->nconcs + 80, 380 * nm + 60, png ? "" : "dynamic ");
     fprintf(f, "set output '%s'\n", o->plot);
     fprintf(f, "set logscale xy\nset grid\nset key top left font ',9'\nset format y '%%.0s%%c'\n"
                "set xlabel 'size (bytes)'\nset ylabel 'ns per round trip'\n");
@@ -690,8 +708,10 @@ static int plot(const struct opts *o)
                 }
                 fprintf(f, "EOD\n");
             }
-    fprintf(f, "set multiplot layout %u,%u title 'shmipc-bench: ns/op by size, shmipc vs unix "
-               "socket (log scale)'\n", nm, o->nconcs);
+    fprintf(f,
+            "set multiplot layout %u,%u title 'shmipc-bench: ns/op by size, shmipc vs unix "
+            "socket (log scale)'\n",
+            nm, o->nconcs);
     for (int m = 0; m < 2; m++) {
         if (!o->modes[m])
             continue;
@@ -705,8 +725,9 @@ static int plot(const struct opts *o)
                     any = find_result(tn, (enum bench_mode)m, o->sizes[si], o->concs[ci]) != NULL;
                 if (!any)
                     continue;
-                fprintf(f, "%s$d%d_%u_%d using 1:2 with linespoints lw 2 pt 7 ps 0.6 lc rgb '%s'"
-                           "%s title '%s'",
+                fprintf(f,
+                        "%s$d%d_%u_%d using 1:2 with linespoints lw 2 pt 7 ps 0.6 lc rgb '%s'"
+                        "%s title '%s'",
                         first ? "" : ", ", m, ci, t, color[t], t == T_TCP ? " dt 2" : "", tn);
                 first = 0;
             }
@@ -784,8 +805,8 @@ static int start_servers(const struct opts *o, struct servers *sv)
     if (o->transports[T_UDS]) {
         char path[108];
         snprintf(path, sizeof(path), "%s/uds.sock", tmpdir);
-        struct sock_opts so = {.tcp = 0, .path = path, .threads = o->sock_threads,
-                               .sockbuf = o->sockbuf};
+        struct sock_opts so = {
+            .tcp = 0, .path = path, .threads = o->sock_threads, .sockbuf = o->sockbuf};
         if ((rc = sock_server_start(&so, &sv->uds)) < 0) {
             fprintf(stderr, "shmipc-bench: unix-socket server: %s\n", strerror(-rc));
             return rc;
@@ -861,7 +882,8 @@ static int conn_open(const struct opts *o, struct servers *sv, int t, size_t siz
         return sock_client_open(t == T_UDS ? &sv->uds : &sv->tcp, size, conc, &c->sock);
     struct shm_client_opts so = {.address = t == T_LIB ? sv->addr_lib : sv->addr_shmipcd,
                                  .sessions = o->sessions,
-                                 .file_mode = t == T_LIB ? o->file_mode : 0};
+                                 .file_mode = t == T_LIB ? o->file_mode : 0,
+                                 .reserve_chunk = o->reserve_chunk};
     return shm_client_open(&so, size, conc, &c->shm);
 }
 
@@ -895,14 +917,17 @@ static int run_rows(const struct opts *o, struct servers *sv, FILE *json)
                     double el = (double)(now_ns() - t0) / 1e9;
                     double eta = done ? el / done * (total - done) : 0;
                     if (tty) /* elsewhere one line per finished row is enough */
-                        progress("[%u/%u %4.0fs, eta %4.0fs] %-14s %-10s %8s x %3u ...",
-                                 done + 1, total, el, eta, tn, mode_name[m],
+                        progress("[%u/%u %4.0fs, eta %4.0fs] %-14s %-10s %8s x %3u ...", done + 1,
+                                 total, el, eta, tn, mode_name[m],
                                  size_text(o->sizes[si], sz, sizeof(sz)), o->concs[ci]);
                     if (open_rc < 0 &&
                         (open_rc = conn_open(o, sv, t, o->sizes[si], o->concs[ci], &c)) < 0) {
-                        struct row_result r = {.transport = tn, .mode = (enum bench_mode)m,
-                                               .size = o->sizes[si], .conc = o->concs[ci],
-                                               .errors = 1, .cpu_server_us = -1};
+                        struct row_result r = {.transport = tn,
+                                               .mode = (enum bench_mode)m,
+                                               .size = o->sizes[si],
+                                               .conc = o->concs[ci],
+                                               .errors = 1,
+                                               .cpu_server_us = -1};
                         keep_result(&r); /* shown as ERRORS */
                         if (json != NULL)
                             json_row(json, &r, o);

@@ -34,10 +34,10 @@ struct row_result {
     enum bench_mode mode;
     size_t size;
     unsigned conc;
-    uint64_t ops;        /* round trips completed inside the timed window */
-    uint64_t errors;     /* failed sends/receives and payload mismatches */
-    double wall_s;       /* length of the timed window */
-    double ns_per_op;    /* wall / ops */
+    uint64_t ops;     /* round trips completed inside the timed window */
+    uint64_t errors;  /* failed sends/receives and payload mismatches */
+    double wall_s;    /* length of the timed window */
+    double ns_per_op; /* wall / ops */
     double p50_us, p99_us;
     double wakeups_per_op;
     double sleeps_per_op; /* voluntary context switches, client + server */
@@ -124,8 +124,9 @@ void progress_done(void);
 struct shm_client;
 struct shm_client_opts {
     const char *address;
-    unsigned sessions;  /* per client, capped at the row's concurrency */
-    int file_mode;      /* 1: /dev/shm files (version 2; needed for tcp:) */
+    unsigned sessions;    /* per client, capped at the row's concurrency */
+    int file_mode;        /* 1: /dev/shm files (version 2; needed for tcp:) */
+    size_t reserve_chunk; /* full mode: bytes per reserve; 0: the largest slice */
 };
 /* A client sized for rows of this size and concurrency (pool fits every
  * request and response in flight, pre-faulted). */

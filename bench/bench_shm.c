@@ -33,15 +33,16 @@ static const uint32_t class_cap[3] = {8172, 32748, 131052};
 struct shm_slot {
     shmipc_stream *st;
     unsigned idx;
-    int busy;     /* a request in flight */
-    int warmed;   /* completed at least one round trip this row */
-    uint64_t t0;  /* request started */
+    int busy;    /* a request in flight */
+    int warmed;  /* completed at least one round trip this row */
+    uint64_t t0; /* request started */
     uint64_t seed;
     uint64_t seq;
 };
 
 struct shm_client {
     shmipc_client *c;
+    size_t chunk; /* full mode: bytes per shmipc_stream_reserve() */
     size_t size;
     unsigned conc;
     unsigned sessions;
@@ -117,6 +118,9 @@ int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
         return -ENOMEM;
     c->size = size;
     c->conc = conc;
+    c->chunk = o->reserve_chunk ? o->reserve_chunk : class_cap[2];
+    if (c->chunk > class_cap[2])
+        c->chunk = class_cap[2];
     c->sessions = o->sessions < conc ? o->sessions : conc;
     if (c->sessions == 0)
         c->sessions = 1;
@@ -145,8 +149,7 @@ int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
             shmipc_stream_set_user(s->st, s);
     }
     if (rc < 0) {
-        fprintf(stderr, "shmipc-bench: shmipc client to %s: %s\n", o->address,
-                shmipc_strerror(rc));
+        fprintf(stderr, "shmipc-bench: shmipc client to %s: %s\n", o->address, shmipc_strerror(rc));
         shm_client_close(c);
         return rc;
     }
@@ -163,7 +166,7 @@ static int shm_send(struct shm_client *c, struct shm_slot *s, enum bench_mode mo
         s->seed = pattern_seed(s->idx, ++s->seq);
         size_t off = 0;
         while (off < c->size) {
-            size_t k = c->size - off < class_cap[2] ? c->size - off : class_cap[2];
+            size_t k = c->size - off < c->chunk ? c->size - off : c->chunk;
             void *p;
             if ((rc = shmipc_stream_reserve(s->st, k, &p)) < 0)
                 return rc;
@@ -201,7 +204,7 @@ static int shm_check(const struct shm_client *c, const struct shm_slot *s, const
 enum phase { PH_WARM, PH_MEASURE, PH_DRAIN };
 
 struct snap {
-    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, fallbacks, sleeps;
+    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, sleeps;
 };
 
 static void take_snap(struct shm_client *c, pid_t srv, struct snap *sn)
@@ -209,7 +212,6 @@ static void take_snap(struct shm_client *c, pid_t srv, struct snap *sn)
     struct shmipc_stats st;
     shmipc_client_stats(c->c, &st);
     sn->wakeups = st.wakeups_sent + st.wakeups_received;
-    sn->fallbacks = st.fallbacks_sent + st.fallbacks_received;
     sn->cpu_self = self_cpu_ns();
     sn->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
     sn->cpu_all = system_busy_ns();
@@ -234,6 +236,8 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
     struct snap a = {0}, b = {0};
     unsigned inflight = 0, warmed = 0;
     int failed = 0;
+    struct shmipc_stats st0, st1;
+    shmipc_client_stats(c->c, &st0);
     for (unsigned i = 0; i < c->conc; i++) {
         struct shm_slot *s = &c->slots[i];
         s->busy = s->warmed = 0;
@@ -256,8 +260,10 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
             a.t = t = now_ns();
             end = t + (uint64_t)p->ms * 1000000u;
         } else if (ph == PH_WARM && t - row0 > WARM_CAP_NS) {
-            fprintf(stderr, "shmipc-bench: warm-up did not finish in 60 s (%u of %u streams "
-                            "answered)\n", warmed, c->conc);
+            fprintf(stderr,
+                    "shmipc-bench: warm-up did not finish in 60 s (%u of %u streams "
+                    "answered)\n",
+                    warmed, c->conc);
             r->errors++;
             ph = PH_DRAIN;
         }
@@ -288,9 +294,10 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
                 t = now_ns();
                 if (!ok) {
                     if (r->errors++ == 0)
-                        fprintf(stderr, "shmipc-bench: stream %u: bad response (mode %s, "
-                                        "size %zu)\n", s->idx,
-                                p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
+                        fprintf(stderr,
+                                "shmipc-bench: stream %u: bad response (mode %s, "
+                                "size %zu)\n",
+                                s->idx, p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
                 }
                 if (!s->busy)
                     continue;
@@ -316,9 +323,8 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
                             shmipc_strerror(rc));
                     r->errors++;
                     take_snap(c, p->server_pid, &b);
-                    b.t = t;
+                    b.t = end = now_ns(); /* the send may have blocked */
                     ph = PH_DRAIN;
-                    end = t;
                     continue;
                 }
                 inflight++;
@@ -350,7 +356,6 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
             r->cpu_server_us =
                 p->server_pid > 0 ? (double)(b.cpu_srv - a.cpu_srv) / 1000.0 / ops : -1.0;
         }
-        r->fallbacks = b.fallbacks - a.fallbacks;
         double other = (double)(b.cpu_all - a.cpu_all) - (double)(b.cpu_self - a.cpu_self) -
                        (double)(b.cpu_srv - a.cpu_srv);
         r->other_cpu_pct = other > 0 ? 100.0 * other / (double)(b.t - a.t) : 0.0;
@@ -361,6 +366,10 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
         fprintf(stderr, "shmipc-bench: no round trip completed in the %d ms window\n", p->ms);
         r->errors++;
     }
+    /* Over the whole row: a stream that fell back in the warm-up stays so. */
+    shmipc_client_stats(c->c, &st1);
+    r->fallbacks =
+        st1.fallbacks_sent + st1.fallbacks_received - st0.fallbacks_sent - st0.fallbacks_received;
     r->p50_us = lat_pct_us(&lat, 0.50);
     r->p99_us = lat_pct_us(&lat, 0.99);
     lat_free(&lat);
@@ -400,7 +409,8 @@ int shm_probe(const char *address, int file_mode, int timeout_ms, char *err, siz
         uint64_t seed = pattern_seed(0, 1);
         pattern_fill(req, 0, N, seed);
         rc = shmipc_call(st, req, N, &m, 5000);
-        if (rc == 0 && (m.len != N || m.niov == 0 || !pattern_check(m.iov[0].base, 0, m.iov[0].len, seed)))
+        if (rc == 0 &&
+            (m.len != N || m.niov == 0 || !pattern_check(m.iov[0].base, 0, m.iov[0].len, seed)))
             rc = -EBADMSG;
         shmipc_msg_release(&m);
     }

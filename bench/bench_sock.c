@@ -340,7 +340,8 @@ static int connect_one(const struct sock_server *srv)
     set_bufs(fd, srv->tcp, srv->sockbuf); /* before connect: TCP's window scale */
     int rc;
     if (srv->tcp) {
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(srv->port),
+        struct sockaddr_in a = {.sin_family = AF_INET,
+                                .sin_port = htons(srv->port),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
     } else {
@@ -485,6 +486,29 @@ struct snap {
     uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, sleeps;
 };
 
+static void take_snap(struct snap *x, pid_t srv, uint64_t wakeups)
+{
+    x->cpu_self = self_cpu_ns();
+    x->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
+    x->cpu_all = system_busy_ns();
+    x->wakeups = wakeups;
+    x->sleeps = self_sleeps() + (srv > 0 ? proc_sleeps(srv) : 0);
+    x->t = now_ns();
+}
+
+/* Ends the timed window (if open) at t, or the warm-up on an error. */
+static void stop_measure(enum phase *ph, struct snap *b, uint64_t *end, uint64_t t, pid_t srv,
+                         uint64_t wakeups)
+{
+    if (*ph == PH_DRAIN)
+        return;
+    take_snap(b, srv, wakeups);
+    if (*ph == PH_MEASURE)
+        b->t = t;
+    *ph = PH_DRAIN;
+    *end = t;
+}
+
 #define WARM_CAP_NS (60ull * 1000000000ull)
 #define DRAIN_CAP_NS (30ull * 1000000000ull)
 
@@ -503,25 +527,6 @@ int sock_row(struct sock_client *c, const struct row_params *p, struct row_resul
     uint64_t wakeups = 0;
     struct snap a = {0}, b = {0};
     unsigned inflight = 0, warmed = 0;
-#define SNAP(x)                                                                                    \
-    do {                                                                                           \
-        (x).cpu_self = self_cpu_ns();                                                              \
-        (x).cpu_srv = p->server_pid > 0 ? proc_cpu_ns(p->server_pid) : 0;                          \
-        (x).cpu_all = system_busy_ns();                                                            \
-        (x).wakeups = wakeups;                                                                     \
-        (x).sleeps = self_sleeps() + (p->server_pid > 0 ? proc_sleeps(p->server_pid) : 0);         \
-        (x).t = now_ns();                                                                          \
-    } while (0)
-#define STOP_MEASURE()                                                                             \
-    do {                                                                                           \
-        if (ph != PH_DRAIN) {                                                                      \
-            SNAP(b);                                                                               \
-            if (ph == PH_MEASURE)                                                                  \
-                b.t = t;                                                                           \
-            ph = PH_DRAIN;                                                                         \
-            end = t;                                                                               \
-        }                                                                                          \
-    } while (0)
     for (unsigned i = 0; i < c->conc; i++) {
         struct cconn *k = &c->conns[i];
         k->warmed = k->busy = 0;
@@ -532,7 +537,7 @@ int sock_row(struct sock_client *c, const struct row_params *p, struct row_resul
             r->errors++;
             k->busy = 0;
             inflight--;
-            STOP_MEASURE();
+            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
             break;
         }
     }
@@ -540,16 +545,16 @@ int sock_row(struct sock_client *c, const struct row_params *p, struct row_resul
         t = now_ns();
         if (ph == PH_WARM && warmed == c->conc && t >= warm_end) {
             ph = PH_MEASURE;
-            SNAP(a);
+            take_snap(&a, p->server_pid, wakeups);
             t = a.t;
             end = t + (uint64_t)p->ms * 1000000u;
         } else if (ph == PH_WARM && t - row0 > WARM_CAP_NS) {
             fprintf(stderr, "shmipc-bench: warm-up did not finish in 60 s\n");
             r->errors++;
-            STOP_MEASURE();
+            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
         }
         if ((ph == PH_MEASURE && t >= end) || (bench_stop && ph != PH_DRAIN))
-            STOP_MEASURE();
+            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
         if (ph == PH_DRAIN && t - (end ? end : row0) > DRAIN_CAP_NS) {
             fprintf(stderr, "shmipc-bench: %u responses missing 30 s after the row\n", inflight);
             r->errors += inflight;
@@ -575,13 +580,14 @@ int sock_row(struct sock_client *c, const struct row_params *p, struct row_resul
                 int ok = k->busy && sock_check(c, k, p->mode);
                 t = now_ns();
                 if (!ok && r->errors++ == 0)
-                    fprintf(stderr, "shmipc-bench: connection %u: bad response (mode %s, size "
-                                    "%zu)\n", k->idx, p->mode == MODE_FULL ? "full" : "zero-touch",
-                            c->size);
+                    fprintf(stderr,
+                            "shmipc-bench: connection %u: bad response (mode %s, size "
+                            "%zu)\n",
+                            k->idx, p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
                 k->busy = 0;
                 inflight--;
                 if (ph == PH_MEASURE && t >= end)
-                    STOP_MEASURE();
+                    stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
                 if (ph == PH_MEASURE) {
                     r->ops++;
                     lat_add(&lat, t - k->t0);
@@ -602,13 +608,11 @@ int sock_row(struct sock_client *c, const struct row_params *p, struct row_resul
                     inflight--;
                 }
                 epoll_ctl(c->ep, EPOLL_CTL_DEL, k->fd, NULL);
-                STOP_MEASURE();
+                stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
             }
         next:;
         }
     }
-#undef SNAP
-#undef STOP_MEASURE
     if (a.t != 0 && b.t > a.t) {
         r->wall_s = (double)(b.t - a.t) / 1e9;
         if (r->ops > 0) {
