@@ -100,7 +100,8 @@ struct shmipc_list_header {
     uint32_t slice_cap;    /* creator writes once: data bytes per slice */
     int32_t creator_count; /* creator's pop/push counter (never trusted) */
     int32_t mapper_count;  /* mapper's pop/push counter (never trusted) */
-    uint8_t unused[8];
+    uint32_t pop_lock;     /* ours only (0 in the peers): serialises our pops */
+    uint8_t unused[4];
 };
 
 /* Slice flags */
@@ -191,7 +192,8 @@ SHMIPC_PIN_(struct shmipc_list_header, tail, 12);
 SHMIPC_PIN_(struct shmipc_list_header, slice_cap, 16);
 SHMIPC_PIN_(struct shmipc_list_header, creator_count, 20);
 SHMIPC_PIN_(struct shmipc_list_header, mapper_count, 24);
-SHMIPC_PIN_(struct shmipc_list_header, unused, 28);
+SHMIPC_PIN_(struct shmipc_list_header, pop_lock, 28);
+SHMIPC_PIN_(struct shmipc_list_header, unused, 32);
 
 _Static_assert(sizeof(struct shmipc_slice_header) == SHMIPC_SLICE_HEADER_LEN, "slice header");
 SHMIPC_PIN_(struct shmipc_slice_header, cap, 0);

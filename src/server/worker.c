@@ -241,7 +241,7 @@ static void close_session(struct worker *w, struct dsession *ds)
     w->nsessions--;
     pthread_mutex_unlock(&w->mu);
     struct session *s = ds->s;
-    epoll_ctl(w->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+    session_unwatch(s);
     if (session_alive(s))
         session_die(s, SHMIPC_ECLOSED, "server closed the session");
     session_retry_blocked(s);
@@ -329,10 +329,9 @@ static void adopt(struct worker *w)
         ds->next = w->sessions;
         w->sessions = ds;
         pthread_mutex_unlock(&w->mu);
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-                                 .data.ptr = ds};
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, ds->s->fd, &ev) < 0)
-            session_die(ds->s, -errno, "epoll_ctl failed");
+        int rc = session_watch(ds->s, w->epfd, (epoll_data_t){.ptr = ds});
+        if (rc < 0)
+            session_die(ds->s, rc, "epoll_ctl failed");
         serve(w, ds); /* a file-path client may have sent already */
     }
     run_jobs(w);

@@ -92,10 +92,8 @@ static int io_register(struct shmipc_client *c, struct session *s)
     session_get(s);
     c->reg[c->nreg++] = s;
     pthread_mutex_unlock(&c->reg_mu);
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = s};
-    if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
-        return -errno; /* left registered: released with the client */
-    return 0;
+    /* On failure it stays on the list: released with the client. */
+    return session_watch(s, c->epfd, (epoll_data_t){.ptr = s});
 }
 
 /* Drops the I/O thread's reference on s (once). */
@@ -112,7 +110,7 @@ static void io_unregister(struct shmipc_client *c, struct session *s)
     }
     pthread_mutex_unlock(&c->reg_mu);
     if (found) {
-        epoll_ctl(c->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+        session_unwatch(s);
         session_put(s);
     }
 }
@@ -231,6 +229,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .queue_full_retries = c->cfg.queue_full_retries,
         .queue_full_wait_ms = c->cfg.queue_full_wait_ms,
         .notify_ready = c->cfg.no_io_thread,
+        .self_driven = c->cfg.no_io_thread,
         .spin_us = c->cfg.spin_us,
     };
     pool_ref_get(c->pool);

@@ -79,6 +79,8 @@ void shmipc_server_config_init(struct shmipc_server_config *c)
     c->unhealthy_ms = 30000;
 }
 
+static void on_session(struct shmipc_server *srv, struct srv_session *ss);
+
 static int ep_add(struct shmipc_server *srv, int fd, uint32_t events, void *item)
 {
     struct epoll_event ev = {.events = events, .data.ptr = item};
@@ -188,7 +190,7 @@ static void start_session(struct shmipc_server *srv, struct hs_conn *c)
         ss->ep.kind = EP_SESSION;
         ss->s->owner = srv;
         ss->s->index = (int)srv->nsessions;
-        rc = ep_add(srv, fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, ss);
+        rc = session_watch(ss->s, srv->epfd, (epoll_data_t){.ptr = ss});
         if (rc < 0) {
             session_release_streams(ss->s);
             session_put(ss->s);
@@ -212,8 +214,9 @@ static void start_session(struct shmipc_server *srv, struct hs_conn *c)
     srv->gone.sessions_opened++;
     pthread_mutex_unlock(&srv->stats_mu);
     log_debug("session on fd %d: protocol version %u", fd, cfg.version);
-    /* Elements may have been queued before we registered (v2 sends at once). */
-    session_on_io(ss->s);
+    /* Elements may have been queued before we registered (v2 sends at once):
+     * take and answer them now, as for any readiness event. */
+    on_session(srv, ss);
 }
 
 static void hs_fail(struct shmipc_server *srv, struct hs_conn *c, int rc)
@@ -341,7 +344,7 @@ static void close_session(struct shmipc_server *srv, struct srv_session *ss)
     *pp = ss->next;
     srv->nsessions--;
     struct session *s = ss->s;
-    epoll_ctl(srv->epfd, EPOLL_CTL_DEL, s->fd, NULL);
+    session_unwatch(s);
     if (session_alive(s))
         session_die(s, SHMIPC_ECLOSED, "server closed the session");
     session_retry_blocked(s);

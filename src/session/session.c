@@ -7,6 +7,7 @@
 #include "session/session.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,6 +125,7 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     pthread_cond_init(&s->out_cv, NULL);
     s->refs = 1;
     s->fd = fd;
+    s->ep_fd = -1;
     s->pool = pool;
     s->qregion = *qregion;
     region_init(qregion);
@@ -188,6 +190,7 @@ static void wake_all_locked(struct session *s)
 }
 
 static void mark_ready_locked(struct session *s, shmipc_stream *st);
+static int pump_locked(struct session *s);
 
 void session_die_locked(struct session *s, int err, const char *why)
 {
@@ -329,6 +332,43 @@ int session_open_stream(struct session *s, shmipc_stream **out)
 
 /* ---- output ---- */
 
+static int ep_update_locked(struct session *s, int want_out)
+{
+    if (s->ep_fd < 0 || s->ep_out == want_out)
+        return 0;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want_out ? EPOLLOUT : 0),
+                             .data = s->ep_data};
+    if (epoll_ctl(s->ep_fd, EPOLL_CTL_MOD, s->fd, &ev) < 0)
+        return -errno;
+    s->ep_out = want_out;
+    return 0;
+}
+
+int session_watch(struct session *s, int epfd, epoll_data_t data)
+{
+    pthread_mutex_lock(&s->mu);
+    int want_out = s->out_len > 0;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want_out ? EPOLLOUT : 0),
+                             .data = data};
+    int rc = epoll_ctl(epfd, EPOLL_CTL_ADD, s->fd, &ev) < 0 ? -errno : 0;
+    if (rc == 0) {
+        s->ep_fd = epfd;
+        s->ep_data = data;
+        s->ep_out = want_out;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+void session_unwatch(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->ep_fd >= 0)
+        epoll_ctl(s->ep_fd, EPOLL_CTL_DEL, s->fd, NULL);
+    s->ep_fd = -1;
+    pthread_mutex_unlock(&s->mu);
+}
+
 static int out_append(struct session *s, const uint8_t *p, size_t n)
 {
     if (s->out_len + n > s->out_cap) {
@@ -343,7 +383,10 @@ static int out_append(struct session *s, const uint8_t *p, size_t n)
     }
     memcpy(s->out + s->out_len, p, n);
     s->out_len += n;
-    return 0;
+    int rc = ep_update_locked(s, 1);
+    if (rc < 0)
+        session_die_locked(s, rc, "watching the socket for writing failed");
+    return rc;
 }
 
 /* Writes as much of the output buffer as the socket takes. */
@@ -366,8 +409,10 @@ static int flush_out_locked(struct session *s)
     }
     memmove(s->out, s->out + done, s->out_len - done);
     s->out_len -= done;
-    if (s->out_len == 0)
+    if (s->out_len == 0) {
         pthread_cond_broadcast(&s->out_cv);
+        ep_update_locked(s, 0); /* failing leaves a harmless extra event */
+    }
     return 0;
 }
 
@@ -420,8 +465,34 @@ int session_over_limit_locked(struct session *s, size_t more)
     return 1;
 }
 
+/* No other thread serves this session: wait for the socket here, and keep
+ * reading while waiting so a peer that answers as it reads is not stuck
+ * behind a full socket of its own. */
+static int wait_output_self_locked(struct session *s, uint64_t deadline_ns)
+{
+    while (!s->dead && pump_locked(s) >= 0 && s->out_len > 0) {
+        uint64_t now = sock_now_ns();
+        if (now >= deadline_ns)
+            return SHMIPC_ETIMEDOUT;
+        uint64_t left_ms = (deadline_ns - now) / 1000000u + 1;
+        struct pollfd pfd = {.fd = s->fd, .events = POLLOUT | POLLIN};
+        if (session_throttled(s))
+            pfd.events = POLLOUT; /* input waits for the caller to take what it has */
+        pthread_mutex_unlock(&s->mu);
+        int k = poll(&pfd, 1, left_ms > 1000 ? 1000 : (int)left_ms);
+        pthread_mutex_lock(&s->mu);
+        if (k < 0 && errno != EINTR) {
+            session_die_locked(s, -errno, "poll failed");
+            break;
+        }
+    }
+    return s->dead ? (s->err ? s->err : SHMIPC_ECLOSED) : 0;
+}
+
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
 {
+    if (s->cfg.self_driven)
+        return wait_output_self_locked(s, deadline_ns);
     while (s->out_len > 0 && !s->dead) {
         uint64_t now = sock_now_ns();
         if (now >= deadline_ns)
@@ -809,9 +880,10 @@ int session_throttled(struct session *s)
     return __atomic_load_n(&s->throttled, __ATOMIC_RELAXED);
 }
 
-int session_on_io(struct session *s)
+/* Reads what the socket holds, handles it, writes what is pending and
+ * harvests the queue: everything a readiness event asks for. */
+static int pump_locked(struct session *s)
 {
-    pthread_mutex_lock(&s->mu);
     int rc = 0;
     if (!s->dead && (region_tripped(&s->pool->region) || region_tripped(&s->qregion)))
         protocol_error(s, SHMIPC_ECORRUPT, "peer truncated its shared memory");
@@ -861,6 +933,13 @@ int session_on_io(struct session *s)
         rc = harvest_locked(s);
     if (s->dead)
         rc = s->err ? s->err : SHMIPC_ECLOSED;
+    return rc;
+}
+
+int session_on_io(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = pump_locked(s);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }

@@ -19,6 +19,7 @@
 #define SHMIPC_SESSION_SESSION_H
 
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <stdint.h>
 
 #include "shm/pool.h"
@@ -111,6 +112,8 @@ struct session_cfg {
     unsigned max_streams;
     int notify_ready;  /* keep a list of streams with news (session_next_ready) */
     int spin_us;       /* client: a waiting recv spins on the queue this long */
+    int self_driven;   /* no I/O thread: the caller's poll does all the I/O, so
+                          waits for the socket are done in place */
 };
 
 struct session_stats {
@@ -139,6 +142,9 @@ struct session {
     size_t in_len, in_cap;
     uint8_t *out;
     size_t out_len, out_cap;
+    int ep_fd;             /* the epoll set that watches fd, or -1 */
+    int ep_out;            /* EPOLLOUT is armed: output is waiting */
+    epoll_data_t ep_data;
     size_t fb_pending;     /* atomic: bytes in streams' fallback buffers, not yet sent */
     size_t rx_heap;        /* atomic: received FallbackData messages not yet taken */
     int throttled;         /* session_on_io stopped reading at the limit above */
@@ -162,6 +168,11 @@ void session_put(struct session *s);
  * receive queue, writes pending output. Returns 0, or the error that
  * killed the session (which is then dead). */
 int session_on_io(struct session *s);
+/* Adds the session's socket to an epoll set, edge-triggered. Write
+ * readiness is watched only while unsent output is buffered, so a peer
+ * reading our wake-ups does not wake us. */
+int session_watch(struct session *s, int epfd, epoll_data_t data);
+void session_unwatch(struct session *s);
 
 /* Marks the session dead (err, why), wakes every waiter, shuts the socket
  * down so the driver notices. Idempotent. Caller holds s->mu. */

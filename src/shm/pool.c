@@ -10,17 +10,41 @@
  * moves head) and push (which moves tail and then links the old tail)
  * never touch the same slice. Free-list links are relative to the list's
  * slice region; message-chain links are absolute offsets in the pool.
+ *
+ * That algorithm has an ABA hazard: a pop that stalls between reading the
+ * head slice's link and its CAS, while the other side pops the whole list
+ * round, installs a stale head. Our pops therefore also take a lock word
+ * in the list header's spare bytes (the peers leave them zero), so two of
+ * our processes never pop the same list at once; the peers pop without it
+ * and keep the hazard among themselves and against us.
  */
 #include "shm/pool.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "base/log.h"
 #include "shm/atomics.h"
 #include "shmipc/errors.h"
 
 #define POP_RETRIES 200
 #define PUSH_RETRIES 65536
+/* Waiting for the pop lock: spins, then yields (the holder may be waiting
+ * for our core), then short sleeps (it may have been preempted). A lock
+ * still held after that costs this allocation the list (the caller tries
+ * another, or sends by fallback); one that keeps one value for a second
+ * belongs to a holder that died or is hostile, and is taken over. Only the
+ * first LOCK_SLEEP_BUDGET timeouts of a list sleep: a peer that holds the
+ * lock on purpose costs a server thread at most that many waits. */
+#define LOCK_SPINS 128
+#define LOCK_YIELDS 16
+#define LOCK_SLEEPS 50
+#define LOCK_SLEEP_NS 20000
+#define LOCK_SLEEP_BUDGET 64
+#define LOCK_STALE_NS 1000000000ull
 
 const struct pool_class pool_default_classes[3] = {
     {8172, 50},
@@ -194,17 +218,129 @@ static int32_t *side_counter(const struct pool *p, struct pool_list *l)
     return p->creator ? &l->hdr->creator_count : &l->hdr->mapper_count;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Every acquisition writes a new value, so a value that stays is a holder
+ * that does not progress. */
+static uint32_t lock_tag(void)
+{
+    static uint32_t seq;
+    uint32_t t = __atomic_load_n(&seq, __ATOMIC_RELAXED);
+    if (t == 0) {
+        uint32_t seed = ((uint32_t)getpid() << 16) ^ (uint32_t)mono_ns();
+        __atomic_compare_exchange_n(&seq, &t, seed | 1, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    }
+    t = __atomic_add_fetch(&seq, 0x9e3779b9u, __ATOMIC_RELAXED);
+    return t ? t : 1;
+}
+
+/* A bounded wait for another process to make progress: spins, yields,
+ * then (within the list's budget) short sleeps. */
+struct backoff {
+    int i, tries;
+};
+
+static void backoff_init(const struct pool_list *l, struct backoff *b)
+{
+    b->i = 0;
+    b->tries = LOCK_SPINS + LOCK_YIELDS;
+    if (__atomic_load_n(&l->lock_timeouts, __ATOMIC_RELAXED) < LOCK_SLEEP_BUDGET)
+        b->tries += LOCK_SLEEPS;
+}
+
+/* Returns 0 once the wait is used up (and charges the list's budget). */
+static int backoff_pause(struct pool_list *l, struct backoff *b)
+{
+    int i = b->i++;
+    if (i >= b->tries) {
+        __atomic_add_fetch(&l->lock_timeouts, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    if (i < LOCK_SPINS) {
+        cpu_relax();
+    } else if (i < LOCK_SPINS + LOCK_YIELDS) {
+        sched_yield();
+    } else {
+        struct timespec ts = {0, LOCK_SLEEP_NS};
+        nanosleep(&ts, NULL);
+    }
+    return 1;
+}
+
+static int pop_lock(struct pool_list *l, uint32_t *tag)
+{
+    uint32_t *w = &l->hdr->pop_lock;
+    uint32_t t = lock_tag(), v;
+    struct backoff b;
+    backoff_init(l, &b);
+    do {
+        v = ld32_relaxed(w);
+        if (v == 0 && cas32(w, 0, t)) {
+            *tag = t;
+            return 0;
+        }
+    } while (backoff_pause(l, &b));
+    uint64_t now = mono_ns();
+    if (__atomic_load_n(&l->lock_seen, __ATOMIC_RELAXED) != v) {
+        __atomic_store_n(&l->lock_seen, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&l->lock_seen_ns, now, __ATOMIC_RELAXED);
+    } else if (now - __atomic_load_n(&l->lock_seen_ns, __ATOMIC_RELAXED) >= LOCK_STALE_NS &&
+               cas32(w, v, t)) {
+        __atomic_add_fetch(&l->lock_stolen, 1, __ATOMIC_RELAXED);
+        log_warn("pool list of %u-byte slices: pop lock held by another process for over a "
+                 "second; taken over", l->slice_cap);
+        *tag = t;
+        return 0;
+    }
+    __atomic_add_fetch(&l->lock_busy, 1, __ATOMIC_RELAXED);
+    return SHMIPC_ENOBUFS;
+}
+
+static void pop_unlock(struct pool_list *l, uint32_t tag)
+{
+    /* Only if still ours: a holder overruled after a stall must not free
+     * the lock of the process that took it over. */
+    cas32(&l->hdr->pop_lock, tag, 0);
+}
+
+static int pop_locked(struct pool_list *l, uint32_t *rel);
+
 int pool_pop(struct pool *p, unsigned li, uint32_t *off)
 {
     if (li >= p->nlists)
         return -EINVAL;
     struct pool_list *l = &p->lists[li];
+    uint32_t tag, rel;
+    int rc = pop_lock(l, &tag);
+    if (rc < 0)
+        return rc;
+    rc = pop_locked(l, &rel);
+    pop_unlock(l, tag);
+    if (rc < 0)
+        return rc;
+    __atomic_add_fetch(side_counter(p, l), 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&l->pops, 1, __ATOMIC_RELAXED);
+    *off = l->region_off + rel;
+    return 0;
+}
+
+static int pop_locked(struct pool_list *l, uint32_t *rel)
+{
     struct shmipc_list_header *h = l->hdr;
     uint32_t head = ld32_acq(&h->head);
     if (__atomic_sub_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL) <= 0) {
         __atomic_add_fetch(&h->free_count, 1, __ATOMIC_ACQ_REL);
         return SHMIPC_ENOBUFS;
     }
+    /* From here another free slice is counted besides ours, so a head
+     * without a link is a push in progress: worth waiting for. */
+    struct backoff link_wait;
+    backoff_init(l, &link_wait);
     int rc = SHMIPC_ECONTENDED;
     for (int i = 0; i < POP_RETRIES; i++) {
         if (!rel_valid(l, head)) {
@@ -213,8 +349,22 @@ int pool_pop(struct pool *p, unsigned li, uint32_t *off)
         }
         struct shmipc_slice_header *s = rel_slice(l, head);
         if (!(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & SHMIPC_SLICE_HAS_NEXT)) {
-            rc = SHMIPC_ENOBUFS; /* a push has moved tail but not linked yet */
-            break;
+            /* A peer that ignores our lock popped this slice after we read
+             * head (head has moved: try again from the new head), or head
+             * is the tail while the free count says more slices are free:
+             * a push moved tail past it and has not linked it yet. */
+            uint32_t now = ld32_acq(&h->head);
+            if (now != head) {
+                head = now;
+                continue;
+            }
+            if (!backoff_pause(l, &link_wait)) {
+                __atomic_add_fetch(&l->link_busy, 1, __ATOMIC_RELAXED);
+                rc = SHMIPC_ENOBUFS;
+                break;
+            }
+            i--; /* waiting for the link is not a lost race */
+            continue;
         }
         uint32_t next = ld32_relaxed(&s->next);
         if (!rel_valid(l, next)) {
@@ -223,9 +373,7 @@ int pool_pop(struct pool *p, unsigned li, uint32_t *off)
         }
         if (cas32(&h->head, head, next)) {
             __atomic_store_n(&s->flags, SHMIPC_SLICE_IN_USE, __ATOMIC_RELEASE);
-            __atomic_add_fetch(side_counter(p, l), 1, __ATOMIC_RELAXED);
-            __atomic_add_fetch(&l->pops, 1, __ATOMIC_RELAXED);
-            *off = l->region_off + head;
+            *rel = head;
             return 0;
         }
         head = ld32_acq(&h->head);

@@ -41,6 +41,12 @@ struct pool_list {
     uint32_t stride;     /* slice_cap + SHMIPC_SLICE_HEADER_LEN */
     uint64_t pops;       /* process-local accounting, atomic */
     uint64_t pushes;
+    uint32_t lock_seen;  /* pop lock value last found held too long, atomic */
+    uint64_t lock_seen_ns;
+    uint64_t lock_busy;  /* pops refused because the lock stayed held, atomic */
+    uint64_t lock_stolen;
+    uint64_t link_busy;  /* pops refused: a push stayed between tail and link */
+    uint32_t lock_timeouts; /* waits that ran out, atomic */
 };
 
 struct pool {

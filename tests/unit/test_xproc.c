@@ -129,6 +129,9 @@ static int free_list_intact(const struct pool *p, unsigned li)
         rel = s->next;
     }
     free(seen);
+    if (!(ok && n == l->nslices && rel == l->hdr->tail))
+        printf("\n    list %u: free_count %d of %u, walked %u, stopped at %u, tail %u, head %u ",
+               li, l->hdr->free_count, l->nslices, n, rel, l->hdr->tail, l->hdr->head);
     return ok && n == l->nslices && rel == l->hdr->tail;
 }
 
@@ -166,6 +169,103 @@ static void test_pool_concurrent(void)
     region_close(&r);
     CU_ASSERT_EQUAL(tu_count_fds(), fds0);
     CU_ASSERT_EQUAL(tu_count_maps(), maps0);
+}
+
+/* ---- pool: a list that is never short must never report ENOBUFS ----
+ * Both sides pop a few slices and push them back on one large list. The
+ * list always holds hundreds of free slices, so a pop may lose a race to
+ * the peer (and retry from the new head) but must not fail, unless the
+ * peer stopped for the whole wait (preempted on a busy machine) holding
+ * the pop lock or between moving tail and linking it: those refusals are
+ * counted by the pool and must account for all. */
+
+#define CHURN_ROUNDS 200000u
+#define CHURN_HOLD 4
+
+struct churn_report {
+    uint64_t pops;
+    uint64_t enobufs;
+    uint64_t lock_busy; /* ENOBUFS explained by a preempted peer (holding the
+                           pop lock, or between moving tail and linking) */
+    int64_t err;
+};
+
+static void churn_work(struct pool *p, struct churn_report *rep)
+{
+    memset(rep, 0, sizeof(*rep));
+    for (uint32_t round = 0; round < CHURN_ROUNDS && rep->err == 0; round++) {
+        uint32_t held[CHURN_HOLD];
+        unsigned n = 0;
+        while (n < CHURN_HOLD) {
+            int rc = pool_pop(p, 0, &held[n]);
+            if (rc == 0) {
+                n++;
+                rep->pops++;
+            } else if (rc == SHMIPC_ENOBUFS) {
+                rep->enobufs++;
+                break;
+            } else if (rc != SHMIPC_ECONTENDED) {
+                rep->err = rc;
+                break;
+            }
+        }
+        while (n > 0) {
+            int rc = pool_push(p, held[--n]);
+            if (rc < 0)
+                rep->err = rc;
+        }
+    }
+    rep->lock_busy = p->lists[0].lock_busy + p->lists[0].link_busy;
+}
+
+static int churn_child(void *arg)
+{
+    struct pool_job *job = arg;
+    struct region r;
+    struct pool p;
+    struct churn_report rep = {.err = 0};
+    region_init(&r);
+    int rc = region_map_fd(&r, dup(job->fd), 1, 1u << 30, 0);
+    if (rc == 0)
+        rc = pool_map(&p, r.base, r.size);
+    if (rc == 0)
+        churn_work(&p, &rep);
+    else
+        rep.err = rc;
+    region_close(&r);
+    return write(job->out, &rep, sizeof(rep)) == sizeof(rep) ? 0 : 1;
+}
+
+static void test_pool_churn(void)
+{
+    struct region r;
+    struct pool p;
+    region_init(&r);
+    const struct pool_class classes[1] = {{64, 100}}; /* 779 slices of 64 bytes */
+    CU_ASSERT_FATAL(region_create_memfd(&r, "shmipc-test-churn", 64 << 10, 0) == 0);
+    CU_ASSERT_FATAL(pool_create(&p, r.base, r.size, classes, 1) == 0);
+    int pfd[2];
+    CU_ASSERT_FATAL(pipe(pfd) == 0);
+    struct pool_job job = {r.fd, pfd[1], 2};
+    pid_t pid = tu_fork(churn_child, &job);
+    CU_ASSERT_FATAL(pid > 0);
+    struct churn_report mine, theirs;
+    churn_work(&p, &mine);
+    CU_ASSERT_EQUAL(tu_wait(pid, DEADLINE_MS), 0);
+    close(pfd[1]);
+    CU_ASSERT_EQUAL_FATAL(read(pfd[0], &theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
+    close(pfd[0]);
+    printf("\n    churn: %lu + %lu pops, %lu + %lu ENOBUFS (peer preempted throughout: %lu + %lu) ",
+           (unsigned long)mine.pops, (unsigned long)theirs.pops, (unsigned long)mine.enobufs,
+           (unsigned long)theirs.enobufs, (unsigned long)mine.lock_busy,
+           (unsigned long)theirs.lock_busy);
+    CU_ASSERT_EQUAL(mine.err, 0);
+    CU_ASSERT_EQUAL(theirs.err, 0);
+    CU_ASSERT_EQUAL(mine.enobufs, mine.lock_busy);
+    CU_ASSERT_EQUAL(theirs.enobufs, theirs.lock_busy);
+    CU_ASSERT(mine.pops > 0 && theirs.pops > 0);
+    CU_ASSERT(free_list_intact(&p, 0));
+    region_close(&r);
 }
 
 /* ---- queue: 1,000,000 elements with the working-flag doorbell ---- */
@@ -332,6 +432,7 @@ static void test_queue_doorbell(void)
 
 static const struct test_case cases[] = {
     {"pool_concurrent_pop_push", test_pool_concurrent},
+    {"pool_churn_no_spurious_enobufs", test_pool_churn},
     {"queue_1M_with_doorbell", test_queue_doorbell},
     {NULL, NULL},
 };
