@@ -921,6 +921,69 @@ out:
     fx_end(&f);
 }
 
+/* An event-loop client whose messages go by fallback (the pool is too
+ * small) with more queued than the socket takes: nothing else drives the
+ * session, so the flush has to write (and read) in place, not wait for a
+ * drain that only its own poll would do. */
+static void test_event_loop_client_fallback(void)
+{
+    struct fx f;
+    enum { NST = 4 };
+    const size_t sz = 6u << 20;
+    shmipc_stream *st[NST] = {0};
+    unsigned got[NST] = {0};
+    uint8_t *req = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.no_io_thread = 1;
+    cfg.pool_bytes = 64u << 10;
+    cfg.nclasses = 1;
+    cfg.classes[0].slice_bytes = 1024;
+    cfg.classes[0].percent = 100;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE((req = malloc(sz)) != NULL);
+    /* All streams first: a session that fell back refuses new ones a while. */
+    for (int i = 0; i < NST; i++) {
+        REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
+        shmipc_stream_set_user(st[i], &got[i]);
+    }
+    for (int i = 0; i < NST; i++) {
+        fill(req, sz, 700 + (uint64_t)i);
+        REQUIRE_RC(shmipc_stream_write(st[i], req, sz), 0);
+        REQUIRE_RC(shmipc_stream_flush(st[i]), 0);
+    }
+    unsigned total = 0, bad = 0;
+    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    while (total < NST && tu_now_ns() < deadline) {
+        shmipc_stream *ready[NST];
+        int n = shmipc_client_poll(f.cli, ready, NST, 100);
+        REQUIRE(n >= 0);
+        for (int k = 0; k < n; k++) {
+            shmipc_msg m;
+            while (shmipc_stream_recv(ready[k], &m, 0) == 0) {
+                unsigned *g = shmipc_stream_user(ready[k]);
+                bad += !msg_is(&m, sz, 700 + (uint64_t)(g - got));
+                shmipc_msg_release(&m);
+                (*g)++;
+                total++;
+            }
+        }
+    }
+    CU_ASSERT_EQUAL(total, NST);
+    CU_ASSERT_EQUAL(bad, 0);
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.fallbacks_sent, NST);
+out:
+    for (int i = 0; i < NST; i++)
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+    free(req);
+    fx_end(&f);
+}
+
 static void test_random_echo_memfd(void)
 {
     random_echo_on(SHMIPC_MODE_MEMFD);
@@ -1784,6 +1847,7 @@ out:
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"event_loop_client", test_event_loop_client},
+    {"event_loop_client_fallback", test_event_loop_client_fallback},
     {"echo_sizes_memfd", test_echo_sizes_memfd},
     {"echo_sizes_file", test_echo_sizes_file},
     {"echo_sizes_file_tcp", test_echo_sizes_file_tcp},
