@@ -258,15 +258,21 @@ static void close_session(struct worker *w, struct dsession *ds)
     free(ds);
 }
 
+struct serve_ctx {
+    struct worker *w;
+    struct dsession *ds;
+};
+
+static void dispatch_cb(void *arg)
+{
+    struct serve_ctx *c = arg;
+    dispatch(c->w, c->ds);
+}
+
 static void serve(struct worker *w, struct dsession *ds)
 {
-    /* A session that stopped reading at its input limit has more: handle
-     * what it holds, then let it read on (see session_throttled). */
-    do {
-        session_on_io(ds->s);
-        dispatch(w, ds);
-    } while (session_alive(ds->s) && session_throttled(ds->s));
-    if (!session_alive(ds->s))
+    struct serve_ctx c = {w, ds};
+    if (!session_serve(ds->s, dispatch_cb, &c))
         close_session(w, ds);
 }
 

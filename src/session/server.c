@@ -366,15 +366,21 @@ static void close_session(struct shmipc_server *srv, struct srv_session *ss)
     free(ss);
 }
 
+struct serve_ctx {
+    struct shmipc_server *srv;
+    struct session *s;
+};
+
+static void dispatch_cb(void *arg)
+{
+    struct serve_ctx *c = arg;
+    dispatch(c->srv, c->s);
+}
+
 static void on_session(struct shmipc_server *srv, struct srv_session *ss)
 {
-    /* A session that stopped reading at its input limit has more: handle
-     * what it holds, then let it read on (see session_throttled). */
-    do {
-        session_on_io(ss->s);
-        dispatch(srv, ss->s);
-    } while (session_alive(ss->s) && session_throttled(ss->s));
-    if (!session_alive(ss->s))
+    struct serve_ctx c = {srv, ss->s};
+    if (!session_serve(ss->s, dispatch_cb, &c))
         close_session(srv, ss);
 }
 

@@ -762,6 +762,23 @@ int session_spin_harvest(struct session *s)
     return n;
 }
 
+/* Rounds of work taken without going back to the event loop. */
+#define SERVE_ROUNDS 8
+
+int session_serve(struct session *s, void (*dispatch)(void *arg), void *arg)
+{
+    do {
+        session_spin_harvest(s); /* claims the working flag */
+        session_on_io(s);
+        dispatch(arg);
+        for (int i = 0; i < SERVE_ROUNDS && session_spin_harvest(s) > 0; i++)
+            dispatch(arg);
+        session_spin_end(s); /* releases the flag, re-checking the queue */
+        dispatch(arg);
+    } while (session_alive(s) && session_throttled(s));
+    return session_alive(s);
+}
+
 void session_spin_end(struct session *s)
 {
     pthread_mutex_lock(&s->mu);

@@ -241,6 +241,15 @@ void stream_unlink_locked(struct session *s, shmipc_stream *st);
 int session_spin_harvest(struct session *s);
 void session_spin_end(struct session *s);
 
+/* Server: serves one readiness event as a batch. The receive queue's
+ * working flag stays claimed while dispatch() runs the handlers (the peer
+ * skips its Polling for requests it queues meanwhile, and they are taken
+ * in the same turn), and a session throttled at its input limit is served
+ * until it is not. Answers are not held back for one Polling at the end:
+ * the peer starts on the first while we work on the rest. Returns
+ * session_alive(). */
+int session_serve(struct session *s, void (*dispatch)(void *arg), void *arg);
+
 /* Sends a Polling event as a keepalive (harmless to every peer). */
 int session_keepalive(struct session *s);
 

@@ -17,6 +17,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -270,6 +271,9 @@ enum srv_mode {
 #define CTL_LEN 11
 static const char ctl_stats[CTL_LEN + 1] = "\001ctl:stats\001";
 static const char ctl_closed[CTL_LEN + 1] = "\001ctl:close\001";
+/* Says so through the FIFO <dir>/entered, holds the handler until a byte
+ * comes through <dir>/release, then is echoed like any message. */
+static const char ctl_gate[CTL_LEN + 1] = "\001ctl:gate_\001";
 
 /* What the server saw on a stream by the time on_close ran. */
 struct closed_rec {
@@ -287,6 +291,7 @@ struct tally {
 struct srv_state {
     shmipc_server *srv;
     enum srv_mode mode;
+    const char *address;
     uint32_t nclosed; /* ever; the log keeps the last CLOSED_MAX */
     struct closed_rec closed[CLOSED_MAX];
 };
@@ -318,7 +323,37 @@ static int ctl_kind(const shmipc_msg *m)
     char b[CTL_LEN];
     if (m->len != CTL_LEN || shmipc_msg_copy(m, 0, b, CTL_LEN) != CTL_LEN)
         return 0;
+    if (memcmp(b, ctl_gate, CTL_LEN) == 0)
+        return 3;
     return memcmp(b, ctl_stats, CTL_LEN) == 0 ? 1 : memcmp(b, ctl_closed, CTL_LEN) == 0 ? 2 : 0;
+}
+
+/* The socket's directory, from unix:<dir>/sock. */
+static void gate_path(const struct srv_state *S, const char *name, char *out, size_t cap)
+{
+    const char *a = strncmp(S->address, "unix:", 5) == 0 ? S->address + 5 : S->address;
+    const char *slash = strrchr(a, '/');
+    int dirlen = slash != NULL ? (int)(slash - a) : 0;
+    snprintf(out, cap, "%.*s/%s", dirlen, a, name);
+}
+
+static void pass_gate(const struct srv_state *S)
+{
+    char path[256], c = 'E';
+    gate_path(S, "entered", path, sizeof(path));
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (write(fd, &c, 1) != 1)
+            c = 0;
+        close(fd);
+    }
+    gate_path(S, "release", path, sizeof(path));
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (read(fd, &c, 1) != 1)
+            c = 0;
+        close(fd);
+    }
 }
 
 static void answer_ctl(struct srv_state *S, shmipc_stream *st, int kind)
@@ -349,6 +384,10 @@ static void h_message(shmipc_stream *st, shmipc_msg *m, void *arg)
 {
     struct srv_state *S = arg;
     int kind = ctl_kind(m);
+    if (kind == 3) {
+        pass_gate(S);
+        kind = 0;
+    }
     if (kind != 0) {
         shmipc_msg_release(m);
         answer_ctl(S, st, kind);
@@ -408,7 +447,7 @@ static int srv_child_main(void *arg)
     if (read(b->go, &go, 1) != 1)
         return 0; /* never started */
     close(b->go);
-    struct srv_state S = {.mode = b->mode};
+    struct srv_state S = {.mode = b->mode, .address = b->address};
     struct shmipc_server_config cfg;
     shmipc_server_config_init(&cfg);
     cfg.address = b->address;
@@ -981,6 +1020,77 @@ out:
         if (st[i] != NULL)
             shmipc_stream_close(st[i]);
     free(req);
+    fx_end(&f);
+}
+
+/* While the server's handlers run, it keeps the request queue's working
+ * flag: requests queued meanwhile need no Polling and are taken in the
+ * same turn. The gate holds the server inside a handler while the client
+ * queues more. */
+static void test_no_polling_while_handling(void)
+{
+    struct fx f;
+    enum { NST = 8 };
+    shmipc_stream *gate = NULL, *st[NST] = {0};
+    char entered[160], release[160];
+    int efd = -1, rfd = -1;
+    REQUIRE_RC(fx_begin(&f), 0);
+    snprintf(entered, sizeof(entered), "%s/entered", f.dir);
+    snprintf(release, sizeof(release), "%s/release", f.dir);
+    REQUIRE(mkfifo(entered, 0600) == 0 && mkfifo(release, 0600) == 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &gate), 0);
+    for (int i = 0; i < NST; i++)
+        REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
+    REQUIRE_RC(shmipc_stream_write(gate, ctl_gate, CTL_LEN), 0);
+    REQUIRE_RC(shmipc_stream_flush(gate), 0);
+    char c;
+    REQUIRE((efd = open(entered, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) >= 0);
+    struct pollfd pfd = {.fd = efd, .events = POLLIN};
+    REQUIRE(poll(&pfd, 1, RECV_MS) == 1 && read(efd, &c, 1) == 1); /* inside the handler */
+    struct shmipc_stats before, after;
+    shmipc_client_stats(f.cli, &before);
+    uint8_t *req = pattern(100, 60);
+    REQUIRE(req != NULL);
+    for (int i = 0; i < NST; i++) {
+        fill(req, 100, 60 + (uint64_t)i);
+        CU_ASSERT_EQUAL(shmipc_stream_write(st[i], req, 100), 0);
+        CU_ASSERT_EQUAL(shmipc_stream_flush(st[i]), 0);
+    }
+    free(req);
+    shmipc_client_stats(f.cli, &after);
+    CU_ASSERT_EQUAL(after.wakeups_sent - before.wakeups_sent, 0);
+    CU_ASSERT_EQUAL(after.messages_sent - before.messages_sent, NST);
+    /* The handler opens its end right after saying it entered. */
+    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    while ((rfd = open(release, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO &&
+           tu_now_ns() < deadline)
+        usleep(1000);
+    REQUIRE(rfd >= 0 && write(rfd, "R", 1) == 1);
+    shmipc_msg m;
+    REQUIRE_RC(shmipc_stream_recv(gate, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, CTL_LEN);
+    shmipc_msg_release(&m);
+    for (int i = 0; i < NST; i++) {
+        REQUIRE_RC(shmipc_stream_recv(st[i], &m, RECV_MS), 0);
+        CU_ASSERT(msg_is(&m, 100, 60 + (uint64_t)i));
+        shmipc_msg_release(&m);
+    }
+out:
+    if (efd >= 0)
+        close(efd);
+    if (rfd >= 0)
+        close(rfd);
+    for (int i = 0; i < NST; i++)
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+    if (gate != NULL)
+        shmipc_stream_close(gate);
+    unlink(entered);
+    unlink(release);
     fx_end(&f);
 }
 
@@ -1848,6 +1958,7 @@ static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"event_loop_client", test_event_loop_client},
     {"event_loop_client_fallback", test_event_loop_client_fallback},
+    {"no_polling_while_handling", test_no_polling_while_handling},
     {"echo_sizes_memfd", test_echo_sizes_memfd},
     {"echo_sizes_file", test_echo_sizes_file},
     {"echo_sizes_file_tcp", test_echo_sizes_file_tcp},
