@@ -365,6 +365,15 @@ int main(int argc, char **argv)
                      .ms = 1500, .mode = SHMIPC_MODE_MEMFD};
     for (int i = 1; i < argc; i += 2) {
         size_t tmp[MAX_LIST];
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]\n"
+                   "                       [--mode memfd|file] [--spin-us N] [--connect ADDR]\n"
+                   "                       [--no-uds]\n"
+                   "One ping-pong per size and stream count: shmipc (a library server\n"
+                   "forked here, or ADDR) and a unix-socket baseline (unless --no-uds);\n"
+                   "every byte written and checked.\n");
+            return 0;
+        }
         if (strcmp(argv[i], "--no-uds") == 0) {
             o.no_uds = 1;
             i--;

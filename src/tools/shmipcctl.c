@@ -21,7 +21,7 @@ int main(int argc, char **argv)
         i = 3;
     }
     if (i >= argc) {
-        fprintf(stderr, "usage: shmipcctl [-s ADMIN] status | stats [--json] | stop\n");
+        fprintf(stderr, "usage: shmipcctl [-s ADMIN] status | stats [--json] | reload | stop\n");
         return 2;
     }
     char line[256] = "";
