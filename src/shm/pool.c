@@ -245,11 +245,19 @@ struct backoff {
     int i, tries;
 };
 
+static int wait_sleeps = 1; /* see pool_set_patient */
+
+void pool_set_patient(int sleeps)
+{
+    __atomic_store_n(&wait_sleeps, sleeps != 0, __ATOMIC_RELAXED);
+}
+
 static void backoff_init(const struct pool_list *l, struct backoff *b)
 {
     b->i = 0;
     b->tries = LOCK_SPINS + LOCK_YIELDS;
-    if (__atomic_load_n(&l->lock_timeouts, __ATOMIC_RELAXED) < LOCK_SLEEP_BUDGET)
+    if (__atomic_load_n(&wait_sleeps, __ATOMIC_RELAXED) &&
+        __atomic_load_n(&l->lock_timeouts, __ATOMIC_RELAXED) < LOCK_SLEEP_BUDGET)
         b->tries += LOCK_SLEEPS;
 }
 

@@ -74,9 +74,14 @@ int pool_create(struct pool *p, void *base, size_t size, const struct pool_class
 int pool_map(struct pool *p, void *base, size_t size);
 
 /* Pops one slice from list `li`; *off = absolute offset of its header.
- * SHMIPC_ENOBUFS (the last free slice is never handed out),
- * SHMIPC_ECONTENDED (bounded retries exhausted), SHMIPC_ECORRUPT. */
+ * SHMIPC_ENOBUFS (the last free slice is never handed out, or another
+ * process stayed in the way for the whole bounded wait: holding the pop
+ * lock, or between moving the tail and linking it), SHMIPC_ECONTENDED
+ * (bounded retries exhausted), SHMIPC_ECORRUPT. */
 int pool_pop(struct pool *p, unsigned li, uint32_t *off);
+/* Whether those waits may end in short sleeps (the default) or only spin
+ * and yield; process-wide. The fuzz targets turn the sleeps off. */
+void pool_set_patient(int sleeps);
 
 /* Frees the slice at `off` into its list. The slice must be IN_USE;
  * SHMIPC_EBADOFFSET / SHMIPC_EBADSLICE otherwise (nothing is pushed). */

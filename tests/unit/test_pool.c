@@ -326,6 +326,66 @@ static void test_chain_rejects(void)
     free(m);
 }
 
+/* A pop lock another process keeps (it died, or lies): each pop waits a
+ * bounded time and refuses, counted; the same value held for a second is
+ * taken over, and the lock is free again after our pop. */
+static void test_pop_lock_held(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct pool_list *l = &p.lists[0];
+    uint32_t off;
+    l->hdr->pop_lock = 0xdead;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(l->lock_busy, 1);
+    CU_ASSERT_EQUAL(l->hdr->pop_lock, 0xdead);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    /* Other lists are not affected. */
+    CU_ASSERT_EQUAL(pool_pop(&p, 1, &off), 0);
+    CU_ASSERT_EQUAL(pool_push(&p, off), 0);
+    /* Still the same value, but not for a second yet: refused again. */
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(l->lock_stolen, 0);
+    /* A second later (moved back rather than waited for). */
+    l->lock_seen_ns -= 2000000000ull;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), 0);
+    CU_ASSERT_EQUAL(l->lock_stolen, 1);
+    CU_ASSERT_EQUAL(l->hdr->pop_lock, 0);
+    CU_ASSERT_EQUAL(pool_push(&p, off), 0);
+    /* A holder that changes the value is never taken over. */
+    l->hdr->pop_lock = 0xbeef;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ENOBUFS);
+    l->lock_seen_ns -= 2000000000ull;
+    l->hdr->pop_lock = 0xbee0;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(l->lock_stolen, 1);
+    l->hdr->pop_lock = 0;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), 0);
+    CU_ASSERT_EQUAL(pool_push(&p, off), 0);
+    free(m);
+}
+
+/* Head without a link while the count says more are free: a push that
+ * moved the tail and has not linked it yet. The pop waits (bounded) for
+ * the link, refuses if it does not come, and takes the slice once it has. */
+static void test_pop_waits_for_link(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct pool_list *l = &p.lists[0];
+    struct shmipc_slice_header *head = (void *)(l->region + l->hdr->head);
+    uint32_t off, head_off = l->region_off + l->hdr->head;
+    head->flags &= (uint8_t)~SHMIPC_SLICE_HAS_NEXT;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(l->link_busy, 1);
+    CU_ASSERT_EQUAL(l->hdr->free_count, (int32_t)l->nslices);
+    head->flags |= SHMIPC_SLICE_HAS_NEXT;
+    CU_ASSERT_EQUAL(pool_pop(&p, 0, &off), 0);
+    CU_ASSERT_EQUAL(off, head_off);
+    CU_ASSERT_EQUAL(pool_push(&p, off), 0);
+    free(m);
+}
+
 static const struct test_case cases[] = {
     {"create_rejects", test_create_rejects},
     {"never_last_slice", test_never_last_slice},
@@ -336,6 +396,8 @@ static const struct test_case cases[] = {
     {"map_rejects_lying_headers", test_map_rejects_lying_headers},
     {"pop_push_on_corrupt_lists", test_pop_push_on_corrupt_lists},
     {"chain_rejects", test_chain_rejects},
+    {"pop_lock_held", test_pop_lock_held},
+    {"pop_waits_for_link", test_pop_waits_for_link},
     {NULL, NULL},
 };
 
