@@ -41,13 +41,14 @@ extern "C" {
     X(ECLOSED, 19, "session or stream is closed")                               \
     X(ETIMEDOUT, 20, "deadline expired")                                        \
     X(EUNHEALTHY, 21, "session refuses new streams after falling back")         \
-    X(ENOSESSION, 22, "no session to the server is available")
+    X(ENOSESSION, 22, "no session to the server is available")                  \
+    X(ESLICEHELD, 23, "slice from the peer is in a message not yet released")
 
 enum shmipc_errno {
 #define SHMIPC_ERR_ENUM_(name, off, msg) SHMIPC_##name = SHMIPC_ERR_BASE - (off),
     SHMIPC_ERRNO_MAP(SHMIPC_ERR_ENUM_)
 #undef SHMIPC_ERR_ENUM_
-    SHMIPC_ERR_LAST_ = SHMIPC_ERR_BASE - 23
+    SHMIPC_ERR_LAST_ = SHMIPC_ERR_BASE - 24
 };
 
 /* A static string naming `code` (0, a negated errno, or a SHMIPC_E* code).

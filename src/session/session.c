@@ -56,6 +56,8 @@ int pool_ref_new(struct region *rg, int creator, const struct pool_class *classe
     region_init(rg);
     int rc = creator ? pool_create(&p->pool, p->region.base, p->region.size, classes, n)
                      : pool_map(&p->pool, p->region.base, p->region.size);
+    if (rc == 0 && (p->held = calloc((p->pool.total_slices + 63) / 64, sizeof(uint64_t))) == NULL)
+        rc = -ENOMEM;
     if (rc < 0) {
         region_close(&p->region);
         free(p);
@@ -99,7 +101,26 @@ void pool_ref_put(struct pool_ref *p)
         return;
     }
     region_close(&p->region);
+    free(p->held);
     free(p);
+}
+
+/* Marks a received slice held; SHMIPC_ESLICEHELD if it already was. */
+static int slice_hold(struct pool_ref *p, uint32_t off)
+{
+    int i = pool_slice_index(&p->pool, off);
+    if (i < 0)
+        return i;
+    uint64_t bit = 1ull << (i % 64);
+    uint64_t old = __atomic_fetch_or(&p->held[i / 64], bit, __ATOMIC_RELAXED);
+    return old & bit ? SHMIPC_ESLICEHELD : 0;
+}
+
+static void slice_unhold(struct pool_ref *p, uint32_t off)
+{
+    int i = pool_slice_index(&p->pool, off);
+    if (i >= 0)
+        __atomic_fetch_and(&p->held[i / 64], ~(1ull << (i % 64)), __ATOMIC_RELAXED);
 }
 
 /* ---- sessions ---- */
@@ -565,8 +586,10 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
 void rx_msg_free(struct rx_msg *m)
 {
     if (m->pool != NULL) {
-        for (uint32_t i = 0; i < m->nseg; i++)
+        for (uint32_t i = 0; i < m->nseg; i++) {
+            slice_unhold(m->pool, m->offs[i]);
             pool_push(&m->pool->pool, m->offs[i]);
+        }
         pool_ref_put(m->pool);
     }
     if (m->iov != m->iov_inline)
@@ -671,6 +694,14 @@ static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
             m->iov = iov;
             m->offs = offs;
         }
+        /* A slice of a message not yet released, published again (or
+         * twice in this chain): the peer frees what we are reading. */
+        if ((rc = slice_hold(s->pool, seg.off)) < 0) {
+            for (uint32_t i = 0; rc == SHMIPC_ESLICEHELD && i < m->nseg; i++)
+                if (m->offs[i] == seg.off)
+                    rc = SHMIPC_ECHAINLOOP; /* held by this very chain */
+            break;
+        }
         m->iov[m->nseg] = (struct shmipc_iov){seg.data, seg.len};
         m->offs[m->nseg++] = seg.off;
         total += seg.len;
@@ -678,7 +709,11 @@ static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
     if (rc == 0 && total > UINT32_MAX)
         rc = SHMIPC_EBADSLICE;
     if (rc < 0) {
-        /* Nothing of a bad chain is freed: its links cannot be trusted. */
+        /* Nothing of a bad chain is freed: its links cannot be trusted.
+         * What this chain marked held is unmarked; a slice found held
+         * already stays with the message that holds it. */
+        for (uint32_t i = 0; i < m->nseg; i++)
+            slice_unhold(s->pool, m->offs[i]);
         m->nseg = 0;
         rx_msg_free(m);
         return rc;

@@ -31,6 +31,8 @@
 struct pool_ref {
     struct region region;
     struct pool pool;
+    uint64_t *held; /* one bit per slice: in a received message not yet
+                       released (a peer that publishes it again is caught) */
     int refs; /* atomic */
     struct pool_registry *reg; /* NULL when not in a registry */
     struct pool_ref *next;     /* registry chain */

@@ -407,6 +407,17 @@ int pool_list_of(const struct pool *p, uint32_t off)
     return SHMIPC_EBADOFFSET;
 }
 
+int pool_slice_index(const struct pool *p, uint32_t off)
+{
+    int li = pool_list_of(p, off);
+    if (li < 0)
+        return li;
+    uint32_t base = 0;
+    for (int i = 0; i < li; i++)
+        base += p->lists[i].nslices;
+    return (int)(base + (off - p->lists[li].region_off) / p->lists[li].stride);
+}
+
 int pool_push(struct pool *p, uint32_t off)
 {
     int li = pool_list_of(p, off);

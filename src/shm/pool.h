@@ -79,6 +79,9 @@ int pool_map(struct pool *p, void *base, size_t size);
  * lock, or between moving the tail and linking it), SHMIPC_ECONTENDED
  * (bounded retries exhausted), SHMIPC_ECORRUPT. */
 int pool_pop(struct pool *p, unsigned li, uint32_t *off);
+/* The slice at `off` numbered 0 .. total_slices-1 across all lists, or
+ * SHMIPC_EBADOFFSET. */
+int pool_slice_index(const struct pool *p, uint32_t off);
 /* Whether those waits may end in short sleeps (the default) or only spin
  * and yield; process-wide. The fuzz targets turn the sleeps off. */
 void pool_set_patient(int sleeps);
