@@ -18,6 +18,7 @@
 #include "base/log.h"
 #include "proto/event.h"
 #include "proto/sock.h"
+#include "shm/atomics.h"
 #include "shmipc/errors.h"
 
 #define IN_START (64u << 10)
@@ -58,6 +59,8 @@ int pool_ref_new(struct region *rg, int creator, const struct pool_class *classe
                      : pool_map(&p->pool, p->region.base, p->region.size);
     if (rc == 0 && (p->held = calloc((p->pool.total_slices + 63) / 64, sizeof(uint64_t))) == NULL)
         rc = -ENOMEM;
+    if (rc == 0)
+        pool_cache_enable(&p->pool);
     if (rc < 0) {
         region_close(&p->region);
         free(p);
@@ -100,6 +103,7 @@ void pool_ref_put(struct pool_ref *p)
     } else if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) != 0) {
         return;
     }
+    pool_cache_flush(&p->pool);
     region_close(&p->region);
     free(p->held);
     free(p);
@@ -559,6 +563,7 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
     for (;;) {
         if (s->dead)
             return s->err ? s->err : SHMIPC_ECLOSED;
+        shm_tsan_release(s->pool);
         int rc = queue_put(&s->qp.send, e);
         if (rc == 0)
             return wake_peer_locked(s);
@@ -588,7 +593,7 @@ void rx_msg_free(struct rx_msg *m)
     if (m->pool != NULL) {
         for (uint32_t i = 0; i < m->nseg; i++) {
             slice_unhold(m->pool, m->offs[i]);
-            pool_push(&m->pool->pool, m->offs[i]);
+            pool_give(&m->pool->pool, m->offs[i]);
         }
         pool_ref_put(m->pool);
     }
@@ -662,6 +667,7 @@ static shmipc_stream *stream_for_locked(struct session *s, uint32_t id, int open
  * only the checked copy used afterwards. */
 static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
 {
+    shm_tsan_acquire(s->pool);
     struct pool *p = &s->pool->pool;
     struct rx_msg *m = calloc(1, sizeof(*m));
     if (m == NULL)

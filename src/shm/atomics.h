@@ -29,6 +29,21 @@
 
 typedef int64_t shm_i64a4 __attribute__((aligned(4)));
 
+/* A slice travels: written by one thread, published, freed by the peer
+ * process into its own cache, written again there and sent back, read by
+ * another thread of ours. The order between our two threads runs through
+ * the other process, where TSan cannot see it; publishing and harvesting
+ * tell it with a release and an acquire on the pool. */
+#ifdef SHMIPC_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define shm_tsan_acquire(p) __tsan_acquire((void *)(p))
+#define shm_tsan_release(p) __tsan_release((void *)(p))
+#else
+#define shm_tsan_acquire(p) ((void)(p))
+#define shm_tsan_release(p) ((void)(p))
+#endif
+
 static inline uint32_t ld32_acq(const uint32_t *p)
 {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);

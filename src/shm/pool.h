@@ -32,6 +32,8 @@ struct pool_class {
 extern const struct pool_class pool_default_classes[3];
 #define POOL_DEFAULT_SIZE (32u << 20)
 
+#define POOL_CACHE_MAX 16
+
 struct pool_list {
     struct shmipc_list_header *hdr;
     uint8_t *region;     /* first slice header */
@@ -47,6 +49,11 @@ struct pool_list {
     uint64_t lock_stolen;
     uint64_t link_busy;  /* pops refused: a push stayed between tail and link */
     uint32_t lock_timeouts; /* waits that ran out, atomic */
+    /* Slices freed here and kept for our next allocation (pool_give). */
+    uint32_t cache_cap;  /* 0: off */
+    uint32_t cache_n;
+    int cache_lock;      /* try-lock, atomic */
+    uint32_t cache[POOL_CACHE_MAX];
 };
 
 struct pool {
@@ -79,6 +86,15 @@ int pool_map(struct pool *p, void *base, size_t size);
  * lock, or between moving the tail and linking it), SHMIPC_ECONTENDED
  * (bounded retries exhausted), SHMIPC_ECORRUPT. */
 int pool_pop(struct pool *p, unsigned li, uint32_t *off);
+/* The slice cache (off after create and map): pool_give frees a slice
+ * into a small per-list stack of this process when there is room, else
+ * as pool_push; allocations (pool_alloc, the writer) take from it before
+ * the shared lists. pool_cache_flush pushes everything cached back and
+ * must run before the pool is let go; pool_cached counts what is held. */
+void pool_cache_enable(struct pool *p);
+int pool_give(struct pool *p, uint32_t off);
+void pool_cache_flush(struct pool *p);
+uint32_t pool_cached(const struct pool *p);
 /* The slice at `off` numbered 0 .. total_slices-1 across all lists, or
  * SHMIPC_EBADOFFSET. */
 int pool_slice_index(const struct pool *p, uint32_t off);

@@ -386,6 +386,45 @@ static void test_pop_waits_for_link(void)
     free(m);
 }
 
+/* The slice cache: a freed slice comes back first (LIFO, still warm),
+ * never more than an eighth of a list is kept, a double give is refused,
+ * and a flush leaves every list whole again. */
+static void test_cache(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    pool_cache_enable(&p);
+    struct pool_list *l = &p.lists[0];
+    uint32_t cap = l->nslices / 8 < POOL_CACHE_MAX ? l->nslices / 8 : POOL_CACHE_MAX;
+    CU_ASSERT_EQUAL(l->cache_cap, cap);
+    CU_ASSERT_FATAL(cap >= 2);
+    struct pool_chain c[POOL_CACHE_MAX + 4];
+    unsigned n = cap + 4;
+    for (unsigned i = 0; i < n; i++)
+        CU_ASSERT_FATAL(pool_alloc(&p, 100, &c[i]) == 0);
+    int32_t free_before = l->hdr->free_count;
+    for (unsigned i = 0; i < n; i++)
+        CU_ASSERT_EQUAL(pool_give(&p, c[i].head), 0);
+    CU_ASSERT_EQUAL(pool_cached(&p), cap);
+    /* What did not fit went back to the shared list. */
+    CU_ASSERT_EQUAL(l->hdr->free_count, free_before + (int32_t)(n - cap));
+    CU_ASSERT_EQUAL(pool_give(&p, c[n - 1].head), SHMIPC_EBADSLICE);
+    /* Last kept, first taken. */
+    struct pool_chain again;
+    CU_ASSERT_FATAL(pool_alloc(&p, 100, &again) == 0);
+    CU_ASSERT_EQUAL(again.head, c[cap - 1].head);
+    CU_ASSERT_EQUAL(pool_slice(&p, again.head)->flags, SHMIPC_SLICE_IN_USE);
+    CU_ASSERT_EQUAL(pool_cached(&p), cap - 1);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 1);
+    CU_ASSERT_EQUAL(pool_give(&p, again.head), 0);
+    pool_cache_flush(&p);
+    CU_ASSERT_EQUAL(pool_cached(&p), 0);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    for (unsigned i = 0; i < p.nlists; i++)
+        CU_ASSERT_EQUAL(p.lists[i].hdr->free_count, (int32_t)p.lists[i].nslices);
+    free(m);
+}
+
 static const struct test_case cases[] = {
     {"create_rejects", test_create_rejects},
     {"never_last_slice", test_never_last_slice},
@@ -398,6 +437,7 @@ static const struct test_case cases[] = {
     {"chain_rejects", test_chain_rejects},
     {"pop_lock_held", test_pop_lock_held},
     {"pop_waits_for_link", test_pop_waits_for_link},
+    {"cache", test_cache},
     {NULL, NULL},
 };
 
