@@ -591,10 +591,9 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
 void rx_msg_free(struct rx_msg *m)
 {
     if (m->pool != NULL) {
-        for (uint32_t i = 0; i < m->nseg; i++) {
+        for (uint32_t i = 0; i < m->nseg; i++)
             slice_unhold(m->pool, m->offs[i]);
-            pool_give(&m->pool->pool, m->offs[i]);
-        }
+        pool_give_many(&m->pool->pool, m->offs, m->nseg);
         pool_ref_put(m->pool);
     }
     if (m->iov != m->iov_inline)

@@ -110,6 +110,8 @@ static void list_view(struct pool *p, unsigned i, uint32_t off, uint32_t nslices
     l->nslices = nslices;
     l->slice_cap = cap;
     l->stride = cap + SHMIPC_SLICE_HEADER_LEN;
+    l->shift = (l->stride & (l->stride - 1)) == 0 ? (uint8_t)__builtin_ctz(l->stride) : 0;
+    l->first = p->total_slices;
     p->total_slices += nslices;
     if (cap > p->max_slice_cap)
         p->max_slice_cap = cap;
@@ -203,9 +205,21 @@ int pool_map(struct pool *p, void *base, size_t size)
 }
 
 /* A free-list link (region-relative) is valid if it is a slice start. */
+/* rel / stride and rel % stride, by shift and mask when the stride is a
+ * power of two (the default classes are): a division per slice shows. */
+static inline uint32_t slice_no(const struct pool_list *l, uint32_t rel)
+{
+    return l->shift ? rel >> l->shift : rel / l->stride;
+}
+
+static inline uint32_t slice_rem(const struct pool_list *l, uint32_t rel)
+{
+    return l->shift ? rel & (l->stride - 1) : rel % l->stride;
+}
+
 static int rel_valid(const struct pool_list *l, uint32_t rel)
 {
-    return rel / l->stride < l->nslices && rel % l->stride == 0;
+    return slice_no(l, rel) < l->nslices && slice_rem(l, rel) == 0;
 }
 
 static struct shmipc_slice_header *rel_slice(const struct pool_list *l, uint32_t rel)
@@ -337,6 +351,84 @@ int pool_pop(struct pool *p, unsigned li, uint32_t *off)
     return 0;
 }
 
+/* Up to `want` slices from the head in one swing of the head: the free
+ * count is reserved for all at once, the links are followed under the pop
+ * lock (no pop of ours can move them), and one CAS takes them all. Stops
+ * before a slice without a link (the tail, or a push in progress). The
+ * number taken, 0 when the head has no link now (the caller falls back to
+ * a single pop, which knows how to wait for one). */
+static unsigned pop_many_locked(struct pool_list *l, uint32_t *rels, unsigned want)
+{
+    struct shmipc_list_header *h = l->hdr;
+    int32_t left = __atomic_sub_fetch(&h->free_count, (int32_t)want, __ATOMIC_ACQ_REL);
+    if (left < 1) {
+        /* The last free slice stays: give back what is not there. */
+        int32_t over = 1 - left;
+        if ((uint32_t)over > want)
+            over = (int32_t)want;
+        __atomic_add_fetch(&h->free_count, over, __ATOMIC_ACQ_REL);
+        want -= (unsigned)over;
+    }
+    unsigned got = 0;
+    for (int i = 0; i < POP_RETRIES && want > 0; i++) {
+        uint32_t head = ld32_acq(&h->head), x = head;
+        got = 0;
+        while (got < want && rel_valid(l, x)) {
+            struct shmipc_slice_header *s = rel_slice(l, x);
+            if (!(__atomic_load_n(&s->flags, __ATOMIC_ACQUIRE) & SHMIPC_SLICE_HAS_NEXT))
+                break;
+            uint32_t next = ld32_relaxed(&s->next);
+            if (!rel_valid(l, next))
+                break;
+            rels[got++] = x;
+            x = next;
+        }
+        if (got == 0)
+            break;
+        if (cas32(&h->head, head, x)) {
+            for (unsigned k = 0; k < got; k++)
+                __atomic_store_n(&rel_slice(l, rels[k])->flags, SHMIPC_SLICE_IN_USE,
+                                 __ATOMIC_RELEASE);
+            break;
+        }
+        got = 0;
+        cpu_relax();
+    }
+    if (want > got)
+        __atomic_add_fetch(&h->free_count, (int32_t)(want - got), __ATOMIC_ACQ_REL);
+    return got;
+}
+
+int pool_pop_many(struct pool *p, unsigned li, uint32_t *offs, unsigned want)
+{
+    if (li >= p->nlists)
+        return -EINVAL;
+    struct pool_list *l = &p->lists[li];
+    if (want == 0)
+        return 0;
+    uint32_t tag;
+    int rc = pop_lock(l, &tag);
+    if (rc < 0)
+        return rc;
+    unsigned got = pop_many_locked(l, offs, want);
+    if (got == 0) {
+        uint32_t rel;
+        rc = pop_locked(l, &rel);
+        if (rc == 0) {
+            offs[0] = rel;
+            got = 1;
+        }
+    }
+    pop_unlock(l, tag);
+    if (got == 0)
+        return rc;
+    for (unsigned k = 0; k < got; k++)
+        offs[k] += l->region_off;
+    __atomic_add_fetch(side_counter(p, l), (int32_t)got, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&l->pops, got, __ATOMIC_RELAXED);
+    return (int)got;
+}
+
 static int pop_locked(struct pool_list *l, uint32_t *rel)
 {
     struct shmipc_list_header *h = l->hdr;
@@ -402,7 +494,7 @@ int pool_list_of(const struct pool *p, uint32_t off)
         uint64_t rel = off - l->region_off;
         if (rel >= (uint64_t)l->nslices * l->stride)
             continue;
-        return rel % l->stride == 0 ? (int)i : SHMIPC_EBADOFFSET;
+        return slice_rem(l, (uint32_t)rel) == 0 ? (int)i : SHMIPC_EBADOFFSET;
     }
     return SHMIPC_EBADOFFSET;
 }
@@ -412,10 +504,8 @@ int pool_slice_index(const struct pool *p, uint32_t off)
     int li = pool_list_of(p, off);
     if (li < 0)
         return li;
-    uint32_t base = 0;
-    for (int i = 0; i < li; i++)
-        base += p->lists[i].nslices;
-    return (int)(base + (off - p->lists[li].region_off) / p->lists[li].stride);
+    const struct pool_list *l = &p->lists[li];
+    return (int)(l->first + slice_no(l, off - l->region_off));
 }
 
 /* Takes a freed slice's IN_USE flag and resets its header: the list it
@@ -437,11 +527,45 @@ static int release_slice(struct pool *p, uint32_t off)
 }
 
 static int link_free(struct pool *p, struct pool_list *l, uint32_t off);
+static int link_free_many(struct pool *p, struct pool_list *l, const uint32_t *offs, unsigned n);
 
 int pool_push(struct pool *p, uint32_t off)
 {
     int li = release_slice(p, off);
     return li < 0 ? li : link_free(p, &p->lists[li], off);
+}
+
+/* Appends released slices of one list to its tail with one CAS: linked
+ * among themselves first, the list sees them as it would see that many
+ * single pushes. */
+static int link_free_many(struct pool *p, struct pool_list *l, const uint32_t *offs, unsigned n)
+{
+    if (n == 1)
+        return link_free(p, l, offs[0]);
+    struct shmipc_list_header *h = l->hdr;
+    for (unsigned i = 0; i + 1 < n; i++) {
+        struct shmipc_slice_header *s = pool_slice(p, offs[i]);
+        __atomic_store_n(&s->next, offs[i + 1] - l->region_off, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->flags, SHMIPC_SLICE_HAS_NEXT, __ATOMIC_RELEASE);
+    }
+    uint32_t first = offs[0] - l->region_off, last = offs[n - 1] - l->region_off;
+    for (int i = 0; i < PUSH_RETRIES; i++) {
+        uint32_t tail = ld32_acq(&h->tail);
+        if (!rel_valid(l, tail))
+            return SHMIPC_ECORRUPT;
+        if (!cas32(&h->tail, tail, last)) {
+            cpu_relax();
+            continue;
+        }
+        struct shmipc_slice_header *t = rel_slice(l, tail);
+        __atomic_store_n(&t->next, first, __ATOMIC_RELAXED);
+        __atomic_fetch_or(&t->flags, SHMIPC_SLICE_HAS_NEXT, __ATOMIC_RELEASE);
+        __atomic_add_fetch(&h->free_count, (int32_t)n, __ATOMIC_ACQ_REL);
+        __atomic_sub_fetch(side_counter(p, l), (int32_t)n, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&l->pushes, n, __ATOMIC_RELAXED);
+        return 0;
+    }
+    return SHMIPC_ECONTENDED;
 }
 
 /* Appends a released slice to its list's tail. */
@@ -539,6 +663,51 @@ int pool_give(struct pool *p, uint32_t off)
     return link_free(p, l, off);
 }
 
+#define GIVE_BATCH 64
+
+int pool_give_many(struct pool *p, const uint32_t *offs, unsigned n)
+{
+    /* Slices the cache has no room for, per list, pushed in batches. */
+    uint32_t pend[POOL_MAX_LISTS][GIVE_BATCH];
+    unsigned npend[POOL_MAX_LISTS] = {0};
+    int err = 0;
+    for (unsigned i = 0; i < n; i++) {
+        int li = release_slice(p, offs[i]);
+        if (li < 0) {
+            err = li;
+            continue;
+        }
+        struct pool_list *l = &p->lists[li];
+        if (l->cache_cap > 0 && __atomic_load_n(&l->cache_n, __ATOMIC_RELAXED) < l->cache_cap &&
+            cache_trylock(l)) {
+            uint32_t k = __atomic_load_n(&l->cache_n, __ATOMIC_RELAXED);
+            int kept = k < l->cache_cap;
+            if (kept) {
+                l->cache[k] = offs[i];
+                __atomic_store_n(&l->cache_n, k + 1, __ATOMIC_RELAXED);
+            }
+            cache_unlock(l);
+            if (kept) {
+                __atomic_add_fetch(&l->pushes, 1, __ATOMIC_RELAXED);
+                continue;
+            }
+        }
+        pend[li][npend[li]++] = offs[i];
+        if (npend[li] == GIVE_BATCH) {
+            int rc = link_free_many(p, l, pend[li], GIVE_BATCH);
+            err = rc < 0 ? rc : err;
+            npend[li] = 0;
+        }
+    }
+    for (unsigned li = 0; li < p->nlists; li++) {
+        if (npend[li] == 0)
+            continue;
+        int rc = link_free_many(p, &p->lists[li], pend[li], npend[li]);
+        err = rc < 0 ? rc : err;
+    }
+    return err;
+}
+
 void pool_cache_flush(struct pool *p)
 {
     for (unsigned i = 0; i < p->nlists; i++) {
@@ -617,10 +786,19 @@ static int alloc_chain(struct pool *p, uint32_t size, struct pool_chain *c)
     uint64_t got = 0;
     for (unsigned k = p->nlists; k-- > 0 && got < size;) {
         unsigned li = p->by_cap[k];
-        uint32_t off;
-        while (got < size && take(p, li, &off) == 0) {
+        uint32_t cap = p->lists[li].slice_cap, off, offs[GIVE_BATCH];
+        while (got < size && cache_take(p, &p->lists[li], &off) == 0) {
             chain_add(p, c, off);
-            got += p->lists[li].slice_cap;
+            got += cap;
+        }
+        while (got < size) {
+            uint64_t need = (size - got + cap - 1) / cap;
+            int n = pool_pop_many(p, li, offs, need < GIVE_BATCH ? (unsigned)need : GIVE_BATCH);
+            if (n <= 0)
+                break;
+            for (int i = 0; i < n; i++)
+                chain_add(p, c, offs[i]);
+            got += (uint64_t)n * cap;
         }
     }
     return got >= size ? 0 : SHMIPC_ENOBUFS;

@@ -41,6 +41,8 @@ struct pool_list {
     uint32_t nslices;    /* validated snapshot */
     uint32_t slice_cap;  /* validated snapshot */
     uint32_t stride;     /* slice_cap + SHMIPC_SLICE_HEADER_LEN */
+    uint8_t shift;       /* log2(stride) when a power of two, else 0 */
+    uint32_t first;      /* number of this list's first slice in the pool */
     uint64_t pops;       /* process-local accounting, atomic */
     uint64_t pushes;
     uint32_t lock_seen;  /* pop lock value last found held too long, atomic */
@@ -95,6 +97,13 @@ void pool_cache_enable(struct pool *p);
 int pool_give(struct pool *p, uint32_t off);
 void pool_cache_flush(struct pool *p);
 uint32_t pool_cached(const struct pool *p);
+/* Up to `want` slices of list `li` at once (one CAS on the head): how
+ * many (>= 1), or an error as pool_pop's. */
+int pool_pop_many(struct pool *p, unsigned li, uint32_t *offs, unsigned want);
+/* pool_give for n slices of any lists; what the cache cannot keep goes
+ * back in one push per list and batch. 0, or the last error met (the other
+ * slices are freed all the same). */
+int pool_give_many(struct pool *p, const uint32_t *offs, unsigned n);
 /* The slice at `off` numbered 0 .. total_slices-1 across all lists, or
  * SHMIPC_EBADOFFSET. */
 int pool_slice_index(const struct pool *p, uint32_t off);

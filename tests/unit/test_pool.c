@@ -425,6 +425,59 @@ static void test_cache(void)
     free(m);
 }
 
+/* Slices reachable from head, each once, ending at tail. */
+static uint32_t list_walk_len(const struct pool *p, unsigned li)
+{
+    const struct pool_list *l = &p->lists[li];
+    uint32_t rel = l->hdr->head, n = 1;
+    while (rel != l->hdr->tail && n <= l->nslices) {
+        const struct shmipc_slice_header *s = (const void *)(l->region + rel);
+        if (!(s->flags & SHMIPC_SLICE_HAS_NEXT))
+            return 0;
+        rel = s->next;
+        n++;
+    }
+    return n;
+}
+
+/* Many at once: never the last free slice, one CAS for the lot, and a
+ * batch freed back leaves the list whole and in order of the frees. */
+static void test_pop_many_give_many(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    struct pool_list *l = &p.lists[1];
+    uint32_t n = l->nslices;
+    uint32_t *offs = calloc(n + 1, sizeof(*offs));
+    CU_ASSERT_FATAL(offs != NULL);
+    CU_ASSERT_EQUAL(pool_pop_many(&p, 1, offs, 3), 3);
+    CU_ASSERT_EQUAL(l->hdr->free_count, (int32_t)n - 3);
+    int more = pool_pop_many(&p, 1, offs + 3, n); /* asks for more than there is */
+    CU_ASSERT_EQUAL(more, (int)n - 4);
+    CU_ASSERT_EQUAL(l->hdr->free_count, 1);
+    CU_ASSERT_EQUAL(pool_pop_many(&p, 1, offs + n, 1), SHMIPC_ENOBUFS);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), (int64_t)n - 1);
+    for (uint32_t i = 0; i + 1 < n; i++) {
+        CU_ASSERT_EQUAL(pool_list_of(&p, offs[i]), 1);
+        CU_ASSERT_EQUAL(pool_slice(&p, offs[i])->flags, SHMIPC_SLICE_IN_USE);
+        for (uint32_t k = 0; k < i; k++)
+            CU_ASSERT_NOT_EQUAL(offs[i], offs[k]);
+    }
+    /* Back in one batch (no cache: every one goes to the list). */
+    CU_ASSERT_EQUAL(pool_give_many(&p, offs, n - 1), 0);
+    CU_ASSERT_EQUAL(l->hdr->free_count, (int32_t)n);
+    CU_ASSERT_EQUAL(list_walk_len(&p, 1), n);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    /* A slice given twice in a batch: refused once, the rest freed. */
+    CU_ASSERT_EQUAL(pool_pop_many(&p, 1, offs, 2), 2);
+    offs[2] = offs[0];
+    CU_ASSERT_EQUAL(pool_give_many(&p, offs, 3), SHMIPC_EBADSLICE);
+    CU_ASSERT_EQUAL(l->hdr->free_count, (int32_t)n);
+    CU_ASSERT_EQUAL(list_walk_len(&p, 1), n);
+    free(offs);
+    free(m);
+}
+
 static const struct test_case cases[] = {
     {"create_rejects", test_create_rejects},
     {"never_last_slice", test_never_last_slice},
@@ -438,6 +491,7 @@ static const struct test_case cases[] = {
     {"pop_lock_held", test_pop_lock_held},
     {"pop_waits_for_link", test_pop_waits_for_link},
     {"cache", test_cache},
+    {"pop_many_give_many", test_pop_many_give_many},
     {NULL, NULL},
 };
 

@@ -196,6 +196,19 @@ static void churn_work(struct pool *p, struct churn_report *rep)
     for (uint32_t round = 0; round < CHURN_ROUNDS && rep->err == 0; round++) {
         uint32_t held[CHURN_HOLD];
         unsigned n = 0;
+        if (round % 2) {
+            /* Every other round in batches: one head swing, one tail swing. */
+            int got = pool_pop_many(p, 0, held, CHURN_HOLD);
+            if (got > 0) {
+                rep->pops += (unsigned)got;
+                rep->err = pool_give_many(p, held, (unsigned)got);
+            } else if (got == SHMIPC_ENOBUFS) {
+                rep->enobufs++;
+            } else if (got != SHMIPC_ECONTENDED) {
+                rep->err = got;
+            }
+            continue;
+        }
         while (n < CHURN_HOLD) {
             int rc = pool_pop(p, 0, &held[n]);
             if (rc == 0) {
