@@ -362,11 +362,12 @@ static unsigned pop_many_locked(struct pool_list *l, uint32_t *rels, unsigned wa
     struct shmipc_list_header *h = l->hdr;
     int32_t left = __atomic_sub_fetch(&h->free_count, (int32_t)want, __ATOMIC_ACQ_REL);
     if (left < 1) {
-        /* The last free slice stays: give back what is not there. */
-        int32_t over = 1 - left;
-        if ((uint32_t)over > want)
-            over = (int32_t)want;
-        __atomic_add_fetch(&h->free_count, over, __ATOMIC_ACQ_REL);
+        /* The last free slice stays: give back what is not there (the
+         * count is the peer's to write: any value may be there). */
+        int64_t over = 1 - (int64_t)left;
+        if (over > (int64_t)want)
+            over = want;
+        __atomic_add_fetch(&h->free_count, (int32_t)over, __ATOMIC_ACQ_REL);
         want -= (unsigned)over;
     }
     unsigned got = 0;
