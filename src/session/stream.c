@@ -296,10 +296,30 @@ static int put_message_locked(shmipc_stream *st, uint32_t first, uint32_t len)
     return rc;
 }
 
+static int flush_locked(shmipc_stream *st);
+
 int shmipc_stream_flush(shmipc_stream *st)
 {
     struct session *s = st->sess;
     pthread_mutex_lock(&s->mu);
+    int rc = flush_locked(st);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* A blocked stream whose message went out since (its handler flushed
+ * again) has nothing owed: flushing it would send an empty message. */
+static int retry_unsent(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    int rc = st->has_unsent ? flush_locked(st) : 0;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+static int flush_locked(shmipc_stream *st)
+{
     int rc = check_writable_locked(st);
     int retried = 0;
     if (rc == 0 && st->has_unsent) {
@@ -319,7 +339,6 @@ int shmipc_stream_flush(shmipc_stream *st)
             rc = put_message_locked(st, first, len);
         }
     }
-    pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
@@ -592,7 +611,7 @@ unsigned session_retry_blocked(struct session *s)
     while (list != NULL) {
         shmipc_stream *st = list;
         list = st->bnext;
-        shmipc_stream_flush(st); /* re-blocks itself if still full */
+        retry_unsent(st); /* re-blocks itself if still full */
         stream_put(st);
     }
     pthread_mutex_lock(&s->mu);
