@@ -1035,9 +1035,9 @@ static void never_reads_run(struct case_ctx *c, int parked, struct nr_run *r)
         for (uint32_t id = 2; id < 2 + qcap + r->nstreams && !stopped; id++)
             stopped = evil_request(&e, id, "p", 1, NULL) < 0;
         first_id = 2 + qcap;
-        h_sleep_ms(100);
+        du_sleep_ms(100);
     }
-    uint64_t dl = h_deadline(NEVER_READS_MS);
+    uint64_t dl = du_deadline(NEVER_READS_MS);
     while (r->sent < NEVER_READS_BYTES && !stopped) {
         for (uint32_t id = first_id; id < first_id + r->nstreams && !stopped; id++) {
             int rc = evil_request(&e, id, req, NEVER_READS_REQ, NULL);
@@ -1054,7 +1054,7 @@ static void never_reads_run(struct case_ctx *c, int parked, struct nr_run *r)
                 break;
             }
             r->sent += NEVER_READS_REQ;
-            if (h_now_ns() >= dl) {
+            if (du_now_ns() >= dl) {
                 stopped = 1;
                 r->stop_why = "time limit";
             }
@@ -1064,7 +1064,7 @@ static void never_reads_run(struct case_ctx *c, int parked, struct nr_run *r)
     free(req);
     /* Let the server work through what it has, still without reading. */
     for (int i = 0; i < 20; i++) {
-        h_sleep_ms(50);
+        du_sleep_ms(50);
         r->peak = max_l(r->peak, target_rss_anon_kib(t, 0));
     }
     r->closed = evil_wait_closed(&e, 500);
@@ -1135,9 +1135,9 @@ static void case_fallback_flood(struct case_ctx *c)
     }
     memset(req, 'f', len);
     uint64_t g0 = __atomic_load_n(&c->good->requests, __ATOMIC_RELAXED);
-    uint64_t sent = 0, t0 = h_now_ns(), dl = h_deadline(2000);
+    uint64_t sent = 0, t0 = du_now_ns(), dl = du_deadline(2000);
     int closed = 0;
-    while (h_now_ns() < dl && !closed) {
+    while (du_now_ns() < dl && !closed) {
         for (int i = 0; i < 64 && !closed; i++) {
             closed = evil_fallback(&e, 2 + (uint32_t)(i % 8), SHMIPC_STREAM_OPEN, req, len) < 0;
             sent += len;
@@ -1145,7 +1145,7 @@ static void case_fallback_flood(struct case_ctx *c)
         closed |= evil_pump(&e) < 0;
         peak = max_l(peak, target_rss_anon_kib(t, 0));
     }
-    double secs = (double)(h_now_ns() - t0) / 1e9;
+    double secs = (double)(du_now_ns() - t0) / 1e9;
     uint64_t during = __atomic_load_n(&c->good->requests, __ATOMIC_RELAXED) - g0;
     free(req);
     closed |= evil_wait_closed(&e, 300);
@@ -1214,7 +1214,7 @@ static void case_fallback_retention(struct case_ctx *c)
         done++;
     }
     free(req);
-    h_sleep_ms(100);
+    du_sleep_ms(100);
     long rss1 = target_rss_anon_kib(t, 0), growth = rss1 - rss0;
     snprintf(c->outcome, sizeof(c->outcome), "open (as required)");
     snprintf(c->note, sizeof(c->note),
@@ -1285,7 +1285,7 @@ static void case_truncate_memfd(struct case_ctx *c)
     }
     evil_polling(&e);
     evil_fallback(&e, 7, SHMIPC_STREAM_OPEN, "a request", 9);
-    h_sleep_ms(100);
+    du_sleep_ms(100);
     evil_polling(&e);
     expect_close(c, &e, "truncated pool and queue",
                  why2("peer truncated its shared memory", SHMIPC_ECORRUPT));
@@ -1530,7 +1530,7 @@ static void case_idle_session(struct case_ctx *c)
         return;
     }
     c->open_ok = 1;
-    h_sleep_ms(2500);
+    du_sleep_ms(2500);
     if (evil_roundtrip(&e, 3, "still here", 10, H_IO_MS, why, sizeof(why)) < 0)
         case_fail(c, "a quiet session was dropped: %s", why);
     snprintf(c->outcome, sizeof(c->outcome), "open (as required: no idle timeout)");

@@ -217,7 +217,7 @@ int evil_put(struct evil *e, uint32_t id, uint32_t off, uint32_t status)
         evil_polling(e);
         if (sock_now_ns() >= dl)
             return rc;
-        h_sleep_ms(1);
+        du_sleep_ms(1);
     }
     if (rc < 0)
         return rc;

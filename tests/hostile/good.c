@@ -15,7 +15,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "hostile.h"
@@ -85,7 +84,7 @@ static void *good_thread_main(void *arg)
             if (rc < 0) {
                 record_error(g->sh, "%s: getting a stream: %s", g->label, shmipc_strerror(rc));
                 st = NULL;
-                h_sleep_ms(10);
+                du_sleep_ms(10);
                 continue;
             }
             uses = 0;
@@ -131,10 +130,10 @@ static void *good_thread_main(void *arg)
 static int open_client(struct shmipc_client_config *cfg, struct good_shared *sh,
                        shmipc_client **out)
 {
-    uint64_t dl = h_deadline(H_GOOD_MS);
+    uint64_t dl = du_deadline(H_GOOD_MS);
     int rc;
-    while ((rc = shmipc_client_open(cfg, out)) < 0 && h_now_ns() < dl)
-        h_sleep_ms(50);
+    while ((rc = shmipc_client_open(cfg, out)) < 0 && du_now_ns() < dl)
+        du_sleep_ms(50);
     if (rc < 0)
         record_error(sh, "connecting to %s: %s", cfg->address, shmipc_strerror(rc));
     return rc;
@@ -208,20 +207,5 @@ int good_stop(pid_t pid, struct good_shared *shared)
     if (pid <= 0)
         return -1;
     __atomic_store_n(&shared->stop, 1, __ATOMIC_RELAXED);
-    uint64_t dl = h_deadline(GOOD_CALL_MS + 10000);
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (h_now_ns() >= dl) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        h_sleep_ms(5);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return du_reap(pid, GOOD_CALL_MS + 10000);
 }

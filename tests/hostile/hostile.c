@@ -64,21 +64,6 @@ static void emergency(int sig)
     raise(sig);
 }
 
-static const char *exe_dir(void)
-{
-    static char dir[4096];
-    if (dir[0] == '\0') {
-        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
-        dir[n > 0 ? n : 0] = '\0';
-        char *slash = strrchr(dir, '/');
-        if (slash != NULL)
-            *slash = '\0';
-        else
-            snprintf(dir, sizeof(dir), ".");
-    }
-    return dir;
-}
-
 static int name_selected(const char *list, const char *name)
 {
     if (list == NULL)
@@ -128,10 +113,10 @@ static int run_case(struct target *t, const struct hcase *hc, struct good_shared
         case_fail(&c, "shmipcctl stats failed before the case");
     uint64_t r0 = __atomic_load_n(&gs->requests, __ATOMIC_RELAXED);
     uint64_t e0 = __atomic_load_n(&gs->errors, __ATOMIC_RELAXED);
-    uint64_t t0 = h_now_ns();
+    uint64_t t0 = du_now_ns();
 
     hc->fn(&c);
-    uint64_t t1 = h_now_ns();
+    uint64_t t1 = du_now_ns();
 
     char why[300];
     int alive = target_alive(t, why, sizeof(why));
@@ -140,14 +125,14 @@ static int run_case(struct target *t, const struct hcase *hc, struct good_shared
     char missing[400] = "", stats_why[200] = "";
     const char *any_seen = NULL;
     char *log = NULL;
-    uint64_t dl = h_deadline(H_SETTLE_MS);
+    uint64_t dl = du_deadline(H_SETTLE_MS);
     int good_ok = 0, stats_ok = 0;
     for (;;) {
         free(log);
         log = target_log_since(t, log0);
         missing[0] = '\0';
         for (int i = 0; i < c.nreasons && missing[0] == '\0'; i++) {
-            int n = h_count_str(log, c.reasons[i].text);
+            int n = du_count_str(log, c.reasons[i].text);
             if (n < c.reasons[i].min)
                 snprintf(missing, sizeof(missing), "log line \"%s\" seen %d times, expected %d",
                          c.reasons[i].text, n, c.reasons[i].min);
@@ -194,12 +179,12 @@ static int run_case(struct target *t, const struct hcase *hc, struct good_shared
         }
         good_ok = __atomic_load_n(&gs->requests, __ATOMIC_RELAXED) >= r0 + GOOD_PROGRESS;
         alive = target_alive(t, why, sizeof(why));
-        if (!alive || (missing[0] == '\0' && stats_ok && good_ok) || h_now_ns() >= dl)
+        if (!alive || (missing[0] == '\0' && stats_ok && good_ok) || du_now_ns() >= dl)
             break;
-        h_sleep_ms(50);
+        du_sleep_ms(50);
     }
     uint64_t e1 = __atomic_load_n(&gs->errors, __ATOMIC_RELAXED);
-    const char *san = h_sanitizer_report(log);
+    const char *san = du_sanitizer_report(log);
     if (!alive)
         snprintf(c.fail, sizeof(c.fail), "%s", why);
     else if (san != NULL)
@@ -229,8 +214,8 @@ static int run_case(struct target *t, const struct hcase *hc, struct good_shared
     int ok = c.fail[0] == '\0';
     if (verbose)
         fprintf(stderr, "hostile: %s/%s took %.2f s (case %.2f s, settling %.2f s%s%s%s%s)\n",
-                t->name, hc->name, (double)(h_now_ns() - t0) / 1e9, (double)(t1 - t0) / 1e9,
-                (double)(h_now_ns() - t1) / 1e9, good_ok ? "" : ", good client stalled",
+                t->name, hc->name, (double)(du_now_ns() - t0) / 1e9, (double)(t1 - t0) / 1e9,
+                (double)(du_now_ns() - t1) / 1e9, good_ok ? "" : ", good client stalled",
                 stats_ok ? "" : ", counters", missing[0] ? ", log: " : "", missing);
     if (!ok) {
         printf("case %s: FAILED: %s\n", hc->name, c.fail);
@@ -278,16 +263,16 @@ static int final_case(struct target *t, const int fd_base[2], struct totals *tot
         case_fail(&c, "%s", why);
     /* fds back to what the target had before any client came */
     int fds[2] = {-1, -1};
-    uint64_t dl = h_deadline(H_SETTLE_MS);
+    uint64_t dl = du_deadline(H_SETTLE_MS);
     for (;;) {
         int back = 1;
         for (int i = 0; i < t->npids; i++) {
             fds[i] = target_fd_count(t, i);
             back &= fds[i] >= 0 && fds[i] <= fd_base[i] + FD_SLACK;
         }
-        if (back || h_now_ns() >= dl)
+        if (back || du_now_ns() >= dl)
             break;
-        h_sleep_ms(50);
+        du_sleep_ms(50);
     }
     for (int i = 0; i < t->npids; i++) {
         size_t n = strlen(note);
@@ -314,7 +299,7 @@ static int final_case(struct target *t, const int fd_base[2], struct totals *tot
         if (codes[i] != 0)
             case_fail(&c, "%s process %d exited with %d on SIGTERM", t->name, i, codes[i]);
     char *log = target_log_since(t, 0);
-    const char *san = h_sanitizer_report(log);
+    const char *san = du_sanitizer_report(log);
     if (san != NULL)
         case_fail(&c, "%s report in %s", san, t->log);
     if (t->kind == T_ECHO) {
@@ -357,7 +342,7 @@ static void run_target(enum target_kind kind, const char *only, struct totals *a
     struct target t;
     struct totals tot = {0};
     char err[512];
-    uint64_t t0 = h_now_ns();
+    uint64_t t0 = du_now_ns();
     cur_target = &t;
     printf("== target %s\n", kind == T_SHMIPCD ? "shmipcd" : "echo_server");
     fflush(stdout);
@@ -380,13 +365,13 @@ static void run_target(enum target_kind kind, const char *only, struct totals *a
     pid_t good = gs == MAP_FAILED ? -1 : good_start(&t, gs);
     cur_good = good;
     int good_up = 0;
-    uint64_t dl = h_deadline(H_GOOD_MS);
-    while (good > 0 && h_now_ns() < dl) {
+    uint64_t dl = du_deadline(H_GOOD_MS);
+    while (good > 0 && du_now_ns() < dl) {
         if (__atomic_load_n(&gs->requests, __ATOMIC_RELAXED) >= GOOD_PROGRESS) {
             good_up = 1;
             break;
         }
-        h_sleep_ms(20);
+        du_sleep_ms(20);
     }
     if (!good_up) {
         printf("case good_client_start: FAILED: the good client did not get going (%s)\n",
@@ -418,7 +403,7 @@ static void run_target(enum target_kind kind, const char *only, struct totals *a
     cur_target = NULL;
     h_cleanup_shm();
     printf("hostile: %s: %u cases, %u survived, %.1f s\n", t.name, tot.cases, tot.survived,
-           (double)(h_now_ns() - t0) / 1e9);
+           (double)(du_now_ns() - t0) / 1e9);
     fflush(stdout);
     all->cases += tot.cases;
     all->survived += tot.survived;
@@ -434,8 +419,8 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     const char *target = "both", *only = NULL;
-    snprintf(h_bin_dir, sizeof(h_bin_dir), "%s", exe_dir());
-    snprintf(h_plugin_dir, sizeof(h_plugin_dir), "%s/../plugins", exe_dir());
+    snprintf(h_bin_dir, sizeof(h_bin_dir), "%s", du_exe_dir());
+    snprintf(h_plugin_dir, sizeof(h_plugin_dir), "%s/../plugins", du_exe_dir());
     static const struct option opts[] = {
         {"target", required_argument, NULL, 't'},
         {"bin", required_argument, NULL, 'b'},
@@ -511,13 +496,13 @@ int main(int argc, char **argv)
     signal(SIGHUP, emergency);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct totals all = {0};
-    uint64_t t0 = h_now_ns();
+    uint64_t t0 = du_now_ns();
     if (do_d)
         run_target(T_SHMIPCD, only, &all);
     if (do_e)
         run_target(T_ECHO, only, &all);
     h_cleanup_shm();
-    printf("hostile: run time %.1f s\n", (double)(h_now_ns() - t0) / 1e9);
+    printf("hostile: run time %.1f s\n", (double)(du_now_ns() - t0) / 1e9);
     printf("hostile: cases=%u survived=%u good_client_errors=%llu\n", all.cases, all.survived,
            (unsigned long long)all.good_errors);
     return all.cases == all.survived && all.good_errors == 0 ? 0 : 1;

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "../common/daemon_util.h"
 #include "shm/pool.h"
 #include "shm/queue.h"
 #include "shm/region.h"
@@ -82,9 +83,6 @@ long target_rss_anon_kib(const struct target *t, int i);
 int target_fd_count(const struct target *t, int i);
 /* Removes every /dev/shm entry of this run. */
 void h_cleanup_shm(void);
-/* The sanitizer marker found in text, or NULL. */
-const char *h_sanitizer_report(const char *text);
-int h_count_str(const char *hay, const char *needle);
 
 /* ---- the good client (good.c) ---- */
 
@@ -207,9 +205,5 @@ extern const unsigned h_ncases;
 void case_fail(struct case_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void case_expect_reason(struct case_ctx *c, int min, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-uint64_t h_now_ns(void);
-uint64_t h_deadline(int ms);
-void h_sleep_ms(int ms);
 
 #endif

@@ -5,20 +5,16 @@
  * its own temp dir with its output in one log file; every wait has a
  * deadline and a stop always ends in SIGKILL if SIGTERM was not enough.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "hostile.h"
@@ -36,25 +32,6 @@
 char h_bin_dir[4096];
 char h_plugin_dir[4096];
 
-uint64_t h_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-uint64_t h_deadline(int ms)
-{
-    return h_now_ns() + (uint64_t)ms * 1000000u;
-}
-
-void h_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
 const char *h_shm_prefix(void)
 {
     static char b[64];
@@ -65,37 +42,7 @@ const char *h_shm_prefix(void)
 
 void h_cleanup_shm(void)
 {
-    DIR *d = opendir("/dev/shm");
-    struct dirent *e;
-    size_t n = strlen(h_shm_prefix());
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, h_shm_prefix(), n) != 0)
-            continue;
-        char path[512];
-        snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name);
-        unlink(path);
-    }
-    if (d != NULL)
-        closedir(d);
-}
-
-const char *h_sanitizer_report(const char *text)
-{
-    static const char *const marks[] = {"AddressSanitizer", "runtime error", "LeakSanitizer",
-                                        "ThreadSanitizer"};
-    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
-        if (strstr(text, marks[i]) != NULL)
-            return marks[i];
-    return NULL;
-}
-
-int h_count_str(const char *hay, const char *needle)
-{
-    int n = 0;
-    size_t len = strlen(needle);
-    for (const char *p = hay; p != NULL && len > 0 && (p = strstr(p, needle)) != NULL; p += len)
-        n++;
-    return n;
+    du_remove_prefix("/dev/shm", h_shm_prefix());
 }
 
 /* A TCP port that was free a moment ago. */
@@ -114,107 +61,23 @@ static int free_port(void)
     return port;
 }
 
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -errno;
-    int ok = fputs(text, f) >= 0;
-    ok &= fclose(f) == 0;
-    return ok ? 0 : -EIO;
-}
+/* Target processes never outlive the driver. A small quarantine keeps an
+ * ASan target's RSS meaningful; the caller's own ASAN_OPTIONS still win. */
+static const struct du_spawn_opts target_opts = {
+    .die_with_parent = 1,
+    .asan_defaults = "quarantine_size_mb=16:detect_leaks=1",
+};
+static const struct du_spawn_opts capture_opts = {.die_with_parent = 1};
 
-/* The child side of a target: output to the log, then exec. */
-static void exec_target(const char *log, const char *const *argv)
-{
-    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the driver */
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0)
-        _exit(126);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) {
-        dup2(null, 0);
-        close(null);
-    }
-    dup2(fd, 1);
-    dup2(fd, 2);
-    /* Close everything else we hold (sockets of the driver). */
-    for (int i = 3; i < 1024; i++)
-        if (i != fd)
-            close(i);
-    /* A small quarantine keeps an ASan target's RSS meaningful; appended
-     * so that the caller's own options still win. */
-    const char *asan = getenv("ASAN_OPTIONS");
-    char opts[1024];
-    snprintf(opts, sizeof(opts), "quarantine_size_mb=16:detect_leaks=1%s%s",
-             asan != NULL && *asan ? ":" : "", asan != NULL ? asan : "");
-    setenv("ASAN_OPTIONS", opts, 1);
-    execv(argv[0], (char *const *)argv);
-    dprintf(fd, "exec %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-}
-
+/* Starts argv with its output appended to log. */
 static pid_t spawn(const char *log, const char *const *argv)
 {
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0)
-        exec_target(log, argv);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    pid_t pid = du_spawn(argv, fd, &target_opts);
+    close(fd);
     return pid;
-}
-
-/* Runs argv with its output captured into out; exit code or -1. */
-static int run_capture(const char *const *argv, char *out, size_t cap, int timeout_ms)
-{
-    int p[2];
-    out[0] = '\0';
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(p[1], 1);
-        dup2(p[1], 2);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    close(p[1]);
-    if (pid < 0) {
-        close(p[0]);
-        return -1;
-    }
-    uint64_t dl = h_deadline(timeout_ms);
-    size_t n = 0;
-    for (;;) {
-        uint64_t now = h_now_ns();
-        if (now >= dl)
-            break;
-        struct pollfd pfd = {p[0], POLLIN, 0};
-        if (poll(&pfd, 1, (int)((dl - now) / 1000000u) + 1) <= 0)
-            break;
-        char sink[4096];
-        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
-        if (r <= 0)
-            break;
-        if (n + 1 < cap)
-            n += (size_t)r;
-    }
-    out[n] = '\0';
-    close(p[0]);
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0 || h_now_ns() >= dl) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        h_sleep_ms(2);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 static int can_connect(const char *addr)
@@ -233,8 +96,8 @@ static int can_connect(const char *addr)
  * opens after every listener; echo_server: both listeners). */
 static int wait_ready(struct target *t, char *err, size_t errlen)
 {
-    uint64_t dl = h_deadline(H_START_MS);
-    while (h_now_ns() < dl) {
+    uint64_t dl = du_deadline(H_START_MS);
+    while (du_now_ns() < dl) {
         char why[200];
         if (!target_alive(t, why, sizeof(why))) {
             snprintf(err, errlen, "%s", why);
@@ -249,7 +112,7 @@ static int wait_ready(struct target *t, char *err, size_t errlen)
         }
         if (ready)
             return 0;
-        h_sleep_ms(20);
+        du_sleep_ms(20);
     }
     snprintf(err, errlen, "%s did not answer within %d ms (log %s)", t->name, H_START_MS, t->log);
     return -1;
@@ -284,7 +147,7 @@ static int start_shmipcd(struct target *t, char *err, size_t errlen)
              t->admin, t->max_streams, t->hs_timeout_ms, t->max_event, t->max_sessions,
              t->idle_timeout_ms, t->unix_addr, plugin, t->tcp_addr, plugin);
     snprintf(path, sizeof(path), "%s/shmipcd.conf", t->dir);
-    if (write_text(path, conf) < 0) {
+    if (du_write_file(path, conf) < 0) {
         snprintf(err, errlen, "writing %s: %s", path, strerror(errno));
         return -1;
     }
@@ -374,45 +237,10 @@ int target_start(struct target *t, enum target_kind kind, char *err, size_t errl
     return rc;
 }
 
-static void remove_dir(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[1024];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(dir);
-}
-
-/* shmipcd's private plugin copies live in /tmp/shmipcd-<pid>-*: a killed
- * one leaves them behind. */
-static void remove_daemon_tmpdirs(pid_t pid)
-{
-    char want[64];
-    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
-    DIR *d = opendir("/tmp");
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, want, strlen(want)) != 0)
-            continue;
-        char p[512];
-        snprintf(p, sizeof(p), "/tmp/%s", e->d_name);
-        remove_dir(p);
-    }
-    if (d != NULL)
-        closedir(d);
-}
-
 void target_remove_dir(struct target *t)
 {
     if (t->dir[0] != '\0')
-        remove_dir(t->dir);
+        du_remove_dir(t->dir);
     t->dir[0] = '\0';
 }
 
@@ -423,32 +251,14 @@ void target_stop(struct target *t, int exit_codes[2])
     for (int i = 0; i < t->npids; i++)
         if (t->pids[i] > 0)
             kill(t->pids[i], SIGTERM);
-    uint64_t dl = h_deadline(H_STOP_MS);
+    uint64_t dl = du_deadline(H_STOP_MS);
     for (int i = 0; i < t->npids; i++) {
         if (t->pids[i] <= 0)
             continue;
-        int status = 0;
-        for (;;) {
-            pid_t r = waitpid(t->pids[i], &status, WNOHANG);
-            if (r == t->pids[i])
-                break;
-            if (r < 0) {
-                status = -1;
-                break;
-            }
-            if (h_now_ns() >= dl) {
-                kill(t->pids[i], SIGKILL);
-                waitpid(t->pids[i], &status, 0);
-                fprintf(stderr, "hostile: %s pid %d killed after %d ms\n", t->name, (int)t->pids[i],
-                        H_STOP_MS);
-                break;
-            }
-            h_sleep_ms(5);
-        }
-        if (status >= 0)
-            exit_codes[i] = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        /* -1: killed at the deadline (du_reap says so) */
+        exit_codes[i] = du_reap(t->pids[i], du_left_ms(dl));
         if (t->kind == T_SHMIPCD)
-            remove_daemon_tmpdirs(t->pids[i]);
+            du_daemon_tmpdirs(t->pids[i], 1); /* a killed one leaves its plugin copies */
         t->pids[i] = 0;
     }
     t->npids = 0;
@@ -499,7 +309,7 @@ int target_stats(const struct target *t, struct svc_counters *out)
     char bin[4200], reply[65536];
     snprintf(bin, sizeof(bin), "%s/shmipcctl", h_bin_dir);
     const char *argv[] = {bin, "-s", t->admin, "stats", NULL};
-    if (run_capture(argv, reply, sizeof(reply), 5000) != 0)
+    if (du_run_capture(argv, reply, sizeof(reply), 5000, &capture_opts) != 0)
         return -1;
     int services = 0;
     for (char *line = reply; line != NULL && *line != '\0';) {
@@ -534,28 +344,14 @@ long target_log_size(const struct target *t)
 
 char *target_log_since(const struct target *t, long from)
 {
-    FILE *f = fopen(t->log, "r");
-    if (f == NULL)
-        return strdup("");
-    if (from > 0)
-        fseek(f, from, SEEK_SET);
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL)
-                break;
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
+    size_t n;
+    char *b = du_read_file(t->log, &n);
     if (b == NULL)
         return strdup("");
-    b[n] = '\0';
+    if (from > 0) {
+        size_t skip = (size_t)from < n ? (size_t)from : n;
+        memmove(b, b + skip, n - skip + 1);
+    }
     return b;
 }
 
@@ -563,32 +359,12 @@ long target_rss_anon_kib(const struct target *t, int i)
 {
     if (i >= t->npids || t->pids[i] <= 0)
         return -1;
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)t->pids[i]);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    long kib = -1;
-    while (fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "RssAnon: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    return kib;
+    return du_proc_kib(t->pids[i], "RssAnon");
 }
 
 int target_fd_count(const struct target *t, int i)
 {
     if (i >= t->npids || t->pids[i] <= 0)
         return -1;
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)t->pids[i]);
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
+    return du_count_fds(t->pids[i]);
 }

@@ -14,135 +14,45 @@
  * Last line: kill-soak: client_kills=N server_kills=K fd_growth=F
  *   maps_growth=M rss_growth_kib=R worst_error_ms=E reconnects=C failed=X
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_util.h"
 #include "shmipc/shmipc.h"
 
 #define DEADLINE_MS 20000
 
-static char bindir[PATH_MAX], plugdir[PATH_MAX + 16], tmp[64], conf[128], logpath[128];
-static char addr[160], admin[160];
+static struct du_daemon dmn; /* shmipcd: binary beside this program */
+static char addr[200];       /* its echo service */
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return du_now_ns() / 1000000u;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static void locate(void)
-{
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = '\0';
-    char *slash = strrchr(exe, '/');
-    if (slash != NULL)
-        *slash = '\0';
-    snprintf(bindir, sizeof(bindir), "%s", exe);
-    snprintf(plugdir, sizeof(plugdir), "%s/../plugins", exe);
-}
-
+/* Starts shmipcd (again): its pid once it answers, or -1. */
 static pid_t start_daemon(void)
 {
-    char stale[200];
-    snprintf(stale, sizeof(stale), "%s/admin.sock", tmp);
-    unlink(stale); /* left by a shmipcd killed with SIGKILL */
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char bin[PATH_MAX + 16];
-        snprintf(bin, sizeof(bin), "%s/shmipcd", bindir);
-        execl(bin, "shmipcd", "-c", conf, (char *)NULL);
-        _exit(127);
-    }
-    /* Ready when the admin socket answers. */
-    uint64_t end = now_ms() + DEADLINE_MS;
-    while (now_ms() < end) {
-        char path[200];
-        snprintf(path, sizeof(path), "%s/admin.sock", tmp);
-        if (access(path, F_OK) == 0)
-            return pid;
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return -1;
-        sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    unlink(dmn.admin_path); /* left by a shmipcd killed with SIGKILL */
+    if (du_start(&dmn, DEADLINE_MS) == 0)
+        return dmn.pid;
+    du_stop(&dmn, SIGKILL, DEADLINE_MS);
     return -1;
 }
 
 /* Runs shmipcctl; its output in out. Exit status or -1. */
 static int ctl(const char *cmd, char *out, size_t cap)
 {
-    char line[PATH_MAX + 300];
-    snprintf(line, sizeof(line), "%s/shmipcctl -s %s %s 2>&1", bindir, admin, cmd);
-    FILE *p = popen(line, "r");
-    if (p == NULL)
-        return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static long proc_count(pid_t pid, const char *what)
-{
-    char path[64];
-    if (strcmp(what, "fd") == 0) {
-        snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-        char cmd[96];
-        snprintf(cmd, sizeof(cmd), "ls %s | wc -l", path);
-        FILE *p = popen(cmd, "r");
-        long n = -1;
-        if (p != NULL && fscanf(p, "%ld", &n) != 1)
-            n = -1;
-        if (p != NULL)
-            pclose(p);
-        return n;
-    }
-    if (strcmp(what, "maps") == 0) {
-        /* Shared mappings only: ours; malloc's come and go. */
-        snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-        FILE *f = fopen(path, "r");
-        long n = 0;
-        char line[512], perms[8];
-        while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-            n += sscanf(line, "%*s %7s", perms) == 1 && perms[3] == 's';
-        if (f != NULL)
-            fclose(f);
-        return n;
-    }
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kib = -1;
-    char line[256];
-    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
-        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
-            break;
-    if (f != NULL)
-        fclose(f);
-    return kib;
+    char bin[PATH_MAX + 16];
+    snprintf(bin, sizeof(bin), "%s/shmipcctl", du_exe_dir());
+    const char *argv[] = {bin, "-s", dmn.admin, cmd, NULL};
+    return du_run_capture(argv, out, cap, DEADLINE_MS, NULL);
 }
 
 /* A client that keeps 4 streams busy until killed (or for run_ms). */
@@ -179,14 +89,15 @@ static int busy_client(int run_ms, int *errors)
     return 0;
 }
 
-static void write_conf(void)
+static int write_conf(void)
 {
-    FILE *f = fopen(conf, "w");
-    fprintf(f,
-            "workers = 2;\nadmin = \"%s\";\nlog = { level = \"warn\"; };\n"
-            "services = ( { name = \"echo\"; listen = \"%s\"; plugin = \"%s/echo.so\"; } );\n",
-            admin, addr, plugdir);
-    fclose(f);
+    char plugin[PATH_MAX + 16];
+    snprintf(plugin, sizeof(plugin), "%s/../plugins/echo.so", du_exe_dir());
+    struct du_conf c = {.n = 0};
+    du_conf_add(&c, "workers = 2;\nadmin = \"%s\";\nlog = { level = \"warn\"; };\nservices = (\n",
+                dmn.admin);
+    du_conf_service(&c, &dmn, 1, "echo", plugin, NULL);
+    return du_conf_write(&c, &dmn, "k.conf");
 }
 
 /* Sessions still open in shmipcd ("sessions N" in status). */
@@ -226,18 +137,15 @@ int main(int argc, char **argv)
             server_kills = atoi(argv[i + 1]);
     }
     signal(SIGPIPE, SIG_IGN);
-    locate();
-    snprintf(tmp, sizeof(tmp), "/tmp/shmipc-kill-XXXXXX");
-    if (mkdtemp(tmp) == NULL)
+    if (du_init(&dmn, "/tmp/shmipc-kill-XXXXXX") < 0)
         return 1;
-    snprintf(conf, sizeof(conf), "%s/k.conf", tmp);
-    snprintf(logpath, sizeof(logpath), "%s/shmipcd.log", tmp);
-    snprintf(addr, sizeof(addr), "unix:%s/echo.sock", tmp);
-    snprintf(admin, sizeof(admin), "unix:%s/admin.sock", tmp);
-    write_conf();
+    snprintf(dmn.shmipcd, sizeof(dmn.shmipcd), "%s/shmipcd", du_exe_dir());
+    snprintf(addr, sizeof(addr), "%s", du_addr(&dmn, "echo"));
+    if (write_conf() < 0)
+        return 1;
     pid_t d = start_daemon();
     if (d < 0) {
-        fprintf(stderr, "kill-soak: shmipcd did not start (log %s)\n", logpath);
+        fprintf(stderr, "kill-soak: shmipcd did not start (log %s)\n", dmn.log);
         return 1;
     }
 
@@ -246,8 +154,8 @@ int main(int argc, char **argv)
     busy_client(300, &errs);
     uint64_t end = now_ms() + DEADLINE_MS;
     while (open_sessions() != 0 && now_ms() < end)
-        sleep_ms(20);
-    long fd0 = proc_count(d, "fd"), maps0 = proc_count(d, "maps"), rss0 = proc_count(d, "rss");
+        du_sleep_ms(20);
+    long fd0 = du_count_fds(d), maps0 = du_count_shared_maps(d), rss0 = du_proc_kib(d, "VmRSS");
 
     /* Part 1: kill busy clients at random points; a steady one watches. */
     int *shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -266,7 +174,7 @@ int main(int argc, char **argv)
             busy_client(60000, &e);
             _exit(0);
         }
-        sleep_ms(5 + rand() % 60);
+        du_sleep_ms(5 + rand() % 60);
         kill(c, SIGKILL);
         waitpid(c, NULL, 0);
         if (kill(d, 0) != 0) {
@@ -281,15 +189,15 @@ int main(int argc, char **argv)
     waitpid(steady, NULL, 0);
     end = now_ms() + DEADLINE_MS;
     while (open_sessions() != 0 && now_ms() < end)
-        sleep_ms(20);
+        du_sleep_ms(20);
     /* A fresh client still works after all that. */
     errs = 0;
     busy_client(300, &errs);
     failed += errs != 0;
     end = now_ms() + DEADLINE_MS;
     while (open_sessions() != 0 && now_ms() < end)
-        sleep_ms(20);
-    long fd1 = proc_count(d, "fd"), maps1 = proc_count(d, "maps"), rss1 = proc_count(d, "rss");
+        du_sleep_ms(20);
+    long fd1 = du_count_fds(d), maps1 = du_count_shared_maps(d), rss1 = du_proc_kib(d, "VmRSS");
     long fd_growth = fd1 - fd0, maps_growth = maps1 - maps0, rss_growth = rss1 - rss0;
     failed += fd_growth > 2 || maps_growth > 2 || rss_growth > 16384 || open_sessions() != 0;
     fprintf(stderr, "kill-soak: shmipcd fds %ld -> %ld, shared maps %ld -> %ld, RSS %ld -> %ld KiB\n",
@@ -339,7 +247,7 @@ int main(int argc, char **argv)
                     shmipc_stream_close(st);
                 }
                 if (!ok)
-                    sleep_ms(20);
+                    du_sleep_ms(20);
             }
             shmipc_client_close(cl);
             shared[1] = (int)waited;
@@ -351,10 +259,10 @@ int main(int argc, char **argv)
         if (read(pfd[0], &b, 1) != 1)
             failed++;
         close(pfd[0]);
-        sleep_ms(50);
+        du_sleep_ms(50);
         __atomic_store_n(killed_ms, now_ms(), __ATOMIC_RELEASE);
-        kill(d, SIGKILL);
-        waitpid(d, NULL, 0);
+        du_stop(&dmn, SIGKILL, DEADLINE_MS);
+        du_daemon_tmpdirs(d, 1); /* its private plugin copies: it had no time */
         d = start_daemon();
         if (d < 0) {
             failed++;
@@ -371,17 +279,12 @@ int main(int argc, char **argv)
     }
     failed += worst_error_ms > 5000 || reconnects != server_kills;
 
-    if (d > 0) {
-        kill(d, SIGTERM);
-        waitpid(d, NULL, 0);
-    }
+    du_stop(&dmn, SIGTERM, DEADLINE_MS);
     char pid_tag[32];
     snprintf(pid_tag, sizeof(pid_tag), "shmipc_");
     int left = count_shm(pid_tag);
     failed += left != 0;
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-    if (system(cmd) != 0)
+    if (du_remove_dir(dmn.dir) != 0)
         failed++;
     printf("kill-soak: client_kills=%d server_kills=%d fd_growth=%ld maps_growth=%ld "
            "rss_growth_kib=%ld worst_error_ms=%lu reconnects=%d shm_left=%d failed=%d\n",

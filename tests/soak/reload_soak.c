@@ -21,27 +21,22 @@
  * The last line on stdout:
  *   reload-soak: reloads=R refused=B requests=N failed=F lost=L rss_growth_kib=K
  */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_util.h"
 #include "shmipc/shmipc.h"
 
 #define MAX_CLIENTS 64
@@ -122,18 +117,7 @@ static volatile sig_atomic_t interrupted;
 
 /* ---- small helpers ---- */
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t deadline_in(int ms)
-{
-    return now_ns() + (uint64_t)ms * 1000000u;
-}
-
+/* du_sleep_ms, but cut short by SIGINT or SIGTERM. */
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -156,83 +140,6 @@ static void fail(const char *fmt, ...)
     failures++;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 65536, n = 0, r;
-    char *b = malloc(cap);
-    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL)
-                break;
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b != NULL)
-        b[n] = '\0';
-    return b;
-}
-
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -errno;
-    int ok = fputs(text, f) >= 0;
-    ok &= fclose(f) == 0;
-    return ok ? 0 : -EIO;
-}
-
-/* Copies src to dir/plugin.tmp, then renames it over dir/plugin.so: the
- * daemon sees either the old file or the whole new one. */
-static int install_plugin(const char *dir, const char *src)
-{
-    char tmp[4200], dst[4200], buf[65536];
-    snprintf(tmp, sizeof(tmp), "%s/plugin.tmp", dir);
-    snprintf(dst, sizeof(dst), "%s/plugin.so", dir);
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return -errno;
-    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
-    if (out < 0) {
-        int e = errno;
-        close(in);
-        return -e;
-    }
-    int rc = 0;
-    for (;;) {
-        ssize_t n = read(in, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            rc = n < 0 ? -errno : 0;
-            break;
-        }
-        for (ssize_t off = 0; off < n && rc == 0;) {
-            ssize_t w = write(out, buf + off, (size_t)(n - off));
-            if (w < 0 && errno != EINTR)
-                rc = -errno;
-            off += w > 0 ? w : 0;
-        }
-        if (rc < 0)
-            break;
-    }
-    close(in);
-    if (close(out) < 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && rename(tmp, dst) < 0)
-        rc = -errno;
-    if (rc < 0)
-        unlink(tmp);
-    return rc;
-}
-
 /* ---- shmipcd's resources, seen from /proc ---- */
 
 struct usage {
@@ -244,35 +151,23 @@ struct usage {
     int asan, tsan; /* libasan / libtsan is mapped */
 };
 
-static long status_kib(const char *status, const char *key)
-{
-    const char *p = status != NULL ? strstr(status, key) : NULL;
-    return p != NULL ? strtol(p + strlen(key), NULL, 10) : -1;
-}
-
 static int proc_usage(pid_t pid, struct usage *u)
 {
     char path[64];
     memset(u, 0, sizeof(*u));
     u->rss_kib = -1;
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    char *s = read_text(path);
-    u->rss_kib = status_kib(s, "\nVmRSS:");
-    u->anon_kib = status_kib(s, "\nRssAnon:");
-    u->file_kib = status_kib(s, "\nRssFile:");
-    u->shmem_kib = status_kib(s, "\nRssShmem:");
+    char *s = du_read_file(path, NULL);
+    u->rss_kib = du_status_kib(s, "VmRSS");
+    u->anon_kib = du_status_kib(s, "RssAnon");
+    u->file_kib = du_status_kib(s, "RssFile");
+    u->shmem_kib = du_status_kib(s, "RssShmem");
     free(s);
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL)
-        u->fds += e->d_name[0] != '.';
-    if (d != NULL)
-        closedir(d);
+    u->fds = du_count_fds(pid);
     /* malloc and the sanitizer runtimes map and unmap private anonymous
      * memory as they please (counted in RSS): only the rest is bounded. */
     snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-    s = read_text(path);
+    s = du_read_file(path, NULL);
     char copy_dir[64], last_copy[512] = "";
     snprintf(copy_dir, sizeof(copy_dir), "/shmipcd-%d-", (int)pid);
     for (char *line = s, *nl; line != NULL && *line != '\0'; line = nl != NULL ? nl + 1 : NULL) {
@@ -292,50 +187,10 @@ static int proc_usage(pid_t pid, struct usage *u)
         }
     }
     free(s);
-    return u->rss_kib >= 0 && d != NULL ? 0 : -1;
+    return u->rss_kib >= 0 && u->fds >= 0 ? 0 : -1;
 }
 
 /* ---- the admin socket ---- */
-
-/* Sends one command; the whole reply (malloc'd, NUL-terminated) or NULL. */
-static char *admin(const char *sock_path, const char *cmd)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
-    char line[64];
-    int len = snprintf(line, sizeof(line), "%s\n", cmd);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        write(fd, line, (size_t)len) != len) {
-        close(fd);
-        return NULL;
-    }
-    uint64_t dl = deadline_in(ADMIN_MS);
-    size_t cap = 4096, n = 0;
-    char *b = malloc(cap);
-    while (b != NULL && now_ns() < dl) {
-        struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        if (cap - n < 2) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL)
-                break;
-            b = nb;
-            cap *= 2;
-        }
-        ssize_t r = read(fd, b + n, cap - n - 1);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    if (b != NULL)
-        b[n] = '\0';
-    return b;
-}
 
 struct status {
     unsigned long reloads, refused, finished;
@@ -361,22 +216,19 @@ static int parse_status(const char *txt, struct status *s)
 }
 
 /* Polls status until nothing drains any more; 0 and *s, or -1. */
-static int wait_drained(const char *admin_path, struct status *s)
+static int wait_drained(const char *admin, struct status *s)
 {
-    uint64_t dl = deadline_in(SETTLE_MS);
-    char *txt = NULL;
+    uint64_t dl = du_deadline(SETTLE_MS);
+    char txt[16384];
+    int n;
     do {
-        free(txt);
-        txt = admin(admin_path, "status");
-        if (parse_status(txt, s) == 0 && s->draining == 0 &&
-            strstr(txt, "draining generations 0,")) {
-            free(txt);
+        n = du_admin(admin, "status", txt, sizeof(txt), ADMIN_MS);
+        if (parse_status(txt, s) == 0 && s->draining == 0 && strstr(txt, "draining generations 0,"))
             return 0;
-        }
         sleep_ms(10);
-    } while (now_ns() < dl && !interrupted);
-    fprintf(stderr, "reload-soak: old generations still draining:\n%s\n", txt ? txt : "(no reply)");
-    free(txt);
+    } while (!du_past(dl) && !interrupted);
+    fprintf(stderr, "reload-soak: old generations still draining:\n%s\n",
+            n > 0 ? txt : "(no reply)");
     return -1;
 }
 
@@ -599,101 +451,30 @@ static pid_t start_client(const struct opts *o, unsigned id, const char *address
 
 /* ---- shmipcd ---- */
 
-static pid_t start_daemon(const struct opts *o, const char *conf, const char *log)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || null < 0 || dup2(null, 0) < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-        _exit(126);
-    /* An ASan build keeps 256 MiB of freed memory in quarantine by
-     * default: the soak's frees would show as RSS growth until that
-     * filled. A small quarantine still catches a use soon after a free
-     * (what a retired generation would suffer). A release build ignores
-     * the variable. */
-    const char *asan = getenv("ASAN_OPTIONS");
-    if (asan == NULL || strstr(asan, "quarantine_size_mb") == NULL) {
-        char opts[1024];
-        snprintf(opts, sizeof(opts), "%s%squarantine_size_mb=1:thread_local_quarantine_size_kb=64",
-                 asan ? asan : "", asan && *asan ? ":" : "");
-        setenv("ASAN_OPTIONS", opts, 1);
-    }
-    execl(o->shmipcd, o->shmipcd, "-c", conf, (char *)NULL);
-    dprintf(2, "exec %s: %s\n", o->shmipcd, strerror(errno));
-    _exit(127);
-}
+/* shmipcd dies with the driver. An ASan build keeps 256 MiB of freed
+ * memory in quarantine by default: the soak's frees would show as RSS
+ * growth until that filled. A small quarantine still catches a use soon
+ * after a free (what a retired generation would suffer). A release build
+ * ignores the variable. */
+static const struct du_spawn_opts daemon_spawn = {
+    .die_with_parent = 1,
+    .asan_defaults = "quarantine_size_mb=1:thread_local_quarantine_size_kb=64",
+};
 
-/* Reaps pid within timeout_ms (SIGKILL after): exit code, 128+signal, -1. */
-static int reap(pid_t pid, int timeout_ms)
+/* `shmipcctl -s ADMIN reload`: its exit code; its output in out. */
+static int ctl_reload(const struct opts *o, const char *admin, char *out, size_t cap)
 {
-    uint64_t dl = deadline_in(timeout_ms);
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (now_ns() >= dl) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            return -1;
-        }
-        sleep_ms(2);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-/* `shmipcctl -s unix:ADMIN reload`: its exit code; its output in out. */
-static int ctl_reload(const struct opts *o, const char *admin_path, char *out, size_t cap)
-{
-    int p[2];
-    out[0] = '\0';
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -1;
-    char addr[4200];
-    snprintf(addr, sizeof(addr), "unix:%s", admin_path);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0)
-            _exit(126);
-        execl(o->shmipcctl, o->shmipcctl, "-s", addr, "reload", (char *)NULL);
-        _exit(127);
-    }
-    close(p[1]);
-    if (pid < 0) {
-        close(p[0]);
-        return -1;
-    }
-    size_t n = 0;
-    uint64_t dl = deadline_in(ADMIN_MS);
-    while (now_ns() < dl) {
-        struct pollfd pfd = {p[0], POLLIN, 0};
-        if (poll(&pfd, 1, 100) <= 0)
-            continue;
-        char sink[256];
-        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
-        if (r <= 0)
-            break;
-        n += n + 1 < cap ? (size_t)r : 0;
-    }
-    out[n] = '\0';
-    close(p[0]);
-    return reap(pid, 5000);
+    const char *argv[] = {o->shmipcctl, "-s", admin, "reload", NULL};
+    return du_run_capture(argv, out, cap, ADMIN_MS, NULL);
 }
 
 /* ---- the driver ---- */
 
 struct run {
     struct opts o;
-    char dir[64], conf[128], log[128], admin_path[128], sock[160], address[200];
+    struct du_daemon d;
+    char address[200]; /* the service's */
     char shm_prefix[64];
-    pid_t daemon;
     pid_t kids[MAX_CLIENTS];
     unsigned nkids;
     shmipc_client *probe;
@@ -704,6 +485,14 @@ struct run {
 static void plugin_src(const struct run *r, const char *name, char *buf, size_t cap)
 {
     snprintf(buf, cap, "%s/%s.so", r->o.plugins, name);
+}
+
+/* Puts test plugin `name` in place as <dir>/plugin.so, the file the
+ * service loads: shmipcd sees either the old file or the whole new one. */
+static int install_plugin(const struct run *r, const char *name, char *src, size_t cap)
+{
+    plugin_src(r, name, src, cap);
+    return du_copy_file(src, du_path(&r->d, "plugin.so"));
 }
 
 static uint64_t total(size_t field_off)
@@ -720,14 +509,14 @@ static uint64_t total(size_t field_off)
  * updated). 0, or -1 at the deadline. */
 static int wait_progress(struct run *r, uint64_t *base, uint64_t more)
 {
-    uint64_t dl = deadline_in(r->o.timeout_ms * 2 + 10000);
+    uint64_t dl = du_deadline(r->o.timeout_ms * 2 + 10000);
     for (;;) {
         unsigned behind = 0;
         for (unsigned i = 0; i < r->nkids; i++)
             behind += ld64(&sh->c[i].done) < base[i] + more;
         if (behind == 0)
             break;
-        if (now_ns() >= dl || interrupted) {
+        if (du_past(dl) || interrupted) {
             for (unsigned i = 0; i < r->nkids; i++)
                 fprintf(stderr, "reload-soak: client %u: %llu requests done, waiting for %llu\n", i,
                         (unsigned long long)ld64(&sh->c[i].done),
@@ -745,7 +534,7 @@ static int wait_progress(struct run *r, uint64_t *base, uint64_t more)
 static int pause_clients(struct run *r)
 {
     st(&sh->pause, 1);
-    uint64_t dl = deadline_in(r->o.timeout_ms + SETTLE_MS);
+    uint64_t dl = du_deadline(r->o.timeout_ms + SETTLE_MS);
     for (;;) {
         unsigned idle = 0;
         for (unsigned i = 0; i < r->nkids; i++)
@@ -753,7 +542,7 @@ static int pause_clients(struct run *r)
                     ld(&sh->c[i].threads) == r->o.streams;
         if (idle == r->nkids)
             return 0;
-        if (now_ns() >= dl || interrupted)
+        if (du_past(dl) || interrupted)
             return -1;
         sleep_ms(1);
     }
@@ -791,29 +580,29 @@ static int good_reload(struct run *r, unsigned i)
 {
     unsigned from = ld(&sh->version), to = 3 - from;
     char src[4200], want[160];
-    plugin_src(r, to == 1 ? "versioned" : "versioned2", src, sizeof(src));
-    int rc = install_plugin(r->dir, src);
+    int rc = install_plugin(r, to == 1 ? "versioned" : "versioned2", src, sizeof(src));
     if (rc < 0) {
         fail("reload %u: installing %s: %s", i, src, strerror(-rc));
         return -1;
     }
     uint32_t seq = ld(&sh->seq);
     st(&sh->seq, seq + 1); /* odd: either version may answer now */
-    char *rep = admin(r->admin_path, "reload");
+    char rep[8192];
+    int n = du_admin(r->d.admin, "reload", rep, sizeof(rep), ADMIN_MS);
     r->good++;
     snprintf(want, sizeof(want),
              "service soak: generation %u (plugin versioned %u.0.0), "
              "generation %u draining\n",
              r->applied + 2, to, r->applied + 1);
-    int ok = rep != NULL && strncmp(rep, "reload: done\n", 13) == 0 && strstr(rep, want) != NULL;
+    int ok = n > 0 && strncmp(rep, "reload: done\n", 13) == 0 && strstr(rep, want) != NULL;
     if (ok) {
         r->applied++;
         st(&sh->version, to);
     } else {
-        fail("reload %u (v%u -> v%u) did not apply; reply:\n%s", i, from, to, rep ? rep : "(none)");
+        fail("reload %u (v%u -> v%u) did not apply; reply:\n%s", i, from, to,
+             n > 0 ? rep : "(none)");
     }
     st(&sh->seq, seq + 2);
-    free(rep);
     return ok ? 0 : -1;
 }
 
@@ -825,23 +614,21 @@ static int bad_reload(struct run *r, unsigned i)
     const char *cause = r->bad % 2 == 0 ? "ABI major" : "init failed";
     unsigned serving = ld(&sh->version);
     char src[4200], out[8192];
-    plugin_src(r, name, src, sizeof(src));
-    int rc = install_plugin(r->dir, src);
+    int rc = install_plugin(r, name, src, sizeof(src));
     if (rc < 0) {
         fail("reload %u: installing %s: %s", i, src, strerror(-rc));
         return -1;
     }
     r->bad++;
     /* Through shmipcctl: a refused reload must make it fail. */
-    rc = ctl_reload(&r->o, r->admin_path, out, sizeof(out));
+    rc = ctl_reload(&r->o, r->d.admin, out, sizeof(out));
     int ok = rc != 0 && rc != -1 && strncmp(out, "error:", 6) == 0 && strstr(out, cause) != NULL &&
              strstr(out, "keeps serving") != NULL;
     if (ok)
         r->refused++;
     else
         fail("reload %u with %s: shmipcctl exit %d, output:\n%s", i, name, rc, out);
-    plugin_src(r, serving == 1 ? "versioned" : "versioned2", src, sizeof(src));
-    rc = install_plugin(r->dir, src);
+    rc = install_plugin(r, serving == 1 ? "versioned" : "versioned2", src, sizeof(src));
     if (rc < 0) {
         fail("reload %u: restoring %s: %s", i, src, strerror(-rc));
         return -1;
@@ -849,112 +636,43 @@ static int bad_reload(struct run *r, unsigned i)
     return ok ? 0 : -1;
 }
 
-static int count_prefix(const char *dir, const char *prefix)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL)
-        n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-static void remove_prefix(const char *dir, const char *prefix)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0 || strcmp(e->d_name, ".") == 0 ||
-            strcmp(e->d_name, "..") == 0)
-            continue;
-        char p[1024];
-        snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        if (unlink(p) < 0 && errno == EISDIR)
-            rmdir(p);
-    }
-    if (d != NULL)
-        closedir(d);
-}
-
-static const char *sanitizer_report(const char *text)
-{
-    static const char *const marks[] = {"AddressSanitizer", "LeakSanitizer", "runtime error",
-                                        "ThreadSanitizer"};
-    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
-        if (strstr(text, marks[i]) != NULL)
-            return marks[i];
-    return NULL;
-}
-
-static void show_log(const struct run *r)
-{
-    char *log = read_text(r->log);
-    size_t n = log != NULL ? strlen(log) : 0;
-    fprintf(stderr, "---- shmipcd log (last part) ----\n%s\n---- end of log ----\n",
-            n > 8000      ? log + n - 8000
-            : log != NULL ? log
-                          : "");
-    free(log);
-}
-
 static int setup(struct run *r)
 {
-    snprintf(r->dir, sizeof(r->dir), "/tmp/shmipc-soak-XXXXXX");
-    if (mkdtemp(r->dir) == NULL) {
-        r->dir[0] = '\0';
-        fail("mkdtemp: %s", strerror(errno));
+    int rc = du_init(&r->d, "/tmp/shmipc-soak-XXXXXX");
+    if (rc < 0) {
+        fail("mkdtemp: %s", strerror(-rc));
         return -1;
     }
-    snprintf(r->conf, sizeof(r->conf), "%s/shmipcd.conf", r->dir);
-    snprintf(r->log, sizeof(r->log), "%s/shmipcd.log", r->dir);
-    snprintf(r->admin_path, sizeof(r->admin_path), "%s/admin.sock", r->dir);
-    snprintf(r->sock, sizeof(r->sock), "%s/soak.sock", r->dir);
-    snprintf(r->address, sizeof(r->address), "unix:%s", r->sock);
+    snprintf(r->d.shmipcd, sizeof(r->d.shmipcd), "%s", r->o.shmipcd);
+    r->d.spawn = daemon_spawn;
+    snprintf(r->address, sizeof(r->address), "%s", du_addr(&r->d, "soak"));
     snprintf(r->shm_prefix, sizeof(r->shm_prefix), "shmipc-soak-%d-", (int)getpid());
-    char src[4200], text[2048];
-    plugin_src(r, "versioned", src, sizeof(src));
-    int rc = install_plugin(r->dir, src);
+    char src[4200];
+    rc = install_plugin(r, "versioned", src, sizeof(src));
     if (rc < 0) {
         fail("installing %s: %s", src, strerror(-rc));
         return -1;
     }
-    snprintf(text, sizeof(text),
-             "workers = 2;\nlog = { level = \"info\"; };\nadmin = \"unix:%s\";\n"
-             "limits = { drain_timeout_ms = 5000; };\n"
-             "services = (\n  { name = \"soak\"; listen = \"%s\"; plugin = \"%s/plugin.so\"; }\n"
-             ");\n",
-             r->admin_path, r->address, r->dir);
-    if (write_text(r->conf, text) < 0) {
-        fail("writing %s", r->conf);
+    struct du_conf c = {.n = 0};
+    du_conf_head(&c, &r->d, "drain_timeout_ms = 5000;");
+    du_conf_service(&c, &r->d, 1, "soak", du_path(&r->d, "plugin.so"), NULL);
+    rc = du_conf_write(&c, &r->d, "shmipcd.conf");
+    if (rc < 0) {
+        fail("writing %s: %s", r->d.conf, strerror(-rc));
         return -1;
     }
-    r->daemon = start_daemon(&r->o, r->conf, r->log);
-    if (r->daemon < 0) {
-        r->daemon = 0;
-        fail("fork: %s", strerror(errno));
+    uint64_t dl = du_deadline(START_MS);
+    rc = du_start(&r->d, START_MS);
+    if (rc != 0) {
+        fail(rc > 0 ? "shmipcd exited at start with %d" : "shmipcd did not start (%d)", rc);
         return -1;
     }
-    uint64_t dl = deadline_in(START_MS);
+    char txt[16384];
     struct status s;
-    for (;;) {
-        int status;
-        if (waitpid(r->daemon, &status, WNOHANG) == r->daemon) {
-            r->daemon = 0;
-            fail("shmipcd exited at start (status 0x%x)", status);
-            return -1;
-        }
-        char *txt = admin(r->admin_path, "status");
-        rc = parse_status(txt, &s);
-        free(txt);
-        if (rc == 0)
-            break;
-        if (now_ns() >= dl) {
-            fail("shmipcd did not answer on %s", r->admin_path);
-            return -1;
-        }
-        sleep_ms(10);
+    if (du_admin(r->d.admin, "status", txt, sizeof(txt), ADMIN_MS) <= 0 ||
+        parse_status(txt, &s) < 0) {
+        fail("shmipcd's status does not parse:\n%s", txt);
+        return -1;
     }
     if (strcmp(s.version, "1.0.0") != 0 || s.generation != 1) {
         fail("shmipcd started with versioned %s generation %u", s.version, s.generation);
@@ -981,7 +699,7 @@ static int setup(struct run *r)
         return -1;
     }
     for (unsigned i = 0; i < r->nkids; i++) {
-        while ((int32_t)ld((uint32_t *)&sh->c[i].open_rc) == 1 && now_ns() < dl)
+        while ((int32_t)ld((uint32_t *)&sh->c[i].open_rc) == 1 && !du_past(dl))
             sleep_ms(1);
         int32_t orc = (int32_t)ld((uint32_t *)&sh->c[i].open_rc);
         if (orc != 0) {
@@ -999,7 +717,7 @@ static void stop_clients(struct run *r)
     st(&sh->pause, 0);
     st(&sh->stop, 1);
     for (unsigned i = 0; i < r->nkids; i++) {
-        int rc = reap(r->kids[i], r->o.timeout_ms + SETTLE_MS);
+        int rc = du_reap(r->kids[i], r->o.timeout_ms + SETTLE_MS);
         if (rc != 0)
             fail("client %u exited with %d", i, rc);
         else if (!ld(&sh->c[i].finished))
@@ -1007,16 +725,6 @@ static void stop_clients(struct run *r)
         r->kids[i] = 0;
     }
     r->nkids = 0;
-}
-
-static int stop_daemon(struct run *r)
-{
-    if (r->daemon <= 0)
-        return 0;
-    kill(r->daemon, SIGTERM);
-    int rc = reap(r->daemon, STOP_MS);
-    r->daemon = 0;
-    return rc;
 }
 
 static void teardown(struct run *r)
@@ -1028,61 +736,41 @@ static void teardown(struct run *r)
     for (unsigned i = 0; i < r->nkids; i++) {
         if (r->kids[i] > 0) {
             kill(r->kids[i], SIGKILL);
-            reap(r->kids[i], 5000);
+            du_reap(r->kids[i], 5000);
         }
     }
     r->nkids = 0;
-    pid_t dpid = r->daemon;
-    if (r->daemon > 0) {
-        int rc = stop_daemon(r);
+    pid_t dpid = r->d.pid;
+    if (r->d.pid > 0) {
+        int rc = du_stop(&r->d, SIGTERM, STOP_MS);
         if (rc != 0)
             fail("shmipcd exited with %d after SIGTERM", rc);
     }
-    if (r->dir[0] == '\0')
+    if (r->d.dir[0] == '\0')
         return;
-    char *log = read_text(r->log);
-    const char *san = sanitizer_report(log);
+    const char *san = du_log_check(&r->d, failures != 0);
     if (san != NULL)
         fail("shmipcd's log holds a %s report", san);
-    if (san != NULL || failures)
-        show_log(r);
-    free(log);
     /* shmipcd removes the directory of its private plugin copies. */
-    char tmpdirs[64];
-    snprintf(tmpdirs, sizeof(tmpdirs), "shmipcd-%d-", (int)dpid);
-    if (dpid > 0 && count_prefix("/tmp", tmpdirs) != 0)
-        fail("shmipcd left /tmp/%s* behind", tmpdirs);
-    int left = count_prefix("/dev/shm", r->shm_prefix);
+    if (dpid > 0 && du_daemon_tmpdirs(dpid, 0) != 0)
+        fail("shmipcd left /tmp/shmipcd-%d-* behind", (int)dpid);
+    int left = du_count_prefix("/dev/shm", r->shm_prefix);
     if (left != 0) {
         fail("%d files with prefix %s left in /dev/shm", left, r->shm_prefix);
-        remove_prefix("/dev/shm", r->shm_prefix);
+        du_remove_prefix("/dev/shm", r->shm_prefix);
     }
-    remove_prefix(r->dir, "");
-    if (rmdir(r->dir) < 0)
-        fail("rmdir %s: %s", r->dir, strerror(errno));
-    struct stat sb;
-    if (stat(r->dir, &sb) == 0)
-        fail("%s is still there", r->dir);
-    r->dir[0] = '\0';
+    int rc = du_remove_dir(r->d.dir);
+    if (rc < 0)
+        fail("rmdir %s: %s", r->d.dir, strerror(-rc));
+    if (du_exists(r->d.dir))
+        fail("%s is still there", r->d.dir);
+    r->d.dir[0] = '\0';
 }
 
 static void on_signal(int sig)
 {
     (void)sig;
     interrupted = 1;
-}
-
-static const char *exe_dir(void)
-{
-    static char dir[2048];
-    ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
-    dir[n > 0 ? n : 0] = '\0';
-    char *slash = strrchr(dir, '/');
-    if (slash != NULL)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof(dir), ".");
-    return dir;
 }
 
 static void usage(FILE *f)
@@ -1129,7 +817,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     o->streams = 16;
     o->bad_every = 10;
     o->timeout_ms = 5000;
-    const char *dir = exe_dir();
+    const char *dir = du_exe_dir();
     snprintf(o->shmipcd, sizeof(o->shmipcd), "%s/shmipcd", dir);
     snprintf(o->plugins, sizeof(o->plugins), "%s/../tests/plugins", dir);
     int opt;
@@ -1223,7 +911,7 @@ int main(int argc, char **argv)
     }
     for (unsigned i = 0; i < MAX_CLIENTS; i++)
         sh->c[i].open_rc = 1;
-    uint64_t t0 = now_ns();
+    uint64_t t0 = du_now_ns();
     struct usage base = {0}, end = {0};
     long rss_growth = 0;
     int measured = 0;
@@ -1254,8 +942,8 @@ int main(int argc, char **argv)
             /* Same state as at the end: clients connected, idle, old
              * generations finished. */
             struct status s;
-            if (pause_clients(&r) < 0 || wait_drained(r.admin_path, &s) < 0 ||
-                proc_usage(r.daemon, &base) < 0) {
+            if (pause_clients(&r) < 0 || wait_drained(r.d.admin, &s) < 0 ||
+                proc_usage(r.d.pid, &base) < 0) {
                 fail("no baseline after reload %u", i);
                 break;
             }
@@ -1268,17 +956,17 @@ int main(int argc, char **argv)
                     "%.1f s\n",
                     i, r.o.reloads, r.refused, (unsigned long long)TOTAL(done),
                     (unsigned long long)TOTAL(v1), (unsigned long long)TOTAL(v2),
-                    (double)(now_ns() - t0) / 1e9);
+                    (double)(du_now_ns() - t0) / 1e9);
     }
     if (interrupted)
         fail("interrupted");
     /* The end state: clients idle, every old generation finished. */
     if (pause_clients(&r) < 0) {
         fail("the clients did not pause");
-    } else if (wait_drained(r.admin_path, &fin) < 0) {
+    } else if (wait_drained(r.d.admin, &fin) < 0) {
         fail("old generations did not finish");
-    } else if (proc_usage(r.daemon, &end) < 0) {
-        fail("cannot read /proc/%d", (int)r.daemon);
+    } else if (proc_usage(r.d.pid, &end) < 0) {
+        fail("cannot read /proc/%d", (int)r.d.pid);
     } else if (measured) {
         /* RssShmem is the clients' pools and queues that shmipcd maps: it
          * grows as requests touch more of their pages, up to the pools'
@@ -1332,7 +1020,7 @@ out:
             "%llu probes failed, %.1f s, %s\n",
             (unsigned long long)TOTAL(ok), (unsigned long long)TOTAL(v1),
             (unsigned long long)TOTAL(v2), (unsigned long long)TOTAL(overlapped),
-            (unsigned long long)r.probe_fail, (double)(now_ns() - t0) / 1e9,
+            (unsigned long long)r.probe_fail, (double)(du_now_ns() - t0) / 1e9,
             failures ? "FAILED" : "passed");
     printf("reload-soak: reloads=%u refused=%u requests=%llu failed=%llu lost=%llu "
            "rss_growth_kib=%ld\n",

@@ -15,22 +15,17 @@
  * (set by `scons test`), else the layout next to this program
  * ($TOP/tests/unit_tests: $TOP/bin, $TOP/plugins, $TOP/tests/plugins).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_util.h"
 #include "shmipc/shmipc.h"
 #include "testutil.h"
 
@@ -45,103 +40,10 @@
 #define GREETER_REQ "client say hello world!!!"
 #define GREETER_RESP "server hello world!!!"
 
-/* ---- checks that can stop a test (at its `out:` label) ---- */
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        int ok_ = (cond) ? 1 : 0;                                                                  \
-        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
-                                __FILE__, "", CU_FALSE);                                           \
-        if (!ok_)                                                                                  \
-            goto out;                                                                              \
-    } while (0)
-
-/* An assertion that also says what it saw. */
-#define CHECK_EQ(got, want)                                                                        \
-    do {                                                                                           \
-        long long g_ = (long long)(got), w_ = (long long)(want);                                   \
-        if (g_ != w_)                                                                              \
-            fprintf(stderr, "\n  %s:%d: %s is %lld, expected %lld\n", __FILE__, __LINE__, #got,    \
-                    g_, w_);                                                                       \
-        CU_ASSERT_EQUAL(g_, w_);                                                                   \
-    } while (0)
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static int past(uint64_t deadline_ns)
-{
-    return tu_now_ns() >= deadline_ns;
-}
-
-static uint64_t deadline_in(int ms)
-{
-    return tu_now_ns() + (uint64_t)ms * 1000000u;
-}
-
-/* ---- where things are ---- */
-
-static const char *exe_dir(void)
-{
-    static char dir[2048];
-    if (dir[0] == '\0') {
-        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
-        dir[n > 0 ? n : 0] = '\0';
-        char *slash = strrchr(dir, '/');
-        if (slash != NULL)
-            *slash = '\0';
-        else
-            snprintf(dir, sizeof(dir), ".");
-    }
-    return dir;
-}
-
-/* $env, else exe_dir()/rel. */
-static const char *locate(const char *env, const char *rel, char *buf, size_t cap)
-{
-    const char *e = getenv(env);
-    if (e != NULL && *e != '\0')
-        snprintf(buf, cap, "%s", e);
-    else
-        snprintf(buf, cap, "%s/%s", exe_dir(), rel);
-    return buf;
-}
-
-static const char *bin_path(const char *name)
-{
-    static char buf[2][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 2];
-    snprintf(b, sizeof(buf[0]), "%s/%s", locate("SHMIPC_BIN", "../bin", dir, sizeof(dir)), name);
-    return b;
-}
-
-static const char *plugin_path(const char *name)
-{
-    static char buf[4][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 4];
-    snprintf(b, sizeof(buf[0]), "%s/%s.so",
-             locate("SHMIPC_PLUGINS", "../plugins", dir, sizeof(dir)), name);
-    return b;
-}
-
-static const char *test_plugin_path(const char *name)
-{
-    static char buf[4][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 4];
-    snprintf(b, sizeof(buf[0]), "%s/%s.so",
-             locate("SHMIPC_TEST_PLUGINS", "plugins", dir, sizeof(dir)), name);
-    return b;
-}
+/* Every program this suite starts (shmipcd, shmipcctl) is forked with an
+ * alarm that survives the exec: one a crashed test left behind dies
+ * within a minute. */
+static const struct du_spawn_opts spawn_opts = {.alarm_s = 60};
 
 /* The /dev/shm name prefix of this run (pid of the test program, taken
  * before any fork so the children share it); file-mode clients add a
@@ -152,134 +54,6 @@ static const char *shm_name(void)
     if (b[0] == '\0')
         snprintf(b, sizeof(b), "shmipc-dmntest-%d-", (int)getpid());
     return b;
-}
-
-/* Removes every /dev/shm file of this run (a killed client leaves its
- * file-mode pool behind); returns how many. */
-static int unlink_shm_all(void)
-{
-    DIR *d = opendir("/dev/shm");
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, shm_name(), strlen(shm_name())) != 0)
-            continue;
-        char path[512];
-        snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name);
-        n += unlink(path) == 0;
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* Directories shmipcd <pid> made for its private plugin copies that are
- * still there; removes them (with their files) when `remove`. */
-static int daemon_tmpdirs(pid_t pid, int remove)
-{
-    char want[64];
-    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
-    DIR *d = opendir("/tmp");
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, want, strlen(want)) != 0)
-            continue;
-        n++;
-        if (!remove)
-            continue;
-        char path[512];
-        snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
-        DIR *sub = opendir(path);
-        struct dirent *f;
-        while (sub != NULL && (f = readdir(sub)) != NULL) {
-            if (strcmp(f->d_name, ".") == 0 || strcmp(f->d_name, "..") == 0)
-                continue;
-            char fp[800];
-            snprintf(fp, sizeof(fp), "%s/%s", path, f->d_name);
-            unlink(fp);
-        }
-        if (sub != NULL)
-            closedir(sub);
-        rmdir(path);
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* A forked child keeps only stdio and the fds in keep[] (-1 ends early):
- * it must not hold the parent's pipes or sockets. */
-static void close_inherited(const int *keep, int nkeep)
-{
-    int fds[512], n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL && n < 512) {
-        if (e->d_name[0] == '.')
-            continue;
-        int fd = atoi(e->d_name), kept = fd <= 2 || fd == dirfd(d);
-        for (int i = 0; i < nkeep; i++)
-            kept |= keep[i] == fd;
-        if (!kept)
-            fds[n++] = fd;
-    }
-    if (d != NULL)
-        closedir(d);
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
-
-static int count_proc_fds(pid_t pid)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b != NULL)
-        b[n] = '\0';
-    if (len != NULL)
-        *len = n;
-    return b;
-}
-
-static int count_str(const char *hay, const char *needle)
-{
-    int n = 0;
-    for (const char *p = hay; p != NULL && (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
 }
 
 /* Lines of text equal to `line`. */
@@ -296,318 +70,33 @@ static int count_lines(const char *text, const char *line)
     return n;
 }
 
-/* The sanitizer runtimes' report markers. */
-static const char *sanitizer_report(const char *text)
+static int run_capture(const char *const *argv, char *out, size_t cap)
 {
-    static const char *const marks[] = {"ERROR: AddressSanitizer", "runtime error",
-                                        "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer"};
-    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
-        if (strstr(text, marks[i]) != NULL)
-            return marks[i];
-    return NULL;
-}
-
-/* ---- running a program and capturing its output ---- */
-
-struct exec_args {
-    const char *const *argv;
-    int out; /* stdout and stderr go here */
-};
-
-static int exec_main(void *arg)
-{
-    const struct exec_args *a = arg;
-    int keep[1] = {a->out};
-    close_inherited(keep, 1);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) {
-        dup2(null, 0);
-        close(null);
-    }
-    if (dup2(a->out, 1) < 0 || dup2(a->out, 2) < 0)
-        return 126;
-    close(a->out);
-    execv(a->argv[0], (char *const *)a->argv);
-    fprintf(stderr, "exec %s: %s\n", a->argv[0], strerror(errno));
-    return 127;
-}
-
-/* Runs argv with stdout+stderr into out (NUL-terminated, cut at cap).
- * Returns its exit code (128+signal), or -1 when it outlived timeout_ms
- * (then it was killed). */
-static int run_capture(const char *const *argv, char *out, size_t cap, int timeout_ms)
-{
-    int p[2];
-    out[0] = '\0';
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -1;
-    struct exec_args a = {argv, p[1]};
-    pid_t pid = tu_fork(exec_main, &a);
-    close(p[1]);
-    if (pid < 0) {
-        close(p[0]);
-        return -1;
-    }
-    uint64_t dl = deadline_in(timeout_ms);
-    size_t n = 0;
-    char sink[4096];
-    for (;;) {
-        int left = (int)((dl - (past(dl) ? dl : tu_now_ns())) / 1000000u);
-        struct pollfd pfd = {p[0], POLLIN, 0};
-        if (left <= 0 || poll(&pfd, 1, left) <= 0)
-            break;
-        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
-        if (r <= 0)
-            break;
-        if (n + 1 < cap)
-            n += (size_t)r;
-    }
-    out[n] = '\0';
-    close(p[0]);
-    return tu_wait(pid, past(dl) ? 1 : (int)((dl - tu_now_ns()) / 1000000u) + 1);
+    return du_run_capture(argv, out, cap, CMD_MS, &spawn_opts);
 }
 
 /* ---- the daemon ---- */
 
-struct dmn {
-    char dir[64];    /* mkdtemp; "" when none */
-    char conf[128];  /* the configuration written last */
-    char log[128];   /* shmipcd's stdout and stderr */
-    char admin[160]; /* "unix:<dir>/admin.sock" */
-    char admin_path[128];
-    pid_t pid;      /* running shmipcd, 0 when none */
-    pid_t last_pid; /* the last one started, for leftover checks */
-};
-
-static int dm_init(struct dmn *d)
+static char *dm_log(const struct du_daemon *d)
 {
-    memset(d, 0, sizeof(*d));
-    snprintf(d->dir, sizeof(d->dir), "/tmp/shmipcd-test-XXXXXX");
-    if (mkdtemp(d->dir) == NULL) {
-        d->dir[0] = '\0';
-        return -errno;
-    }
-    snprintf(d->log, sizeof(d->log), "%s/shmipcd.log", d->dir);
-    snprintf(d->admin_path, sizeof(d->admin_path), "%s/admin.sock", d->dir);
-    snprintf(d->admin, sizeof(d->admin), "unix:%s", d->admin_path);
-    return 0;
-}
-
-/* "<dir>/<name>" in a rotating static buffer. */
-static const char *dm_path(const struct dmn *d, const char *name)
-{
-    static char buf[8][384];
-    static unsigned k;
-    char *b = buf[k++ % 8];
-    snprintf(b, sizeof(buf[0]), "%s/%s", d->dir, name);
-    return b;
-}
-
-/* "unix:<dir>/<svc>.sock" */
-static const char *dm_addr(const struct dmn *d, const char *svc)
-{
-    static char buf[8][200];
-    static unsigned k;
-    char *b = buf[k++ % 8];
-    snprintf(b, sizeof(buf[0]), "unix:%s/%s.sock", d->dir, svc);
-    return b;
-}
-
-static int write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -errno;
-    int ok = fputs(text, f) >= 0;
-    ok &= fclose(f) == 0;
-    return ok ? 0 : -EIO;
-}
-
-/* A growing configuration text. */
-struct text {
-    char b[8192];
-    size_t n;
-};
-
-static void add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void add(struct text *t, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int r = vsnprintf(t->b + t->n, sizeof(t->b) - t->n, fmt, ap);
-    va_end(ap);
-    if (r > 0)
-        t->n = t->n + (size_t)r < sizeof(t->b) ? t->n + (size_t)r : sizeof(t->b) - 1;
-}
-
-/* The head of a configuration: workers, log, admin, limits (a text of
- * "key = value;" pairs), and the opening of the service list. */
-static void conf_head(struct text *t, const struct dmn *d, const char *limits)
-{
-    add(t, "workers = 2;\nlog = { level = \"info\"; };\nadmin = \"%s\";\n", d->admin);
-    add(t, "limits = { %s };\nservices = (\n", limits ? limits : "");
-}
-
-static void conf_svc(struct text *t, const struct dmn *d, int first, const char *name,
-                     const char *plugin, const char *config)
-{
-    add(t, "%s  { name = \"%s\"; listen = \"%s\"; plugin = \"%s\"; config = { %s }; }\n",
-        first ? "" : ",", name, dm_addr(d, name), plugin, config ? config : "");
-}
-
-static int conf_write(struct dmn *d, struct text *t, const char *file)
-{
-    add(t, ");\n");
-    snprintf(d->conf, sizeof(d->conf), "%s", dm_path(d, file));
-    return write_text(d->conf, t->b);
-}
-
-/* Connects to a unix socket address ("unix:/path"); fd or -errno. */
-static int raw_connect(const char *addr)
-{
-    const char *path = strncmp(addr, "unix:", 5) == 0 ? addr + 5 : addr;
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
-}
-
-/* One admin command without shmipcctl (readiness polling): the reply
- * length, or a negative code. */
-static int admin_raw(const struct dmn *d, const char *cmd, char *out, size_t cap)
-{
-    int fd = raw_connect(d->admin);
-    if (fd < 0)
-        return fd;
-    char line[64];
-    int len = snprintf(line, sizeof(line), "%s\n", cmd);
-    if (write(fd, line, (size_t)len) != len) {
-        close(fd);
-        return -EIO;
-    }
-    uint64_t dl = deadline_in(2000);
-    size_t n = 0;
-    while (n + 1 < cap && !past(dl)) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        if (poll(&pfd, 1, 50) <= 0)
-            continue;
-        ssize_t r = read(fd, out + n, cap - 1 - n);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    out[n] = '\0';
-    close(fd);
-    return (int)n;
-}
-
-struct start_args {
-    const char *conf;
-    const char *log;
-};
-
-static int daemon_main(void *arg)
-{
-    const struct start_args *a = arg;
-    int fd = open(a->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return 126;
-    int keep[1] = {fd};
-    close_inherited(keep, 1);
-    int null = open("/dev/null", O_RDONLY);
-    if (null >= 0) {
-        dup2(null, 0);
-        close(null);
-    }
-    dup2(fd, 1);
-    dup2(fd, 2);
-    const char *argv[] = {bin_path("shmipcd"), "-c", a->conf, NULL};
-    execv(argv[0], (char *const *)argv);
-    fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
-    return 127;
-}
-
-/* Forks shmipcd on d->conf. 0 once it answers on its admin socket (every
- * listener is open by then: the admin socket comes last); else its exit
- * code when it exited (d->pid 0), or -1 when it never answered. tu_fork's
- * alarm(60) survives the exec: a shmipcd a crashed test left behind dies
- * within a minute. */
-static int dm_start(struct dmn *d)
-{
-    struct start_args a = {d->conf, d->log};
-    d->pid = tu_fork(daemon_main, &a);
-    if (d->pid < 0) {
-        d->pid = 0;
-        return -1;
-    }
-    d->last_pid = d->pid;
-    uint64_t dl = deadline_in(START_MS);
-    char reply[512];
-    while (!past(dl)) {
-        int status;
-        if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
-            d->pid = 0;
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        }
-        if (admin_raw(d, "status", reply, sizeof(reply)) > 0 &&
-            strncmp(reply, "shmipcd pid", 11) == 0)
-            return 0;
-        sleep_ms(10);
-    }
-    fprintf(stderr, "\n  shmipcd did not answer on %s\n", d->admin);
-    return -1;
-}
-
-/* Sends sig and reaps: the exit code, -1 if SIGKILL was needed after
- * timeout_ms, 0 when nothing runs. */
-static int dm_stop(struct dmn *d, int sig, int timeout_ms)
-{
-    if (d->pid <= 0)
-        return 0;
-    kill(d->pid, sig);
-    int rc = tu_wait(d->pid, timeout_ms);
-    d->pid = 0;
-    return rc;
-}
-
-/* Waits for shmipcd to exit by itself (after `shmipcctl stop`). */
-static int dm_reap(struct dmn *d, int timeout_ms)
-{
-    if (d->pid <= 0)
-        return -1;
-    int rc = tu_wait(d->pid, timeout_ms);
-    d->pid = 0;
-    return rc;
-}
-
-static char *dm_log(const struct dmn *d)
-{
-    char *t = read_file(d->log, NULL);
+    char *t = du_read_file(d->log, NULL);
     return t != NULL ? t : strdup("");
 }
 
-static int dm_log_count(const struct dmn *d, const char *needle)
+static int dm_log_count(const struct du_daemon *d, const char *needle)
 {
     char *t = dm_log(d);
-    int n = count_str(t, needle);
+    int n = du_count_str(t, needle);
     free(t);
     return n;
 }
 
 /* shmipcctl -s <admin> args...: exit code, output in out. */
-static int ctl(const struct dmn *d, char *out, size_t cap, const char *a1, const char *a2)
+static int ctl(const struct du_daemon *d, char *out, size_t cap, const char *a1, const char *a2)
 {
-    const char *argv[] = {bin_path("shmipcctl"), "-s", d->admin, a1, a2, NULL};
-    int rc = run_capture(argv, out, cap, CMD_MS);
-    const char *san = sanitizer_report(out);
+    const char *argv[] = {du_bin_path("shmipcctl"), "-s", d->admin, a1, a2, NULL};
+    int rc = run_capture(argv, out, cap);
+    const char *san = du_sanitizer_report(out);
     if (san != NULL)
         fprintf(stderr, "\n  shmipcctl %s: %s:\n%s\n", a1, san, out);
     CU_ASSERT_PTR_NULL(san);
@@ -670,10 +159,10 @@ static int json_top(const char *js, const char *key, unsigned long *out)
 /* Polls `shmipcctl stats` until service svc has every session closed (and
  * at least min_closed of them) and `pools` pools are mapped. The last
  * output stays in out. 0 when reached. */
-static int wait_settled(const struct dmn *d, const char *svc, unsigned long min_closed,
+static int wait_settled(const struct du_daemon *d, const char *svc, unsigned long min_closed,
                         unsigned long pools, char *out, size_t cap)
 {
-    uint64_t dl = deadline_in(POLL_MS);
+    uint64_t dl = du_deadline(POLL_MS);
     struct svc_stats_txt s;
     unsigned long np = ~0ul;
     do {
@@ -681,8 +170,8 @@ static int wait_settled(const struct dmn *d, const char *svc, unsigned long min_
             stats_pools(out, &np) == 0 && s.opened == s.closed && s.closed >= min_closed &&
             np == pools)
             return 0;
-        sleep_ms(20);
-    } while (!past(dl));
+        du_sleep_ms(20);
+    } while (!du_past(dl));
     fprintf(stderr, "\n  stats did not settle (service %s, %lu closed, %lu pools):\n%s\n", svc,
             min_closed, pools, out);
     return -1;
@@ -780,7 +269,7 @@ static int client_main(void *arg)
 {
     const struct cl_args *a = arg;
     int keep[3] = {a->res_fd, a->ready_fd, a->hold_fd};
-    close_inherited(keep, 3);
+    du_close_fds_except(keep, 3);
     struct cl_result r = {0};
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
@@ -911,7 +400,7 @@ struct kid {
 };
 
 struct fx {
-    struct dmn d;
+    struct du_daemon d;
     struct kid kids[MAX_KIDS];
     int nkids;
     unsigned failures_before;
@@ -923,14 +412,16 @@ static int fx_begin(struct fx *f)
     f->failures_before = CU_get_number_of_failures();
     for (int i = 0; i < MAX_KIDS; i++)
         f->kids[i].res_fd = f->kids[i].ready_fd = f->kids[i].hold_fd = -1;
-    return dm_init(&f->d);
+    int rc = du_init(&f->d, "/tmp/shmipcd-test-XXXXXX");
+    f->d.spawn = spawn_opts;
+    return rc;
 }
 
-static void cl_defaults(struct cl_args *a, const struct dmn *d, const char *svc,
+static void cl_defaults(struct cl_args *a, const struct du_daemon *d, const char *svc,
                         enum shmipc_mem_mode mode, char letter)
 {
     memset(a, 0, sizeof(*a));
-    snprintf(a->address, sizeof(a->address), "%s", dm_addr(d, svc));
+    snprintf(a->address, sizeof(a->address), "%s", du_addr(d, svc));
     a->mode = mode;
     snprintf(a->prefix, sizeof(a->prefix), "/dev/shm/%s%c", shm_name(), letter);
     a->sessions = 1;
@@ -1052,41 +543,19 @@ static void fx_end(struct fx *f)
         k->res_fd = k->ready_fd = k->hold_fd = -1;
     }
     if (f->d.pid > 0) {
-        int rc = dm_stop(&f->d, SIGTERM, STOP_MS);
+        int rc = du_stop(&f->d, SIGTERM, STOP_MS);
         if (rc != 0)
             fprintf(stderr, "\n  shmipcd stopped with %d at the end of the test\n", rc);
         CU_ASSERT_EQUAL(rc, 0);
     }
     if (f->d.dir[0] == '\0')
         return;
-    char *log = dm_log(&f->d);
-    const char *san = sanitizer_report(log);
-    if (san != NULL || CU_get_number_of_failures() != f->failures_before) {
-        size_t n = strlen(log);
-        fprintf(stderr, "\n  ---- shmipcd log%s (last part) ----\n%s\n  ---- end of log ----\n",
-                san ? " with a sanitizer report" : "", n > 6000 ? log + n - 6000 : log);
-    }
-    CU_ASSERT_PTR_NULL(san);
-    free(log);
+    CU_ASSERT_PTR_NULL(du_log_check(&f->d, CU_get_number_of_failures() != f->failures_before));
     if (f->d.last_pid > 0)
-        daemon_tmpdirs(f->d.last_pid, 1);
-    unlink_shm_all();
-    DIR *dir = opendir(f->d.dir);
-    struct dirent *e;
-    while (dir != NULL && (e = readdir(dir)) != NULL) {
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            unlink(dm_path(&f->d, e->d_name));
-    }
-    if (dir != NULL)
-        closedir(dir);
-    CU_ASSERT_EQUAL(rmdir(f->d.dir), 0);
+        du_daemon_tmpdirs(f->d.last_pid, 1);
+    du_remove_prefix("/dev/shm", shm_name());
+    CU_ASSERT_EQUAL(du_remove_dir(f->d.dir), 0);
     f->d.dir[0] = '\0';
-}
-
-static int exists(const char *path)
-{
-    struct stat st;
-    return lstat(path, &st) == 0;
 }
 
 /* ---- tests ---- */
@@ -1098,12 +567,12 @@ static void test_many_clients(void)
 {
     struct fx f;
     REQUIRE(fx_begin(&f) == 0);
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, NULL);
-    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
-    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
-    REQUIRE(conf_write(&f.d, &t, "many.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    du_conf_service(&t, &f.d, 0, "greeter", du_plugin_path("greeter"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "many.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
 
     static const struct {
         const char *svc;
@@ -1164,7 +633,7 @@ static void test_many_clients(void)
     /* The greeter only warns about unexpected requests: none came. */
     CHECK_EQ(dm_log_count(&f.d, "unexpected request"), 0);
     CHECK_EQ(tu_count_shm(shm_name()), 0);
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     fx_end(&f);
 }
@@ -1181,10 +650,10 @@ static int kid_exited(const struct kid *k)
 
 /* Opens stalled connection number i: on echo or greeter, sending nothing
  * or half an event header. fd or -errno. */
-static int open_stalled(const struct dmn *d, int i)
+static int open_stalled(const struct du_daemon *d, int i)
 {
     static const uint8_t half[4] = {0x00, 0x00, 0x00, 0x08};
-    int fd = raw_connect(dm_addr(d, i % 3 == 2 ? "greeter" : "echo"));
+    int fd = du_connect(du_addr(d, i % 3 == 2 ? "greeter" : "echo"));
     if (fd >= 0 && i % 3 == 1 && write(fd, half, sizeof(half)) != (ssize_t)sizeof(half)) {
         close(fd);
         return -EIO;
@@ -1202,12 +671,12 @@ static void test_slow_handshake(void)
     struct fx f;
     int raw[MAX_STALLED], nraw = 0;
     REQUIRE(fx_begin(&f) == 0);
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, "handshake_timeout_ms = 300;");
-    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
-    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
-    REQUIRE(conf_write(&f.d, &t, "hs.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, "handshake_timeout_ms = 300;");
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    du_conf_service(&t, &f.d, 0, "greeter", du_plugin_path("greeter"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "hs.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
 
     for (; nraw < 3; nraw++)
         REQUIRE((raw[nraw] = open_stalled(&f.d, nraw)) >= 0);
@@ -1222,8 +691,8 @@ static void test_slow_handshake(void)
     a.greeter = 1;
     a.rounds = 200;
     REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    uint64_t dl = deadline_in(CHILD_MS);
-    for (int running = 1; running && !past(dl);) {
+    uint64_t dl = du_deadline(CHILD_MS);
+    for (int running = 1; running && !du_past(dl);) {
         running = 0;
         for (int i = 0; i < f.nkids; i++)
             running |= !kid_exited(&f.kids[i]);
@@ -1231,7 +700,7 @@ static void test_slow_handshake(void)
             REQUIRE((raw[nraw] = open_stalled(&f.d, nraw)) >= 0);
             nraw++;
         }
-        sleep_ms(20);
+        du_sleep_ms(20);
     }
     for (int i = 0; i < f.nkids; i++)
         kid_expect_all_ok(&f.kids[i]);
@@ -1258,7 +727,7 @@ static void test_slow_handshake(void)
     CHECK_EQ(s.hs_failed, nraw - echo_stalled);
     CHECK_EQ(s.opened, 1);
     CHECK_EQ(tu_count_shm(shm_name()), 0);
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     for (int i = 0; i < nraw; i++)
         if (raw[i] >= 0)
@@ -1270,42 +739,42 @@ out:
 static void check_conf(struct fx *f, const char *file, const char *text, int want_rc,
                        const char *want1, const char *want2)
 {
-    const char *path = dm_path(&f->d, file);
-    if (text != NULL && write_text(path, text) < 0) {
+    const char *path = du_path(&f->d, file);
+    if (text != NULL && du_write_file(path, text) < 0) {
         CU_FAIL("cannot write the configuration");
         return;
     }
     char out[8192];
-    const char *tv[] = {bin_path("shmipcd"), "-t", "-c", path, NULL};
-    int rc = run_capture(tv, out, sizeof(out), CMD_MS);
+    const char *tv[] = {du_bin_path("shmipcd"), "-t", "-c", path, NULL};
+    int rc = run_capture(tv, out, sizeof(out));
     int ok = rc == want_rc && strstr(out, want1) != NULL && (!want2 || strstr(out, want2));
     if (!ok)
         fprintf(stderr, "\n  shmipcd -t -c %s: exit %d (want %d), output:\n%s\n  wanted '%s'%s%s\n",
                 file, rc, want_rc, out, want1, want2 ? " and " : "", want2 ? want2 : "");
     CU_ASSERT(ok);
-    CU_ASSERT_PTR_NULL(sanitizer_report(out));
+    CU_ASSERT_PTR_NULL(du_sanitizer_report(out));
     /* -t starts nothing: no socket appears. */
-    CU_ASSERT_FALSE(exists(dm_path(&f->d, "s.sock")));
-    CU_ASSERT_FALSE(exists(f->d.admin_path));
+    CU_ASSERT_FALSE(du_exists(du_path(&f->d, "s.sock")));
+    CU_ASSERT_FALSE(du_exists(f->d.admin_path));
     if (want_rc == 0)
         return;
     /* The real start refuses the same file the same way, and leaves
      * nothing behind: no socket, no private plugin directory. */
     snprintf(f->d.conf, sizeof(f->d.conf), "%s", path);
     unlink(f->d.log); /* this start's log only */
-    rc = dm_start(&f->d);
+    rc = du_start(&f->d, START_MS);
     char *log = dm_log(&f->d);
     ok = rc == want_rc && strstr(log, want1) != NULL && (!want2 || strstr(log, want2));
     if (!ok)
         fprintf(stderr, "\n  shmipcd -c %s: exit %d (want %d), log:\n%s\n", file, rc, want_rc, log);
     CU_ASSERT(ok);
-    CU_ASSERT_PTR_NULL(sanitizer_report(log));
+    CU_ASSERT_PTR_NULL(du_sanitizer_report(log));
     free(log);
     if (rc == 0)
-        dm_stop(&f->d, SIGTERM, STOP_MS);
-    CU_ASSERT_FALSE(exists(dm_path(&f->d, "s.sock")));
-    CU_ASSERT_FALSE(exists(f->d.admin_path));
-    int left = daemon_tmpdirs(f->d.last_pid, 1);
+        du_stop(&f->d, SIGTERM, STOP_MS);
+    CU_ASSERT_FALSE(du_exists(du_path(&f->d, "s.sock")));
+    CU_ASSERT_FALSE(du_exists(f->d.admin_path));
+    int left = du_daemon_tmpdirs(f->d.last_pid, 1);
     if (left != 0)
         fprintf(stderr, "\n  shmipcd -c %s left its plugin directory in /tmp\n", file);
     CU_ASSERT_EQUAL(left, 0);
@@ -1320,35 +789,35 @@ static void test_bad_configs(void)
 #define SVC(plugin, extra)                                                                         \
     snprintf(svc, sizeof(svc),                                                                     \
              "services = (\n  { name = \"s\"; listen = \"%s\"; plugin = \"%s\";%s }\n);\n",        \
-             dm_addr(&f.d, "s"), (plugin), (extra))
+             du_addr(&f.d, "s"), (plugin), (extra))
 
     /* Syntax error on line 3: file and line in the message. */
-    SVC(plugin_path("echo"), "");
+    SVC(du_plugin_path("echo"), "");
     snprintf(text, sizeof(text), "%slimits = { max_sessions = ; };\n%s", head, svc);
-    snprintf(want, sizeof(want), "%s:3", dm_path(&f.d, "syntax.conf"));
+    snprintf(want, sizeof(want), "%s:3", du_path(&f.d, "syntax.conf"));
     check_conf(&f, "syntax.conf", text, 1, want, NULL);
 
     /* Unknown key, top level (line 3) and in a service (line 5). */
     snprintf(text, sizeof(text), "%sbogus_key = 1;\n%s", head, svc);
     snprintf(want, sizeof(want), "%s:3: key 'bogus_key': unknown key",
-             dm_path(&f.d, "unknown.conf"));
+             du_path(&f.d, "unknown.conf"));
     check_conf(&f, "unknown.conf", text, 1, want, NULL);
-    SVC(plugin_path("echo"), " colour = \"red\";");
+    SVC(du_plugin_path("echo"), " colour = \"red\";");
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "unknown2.conf", text, 1, "key 'services.[0].colour': unknown key", NULL);
 
     /* Missing plugin file. */
-    SVC(test_plugin_path("no-such-plugin"), "");
+    SVC(du_test_plugin_path("no-such-plugin"), "");
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "missing.conf", text, 1, "plugin file not found", "no-such-plugin.so");
 
     /* Wrong ABI major: refused before any hook runs. */
-    SVC(test_plugin_path("badabi"), "");
+    SVC(du_test_plugin_path("badabi"), "");
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "badabi.conf", text, 1, "ABI major", "badabi.so");
 
     /* init fails: its own reason is shown. */
-    SVC(test_plugin_path("failinit"), "");
+    SVC(du_test_plugin_path("failinit"), "");
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "failinit.conf", text, 1, "init failed", "refusing to start: test");
 
@@ -1356,17 +825,17 @@ static void test_bad_configs(void)
     snprintf(svc, sizeof(svc),
              "services = (\n  { name = \"s\"; listen = \"%s\"; plugin = \"%s\"; },\n"
              "  { name = \"t\"; listen = \"%s\"; plugin = \"%s\"; }\n);\n",
-             dm_addr(&f.d, "s"), plugin_path("echo"), dm_addr(&f.d, "t"),
-             test_plugin_path("failinit"));
+             du_addr(&f.d, "s"), du_plugin_path("echo"), du_addr(&f.d, "t"),
+             du_test_plugin_path("failinit"));
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "second.conf", text, 1, "service 't'", "init failed");
-    CU_ASSERT_FALSE(exists(dm_path(&f.d, "t.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "t.sock")));
 
     /* A file that does not exist. */
     check_conf(&f, "absent-dir/x.conf", NULL, 1, "absent-dir/x.conf", NULL);
 
     /* A good file: -t says valid and exits 0 without starting anything. */
-    SVC(test_plugin_path("slow"), " config = { delay_ms = 5; };");
+    SVC(du_test_plugin_path("slow"), " config = { delay_ms = 5; };");
     snprintf(text, sizeof(text), "%s%s", head, svc);
     check_conf(&f, "good.conf", text, 0, "valid", NULL);
 #undef SVC
@@ -1384,13 +853,13 @@ static void test_sigterm_under_load(void)
     REQUIRE(fx_begin(&f) == 0);
     char limits[64], trace_conf[256];
     snprintf(limits, sizeof(limits), "drain_timeout_ms = %d;", DRAIN_MS);
-    snprintf(trace_conf, sizeof(trace_conf), "trace = \"%s\";", dm_path(&f.d, "trace"));
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, limits);
-    conf_svc(&t, &f.d, 1, "slow", test_plugin_path("slow"), "delay_ms = 20;");
-    conf_svc(&t, &f.d, 0, "counter", test_plugin_path("counter"), trace_conf);
-    REQUIRE(conf_write(&f.d, &t, "term.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    snprintf(trace_conf, sizeof(trace_conf), "trace = \"%s\";", du_path(&f.d, "trace"));
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, limits);
+    du_conf_service(&t, &f.d, 1, "slow", du_test_plugin_path("slow"), "delay_ms = 20;");
+    du_conf_service(&t, &f.d, 0, "counter", du_test_plugin_path("counter"), trace_conf);
+    REQUIRE(du_conf_write(&t, &f.d, "term.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
     pid_t dpid = f.d.pid;
 
     const char *svcs[2] = {"slow", "counter"};
@@ -1408,7 +877,7 @@ static void test_sigterm_under_load(void)
      * least those requests are in flight. */
     for (int i = 0; i < f.nkids; i++)
         REQUIRE(kid_ready(&f.kids[i]) == 0);
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, DRAIN_MS + STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, DRAIN_MS + STOP_MS), 0);
 
     uint64_t total_ok = 0;
     for (int i = 0; i < f.nkids; i++) {
@@ -1428,20 +897,20 @@ static void test_sigterm_under_load(void)
         total_ok += r.ok;
     }
     CU_ASSERT(total_ok > 0);
-    CU_ASSERT_FALSE(exists(dm_path(&f.d, "slow.sock")));
-    CU_ASSERT_FALSE(exists(dm_path(&f.d, "counter.sock")));
-    CU_ASSERT_FALSE(exists(f.d.admin_path));
-    CHECK_EQ(daemon_tmpdirs(dpid, 0), 0);
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "slow.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "counter.sock")));
+    CU_ASSERT_FALSE(du_exists(f.d.admin_path));
+    CHECK_EQ(du_daemon_tmpdirs(dpid, 0), 0);
     CHECK_EQ(tu_count_shm(shm_name()), 0);
     CHECK_EQ(dm_log_count(&f.d, "signal 15: stopping"), 1);
     CHECK_EQ(dm_log_count(&f.d, "shmipcd: stopped"), 1);
 
-    char *trace = read_file(dm_path(&f.d, "trace"), NULL);
+    char *trace = du_read_file(du_path(&f.d, "trace"), NULL);
     REQUIRE(trace != NULL);
     CHECK_EQ(count_lines(trace, "init"), 1);
     CHECK_EQ(count_lines(trace, "fini"), 1);
-    CHECK_EQ(count_str(trace, "thread_init"), count_str(trace, "thread_fini"));
-    CU_ASSERT(count_str(trace, "thread_init") >= 1);
+    CHECK_EQ(du_count_str(trace, "thread_init"), du_count_str(trace, "thread_fini"));
+    CU_ASSERT(du_count_str(trace, "thread_init") >= 1);
     size_t tl = strlen(trace);
     CU_ASSERT(tl >= 5 && strcmp(trace + tl - 5, "fini\n") == 0 &&
               (tl == 5 || trace[tl - 6] == '\n')); /* fini came last */
@@ -1456,11 +925,11 @@ static void test_client_sigkill(void)
 {
     struct fx f;
     REQUIRE(fx_begin(&f) == 0);
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, NULL);
-    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
-    REQUIRE(conf_write(&f.d, &t, "kill.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "kill.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
 
     /* Warm up (one client in each mode), then take the baseline. */
     struct cl_args a;
@@ -1472,7 +941,7 @@ static void test_client_sigkill(void)
     kid_expect_all_ok(&f.kids[f.nkids - 1]);
     char out[65536];
     REQUIRE(wait_settled(&f.d, "echo", 2, 0, out, sizeof(out)) == 0);
-    int base_fds = count_proc_fds(f.d.pid);
+    int base_fds = du_count_fds(f.d.pid);
     REQUIRE(base_fds > 0);
 
     /* One victim per mode, killed while its streams have requests out. */
@@ -1495,13 +964,13 @@ static void test_client_sigkill(void)
         /* Its session closed, its pool unmapped... */
         REQUIRE(wait_settled(&f.d, "echo", 3 + (unsigned long)mode, 0, out, sizeof(out)) == 0);
         /* ...and every fd of it closed. */
-        uint64_t dl = deadline_in(POLL_MS);
+        uint64_t dl = du_deadline(POLL_MS);
         int fds;
-        while ((fds = count_proc_fds(f.d.pid)) != base_fds && !past(dl))
-            sleep_ms(10);
+        while ((fds = du_count_fds(f.d.pid)) != base_fds && !du_past(dl))
+            du_sleep_ms(10);
         CHECK_EQ(fds, base_fds);
         /* A file-mode victim's files are its own to remove; it cannot. */
-        unlink_shm_all();
+        du_remove_prefix("/dev/shm", shm_name());
     }
     /* Others are still served, in both modes. */
     cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'n');
@@ -1514,9 +983,9 @@ static void test_client_sigkill(void)
     REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
     kid_expect_all_ok(&f.kids[f.nkids - 1]);
     REQUIRE(wait_settled(&f.d, "echo", 6, 0, out, sizeof(out)) == 0);
-    CHECK_EQ(count_proc_fds(f.d.pid), base_fds);
+    CHECK_EQ(du_count_fds(f.d.pid), base_fds);
     CHECK_EQ(tu_count_shm(shm_name()), 0);
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     fx_end(&f);
 }
@@ -1526,12 +995,12 @@ static void test_shmipcctl(void)
 {
     struct fx f;
     REQUIRE(fx_begin(&f) == 0);
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, NULL);
-    conf_svc(&t, &f.d, 1, "echo", plugin_path("echo"), NULL);
-    conf_svc(&t, &f.d, 0, "greeter", plugin_path("greeter"), NULL);
-    REQUIRE(conf_write(&f.d, &t, "ctl.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    du_conf_service(&t, &f.d, 0, "greeter", du_plugin_path("greeter"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "ctl.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
     pid_t dpid = f.d.pid;
 
     /* A client that keeps its session open until released. */
@@ -1545,11 +1014,11 @@ static void test_shmipcctl(void)
     /* Its last rounds may still be running: wait for all 6 requests. */
     char out[65536], line[512];
     struct svc_stats_txt s = {0};
-    uint64_t dl = deadline_in(POLL_MS);
+    uint64_t dl = du_deadline(POLL_MS);
     while ((ctl(&f.d, out, sizeof(out), "stats", NULL) != 0 || stats_svc(out, "echo", &s) != 0 ||
             s.requests != 6) &&
-           !past(dl))
-        sleep_ms(10);
+           !du_past(dl))
+        du_sleep_ms(10);
     CHECK_EQ(s.requests, 6);
 
     CHECK_EQ(ctl(&f.d, out, sizeof(out), "status", NULL), 0);
@@ -1559,12 +1028,12 @@ static void test_shmipcctl(void)
     snprintf(line, sizeof(line),
              "service echo: listen %s, plugin echo 1.0.0, generation 1, draining generations 0, "
              "sessions 1\n",
-             dm_addr(&f.d, "echo"));
+             du_addr(&f.d, "echo"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
     snprintf(line, sizeof(line),
              "service greeter: listen %s, plugin greeter 1.0.0, generation 1, draining "
              "generations 0, sessions 0\n",
-             dm_addr(&f.d, "greeter"));
+             du_addr(&f.d, "greeter"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
     unsigned w0 = 9, w1 = 9;
     const char *p0 = strstr(out, "worker 0: sessions "), *p1 = strstr(out, "worker 1: sessions ");
@@ -1596,8 +1065,8 @@ static void test_shmipcctl(void)
     rc = ctl(&f.d, out, sizeof(out), "stats", "--yaml");
     CU_ASSERT(rc != 0 && strstr(out, "error:") != NULL);
     /* No command: usage, exit 2. */
-    const char *noarg[] = {bin_path("shmipcctl"), NULL};
-    rc = run_capture(noarg, out, sizeof(out), CMD_MS);
+    const char *noarg[] = {du_bin_path("shmipcctl"), NULL};
+    rc = run_capture(noarg, out, sizeof(out));
     CU_ASSERT(rc == 2 && strstr(out, "usage:") != NULL);
 
     /* The client leaves; its session closes. */
@@ -1607,34 +1076,17 @@ static void test_shmipcctl(void)
     /* stop: shmipcd drains and exits 0, its sockets removed. */
     CHECK_EQ(ctl(&f.d, out, sizeof(out), "stop", NULL), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "stopping"));
-    CHECK_EQ(dm_reap(&f.d, STOP_MS), 0);
-    CU_ASSERT_FALSE(exists(dm_path(&f.d, "echo.sock")));
-    CU_ASSERT_FALSE(exists(dm_path(&f.d, "greeter.sock")));
-    CU_ASSERT_FALSE(exists(f.d.admin_path));
-    CHECK_EQ(daemon_tmpdirs(dpid, 0), 0);
+    CHECK_EQ(du_wait_exit(&f.d, STOP_MS), 0);
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "echo.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "greeter.sock")));
+    CU_ASSERT_FALSE(du_exists(f.d.admin_path));
+    CHECK_EQ(du_daemon_tmpdirs(dpid, 0), 0);
     CHECK_EQ(dm_log_count(&f.d, "admin: stop requested"), 1);
     /* Nobody listens any more: shmipcctl says so and fails. */
     rc = ctl(&f.d, out, sizeof(out), "status", NULL);
     CU_ASSERT(rc == 1 && strstr(out, "shmipcctl: ") != NULL);
 out:
     fx_end(&f);
-}
-
-/* Replaces dst by the bytes of src the way a deployment does: a new file
- * renamed into place. */
-static int deploy(const char *src, const char *dst)
-{
-    size_t len;
-    char *bytes = read_file(src, &len);
-    if (bytes == NULL)
-        return -EIO;
-    char tmp[512];
-    snprintf(tmp, sizeof(tmp), "%s.new", dst);
-    FILE *f = fopen(tmp, "w");
-    int ok = f != NULL && fwrite(bytes, 1, len, f) == len;
-    ok &= f != NULL && fclose(f) == 0;
-    free(bytes);
-    return ok && rename(tmp, dst) == 0 ? 0 : -EIO;
 }
 
 /* One request on a fresh stream; the first 3 bytes of the answer. */
@@ -1662,39 +1114,39 @@ static void test_watch(void)
     struct fx f;
     shmipc_client *c = NULL;
     REQUIRE(fx_begin(&f) == 0);
-    const char *so = dm_path(&f.d, "plugin.so");
-    REQUIRE(deploy(test_plugin_path("versioned"), so) == 0);
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, NULL);
-    add(&t, "  { name = \"ver\"; listen = \"%s\"; plugin = \"%s\"; watch = true; }\n",
-        dm_addr(&f.d, "ver"), so);
-    REQUIRE(conf_write(&f.d, &t, "watch.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    const char *so = du_path(&f.d, "plugin.so");
+    REQUIRE(du_copy_file(du_test_plugin_path("versioned"), so) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_add(&t, "  { name = \"ver\"; listen = \"%s\"; plugin = \"%s\"; watch = true; }\n",
+                du_addr(&f.d, "ver"), so);
+    REQUIRE(du_conf_write(&t, &f.d, "watch.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
-    cfg.address = dm_addr(&f.d, "ver");
+    cfg.address = du_addr(&f.d, "ver");
     REQUIRE(shmipc_client_open(&cfg, &c) == 0);
     char ver[4];
     CHECK_EQ(ask_version(c, ver), 0);
     CU_ASSERT_STRING_EQUAL(ver, "v1 ");
 
-    REQUIRE(deploy(test_plugin_path("versioned2"), so) == 0);
-    uint64_t dl = deadline_in(POLL_MS);
-    while (ask_version(c, ver) == 0 && strcmp(ver, "v2 ") != 0 && !past(dl))
-        sleep_ms(20);
+    REQUIRE(du_copy_file(du_test_plugin_path("versioned2"), so) == 0);
+    uint64_t dl = du_deadline(POLL_MS);
+    while (ask_version(c, ver) == 0 && strcmp(ver, "v2 ") != 0 && !du_past(dl))
+        du_sleep_ms(20);
     CU_ASSERT_STRING_EQUAL(ver, "v2 ");
     CU_ASSERT(dm_log_count(&f.d, "plugin file plugin.so changed") >= 1);
 
-    REQUIRE(deploy(test_plugin_path("badabi"), so) == 0);
-    dl = deadline_in(POLL_MS);
-    while (dm_log_count(&f.d, "ABI major") == 0 && !past(dl))
-        sleep_ms(20);
+    REQUIRE(du_copy_file(du_test_plugin_path("badabi"), so) == 0);
+    dl = du_deadline(POLL_MS);
+    while (dm_log_count(&f.d, "ABI major") == 0 && !du_past(dl))
+        du_sleep_ms(20);
     CU_ASSERT(dm_log_count(&f.d, "ABI major") >= 1);
     CHECK_EQ(ask_version(c, ver), 0);
     CU_ASSERT_STRING_EQUAL(ver, "v2 ");
     shmipc_client_close(c);
     c = NULL;
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     if (c != NULL)
         shmipc_client_close(c);
@@ -1702,12 +1154,12 @@ out:
 }
 
 /* Opens a client on svc with `sessions` sessions; 0 or its error. */
-static int open_client(const struct dmn *d, const char *svc, unsigned sessions, int keepalive_ms,
-                       shmipc_client **out)
+static int open_client(const struct du_daemon *d, const char *svc, unsigned sessions,
+                       int keepalive_ms, shmipc_client **out)
 {
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
-    cfg.address = dm_addr(d, svc);
+    cfg.address = du_addr(d, svc);
     cfg.sessions = sessions;
     cfg.keepalive_ms = keepalive_ms;
     cfg.reconnect_min_ms = 10000; /* no quiet reconnects during the test */
@@ -1723,15 +1175,17 @@ static void test_limits(void)
     shmipc_stream *st[5] = {0};
     REQUIRE(fx_begin(&f) == 0);
     unsigned me = (unsigned)getuid();
-    struct text t = {.n = 0};
-    conf_head(&t, &f.d, "max_sessions_per_uid = 3; max_streams = 4; idle_timeout_ms = 1500;");
-    add(&t, "  { name = \"open\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; }\n",
-        dm_addr(&f.d, "open"), plugin_path("echo"), me);
-    add(&t, ", { name = \"shut\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; "
-            "allow_gids = [%u]; }\n",
-        dm_addr(&f.d, "shut"), plugin_path("echo"), me + 4242, (unsigned)getgid() + 4242);
-    REQUIRE(conf_write(&f.d, &t, "limits.conf") == 0);
-    REQUIRE(dm_start(&f.d) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, "max_sessions_per_uid = 3; max_streams = 4; idle_timeout_ms = 1500;");
+    du_conf_add(&t, "  { name = \"open\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; }\n",
+                du_addr(&f.d, "open"), du_plugin_path("echo"), me);
+    du_conf_add(&t,
+                ", { name = \"shut\"; listen = \"%s\"; plugin = \"%s\"; allow_uids = [%u]; "
+                "allow_gids = [%u]; }\n",
+                du_addr(&f.d, "shut"), du_plugin_path("echo"), me + 4242,
+                (unsigned)getgid() + 4242);
+    REQUIRE(du_conf_write(&t, &f.d, "limits.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
     char out[65536];
 
     /* Allowlist: our uid is not on "shut". */
@@ -1745,9 +1199,9 @@ static void test_limits(void)
     CU_ASSERT(dm_log_count(&f.d, "sessions, the limit") >= 1);
     shmipc_client_close(c2);
     c2 = NULL;
-    uint64_t dl = deadline_in(POLL_MS);
-    while (open_client(&f.d, "open", 1, 0, &c3) < 0 && !past(dl))
-        sleep_ms(20);
+    uint64_t dl = du_deadline(POLL_MS);
+    while (open_client(&f.d, "open", 1, 0, &c3) < 0 && !du_past(dl))
+        du_sleep_ms(20);
     CU_ASSERT_PTR_NOT_NULL(c3);
 
     /* Four streams per session: the fifth closes the session. */
@@ -1774,14 +1228,14 @@ static void test_limits(void)
 
     /* Idle timeout: a silent client is closed; one sending keepalives
      * (every 100 ms against a 1500 ms limit) stays. */
-    dl = deadline_in(POLL_MS);
-    while (open_client(&f.d, "open", 1, 0, &idle) < 0 && !past(dl))
-        sleep_ms(20);
+    dl = du_deadline(POLL_MS);
+    while (open_client(&f.d, "open", 1, 0, &idle) < 0 && !du_past(dl))
+        du_sleep_ms(20);
     REQUIRE(idle != NULL);
     REQUIRE(open_client(&f.d, "open", 1, 100, &alive) == 0);
-    dl = deadline_in(POLL_MS);
-    while (shmipc_client_live_sessions(idle) != 0 && !past(dl))
-        sleep_ms(20);
+    dl = du_deadline(POLL_MS);
+    while (shmipc_client_live_sessions(idle) != 0 && !du_past(dl))
+        du_sleep_ms(20);
     CHECK_EQ(shmipc_client_live_sessions(idle), 0);
     CHECK_EQ(shmipc_client_live_sessions(alive), 1);
     CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
@@ -1789,7 +1243,7 @@ static void test_limits(void)
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "service shut:"));
     const char *shut = strstr(out, "service shut:");
     CU_ASSERT(shut != NULL && strstr(shut, "refused 1") != NULL);
-    CHECK_EQ(dm_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     for (int i = 0; i < 5; i++)
         if (st[i] != NULL)

@@ -16,26 +16,19 @@
  */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../common/daemon_util.h"
 #include "shmipc/shmipc.h"
 #include "testutil.h"
-
-extern char **environ;
 
 #define START_MS 15000 /* shmipcd to answer on its admin socket */
 #define STOP_MS 15000  /* shmipcd to exit after SIGTERM */
@@ -44,24 +37,6 @@ extern char **environ;
 #define RECV_MS 10000  /* an answer that should come */
 
 /* ---- checks ---- */
-
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        int ok_ = (cond) ? 1 : 0;                                                                  \
-        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
-                                __FILE__, "", CU_FALSE);                                           \
-        if (!ok_)                                                                                  \
-            goto out;                                                                              \
-    } while (0)
-
-#define CHECK_EQ(got, want)                                                                        \
-    do {                                                                                           \
-        long long g_ = (long long)(got), w_ = (long long)(want);                                   \
-        if (g_ != w_)                                                                              \
-            fprintf(stderr, "\n  %s:%d: %s is %lld, expected %lld\n", __FILE__, __LINE__, #got,    \
-                    g_, w_);                                                                       \
-        CU_ASSERT_EQUAL(g_, w_);                                                                   \
-    } while (0)
 
 /* `text` holds `needle`; says what it saw when not. */
 #define CHECK_HAS(text, needle) CU_ASSERT_TRUE(has_((text), (needle), __LINE__))
@@ -84,81 +59,8 @@ static int hasnt_(const char *text, const char *needle, int line)
     return 1;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-static uint64_t deadline_in(int ms)
-{
-    return tu_now_ns() + (uint64_t)ms * 1000000u;
-}
-
-static int past(uint64_t deadline_ns)
-{
-    return tu_now_ns() >= deadline_ns;
-}
-
-/* ---- where things are ---- */
-
-static const char *exe_dir(void)
-{
-    static char dir[2048];
-    if (dir[0] == '\0') {
-        ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
-        dir[n > 0 ? n : 0] = '\0';
-        char *slash = strrchr(dir, '/');
-        if (slash != NULL)
-            *slash = '\0';
-        else
-            snprintf(dir, sizeof(dir), ".");
-    }
-    return dir;
-}
-
-static const char *locate(const char *env, const char *rel, char *buf, size_t cap)
-{
-    const char *e = getenv(env);
-    if (e != NULL && *e != '\0')
-        snprintf(buf, cap, "%s", e);
-    else
-        snprintf(buf, cap, "%s/%s", exe_dir(), rel);
-    return buf;
-}
-
-static const char *bin_path(const char *name)
-{
-    static char buf[2][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 2];
-    snprintf(b, sizeof(buf[0]), "%s/%s", locate("SHMIPC_BIN", "../bin", dir, sizeof(dir)), name);
-    return b;
-}
-
-static const char *plugin_path(const char *name)
-{
-    static char buf[4][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 4];
-    snprintf(b, sizeof(buf[0]), "%s/%s.so",
-             locate("SHMIPC_PLUGINS", "../plugins", dir, sizeof(dir)), name);
-    return b;
-}
-
-static const char *test_plugin_path(const char *name)
-{
-    static char buf[4][4200];
-    static unsigned k;
-    char dir[4096];
-    char *b = buf[k++ % 4];
-    snprintf(b, sizeof(buf[0]), "%s/%s.so",
-             locate("SHMIPC_TEST_PLUGINS", "plugins", dir, sizeof(dir)), name);
-    return b;
-}
+/* Nothing here forks: shmipcd and shmipcctl start with posix_spawn. */
+static const struct du_spawn_opts spawn_opts = {.no_fork = 1};
 
 /* The /dev/shm name prefix of file-mode clients of this run. */
 static const char *shm_name(void)
@@ -167,47 +69,6 @@ static const char *shm_name(void)
     if (b[0] == '\0')
         snprintf(b, sizeof(b), "shmipc-rldtest-%d-", (int)getpid());
     return b;
-}
-
-static void unlink_prefix(const char *dir, const char *prefix)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
-            strncmp(e->d_name, prefix, strlen(prefix)) != 0)
-            continue;
-        char path[1024];
-        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    if (d != NULL)
-        closedir(d);
-}
-
-/* shmipcd <pid>'s private plugin directories still in /tmp; removed
- * (with their files) when `remove`. */
-static int daemon_tmpdirs(pid_t pid, int remove)
-{
-    char want[64];
-    snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
-    DIR *d = opendir("/tmp");
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, want, strlen(want)) != 0)
-            continue;
-        n++;
-        if (remove) {
-            char path[512];
-            snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
-            unlink_prefix(path, "");
-            rmdir(path);
-        }
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
 }
 
 /* Files in shmipcd <pid>'s private plugin directories: its generations'
@@ -236,120 +97,12 @@ static int plugin_copies(pid_t pid)
     return n;
 }
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 4096, n = 0, r;
-    char *b = malloc(cap);
-    while (b != NULL && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (cap - n < 2) {
-            char *nb = realloc(b, cap * 2);
-            if (nb == NULL)
-                break;
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b != NULL)
-        b[n] = '\0';
-    return b;
-}
-
-/* Writes a whole new file and renames it into place: a reload reads the
- * old text or the new one, never half of it. */
-static int write_text(const char *path, const char *text)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (f == NULL)
-        return -errno;
-    int ok = fputs(text, f) >= 0;
-    ok &= fclose(f) == 0;
-    ok = ok && rename(tmp, path) == 0;
-    if (!ok)
-        unlink(tmp);
-    return ok ? 0 : -EIO;
-}
-
-static int exists(const char *path)
-{
-    struct stat st;
-    return lstat(path, &st) == 0;
-}
-
-static const char *sanitizer_report(const char *text)
-{
-    static const char *const marks[] = {"AddressSanitizer", "LeakSanitizer", "runtime error",
-                                        "ThreadSanitizer"};
-    for (unsigned i = 0; text != NULL && i < sizeof(marks) / sizeof(marks[0]); i++)
-        if (strstr(text, marks[i]) != NULL)
-            return marks[i];
-    return NULL;
-}
-
-/* ---- programs, without fork ---- */
-
-/* Starts argv with stdin from /dev/null and stdout+stderr on out_fd. */
-static pid_t spawn(const char *const *argv, int out_fd)
-{
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
-    posix_spawn_file_actions_adddup2(&fa, out_fd, 2);
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    return rc == 0 ? pid : -1;
-}
-
-/* Runs argv; its output (cut at cap) in out. Its exit code, 128+signal,
- * or -1 when it outlived CMD_MS (then it was killed). */
-static int run_capture(const char *const *argv, char *out, size_t cap)
-{
-    int p[2];
-    out[0] = '\0';
-    if (pipe2(p, O_CLOEXEC) < 0)
-        return -1;
-    pid_t pid = spawn(argv, p[1]);
-    close(p[1]);
-    if (pid < 0) {
-        close(p[0]);
-        return -1;
-    }
-    uint64_t dl = deadline_in(CMD_MS);
-    size_t n = 0;
-    while (!past(dl)) {
-        struct pollfd pfd = {p[0], POLLIN, 0};
-        if (poll(&pfd, 1, 50) <= 0)
-            continue;
-        char sink[256];
-        ssize_t r = n + 1 < cap ? read(p[0], out + n, cap - 1 - n) : read(p[0], sink, sizeof(sink));
-        if (r <= 0)
-            break;
-        n += n + 1 < cap ? (size_t)r : 0;
-    }
-    out[n] = '\0';
-    close(p[0]);
-    return tu_wait(pid, past(dl) ? 1 : CMD_MS);
-}
-
 /* ---- the fixture ---- */
 
 #define MAX_CLIENTS 8
 
 struct rd {
-    char dir[64];
-    char conf[128];
-    char log[128];
-    char admin_path[128];
-    char admin[160];
-    pid_t pid, last_pid;
+    struct du_daemon d;
     shmipc_client *cl[MAX_CLIENTS];
     unsigned failures_before;
 };
@@ -358,179 +111,63 @@ static int rd_begin(struct rd *f)
 {
     memset(f, 0, sizeof(*f));
     f->failures_before = CU_get_number_of_failures();
-    snprintf(f->dir, sizeof(f->dir), "/tmp/shmipc-reload-test-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
-        f->dir[0] = '\0';
-        return -errno;
-    }
-    snprintf(f->conf, sizeof(f->conf), "%s/shmipcd.conf", f->dir);
-    snprintf(f->log, sizeof(f->log), "%s/shmipcd.log", f->dir);
-    snprintf(f->admin_path, sizeof(f->admin_path), "%s/admin.sock", f->dir);
-    snprintf(f->admin, sizeof(f->admin), "unix:%s", f->admin_path);
-    return 0;
-}
-
-static const char *rd_path(const struct rd *f, const char *name)
-{
-    static char buf[8][384];
-    static unsigned k;
-    char *b = buf[k++ % 8];
-    snprintf(b, sizeof(buf[0]), "%s/%s", f->dir, name);
-    return b;
-}
-
-/* "unix:<dir>/<svc>.sock" */
-static const char *rd_addr(const struct rd *f, const char *svc)
-{
-    static char buf[8][200];
-    static unsigned k;
-    char *b = buf[k++ % 8];
-    snprintf(b, sizeof(buf[0]), "unix:%s/%s.sock", f->dir, svc);
-    return b;
+    int rc = du_init(&f->d, "/tmp/shmipc-reload-test-XXXXXX");
+    f->d.spawn = spawn_opts;
+    return rc;
 }
 
 /* Copies src over <dir>/<name> the way a deployment does: a whole new
  * file renamed into place. */
 static int install(const struct rd *f, const char *src, const char *name)
 {
-    char tmp[400];
-    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", f->dir, name);
-    FILE *in = fopen(src, "rb"), *out = in ? fopen(tmp, "wb") : NULL;
-    int ok = in != NULL && out != NULL;
-    char buf[65536];
-    size_t n;
-    while (ok && (n = fread(buf, 1, sizeof(buf), in)) > 0)
-        ok = fwrite(buf, 1, n, out) == n;
-    ok &= in != NULL && !ferror(in);
-    if (in != NULL)
-        fclose(in);
-    if (out != NULL)
-        ok &= fclose(out) == 0;
-    ok = ok && rename(tmp, rd_path(f, name)) == 0;
-    if (!ok) {
-        fprintf(stderr, "\n  cannot install %s as %s\n", src, name);
-        unlink(tmp);
-    }
-    return ok ? 0 : -1;
-}
-
-/* A service entry: { name; listen <dir>/<name>.sock; plugin; config }. */
-static void svc_text(char *b, size_t cap, const struct rd *f, const char *name, const char *plugin,
-                     const char *config)
-{
-    snprintf(b, cap, "  { name = \"%s\"; listen = \"%s\"; plugin = \"%s\"; config = { %s }; }",
-             name, rd_addr(f, name), plugin, config ? config : "");
+    int rc = du_copy_file(src, du_path(&f->d, name));
+    if (rc < 0)
+        fprintf(stderr, "\n  cannot install %s as %s: %s\n", src, name, strerror(-rc));
+    return rc;
 }
 
 /* Writes the configuration: workers, log, admin, then the services
- * (NULL-terminated list of entries from svc_text). */
+ * (NULL-terminated list of entries from du_service_entry). */
 static int rd_conf(struct rd *f, const char *first, ...)
 {
-    char text[8192];
-    int n = snprintf(text, sizeof(text),
-                     "workers = 2;\nlog = { level = \"info\"; };\nadmin = \"%s\";\nservices = (\n",
-                     f->admin);
+    struct du_conf c = {.n = 0};
+    du_conf_head(&c, &f->d, NULL);
     va_list ap;
     va_start(ap, first);
     for (const char *s = first; s != NULL; s = va_arg(ap, const char *))
-        n += snprintf(text + n, sizeof(text) - (size_t)n, "%s%s\n", s == first ? "" : ",", s);
+        du_conf_add(&c, "%s%s\n", s == first ? "" : ",", s);
     va_end(ap);
-    snprintf(text + n, sizeof(text) - (size_t)n, ");\n");
-    return write_text(f->conf, text);
-}
-
-static int raw_connect(const char *path)
-{
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    return fd;
+    return du_conf_write(&c, &f->d, "shmipcd.conf");
 }
 
 /* One admin command on the socket itself: the reply length, or < 0. */
 static int admin(const struct rd *f, const char *cmd, char *out, size_t cap)
 {
-    out[0] = '\0';
-    int fd = raw_connect(f->admin_path);
-    if (fd < 0)
-        return fd;
-    char line[64];
-    int len = snprintf(line, sizeof(line), "%s\n", cmd);
-    if (write(fd, line, (size_t)len) != len) {
-        close(fd);
-        return -EIO;
-    }
-    uint64_t dl = deadline_in(CMD_MS);
-    size_t n = 0;
-    while (n + 1 < cap && !past(dl)) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        if (poll(&pfd, 1, 50) <= 0)
-            continue;
-        ssize_t r = read(fd, out + n, cap - 1 - n);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    out[n] = '\0';
-    close(fd);
-    return (int)n;
+    return du_admin(f->d.admin, cmd, out, cap, CMD_MS);
 }
 
 /* shmipcctl -s <admin> cmd: its exit code, output in out. */
 static int ctl(const struct rd *f, const char *cmd, char *out, size_t cap)
 {
-    const char *argv[] = {bin_path("shmipcctl"), "-s", f->admin, cmd, NULL};
-    int rc = run_capture(argv, out, cap);
-    CU_ASSERT_PTR_NULL(sanitizer_report(out));
+    const char *argv[] = {du_bin_path("shmipcctl"), "-s", f->d.admin, cmd, NULL};
+    int rc = du_run_capture(argv, out, cap, CMD_MS, &spawn_opts);
+    CU_ASSERT_PTR_NULL(du_sanitizer_report(out));
     return rc;
 }
 
-/* Starts shmipcd on f->conf: 0 once it answers on its admin socket. */
+/* Starts shmipcd on its configuration: 0 once it answers on its admin
+ * socket. */
 static int rd_start(struct rd *f)
 {
-    int log = open(f->log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (log < 0)
-        return -1;
-    const char *argv[] = {bin_path("shmipcd"), "-c", f->conf, NULL};
-    f->pid = spawn(argv, log);
-    close(log);
-    if (f->pid < 0) {
-        f->pid = 0;
-        return -1;
-    }
-    f->last_pid = f->pid;
-    uint64_t dl = deadline_in(START_MS);
-    char reply[4096];
-    while (!past(dl)) {
-        int status;
-        if (waitpid(f->pid, &status, WNOHANG) == f->pid) {
-            f->pid = 0;
-            fprintf(stderr, "\n  shmipcd exited at start (status 0x%x)\n", status);
-            return -1;
-        }
-        if (admin(f, "status", reply, sizeof(reply)) > 0 && strncmp(reply, "shmipcd pid", 11) == 0)
-            return 0;
-        sleep_ms(10);
-    }
-    fprintf(stderr, "\n  shmipcd did not answer on %s\n", f->admin);
-    return -1;
+    int rc = du_start(&f->d, START_MS);
+    if (rc > 0)
+        fprintf(stderr, "\n  shmipcd exited at start (exit %d)\n", rc);
+    return rc;
 }
 
 static int rd_stop(struct rd *f)
 {
-    if (f->pid <= 0)
-        return 0;
-    kill(f->pid, SIGTERM);
-    int rc = tu_wait(f->pid, STOP_MS);
-    f->pid = 0;
-    return rc;
+    return du_stop(&f->d, SIGTERM, STOP_MS);
 }
 
 static void rd_close_clients(struct rd *f)
@@ -545,33 +182,21 @@ static void rd_close_clients(struct rd *f)
 static void rd_end(struct rd *f)
 {
     rd_close_clients(f);
-    if (f->pid > 0) {
+    if (f->d.pid > 0) {
         int rc = rd_stop(f);
         if (rc != 0)
             fprintf(stderr, "\n  shmipcd stopped with %d at the end of the test\n", rc);
         CU_ASSERT_EQUAL(rc, 0);
     }
-    if (f->dir[0] == '\0')
+    if (f->d.dir[0] == '\0')
         return;
-    char *log = read_file(f->log);
-    const char *san = sanitizer_report(log);
-    if (san != NULL || CU_get_number_of_failures() != f->failures_before) {
-        size_t n = log != NULL ? strlen(log) : 0;
-        fprintf(stderr, "\n  ---- shmipcd log%s (last part) ----\n%s\n  ---- end of log ----\n",
-                san ? " with a sanitizer report" : "",
-                n > 6000 ? log + n - 6000
-                : log    ? log
-                         : "");
-    }
-    CU_ASSERT_PTR_NULL(san);
-    free(log);
-    if (f->last_pid > 0)
-        CHECK_EQ(daemon_tmpdirs(f->last_pid, 1), 0);
+    CU_ASSERT_PTR_NULL(du_log_check(&f->d, CU_get_number_of_failures() != f->failures_before));
+    if (f->d.last_pid > 0)
+        CHECK_EQ(du_daemon_tmpdirs(f->d.last_pid, 1), 0);
     CHECK_EQ(tu_count_shm(shm_name()), 0);
-    unlink_prefix("/dev/shm", shm_name());
-    unlink_prefix(f->dir, "");
-    CU_ASSERT_EQUAL(rmdir(f->dir), 0);
-    f->dir[0] = '\0';
+    du_remove_prefix("/dev/shm", shm_name());
+    CU_ASSERT_EQUAL(du_remove_dir(f->d.dir), 0);
+    f->d.dir[0] = '\0';
 }
 
 /* ---- status ---- */
@@ -597,13 +222,13 @@ static int parse_status(const char *txt, struct status *s)
  * last reply stays in out. 0 when reached. */
 static int wait_drained(const struct rd *f, struct status *s, char *out, size_t cap)
 {
-    uint64_t dl = deadline_in(POLL_MS);
+    uint64_t dl = du_deadline(POLL_MS);
     do {
         if (admin(f, "status", out, cap) > 0 && parse_status(out, s) == 0 && s->draining == 0 &&
             strstr(out, ", draining\n") == NULL)
             return 0;
-        sleep_ms(10);
-    } while (!past(dl));
+        du_sleep_ms(10);
+    } while (!du_past(dl));
     fprintf(stderr, "\n  still draining:\n%s\n", out);
     return -1;
 }
@@ -617,7 +242,7 @@ static const char *svc_line(const struct rd *f, const char *name, const char *pl
     char *p = b[k++ % 4];
     snprintf(p, sizeof(b[0]),
              "service %s: listen %s, plugin %s, generation %u, draining generations %u, ", name,
-             rd_addr(f, name), plugin, gen, draining);
+             du_addr(&f->d, name), plugin, gen, draining);
     return p;
 }
 
@@ -634,7 +259,7 @@ static shmipc_client *rd_client(struct rd *f, const char *svc, enum shmipc_mem_m
     snprintf(prefix, sizeof(prefix), "/dev/shm/%s%u", shm_name(), i);
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
-    cfg.address = rd_addr(f, svc);
+    cfg.address = du_addr(&f->d, svc);
     cfg.mode = mode;
     cfg.path_prefix = prefix;
     cfg.pool_bytes = 4u << 20;
@@ -705,7 +330,7 @@ static void test_unchanged(void)
     struct rd f;
     char out[8192], svc[1024];
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), NULL);
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
@@ -734,8 +359,8 @@ static void test_plugin_replaced(void)
     struct rd f;
     char out[8192], svc[1024];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
-    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *cm = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
@@ -746,7 +371,7 @@ static void test_plugin_replaced(void)
     REQUIRE(admin(&f, "status", out, sizeof(out)) > 0);
     CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
 
-    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
+    REQUIRE(install(&f, du_test_plugin_path("versioned2"), "plugin.so") == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CU_ASSERT_EQUAL(strncmp(out, "reload: done\n", 13), 0);
     CHECK_HAS(out, "service v: generation 2 (plugin versioned 2.0.0), generation 1 draining\n");
@@ -762,11 +387,11 @@ static void test_plugin_replaced(void)
     CHECK_EQ(s.reloads, 1);
     CHECK_EQ(s.refused, 0);
     CHECK_HAS(out, svc_line(&f, "v", "versioned 2.0.0", 2, 0));
-    char *log = read_file(f.log);
+    char *log = du_read_file(f.d.log, NULL);
     CHECK_HAS(log, "service v: generation 1 finished");
     free(log);
     /* Only the serving generation's private copy is left. */
-    CHECK_EQ(plugin_copies(f.pid), 1);
+    CHECK_EQ(plugin_copies(f.d.pid), 1);
 out:
     rd_end(&f);
 }
@@ -777,21 +402,21 @@ static void test_config_changed(void)
     struct rd f;
     char out[8192], svc[1024];
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n = 1;");
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n = 1;");
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "one", "v1 "));
 
-    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n = 2;");
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n = 2;");
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "reload: done\n");
     CHECK_HAS(out, "service v: generation 2 (plugin versioned 1.0.0), generation 1 draining\n");
     CU_ASSERT_TRUE(call_is(c, "two", "v1 "));
     /* Formatting only (same settings, other spacing): unchanged. */
-    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), "n   =   2 ;");
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n   =   2 ;");
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "service v: unchanged (generation 2)\n");
@@ -818,14 +443,14 @@ static void test_broken_plugins(void)
     struct rd f;
     char out[8192], svc[1024];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
-    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
     REQUIRE(c != NULL);
     for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        REQUIRE(install(&f, test_plugin_path(bad[i].plugin), "plugin.so") == 0);
+        REQUIRE(install(&f, du_test_plugin_path(bad[i].plugin), "plugin.so") == 0);
         int rc = ctl(&f, "reload", out, sizeof(out));
         CU_ASSERT(rc == 1);
         CU_ASSERT_EQUAL(strncmp(out, "error: reload: 1 service(s) refused", 35), 0);
@@ -841,8 +466,8 @@ static void test_broken_plugins(void)
         CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
     }
     /* Nothing of the refused plugins stays loaded: one private copy. */
-    CHECK_EQ(plugin_copies(f.pid), 1);
-    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
+    CHECK_EQ(plugin_copies(f.d.pid), 1);
+    REQUIRE(install(&f, du_test_plugin_path("versioned2"), "plugin.so") == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "reload: done\n");
     CHECK_HAS(out, "(plugin versioned 2.0.0), generation 1 draining\n");
@@ -863,7 +488,7 @@ static void test_syntax_error(void)
     struct rd f;
     char out[8192], svc[1024], text[4096];
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(svc, sizeof(svc), &f, "v", test_plugin_path("versioned"), NULL);
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
@@ -873,17 +498,17 @@ static void test_syntax_error(void)
              "workers = 2;\nadmin = \"%s\";\nservices = (\n"
              "  { name = \"v\"; listen = \"%s\"; plugin = \"%s\"; },\n"
              "  { name = \"w\"; listen = \"%s\"; plugin = ; }\n);\n",
-             f.admin, rd_addr(&f, "v"), test_plugin_path("versioned2"), rd_addr(&f, "w"));
-    REQUIRE(write_text(f.conf, text) == 0);
+             f.d.admin, du_addr(&f.d, "v"), du_test_plugin_path("versioned2"), du_addr(&f.d, "w"));
+    REQUIRE(du_write_file(f.d.conf, text) == 0);
     int rc = ctl(&f, "reload", out, sizeof(out));
     CU_ASSERT(rc == 1);
     CU_ASSERT_EQUAL(strncmp(out, "error: reload refused: ", 23), 0);
     char where[256];
-    snprintf(where, sizeof(where), "%s:5", f.conf);
+    snprintf(where, sizeof(where), "%s:5", f.d.conf);
     CHECK_HAS(out, where);
     CHECK_HAS(out, "nothing changed\n");
     CU_ASSERT_TRUE(call_is(c, "still", "v1 "));
-    CU_ASSERT_FALSE(exists(rd_path(&f, "w.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "w.sock")));
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
     CHECK_EQ(s.reloads, 1);
@@ -905,14 +530,14 @@ static void test_service_added(void)
     struct rd f;
     char out[8192], a[1024], b[1024];
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
     REQUIRE(rd_conf(&f, a, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
     REQUIRE(ca != NULL);
-    CU_ASSERT_FALSE(exists(rd_path(&f, "b.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "b.sock")));
 
-    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    du_service_entry(b, sizeof(b), &f.d, "b", du_test_plugin_path("versioned2"), NULL);
     REQUIRE(rd_conf(&f, a, b, NULL) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "reload: done\n");
@@ -920,9 +545,9 @@ static void test_service_added(void)
     char want[512];
     snprintf(want, sizeof(want),
              "service b: added (generation 1, plugin versioned 2.0.0, listening on %s)\n",
-             rd_addr(&f, "b"));
+             du_addr(&f.d, "b"));
     CHECK_HAS(out, want);
-    CU_ASSERT_TRUE(exists(rd_path(&f, "b.sock")));
+    CU_ASSERT_TRUE(du_exists(du_path(&f.d, "b.sock")));
     shmipc_client *cb = rd_client(&f, "b", SHMIPC_MODE_FILE);
     REQUIRE(cb != NULL);
     CU_ASSERT_TRUE(call_is(cb, "to b", "v2 "));
@@ -945,8 +570,8 @@ static void test_service_removed(void)
     char out[8192], a[1024], b[1024];
     shmipc_stream *held = NULL;
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
-    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
+    du_service_entry(b, sizeof(b), &f.d, "b", du_test_plugin_path("versioned2"), NULL);
     REQUIRE(rd_conf(&f, a, b, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
@@ -970,7 +595,7 @@ static void test_service_removed(void)
     CHECK_HAS(out, "reload: done\n");
     CHECK_HAS(out, "service b: removed (listener closed, sessions closed)\n");
     CHECK_HAS(out, "service a: unchanged (generation 1)\n");
-    CU_ASSERT_FALSE(exists(rd_path(&f, "b.sock")));
+    CU_ASSERT_FALSE(du_exists(du_path(&f.d, "b.sock")));
     /* The held stream sees its session end: no answer, an error. */
     int rc = shmipc_stream_recv(held, &m, RECV_MS);
     if (rc == 0)
@@ -978,9 +603,9 @@ static void test_service_removed(void)
     CU_ASSERT(rc < 0 && rc != SHMIPC_ETIMEDOUT);
     shmipc_stream_close(held);
     held = NULL;
-    uint64_t dl = deadline_in(POLL_MS);
-    while ((shmipc_client_live_sessions(cb) || shmipc_client_live_sessions(cb2)) && !past(dl))
-        sleep_ms(5);
+    uint64_t dl = du_deadline(POLL_MS);
+    while ((shmipc_client_live_sessions(cb) || shmipc_client_live_sessions(cb2)) && !du_past(dl))
+        du_sleep_ms(5);
     CHECK_EQ(shmipc_client_live_sessions(cb), 0);
     CHECK_EQ(shmipc_client_live_sessions(cb2), 0);
     /* Nothing listens at b any more: no new stream, no connection. */
@@ -989,7 +614,7 @@ static void test_service_removed(void)
     CU_ASSERT(rc < 0);
     if (rc == 0)
         shmipc_stream_close(s2);
-    CU_ASSERT(raw_connect(rd_path(&f, "b.sock")) < 0);
+    CU_ASSERT(du_connect(du_path(&f.d, "b.sock")) < 0);
     rd_client_close(&f, cb);
     rd_client_close(&f, cb2);
     CU_ASSERT_TRUE(call_is(ca, "a after", "v1 "));
@@ -999,7 +624,7 @@ static void test_service_removed(void)
     CHECK_HASNT(out, "service b");
     CHECK_HAS(out, svc_line(&f, "a", "versioned 1.0.0", 1, 0));
     CHECK_EQ(s.finished, 1); /* b's generation */
-    char *log = read_file(f.log);
+    char *log = du_read_file(f.d.log, NULL);
     CHECK_HAS(log, "service b: removed\n");
     free(log);
     /* b may come back. */
@@ -1021,47 +646,47 @@ static void test_sighup(void)
     struct rd f;
     char out[8192], svc[1024];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, test_plugin_path("versioned"), "plugin.so") == 0);
-    svc_text(svc, sizeof(svc), &f, "v", rd_path(&f, "plugin.so"), NULL);
+    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
+    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "before", "v1 "));
 
-    REQUIRE(install(&f, test_plugin_path("versioned2"), "plugin.so") == 0);
-    REQUIRE(kill(f.pid, SIGHUP) == 0);
+    REQUIRE(install(&f, du_test_plugin_path("versioned2"), "plugin.so") == 0);
+    REQUIRE(kill(f.d.pid, SIGHUP) == 0);
     struct status s = {0};
-    uint64_t dl = deadline_in(POLL_MS);
+    uint64_t dl = du_deadline(POLL_MS);
     while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
             s.reloads < 1) &&
-           !past(dl))
-        sleep_ms(10);
+           !du_past(dl))
+        du_sleep_ms(10);
     CHECK_EQ(s.reloads, 1);
     CHECK_EQ(s.refused, 0);
     CU_ASSERT_TRUE(call_is(c, "after", "v2 "));
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
     CHECK_EQ(s.finished, 1);
     CHECK_HAS(out, svc_line(&f, "v", "versioned 2.0.0", 2, 0));
-    char *log = read_file(f.log);
+    char *log = du_read_file(f.d.log, NULL);
     char want[4200];
-    snprintf(want, sizeof(want), "SIGHUP: reloading %s\n", f.conf);
+    snprintf(want, sizeof(want), "SIGHUP: reloading %s\n", f.d.conf);
     CHECK_HAS(log, want);
     CHECK_HAS(log, "reload: done\n");
     CHECK_HAS(log, "service v: generation 2 (plugin versioned 2.0.0), generation 1 draining\n");
     free(log);
 
     /* A broken file on SIGHUP: refused, said in the log, v2 serves on. */
-    REQUIRE(write_text(f.conf, "services = (\n") == 0);
-    REQUIRE(kill(f.pid, SIGHUP) == 0);
-    dl = deadline_in(POLL_MS);
+    REQUIRE(du_write_file(f.d.conf, "services = (\n") == 0);
+    REQUIRE(kill(f.d.pid, SIGHUP) == 0);
+    dl = du_deadline(POLL_MS);
     while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
             s.reloads < 2) &&
-           !past(dl))
-        sleep_ms(10);
+           !du_past(dl))
+        du_sleep_ms(10);
     CHECK_EQ(s.reloads, 2);
     CHECK_EQ(s.refused, 1);
-    log = read_file(f.log);
+    log = du_read_file(f.d.log, NULL);
     CHECK_HAS(log, "error: reload refused: ");
     free(log);
     CU_ASSERT_TRUE(call_is(c, "still", "v2 "));
@@ -1079,7 +704,7 @@ static void test_inflight_slow(void)
     char out[8192], svc[1024];
     shmipc_stream *st[N] = {NULL};
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(svc, sizeof(svc), &f, "s", test_plugin_path("slow"), "delay_ms = 150;");
+    du_service_entry(svc, sizeof(svc), &f.d, "s", du_test_plugin_path("slow"), "delay_ms = 150;");
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "s", SHMIPC_MODE_MEMFD);
@@ -1092,7 +717,7 @@ static void test_inflight_slow(void)
         REQUIRE(shmipc_stream_flush(st[i]) == 0);
     }
     /* Every request is out; the slow plugin takes a while on each. */
-    svc_text(svc, sizeof(svc), &f, "s", plugin_path("echo"), NULL);
+    du_service_entry(svc, sizeof(svc), &f.d, "s", du_plugin_path("echo"), NULL);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
     CHECK_HAS(out, "reload: done\n");
@@ -1121,11 +746,11 @@ static void test_inflight_slow(void)
     CHECK_EQ(s.finished, 1);
     CHECK_HAS(out, svc_line(&f, "s", "echo 1.0.0", 2, 0));
     /* A request is counted just after its answer went out. */
-    uint64_t dl = deadline_in(POLL_MS);
+    uint64_t dl = du_deadline(POLL_MS);
     while ((admin(&f, "stats", out, sizeof(out)) <= 0 ||
             strstr(out, "service s: requests 12, ") == NULL) &&
-           !past(dl))
-        sleep_ms(5);
+           !du_past(dl))
+        du_sleep_ms(5);
     CHECK_HAS(out, "service s: requests 12, ");
     CHECK_HAS(out, "handler errors 0,");
 out:
@@ -1150,7 +775,7 @@ static int lines_of(char *text, char **line, int max)
  * last, else neither. */
 static int trace_ok(const char *path, int finished)
 {
-    char *t = read_file(path), *line[32];
+    char *t = du_read_file(path, NULL), *line[32];
     int n = t != NULL ? lines_of(t, line, 32) : 0, ok = n == (finished ? 6 : 3);
     int inits = 0, finis = 0, order = 1;
     for (int i = 0; ok && i < n; i++) {
@@ -1163,7 +788,7 @@ static int trace_ok(const char *path, int finished)
     ok = ok && strcmp(line[0], "init") == 0 && inits == 2 && finis == (finished ? 2 : 0) && order &&
          (!finished || strcmp(line[n - 1], "fini") == 0);
     if (!ok) {
-        char *again = read_file(path);
+        char *again = du_read_file(path, NULL);
         fprintf(stderr, "\n  trace %s (%s):\n%s\n", path, finished ? "finished" : "serving",
                 again ? again : "(none)");
         free(again);
@@ -1179,17 +804,17 @@ static void test_counter_trace(void)
     struct rd f;
     char out[8192], svc[1024], conf[512];
     REQUIRE(rd_begin(&f) == 0);
-    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t1"));
-    svc_text(svc, sizeof(svc), &f, "c", test_plugin_path("counter"), conf);
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", du_path(&f.d, "t1"));
+    du_service_entry(svc, sizeof(svc), &f.d, "c", du_test_plugin_path("counter"), conf);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
     shmipc_client *c = rd_client(&f, "c", SHMIPC_MODE_MEMFD);
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "gen 1", ""));
-    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t1"), 0));
+    CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t1"), 0));
 
-    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t2"));
-    svc_text(svc, sizeof(svc), &f, "c", test_plugin_path("counter"), conf);
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", du_path(&f.d, "t2"));
+    du_service_entry(svc, sizeof(svc), &f.d, "c", du_test_plugin_path("counter"), conf);
     REQUIRE(rd_conf(&f, svc, NULL) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "service c: generation 2 (plugin counter 1.0.0), generation 1 draining\n");
@@ -1197,11 +822,11 @@ static void test_counter_trace(void)
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
     CHECK_EQ(s.finished, 1);
-    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t1"), 1));
-    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t2"), 0));
+    CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t1"), 1));
+    CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t2"), 0));
     rd_close_clients(&f);
     CHECK_EQ(rd_stop(&f), 0);
-    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t2"), 1));
+    CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t2"), 1));
 out:
     rd_end(&f);
 }
@@ -1214,14 +839,14 @@ static void test_added_cannot_listen(void)
     struct rd f;
     char out[8192], a[1024], b[1024], conf[512];
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
+    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
     REQUIRE(rd_conf(&f, a, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
-    snprintf(conf, sizeof(conf), "trace = \"%s\";", rd_path(&f, "t"));
+    snprintf(conf, sizeof(conf), "trace = \"%s\";", du_path(&f.d, "t"));
     snprintf(b, sizeof(b),
              "  { name = \"b\"; listen = \"unix:%s/no-such-dir/b.sock\"; plugin = \"%s\"; "
              "config = { %s }; }",
-             f.dir, test_plugin_path("counter"), conf);
+             f.d.dir, du_test_plugin_path("counter"), conf);
     REQUIRE(rd_conf(&f, a, b, NULL) == 0);
     int rc = ctl(&f, "reload", out, sizeof(out));
     CU_ASSERT(rc == 1);
@@ -1229,7 +854,7 @@ static void test_added_cannot_listen(void)
     CHECK_HAS(out, "service b: refused: ");
     CHECK_HAS(out, "no-such-dir/b.sock");
     CHECK_HAS(out, "service a: unchanged (generation 1)\n");
-    CU_ASSERT_TRUE(trace_ok(rd_path(&f, "t"), 1));
+    CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t"), 1));
     shmipc_client *c = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
     CU_ASSERT_TRUE(call_is(c, "a", "v1 "));
     struct status s;
@@ -1237,7 +862,7 @@ static void test_added_cannot_listen(void)
     CHECK_HASNT(out, "service b");
     CHECK_EQ(s.reloads, 1);
     CHECK_EQ(s.refused, 1);
-    CHECK_EQ(plugin_copies(f.pid), 1);
+    CHECK_EQ(plugin_copies(f.d.pid), 1);
 out:
     rd_end(&f);
 }
@@ -1258,7 +883,7 @@ static void *flood_main(void *arg)
     unsigned n = 0;
     while (!__atomic_load_n(&fl->stop, __ATOMIC_RELAXED)) {
         if (n < 32) {
-            int fd = raw_connect(fl->path);
+            int fd = du_connect(fl->path);
             if (fd >= 0)
                 fds[n++] = fd;
         }
@@ -1275,7 +900,7 @@ static void *flood_main(void *arg)
             close(fds[i]);
             fds[i] = fds[--n];
         }
-        sleep_ms(1);
+        du_sleep_ms(1);
     }
     while (n > 0)
         close(fds[--n]);
@@ -1295,26 +920,26 @@ static void test_reload_storm_handshakes(void)
     pthread_t th[2];
     int nth = 0;
     REQUIRE(rd_begin(&f) == 0);
-    svc_text(a, sizeof(a), &f, "a", test_plugin_path("versioned"), NULL);
-    svc_text(b, sizeof(b), &f, "b", test_plugin_path("versioned2"), NULL);
+    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
+    du_service_entry(b, sizeof(b), &f.d, "b", du_test_plugin_path("versioned2"), NULL);
     REQUIRE(rd_conf(&f, a, b, NULL) == 0);
     REQUIRE(rd_start(&f) == 0);
-    fl.path = rd_path(&f, "b.sock");
+    fl.path = du_path(&f.d, "b.sock");
     for (; nth < 2; nth++)
         REQUIRE(pthread_create(&th[nth], NULL, flood_main, &fl) == 0);
-    uint64_t dl = deadline_in(POLL_MS);
-    while (__atomic_load_n(&fl.sent, __ATOMIC_RELAXED) == 0 && !past(dl))
-        sleep_ms(1);
-    for (int i = 0; i < ROUNDS && f.pid > 0; i++) {
+    uint64_t dl = du_deadline(POLL_MS);
+    while (__atomic_load_n(&fl.sent, __ATOMIC_RELAXED) == 0 && !du_past(dl))
+        du_sleep_ms(1);
+    for (int i = 0; i < ROUNDS && f.d.pid > 0; i++) {
         REQUIRE(rd_conf(&f, a, i % 2 ? b : NULL, NULL) == 0);
-        REQUIRE(kill(f.pid, SIGHUP) == 0);
-        sleep_ms(1); /* not for correctness: lets signals and handshakes mix */
+        REQUIRE(kill(f.d.pid, SIGHUP) == 0);
+        du_sleep_ms(1); /* not for correctness: lets signals and handshakes mix */
     }
     /* The last configuration has both services: applied by now or by
      * this reload, whichever came last. */
     REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
     CU_ASSERT_EQUAL(strncmp(out, "reload: done\n", 13), 0);
-    CHECK_EQ(waitpid(f.pid, NULL, WNOHANG), 0); /* still running */
+    CHECK_EQ(waitpid(f.d.pid, NULL, WNOHANG), 0); /* still running */
     __atomic_store_n(&fl.stop, 1, __ATOMIC_RELAXED);
     while (nth > 0)
         pthread_join(th[--nth], NULL);

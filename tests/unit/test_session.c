@@ -57,14 +57,6 @@ static int expect_rc_(int got, int want, const char *what, const char *file, uns
         if (!EXPECT_RC(expr, want))                                                                \
             goto out;                                                                              \
     } while (0)
-#define REQUIRE(cond)                                                                              \
-    do {                                                                                           \
-        int ok_ = (cond) ? 1 : 0;                                                                  \
-        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
-                                __FILE__, "", CU_FALSE);                                           \
-        if (!ok_)                                                                                  \
-            goto out;                                                                              \
-    } while (0)
 
 static void sleep_ms(int ms)
 {

@@ -4,14 +4,12 @@
  */
 #include "testutil.h"
 
-#include <dirent.h>
+#include "../common/daemon_util.h"
+
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 static int hexval(int c)
@@ -143,78 +141,26 @@ pid_t tu_fork(int (*fn)(void *), void *arg)
 
 int tu_wait(pid_t pid, int timeout_ms)
 {
-    uint64_t deadline = tu_now_ns() + (uint64_t)timeout_ms * 1000000u;
-    int status;
-    for (;;) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid)
-            break;
-        if (r < 0)
-            return -1;
-        if (tu_now_ns() > deadline) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            fprintf(stderr, "\n  child %d killed after %d ms deadline\n", (int)pid, timeout_ms);
-            return -1;
-        }
-        struct timespec ts = {0, 2 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (WIFEXITED(status))
-        return WEXITSTATUS(status);
-    return 128 + WTERMSIG(status);
-}
-
-static int count_dir(const char *path, const char *prefix)
-{
-    DIR *d = opendir(path);
-    if (d == NULL)
-        return -1;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
-        if (prefix == NULL || strncmp(e->d_name, prefix, strlen(prefix)) == 0)
-            n++;
-    }
-    closedir(d);
-    return n;
+    return du_reap(pid, timeout_ms);
 }
 
 int tu_count_fds(void)
 {
-    int n = count_dir("/proc/self/fd", NULL);
+    int n = du_count_fds(getpid());
     return n < 0 ? n : n - 1; /* opendir's own fd */
 }
 
 int tu_count_maps(void)
 {
-    /* Shared mappings only: regions are MAP_SHARED, while malloc and the
-     * sanitizer runtimes add and drop private ones as they please. */
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    int n = 0;
-    char line[512], perms[8];
-    while (fgets(line, sizeof(line), f) != NULL) {
-        if (sscanf(line, "%*s %7s", perms) == 1 && perms[3] == 's')
-            n++;
-        while (strchr(line, '\n') == NULL && fgets(line, sizeof(line), f) != NULL)
-            ;
-    }
-    fclose(f);
-    return n;
+    return du_count_shared_maps(getpid());
 }
 
 int tu_count_shm(const char *prefix)
 {
-    return count_dir("/dev/shm", prefix);
+    return du_count_prefix("/dev/shm", prefix);
 }
 
 uint64_t tu_now_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return du_now_ns();
 }

@@ -1,6 +1,8 @@
 /*
- * Shared test helpers: the suite table, golden-vector files, forked peers
- * with deadlines, and resource counters for leak checks.
+ * Shared test helpers: the suite table, checks that stop a test, golden-
+ * vector files, forked peers with deadlines, and resource counters for
+ * leak checks. Helpers for tests that run shmipcd itself are in
+ * tests/common/daemon_util.h (the soak programs share those).
  */
 #ifndef SHMIPC_TESTUTIL_H
 #define SHMIPC_TESTUTIL_H
@@ -8,6 +10,7 @@
 #include <CUnit/CUnit.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 struct test_case {
@@ -19,6 +22,30 @@ struct test_suite {
     const char *name;
     const struct test_case *cases; /* terminated by {NULL, NULL} */
 };
+
+/* ---- checks ---- */
+
+/* A check that must stop the test: it jumps to the test's `out:` label,
+ * where the test frees what it holds (never CU_ASSERT_FATAL, which would
+ * leave processes and files behind). */
+#define REQUIRE(cond)                                                                              \
+    do {                                                                                           \
+        int ok_ = (cond) ? 1 : 0;                                                                  \
+        CU_assertImplementation(ok_ ? CU_TRUE : CU_FALSE, __LINE__, "REQUIRE(" #cond ")",          \
+                                __FILE__, "", CU_FALSE);                                           \
+        if (!ok_)                                                                                  \
+            goto out;                                                                              \
+    } while (0)
+
+/* An equality assertion that also says what it saw. */
+#define CHECK_EQ(got, want)                                                                        \
+    do {                                                                                           \
+        long long g_ = (long long)(got), w_ = (long long)(want);                                   \
+        if (g_ != w_)                                                                              \
+            fprintf(stderr, "\n  %s:%d: %s is %lld, expected %lld\n", __FILE__, __LINE__, #got,    \
+                    g_, w_);                                                                       \
+        CU_ASSERT_EQUAL(g_, w_);                                                                   \
+    } while (0)
 
 /* ---- golden vectors ---- */
 
