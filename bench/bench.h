@@ -127,6 +127,7 @@ struct shm_client_opts {
     unsigned sessions;    /* per client, capped at the row's concurrency */
     int file_mode;        /* 1: /dev/shm files (version 2; needed for tcp:) */
     size_t reserve_chunk; /* full mode: bytes per reserve; 0: the largest slice */
+    int spin_us;          /* low-latency mode (cfg.spin_us) */
 };
 /* A client sized for rows of this size and concurrency (pool fits every
  * request and response in flight, pre-faulted). */
@@ -141,7 +142,7 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
 int shm_probe(const char *address, int file_mode, int timeout_ms, char *err, size_t errlen);
 /* Forks the library-server child listening on address; 0 and *pid once it
  * listens. */
-int shm_lib_server_start(const char *address, pid_t *pid);
+int shm_lib_server_start(const char *address, int spin_us, pid_t *pid);
 
 /* ---- bench_sock.c ---- */
 

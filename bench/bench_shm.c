@@ -136,6 +136,7 @@ int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
     cfg.mode = o->file_mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD;
     cfg.sessions = c->sessions;
     cfg.no_io_thread = 1;
+    cfg.spin_us = o->spin_us;
     cfg.prefault = 1; /* first touches of fresh pages stay out of the rows */
     cfg.connect_timeout_ms = 5000;
     cfg.max_event_bytes = 64u << 20;
@@ -470,11 +471,12 @@ static void lib_message(shmipc_stream *st, shmipc_msg *m, void *arg)
         shmipc_stream_discard(st);
 }
 
-static int lib_serve(const char *address, int ready_fd)
+static int lib_serve(const char *address, int spin_us, int ready_fd)
 {
     struct shmipc_server_config cfg;
     shmipc_server_config_init(&cfg);
     cfg.address = address;
+    cfg.spin_us = spin_us;
     cfg.socket_mode = 0600;
     cfg.max_pool_bytes = POOL_MAX;
     cfg.max_event_bytes = 64u << 20;
@@ -492,7 +494,7 @@ static int lib_serve(const char *address, int ready_fd)
     return rc < 0;
 }
 
-int shm_lib_server_start(const char *address, pid_t *pid)
+int shm_lib_server_start(const char *address, int spin_us, pid_t *pid)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) < 0)
@@ -508,7 +510,7 @@ int shm_lib_server_start(const char *address, pid_t *pid)
     if (c == 0) {
         child_die_with_parent(parent);
         close(fds[0]);
-        _exit(lib_serve(address, fds[1]));
+        _exit(lib_serve(address, spin_us, fds[1]));
     }
     child_track(c);
     close(fds[1]);

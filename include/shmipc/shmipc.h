@@ -143,8 +143,10 @@ struct shmipc_client_config {
     int reconnect_max_ms;     /* backoff cap, default 5000 */
     unsigned idle_streams;    /* streams kept for reuse, default 1024 */
     int no_io_thread;         /* event-loop style: drive with shmipc_client_poll() */
-    int spin_us;              /* low-latency mode: a waiting recv polls the queue this
-                                 long before sleeping (burns CPU); default 0 = off */
+    int spin_us;              /* low-latency mode: a waiting recv (or, event-loop
+                                 style, shmipc_client_poll with a timeout) polls the
+                                 queues this long before sleeping (burns CPU);
+                                 default 0 = off */
     int keepalive_ms;         /* send a Polling ping on sessions idle this long, so
                                  a server's idle timeout keeps them; default 0 = off */
     int prefault;             /* touch the pool's pages at creation */

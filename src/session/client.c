@@ -22,6 +22,7 @@
 #include "proto/handshake.h"
 #include "proto/sock.h"
 #include "session/session.h"
+#include "shm/atomics.h"
 #include "shmipc/errors.h"
 
 struct client_slot {
@@ -474,11 +475,44 @@ static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
     return n;
 }
 
+/* Low-latency mode: poll every session's receive queue for spin_us before
+ * sleeping, holding the working flags so the server skips its Polling.
+ * The flags are let go (with the re-check) before returning, so a caller
+ * that waits on shmipc_client_fd() instead is still woken. */
+static int spin_collect(struct shmipc_client *c, shmipc_stream **ready, int max)
+{
+    uint64_t end = sock_now_ns() + (uint64_t)c->cfg.spin_us * 1000u;
+    int n = 0;
+    do {
+        for (unsigned i = 0; i < c->nslots; i++) {
+            struct client_slot *sl = &c->slots[i];
+            pthread_mutex_lock(&sl->mu);
+            if (sl->sess != NULL)
+                session_spin_harvest(sl->sess);
+            pthread_mutex_unlock(&sl->mu);
+        }
+        if ((n = collect(c, ready, max)) > 0)
+            break;
+        for (int k = 0; k < 16; k++)
+            cpu_relax();
+    } while (sock_now_ns() < end);
+    for (unsigned i = 0; i < c->nslots; i++) {
+        struct client_slot *sl = &c->slots[i];
+        pthread_mutex_lock(&sl->mu);
+        if (sl->sess != NULL)
+            session_spin_end(sl->sess);
+        pthread_mutex_unlock(&sl->mu);
+    }
+    return n + collect(c, ready + n, max - n);
+}
+
 int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int timeout_ms)
 {
     if (!c->cfg.no_io_thread || max <= 0)
         return -EINVAL;
     int n = collect(c, ready, max);
+    if (n == 0 && timeout_ms != 0 && c->cfg.spin_us > 0)
+        n = spin_collect(c, ready, max);
     struct epoll_event evs[64];
     int k = epoll_wait(c->epfd, evs, 64, n > 0 ? 0 : timeout_ms);
     if (k < 0 && errno != EINTR)

@@ -368,7 +368,8 @@ static int wait_rx_locked(shmipc_stream *st, uint64_t deadline_ns)
             return SHMIPC_ECLOSED;
         if (s->dead)
             return session_err(s);
-        if (sock_now_ns() >= deadline_ns)
+        /* 0: do not wait (an event loop's recv after poll: no clock read) */
+        if (deadline_ns == 0 || sock_now_ns() >= deadline_ns)
             return SHMIPC_ETIMEDOUT;
         struct timespec ts;
         abs_deadline(&ts, deadline_ns);
@@ -444,7 +445,7 @@ int shmipc_stream_recv(shmipc_stream *st, shmipc_msg *out, int timeout_ms)
     if (s->cfg.spin_us > 0 && timeout_ms != 0)
         spin_for_message(st, s->cfg.spin_us, sock_deadline(timeout_ms));
     pthread_mutex_lock(&s->mu);
-    int rc = wait_rx_locked(st, sock_deadline(timeout_ms));
+    int rc = wait_rx_locked(st, timeout_ms == 0 ? 0 : sock_deadline(timeout_ms));
     if (rc == 0)
         fill_msg(out, take_head_locked(st));
     pthread_mutex_unlock(&s->mu);

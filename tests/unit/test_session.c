@@ -891,7 +891,7 @@ out:
 
 /* The event-loop style: one thread, no I/O thread, 64 streams in flight,
  * completions from shmipc_client_poll(). */
-static void test_event_loop_client(void)
+static void event_loop_on(int spin_us)
 {
     struct fx f;
     enum { NST = 64, ROUNDS = 20, SZ = 3000 };
@@ -899,10 +899,14 @@ static void test_event_loop_client(void)
     unsigned done[NST] = {0};
     uint8_t *req = NULL;
     REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    srv_spin_us = spin_us;
+    int rc = srv_start(&f.srv, SRV_ECHO, f.addr);
+    srv_spin_us = 0;
+    REQUIRE_RC(rc, 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
+    cfg.spin_us = spin_us;
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     CU_ASSERT(shmipc_client_fd(f.cli) >= 0);
@@ -944,12 +948,37 @@ static void test_event_loop_client(void)
      * wait in vain, so a short recv times out. */
     shmipc_msg m;
     CU_ASSERT_EQUAL(shmipc_stream_recv(st[0], &m, 20), SHMIPC_ETIMEDOUT);
+    if (spin_us > 0) {
+        /* The spinning poll let go of the working flag when it returned: a
+         * request now still wakes the client fd with a Polling. */
+        fill(req, SZ, 77);
+        REQUIRE_RC(shmipc_stream_write(st[0], req, SZ), 0);
+        REQUIRE_RC(shmipc_stream_flush(st[0]), 0);
+        struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
+        CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
+        shmipc_stream *ready[1];
+        CU_ASSERT_EQUAL(shmipc_client_poll(f.cli, ready, 1, 0), 1);
+        CU_ASSERT_EQUAL(shmipc_stream_recv(st[0], &m, 0), 0);
+        CU_ASSERT(msg_is(&m, SZ, 77));
+        shmipc_msg_release(&m);
+    }
 out:
     for (int i = 0; i < NST; i++)
         if (st[i] != NULL)
             shmipc_stream_close(st[i]);
     free(req);
     fx_end(&f);
+}
+
+static void test_event_loop_client(void)
+{
+    event_loop_on(0);
+}
+
+/* Low-latency mode on both sides, the client driven by its poll. */
+static void test_event_loop_client_spin(void)
+{
+    event_loop_on(200);
 }
 
 /* An event-loop client whose messages go by fallback (the pool is too
@@ -1949,6 +1978,7 @@ out:
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"event_loop_client", test_event_loop_client},
+    {"event_loop_client_spin", test_event_loop_client_spin},
     {"event_loop_client_fallback", test_event_loop_client_fallback},
     {"no_polling_while_handling", test_no_polling_while_handling},
     {"echo_sizes_memfd", test_echo_sizes_memfd},
