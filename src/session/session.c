@@ -754,20 +754,34 @@ static int on_elem_locked(struct session *s, const struct shmipc_queue_elem *e)
     return 0;
 }
 
+#define HARVEST_BATCH 32
+
+/* Takes every element queued (a batch at a time: the head is published
+ * once per batch); *n counts them. 0 or the error that closed the session. */
+static int drain_locked(struct session *s, int *n)
+{
+    struct shmipc_queue_elem e[HARVEST_BATCH];
+    int k;
+    while ((k = queue_pop_many(&s->qp.recv, e, HARVEST_BATCH)) > 0) {
+        *n += k;
+        for (int i = 0; i < k; i++) {
+            int rc = on_elem_locked(s, &e[i]);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return k < 0 ? protocol_error(s, k, "receive queue tail out of range") : 0;
+}
+
 static int harvest_locked(struct session *s)
 {
     /* While a spinner holds the working flag it stays set: the spinner
      * clears it (with the re-check) when it stops. */
-    int keep_flag = s->spinning;
+    int keep_flag = s->spinning, n = 0;
     do {
-        struct shmipc_queue_elem e;
-        int rc;
-        while ((rc = queue_pop(&s->qp.recv, &e)) == 0) {
-            if ((rc = on_elem_locked(s, &e)) < 0)
-                return rc;
-        }
-        if (rc != SHMIPC_EQEMPTY)
-            return protocol_error(s, rc, "receive queue tail out of range");
+        int rc = drain_locked(s, &n);
+        if (rc < 0)
+            return rc;
     } while (!keep_flag && !queue_mark_not_working(&s->qp.recv));
     return 0;
 }
@@ -786,17 +800,9 @@ int session_spin_harvest(struct session *s)
                              __ATOMIC_SEQ_CST);
             __atomic_store_n(&s->spinning, 1, __ATOMIC_RELAXED);
         }
-        struct shmipc_queue_elem e;
-        int rc;
-        while ((rc = queue_pop(&s->qp.recv, &e)) == 0) {
-            n++;
-            if (on_elem_locked(s, &e) < 0)
-                break;
-        }
+        drain_locked(s, &n);
         if (n > 0)
             __atomic_store_n(&s->last_rx_ns, sock_now_ns(), __ATOMIC_RELAXED);
-        if (rc != 0 && rc != SHMIPC_EQEMPTY)
-            protocol_error(s, rc, "receive queue tail out of range");
     }
     pthread_mutex_unlock(&s->mu);
     return n;

@@ -39,6 +39,7 @@ static void view(struct queue *q, uint8_t *hdr, uint32_t cap)
     q->elems = hdr + SHMIPC_QUEUE_HEADER_LEN;
     q->cap = cap;
     q->own = 0;
+    q->seen = 0;
     q->torn_read = straddles(hdr + SHMIPC_QUEUE_OFF_HEAD) || straddles(hdr + SHMIPC_QUEUE_OFF_TAIL);
 }
 
@@ -114,33 +115,59 @@ int queue_pair_map(struct queue_pair *qp, void *base, size_t size, int server_ro
     }
     qp->send.own = ld_counter(&qp->send, SHMIPC_QUEUE_OFF_TAIL);
     qp->recv.own = ld_counter(&qp->recv, SHMIPC_QUEUE_OFF_HEAD);
+    /* Re-read and checked against our own counters on first use. */
+    qp->send.seen = qp->send.own - (int64_t)qp->send.cap;
+    qp->recv.seen = qp->recv.own;
     return 0;
 }
 
 int queue_put(struct queue *q, const struct shmipc_queue_elem *e)
 {
-    int64_t head = ld_counter(q, SHMIPC_QUEUE_OFF_HEAD);
-    if (!counters_sane(head, q->own, q->cap))
-        return SHMIPC_ECORRUPT;
-    if (q->own - head == (int64_t)q->cap)
-        return SHMIPC_EQFULL;
+    if (q->own - q->seen >= (int64_t)q->cap) {
+        int64_t head = ld_counter(q, SHMIPC_QUEUE_OFF_HEAD);
+        if (!counters_sane(head, q->own, q->cap))
+            return SHMIPC_ECORRUPT;
+        q->seen = head;
+        if (q->own - head == (int64_t)q->cap)
+            return SHMIPC_EQFULL;
+    }
     memcpy(q->elems + (uint64_t)q->own % q->cap * SHMIPC_QUEUE_ELEM_LEN, e, sizeof(*e));
     q->own++;
     st64a4_rel(q->hdr + SHMIPC_QUEUE_OFF_TAIL, q->own);
     return 0;
 }
 
+/* Elements known to be there, re-reading the tail when none are. */
+static int64_t available(struct queue *q)
+{
+    if (q->seen == q->own) {
+        int64_t tail = ld_counter(q, SHMIPC_QUEUE_OFF_TAIL);
+        if (!counters_sane(q->own, tail, q->cap))
+            return SHMIPC_ECORRUPT;
+        q->seen = tail;
+    }
+    return q->seen - q->own;
+}
+
 int queue_pop(struct queue *q, struct shmipc_queue_elem *e)
 {
-    int64_t tail = ld_counter(q, SHMIPC_QUEUE_OFF_TAIL);
-    if (!counters_sane(q->own, tail, q->cap))
-        return SHMIPC_ECORRUPT;
-    if (tail == q->own)
-        return SHMIPC_EQEMPTY;
-    memcpy(e, q->elems + (uint64_t)q->own % q->cap * SHMIPC_QUEUE_ELEM_LEN, sizeof(*e));
-    q->own++;
+    int rc = queue_pop_many(q, e, 1);
+    return rc < 0 ? rc : rc == 0 ? SHMIPC_EQEMPTY : 0;
+}
+
+int queue_pop_many(struct queue *q, struct shmipc_queue_elem *e, unsigned max)
+{
+    int64_t n = available(q);
+    if (n <= 0)
+        return (int)n;
+    if (n > (int64_t)max)
+        n = max;
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(&e[i], q->elems + (uint64_t)q->own % q->cap * SHMIPC_QUEUE_ELEM_LEN, sizeof(*e));
+        q->own++;
+    }
     st64a4_rel(q->hdr + SHMIPC_QUEUE_OFF_HEAD, q->own);
-    return 0;
+    return (int)n;
 }
 
 uint32_t queue_len(const struct queue *q)

@@ -25,6 +25,10 @@ struct queue {
     uint8_t *elems; /* element 0 */
     uint32_t cap;   /* validated snapshot */
     int64_t own;    /* producer: our tail; consumer: our head */
+    int64_t seen;   /* the peer's counter as last read and validated: the
+                       producer re-reads head only when the queue looks full,
+                       the consumer re-reads tail only when it looks empty,
+                       so the shared line is touched once per batch */
     int torn_read;  /* the peer's counter may straddle a cache line */
 };
 
@@ -53,6 +57,9 @@ int queue_put(struct queue *q, const struct shmipc_queue_elem *e);
 
 /* Takes the oldest element. SHMIPC_EQEMPTY or SHMIPC_ECORRUPT. */
 int queue_pop(struct queue *q, struct shmipc_queue_elem *e);
+/* Up to max elements at once, the head published once: how many (0 when
+ * empty), or SHMIPC_ECORRUPT. */
+int queue_pop_many(struct queue *q, struct shmipc_queue_elem *e, unsigned max);
 
 /* Elements waiting, as far as this side can tell (0 on a corrupt counter). */
 uint32_t queue_len(const struct queue *q);
