@@ -588,6 +588,64 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
 
 /* ---- input ---- */
 
+/* Received messages come and go at the message rate: each thread keeps
+ * the ones it freed (up to RX_CACHE_MAX) for the next ones it receives,
+ * which also spares the allocator a burst of frees after a batch. The
+ * cache is freed when its thread ends. */
+#define RX_CACHE_MAX 256
+
+struct rx_cache {
+    struct rx_msg *head;
+    unsigned n;
+};
+
+static __thread struct rx_cache rx_cache;
+static pthread_key_t rx_cache_key;
+static pthread_once_t rx_cache_once = PTHREAD_ONCE_INIT;
+
+static void rx_cache_drop(void *arg)
+{
+    struct rx_cache *c = arg;
+    while (c->head != NULL) {
+        struct rx_msg *m = c->head;
+        c->head = m->next;
+        free(m);
+    }
+    c->n = 0;
+}
+
+static void rx_cache_key_init(void)
+{
+    pthread_key_create(&rx_cache_key, rx_cache_drop);
+}
+
+static struct rx_msg *rx_msg_new(void)
+{
+    struct rx_msg *m = rx_cache.head;
+    if (m == NULL)
+        return calloc(1, sizeof(*m));
+    rx_cache.head = m->next;
+    rx_cache.n--;
+    memset(m, 0, sizeof(*m));
+    return m;
+}
+
+static void rx_msg_recycle(struct rx_msg *m)
+{
+    if (rx_cache.n >= RX_CACHE_MAX) {
+        free(m);
+        return;
+    }
+    if (rx_cache.n == 0 && rx_cache.head == NULL) {
+        /* First use in this thread: have the cache freed at its end. */
+        pthread_once(&rx_cache_once, rx_cache_key_init);
+        pthread_setspecific(rx_cache_key, &rx_cache);
+    }
+    m->next = rx_cache.head;
+    rx_cache.head = m;
+    rx_cache.n++;
+}
+
 void rx_msg_free(struct rx_msg *m)
 {
     if (m->pool != NULL) {
@@ -601,7 +659,7 @@ void rx_msg_free(struct rx_msg *m)
     if (m->offs != m->offs_inline)
         free(m->offs);
     free(m->heap);
-    free(m);
+    rx_msg_recycle(m);
 }
 
 static void mark_ready_locked(struct session *s, shmipc_stream *st)
@@ -668,7 +726,7 @@ static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
 {
     shm_tsan_acquire(s->pool);
     struct pool *p = &s->pool->pool;
-    struct rx_msg *m = calloc(1, sizeof(*m));
+    struct rx_msg *m = rx_msg_new();
     if (m == NULL)
         return -ENOMEM;
     m->iov = m->iov_inline;
@@ -850,7 +908,7 @@ static int on_fallback_locked(struct session *s, const uint8_t *ev, uint32_t len
     if (st == NULL)
         return s->dead ? s->err : 0;
     if (fb.payload_len > 0 || status == SHMIPC_STREAM_OPEN) {
-        struct rx_msg *m = calloc(1, sizeof(*m));
+        struct rx_msg *m = rx_msg_new();
         uint8_t *copy = malloc(fb.payload_len ? fb.payload_len : 1);
         if (m == NULL || copy == NULL) {
             free(m);
