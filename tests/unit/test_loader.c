@@ -26,6 +26,7 @@
 #include "server/loader.h"
 #include "shmipc/errors.h"
 #include "shmipc/plugin.h"
+#include "../common/daemon_util.h"
 #include "testutil.h"
 
 /* config.c provides the accessors the daemon's host table uses. Weak, so
@@ -343,33 +344,6 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0;
 }
 
-static uint8_t *read_all(const char *path, size_t *len)
-{
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    uint8_t *b = malloc(cap);
-    size_t k;
-    while (b != NULL && (k = fread(b + n, 1, cap - n, f)) > 0) {
-        n += k;
-        if (n == cap) {
-            uint8_t *nb = realloc(b, cap * 2);
-            if (nb == NULL) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    *len = n;
-    return b;
-}
-
 static int write_all(const char *path, const void *data, size_t len)
 {
     /* In place (O_TRUNC, same inode): what a careless upgrade does. */
@@ -392,7 +366,7 @@ static int write_all(const char *path, const void *data, size_t len)
 static int copy_file(const char *from, const char *to)
 {
     size_t len;
-    uint8_t *b = read_all(from, &len);
+    uint8_t *b = (uint8_t *)du_read_file(from, &len);
     if (b == NULL)
         return -ENOENT;
     int rc = write_all(to, b, len);
@@ -624,7 +598,8 @@ static void test_echo(void)
         CU_ASSERT_EQUAL(stat(g->private_path, &st), 0);
         CU_ASSERT_EQUAL(st.st_mode & 07777, 0700);
         size_t a_len, b_len;
-        uint8_t *a = read_all(path, &a_len), *b = read_all(g->private_path, &b_len);
+        uint8_t *a = (uint8_t *)du_read_file(path, &a_len);
+        uint8_t *b = (uint8_t *)du_read_file(g->private_path, &b_len);
         CU_ASSERT_TRUE(a != NULL && b != NULL && a_len == b_len && a_len > 0 &&
                        memcmp(a, b, a_len) == 0);
         free(a);
@@ -1158,7 +1133,7 @@ static void test_failthread(void)
 static char *read_text(const char *path)
 {
     size_t n;
-    uint8_t *b = read_all(path, &n);
+    uint8_t *b = (uint8_t *)du_read_file(path, &n);
     if (b == NULL)
         return NULL;
     char *s = malloc(n + 1);
