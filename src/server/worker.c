@@ -158,16 +158,42 @@ static void *thread_state(struct worker *w, struct plugin_gen *g)
 
 /* ---- requests ---- */
 
-static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shmipc_msg *m)
+/* One dispatch pass: the plugin generation is taken once for all the
+ * requests it answers, and the counters the admin socket reads are added
+ * once at the end (each is an atomic shared with the other workers). */
+struct pass {
+    struct plugin_gen *g;
+    uint64_t requests, bytes_in, bytes_out, errors;
+};
+
+static void pass_end(struct dsession *ds, struct pass *p)
 {
     struct service *svc = ds->svc;
-    struct plugin_gen *g = gen_acquire(svc);
-    if (g == NULL) {
+    if (p->g != NULL)
+        gen_release(p->g);
+    if (p->requests == 0)
+        return;
+    __atomic_add_fetch(&ds->requests, p->requests, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st.requests, p->requests, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st.bytes_in, p->bytes_in, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st.bytes_out, p->bytes_out, __ATOMIC_RELAXED);
+    if (p->errors > 0) {
+        __atomic_add_fetch(&ds->handler_errors, p->errors, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st.handler_errors, p->errors, __ATOMIC_RELAXED);
+    }
+}
+
+static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shmipc_msg *m,
+                   struct pass *p)
+{
+    struct service *svc = ds->svc;
+    if (p->g == NULL && (p->g = gen_acquire(svc)) == NULL) {
         shmipc_msg_release(m);
-        __atomic_add_fetch(&ds->handler_errors, 1, __ATOMIC_RELAXED);
+        p->errors++;
         session_die(ds->s, SHMIPC_ECLOSED, "service removed");
         return;
     }
+    struct plugin_gen *g = p->g;
     void *ts = thread_state(w, g);
     struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
                                  (const struct shmipc_plugin_iov *)m->iov};
@@ -177,20 +203,17 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
         rc = g->desc->handle(g->state, ts, &req, &resp);
     size_t in = m->len;
     shmipc_msg_release(m);
-    gen_release(g);
     if (rc == 0 && resp.err == 0)
         rc = shmipc_stream_flush(st);
     else
         shmipc_stream_discard(st);
-    __atomic_add_fetch(&ds->requests, 1, __ATOMIC_RELAXED); /* admin reads it */
-    __atomic_add_fetch(&svc->st.requests, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st.bytes_in, in, __ATOMIC_RELAXED);
+    p->requests++;
+    p->bytes_in += in;
     if ((rc == 0 || rc == SHMIPC_EQFULL) && resp.err == 0) {
-        __atomic_add_fetch(&svc->st.bytes_out, resp.bytes, __ATOMIC_RELAXED);
+        p->bytes_out += resp.bytes;
         return;
     }
-    __atomic_add_fetch(&ds->handler_errors, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st.handler_errors, 1, __ATOMIC_RELAXED);
+    p->errors++;
     log_debug("service %s: request on session %lu stream %u failed: %s", svc->name,
               (unsigned long)ds->id, shmipc_stream_id(st),
               shmipc_strerror(resp.err ? resp.err : rc));
@@ -211,6 +234,7 @@ static void stream_hook(struct worker *w, struct dsession *ds, shmipc_stream *st
 static void dispatch(struct worker *w, struct dsession *ds)
 {
     shmipc_stream *st;
+    struct pass p = {0};
     while ((st = session_next_ready(ds->s)) != NULL) {
         if (!st->seen_open) {
             st->seen_open = 1;
@@ -219,7 +243,7 @@ static void dispatch(struct worker *w, struct dsession *ds)
         shmipc_msg m;
         int closed = 0;
         while (stream_take(st, &m, &closed) == 0)
-            handle(w, ds, st, &m);
+            handle(w, ds, st, &m, &p);
         if (closed && !st->seen_close) {
             st->seen_close = 1;
             stream_hook(w, ds, st, 0);
@@ -227,6 +251,7 @@ static void dispatch(struct worker *w, struct dsession *ds)
         }
         stream_put(st);
     }
+    pass_end(ds, &p);
 }
 
 /* ---- sessions ---- */
