@@ -16,6 +16,7 @@
  * termination are checked.
  */
 #include "common.h"
+#include "pool_impatient.h"
 #include "shm/pool.h"
 #include "shm/queue.h"
 #include "shmipc/errors.h"
@@ -331,19 +332,6 @@ static void op_queue(struct state *s, const struct op *o, struct fz *in)
         FZ_CHECK(queue_mark_not_working(&qp.recv) == 1 && queue_working(&qp.recv) == 0);
     }
     free(q);
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-
-/* Waits for another process (a held pop lock, a push not yet linked) end
- * in spins and yields here, not sleeps: a lying pool would otherwise
- * spend most of the run asleep. The pool suite tests the sleeping waits. */
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    pool_set_patient(0);
-    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -12,6 +12,7 @@
  * every operation must end, and what the pool hands out must lie in it.
  */
 #include "common.h"
+#include "pool_impatient.h"
 #include "shm/pool.h"
 #include "shmipc/errors.h"
 
@@ -229,19 +230,6 @@ static void run(struct state *s, struct fz *in)
     }
     while (s->nheld > 0)
         op_push(s, 0);
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-
-/* Waits for another process (a held pop lock, a push not yet linked) end
- * in spins and yields here, not sleeps: a lying pool would otherwise
- * spend most of the run asleep. The pool suite tests the sleeping waits. */
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    pool_set_patient(0);
-    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
