@@ -448,25 +448,23 @@ static void lib_stop(int sig)
 }
 
 /* 'Z': one byte and the rest left as the slices hold it, the request not
- * touched beyond byte 0; 'F' (or anything else): the request copied into
- * the response, piece by piece. */
+ * touched beyond byte 0; 'F' (or anything else): an echo, the request's
+ * own slices sent back (shmipc_stream_forward: nothing copied or read). */
 static void lib_message(shmipc_stream *st, shmipc_msg *m, void *arg)
 {
     (void)arg;
-    int rc = 0;
+    int rc;
     if (m->len > 0 && m->iov[0].len > 0 && m->iov[0].base[0] == REQ_ZERO) {
         static const uint8_t z = REQ_ZERO;
         rc = shmipc_stream_write(st, &z, 1);
         if (rc == 0 && m->len > 1)
             rc = shmipc_stream_advance(st, m->len - 1);
+        shmipc_msg_release(m);
+        if (rc == 0)
+            rc = shmipc_stream_flush(st);
     } else {
-        for (unsigned i = 0; rc == 0 && i < m->niov; i++)
-            if (m->iov[i].len > 0)
-                rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
+        rc = shmipc_stream_forward(st, m);
     }
-    shmipc_msg_release(m);
-    if (rc == 0)
-        rc = shmipc_stream_flush(st);
     if (rc < 0 && rc != SHMIPC_EQFULL) /* a full queue is retried by the server */
         shmipc_stream_discard(st);
 }

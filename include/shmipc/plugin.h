@@ -38,7 +38,7 @@ extern "C" {
 
 #define SHMIPC_PLUGIN_MAGIC 0x53484d50u /* "SHMP" */
 #define SHMIPC_PLUGIN_ABI_MAJOR 1u
-#define SHMIPC_PLUGIN_ABI_MINOR 0u
+#define SHMIPC_PLUGIN_ABI_MINOR 1u /* 1: host->forward */
 #define SHMIPC_PLUGIN_SYMBOL "shmipc_plugin"
 
 /* Log levels for host->log (match shmipcd's). */
@@ -85,7 +85,12 @@ struct shmipc_host_api {
     /* Response: n more bytes left as the pool slices hold them (zero-touch
      * benchmarks; data placed by other means). */
     int (*advance)(struct shmipc_response *resp, size_t n);
-    void *reserved[7];
+    /* Response: the request's bytes, after whatever was written so far.
+     * When they are the whole response, the request's own slices answer:
+     * nothing is copied, and the request stays readable until handle()
+     * returns. Minor 1 (NULL in older hosts). */
+    int (*forward)(struct shmipc_response *resp);
+    void *reserved[6];
 };
 
 struct shmipc_plugin {

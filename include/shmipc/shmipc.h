@@ -81,6 +81,12 @@ SHMIPC_API int shmipc_stream_advance(shmipc_stream *s, size_t n);
  * empty flush sends an empty message). On SHMIPC_EQFULL the data stays
  * pending and a later flush retries it. */
 SHMIPC_API int shmipc_stream_flush(shmipc_stream *s);
+/* Sends a received message on: its bytes after whatever is pending, as one
+ * message (shmipc_stream_write() of each piece, then shmipc_stream_flush()).
+ * When nothing is pending and m came through this stream's pool (an echo,
+ * or a proxy between sessions of one client), m's slices themselves are
+ * published: no byte is copied or read. m is released in every case. */
+SHMIPC_API int shmipc_stream_forward(shmipc_stream *s, shmipc_msg *m);
 /* Drops what was written since the last flush. */
 SHMIPC_API void shmipc_stream_discard(shmipc_stream *s);
 

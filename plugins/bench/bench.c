@@ -4,8 +4,8 @@
  *   'Z'  zero-touch: the response is one byte 'Z' and then len-1 bytes
  *        left as the pool slices hold them (host->advance); the request is
  *        not read beyond byte 0;
- *   'F'  (and anything else) full: the request is copied into the
- *        response, every byte, piece by piece (an echo).
+ *   'F'  (and anything else) full: an echo, the request's own slices
+ *        sent back (host->forward: nothing copied or read).
  * It keeps no state; any number of workers may call it at once.
  */
 #include <stddef.h>
@@ -19,9 +19,9 @@ static void *bench_init(const struct shmipc_host_api *h, const struct shmipc_plu
                         char *errbuf, size_t errlen)
 {
     (void)conf;
-    if (h->size < offsetof(struct shmipc_host_api, advance) + sizeof(h->advance) ||
-        h->advance == NULL) {
-        snprintf(errbuf, errlen, "the host API has no advance(): shmipcd too old");
+    if (h->size < offsetof(struct shmipc_host_api, forward) + sizeof(h->forward) ||
+        h->advance == NULL || h->forward == NULL) {
+        snprintf(errbuf, errlen, "the host API has no advance() or forward(): shmipcd too old");
         return NULL;
     }
     host = h;
@@ -41,14 +41,7 @@ static int bench_handle(void *state, void *thread_state, const struct shmipc_req
         int rc = host->write(resp, &op, 1);
         return rc < 0 || req->len == 1 ? rc : host->advance(resp, req->len - 1);
     }
-    for (unsigned i = 0; i < req->niov; i++) {
-        if (req->iov[i].len == 0)
-            continue;
-        int rc = host->write(resp, req->iov[i].base, req->iov[i].len);
-        if (rc < 0)
-            return rc;
-    }
-    return 0;
+    return host->forward(resp);
 }
 
 SHMIPC_PLUGIN_EXPORT = {

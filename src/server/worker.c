@@ -28,9 +28,28 @@ struct shmipc_response {
     shmipc_stream *st;
     int err;
     size_t bytes;
+    shmipc_msg *req; /* the request being answered */
+    int fwd;         /* the response is the request itself (so far) */
 };
 
-/* ---- the host API ---- */
+/* The request's bytes written into the response (copied). */
+static int copy_request(struct shmipc_response *r)
+{
+    for (unsigned i = 0; i < r->req->niov; i++) {
+        const struct shmipc_iov *v = &r->req->iov[i];
+        int rc = v->len == 0 ? 0 : shmipc_stream_write(r->st, v->base, v->len);
+        if (rc < 0)
+            return r->err = rc;
+    }
+    return 0;
+}
+
+/* A forwarded request followed by more bytes: it is copied after all. */
+static int unforward(struct shmipc_response *r)
+{
+    r->fwd = 0;
+    return copy_request(r);
+}
 
 static void host_log(int level, const char *fmt, ...)
 {
@@ -42,6 +61,8 @@ static void host_log(int level, const char *fmt, ...)
 
 static int host_write(struct shmipc_response *r, const void *data, size_t n)
 {
+    if (r->fwd && unforward(r) < 0)
+        return r->err;
     int rc = shmipc_stream_write(r->st, data, n);
     if (rc < 0)
         r->err = rc;
@@ -52,6 +73,8 @@ static int host_write(struct shmipc_response *r, const void *data, size_t n)
 
 static int host_reserve(struct shmipc_response *r, size_t n, void **ptr)
 {
+    if (r->fwd && unforward(r) < 0)
+        return r->err;
     int rc = shmipc_stream_reserve(r->st, n, ptr);
     if (rc < 0)
         r->err = rc;
@@ -62,12 +85,29 @@ static int host_reserve(struct shmipc_response *r, size_t n, void **ptr)
 
 static int host_advance(struct shmipc_response *r, size_t n)
 {
+    if (r->fwd && unforward(r) < 0)
+        return r->err;
     int rc = shmipc_stream_advance(r->st, n);
     if (rc < 0)
         r->err = rc;
     else
         r->bytes += n;
     return rc;
+}
+
+static int host_forward(struct shmipc_response *r)
+{
+    if (r->err != 0)
+        return r->err;
+    if (r->bytes == 0 && !r->fwd) {
+        r->fwd = 1; /* published by the worker after handle() */
+        r->bytes = r->req->len;
+        return 0;
+    }
+    if ((r->fwd && unforward(r) < 0) || copy_request(r) < 0)
+        return r->err;
+    r->bytes += r->req->len;
+    return 0;
 }
 
 static size_t host_copy(const struct shmipc_request *req, size_t off, void *dst, size_t n)
@@ -112,6 +152,7 @@ void host_api_init(struct shmipc_host_api *h)
     h->conf_float = host_conf_float;
     h->conf_string = host_conf_string;
     h->advance = host_advance;
+    h->forward = host_forward;
 }
 
 /* ---- generations ---- */
@@ -197,16 +238,20 @@ static void handle(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
     void *ts = thread_state(w, g);
     struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
                                  (const struct shmipc_plugin_iov *)m->iov};
-    struct shmipc_response resp = {st, 0, 0};
+    struct shmipc_response resp = {st, 0, 0, m, 0};
     int rc = SHMIPC_EPROTO;
     if (ts != NULL || g->desc->thread_init == NULL)
         rc = g->desc->handle(g->state, ts, &req, &resp);
     size_t in = m->len;
-    shmipc_msg_release(m);
-    if (rc == 0 && resp.err == 0)
-        rc = shmipc_stream_flush(st);
-    else
-        shmipc_stream_discard(st);
+    if (rc == 0 && resp.err == 0 && resp.fwd) {
+        rc = shmipc_stream_forward(st, m);
+    } else {
+        shmipc_msg_release(m);
+        if (rc == 0 && resp.err == 0)
+            rc = shmipc_stream_flush(st);
+        else
+            shmipc_stream_discard(st);
+    }
     p->requests++;
     p->bytes_in += in;
     if ((rc == 0 || rc == SHMIPC_EQFULL) && resp.err == 0) {

@@ -646,14 +646,24 @@ static void rx_msg_recycle(struct rx_msg *m)
     rx_cache.n++;
 }
 
+void rx_msg_unhold(struct rx_msg *m)
+{
+    for (uint32_t i = 0; m->pool != NULL && i < m->nseg; i++)
+        slice_unhold(m->pool, m->offs[i]);
+}
+
 void rx_msg_free(struct rx_msg *m)
 {
     if (m->pool != NULL) {
-        for (uint32_t i = 0; i < m->nseg; i++)
-            slice_unhold(m->pool, m->offs[i]);
+        rx_msg_unhold(m);
         pool_give_many(&m->pool->pool, m->offs, m->nseg);
         pool_ref_put(m->pool);
     }
+    rx_msg_drop(m);
+}
+
+void rx_msg_drop(struct rx_msg *m)
+{
     if (m->iov != m->iov_inline)
         free(m->iov);
     if (m->offs != m->offs_inline)

@@ -235,6 +235,11 @@ int session_over_limit_locked(struct session *s, size_t more);
  * deadline. */
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns);
 void rx_msg_free(struct rx_msg *m);
+/* A message whose slices go on elsewhere (forwarded): clears their held
+ * marks / frees the bookkeeping only, neither the slices nor the pool
+ * reference. */
+void rx_msg_unhold(struct rx_msg *m);
+void rx_msg_drop(struct rx_msg *m);
 void stream_unlink_locked(struct session *s, shmipc_stream *st);
 /* Low-latency mode: claims the receive queue's working flag (so the peer
  * skips its Polling event) and harvests whatever is queued; returns how

@@ -307,6 +307,40 @@ int shmipc_stream_flush(shmipc_stream *st)
     return rc;
 }
 
+int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
+{
+    struct rx_msg *rx = m->priv_;
+    if (rx == NULL)
+        return -EINVAL;
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    int rc = check_writable_locked(st);
+    if (rc == 0 && rx->pool == s->pool && rx->nseg > 0 && st->w.chain.nslices == 0 &&
+        !st->has_unsent && !(st->flags & ST_FALLBACK)) {
+        /* The chain goes back as it came: its links were checked when it
+         * arrived, and the peer is the only one who could have changed
+         * them since (it would only confuse itself). Our held marks go
+         * first, or the peer's next message on these slices would look
+         * like a replay. */
+        uint32_t first = rx->offs[0], len = rx->len;
+        rx_msg_unhold(rx);
+        rc = put_message_locked(st, first, len);
+        if (rc < 0 && rc != SHMIPC_EQFULL) /* not published: still ours */
+            pool_give_many(&s->pool->pool, rx->offs, rx->nseg);
+        pthread_mutex_unlock(&s->mu);
+        pool_ref_put(rx->pool);
+        rx_msg_drop(rx);
+        memset(m, 0, sizeof(*m));
+        return rc;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (unsigned i = 0; rc == 0 && i < m->niov; i++)
+        if (m->iov[i].len > 0)
+            rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
+    shmipc_msg_release(m);
+    return rc == 0 ? shmipc_stream_flush(st) : rc;
+}
+
 /* A blocked stream whose message went out since (its handler flushed
  * again) has nothing owed: flushing it would send an empty message. */
 static int retry_unsent(shmipc_stream *st)

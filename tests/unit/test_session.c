@@ -258,6 +258,8 @@ enum srv_mode {
     SRV_ECHO_CLOSE,    /* answers, logs the stream as closed, closes it */
     SRV_SWALLOW,       /* never answers */
     SRV_HASH,          /* answers with u32 length + u64 FNV-1a of the message */
+    SRV_FORWARD,       /* answers with the message itself (shmipc_stream_forward);
+                          one starting with 'P' gets "pfx" written before it */
 };
 
 #define CTL_LEN 11
@@ -400,6 +402,10 @@ static void h_message(shmipc_stream *st, shmipc_msg *m, void *arg)
         memcpy(out, &len, 4);
         memcpy(out + 4, &h, 8);
         reply(st, out, sizeof(out));
+    } else if (S->mode == SRV_FORWARD) {
+        if (m->len > 0 && m->iov[0].len > 0 && m->iov[0].base[0] == 'P')
+            shmipc_stream_write(st, "pfx", 3);
+        shmipc_stream_forward(st, m);
     } else {
         int rc = 0;
         for (unsigned i = 0; i < m->niov && rc == 0; i++)
@@ -1261,6 +1267,81 @@ out:
     fx_end(&f);
 }
 
+/* A forwarded message goes back in its own slices: the answer's first
+ * piece is the very memory the request was reserved in. The same slices
+ * come round again and again (the server's held marks must be cleared
+ * when it lets them go, or a reuse would look like a replay); a prefix
+ * written first makes the server copy instead. */
+static void test_forward_zero_copy(void)
+{
+    struct fx f;
+    shmipc_stream *st = NULL;
+    uint8_t *want = NULL;
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_FORWARD, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    const size_t big = 3 * MAX_SLICE + 777;
+    REQUIRE((want = pattern(big, 7)) != NULL);
+    unsigned same = 0, rounds = 300;
+    for (unsigned i = 0; i < rounds; i++) {
+        size_t n = i % 3 == 0 ? 1 + i * 97 % 8000 : i % 3 == 1 ? 20000 + i : big;
+        void *p = NULL;
+        size_t first = n < MAX_SLICE ? n : MAX_SLICE;
+        REQUIRE_RC(shmipc_stream_reserve(st, first, &p), 0);
+        memcpy(p, want, first);
+        ((uint8_t *)p)[0] = 'F';
+        if (n > first)
+            REQUIRE_RC(shmipc_stream_write(st, want + first, n - first), 0);
+        REQUIRE_RC(shmipc_stream_flush(st), 0);
+        shmipc_msg m;
+        REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+        CU_ASSERT_EQUAL(m.len, n);
+        same += m.niov > 0 && m.iov[0].base == p;
+        uint8_t *got = malloc(n);
+        if (got != NULL) {
+            CU_ASSERT_EQUAL(shmipc_msg_copy(&m, 0, got, n), n);
+            CU_ASSERT_EQUAL(got[0], 'F');
+            CU_ASSERT(n == 1 || memcmp(got + 1, want + 1, n - 1) == 0);
+            free(got);
+        }
+        shmipc_msg_release(&m);
+    }
+    CU_ASSERT_EQUAL(same, rounds);
+    /* Bytes written before the forward: one message, copied. */
+    uint8_t *req = malloc(big);
+    REQUIRE(req != NULL);
+    memcpy(req, want, big);
+    req[0] = 'P';
+    shmipc_msg m;
+    int rc = shmipc_call(st, req, big, &m, RECV_MS);
+    CU_ASSERT_EQUAL(rc, 0);
+    if (rc == 0) {
+        CU_ASSERT_EQUAL(m.len, big + 3);
+        uint8_t *got = malloc(big + 3);
+        if (got != NULL && m.len == big + 3) {
+            shmipc_msg_copy(&m, 0, got, big + 3);
+            CU_ASSERT(memcmp(got, "pfx", 3) == 0);
+            CU_ASSERT(memcmp(got + 3, req, big) == 0);
+        }
+        free(got);
+        shmipc_msg_release(&m);
+    }
+    free(req);
+    struct shmipc_stats ss;
+    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    CU_ASSERT_EQUAL(ss.protocol_errors, 0);
+    CU_ASSERT_EQUAL(ss.messages_received, rounds + 2);
+    CU_ASSERT_EQUAL(ss.fallbacks_sent, 0);
+out:
+    free(want);
+    if (st != NULL)
+        shmipc_stream_close(st);
+    fx_end(&f);
+}
+
 /* ==== 2. many streams, pooled reuse ==== */
 
 #define NSTREAMS 1000
@@ -1989,6 +2070,7 @@ static const struct test_case cases[] = {
     {"random_server_checksum", test_random_server_checksum},
     {"stream_read_across_messages", test_stream_read_across_messages},
     {"reserve_zero_copy", test_reserve_zero_copy},
+    {"forward_zero_copy", test_forward_zero_copy},
     {"1000_streams_4_sessions", test_1000_streams_4_sessions},
     {"pooled_stream_reuse", test_pooled_stream_reuse},
     {"fallback_memfd", test_fallback_memfd},
