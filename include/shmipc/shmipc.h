@@ -153,6 +153,11 @@ struct shmipc_client_config {
                                  style, shmipc_client_poll with a timeout) polls the
                                  queues this long before sleeping (burns CPU);
                                  default 0 = off */
+    int eager_wakeups;        /* event-loop style: by default the requests a thread
+                                 flushes while handling shmipc_client_poll()'s results
+                                 share one Polling per session, sent by its next
+                                 shmipc_client_poll() (or once 32 wait); 1 sends each
+                                 at its flush */
     int keepalive_ms;         /* send a Polling ping on sessions idle this long, so
                                  a server's idle timeout keeps them; default 0 = off */
     int prefault;             /* touch the pool's pages at creation */
@@ -180,7 +185,9 @@ SHMIPC_API int shmipc_call(shmipc_stream *s, const void *req, size_t n, shmipc_m
 SHMIPC_API void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st);
 
 /* Event-loop style (cfg.no_io_thread = 1; one thread can drive hundreds of
- * streams). shmipc_client_fd() becomes readable when a session has input.
+ * streams). shmipc_client_fd() becomes readable when a session has input,
+ * or when requests flushed since the last poll still owe the server its
+ * wake-up (see eager_wakeups).
  * shmipc_client_poll() reads and harvests every ready session (waiting up
  * to timeout_ms, as epoll_wait, when nothing is pending) and stores up to
  * max streams that got messages or were closed; take their messages with

@@ -231,6 +231,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .queue_full_wait_ms = c->cfg.queue_full_wait_ms,
         .notify_ready = c->cfg.no_io_thread,
         .self_driven = c->cfg.no_io_thread,
+        .defer_wakeups = c->cfg.no_io_thread && !c->cfg.eager_wakeups,
         .spin_us = c->cfg.spin_us,
     };
     pool_ref_get(c->pool);
@@ -238,6 +239,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
     if ((rc = session_new(&scfg, fd, c->pool, &q, &s)) < 0)
         return rc;
     s->owner = c;
+    s->kick_fd = scfg.defer_wakeups ? c->evfd : -1;
     s->index = (int)sl->index;
     sl->sess = s;
     if ((rc = io_register(c, s)) < 0) {
@@ -479,6 +481,17 @@ static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
  * sleeping, holding the working flags so the server skips its Polling.
  * The flags are let go (with the re-check) before returning, so a caller
  * that waits on shmipc_client_fd() instead is still woken. */
+static void ring_all(struct shmipc_client *c)
+{
+    for (unsigned i = 0; i < c->nslots; i++) {
+        struct client_slot *sl = &c->slots[i];
+        pthread_mutex_lock(&sl->mu);
+        if (sl->sess != NULL)
+            session_ring_wakeup(sl->sess);
+        pthread_mutex_unlock(&sl->mu);
+    }
+}
+
 static int spin_collect(struct shmipc_client *c, shmipc_stream **ready, int max)
 {
     uint64_t end = sock_now_ns() + (uint64_t)c->cfg.spin_us * 1000u;
@@ -510,6 +523,10 @@ int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int tim
 {
     if (!c->cfg.no_io_thread || max <= 0)
         return -EINVAL;
+    /* Requests flushed while the last results were handled: one Polling
+     * per session wakes the server for all of them. */
+    session_defer_wakeups(NULL);
+    ring_all(c);
     int n = collect(c, ready, max);
     if (n == 0 && timeout_ms != 0 && c->cfg.spin_us > 0)
         n = spin_collect(c, ready, max);
@@ -519,13 +536,20 @@ int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int tim
         return -errno;
     for (int i = 0; i < k; i++) {
         struct session *s = evs[i].data.ptr;
-        if (s == NULL)
+        if (s == NULL) { /* kicked for a deferred Polling, sent above */
+            uint64_t v;
+            if (read(c->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                return -errno;
             continue;
+        }
         session_on_io(s);
         if (!session_alive(s))
             io_unregister(c, s);
     }
-    return n + collect(c, ready + n, max - n);
+    n += collect(c, ready + n, max - n);
+    if (n > 0)
+        session_defer_wakeups(c);
+    return n;
 }
 
 unsigned shmipc_client_live_sessions(shmipc_client *c)
@@ -543,6 +567,9 @@ void shmipc_client_close(shmipc_client *c)
 {
     if (c == NULL)
         return;
+    session_defer_wakeups(NULL);
+    if (c->cfg.no_io_thread)
+        ring_all(c); /* what was flushed last still reaches the server */
     while (c->nidle > 0)
         shmipc_stream_close(c->idle[--c->nidle]);
     for (unsigned i = 0; c->slots != NULL && i < c->nslots; i++) {

@@ -151,6 +151,7 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     s->refs = 1;
     s->fd = fd;
     s->ep_fd = -1;
+    s->kick_fd = -1;
     s->pool = pool;
     s->qregion = *qregion;
     region_init(qregion);
@@ -490,11 +491,14 @@ int session_over_limit_locked(struct session *s, size_t more)
     return 1;
 }
 
+static int ring_locked(struct session *s);
+
 /* No other thread serves this session: wait for the socket here, and keep
  * reading while waiting so a peer that answers as it reads is not stuck
  * behind a full socket of its own. */
 static int wait_output_self_locked(struct session *s, uint64_t deadline_ns)
 {
+    ring_locked(s); /* the peer may be waiting for it to read what we wait on */
     while (!s->dead && pump_locked(s) >= 0 && s->out_len > 0) {
         uint64_t now = sock_now_ns();
         if (now >= deadline_ns)
@@ -535,14 +539,61 @@ int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
     return s->dead ? (s->err ? s->err : SHMIPC_ECLOSED) : 0;
 }
 
-static int wake_peer_locked(struct session *s)
+static int send_polling_locked(struct session *s)
 {
-    if (!queue_mark_working(&s->qp.send))
-        return 0;
     uint8_t ev[POLLING_LEN];
     ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
     s->stats.wakeups_sent++;
     return session_send_locked(s, ev, sizeof(ev), NULL, 0);
+}
+
+static _Thread_local const void *wake_defer_owner;
+
+void session_defer_wakeups(const void *owner)
+{
+    wake_defer_owner = owner;
+}
+
+static int ring_locked(struct session *s)
+{
+    if (!__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED))
+        return 0;
+    __atomic_store_n(&s->wake_owed, 0, __ATOMIC_RELAXED);
+    s->wake_deferred = 0;
+    return send_polling_locked(s);
+}
+
+int session_ring_wakeup(struct session *s)
+{
+    if (!__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED))
+        return 0;
+    pthread_mutex_lock(&s->mu);
+    int rc = s->dead ? 0 : ring_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* After a message was queued: the peer needs a Polling if it was idle
+ * (its working flag clear, which we now set for it). */
+static int wake_peer_locked(struct session *s)
+{
+    if (!queue_mark_working(&s->qp.send)) {
+        if (__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED) &&
+            ++s->wake_deferred >= WAKE_DEFER_MAX)
+            return ring_locked(s); /* enough waiting: start the peer on them */
+        return 0;
+    }
+    if (s->cfg.defer_wakeups && s->owner != NULL && s->owner == wake_defer_owner) {
+        __atomic_store_n(&s->wake_owed, 1, __ATOMIC_RELAXED);
+        s->wake_deferred = 1;
+        /* A loop that waits on the client's fd (not in its poll) must
+         * still come round to send it. */
+        uint64_t one = 1;
+        if (s->kick_fd >= 0 && write(s->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            return ring_locked(s);
+        return 0;
+    }
+    return send_polling_locked(s);
 }
 
 int session_keepalive(struct session *s)
@@ -571,12 +622,9 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
             return protocol_error(s, rc, "send queue head out of range");
         s->stats.queue_full++;
         /* Make sure the peer is awake to drain what is queued. */
-        if (queue_mark_working(&s->qp.send)) {
-            uint8_t ev[POLLING_LEN];
-            ev_encode_simple(ev, sizeof(ev), s->cfg.version, SHMIPC_EV_POLLING);
-            s->stats.wakeups_sent++;
-            session_send_locked(s, ev, sizeof(ev), NULL, 0);
-        }
+        ring_locked(s);
+        if (queue_mark_working(&s->qp.send))
+            send_polling_locked(s);
         if (tries-- <= 0)
             return SHMIPC_EQFULL;
         pthread_mutex_unlock(&s->mu);

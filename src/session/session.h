@@ -116,6 +116,9 @@ struct session_cfg {
     int spin_us;       /* client: a waiting recv spins on the queue this long */
     int self_driven;   /* no I/O thread: the caller's poll does all the I/O, so
                           waits for the socket are done in place */
+    int defer_wakeups; /* client, self-driven: a flush made by the thread that
+                          is handling a poll's results owes its Polling to the
+                          next poll (see session_defer_wakeups) */
 };
 
 struct session_stats {
@@ -157,6 +160,11 @@ struct session {
     uint64_t last_rx_ns;   /* atomic: when the peer last sent anything */
     uint64_t last_tx_ns;   /* atomic: when we last wrote an event */
     void *owner;           /* the client slot or server that drives it */
+    int wake_owed;         /* we claimed the peer's working flag and owe it a
+                              Polling (cfg.defer_wakeups) */
+    unsigned wake_deferred; /* messages queued since, without a Polling */
+    int kick_fd;           /* eventfd made readable when a Polling is owed, so
+                              the owner's poll comes round to send it */
     int index;             /* session number inside its client */
 };
 
@@ -256,6 +264,19 @@ void session_spin_end(struct session *s);
  * the peer starts on the first while we work on the rest. Returns
  * session_alive(). */
 int session_serve(struct session *s, void (*dispatch)(void *arg), void *arg);
+
+/* Deferred wake-ups (cfg.defer_wakeups). A poll loop handles a batch of
+ * answers and flushes a request for each: one Polling at the end wakes
+ * the peer for all of them. session_defer_wakeups(owner) marks the
+ * calling thread as handling the results of owner's poll: its flushes on
+ * owner's sessions claim the peer's working flag but owe the Polling
+ * (sent once WAKE_DEFER_MAX messages wait, or by session_ring_wakeup(),
+ * which the owner's poll calls: kick_fd tells it to come round); NULL
+ * ends it. Flushes from other threads wake the peer at once. */
+#define WAKE_DEFER_MAX 32
+void session_defer_wakeups(const void *owner);
+/* Sends the Polling the session owes, if any. */
+int session_ring_wakeup(struct session *s);
 
 /* Sends a Polling event as a keepalive (harmless to every peer). */
 int session_keepalive(struct session *s);

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "session/session.h" /* the queues' working flags, for the wake-up tests */
 #include "shmipc/shmipc.h"
 #include "testutil.h"
 
@@ -960,10 +961,17 @@ static void event_loop_on(int spin_us)
         fill(req, SZ, 77);
         REQUIRE_RC(shmipc_stream_write(st[0], req, SZ), 0);
         REQUIRE_RC(shmipc_stream_flush(st[0]), 0);
+        /* As an outside event loop: wait for the fd, poll without
+         * waiting, until the answer is in (the fd may also say that a
+         * deferred Polling is to be sent). */
         struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
-        CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
         shmipc_stream *ready[1];
-        CU_ASSERT_EQUAL(shmipc_client_poll(f.cli, ready, 1, 0), 1);
+        int got = 0;
+        for (int i = 0; i < 100 && got == 0; i++) {
+            CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
+            got = shmipc_client_poll(f.cli, ready, 1, 0);
+        }
+        CU_ASSERT_EQUAL(got, 1);
         CU_ASSERT_EQUAL(shmipc_stream_recv(st[0], &m, 0), 0);
         CU_ASSERT(msg_is(&m, SZ, 77));
         shmipc_msg_release(&m);
@@ -985,6 +993,149 @@ static void test_event_loop_client(void)
 static void test_event_loop_client_spin(void)
 {
     event_loop_on(200);
+}
+
+/* Waits (bounded) until the server is idle: it cleared the working flag
+ * of the queue we send on, so our next message has to wake it. */
+static int peer_idle(shmipc_stream *st)
+{
+    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    while (queue_working(&st->sess->qp.send) != 0) {
+        if (tu_now_ns() >= deadline)
+            return -ETIMEDOUT;
+        usleep(500);
+    }
+    return 0;
+}
+
+static uint64_t polls_sent(shmipc_client *c)
+{
+    struct shmipc_stats s;
+    shmipc_client_stats(c, &s);
+    return s.wakeups_sent;
+}
+
+/* Polls until every stream in st[0..n) has its answer (one message of sz
+ * bytes, seed base + index); 0, or the number of bad or missing ones. */
+static int harvest(shmipc_client *c, shmipc_stream **st, unsigned n, size_t sz, uint64_t base)
+{
+    unsigned got = 0, bad = 0;
+    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    while (got < n && tu_now_ns() < deadline) {
+        shmipc_stream *ready[64];
+        int k = shmipc_client_poll(c, ready, 64, 100);
+        if (k < 0)
+            return (int)n;
+        for (int i = 0; i < k; i++) {
+            shmipc_msg m;
+            while (shmipc_stream_recv(ready[i], &m, 0) == 0) {
+                unsigned idx = 0;
+                while (idx < n && st[idx] != ready[i])
+                    idx++;
+                bad += idx == n || !msg_is(&m, sz, base + idx);
+                shmipc_msg_release(&m);
+                got++;
+            }
+        }
+    }
+    return (int)(bad + (n - got));
+}
+
+static int send_one(shmipc_stream *st, uint8_t *buf, size_t sz, uint64_t seed)
+{
+    fill(buf, sz, seed);
+    int rc = shmipc_stream_write(st, buf, sz);
+    return rc < 0 ? rc : shmipc_stream_flush(st);
+}
+
+struct flush_arg {
+    shmipc_stream *st;
+    uint8_t *buf;
+    int rc;
+};
+
+static void *flush_thread(void *p)
+{
+    struct flush_arg *a = p;
+    a->rc = send_one(a->st, a->buf, 500, 9000);
+    return NULL;
+}
+
+/* Event-loop client: requests flushed while handling a poll's results
+ * share one Polling, sent by the next poll (or when 32 wait); flushes from
+ * another thread, or with eager_wakeups, wake the server at once. */
+static void test_event_loop_deferred_wakeups(void)
+{
+    struct fx f;
+    enum { NST = 40, SZ = 500 };
+    shmipc_stream *st[NST] = {0};
+    uint8_t buf[SZ];
+    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.no_io_thread = 1;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    for (int i = 0; i < NST; i++)
+        REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
+    /* Not inside a poll's results yet: the first flush wakes at once. */
+    REQUIRE_RC(peer_idle(st[0]), 0);
+    uint64_t p0 = polls_sent(f.cli);
+    for (unsigned i = 0; i < 8; i++)
+        REQUIRE_RC(send_one(st[i], buf, SZ, 100 + i), 0);
+    CU_ASSERT(polls_sent(f.cli) > p0);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, 8, SZ, 100), 0);
+    for (unsigned round = 0; round < 5; round++) {
+        /* Inside the results of the poll that just returned. */
+        REQUIRE_RC(peer_idle(st[0]), 0);
+        p0 = polls_sent(f.cli);
+        for (unsigned i = 0; i < 8; i++)
+            REQUIRE_RC(send_one(st[i], buf, SZ, 200 + round * 8 + i), 0);
+        CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
+        CU_ASSERT_EQUAL(harvest(f.cli, st, 8, SZ, 200 + round * 8), 0);
+        CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    }
+    /* 40 in one go: the 32nd does not wait for the poll. */
+    REQUIRE_RC(peer_idle(st[0]), 0);
+    p0 = polls_sent(f.cli);
+    for (unsigned i = 0; i < NST; i++)
+        REQUIRE_RC(send_one(st[i], buf, SZ, 500 + i), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 500), 0);
+    /* Another thread's flush is not the poll loop's: at once. */
+    REQUIRE_RC(peer_idle(st[0]), 0);
+    p0 = polls_sent(f.cli);
+    struct flush_arg a = {st[0], buf, -1};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, flush_thread, &a) == 0);
+    pthread_join(t, NULL);
+    CU_ASSERT_EQUAL(a.rc, 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, 1, 500, 9000), 0);
+    for (int i = 0; i < NST; i++) {
+        shmipc_stream_close(st[i]);
+        st[i] = NULL;
+    }
+    shmipc_client_close(f.cli);
+    f.cli = NULL;
+    /* eager_wakeups: every flush may wake, as with an I/O thread. */
+    cfg.eager_wakeups = 1;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    shmipc_stream *e = NULL;
+    REQUIRE_RC(shmipc_client_get(f.cli, &e), 0);
+    REQUIRE_RC(send_one(e, buf, SZ, 42), 0);
+    CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 42), 0);
+    REQUIRE_RC(peer_idle(e), 0);
+    p0 = polls_sent(f.cli);
+    REQUIRE_RC(send_one(e, buf, SZ, 43), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 43), 0);
+    shmipc_stream_close(e);
+out:
+    for (int i = 0; i < NST; i++)
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+    fx_end(&f);
 }
 
 /* An event-loop client whose messages go by fallback (the pool is too
@@ -2061,6 +2212,7 @@ static const struct test_case cases[] = {
     {"event_loop_client", test_event_loop_client},
     {"event_loop_client_spin", test_event_loop_client_spin},
     {"event_loop_client_fallback", test_event_loop_client_fallback},
+    {"event_loop_deferred_wakeups", test_event_loop_deferred_wakeups},
     {"no_polling_while_handling", test_no_polling_while_handling},
     {"echo_sizes_memfd", test_echo_sizes_memfd},
     {"echo_sizes_file", test_echo_sizes_file},
