@@ -4,7 +4,8 @@
  * server (a forked child running shmipc_server with the bench handler).
  *
  * The one rule: a request is built in place in the shared pool (reserve and
- * fill in full mode; one written byte and advance in zero-touch mode), and a
+ * fill in full mode; in zero-touch mode one reserved slice with byte 0 set,
+ * or for larger sizes one written byte and advance), and a
  * response is checked in place through its views and released before the
  * stream's next request goes out; nothing is copied on the client side.
  */
@@ -174,6 +175,11 @@ static int shm_send(struct shm_client *c, struct shm_slot *s, enum bench_mode mo
             pattern_fill(p, off, k, s->seed);
             off += k;
         }
+    } else if (c->size <= class_cap[2]) { /* one slice: reserved, byte 0 set */
+        void *p;
+        if ((rc = shmipc_stream_reserve(s->st, c->size, &p)) < 0)
+            return rc;
+        *(uint8_t *)p = REQ_ZERO;
     } else {
         static const uint8_t z = REQ_ZERO;
         if ((rc = shmipc_stream_write(s->st, &z, 1)) < 0 ||
@@ -456,9 +462,13 @@ static void lib_message(shmipc_stream *st, shmipc_msg *m, void *arg)
     int rc;
     if (m->len > 0 && m->iov[0].len > 0 && m->iov[0].base[0] == REQ_ZERO) {
         static const uint8_t z = REQ_ZERO;
-        rc = shmipc_stream_write(st, &z, 1);
-        if (rc == 0 && m->len > 1)
+        void *p;
+        if (m->len <= class_cap[2]) { /* one slice: reserved, byte 0 set */
+            if ((rc = shmipc_stream_reserve(st, m->len, &p)) == 0)
+                *(uint8_t *)p = z;
+        } else if ((rc = shmipc_stream_write(st, &z, 1)) == 0) {
             rc = shmipc_stream_advance(st, m->len - 1);
+        }
         shmipc_msg_release(m);
         if (rc == 0)
             rc = shmipc_stream_flush(st);
