@@ -46,6 +46,7 @@ struct shmipc_client {
     pthread_t io;
     int io_started;
     int epfd, evfd;
+    int fd_shared; /* shmipc_client_fd() was called: the caller may wait on it */
     int stopping; /* atomic */
     pthread_mutex_t idle_mu;
     shmipc_stream **idle;
@@ -187,6 +188,17 @@ static int create_pool(struct shmipc_client *c)
 
 static void drop_session(struct shmipc_client *c, struct client_slot *sl);
 
+/* Deferred Pollings make the client fd readable (for a caller that waits
+ * on it rather than in shmipc_client_poll). */
+static void kick_on(struct shmipc_client *c, struct session *s)
+{
+    if (!s->cfg.defer_wakeups)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->kick_fd = c->evfd;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* One connection attempt for a slot: socket, queue, handshake, session. */
 static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
 {
@@ -239,7 +251,8 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
     if ((rc = session_new(&scfg, fd, c->pool, &q, &s)) < 0)
         return rc;
     s->owner = c;
-    s->kick_fd = scfg.defer_wakeups ? c->evfd : -1;
+    if (__atomic_load_n(&c->fd_shared, __ATOMIC_ACQUIRE))
+        kick_on(c, s);
     s->index = (int)sl->index;
     sl->sess = s;
     if ((rc = io_register(c, s)) < 0) {
@@ -457,6 +470,17 @@ void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st)
 
 int shmipc_client_fd(shmipc_client *c)
 {
+    /* Someone may wait on it instead of in our poll: deferred Pollings
+     * must make it readable from now on. */
+    if (!__atomic_exchange_n(&c->fd_shared, 1, __ATOMIC_ACQ_REL)) {
+        for (unsigned i = 0; i < c->nslots; i++) {
+            struct client_slot *sl = &c->slots[i];
+            pthread_mutex_lock(&sl->mu);
+            if (sl->sess != NULL)
+                kick_on(c, sl->sess);
+            pthread_mutex_unlock(&sl->mu);
+        }
+    }
     return c->epfd;
 }
 

@@ -1089,6 +1089,8 @@ static int pump_locked(struct session *s)
                 break;
             }
         }
+        /* Read until EAGAIN even after a short read: the peer's close may
+         * have come with its last bytes, and no new edge would tell. */
         ssize_t n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, MSG_DONTWAIT);
         if (n > 0) {
             s->in_len += (size_t)n;

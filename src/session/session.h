@@ -164,7 +164,8 @@ struct session {
                               Polling (cfg.defer_wakeups) */
     unsigned wake_deferred; /* messages queued since, without a Polling */
     int kick_fd;           /* eventfd made readable when a Polling is owed, so
-                              the owner's poll comes round to send it */
+                              a caller waiting on the owner's fd comes round
+                              to its poll (-1 while nobody took the fd) */
     int index;             /* session number inside its client */
 };
 

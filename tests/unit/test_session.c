@@ -1102,6 +1102,17 @@ static void test_event_loop_deferred_wakeups(void)
         REQUIRE_RC(send_one(st[i], buf, SZ, 500 + i), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 500), 0);
+    /* A caller that took the fd may wait on it rather than in the poll:
+     * the owed Polling makes it readable (nothing else can: the server
+     * has not been woken). */
+    REQUIRE_RC(peer_idle(st[0]), 0);
+    struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
+    p0 = polls_sent(f.cli);
+    REQUIRE_RC(send_one(st[0], buf, SZ, 600), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
+    CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, 1, SZ, 600), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     /* Another thread's flush is not the poll loop's: at once. */
     REQUIRE_RC(peer_idle(st[0]), 0);
     p0 = polls_sent(f.cli);
