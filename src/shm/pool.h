@@ -32,7 +32,7 @@ struct pool_class {
 extern const struct pool_class pool_default_classes[3];
 #define POOL_DEFAULT_SIZE (32u << 20)
 
-#define POOL_CACHE_MAX 16
+#define POOL_CACHE_MAX 64
 
 struct pool_list {
     struct shmipc_list_header *hdr;
