@@ -38,7 +38,7 @@ extern "C" {
 
 #define SHMIPC_PLUGIN_MAGIC 0x53484d50u /* "SHMP" */
 #define SHMIPC_PLUGIN_ABI_MAJOR 1u
-#define SHMIPC_PLUGIN_ABI_MINOR 1u /* 1: host->forward */
+#define SHMIPC_PLUGIN_ABI_MINOR 0u
 #define SHMIPC_PLUGIN_SYMBOL "shmipc_plugin"
 
 /* Log levels for host->log (match shmipcd's). */
@@ -88,7 +88,7 @@ struct shmipc_host_api {
     /* Response: the request's bytes, after whatever was written so far.
      * When they are the whole response, the request's own slices answer:
      * nothing is copied, and the request stays readable until handle()
-     * returns. Minor 1 (NULL in older hosts). */
+     * returns. NULL in hosts older than it: check before use. */
     int (*forward)(struct shmipc_response *resp);
     void *reserved[6];
 };

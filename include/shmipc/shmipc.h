@@ -153,11 +153,6 @@ struct shmipc_client_config {
                                  style, shmipc_client_poll with a timeout) polls the
                                  queues this long before sleeping (burns CPU);
                                  default 0 = off */
-    int eager_wakeups;        /* event-loop style: by default the requests a thread
-                                 flushes while handling shmipc_client_poll()'s results
-                                 share one Polling per session, sent by its next
-                                 shmipc_client_poll() (or once 32 wait); 1 sends each
-                                 at its flush */
     int keepalive_ms;         /* send a Polling ping on sessions idle this long, so
                                  a server's idle timeout keeps them; default 0 = off */
     int prefault;             /* touch the pool's pages at creation */
@@ -168,6 +163,11 @@ struct shmipc_client_config {
         uint32_t slice_bytes;
         uint32_t percent;
     } classes[8];
+    /* Event-loop style: the requests a thread flushes while handling
+     * shmipc_client_poll()'s results share one Polling per session, sent
+     * by that thread's next poll (or when 32 wait, or another thread queues
+     * on the session); eager_wakeups = 1 sends each at its flush. */
+    int eager_wakeups;
 };
 
 typedef struct shmipc_client shmipc_client;

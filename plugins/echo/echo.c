@@ -32,7 +32,7 @@ static int echo_handle(void *state, void *thread_state, const struct shmipc_requ
 {
     (void)thread_state;
     const struct echo_state *s = state;
-    if (s->host->abi_minor >= 1 && s->host->forward != NULL)
+    if (s->host->forward != NULL)
         return s->host->forward(resp); /* the request's own slices answer */
     for (unsigned i = 0; i < req->niov; i++) {
         if (req->iov[i].len == 0)

@@ -34,7 +34,6 @@
  * (the assertion below fails until it does). */
 static const uint32_t desc_size[] = {
     sizeof(struct shmipc_plugin), /* 0 */
-    sizeof(struct shmipc_plugin), /* 1: the host API's forward() */
 };
 _Static_assert(sizeof(desc_size) / sizeof(desc_size[0]) == SHMIPC_PLUGIN_ABI_MINOR + 1,
                "desc_size needs one entry per ABI minor");

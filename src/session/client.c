@@ -46,7 +46,9 @@ struct shmipc_client {
     pthread_t io;
     int io_started;
     int epfd, evfd;
-    int fd_shared; /* shmipc_client_fd() was called: the caller may wait on it */
+    int fd_taken;  /* shmipc_client_fd() was called: the caller may wait on it */
+    int kick_need; /* atomic: FD_TAKEN once it was, plus the threads waiting in
+                      shmipc_client_poll; > 0: deferred Pollings kick evfd */
     int stopping; /* atomic */
     pthread_mutex_t idle_mu;
     shmipc_stream **idle;
@@ -188,18 +190,6 @@ static int create_pool(struct shmipc_client *c)
 
 static void drop_session(struct shmipc_client *c, struct client_slot *sl);
 
-/* Deferred Pollings make the client fd readable (for a caller that waits
- * on it rather than in shmipc_client_poll). */
-static void kick_on(struct shmipc_client *c, struct session *s)
-{
-    if (!s->cfg.defer_wakeups)
-        return;
-    pthread_mutex_lock(&s->mu);
-    s->kick_fd = c->evfd;
-    pthread_mutex_unlock(&s->mu);
-}
-
-/* One connection attempt for a slot: socket, queue, handshake, session. */
 static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
 {
     uint64_t deadline = sock_deadline(c->cfg.connect_timeout_ms);
@@ -251,8 +241,10 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
     if ((rc = session_new(&scfg, fd, c->pool, &q, &s)) < 0)
         return rc;
     s->owner = c;
-    if (__atomic_load_n(&c->fd_shared, __ATOMIC_ACQUIRE))
-        kick_on(c, s);
+    if (scfg.defer_wakeups) {
+        s->kick_fd = c->evfd;
+        s->kick_need = &c->kick_need;
+    }
     s->index = (int)sl->index;
     sl->sess = s;
     if ((rc = io_register(c, s)) < 0) {
@@ -468,23 +460,21 @@ void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st)
     }
 }
 
+#define FD_TAKEN (1 << 20)
+
 int shmipc_client_fd(shmipc_client *c)
 {
     /* Someone may wait on it instead of in our poll: deferred Pollings
-     * must make it readable from now on. */
-    if (!__atomic_exchange_n(&c->fd_shared, 1, __ATOMIC_ACQ_REL)) {
-        for (unsigned i = 0; i < c->nslots; i++) {
-            struct client_slot *sl = &c->slots[i];
-            pthread_mutex_lock(&sl->mu);
-            if (sl->sess != NULL)
-                kick_on(c, sl->sess);
-            pthread_mutex_unlock(&sl->mu);
-        }
+     * make it readable from now on, and one owed already does now. */
+    if (!__atomic_exchange_n(&c->fd_taken, 1, __ATOMIC_ACQ_REL)) {
+        __atomic_add_fetch(&c->kick_need, FD_TAKEN, __ATOMIC_SEQ_CST);
+        uint64_t one = 1;
+        if (write(c->evfd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            log_warn("client: kicking the event fd failed");
     }
     return c->epfd;
 }
 
-/* Streams with news from every session, up to max. */
 static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
 {
     int n = 0;
@@ -548,28 +538,40 @@ int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int tim
     if (!c->cfg.no_io_thread || max <= 0)
         return -EINVAL;
     /* Requests flushed while the last results were handled: one Polling
-     * per session wakes the server for all of them. */
+     * per session wakes the server for all of them. A thread that defers
+     * one while we wait kicks us (counted before the ring, so either the
+     * ring sees its Polling owed or it sees us waiting). */
     session_defer_wakeups(NULL);
+    int waits = timeout_ms != 0;
+    if (waits)
+        __atomic_add_fetch(&c->kick_need, 1, __ATOMIC_SEQ_CST);
     ring_all(c);
     int n = collect(c, ready, max);
-    if (n == 0 && timeout_ms != 0 && c->cfg.spin_us > 0)
+    if (n == 0 && waits && c->cfg.spin_us > 0)
         n = spin_collect(c, ready, max);
     struct epoll_event evs[64];
     int k = epoll_wait(c->epfd, evs, 64, n > 0 ? 0 : timeout_ms);
-    if (k < 0 && errno != EINTR)
-        return -errno;
+    int err = k < 0 && errno != EINTR ? -errno : 0;
+    if (waits)
+        __atomic_sub_fetch(&c->kick_need, 1, __ATOMIC_SEQ_CST);
+    if (err < 0)
+        return err;
+    int kicked = 0;
     for (int i = 0; i < k; i++) {
         struct session *s = evs[i].data.ptr;
-        if (s == NULL) { /* kicked for a deferred Polling, sent above */
+        if (s == NULL) { /* kicked: another thread owes a Polling */
             uint64_t v;
             if (read(c->evfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
                 return -errno;
+            kicked = 1;
             continue;
         }
         session_on_io(s);
         if (!session_alive(s))
             io_unregister(c, s);
     }
+    if (kicked)
+        ring_all(c);
     n += collect(c, ready + n, max - n);
     if (n > 0)
         session_defer_wakeups(c);

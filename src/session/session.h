@@ -64,6 +64,7 @@ struct rx_msg {
     struct shmipc_iov *iov;
     uint32_t *offs;         /* slice offsets to free */
     uint8_t *heap;          /* fallback payload */
+    int trimmed;            /* its start was read by shmipc_stream_read */
     struct shmipc_iov iov_inline[RX_INLINE_SEGS];
     uint32_t offs_inline[RX_INLINE_SEGS];
 };
@@ -163,9 +164,11 @@ struct session {
     int wake_owed;         /* we claimed the peer's working flag and owe it a
                               Polling (cfg.defer_wakeups) */
     unsigned wake_deferred; /* messages queued since, without a Polling */
-    int kick_fd;           /* eventfd made readable when a Polling is owed, so
-                              a caller waiting on the owner's fd comes round
-                              to its poll (-1 while nobody took the fd) */
+    const void *wake_thread; /* the thread that owes it */
+    int kick_fd;           /* the owner's eventfd: made readable when a Polling
+                              is owed and *kick_need > 0 (a thread waits in the
+                              owner's poll, or a caller took its fd) */
+    const int *kick_need;
     int index;             /* session number inside its client */
 };
 
@@ -270,10 +273,11 @@ int session_serve(struct session *s, void (*dispatch)(void *arg), void *arg);
  * answers and flushes a request for each: one Polling at the end wakes
  * the peer for all of them. session_defer_wakeups(owner) marks the
  * calling thread as handling the results of owner's poll: its flushes on
- * owner's sessions claim the peer's working flag but owe the Polling
- * (sent once WAKE_DEFER_MAX messages wait, or by session_ring_wakeup(),
- * which the owner's poll calls: kick_fd tells it to come round); NULL
- * ends it. Flushes from other threads wake the peer at once. */
+ * owner's sessions claim the peer's working flag but owe the Polling,
+ * which is sent once WAKE_DEFER_MAX messages wait, when another thread
+ * queues on the session, by session_ring_wakeup(), or when this thread
+ * calls session_defer_wakeups() for another owner or NULL (or ends).
+ * Flushes from other threads never wait for it. */
 #define WAKE_DEFER_MAX 32
 void session_defer_wakeups(const void *owner);
 /* Sends the Polling the session owes, if any. */

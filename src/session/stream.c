@@ -292,6 +292,9 @@ static int put_message_locked(shmipc_stream *st, uint32_t first, uint32_t len)
     if (rc == 0) {
         st->sess->stats.messages_sent++;
         st->sess->stats.bytes_sent += len;
+    } else {
+        /* Not queued (the session died): the slices are still ours. */
+        pool_free_chain(&st->sess->pool->pool, first);
     }
     return rc;
 }
@@ -315,7 +318,7 @@ int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
     struct session *s = st->sess;
     pthread_mutex_lock(&s->mu);
     int rc = check_writable_locked(st);
-    if (rc == 0 && rx->pool == s->pool && rx->nseg > 0 && st->w.chain.nslices == 0 &&
+    if (rc == 0 && rx->pool == s->pool && rx->nseg > 0 && !rx->trimmed && st->w.chain.nslices == 0 &&
         !st->has_unsent && !(st->flags & ST_FALLBACK)) {
         /* The chain goes back as it came: its links were checked when it
          * arrived, and the peer is the only one who could have changed
@@ -324,9 +327,7 @@ int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
          * like a replay. */
         uint32_t first = rx->offs[0], len = rx->len;
         rx_msg_unhold(rx);
-        rc = put_message_locked(st, first, len);
-        if (rc < 0 && rc != SHMIPC_EQFULL) /* not published: still ours */
-            pool_give_many(&s->pool->pool, rx->offs, rx->nseg);
+        rc = put_message_locked(st, first, len); /* frees the chain if not queued */
         pthread_mutex_unlock(&s->mu);
         pool_ref_put(rx->pool);
         rx_msg_drop(rx);
@@ -424,6 +425,7 @@ static struct rx_msg *take_head_locked(shmipc_stream *st)
     st->rx_count--;
     size_t skip = st->rx_off;
     st->rx_off = 0;
+    m->trimmed |= skip > 0;
     while (skip > 0 && m->nseg > 0) {
         size_t k = skip < m->iov[0].len ? skip : m->iov[0].len;
         m->iov[0].base += k;

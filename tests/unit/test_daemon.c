@@ -1335,8 +1335,9 @@ static void test_forward(void)
     free(got);
     free(twice);
     shmipc_msg_release(&m);
-    /* Fails after forwarding: no answer, counted; the stream goes on. */
-    CHECK_EQ(shmipc_call(st, "F", 1, &m, 300), SHMIPC_ETIMEDOUT);
+    /* Fails after forwarding: no answer (the next message on the stream
+     * is the next request's), counted; the stream goes on. */
+    REQUIRE(shmipc_stream_write(st, "F", 1) == 0 && shmipc_stream_flush(st) == 0);
     CHECK_EQ(fwd_round(st, 'A', want, 5000, "", "", 1), 0);
     char out[65536];
     CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);

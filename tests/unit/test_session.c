@@ -1051,13 +1051,14 @@ static int send_one(shmipc_stream *st, uint8_t *buf, size_t sz, uint64_t seed)
 struct flush_arg {
     shmipc_stream *st;
     uint8_t *buf;
+    uint64_t seed;
     int rc;
 };
 
 static void *flush_thread(void *p)
 {
     struct flush_arg *a = p;
-    a->rc = send_one(a->st, a->buf, 500, 9000);
+    a->rc = send_one(a->st, a->buf, 500, a->seed);
     return NULL;
 }
 
@@ -1102,21 +1103,49 @@ static void test_event_loop_deferred_wakeups(void)
         REQUIRE_RC(send_one(st[i], buf, SZ, 500 + i), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 500), 0);
-    /* A caller that took the fd may wait on it rather than in the poll:
-     * the owed Polling makes it readable (nothing else can: the server
-     * has not been woken). */
+    /* Another thread queues on a session whose Polling we owe: it does
+     * not wait for us, it sends it. */
     REQUIRE_RC(peer_idle(st[0]), 0);
-    struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
     p0 = polls_sent(f.cli);
-    REQUIRE_RC(send_one(st[0], buf, SZ, 600), 0);
+    REQUIRE_RC(send_one(st[0], buf, SZ, 700), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
-    CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
-    CU_ASSERT_EQUAL(harvest(f.cli, st, 1, SZ, 600), 0);
+    struct flush_arg b = {st[1], buf, 701, -1};
+    pthread_t tb;
+    REQUIRE(pthread_create(&tb, NULL, flush_thread, &b) == 0);
+    pthread_join(tb, NULL);
+    CU_ASSERT_EQUAL(b.rc, 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, 2, SZ, 700), 0);
+    /* A caller that takes the fd after the flush, and waits on it rather
+     * than in the poll: the owed Polling makes it readable (nothing else
+     * can: the server has not been woken). Then once more, fd taken. */
+    for (unsigned i = 0; i < 2; i++) {
+        REQUIRE_RC(peer_idle(st[0]), 0);
+        p0 = polls_sent(f.cli);
+        REQUIRE_RC(send_one(st[0], buf, SZ, 600 + i), 0);
+        CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
+        struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
+        CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
+        CU_ASSERT_EQUAL(harvest(f.cli, st, 1, SZ, 600 + i), 0);
+        CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    }
+    /* Turning to another client's poll sends what this thread owes the
+     * first one. */
+    shmipc_client *c2 = NULL;
+    REQUIRE_RC(shmipc_client_open(&cfg, &c2), 0);
+    REQUIRE_RC(peer_idle(st[0]), 0);
+    p0 = polls_sent(f.cli);
+    REQUIRE_RC(send_one(st[0], buf, SZ, 800), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
+    shmipc_stream *none[1];
+    CU_ASSERT_EQUAL(shmipc_client_poll(c2, none, 1, 0), 0);
+    CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
+    shmipc_client_close(c2);
+    CU_ASSERT_EQUAL(harvest(f.cli, st, 1, SZ, 800), 0);
     /* Another thread's flush is not the poll loop's: at once. */
     REQUIRE_RC(peer_idle(st[0]), 0);
     p0 = polls_sent(f.cli);
-    struct flush_arg a = {st[0], buf, -1};
+    struct flush_arg a = {st[0], buf, 9000, -1};
     pthread_t t;
     REQUIRE(pthread_create(&t, NULL, flush_thread, &a) == 0);
     pthread_join(t, NULL);
@@ -1492,10 +1521,35 @@ static void test_forward_zero_copy(void)
         shmipc_msg_release(&m);
     }
     free(req);
+    /* The client forwards what it received: whole, the same slices go
+     * round again; after a partial read, only the rest (copied). */
+    REQUIRE_RC(shmipc_stream_write(st, "AHELLOWORLD", 11), 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    const uint8_t *where = m.iov[0].base;
+    REQUIRE_RC(shmipc_stream_forward(st, &m), 0);
+    CU_ASSERT_PTR_NULL(m.priv_);
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    char txt[16] = "";
+    CU_ASSERT(m.len == 11 && shmipc_msg_copy(&m, 0, txt, 11) == 11 &&
+              memcmp(txt, "AHELLOWORLD", 11) == 0);
+    CU_ASSERT(m.iov[0].base == where);
+    shmipc_msg_release(&m);
+    REQUIRE_RC(shmipc_stream_write(st, "AHELLOWORLD", 11), 0);
+    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    CU_ASSERT_EQUAL(shmipc_stream_read(st, txt, 3, RECV_MS), 3);
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, 8);
+    REQUIRE_RC(shmipc_stream_forward(st, &m), 0);
+    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    memset(txt, 0, sizeof(txt));
+    CU_ASSERT(m.len == 8 && shmipc_msg_copy(&m, 0, txt, 8) == 8 &&
+              memcmp(txt, "LLOWORLD", 8) == 0);
+    shmipc_msg_release(&m);
     struct shmipc_stats ss;
     REQUIRE_RC(srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
-    CU_ASSERT_EQUAL(ss.messages_received, rounds + 2);
+    CU_ASSERT_EQUAL(ss.messages_received, rounds + 6);
     CU_ASSERT_EQUAL(ss.fallbacks_sent, 0);
 out:
     free(want);
