@@ -3,7 +3,7 @@
  * servers, the row loop, table/JSON/plot), bench_shm.c (the shmipc client
  * rows and the library server), bench_sock.c (the unix-socket and TCP
  * baseline: server and client), bench_util.c (payload pattern, latency
- * percentiles, clocks, CPU accounting, child processes).
+ * percentiles, clocks, CPU accounting, the row phases, child processes).
  *
  * The one rule: every transport runs the same loop shape (one client thread
  * driving C requests in flight, warm-up, a timed window, a drain) and the
@@ -114,6 +114,52 @@ void child_kill_all(void);
 void child_die_with_parent(pid_t parent);
 /* 1 while pid has not exited (reaps it when it has). */
 int child_alive(pid_t pid);
+
+/* The phases of one row, the same for every transport: the transport's
+ * loop sends, polls and checks; these say what a completion counts for and
+ * when the timed window opens and closes, so that every transport is timed
+ * by the same code. */
+enum row_phase { PH_WARM, PH_MEASURE, PH_DRAIN };
+
+struct row_snap {
+    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, sleeps;
+};
+
+struct row_run {
+    const struct row_params *p;
+    struct row_result *r;
+    const char *unit; /* "stream" or "connection", for messages */
+    unsigned conc;
+    /* The transport's count of wake-ups so far, read at each snapshot. */
+    uint64_t (*wakeups)(void *arg);
+    void *arg;
+    struct lat lat;
+    enum row_phase ph;
+    uint64_t row0, warm_end;
+    uint64_t end;         /* PH_MEASURE: the window's end; PH_DRAIN: the drain's start */
+    struct row_snap a, b; /* the timed window's two ends */
+    unsigned inflight, warmed;
+};
+
+/* Starts a row of p->conc requests in flight: clears *r and fills what the
+ * parameters say. Returns 0 or -ENOMEM; on success row_end must follow. */
+int row_begin(struct row_run *w, const struct row_params *p, struct row_result *r,
+              unsigned sessions, const char *unit, uint64_t (*wakeups)(void *), void *arg);
+/* At the top of each turn of the loop: opens or closes the timed window by
+ * the clock, gives up on a warm-up or drain that takes too long. Returns
+ * the time, or 0 when the loop must end now. */
+uint64_t row_tick(struct row_run *w);
+/* Ends the timed window (if open) at t, or the warm-up on an error. t == 0:
+ * at the moment after the snapshot (a send that failed may have blocked). */
+void row_stop(struct row_run *w, uint64_t t);
+/* A response to a request sent at t0 arrived whole at t; *warmed is the
+ * request slot's flag. 1 when the slot should send its next request. */
+int row_complete(struct row_run *w, int *warmed, uint64_t t0, uint64_t t);
+/* A response that did not match its request; reported once per row. */
+void row_bad_response(struct row_run *w, unsigned idx, size_t size);
+/* Fills the row's measurements from the window's snapshots and latencies,
+ * frees them. Returns 0, or -EIO when the row had errors. */
+int row_end(struct row_run *w);
 
 /* Progress line on stderr (a rewritten line on a terminal). */
 void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -208,41 +208,55 @@ static int shm_check(const struct shm_client *c, const struct shm_slot *s, const
     return 1;
 }
 
-enum phase { PH_WARM, PH_MEASURE, PH_DRAIN };
-
-struct snap {
-    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, sleeps;
-};
-
-static void take_snap(struct shm_client *c, pid_t srv, struct snap *sn)
+static uint64_t shm_wakeups(void *arg)
 {
+    struct shm_client *c = arg;
     struct shmipc_stats st;
     shmipc_client_stats(c->c, &st);
-    sn->wakeups = st.wakeups_sent + st.wakeups_received;
-    sn->cpu_self = self_cpu_ns();
-    sn->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
-    sn->cpu_all = system_busy_ns();
-    sn->sleeps = self_sleeps() + (srv > 0 ? proc_sleeps(srv) : 0);
+    return st.wakeups_sent + st.wakeups_received;
 }
 
-#define WARM_CAP_NS (60ull * 1000000000ull)
-#define DRAIN_CAP_NS (30ull * 1000000000ull)
+/* Takes the responses waiting on one ready stream and sends each slot's
+ * next request. */
+static void shm_serve_ready(struct shm_client *c, struct row_run *w, struct shm_slot *s)
+{
+    shmipc_msg m;
+    int rc;
+    while ((rc = shmipc_stream_recv(s->st, &m, 0)) == 0) {
+        int ok = s->busy && shm_check(c, s, &m, w->p->mode);
+        shmipc_msg_release(&m);
+        uint64_t t = now_ns();
+        if (!ok)
+            row_bad_response(w, s->idx, c->size);
+        if (!s->busy)
+            continue;
+        s->busy = 0;
+        if (!row_complete(w, &s->warmed, s->t0, t))
+            continue;
+        if ((rc = shm_send(c, s, w->p->mode, t)) < 0) {
+            fprintf(stderr, "shmipc-bench: send on stream %u: %s\n", s->idx, shmipc_strerror(rc));
+            w->r->errors++;
+            row_stop(w, 0);
+            continue;
+        }
+        w->inflight++;
+    }
+    if (rc != SHMIPC_ETIMEDOUT) {
+        fprintf(stderr, "shmipc-bench: stream %u: %s\n", s->idx, shmipc_strerror(rc));
+        w->r->errors++;
+        if (s->busy) {
+            s->busy = 0;
+            w->inflight--;
+        }
+        row_stop(w, 0);
+    }
+}
 
 int shm_row(struct shm_client *c, const struct row_params *p, struct row_result *r)
 {
-    struct lat lat;
-    if (lat_init(&lat, (size_t)(p->ms > 0 ? p->ms : 1) * 1000) < 0)
+    struct row_run w;
+    if (row_begin(&w, p, r, c->sessions, "stream", shm_wakeups, c) < 0)
         return -ENOMEM;
-    memset(r, 0, sizeof(*r));
-    r->mode = p->mode;
-    r->size = p->size;
-    r->conc = p->conc;
-    r->sessions = c->sessions;
-    enum phase ph = PH_WARM;
-    uint64_t t = now_ns(), row0 = t, warm_end = t + (uint64_t)p->warm_ms * 1000000u, end = 0;
-    struct snap a = {0}, b = {0};
-    unsigned inflight = 0, warmed = 0;
-    int failed = 0;
     struct shmipc_stats st0, st1;
     shmipc_client_stats(c->c, &st0);
     for (unsigned i = 0; i < c->conc; i++) {
@@ -252,135 +266,28 @@ int shm_row(struct shm_client *c, const struct row_params *p, struct row_result 
         if (rc < 0) {
             fprintf(stderr, "shmipc-bench: send on stream %u: %s\n", i, shmipc_strerror(rc));
             r->errors++;
-            failed = 1;
+            row_stop(&w, w.row0);
             break;
         }
-        inflight++;
+        w.inflight++;
     }
-    if (failed)
-        ph = PH_DRAIN;
-    while (ph != PH_DRAIN || inflight > 0) {
-        t = now_ns();
-        if (ph == PH_WARM && warmed == c->conc && t >= warm_end) {
-            ph = PH_MEASURE;
-            take_snap(c, p->server_pid, &a);
-            a.t = t = now_ns();
-            end = t + (uint64_t)p->ms * 1000000u;
-        } else if (ph == PH_WARM && t - row0 > WARM_CAP_NS) {
-            fprintf(stderr,
-                    "shmipc-bench: warm-up did not finish in 60 s (%u of %u streams "
-                    "answered)\n",
-                    warmed, c->conc);
-            r->errors++;
-            ph = PH_DRAIN;
-        }
-        if ((ph == PH_MEASURE && t >= end) || (bench_stop && ph != PH_DRAIN)) {
-            take_snap(c, p->server_pid, &b);
-            b.t = t;
-            ph = PH_DRAIN;
-            end = t; /* the drain's deadline counts from here */
-        }
-        if (ph == PH_DRAIN && t - (end ? end : row0) > DRAIN_CAP_NS) {
-            fprintf(stderr, "shmipc-bench: %u responses missing 30 s after the row\n", inflight);
-            r->errors += inflight;
+    while (w.ph != PH_DRAIN || w.inflight > 0) {
+        if (row_tick(&w) == 0)
             break;
-        }
         int n = shmipc_client_poll(c->c, c->ready, (int)c->conc, 50);
         if (n < 0) {
             fprintf(stderr, "shmipc-bench: shmipc_client_poll: %s\n", shmipc_strerror(n));
             r->errors++;
             break;
         }
-        for (int i = 0; i < n; i++) {
-            struct shm_slot *s = shmipc_stream_user(c->ready[i]);
-            shmipc_msg m;
-            int rc;
-            while ((rc = shmipc_stream_recv(s->st, &m, 0)) == 0) {
-                int ok = s->busy && shm_check(c, s, &m, p->mode);
-                shmipc_msg_release(&m);
-                t = now_ns();
-                if (!ok) {
-                    if (r->errors++ == 0)
-                        fprintf(stderr,
-                                "shmipc-bench: stream %u: bad response (mode %s, "
-                                "size %zu)\n",
-                                s->idx, p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
-                }
-                if (!s->busy)
-                    continue;
-                s->busy = 0;
-                inflight--;
-                if (ph == PH_MEASURE && t >= end) {
-                    take_snap(c, p->server_pid, &b);
-                    b.t = t;
-                    ph = PH_DRAIN;
-                    end = t;
-                }
-                if (ph == PH_MEASURE) {
-                    r->ops++;
-                    lat_add(&lat, t - s->t0);
-                } else if (ph == PH_WARM && !s->warmed) {
-                    s->warmed = 1;
-                    warmed++;
-                }
-                if (ph == PH_DRAIN)
-                    continue;
-                if ((rc = shm_send(c, s, p->mode, t)) < 0) {
-                    fprintf(stderr, "shmipc-bench: send on stream %u: %s\n", s->idx,
-                            shmipc_strerror(rc));
-                    r->errors++;
-                    take_snap(c, p->server_pid, &b);
-                    b.t = end = now_ns(); /* the send may have blocked */
-                    ph = PH_DRAIN;
-                    continue;
-                }
-                inflight++;
-            }
-            if (rc != SHMIPC_ETIMEDOUT) {
-                fprintf(stderr, "shmipc-bench: stream %u: %s\n", s->idx, shmipc_strerror(rc));
-                r->errors++;
-                if (s->busy) {
-                    s->busy = 0;
-                    inflight--;
-                }
-                if (ph != PH_DRAIN) {
-                    take_snap(c, p->server_pid, &b);
-                    b.t = now_ns();
-                    ph = PH_DRAIN;
-                    end = b.t;
-                }
-            }
-        }
-    }
-    if (a.t != 0 && b.t > a.t) {
-        r->wall_s = (double)(b.t - a.t) / 1e9;
-        if (r->ops > 0) {
-            double ops = (double)r->ops;
-            r->ns_per_op = (double)(b.t - a.t) / ops;
-            r->wakeups_per_op = (double)(b.wakeups - a.wakeups) / ops;
-            r->sleeps_per_op = (double)(b.sleeps - a.sleeps) / ops;
-            r->cpu_client_us = (double)(b.cpu_self - a.cpu_self) / 1000.0 / ops;
-            r->cpu_server_us =
-                p->server_pid > 0 ? (double)(b.cpu_srv - a.cpu_srv) / 1000.0 / ops : -1.0;
-        }
-        double other = (double)(b.cpu_all - a.cpu_all) - (double)(b.cpu_self - a.cpu_self) -
-                       (double)(b.cpu_srv - a.cpu_srv);
-        r->other_cpu_pct = other > 0 ? 100.0 * other / (double)(b.t - a.t) : 0.0;
-    } else if (r->errors == 0) {
-        r->errors++; /* stopped before the timed window began */
-    }
-    if (r->ops == 0 && r->errors == 0) {
-        fprintf(stderr, "shmipc-bench: no round trip completed in the %d ms window\n", p->ms);
-        r->errors++;
+        for (int i = 0; i < n; i++)
+            shm_serve_ready(c, &w, shmipc_stream_user(c->ready[i]));
     }
     /* Over the whole row: a stream that fell back in the warm-up stays so. */
     shmipc_client_stats(c->c, &st1);
     r->fallbacks =
         st1.fallbacks_sent + st1.fallbacks_received - st0.fallbacks_sent - st0.fallbacks_received;
-    r->p50_us = lat_pct_us(&lat, 0.50);
-    r->p99_us = lat_pct_us(&lat, 0.99);
-    lat_free(&lat);
-    return r->errors ? -EIO : 0;
+    return row_end(&w);
 }
 
 /* ---- probe: one request of each mode through a blocking-style client ---- */

@@ -314,6 +314,7 @@ struct sock_client {
     unsigned conc;
     struct cconn *conns;
     struct epoll_event *evs;
+    uint64_t wakeups; /* epoll_wait calls that returned events, this row */
 };
 
 void sock_client_close(struct sock_client *c)
@@ -480,162 +481,82 @@ static int sock_check(const struct sock_client *c, const struct cconn *k, enum b
     return mode == MODE_ZERO || pattern_check(k->buf + 4, 0, c->size, k->seed);
 }
 
-enum phase { PH_WARM, PH_MEASURE, PH_DRAIN };
-
-struct snap {
-    uint64_t t, cpu_self, cpu_srv, cpu_all, wakeups, sleeps;
-};
-
-static void take_snap(struct snap *x, pid_t srv, uint64_t wakeups)
+static uint64_t sock_wakeups(void *arg)
 {
-    x->cpu_self = self_cpu_ns();
-    x->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
-    x->cpu_all = system_busy_ns();
-    x->wakeups = wakeups;
-    x->sleeps = self_sleeps() + (srv > 0 ? proc_sleeps(srv) : 0);
-    x->t = now_ns();
+    const struct sock_client *c = arg;
+    return c->wakeups;
 }
 
-/* Ends the timed window (if open) at t, or the warm-up on an error. */
-static void stop_measure(enum phase *ph, struct snap *b, uint64_t *end, uint64_t t, pid_t srv,
-                         uint64_t wakeups)
+/* One epoll event on a connection: moves its request out or its response
+ * in, and once the response is whole sends the next request. *t is the
+ * latest time the loop took: a completion moves it on, and an error on a
+ * later event of the same batch ends the window there. */
+static void sock_serve_event(struct sock_client *c, struct row_run *w, struct cconn *k,
+                             uint32_t events, uint64_t *t)
 {
-    if (*ph == PH_DRAIN)
-        return;
-    take_snap(b, srv, wakeups);
-    if (*ph == PH_MEASURE)
-        b->t = t;
-    *ph = PH_DRAIN;
-    *end = t;
+    int rc = 0;
+    if (k->state == C_SEND) {
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+            rc = pump_send(c, k);
+        if (rc == 0 && (k->state != C_RECV || !(events & EPOLLIN)))
+            return;
+    }
+    if (rc == 0 && (rc = pump_recv(c, k)) == 1) {
+        int ok = k->busy && sock_check(c, k, w->p->mode);
+        *t = now_ns();
+        if (!ok)
+            row_bad_response(w, k->idx, c->size);
+        k->busy = 0;
+        if (!row_complete(w, &k->warmed, k->t0, *t))
+            return;
+        rc = sock_send(c, k, w->p->mode, *t);
+        w->inflight++;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "shmipc-bench: connection %u: %s\n", k->idx, strerror(-rc));
+        w->r->errors++;
+        if (k->busy) {
+            k->busy = 0;
+            w->inflight--;
+        }
+        epoll_ctl(c->ep, EPOLL_CTL_DEL, k->fd, NULL);
+        row_stop(w, *t);
+    }
 }
-
-#define WARM_CAP_NS (60ull * 1000000000ull)
-#define DRAIN_CAP_NS (30ull * 1000000000ull)
 
 int sock_row(struct sock_client *c, const struct row_params *p, struct row_result *r)
 {
-    struct lat lat;
-    if (lat_init(&lat, (size_t)(p->ms > 0 ? p->ms : 1) * 1000) < 0)
+    struct row_run w;
+    if (row_begin(&w, p, r, c->conc, "connection", sock_wakeups, c) < 0)
         return -ENOMEM;
-    memset(r, 0, sizeof(*r));
-    r->mode = p->mode;
-    r->size = p->size;
-    r->conc = p->conc;
-    r->sessions = c->conc;
-    enum phase ph = PH_WARM;
-    uint64_t t = now_ns(), row0 = t, warm_end = t + (uint64_t)p->warm_ms * 1000000u, end = 0;
-    uint64_t wakeups = 0;
-    struct snap a = {0}, b = {0};
-    unsigned inflight = 0, warmed = 0;
+    c->wakeups = 0;
     for (unsigned i = 0; i < c->conc; i++) {
         struct cconn *k = &c->conns[i];
         k->warmed = k->busy = 0;
         int rc = sock_send(c, k, p->mode, now_ns());
-        inflight++;
+        w.inflight++;
         if (rc < 0) {
             fprintf(stderr, "shmipc-bench: send on connection %u: %s\n", i, strerror(-rc));
             r->errors++;
             k->busy = 0;
-            inflight--;
-            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
+            w.inflight--;
+            row_stop(&w, w.row0);
             break;
         }
     }
-    while (ph != PH_DRAIN || inflight > 0) {
-        t = now_ns();
-        if (ph == PH_WARM && warmed == c->conc && t >= warm_end) {
-            ph = PH_MEASURE;
-            take_snap(&a, p->server_pid, wakeups);
-            t = a.t;
-            end = t + (uint64_t)p->ms * 1000000u;
-        } else if (ph == PH_WARM && t - row0 > WARM_CAP_NS) {
-            fprintf(stderr, "shmipc-bench: warm-up did not finish in 60 s\n");
-            r->errors++;
-            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
-        }
-        if ((ph == PH_MEASURE && t >= end) || (bench_stop && ph != PH_DRAIN))
-            stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
-        if (ph == PH_DRAIN && t - (end ? end : row0) > DRAIN_CAP_NS) {
-            fprintf(stderr, "shmipc-bench: %u responses missing 30 s after the row\n", inflight);
-            r->errors += inflight;
+    uint64_t t;
+    while (w.ph != PH_DRAIN || w.inflight > 0) {
+        if ((t = row_tick(&w)) == 0)
             break;
-        }
         int n = epoll_wait(c->ep, c->evs, (int)c->conc, 50);
         if (n < 0 && errno != EINTR) {
             r->errors++;
             break;
         }
         if (n > 0)
-            wakeups++;
-        for (int i = 0; i < n; i++) {
-            struct cconn *k = c->evs[i].data.ptr;
-            int rc = 0;
-            if (k->state == C_SEND) {
-                if (c->evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
-                    rc = pump_send(c, k);
-                if (rc == 0 && (k->state != C_RECV || !(c->evs[i].events & EPOLLIN)))
-                    goto next;
-            }
-            if (rc == 0 && (rc = pump_recv(c, k)) == 1) {
-                int ok = k->busy && sock_check(c, k, p->mode);
-                t = now_ns();
-                if (!ok && r->errors++ == 0)
-                    fprintf(stderr,
-                            "shmipc-bench: connection %u: bad response (mode %s, size "
-                            "%zu)\n",
-                            k->idx, p->mode == MODE_FULL ? "full" : "zero-touch", c->size);
-                k->busy = 0;
-                inflight--;
-                if (ph == PH_MEASURE && t >= end)
-                    stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
-                if (ph == PH_MEASURE) {
-                    r->ops++;
-                    lat_add(&lat, t - k->t0);
-                } else if (ph == PH_WARM && !k->warmed) {
-                    k->warmed = 1;
-                    warmed++;
-                }
-                if (ph == PH_DRAIN)
-                    goto next;
-                rc = sock_send(c, k, p->mode, t);
-                inflight++;
-            }
-            if (rc < 0) {
-                fprintf(stderr, "shmipc-bench: connection %u: %s\n", k->idx, strerror(-rc));
-                r->errors++;
-                if (k->busy) {
-                    k->busy = 0;
-                    inflight--;
-                }
-                epoll_ctl(c->ep, EPOLL_CTL_DEL, k->fd, NULL);
-                stop_measure(&ph, &b, &end, t, p->server_pid, wakeups);
-            }
-        next:;
-        }
+            c->wakeups++;
+        for (int i = 0; i < n; i++)
+            sock_serve_event(c, &w, c->evs[i].data.ptr, c->evs[i].events, &t);
     }
-    if (a.t != 0 && b.t > a.t) {
-        r->wall_s = (double)(b.t - a.t) / 1e9;
-        if (r->ops > 0) {
-            double ops = (double)r->ops;
-            r->ns_per_op = (double)(b.t - a.t) / ops;
-            r->wakeups_per_op = (double)(b.wakeups - a.wakeups) / ops;
-            r->sleeps_per_op = (double)(b.sleeps - a.sleeps) / ops;
-            r->cpu_client_us = (double)(b.cpu_self - a.cpu_self) / 1000.0 / ops;
-            r->cpu_server_us =
-                p->server_pid > 0 ? (double)(b.cpu_srv - a.cpu_srv) / 1000.0 / ops : -1.0;
-        }
-        double other = (double)(b.cpu_all - a.cpu_all) - (double)(b.cpu_self - a.cpu_self) -
-                       (double)(b.cpu_srv - a.cpu_srv);
-        r->other_cpu_pct = other > 0 ? 100.0 * other / (double)(b.t - a.t) : 0.0;
-    } else if (r->errors == 0) {
-        r->errors++; /* stopped before the timed window began */
-    }
-    if (r->ops == 0 && r->errors == 0) {
-        fprintf(stderr, "shmipc-bench: no round trip completed in the %d ms window\n", p->ms);
-        r->errors++;
-    }
-    r->p50_us = lat_pct_us(&lat, 0.50);
-    r->p99_us = lat_pct_us(&lat, 0.99);
-    lat_free(&lat);
-    return r->errors ? -EIO : 0;
+    return row_end(&w);
 }

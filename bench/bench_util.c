@@ -1,7 +1,8 @@
 /*
  * shmipc-bench helpers: the payload pattern every transport fills and
- * checks, latency percentiles, clocks and CPU accounting, child processes
- * (tracked so that no exit path leaves one running), the progress line.
+ * checks, latency percentiles, clocks and CPU accounting, the phases every
+ * transport's row loop goes through, child processes (tracked so that no
+ * exit path leaves one running), the progress line.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -301,6 +302,137 @@ void lat_free(struct lat *l)
     free(l->v);
     l->v = NULL;
     l->n = l->cap = 0;
+}
+
+/* ---- the phases of a row ---- */
+
+#define WARM_CAP_NS (60ull * 1000000000ull)
+#define DRAIN_CAP_NS (30ull * 1000000000ull)
+
+int row_begin(struct row_run *w, const struct row_params *p, struct row_result *r,
+              unsigned sessions, const char *unit, uint64_t (*wakeups)(void *), void *arg)
+{
+    memset(w, 0, sizeof(*w));
+    if (lat_init(&w->lat, (size_t)(p->ms > 0 ? p->ms : 1) * 1000) < 0)
+        return -ENOMEM;
+    memset(r, 0, sizeof(*r));
+    r->mode = p->mode;
+    r->size = p->size;
+    r->conc = p->conc;
+    r->sessions = sessions;
+    w->p = p;
+    w->r = r;
+    w->unit = unit;
+    w->conc = p->conc;
+    w->wakeups = wakeups;
+    w->arg = arg;
+    w->ph = PH_WARM;
+    w->row0 = now_ns();
+    w->warm_end = w->row0 + (uint64_t)p->warm_ms * 1000000u;
+    return 0;
+}
+
+/* x->t is the moment after the snapshot: a window that opens there does
+ * not count the snapshot's own /proc reads. */
+static void row_snap(struct row_run *w, struct row_snap *x)
+{
+    pid_t srv = w->p->server_pid;
+    x->wakeups = w->wakeups(w->arg);
+    x->cpu_self = self_cpu_ns();
+    x->cpu_srv = srv > 0 ? proc_cpu_ns(srv) : 0;
+    x->cpu_all = system_busy_ns();
+    x->sleeps = self_sleeps() + (srv > 0 ? proc_sleeps(srv) : 0);
+    x->t = now_ns();
+}
+
+void row_stop(struct row_run *w, uint64_t t)
+{
+    if (w->ph == PH_DRAIN)
+        return;
+    row_snap(w, &w->b);
+    if (t == 0)
+        t = w->b.t;
+    if (w->ph == PH_MEASURE)
+        w->b.t = t;
+    w->ph = PH_DRAIN;
+    w->end = t; /* the drain's deadline counts from here */
+}
+
+uint64_t row_tick(struct row_run *w)
+{
+    uint64_t t = now_ns();
+    if (w->ph == PH_WARM && w->warmed == w->conc && t >= w->warm_end) {
+        w->ph = PH_MEASURE;
+        row_snap(w, &w->a);
+        t = w->a.t;
+        w->end = t + (uint64_t)w->p->ms * 1000000u;
+    } else if (w->ph == PH_WARM && t - w->row0 > WARM_CAP_NS) {
+        fprintf(stderr, "shmipc-bench: warm-up did not finish in 60 s (%u of %u %ss answered)\n",
+                w->warmed, w->conc, w->unit);
+        w->r->errors++;
+        row_stop(w, t);
+    }
+    if ((w->ph == PH_MEASURE && t >= w->end) || (bench_stop && w->ph != PH_DRAIN))
+        row_stop(w, t);
+    if (w->ph == PH_DRAIN && t - (w->end ? w->end : w->row0) > DRAIN_CAP_NS) {
+        fprintf(stderr, "shmipc-bench: %u responses missing 30 s after the row\n", w->inflight);
+        w->r->errors += w->inflight;
+        return 0;
+    }
+    return t;
+}
+
+int row_complete(struct row_run *w, int *warmed, uint64_t t0, uint64_t t)
+{
+    w->inflight--;
+    if (w->ph == PH_MEASURE && t >= w->end)
+        row_stop(w, t);
+    if (w->ph == PH_MEASURE) {
+        w->r->ops++;
+        lat_add(&w->lat, t - t0);
+    } else if (w->ph == PH_WARM && !*warmed) {
+        *warmed = 1;
+        w->warmed++;
+    }
+    return w->ph != PH_DRAIN;
+}
+
+void row_bad_response(struct row_run *w, unsigned idx, size_t size)
+{
+    if (w->r->errors++ == 0)
+        fprintf(stderr, "shmipc-bench: %s %u: bad response (mode %s, size %zu)\n", w->unit, idx,
+                w->p->mode == MODE_FULL ? "full" : "zero-touch", size);
+}
+
+int row_end(struct row_run *w)
+{
+    struct row_result *r = w->r;
+    const struct row_snap *a = &w->a, *b = &w->b;
+    if (a->t != 0 && b->t > a->t) {
+        r->wall_s = (double)(b->t - a->t) / 1e9;
+        if (r->ops > 0) {
+            double ops = (double)r->ops;
+            r->ns_per_op = (double)(b->t - a->t) / ops;
+            r->wakeups_per_op = (double)(b->wakeups - a->wakeups) / ops;
+            r->sleeps_per_op = (double)(b->sleeps - a->sleeps) / ops;
+            r->cpu_client_us = (double)(b->cpu_self - a->cpu_self) / 1000.0 / ops;
+            r->cpu_server_us =
+                w->p->server_pid > 0 ? (double)(b->cpu_srv - a->cpu_srv) / 1000.0 / ops : -1.0;
+        }
+        double other = (double)(b->cpu_all - a->cpu_all) - (double)(b->cpu_self - a->cpu_self) -
+                       (double)(b->cpu_srv - a->cpu_srv);
+        r->other_cpu_pct = other > 0 ? 100.0 * other / (double)(b->t - a->t) : 0.0;
+    } else if (r->errors == 0) {
+        r->errors++; /* stopped before the timed window began */
+    }
+    if (r->ops == 0 && r->errors == 0) {
+        fprintf(stderr, "shmipc-bench: no round trip completed in the %d ms window\n", w->p->ms);
+        r->errors++;
+    }
+    r->p50_us = lat_pct_us(&w->lat, 0.50);
+    r->p99_us = lat_pct_us(&w->lat, 0.99);
+    lat_free(&w->lat);
+    return r->errors ? -EIO : 0;
 }
 
 /* ---- children ---- */

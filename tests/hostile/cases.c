@@ -85,47 +85,131 @@ static const char *map_failed(int code)
     return why2("mapping the shared memory failed", code);
 }
 
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
 /* ---- expectations ---- */
 
-/* An established session the server must close for `why` within ms. */
-static void expect_close_within(struct case_ctx *c, struct evil *e, const char *label,
-                                const char *why, int ms)
+/* The server must end a bad session for `why` within ms: close it, or
+ * (refused) turn its handshake down, which closes the socket too. */
+static void expect_end(struct case_ctx *c, struct evil *e, const char *label, int refused,
+                       const char *why, int ms)
 {
-    c->closed++;
-    case_expect_reason(c, 1, "closed: %s", why);
-    snprintf(c->outcome, sizeof(c->outcome), "closed");
+    const char *how = refused ? "refused" : "closed";
+    if (refused)
+        c->hs_refused++;
+    else
+        c->closed++;
+    case_expect_reason(c, 1, "%s: %s", how, why);
+    snprintf(c->outcome, sizeof(c->outcome), "%s", how);
     if (!evil_wait_closed(e, ms))
-        case_fail(c, "%s: the session is still open %d ms later", label, ms);
+        case_fail(c, "%s: the %s is still open %d ms later", label,
+                  refused ? "connection" : "session", ms);
     evil_close(e);
 }
 
 static void expect_close(struct case_ctx *c, struct evil *e, const char *label, const char *why)
 {
-    expect_close_within(c, e, label, why, H_CLOSE_MS);
+    expect_end(c, e, label, 0, why, H_CLOSE_MS);
 }
 
-/* A handshake the server must refuse for `why` (it closes the socket). */
-static void expect_refuse(struct case_ctx *c, struct evil *e, const char *label, const char *why,
-                          int wait_ms)
+static void expect_refuse(struct case_ctx *c, struct evil *e, const char *label, const char *why)
 {
-    c->hs_refused++;
-    case_expect_reason(c, 1, "refused: %s", why);
-    snprintf(c->outcome, sizeof(c->outcome), "refused");
-    if (!evil_wait_closed(e, wait_ms))
-        case_fail(c, "%s: the connection is still open %d ms later", label, wait_ms);
-    evil_close(e);
+    expect_end(c, e, label, 1, why, H_CLOSE_MS);
 }
 
-/* Opens a session on the unix service; on failure the case fails. */
-static int open_session(struct case_ctx *c, struct evil *e, const char *label)
+/* The server may have closed the socket already (what the case expects),
+ * so only other errors of a send fail the case. -1 when they did. */
+static int check_sent(struct case_ctx *c, const char *label, const char *what, int rc)
 {
-    int rc = evil_open(e, c->t->unix_addr, EVIL_POOL_DEFAULT, EVIL_QCAP_DEFAULT);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
+        case_fail(c, "%s: %s: %s", label, what, shmipc_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- a bad session's own setup ---- */
+
+/* Our memory: a pool of `bytes` in `classes` (NULL: the default ones) and
+ * queues of qcap elements. */
+struct mem {
+    size_t bytes;
+    const struct pool_class *classes;
+    unsigned nclasses;
+    uint32_t qcap;
+};
+
+static const struct mem mem_default = {EVIL_POOL_DEFAULT, NULL, 0, EVIL_QCAP_DEFAULT};
+
+/* How far the setup goes before the attack starts. */
+enum upto { UPTO_CONNECT, UPTO_FD_MSG, UPTO_SESSION };
+
+/* Memory in memfds as m says, a connection to addr and the memfd
+ * handshake up to `upto`; on failure the case fails and e is closed. */
+static int setup(struct case_ctx *c, struct evil *e, const char *label, const char *addr,
+                 const struct mem *m, enum upto upto)
+{
+    evil_init(e);
+    int rc = m->classes != NULL
+                 ? evil_mem_memfd_classes(e, m->bytes, m->classes, m->nclasses, m->qcap)
+                 : evil_mem_memfd(e, m->bytes, m->qcap);
+    if (rc == 0)
+        rc = evil_connect(e, addr);
+    if (rc == 0 && upto == UPTO_FD_MSG)
+        rc = evil_hs_until_fds(e);
+    if (rc == 0 && upto == UPTO_SESSION)
+        rc = evil_hs_memfd(e);
     if (rc < 0) {
-        case_fail(c, "%s: the bad session's own handshake failed: %s", label, shmipc_strerror(rc));
+        case_fail(c, "%s: setting up: %s", label, shmipc_strerror(rc));
         evil_close(e);
     }
     return rc;
 }
+
+/* A session with the default memory on the unix service. */
+static int open_session(struct case_ctx *c, struct evil *e, const char *label)
+{
+    return setup(c, e, label, c->t->unix_addr, &mem_default, UPTO_SESSION);
+}
+
+/* A valid request and its echo on stream id: the controls before and
+ * after an attack. On failure the case fails. */
+static int roundtrip(struct case_ctx *c, struct evil *e, const char *label, uint32_t id,
+                     const char *text)
+{
+    char why[200];
+    int rc = evil_roundtrip(e, id, text, strlen(text), H_IO_MS, why, sizeof(why));
+    if (rc < 0)
+        case_fail(c, "%s: %s", label, why);
+    return rc;
+}
+
+/* A session that first answers one valid request (the attack needs a
+ * working one); on failure the case fails and e is closed. */
+static int open_working_session(struct case_ctx *c, struct evil *e, const char *label, uint32_t id,
+                                const char *text)
+{
+    if (open_session(c, e, label) < 0)
+        return -1;
+    if (roundtrip(c, e, label, id, text) < 0) {
+        evil_close(e);
+        return -1;
+    }
+    return 0;
+}
+
+/* A proper session, one round trip, closed again: the server still
+ * serves. On failure the case fails. */
+static void check_valid_session(struct case_ctx *c, const char *label, const char *text)
+{
+    struct evil e;
+    if (open_session(c, &e, label) < 0)
+        return;
+    roundtrip(c, &e, label, 2, text);
+    evil_close(&e);
+}
+
+/* ---- queue elements and the slices they name ---- */
 
 static struct shmipc_slice_header *slice(struct evil *e, uint32_t off)
 {
@@ -156,151 +240,158 @@ static int filled_slice(struct case_ctx *c, struct evil *e, unsigned li, uint32_
     return 0;
 }
 
-/* One session that publishes an element pointing at `off` after `prep`
- * shaped the pool; the server must close it for `why`. */
-typedef int (*prep_fn)(struct case_ctx *c, struct evil *e, uint32_t *off);
+/* Shapes the slices s[] (filled as the attack asked) and leaves in s[0]
+ * the offset the element names. NULL, or why our own pool does not fit
+ * the attack. */
+typedef const char *(*prep_fn)(struct evil *e, uint32_t *s);
 
-static void bad_element(struct case_ctx *c, const char *label, prep_fn prep, const char *why)
+/* The element attacks, grouped by the case that runs them. */
+enum elem_group {
+    G_OFFSET_RANGE, /* elem_offset_out_of_range */
+    G_OFFSET_ALIGN, /* elem_offset_misaligned */
+    G_SIZE,         /* slice_size_over_cap */
+    G_START,        /* slice_start_plus_size_over_cap */
+    G_CAP,          /* slice_cap_lies */
+    G_LOOP,         /* chain_loop */
+    G_SELF_LOOP,    /* chain_self_loop */
+    G_INTO_FREE,    /* chain_into_free_slice */
+    G_OTHER_LIST,   /* chain_into_other_list */
+};
+
+/* One session publishes an element naming what `prep` left in s[0]; the
+ * server must close it for bad_chain(code). */
+struct elem_attack {
+    enum elem_group group;
+    const char *label;
+    const char *lists; /* a slice filled with `fill` bytes from each list named, in order */
+    uint32_t fill;
+    prep_fn prep;
+    int code;
+};
+
+static void bad_element(struct case_ctx *c, const struct elem_attack *a)
 {
     struct evil e;
-    if (open_session(c, &e, label) < 0)
+    if (open_session(c, &e, a->label) < 0)
         return;
-    uint32_t off = 0;
-    if (prep(c, &e, &off) < 0) {
+    uint32_t s[4] = {0};
+    int rc = 0;
+    for (unsigned i = 0; rc == 0 && a->lists[i] != '\0'; i++)
+        rc = filled_slice(c, &e, (unsigned)(a->lists[i] - '0'), a->fill, &s[i]);
+    const char *unfit = rc == 0 ? a->prep(&e, s) : NULL;
+    if (unfit != NULL)
+        case_fail(c, "%s: %s", a->label, unfit);
+    if (rc < 0 || unfit != NULL) {
         evil_close(&e);
         return;
     }
-    int rc = evil_put(&e, 2, off, SHMIPC_STREAM_OPEN);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
-        case_fail(c, "%s: publishing the element: %s", label, shmipc_strerror(rc));
-    expect_close(c, &e, label, why);
+    rc = evil_put(&e, 2, s[0], SHMIPC_STREAM_OPEN);
+    check_sent(c, a->label, "publishing the element", rc);
+    expect_close(c, &e, a->label, bad_chain(a->code));
 }
 
-/* ---- queue elements ---- */
+/* Runs the element attacks of group g (the table is below the preps). */
+static void elem_case(struct case_ctx *c, enum elem_group g);
 
-static int prep_far(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_far(struct evil *e, uint32_t *s)
 {
-    (void)c;
     (void)e;
-    *off = 0xfffffff0u;
-    return 0;
+    s[0] = 0xfffffff0u;
+    return NULL;
 }
 
-static int prep_pool_end(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_pool_end(struct evil *e, uint32_t *s)
 {
-    (void)c;
-    *off = (uint32_t)e->pr.size; /* one past the mapping */
-    return 0;
+    s[0] = (uint32_t)e->pr.size; /* one past the mapping */
+    return NULL;
 }
 
-static int prep_pool_header(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_pool_header(struct evil *e, uint32_t *s)
 {
-    (void)c;
     (void)e;
-    *off = 0; /* the pool header itself */
-    return 0;
+    s[0] = 0; /* the pool header itself */
+    return NULL;
 }
 
 static void case_elem_offset_out_of_range(struct case_ctx *c)
 {
-    bad_element(c, "offset 0xfffffff0", prep_far, bad_chain(SHMIPC_EBADOFFSET));
-    bad_element(c, "offset = pool size", prep_pool_end, bad_chain(SHMIPC_EBADOFFSET));
-    bad_element(c, "offset 0", prep_pool_header, bad_chain(SHMIPC_EBADOFFSET));
+    elem_case(c, G_OFFSET_RANGE);
 }
 
-static int prep_inside_slice(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_inside_slice(struct evil *e, uint32_t *s)
 {
-    uint32_t s;
-    if (filled_slice(c, e, 0, 64, &s) < 0)
-        return -1;
-    *off = s + SHMIPC_SLICE_HEADER_LEN + 4; /* into its data */
-    return 0;
+    (void)e;
+    s[0] += SHMIPC_SLICE_HEADER_LEN + 4; /* into its data */
+    return NULL;
 }
 
-static int prep_list_header(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_list_header(struct evil *e, uint32_t *s)
 {
-    (void)c;
-    *off = e->pool.lists[1].region_off - SHMIPC_LIST_HEADER_LEN; /* list 1's header */
-    return 0;
+    s[0] = e->pool.lists[1].region_off - SHMIPC_LIST_HEADER_LEN; /* list 1's header */
+    return NULL;
 }
 
 static void case_elem_offset_misaligned(struct case_ctx *c)
 {
-    bad_element(c, "offset inside a slice", prep_inside_slice, bad_chain(SHMIPC_EBADOFFSET));
-    bad_element(c, "offset of a list header", prep_list_header, bad_chain(SHMIPC_EBADOFFSET));
+    elem_case(c, G_OFFSET_ALIGN);
 }
 
 /* ---- slice headers ---- */
 
-static int prep_size_over_cap(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_size_over_cap(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 64, off) < 0)
-        return -1;
-    slice(e, *off)->size = e->pool.lists[0].slice_cap + 1;
-    return 0;
+    slice(e, s[0])->size = e->pool.lists[0].slice_cap + 1;
+    return NULL;
 }
 
-static int prep_size_huge(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_size_huge(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 64, off) < 0)
-        return -1;
-    slice(e, *off)->size = 0xffffffffu;
-    return 0;
+    slice(e, s[0])->size = 0xffffffffu;
+    return NULL;
 }
 
 static void case_slice_size_over_cap(struct case_ctx *c)
 {
-    bad_element(c, "size = cap + 1", prep_size_over_cap, bad_chain(SHMIPC_EBADSLICE));
-    bad_element(c, "size = 0xffffffff", prep_size_huge, bad_chain(SHMIPC_EBADSLICE));
+    elem_case(c, G_SIZE);
 }
 
-static int prep_start_plus_size(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_start_plus_size(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 64, off) < 0)
-        return -1;
-    slice(e, *off)->start = 16;
-    slice(e, *off)->size = e->pool.lists[0].slice_cap - 8;
-    return 0;
+    slice(e, s[0])->start = 16;
+    slice(e, s[0])->size = e->pool.lists[0].slice_cap - 8;
+    return NULL;
 }
 
-static int prep_start_wraps(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_start_wraps(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 64, off) < 0)
-        return -1;
     /* start + size wraps around 2^32 to a small number */
-    slice(e, *off)->start = 0xfffffff0u;
-    slice(e, *off)->size = 0x20;
-    return 0;
+    slice(e, s[0])->start = 0xfffffff0u;
+    slice(e, s[0])->size = 0x20;
+    return NULL;
 }
 
 static void case_slice_start_plus_size_over_cap(struct case_ctx *c)
 {
-    bad_element(c, "start 16 + size cap-8", prep_start_plus_size, bad_chain(SHMIPC_EBADSLICE));
-    bad_element(c, "start + size wrapping", prep_start_wraps, bad_chain(SHMIPC_EBADSLICE));
+    elem_case(c, G_START);
 }
 
-static int prep_cap_lies(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_cap_lies(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 64, off) < 0)
-        return -1;
     /* claims the capacity of the largest class, and data to match */
-    slice(e, *off)->cap = e->pool.lists[2].slice_cap;
-    slice(e, *off)->size = e->pool.lists[0].slice_cap + 4096;
-    return 0;
+    slice(e, s[0])->cap = e->pool.lists[2].slice_cap;
+    slice(e, s[0])->size = e->pool.lists[0].slice_cap + 4096;
+    return NULL;
 }
 
-static int prep_cap_smaller(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_cap_smaller(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 1, 64, off) < 0)
-        return -1;
-    slice(e, *off)->cap = 16;
-    return 0;
+    slice(e, s[0])->cap = 16;
+    return NULL;
 }
 
 static void case_slice_cap_lies(struct case_ctx *c)
 {
-    bad_element(c, "cap larger than its class", prep_cap_lies, bad_chain(SHMIPC_EBADSLICE));
-    bad_element(c, "cap smaller than its class", prep_cap_smaller, bad_chain(SHMIPC_EBADSLICE));
+    elem_case(c, G_CAP);
 }
 
 /* ---- chains ---- */
@@ -311,126 +402,137 @@ static void link_to(struct evil *e, uint32_t from, uint32_t to)
     slice(e, from)->flags = SHMIPC_SLICE_IN_USE | SHMIPC_SLICE_HAS_NEXT;
 }
 
-static int prep_loop(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_loop(struct evil *e, uint32_t *s)
 {
-    uint32_t a, b;
-    if (filled_slice(c, e, 0, 32, &a) < 0 || filled_slice(c, e, 0, 32, &b) < 0)
-        return -1;
-    link_to(e, a, b);
-    link_to(e, b, a);
-    *off = a;
-    return 0;
+    link_to(e, s[0], s[1]);
+    link_to(e, s[1], s[0]);
+    return NULL;
 }
 
-static int prep_long_loop(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_long_loop(struct evil *e, uint32_t *s)
 {
     /* A -> B -> C -> D -> B: the loop starts after the head. */
-    uint32_t s[4];
-    for (int i = 0; i < 4; i++)
-        if (filled_slice(c, e, i < 2 ? 0 : 1, 32, &s[i]) < 0)
-            return -1;
-    link_to(e, s[0], s[1]);
-    link_to(e, s[1], s[2]);
-    link_to(e, s[2], s[3]);
+    for (int i = 0; i < 3; i++)
+        link_to(e, s[i], s[i + 1]);
     link_to(e, s[3], s[1]);
-    *off = s[0];
-    return 0;
+    return NULL;
 }
 
 static void case_chain_loop(struct case_ctx *c)
 {
-    bad_element(c, "A->B->A", prep_loop, bad_chain(SHMIPC_ECHAINLOOP));
-    bad_element(c, "A->B->C->D->B", prep_long_loop, bad_chain(SHMIPC_ECHAINLOOP));
+    elem_case(c, G_LOOP);
 }
 
-static int prep_self_loop(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_self_loop(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 32, off) < 0)
-        return -1;
-    link_to(e, *off, *off);
-    return 0;
+    link_to(e, s[0], s[0]);
+    return NULL;
 }
 
 static void case_chain_self_loop(struct case_ctx *c)
 {
-    bad_element(c, "A->A", prep_self_loop, bad_chain(SHMIPC_ECHAINLOOP));
+    elem_case(c, G_SELF_LOOP);
 }
 
-static int prep_into_free(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_into_free(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 32, off) < 0)
-        return -1;
     /* Slice 5 of the same list was never popped: it is free. */
     uint32_t free_slice = slice_at(e, 0, 5);
-    if (slice(e, free_slice)->flags & SHMIPC_SLICE_IN_USE) {
-        case_fail(c, "our slice 5 is unexpectedly in use");
-        return -1;
-    }
-    link_to(e, *off, free_slice);
-    return 0;
+    if (slice(e, free_slice)->flags & SHMIPC_SLICE_IN_USE)
+        return "our slice 5 is unexpectedly in use";
+    link_to(e, s[0], free_slice);
+    return NULL;
 }
 
 static void case_chain_into_free_slice(struct case_ctx *c)
 {
-    bad_element(c, "A->free slice", prep_into_free, bad_chain(SHMIPC_EBADSLICE));
+    elem_case(c, G_INTO_FREE);
 }
 
-static int prep_into_other_list(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_into_other_list(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 0, 32, off) < 0)
-        return -1;
     /* A free slice of the next size class, with a plausible size. */
     uint32_t other = slice_at(e, 1, 3);
     slice(e, other)->size = 16;
-    link_to(e, *off, other);
-    return 0;
+    link_to(e, s[0], other);
+    return NULL;
 }
 
-static int prep_into_other_list_tail(struct case_ctx *c, struct evil *e, uint32_t *off)
+static const char *prep_into_list_tail(struct evil *e, uint32_t *s)
 {
-    if (filled_slice(c, e, 1, 32, off) < 0)
-        return -1;
     /* Into the last slice of the largest list: the free list's tail. */
-    uint32_t other = slice_at(e, 2, e->pool.lists[2].nslices - 1);
-    link_to(e, *off, other);
-    return 0;
+    link_to(e, s[0], slice_at(e, 2, e->pool.lists[2].nslices - 1));
+    return NULL;
 }
 
 static void case_chain_into_other_list(struct case_ctx *c)
 {
-    bad_element(c, "list 0 -> free slice of list 1", prep_into_other_list,
-                bad_chain(SHMIPC_EBADSLICE));
-    bad_element(c, "list 1 -> free tail of list 2", prep_into_other_list_tail,
-                bad_chain(SHMIPC_EBADSLICE));
+    elem_case(c, G_OTHER_LIST);
+}
+
+/* ---- every element attack ---- */
+
+static const struct elem_attack elem_attacks[] = {
+    {G_OFFSET_RANGE, "offset 0xfffffff0", "", 0, prep_far, SHMIPC_EBADOFFSET},
+    {G_OFFSET_RANGE, "offset = pool size", "", 0, prep_pool_end, SHMIPC_EBADOFFSET},
+    {G_OFFSET_RANGE, "offset 0", "", 0, prep_pool_header, SHMIPC_EBADOFFSET},
+    {G_OFFSET_ALIGN, "offset inside a slice", "0", 64, prep_inside_slice, SHMIPC_EBADOFFSET},
+    {G_OFFSET_ALIGN, "offset of a list header", "", 0, prep_list_header, SHMIPC_EBADOFFSET},
+    {G_SIZE, "size = cap + 1", "0", 64, prep_size_over_cap, SHMIPC_EBADSLICE},
+    {G_SIZE, "size = 0xffffffff", "0", 64, prep_size_huge, SHMIPC_EBADSLICE},
+    {G_START, "start 16 + size cap-8", "0", 64, prep_start_plus_size, SHMIPC_EBADSLICE},
+    {G_START, "start + size wrapping", "0", 64, prep_start_wraps, SHMIPC_EBADSLICE},
+    {G_CAP, "cap larger than its class", "0", 64, prep_cap_lies, SHMIPC_EBADSLICE},
+    {G_CAP, "cap smaller than its class", "1", 64, prep_cap_smaller, SHMIPC_EBADSLICE},
+    {G_LOOP, "A->B->A", "00", 32, prep_loop, SHMIPC_ECHAINLOOP},
+    {G_LOOP, "A->B->C->D->B", "0011", 32, prep_long_loop, SHMIPC_ECHAINLOOP},
+    {G_SELF_LOOP, "A->A", "0", 32, prep_self_loop, SHMIPC_ECHAINLOOP},
+    {G_INTO_FREE, "A->free slice", "0", 32, prep_into_free, SHMIPC_EBADSLICE},
+    {G_OTHER_LIST, "list 0 -> free slice of list 1", "0", 32, prep_into_other_list,
+     SHMIPC_EBADSLICE},
+    {G_OTHER_LIST, "list 1 -> free tail of list 2", "1", 32, prep_into_list_tail, SHMIPC_EBADSLICE},
+};
+
+static void elem_case(struct case_ctx *c, enum elem_group g)
+{
+    for (size_t i = 0; i < NELEM(elem_attacks); i++)
+        if (elem_attacks[i].group == g)
+            bad_element(c, &elem_attacks[i]);
 }
 
 /* ---- lying headers at the handshake ---- */
 
-typedef void (*corrupt_fn)(struct evil *e);
-
-/* A memfd handshake with memory that `corrupt` made inconsistent: the
- * server must refuse it for `why`. */
-static void bad_handshake_mem(struct case_ctx *c, const char *label, corrupt_fn corrupt,
+/* A memfd handshake on addr with memory that `corrupt` (if any) made
+ * inconsistent: the server must refuse it for `why`. */
+static void bad_handshake_mem(struct case_ctx *c, const char *addr, const char *label,
+                              void (*corrupt)(struct evil *e, uint32_t v), uint32_t v,
                               const char *why)
 {
     struct evil e;
-    evil_init(&e);
-    int rc = evil_mem_memfd(&e, EVIL_POOL_DEFAULT, EVIL_QCAP_DEFAULT);
-    if (rc == 0)
-        rc = evil_connect(&e, c->t->unix_addr);
-    if (rc < 0) {
-        case_fail(c, "%s: setting up: %s", label, shmipc_strerror(rc));
-        evil_close(&e);
+    if (setup(c, &e, label, addr, &mem_default, UPTO_CONNECT) < 0)
         return;
-    }
-    corrupt(&e);
-    rc = evil_hs_memfd(&e);
-    if (rc == 0) {
+    if (corrupt != NULL)
+        corrupt(&e, v);
+    if (evil_hs_memfd(&e) == 0) {
         case_fail(c, "%s: the server accepted the handshake", label);
         evil_close(&e);
         return;
     }
-    expect_refuse(c, &e, label, why, H_CLOSE_MS);
+    expect_refuse(c, &e, label, why);
+}
+
+/* A lie told in our memory before the handshake: tell(e, v). */
+struct mem_lie {
+    const char *label;
+    void (*tell)(struct evil *e, uint32_t v);
+    uint32_t v;
+};
+
+static void bad_handshakes_mem(struct case_ctx *c, const struct mem_lie *l, size_t n,
+                               const char *why)
+{
+    for (size_t i = 0; i < n; i++)
+        bad_handshake_mem(c, c->t->unix_addr, l[i].label, l[i].tell, l[i].v, why);
 }
 
 static struct shmipc_pool_header *pool_hdr(struct evil *e)
@@ -443,58 +545,52 @@ static struct shmipc_list_header *list_hdr(struct evil *e, unsigned li)
     return e->pool.lists[li].hdr;
 }
 
-static void lie_nlists_more(struct evil *e)
+static void lie_nlists(struct evil *e, uint32_t v)
 {
-    pool_hdr(e)->nlists = 5;
+    pool_hdr(e)->nlists = (uint16_t)v;
 }
 
-static void lie_nlists_zero(struct evil *e)
+static void lie_used(struct evil *e, uint32_t v)
 {
-    pool_hdr(e)->nlists = 0;
-}
-
-static void lie_nlists_huge(struct evil *e)
-{
-    pool_hdr(e)->nlists = 0xffff;
-}
-
-static void lie_used(struct evil *e)
-{
+    (void)v;
     pool_hdr(e)->used = (uint32_t)e->pr.size; /* 8 + used is past the end */
 }
 
-static void lie_nslices_more(struct evil *e)
+static void lie_nslices_more(struct evil *e, uint32_t v)
 {
-    list_hdr(e, 1)->nslices += 1000;
+    list_hdr(e, 1)->nslices += v;
 }
 
-static void lie_nslices_less(struct evil *e)
+static void lie_nslices_less(struct evil *e, uint32_t v)
 {
-    list_hdr(e, 0)->nslices -= 1;
+    list_hdr(e, 0)->nslices -= v;
 }
 
-static void lie_nslices_overflow(struct evil *e)
+static void lie_nslices_overflow(struct evil *e, uint32_t v)
 {
+    (void)v;
     /* nslices * (cap + 20) = 2^33: 0 in 32-bit arithmetic */
     list_hdr(e, 2)->nslices = 0x80000000u / (list_hdr(e, 2)->slice_cap + 20) * 2 + 0x8000;
 }
 
-static void lie_slice_cap(struct evil *e)
+static void lie_slice_cap(struct evil *e, uint32_t v)
 {
-    list_hdr(e, 0)->slice_cap = 0;
+    list_hdr(e, 0)->slice_cap = v;
 }
 
 static void case_pool_counts_lie(struct case_ctx *c)
 {
-    const char *why = map_failed(SHMIPC_EBADPOOL);
-    bad_handshake_mem(c, "nlists 5 of 3", lie_nlists_more, why);
-    bad_handshake_mem(c, "nlists 0", lie_nlists_zero, why);
-    bad_handshake_mem(c, "nlists 65535", lie_nlists_huge, why);
-    bad_handshake_mem(c, "used = pool size", lie_used, why);
-    bad_handshake_mem(c, "list 1 nslices + 1000", lie_nslices_more, why);
-    bad_handshake_mem(c, "list 0 nslices - 1", lie_nslices_less, why);
-    bad_handshake_mem(c, "list 2 nslices overflowing", lie_nslices_overflow, why);
-    bad_handshake_mem(c, "list 0 slice_cap 0", lie_slice_cap, why);
+    static const struct mem_lie l[] = {
+        {"nlists 5 of 3", lie_nlists, 5},
+        {"nlists 0", lie_nlists, 0},
+        {"nlists 65535", lie_nlists, 0xffff},
+        {"used = pool size", lie_used, 0},
+        {"list 1 nslices + 1000", lie_nslices_more, 1000},
+        {"list 0 nslices - 1", lie_nslices_less, 1},
+        {"list 2 nslices overflowing", lie_nslices_overflow, 0},
+        {"list 0 slice_cap 0", lie_slice_cap, 0},
+    };
+    bad_handshakes_mem(c, l, NELEM(l), map_failed(SHMIPC_EBADPOOL));
 }
 
 static void put_cap(uint8_t *hdr, uint32_t cap)
@@ -502,25 +598,20 @@ static void put_cap(uint8_t *hdr, uint32_t cap)
     memcpy(hdr + SHMIPC_QUEUE_OFF_CAP, &cap, sizeof(cap));
 }
 
-static void lie_qcap_second(struct evil *e)
+static void lie_qcap_second(struct evil *e, uint32_t v)
 {
-    put_cap(e->qp.recv.hdr, EVIL_QCAP_DEFAULT * 2);
+    put_cap(e->qp.recv.hdr, v);
 }
 
-static void lie_qcap_both(struct evil *e)
+static void lie_qcaps(struct evil *e, uint32_t v)
 {
-    put_cap(e->qp.send.hdr, EVIL_QCAP_DEFAULT * 2);
-    put_cap(e->qp.recv.hdr, EVIL_QCAP_DEFAULT * 2);
+    put_cap(e->qp.send.hdr, v);
+    put_cap(e->qp.recv.hdr, v);
 }
 
-static void lie_qcap_zero(struct evil *e)
+static void lie_qcounters(struct evil *e, uint32_t v)
 {
-    put_cap(e->qp.send.hdr, 0);
-    put_cap(e->qp.recv.hdr, 0);
-}
-
-static void lie_qcounters(struct evil *e)
-{
+    (void)v;
     int64_t head = 5, tail = 2; /* tail behind head */
     memcpy(e->qp.send.hdr + SHMIPC_QUEUE_OFF_HEAD, &head, sizeof(head));
     memcpy(e->qp.send.hdr + SHMIPC_QUEUE_OFF_TAIL, &tail, sizeof(tail));
@@ -528,11 +619,13 @@ static void lie_qcounters(struct evil *e)
 
 static void case_queue_cap_lie(struct case_ctx *c)
 {
-    const char *why = map_failed(SHMIPC_EBADQUEUE);
-    bad_handshake_mem(c, "second half cap doubled", lie_qcap_second, why);
-    bad_handshake_mem(c, "both caps doubled", lie_qcap_both, why);
-    bad_handshake_mem(c, "caps 0", lie_qcap_zero, why);
-    bad_handshake_mem(c, "tail behind head", lie_qcounters, why);
+    static const struct mem_lie l[] = {
+        {"second half cap doubled", lie_qcap_second, EVIL_QCAP_DEFAULT * 2},
+        {"both caps doubled", lie_qcaps, EVIL_QCAP_DEFAULT * 2},
+        {"caps 0", lie_qcaps, 0},
+        {"tail behind head", lie_qcounters, 0},
+    };
+    bad_handshakes_mem(c, l, NELEM(l), map_failed(SHMIPC_EBADQUEUE));
 }
 
 /* ---- queue counters after the handshake ---- */
@@ -545,14 +638,8 @@ static void store_counter(uint8_t *hdr, unsigned off, int64_t v)
 static void tail_jump(struct case_ctx *c, const char *label, int64_t delta)
 {
     struct evil e;
-    if (open_session(c, &e, label) < 0)
+    if (open_working_session(c, &e, label, 2, "before") < 0)
         return;
-    char why[200];
-    if (evil_roundtrip(&e, 2, "before", 6, H_IO_MS, why, sizeof(why)) < 0) {
-        case_fail(c, "%s: a valid request first: %s", label, why);
-        evil_close(&e);
-        return;
-    }
     store_counter(e.qp.send.hdr, SHMIPC_QUEUE_OFF_TAIL, e.qp.send.own + delta);
     evil_polling(&e);
     expect_close(c, &e, label, "receive queue tail out of range");
@@ -567,15 +654,10 @@ static void case_queue_tail_jump(struct case_ctx *c)
 
 static void case_queue_head_jump(struct case_ctx *c)
 {
+    const char *label = "head + cap + 7";
     struct evil e;
-    if (open_session(c, &e, "head + cap + 7") < 0)
+    if (open_working_session(c, &e, label, 3, "before") < 0)
         return;
-    char why[200];
-    if (evil_roundtrip(&e, 3, "before", 6, H_IO_MS, why, sizeof(why)) < 0) {
-        case_fail(c, "a valid request first: %s", why);
-        evil_close(&e);
-        return;
-    }
     /* We consume the server's queue: a head beyond its tail is impossible.
      * The server reads our head when its queue looks full (it keeps the
      * last valid one until then, so nothing is overwritten): we stop
@@ -584,9 +666,8 @@ static void case_queue_head_jump(struct case_ctx *c)
     int rc = 0;
     for (unsigned i = 0; i < EVIL_QCAP_DEFAULT + 2 && rc == 0; i++)
         rc = evil_request(&e, 2, "answer me", 9, NULL);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
-        case_fail(c, "sending the requests: %s", shmipc_strerror(rc));
-    expect_close(c, &e, "head + cap + 7", "send queue head out of range");
+    check_sent(c, label, "sending the requests", rc);
+    expect_close(c, &e, label, "send queue head out of range");
 }
 
 /* Right after AckShareMemory, before the server may have built the
@@ -628,62 +709,85 @@ static void bad_bytes(struct case_ctx *c, const char *label, const void *raw, si
     struct evil e;
     if (open_session(c, &e, label) < 0)
         return;
-    int rc = evil_write(&e, raw, n);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
-        case_fail(c, "%s: sending: %s", label, shmipc_strerror(rc));
+    check_sent(c, label, "sending", evil_write(&e, raw, n));
     expect_close(c, &e, label, why);
 }
 
-static void header(uint8_t *b, uint32_t length, uint16_t magic, uint8_t version, uint8_t type)
+/* An event header that lies, then zeros, n bytes in all: the server
+ * must close the session for bad_event(code). */
+struct bad_header {
+    const char *label;
+    uint32_t length;
+    uint16_t magic;
+    uint8_t version, type;
+    size_t n;
+    int code;
+};
+
+static void bad_headers(struct case_ctx *c, const struct bad_header *h, size_t count)
 {
-    ev_put_be32(b, length);
-    ev_put_be16(b + 4, magic);
-    b[6] = version;
-    b[7] = type;
+    for (size_t i = 0; i < count; i++) {
+        uint8_t b[16] = {0};
+        ev_put_be32(b, h[i].length);
+        ev_put_be16(b + 4, h[i].magic);
+        b[6] = h[i].version;
+        b[7] = h[i].type;
+        bad_bytes(c, h[i].label, b, h[i].n, bad_event(h[i].code));
+    }
 }
 
 static void case_event_huge_length(struct case_ctx *c)
 {
-    uint8_t b[16] = {0};
-    header(b, c->t->max_event + 1, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA);
-    bad_bytes(c, "FallbackData of max + 1", b, sizeof(b), bad_event(SHMIPC_EBIGEVENT));
-    header(b, 0xffffffffu, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA);
-    bad_bytes(c, "FallbackData of 4 GiB", b, sizeof(b), bad_event(SHMIPC_EBIGEVENT));
-    header(b, 0xffffffffu, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_POLLING);
-    bad_bytes(c, "Polling of 4 GiB", b, 8, bad_event(SHMIPC_ESHORTEVENT));
+    const struct bad_header h[] = {
+        {"FallbackData of max + 1", c->t->max_event + 1, SHMIPC_EV_MAGIC, 3,
+         SHMIPC_EV_FALLBACK_DATA, 16, SHMIPC_EBIGEVENT},
+        {"FallbackData of 4 GiB", 0xffffffffu, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA, 16,
+         SHMIPC_EBIGEVENT},
+        {"Polling of 4 GiB", 0xffffffffu, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_POLLING, 8,
+         SHMIPC_ESHORTEVENT},
+    };
+    bad_headers(c, h, NELEM(h));
 }
 
 static void case_event_tiny_length(struct case_ctx *c)
 {
-    uint8_t b[8];
-    header(b, 3, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_POLLING);
-    bad_bytes(c, "Polling of length 3", b, 8, bad_event(SHMIPC_ESHORTEVENT));
-    header(b, 0, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA);
-    bad_bytes(c, "FallbackData of length 0", b, 8, bad_event(SHMIPC_ESHORTEVENT));
-    header(b, 11, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_STREAM_CLOSE);
-    uint8_t b2[11] = {0};
-    memcpy(b2, b, 8);
-    bad_bytes(c, "StreamClose of length 11", b2, sizeof(b2), bad_event(SHMIPC_ESHORTEVENT));
+    static const struct bad_header h[] = {
+        {"Polling of length 3", 3, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_POLLING, 8, SHMIPC_ESHORTEVENT},
+        {"FallbackData of length 0", 0, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA, 8,
+         SHMIPC_ESHORTEVENT},
+        {"StreamClose of length 11", 11, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_STREAM_CLOSE, 11,
+         SHMIPC_ESHORTEVENT},
+    };
+    bad_headers(c, h, NELEM(h));
 }
 
 static void case_event_bad_magic(struct case_ctx *c)
 {
-    uint8_t b[8];
-    header(b, 8, 0x5877, 3, SHMIPC_EV_POLLING);
-    bad_bytes(c, "magic 0x5877", b, 8, bad_event(SHMIPC_EBADMAGIC));
-    header(b, 8, 0, 0, 0);
-    bad_bytes(c, "all zero", b, 8, bad_event(SHMIPC_EBADMAGIC));
-    header(b, 8, SHMIPC_EV_MAGIC, 0, SHMIPC_EV_POLLING);
-    bad_bytes(c, "version 0", b, 8, bad_event(SHMIPC_EBADVERSION));
+    static const struct bad_header h[] = {
+        {"magic 0x5877", 8, 0x5877, 3, SHMIPC_EV_POLLING, 8, SHMIPC_EBADMAGIC},
+        {"all zero", 8, 0, 0, 0, 8, SHMIPC_EBADMAGIC},
+        {"version 0", 8, SHMIPC_EV_MAGIC, 0, SHMIPC_EV_POLLING, 8, SHMIPC_EBADVERSION},
+    };
+    bad_headers(c, h, NELEM(h));
 }
 
 static void case_event_unknown_type(struct case_ctx *c)
 {
+    static const struct bad_header h[] = {
+        {"type 10", 8, SHMIPC_EV_MAGIC, 3, 10, 8, SHMIPC_EBADTYPE},
+        {"type 200", 8, SHMIPC_EV_MAGIC, 3, 200, 8, SHMIPC_EBADTYPE},
+    };
+    bad_headers(c, h, NELEM(h));
+}
+
+/* A header-only event of `version` and `type` that the session must not
+ * carry. */
+static void bad_after_handshake(struct case_ctx *c, const char *label, uint8_t version,
+                                uint8_t type, const char *why)
+{
     uint8_t b[8];
-    header(b, 8, SHMIPC_EV_MAGIC, 3, 10);
-    bad_bytes(c, "type 10", b, 8, bad_event(SHMIPC_EBADTYPE));
-    header(b, 8, SHMIPC_EV_MAGIC, 3, 200);
-    bad_bytes(c, "type 200", b, 8, bad_event(SHMIPC_EBADTYPE));
+    ev_encode_simple(b, sizeof(b), version, type);
+    bad_bytes(c, label, b, sizeof(b), why);
 }
 
 static void case_event_after_handshake_not_allowed(struct case_ctx *c)
@@ -694,30 +798,26 @@ static void case_event_after_handshake_not_allowed(struct case_ctx *c)
     bad_bytes(c, "ShareMemoryByMemfd again", b, (size_t)n, why);
     n = ev_encode_shm_meta(b, sizeof(b), 3, SHMIPC_EV_SHM_BY_PATH, "/dev/shm/q", "/dev/shm/b");
     bad_bytes(c, "ShareMemoryByFilePath again", b, (size_t)n, why);
-    ev_encode_simple(b, sizeof(b), 3, SHMIPC_EV_EXCHANGE_VER);
-    bad_bytes(c, "ExchangeProtoVersion again", b, 8, why);
-    ev_encode_simple(b, sizeof(b), 3, SHMIPC_EV_ACK_SHM);
-    bad_bytes(c, "AckShareMemory", b, 8, why);
-    ev_encode_simple(b, sizeof(b), 3, SHMIPC_EV_ACK_READY_RECV_FD);
-    bad_bytes(c, "AckReadyRecvFD", b, 8, why);
+    bad_after_handshake(c, "ExchangeProtoVersion again", 3, SHMIPC_EV_EXCHANGE_VER, why);
+    bad_after_handshake(c, "AckShareMemory", 3, SHMIPC_EV_ACK_SHM, why);
+    bad_after_handshake(c, "AckReadyRecvFD", 3, SHMIPC_EV_ACK_READY_RECV_FD, why);
     ev_encode_hot_restart(b, sizeof(b), 3, SHMIPC_EV_HOT_RESTART_ACK, 7);
     bad_bytes(c, "HotRestartAck unasked", b, 16, why);
     ev_encode_hot_restart(b, sizeof(b), 3, SHMIPC_EV_HOT_RESTART, 7);
     bad_bytes(c, "HotRestart from a client", b, 16,
               why2("a client sent HotRestart", SHMIPC_EPROTO));
-    ev_encode_simple(b, sizeof(b), 2, SHMIPC_EV_POLLING);
-    bad_bytes(c, "Polling with version 2 on a v3 session", b, 8,
-              why2("event version differs from the session's", SHMIPC_EBADVERSION));
+    bad_after_handshake(c, "Polling with version 2 on a v3 session", 2, SHMIPC_EV_POLLING,
+                        why2("event version differs from the session's", SHMIPC_EBADVERSION));
 }
 
 static void case_fallback_len_8_to_15(struct case_ctx *c)
 {
     for (uint32_t len = 8; len <= 15; len++) {
-        uint8_t b[16] = {0};
-        header(b, len, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA);
         char label[64];
         snprintf(label, sizeof(label), "FallbackData of length %u", len);
-        bad_bytes(c, label, b, len, bad_event(SHMIPC_ESHORTEVENT));
+        const struct bad_header h = {
+            label, len, SHMIPC_EV_MAGIC, 3, SHMIPC_EV_FALLBACK_DATA, len, SHMIPC_ESHORTEVENT};
+        bad_headers(c, &h, 1);
     }
 }
 
@@ -770,84 +870,79 @@ static void case_handshake_stop_halfway(struct case_ctx *c)
             evil_close(&e[i]);
             continue;
         }
-        expect_refuse(c, &e[i], labels[i], "handshake not finished before its deadline",
-                      c->t->hs_timeout_ms + H_CLOSE_MS);
+        expect_end(c, &e[i], labels[i], 1, "handshake not finished before its deadline",
+                   c->t->hs_timeout_ms + H_CLOSE_MS);
     }
 }
 
-/* memfd handshake up to the fd message, then `send` sends a bad one. */
-static void bad_fd_message(struct case_ctx *c, const char *label, uint8_t byte, int nfds, int kind,
-                           const char *why)
+/* What a bad fd message carries. */
+enum fd_kind {
+    FD_MEMFDS, /* our memfds, repeated as needed */
+    FD_PIPE,   /* a pipe as both */
+    FD_SOCKET, /* the pool, then a socket as the queue */
+};
+
+/* memfd handshake up to the fd message, then a bad one. */
+static void bad_fd_message(struct case_ctx *c, const char *label, uint8_t byte, int nfds,
+                           enum fd_kind kind, const char *why)
 {
     struct evil e;
-    evil_init(&e);
-    int rc = evil_mem_memfd(&e, EVIL_POOL_DEFAULT, EVIL_QCAP_DEFAULT);
-    if (rc == 0)
-        rc = evil_connect(&e, c->t->unix_addr);
-    if (rc == 0)
-        rc = evil_hs_until_fds(&e);
+    if (setup(c, &e, label, c->t->unix_addr, &mem_default, UPTO_FD_MSG) < 0)
+        return;
+    int fds[8], extra[2] = {-1, -1}, rc = 0;
+    if (kind == FD_PIPE)
+        rc = pipe2(extra, O_CLOEXEC);
+    else if (kind == FD_SOCKET)
+        rc = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, extra);
     if (rc < 0) {
-        case_fail(c, "%s: setting up: %s", label, shmipc_strerror(rc));
+        case_fail(c, "%s: %s", kind == FD_PIPE ? "pipe" : "socketpair", strerror(errno));
         evil_close(&e);
         return;
     }
-    int fds[8], extra[4] = {-1, -1, -1, -1};
-    if (kind == 0) { /* our memfds, repeated as needed */
-        for (int i = 0; i < nfds; i++)
-            fds[i] = i % 2 == 0 ? e.pr.fd : e.qr.fd;
-    } else if (kind == 1) { /* a pipe */
-        if (pipe2(extra, O_CLOEXEC) < 0) {
-            case_fail(c, "pipe: %s", strerror(errno));
-            evil_close(&e);
-            return;
-        }
+    for (int i = 0; i < nfds; i++)
+        fds[i] = i % 2 == 0 ? e.pr.fd : e.qr.fd;
+    if (kind == FD_PIPE) {
         fds[0] = extra[0];
         fds[1] = extra[1];
-    } else { /* the pool, then a socket as the queue */
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, extra) < 0) {
-            case_fail(c, "socketpair: %s", strerror(errno));
-            evil_close(&e);
-            return;
-        }
-        fds[0] = e.pr.fd;
+    } else if (kind == FD_SOCKET) {
         fds[1] = extra[0];
     }
     rc = evil_send_fd_msg(&e, byte, fds, nfds);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 2; i++)
         if (extra[i] >= 0)
             close(extra[i]);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
-        case_fail(c, "%s: sending the fd message: %s", label, shmipc_strerror(rc));
+    if (check_sent(c, label, "sending the fd message", rc) < 0) {
         evil_close(&e);
         return;
     }
-    expect_refuse(c, &e, label, why, H_CLOSE_MS);
+    expect_refuse(c, &e, label, why);
 }
 
 static void case_handshake_one_fd(struct case_ctx *c)
 {
-    bad_fd_message(c, "one fd", 0, 1, 0, "fd message carried 1 fds");
-    bad_fd_message(c, "no fd at all", 0, 0, 0, "fd message carried 0 fds");
+    bad_fd_message(c, "one fd", 0, 1, FD_MEMFDS, "fd message carried 1 fds");
+    bad_fd_message(c, "no fd at all", 0, 0, FD_MEMFDS, "fd message carried 0 fds");
 }
 
 static void case_handshake_three_fds(struct case_ctx *c)
 {
     const char *why = why2("receiving the memfds failed", SHMIPC_EPROTO);
-    bad_fd_message(c, "three fds", 0, 3, 0, why);
-    bad_fd_message(c, "eight fds", 0, 8, 0, why);
+    bad_fd_message(c, "three fds", 0, 3, FD_MEMFDS, why);
+    bad_fd_message(c, "eight fds", 0, 8, FD_MEMFDS, why);
 }
 
 static void case_handshake_pipe_fd(struct case_ctx *c)
 {
     const char *why = map_failed(SHMIPC_EPATH);
-    bad_fd_message(c, "a pipe as both", 0, 2, 1, why);
-    bad_fd_message(c, "a socket as the queue", 0, 2, 2, why);
+    bad_fd_message(c, "a pipe as both", 0, 2, FD_PIPE, why);
+    bad_fd_message(c, "a socket as the queue", 0, 2, FD_SOCKET, why);
 }
 
 static void case_handshake_zero_byte_missing(struct case_ctx *c)
 {
-    bad_fd_message(c, "data byte 0x01", 1, 2, 0, "fd message carried 2 fds and byte 0x01");
-    bad_fd_message(c, "data byte 0xff", 0xff, 2, 0, "fd message carried 2 fds and byte 0xff");
+    bad_fd_message(c, "data byte 0x01", 1, 2, FD_MEMFDS, "fd message carried 2 fds and byte 0x01");
+    bad_fd_message(c, "data byte 0xff", 0xff, 2, FD_MEMFDS,
+                   "fd message carried 2 fds and byte 0xff");
 }
 
 /* ---- file-path handshakes ---- */
@@ -870,11 +965,14 @@ static int make_files(struct case_ctx *c, struct evil *e, const char *dir, const
     return rc;
 }
 
-/* A version-2 file-path handshake naming qpath/bpath: refused for why. */
-static void bad_paths(struct case_ctx *c, struct evil *e, const char *addr, const char *label,
-                      const char *qpath, const char *bpath, const char *why)
+/* A version-2 file-path handshake over unix or tcp naming qpath/bpath,
+ * which are not files the server may map: refused. */
+static void bad_paths(struct case_ctx *c, struct evil *e, int tcp, const char *what,
+                      const char *qpath, const char *bpath)
 {
-    int rc = evil_connect(e, addr);
+    char label[160];
+    snprintf(label, sizeof(label), "%s (%s)", what, tcp ? "tcp" : "unix");
+    int rc = evil_connect(e, tcp ? c->t->tcp_addr : c->t->unix_addr);
     if (rc == 0)
         rc = evil_hs_file(e, SHMIPC_PROTO_V2, qpath, bpath);
     if (rc < 0) {
@@ -882,63 +980,53 @@ static void bad_paths(struct case_ctx *c, struct evil *e, const char *addr, cons
         evil_close(e);
         return;
     }
-    expect_refuse(c, e, label, why, H_CLOSE_MS);
+    expect_refuse(c, e, label, map_failed(SHMIPC_EPATH));
 }
 
 static void case_filepath_outside_dir(struct case_ctx *c)
 {
-    const char *why = map_failed(SHMIPC_EPATH);
-    const char *addrs[2] = {c->t->unix_addr, c->t->tcp_addr};
-    for (int i = 0; i < 2; i++) {
+    char under[96];
+    snprintf(under, sizeof(under), "valid files under %s", c->t->dir);
+    for (int tcp = 0; tcp < 2; tcp++) {
         struct evil e;
-        char b[256], q[256], label[96];
+        char b[256], q[256];
         if (make_files(c, &e, c->t->dir, "out", b, q, sizeof(b)) < 0)
             return;
-        snprintf(label, sizeof(label), "valid files under %s (%s)", c->t->dir, i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, q, b, why);
+        bad_paths(c, &e, tcp, under, q, b);
         evil_init(&e);
-        snprintf(label, sizeof(label), "/dev/shm-evil prefix trick (%s)", i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, "/dev/shm-evil/q", "/dev/shm-evil/b", why);
+        bad_paths(c, &e, tcp, "/dev/shm-evil prefix trick", "/dev/shm-evil/q", "/dev/shm-evil/b");
         evil_init(&e);
-        snprintf(label, sizeof(label), "relative path (%s)", i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, "dev/shm/q", "dev/shm/b", why);
+        bad_paths(c, &e, tcp, "relative path", "dev/shm/q", "dev/shm/b");
     }
 }
 
 static void case_filepath_dotdot(struct case_ctx *c)
 {
-    const char *why = map_failed(SHMIPC_EPATH);
-    const char *addrs[2] = {c->t->unix_addr, c->t->tcp_addr};
-    for (int i = 0; i < 2; i++) {
+    for (int tcp = 0; tcp < 2; tcp++) {
         struct evil e;
-        char b[256], q[256], label[96], dd[300];
+        char b[256], q[256], dd[300];
         if (make_files(c, &e, "/dev/shm", "dd", b, q, sizeof(b)) < 0)
             return;
-        snprintf(label, sizeof(label), "buffer /dev/shm/../etc/passwd (%s)", i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, q, "/dev/shm/../etc/passwd", why);
+        bad_paths(c, &e, tcp, "buffer /dev/shm/../etc/passwd", q, "/dev/shm/../etc/passwd");
         /* A valid pool, then a queue path with "..": the mapped pool must be
          * let go again. */
         if (make_files(c, &e, "/dev/shm", "dd", b, q, sizeof(b)) < 0)
             return;
         snprintf(dd, sizeof(dd), "/dev/shm/../shm/%s", q + strlen("/dev/shm/"));
-        snprintf(label, sizeof(label), "queue via /dev/shm/../shm (%s)", i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, dd, b, why);
+        bad_paths(c, &e, tcp, "queue via /dev/shm/../shm", dd, b);
         if (make_files(c, &e, "/dev/shm", "dd", b, q, sizeof(b)) < 0)
             return;
         snprintf(dd, sizeof(dd), "/dev/shm/./%s", b + strlen("/dev/shm/"));
-        snprintf(label, sizeof(label), "buffer via /dev/shm/./ (%s)", i ? "tcp" : "unix");
-        bad_paths(c, &e, addrs[i], label, q, dd, why);
+        bad_paths(c, &e, tcp, "buffer via /dev/shm/./", q, dd);
     }
 }
 
 static void case_filepath_symlink(struct case_ctx *c)
 {
-    const char *why = map_failed(SHMIPC_EPATH);
-    const char *addrs[2] = {c->t->unix_addr, c->t->tcp_addr};
-    for (int i = 0; i < 2; i++) {
+    for (int tcp = 0; tcp < 2; tcp++) {
         for (int inside = 0; inside < 2; inside++) {
             struct evil e;
-            char b[256], q[256], lb[256], lq[256], label[128];
+            char b[256], q[256], lb[256], lq[256];
             /* The real files outside the allowed directory, or inside it. */
             if (make_files(c, &e, inside ? "/dev/shm" : c->t->dir, "real", b, q, sizeof(b)) < 0)
                 return;
@@ -951,9 +1039,10 @@ static void case_filepath_symlink(struct case_ctx *c)
                 evil_close(&e);
                 return;
             }
-            snprintf(label, sizeof(label), "symlinks in /dev/shm to files %s (%s)",
-                     inside ? "in /dev/shm" : "in /tmp", i ? "tcp" : "unix");
-            bad_paths(c, &e, addrs[i], label, lq, lb, why);
+            bad_paths(c, &e, tcp,
+                      inside ? "symlinks in /dev/shm to files in /dev/shm"
+                             : "symlinks in /dev/shm to files in /tmp",
+                      lq, lb);
             unlink(lb);
             unlink(lq);
         }
@@ -962,23 +1051,8 @@ static void case_filepath_symlink(struct case_ctx *c)
 
 static void case_filepath_over_tcp_memfd(struct case_ctx *c)
 {
-    struct evil e;
-    evil_init(&e);
-    int rc = evil_mem_memfd(&e, EVIL_POOL_DEFAULT, EVIL_QCAP_DEFAULT);
-    if (rc == 0)
-        rc = evil_connect(&e, c->t->tcp_addr);
-    if (rc < 0) {
-        case_fail(c, "setting up: %s", shmipc_strerror(rc));
-        evil_close(&e);
-        return;
-    }
-    rc = evil_hs_memfd(&e);
-    if (rc == 0) {
-        case_fail(c, "a memfd handshake over TCP was accepted");
-        evil_close(&e);
-        return;
-    }
-    expect_refuse(c, &e, "memfd handshake over TCP", "memfd mode needs a unix socket", H_CLOSE_MS);
+    bad_handshake_mem(c, c->t->tcp_addr, "memfd handshake over TCP", NULL, 0,
+                      "memfd mode needs a unix socket");
 }
 
 /* ---- resource attacks ---- */
@@ -1018,11 +1092,9 @@ static void never_reads_run(struct case_ctx *c, int parked, struct nr_run *r)
     r->stop_why = "all sent";
     r->rss0 = r->peak = target_rss_anon_kib(t, 0);
     struct evil e;
-    if (evil_open(&e, t->unix_addr, 4u << 20, 16) < 0) {
-        case_fail(c, "the bad session's own handshake failed");
-        evil_close(&e);
+    const struct mem m = {4u << 20, NULL, 0, 16};
+    if (setup(c, &e, "never reads", t->unix_addr, &m, UPTO_SESSION) < 0)
         return;
-    }
     uint8_t *req = malloc(NEVER_READS_REQ);
     if (req == NULL) {
         evil_close(&e);
@@ -1127,11 +1199,9 @@ static void case_fallback_flood(struct case_ctx *c)
     c->open_ok = 1;
     long rss0 = target_rss_anon_kib(t, 0), peak = rss0;
     struct evil e;
-    if (evil_open(&e, t->unix_addr, 8u << 20, 256) < 0) {
-        case_fail(c, "the bad session's own handshake failed");
-        evil_close(&e);
+    const struct mem m = {8u << 20, NULL, 0, 256};
+    if (setup(c, &e, "flood", t->unix_addr, &m, UPTO_SESSION) < 0)
         return;
-    }
     size_t len = 64u << 10;
     uint8_t *req = malloc(len);
     if (req == NULL) {
@@ -1182,17 +1252,9 @@ static void case_fallback_retention(struct case_ctx *c)
     long rss0 = target_rss_anon_kib(t, 0);
     struct evil e;
     static const struct pool_class tiny[1] = {{4096, 100}};
-    evil_init(&e);
-    int rc = evil_mem_memfd_classes(&e, 64u << 10, tiny, 1, 64);
-    if (rc == 0)
-        rc = evil_connect(&e, t->unix_addr);
-    if (rc == 0)
-        rc = evil_hs_memfd(&e);
-    if (rc < 0) {
-        case_fail(c, "setting up: %s", shmipc_strerror(rc));
-        evil_close(&e);
+    static const struct mem m = {64u << 10, tiny, 1, 64};
+    if (setup(c, &e, "tiny pool", t->unix_addr, &m, UPTO_SESSION) < 0)
         return;
-    }
     size_t len = 512u << 10;
     if (len > t->max_event / 2)
         len = t->max_event / 2;
@@ -1207,7 +1269,7 @@ static void case_fallback_retention(struct case_ctx *c)
     unsigned done = 0;
     for (uint32_t i = 0; i < nstreams; i++) {
         memset(req, (int)('a' + i % 26), len);
-        rc = evil_fallback(&e, 2 + i, SHMIPC_STREAM_OPEN, req, len);
+        int rc = evil_fallback(&e, 2 + i, SHMIPC_STREAM_OPEN, req, len);
         if (rc == 0)
             rc = evil_wait_echo(&e, 2 + i, req, len, H_IO_MS, why, sizeof(why));
         else
@@ -1240,11 +1302,9 @@ static void case_stream_flood(struct case_ctx *c)
 {
     struct target *t = c->t;
     struct evil e;
-    if (evil_open(&e, t->unix_addr, 8u << 20, 1024) < 0) {
-        case_fail(c, "the bad session's own handshake failed");
-        evil_close(&e);
+    const struct mem m = {8u << 20, NULL, 0, 1024};
+    if (setup(c, &e, "stream flood", t->unix_addr, &m, UPTO_SESSION) < 0)
         return;
-    }
     /* Each FallbackData with status open opens one stream; we read the
      * answers so that only the stream limit can close the session. */
     uint32_t n = t->max_streams + 8;
@@ -1268,10 +1328,8 @@ static void case_truncate_memfd(struct case_ctx *c)
     struct evil e;
     if (open_session(c, &e, "truncate") < 0)
         return;
-    char why[200];
     for (uint32_t id = 2; id < 6; id++) {
-        if (evil_roundtrip(&e, id, "some traffic first", 18, H_IO_MS, why, sizeof(why)) < 0) {
-            case_fail(c, "traffic before the truncation: %s", why);
+        if (roundtrip(c, &e, "traffic before the truncation", id, "some traffic first") < 0) {
             evil_close(&e);
             return;
         }
@@ -1317,9 +1375,7 @@ static void case_double_free(struct case_ctx *c)
         evil_close(&e);
         return;
     }
-    rc = evil_put(&e, 2, first, SHMIPC_STREAM_OPEN);
-    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET)
-        case_fail(c, "replaying the chain: %s", shmipc_strerror(rc));
+    check_sent(c, "double free", "replaying the chain", evil_put(&e, 2, first, SHMIPC_STREAM_OPEN));
     expect_close(c, &e, "the same chain twice", bad_chain(SHMIPC_EBADSLICE));
 }
 
@@ -1373,9 +1429,8 @@ static void case_close_unknown_stream(struct case_ctx *c)
         evil_close(&e);
         return;
     }
-    char why[200];
-    if (evil_roundtrip(&e, 2, "still open?", 11, H_IO_MS, why, sizeof(why)) < 0)
-        case_fail(c, "the session must stay open, but a request after the closes: %s", why);
+    roundtrip(c, &e, "the session must stay open, but a request after the closes", 2,
+              "still open?");
     char *log = target_log_since(c->t, log0);
     if (strstr(log, "closing:") != NULL)
         case_fail(c, "the server logged a close for this session");
@@ -1390,13 +1445,9 @@ static void case_control_valid_sessions(struct case_ctx *c)
      * closes seen in the other cases would mean nothing. */
     c->open_ok = 1;
     snprintf(c->outcome, sizeof(c->outcome), "open (as required)");
+    check_valid_session(c, "memfd session", "memfd control");
     char why[200];
     struct evil e;
-    if (open_session(c, &e, "memfd") == 0) {
-        if (evil_roundtrip(&e, 2, "memfd control", 13, H_IO_MS, why, sizeof(why)) < 0)
-            case_fail(c, "memfd session: %s", why);
-        evil_close(&e);
-    }
     const char *addrs[2] = {c->t->unix_addr, c->t->tcp_addr};
     for (int i = 0; i < 4; i++) {
         char b[256], q[256];
@@ -1430,15 +1481,14 @@ static void case_pool_freelist_lies(struct case_ctx *c)
     pool_hdr(&e)->used = 0xfffffff0u;
     for (unsigned i = 0; i < e.pool.nlists; i++)
         list_hdr(&e, i)->nslices = 0x7fffffff;
-    char why[200];
-    if (evil_roundtrip(&e, 2, "counts changed", 14, H_IO_MS, why, sizeof(why)) < 0)
-        case_fail(c, "after the header counts changed: %s", why);
+    roundtrip(c, &e, "after the header counts changed", 2, "counts changed");
     for (unsigned i = 0; i < e.pool.nlists; i++) {
         struct shmipc_list_header *l = list_hdr(&e, i);
         l->free_count = 0x7fffffff;
         l->head = 3;           /* misaligned */
         l->tail = 0xfffffff0u; /* out of range */
     }
+    char why[200];
     int rc = evil_fallback(&e, 3, SHMIPC_STREAM_OPEN, "nonsense lists", 14);
     if (rc == 0)
         rc = evil_wait_echo(&e, 3, "nonsense lists", 14, H_IO_MS, why, sizeof(why));
@@ -1473,16 +1523,8 @@ static void case_handshake_flood(struct case_ctx *c)
     }
     if (opened < n)
         case_fail(c, "only %d of %d connections", opened, n);
-    char why[200];
-    if (t->kind == T_ECHO) {
-        /* The flood is still pending: a proper client must get through. */
-        struct evil ok;
-        if (open_session(c, &ok, "a valid session during the flood") == 0) {
-            if (evil_roundtrip(&ok, 2, "through the flood", 17, H_IO_MS, why, sizeof(why)) < 0)
-                case_fail(c, "a valid session during the flood: %s", why);
-            evil_close(&ok);
-        }
-    }
+    if (t->kind == T_ECHO) /* the flood is still pending: a proper client must get through */
+        check_valid_session(c, "a valid session during the flood", "through the flood");
     int still = 0;
     for (int i = 0; i < opened; i++) {
         still += !evil_wait_closed(&e[i], t->hs_timeout_ms + H_CLOSE_MS);
@@ -1505,12 +1547,7 @@ static void case_handshake_flood(struct case_ctx *c)
              refused > 0 ? "refused and timed out" : "timed out");
     snprintf(c->note, sizeof(c->note), "%d stalled connections", opened);
     /* And afterwards the server takes sessions again. */
-    struct evil ok;
-    if (open_session(c, &ok, "a valid session after the flood") == 0) {
-        if (evil_roundtrip(&ok, 2, "after the flood", 15, H_IO_MS, why, sizeof(why)) < 0)
-            case_fail(c, "a valid session after the flood: %s", why);
-        evil_close(&ok);
-    }
+    check_valid_session(c, "a valid session after the flood", "after the flood");
 }
 
 /* A session that goes quiet after one request: shmipcd (idle timeout
@@ -1520,24 +1557,16 @@ static void case_idle_session(struct case_ctx *c)
 {
     struct target *t = c->t;
     struct evil e;
-    if (open_session(c, &e, "idle") < 0)
+    if (open_working_session(c, &e, "idle session", 2, "then silence") < 0)
         return;
-    char why[200];
-    if (evil_roundtrip(&e, 2, "then silence", 12, H_IO_MS, why, sizeof(why)) < 0) {
-        case_fail(c, "the one request: %s", why);
-        evil_close(&e);
-        return;
-    }
     if (t->idle_timeout_ms > 0) {
         c->idle_closed++;
-        expect_close_within(c, &e, "idle session", "idle timeout",
-                            t->idle_timeout_ms * 2 + H_CLOSE_MS);
+        expect_end(c, &e, "idle session", 0, "idle timeout", t->idle_timeout_ms * 2 + H_CLOSE_MS);
         return;
     }
     c->open_ok = 1;
     du_sleep_ms(2500);
-    if (evil_roundtrip(&e, 3, "still here", 10, H_IO_MS, why, sizeof(why)) < 0)
-        case_fail(c, "a quiet session was dropped: %s", why);
+    roundtrip(c, &e, "a quiet session was dropped", 3, "still here");
     snprintf(c->outcome, sizeof(c->outcome), "open (as required: no idle timeout)");
     evil_close(&e);
 }
