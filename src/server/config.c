@@ -16,6 +16,7 @@
 #include <grp.h>
 #include <pwd.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,40 +143,54 @@ static int check_keys(struct loader *ld, const config_setting_t *group, const ch
 
 /* ---- typed getters: 1 when present and valid, 0 when absent, <0 refused ---- */
 
+/* A member of a group being read: the setting (NULL when absent) and its
+ * full key for messages. */
+struct member {
+    const config_setting_t *s;
+    char key[KEY_MAX];
+};
+
+#define TYPE_BIT(t) (1u << (unsigned)(t))
+#define ANY_TYPE (~0u)
+
+/* Looks up member `name` of parent into m; 1 when its type is one of
+ * `types` (TYPE_BIT()s), 0 when absent, <0 refused as "must be <what>, not
+ * <its type>". */
+static int get_member(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                      const char *name, unsigned types, const char *what, struct member *m)
+{
+    m->s = config_setting_get_member(parent, name);
+    key_join(m->key, prefix, name);
+    if (m->s == NULL)
+        return 0;
+    int type = config_setting_type(m->s);
+    if ((TYPE_BIT(type) & types) == 0)
+        return fail(ld, m->s, m->key, "must be %s, not %s", what, type_name(type));
+    return 1;
+}
+
 static int get_group(struct loader *ld, const config_setting_t *parent, const char *prefix,
                      const char *name, const config_setting_t **out)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
-    *out = NULL;
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
-    if (config_setting_type(s) != CONFIG_TYPE_GROUP)
-        return fail(ld, s, key, "must be a group ({ ... }), not %s",
-                    type_name(config_setting_type(s)));
-    *out = s;
-    return 1;
+    struct member m;
+    int rc =
+        get_member(ld, parent, prefix, name, TYPE_BIT(CONFIG_TYPE_GROUP), "a group ({ ... })", &m);
+    *out = rc > 0 ? m.s : NULL;
+    return rc;
 }
 
 static int get_int(struct loader *ld, const config_setting_t *parent, const char *prefix,
                    const char *name, long long min, long long max, long long *out)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
-    long long v;
-    int type = config_setting_type(s);
-    if (type == CONFIG_TYPE_INT)
-        v = config_setting_get_int(s);
-    else if (type == CONFIG_TYPE_INT64)
-        v = config_setting_get_int64(s);
-    else
-        return fail(ld, s, key, "must be an integer, not %s", type_name(type));
+    struct member m;
+    int rc = get_member(ld, parent, prefix, name,
+                        TYPE_BIT(CONFIG_TYPE_INT) | TYPE_BIT(CONFIG_TYPE_INT64), "an integer", &m);
+    if (rc <= 0)
+        return rc;
+    long long v = config_setting_type(m.s) == CONFIG_TYPE_INT ? config_setting_get_int(m.s)
+                                                              : config_setting_get_int64(m.s);
     if (v < min || v > max)
-        return fail(ld, s, key, "%lld is out of range (%lld..%lld)", v, min, max);
+        return fail(ld, m.s, m.key, "%lld is out of range (%lld..%lld)", v, min, max);
     *out = v;
     return 1;
 }
@@ -183,31 +198,35 @@ static int get_int(struct loader *ld, const config_setting_t *parent, const char
 static int get_bool(struct loader *ld, const config_setting_t *parent, const char *prefix,
                     const char *name, int *out)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
-    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
-        return fail(ld, s, key, "must be true or false, not %s", type_name(config_setting_type(s)));
-    *out = config_setting_get_bool(s);
+    struct member m;
+    int rc = get_member(ld, parent, prefix, name, TYPE_BIT(CONFIG_TYPE_BOOL), "true or false", &m);
+    if (rc > 0)
+        *out = config_setting_get_bool(m.s);
+    return rc;
+}
+
+/* The member is left in m, also when absent (its key names it). */
+static int get_string(struct loader *ld, const config_setting_t *parent, const char *prefix,
+                      const char *name, struct member *m, const char **out)
+{
+    int rc = get_member(ld, parent, prefix, name, TYPE_BIT(CONFIG_TYPE_STRING), "a string", m);
+    if (rc <= 0)
+        return rc;
+    *out = config_setting_get_string(m->s);
+    if (**out == '\0')
+        return fail(ld, m->s, m->key, "must not be empty");
     return 1;
 }
 
-static int get_string(struct loader *ld, const config_setting_t *parent, const char *prefix,
-                      const char *name, const char **out)
+/* get_string for a key every service needs: absence is refused at the
+ * service as "missing (<why>)". */
+static int get_needed(struct loader *ld, const config_setting_t *e, const char *prefix,
+                      const char *name, const char *why, struct member *m, const char **out)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
-    if (config_setting_type(s) != CONFIG_TYPE_STRING)
-        return fail(ld, s, key, "must be a string, not %s", type_name(config_setting_type(s)));
-    *out = config_setting_get_string(s);
-    if (**out == '\0')
-        return fail(ld, s, key, "must not be empty");
-    return 1;
+    int rc = get_string(ld, e, prefix, name, m, out);
+    if (rc == 0)
+        return fail(ld, e, m->key, "missing (%s)", why);
+    return rc;
 }
 
 /* An octal file mode written as a string ("0660"): a bare 0660 would be
@@ -215,25 +234,23 @@ static int get_string(struct loader *ld, const config_setting_t *parent, const c
 static int get_mode(struct loader *ld, const config_setting_t *parent, const char *prefix,
                     const char *name, int *out)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
-    if (config_setting_type(s) != CONFIG_TYPE_STRING)
-        return fail(ld, s, key, "must be an octal mode in a string like \"0660\", not %s",
-                    type_name(config_setting_type(s)));
-    const char *t = config_setting_get_string(s);
+    struct member m;
+    int rc = get_member(ld, parent, prefix, name, TYPE_BIT(CONFIG_TYPE_STRING),
+                        "an octal mode in a string like \"0660\"", &m);
+    if (rc <= 0)
+        return rc;
+    const char *t = config_setting_get_string(m.s);
     int v = 0;
     for (const char *p = t; *p != '\0'; p++) {
         if (*p < '0' || *p > '7')
-            return fail(ld, s, key, "\"%s\" is not an octal mode (digits 0-7, like \"0660\")", t);
+            return fail(ld, m.s, m.key, "\"%s\" is not an octal mode (digits 0-7, like \"0660\")",
+                        t);
         v = v * 8 + (*p - '0');
         if (v > 07777)
-            return fail(ld, s, key, "\"%s\" is larger than 07777", t);
+            return fail(ld, m.s, m.key, "\"%s\" is larger than 07777", t);
     }
     if (*t == '\0')
-        return fail(ld, s, key, "must not be empty (an octal mode like \"0660\")");
+        return fail(ld, m.s, m.key, "must not be empty (an octal mode like \"0660\")");
     *out = v;
     return 1;
 }
@@ -531,47 +548,91 @@ static int check_includes(struct loader *ld, const char *file, int depth)
 
 /* ---- sections ---- */
 
+/* An integer key read straight into the field of struct daemon_conf that
+ * has its name, by offset and size as nginx's conf slots do; the fields are
+ * 32 or 64 bits wide and every range fits the field. */
+struct int_key {
+    long long min, max;
+    const char *name;
+    size_t off, size;
+};
+
+#define FIELD_SIZE(field) sizeof(((struct daemon_conf *)0)->field)
+#define INT_KEY(field, min, max)                                                                   \
+    {                                                                                              \
+        (min), (max), #field, offsetof(struct daemon_conf, field), FIELD_SIZE(field)               \
+    }
+
+static const struct int_key top_ints[] = {
+    INT_KEY(workers, 1, CONF_MAX_WORKERS),
+    INT_KEY(spin_us, 0, 100000),
+};
+
+static const struct int_key limit_ints[] = {
+    INT_KEY(max_sessions, 1, 1000000),         INT_KEY(max_pool_bytes, 64 << 10, (4ll << 30) - 1),
+    INT_KEY(handshake_timeout_ms, 10, 600000), INT_KEY(max_event_bytes, 64 << 10, 1ll << 30),
+    INT_KEY(drain_timeout_ms, 0, 600000),      INT_KEY(max_sessions_per_uid, 0, 1000000),
+    INT_KEY(max_streams, 1, 1000000),          INT_KEY(idle_timeout_ms, 0, 86400000),
+};
+
+/* Reads keys[0..n) of group into ld->c, in order; absent keys keep their
+ * defaults. 0, or the first refusal. */
+static int get_ints(struct loader *ld, const config_setting_t *group, const char *prefix,
+                    const struct int_key *keys, size_t n)
+{
+    _Static_assert(sizeof(int) == sizeof(uint32_t), "32-bit fields are int or unsigned");
+    for (size_t i = 0; i < n; i++) {
+        long long v;
+        int rc = get_int(ld, group, prefix, keys[i].name, keys[i].min, keys[i].max, &v);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            continue;
+        char *field = (char *)ld->c + keys[i].off;
+        if (keys[i].size == sizeof(uint64_t)) {
+            uint64_t u = (uint64_t)v;
+            memcpy(field, &u, sizeof(u));
+        } else {
+            uint32_t u = (uint32_t)v;
+            memcpy(field, &u, sizeof(u));
+        }
+    }
+    return 0;
+}
+
 static int load_top(struct loader *ld, const config_setting_t *root)
 {
     struct daemon_conf *c = ld->c;
-    long long v;
     int rc;
-    if ((rc = check_keys(ld, root, NULL, top_keys)) < 0)
+    if ((rc = check_keys(ld, root, NULL, top_keys)) < 0 ||
+        (rc = get_ints(ld, root, NULL, top_ints, sizeof(top_ints) / sizeof(top_ints[0]))) < 0)
         return rc;
-    if ((rc = get_int(ld, root, NULL, "workers", 1, CONF_MAX_WORKERS, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->workers = (unsigned)v;
-    if ((rc = get_int(ld, root, NULL, "spin_us", 0, 100000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->spin_us = (int)v;
 
     const config_setting_t *log;
     if ((rc = get_group(ld, root, NULL, "log", &log)) < 0)
         return rc;
     if (log != NULL) {
         const char *lv;
+        struct member m;
         if ((rc = check_keys(ld, log, "log", log_keys)) < 0)
             return rc;
-        if ((rc = get_string(ld, log, "log", "level", &lv)) < 0)
+        if ((rc = get_string(ld, log, "log", "level", &m, &lv)) < 0)
             return rc;
         if (rc > 0 && log_level_parse(lv, &c->log_level) < 0)
-            return fail(ld, config_setting_get_member(log, "level"), "log.level",
-                        "\"%s\" is not one of error, warn, info, debug", lv);
+            return fail(ld, m.s, m.key, "\"%s\" is not one of error, warn, info, debug", lv);
     }
 
     const char *admin;
-    if ((rc = get_string(ld, root, NULL, "admin", &admin)) < 0)
+    struct member m;
+    if ((rc = get_string(ld, root, NULL, "admin", &m, &admin)) < 0)
         return rc;
     if (rc > 0) {
-        const config_setting_t *s = config_setting_get_member(root, "admin");
         struct sock_addr a;
         if (sock_addr_parse(admin, &a) < 0)
-            return fail(ld, s, "admin",
+            return fail(ld, m.s, m.key,
                         "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)",
                         admin);
-        if ((rc = dup_str(ld, s, "admin", admin, &c->admin)) < 0)
+        if ((rc = dup_str(ld, m.s, m.key, admin, &c->admin)) < 0)
             return rc;
     }
     if ((rc = get_mode(ld, root, NULL, "admin_mode", &c->admin_mode)) < 0)
@@ -581,60 +642,26 @@ static int load_top(struct loader *ld, const config_setting_t *root)
 
 static int load_limits(struct loader *ld, const config_setting_t *root)
 {
-    struct daemon_conf *c = ld->c;
     const config_setting_t *lim;
-    long long v;
     int rc;
     if ((rc = get_group(ld, root, NULL, "limits", &lim)) <= 0)
         return rc;
     if ((rc = check_keys(ld, lim, "limits", limit_keys)) < 0)
         return rc;
-    if ((rc = get_int(ld, lim, "limits", "max_sessions", 1, 1000000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->max_sessions = (unsigned)v;
-    if ((rc = get_int(ld, lim, "limits", "max_pool_bytes", 64 << 10, (4ll << 30) - 1, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->max_pool_bytes = (uint64_t)v;
-    if ((rc = get_int(ld, lim, "limits", "handshake_timeout_ms", 10, 600000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->handshake_timeout_ms = (int)v;
-    if ((rc = get_int(ld, lim, "limits", "max_event_bytes", 64 << 10, 1ll << 30, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->max_event_bytes = (uint32_t)v;
-    if ((rc = get_int(ld, lim, "limits", "drain_timeout_ms", 0, 600000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->drain_timeout_ms = (int)v;
-    if ((rc = get_int(ld, lim, "limits", "max_sessions_per_uid", 0, 1000000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->max_sessions_per_uid = (unsigned)v;
-    if ((rc = get_int(ld, lim, "limits", "max_streams", 1, 1000000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->max_streams = (unsigned)v;
-    if ((rc = get_int(ld, lim, "limits", "idle_timeout_ms", 0, 86400000, &v)) < 0)
-        return rc;
-    if (rc > 0)
-        c->idle_timeout_ms = (int)v;
-    return 0;
+    return get_ints(ld, lim, "limits", limit_ints, sizeof(limit_ints) / sizeof(limit_ints[0]));
 }
 
 /* Resolves plugin_dir (relative to the file's directory) into plugin_base. */
 static int load_plugin_dir(struct loader *ld, const config_setting_t *root)
 {
     const char *dir;
-    int rc = get_string(ld, root, NULL, "plugin_dir", &dir);
+    struct member m;
+    int rc = get_string(ld, root, NULL, "plugin_dir", &m, &dir);
     if (rc <= 0) {
         if (rc == 0)
             memcpy(ld->plugin_base, ld->conf_dir, sizeof(ld->plugin_base));
         return rc;
     }
-    const config_setting_t *s = config_setting_get_member(root, "plugin_dir");
     char joined[2 * PATH_MAX];
     if (dir[0] == '/')
         snprintf(joined, sizeof(joined), "%s", dir);
@@ -642,9 +669,9 @@ static int load_plugin_dir(struct loader *ld, const config_setting_t *root)
         snprintf(joined, sizeof(joined), "%s/%s", ld->conf_dir, dir);
     struct stat st;
     if (realpath(joined, ld->plugin_base) == NULL)
-        return fail(ld, s, "plugin_dir", "%s: %s", joined, strerror(errno));
+        return fail(ld, m.s, m.key, "%s: %s", joined, strerror(errno));
     if (stat(ld->plugin_base, &st) < 0 || !S_ISDIR(st.st_mode))
-        return fail(ld, s, "plugin_dir", "%s is not a directory", ld->plugin_base);
+        return fail(ld, m.s, m.key, "%s is not a directory", ld->plugin_base);
     return 0;
 }
 
@@ -681,12 +708,13 @@ static int valid_name(const char *name)
 static int get_ids(struct loader *ld, const config_setting_t *parent, const char *prefix,
                    const char *name, unsigned *ids, unsigned *n)
 {
-    const config_setting_t *s = config_setting_get_member(parent, name);
+    struct member m;
     *n = 0;
-    if (s == NULL)
-        return 0;
-    char key[KEY_MAX];
-    key_join(key, prefix, name);
+    int rc = get_member(ld, parent, prefix, name, ANY_TYPE, NULL, &m);
+    if (rc <= 0)
+        return rc;
+    const config_setting_t *s = m.s;
+    const char *key = m.key;
     int type = config_setting_type(s);
     if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
         return fail(ld, s, key, "must be an array of ids, like [0, 1000]");
@@ -706,6 +734,29 @@ static int get_ids(struct loader *ld, const config_setting_t *parent, const char
     return 1;
 }
 
+/* A user (or, with is_group, a group) name or number to its id. */
+static int parse_id(const char *v, int is_group, unsigned *id)
+{
+    char buf[4096], *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (*end == '\0') {
+        *id = (unsigned)n;
+        return 0;
+    }
+    if (is_group) {
+        struct group gr, *grp = NULL;
+        if (getgrnam_r(v, &gr, buf, sizeof(buf), &grp) != 0 || grp == NULL)
+            return -EINVAL;
+        *id = grp->gr_gid;
+    } else {
+        struct passwd pw, *pr = NULL;
+        if (getpwnam_r(v, &pw, buf, sizeof(buf), &pr) != 0 || pr == NULL)
+            return -EINVAL;
+        *id = pr->pw_uid;
+    }
+    return 0;
+}
+
 /* "user" or "user:group" (names or numbers) to ids; -1 keeps one as is. */
 static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
 {
@@ -716,26 +767,16 @@ static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
     group = strchr(user, ':');
     if (group != NULL)
         *group++ = '\0';
-    char buf[4096], *end;
+    unsigned id;
     if (user[0] != '\0') {
-        struct passwd pw, *pr = NULL;
-        unsigned long n = strtoul(user, &end, 10);
-        if (*end == '\0')
-            *uid = (uid_t)n;
-        else if (getpwnam_r(user, &pw, buf, sizeof(buf), &pr) == 0 && pr != NULL)
-            *uid = pr->pw_uid;
-        else
+        if (parse_id(user, 0, &id) < 0)
             return -EINVAL;
+        *uid = (uid_t)id;
     }
     if (group != NULL && group[0] != '\0') {
-        struct group gr, *grp = NULL;
-        unsigned long n = strtoul(group, &end, 10);
-        if (*end == '\0')
-            *gid = (gid_t)n;
-        else if (getgrnam_r(group, &gr, buf, sizeof(buf), &grp) == 0 && grp != NULL)
-            *gid = grp->gr_gid;
-        else
+        if (parse_id(group, 1, &id) < 0)
             return -EINVAL;
+        *gid = (gid_t)id;
     }
     return 0;
 }
@@ -744,7 +785,8 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
                         struct sock_addr *addrs)
 {
     struct svc_conf *sv = &ld->c->services[i];
-    char prefix[32], key[KEY_MAX];
+    char prefix[32];
+    struct member m;
     const char *v;
     int rc;
     snprintf(prefix, sizeof(prefix), "services.[%u]", i);
@@ -756,37 +798,29 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
     if ((rc = check_keys(ld, e, prefix, svc_keys)) < 0)
         return rc;
 
-    key_join(key, prefix, "name");
-    if ((rc = get_string(ld, e, prefix, "name", &v)) < 0)
+    if ((rc = get_needed(ld, e, prefix, "name", "every service needs a name", &m, &v)) < 0)
         return rc;
-    if (rc == 0)
-        return fail(ld, e, key, "missing (every service needs a name)");
-    const config_setting_t *s = config_setting_get_member(e, "name");
     if (!valid_name(v))
-        return fail(ld, s, key, "\"%s\" may hold only letters, digits, '_', '.' and '-'", v);
+        return fail(ld, m.s, m.key, "\"%s\" may hold only letters, digits, '_', '.' and '-'", v);
     if (strlen(v) > CONF_MAX_NAME)
-        return fail(ld, s, key, "longer than %d characters", CONF_MAX_NAME);
+        return fail(ld, m.s, m.key, "longer than %d characters", CONF_MAX_NAME);
     for (unsigned j = 0; j < i; j++)
         if (strcmp(ld->c->services[j].name, v) == 0)
-            return fail(ld, s, key, "duplicate service name \"%s\" (first at line %d)", v,
+            return fail(ld, m.s, m.key, "duplicate service name \"%s\" (first at line %d)", v,
                         ld->c->services[j].line);
-    if ((rc = dup_str(ld, s, key, v, &sv->name)) < 0)
+    if ((rc = dup_str(ld, m.s, m.key, v, &sv->name)) < 0)
         return rc;
 
-    key_join(key, prefix, "listen");
-    if ((rc = get_string(ld, e, prefix, "listen", &v)) < 0)
+    if ((rc = get_needed(ld, e, prefix, "listen", "an address to listen on", &m, &v)) < 0)
         return rc;
-    if (rc == 0)
-        return fail(ld, e, key, "missing (an address to listen on)");
-    s = config_setting_get_member(e, "listen");
     if (sock_addr_parse(v, &addrs[i]) < 0)
-        return fail(ld, s, key,
+        return fail(ld, m.s, m.key,
                     "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)", v);
     for (unsigned j = 0; j < i; j++)
         if (strcmp(addrs[j].text, addrs[i].text) == 0)
-            return fail(ld, s, key, "%s is already used by service \"%s\" (line %d)", addrs[i].text,
-                        ld->c->services[j].name, ld->c->services[j].line);
-    if ((rc = dup_str(ld, s, key, v, &sv->listen)) < 0)
+            return fail(ld, m.s, m.key, "%s is already used by service \"%s\" (line %d)",
+                        addrs[i].text, ld->c->services[j].name, ld->c->services[j].line);
+    if ((rc = dup_str(ld, m.s, m.key, v, &sv->listen)) < 0)
         return rc;
 
     if ((rc = get_mode(ld, e, prefix, "mode", &sv->mode)) < 0)
@@ -794,32 +828,26 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
 
     sv->uid = (uid_t)-1;
     sv->gid = (gid_t)-1;
-    key_join(key, prefix, "owner");
-    if ((rc = get_string(ld, e, prefix, "owner", &v)) < 0)
+    if ((rc = get_string(ld, e, prefix, "owner", &m, &v)) < 0)
         return rc;
     if (rc > 0 && (rc = parse_owner(v, &sv->uid, &sv->gid)) < 0)
-        return fail(ld, config_setting_get_member(e, "owner"), key,
-                    "\"%s\" is not \"user\" or \"user:group\" known to this system", v);
+        return fail(ld, m.s, m.key, "\"%s\" is not \"user\" or \"user:group\" known to this system",
+                    v);
 
-    key_join(key, prefix, "allowed_dir");
-    if ((rc = get_string(ld, e, prefix, "allowed_dir", &v)) < 0)
+    if ((rc = get_string(ld, e, prefix, "allowed_dir", &m, &v)) < 0)
         return rc;
     if (rc == 0)
         v = DEF_ALLOWED_DIR;
-    s = config_setting_get_member(e, "allowed_dir");
     if (v[0] != '/')
-        return fail(ld, s, key, "\"%s\" is not an absolute path", v);
+        return fail(ld, m.s, m.key, "\"%s\" is not an absolute path", v);
     if (strlen(v) > CONF_MAX_DIR)
-        return fail(ld, s, key, "longer than %d characters", CONF_MAX_DIR);
-    if ((rc = dup_str(ld, s != NULL ? s : e, key, v, &sv->allowed_dir)) < 0)
+        return fail(ld, m.s, m.key, "longer than %d characters", CONF_MAX_DIR);
+    if ((rc = dup_str(ld, m.s != NULL ? m.s : e, m.key, v, &sv->allowed_dir)) < 0)
         return rc;
 
-    key_join(key, prefix, "plugin");
-    if ((rc = get_string(ld, e, prefix, "plugin", &v)) < 0)
+    if ((rc = get_needed(ld, e, prefix, "plugin", "the plugin .so this service runs", &m, &v)) < 0)
         return rc;
-    if (rc == 0)
-        return fail(ld, e, key, "missing (the plugin .so this service runs)");
-    if ((rc = resolve_plugin(ld, config_setting_get_member(e, "plugin"), key, v, &sv->plugin)) < 0)
+    if ((rc = resolve_plugin(ld, m.s, m.key, v, &sv->plugin)) < 0)
         return rc;
 
     if ((rc = get_bool(ld, e, prefix, "watch", &sv->watch)) < 0)
@@ -1008,57 +1036,53 @@ void conf_free(struct daemon_conf *c)
 
 /* ---- plugin accessors ---- */
 
-static const config_setting_t *plugin_lookup(const config_setting_t *group, const char *path)
+/* The accessors' one body: `type` says what out points to (CONFIG_TYPE_INT64
+ * for a long long, which an INT setting fills too). No conversions. */
+static int plugin_get(const config_setting_t *group, const char *path, int type, void *out)
 {
     if (group == NULL || path == NULL)
-        return NULL;
+        return -ENOENT;
     /* libconfig 1.5 takes a non-const setting but does not modify it. */
-    return config_setting_lookup((config_setting_t *)group, path);
+    const config_setting_t *s = config_setting_lookup((config_setting_t *)group, path);
+    if (s == NULL)
+        return -ENOENT;
+    int t = config_setting_type(s);
+    if (t != type && !(type == CONFIG_TYPE_INT64 && t == CONFIG_TYPE_INT))
+        return -EINVAL;
+    switch (type) {
+    case CONFIG_TYPE_INT64:
+        *(long long *)out =
+            t == CONFIG_TYPE_INT ? config_setting_get_int(s) : config_setting_get_int64(s);
+        break;
+    case CONFIG_TYPE_BOOL:
+        *(int *)out = config_setting_get_bool(s);
+        break;
+    case CONFIG_TYPE_FLOAT:
+        *(double *)out = config_setting_get_float(s);
+        break;
+    default:
+        *(const char **)out = config_setting_get_string(s);
+        break;
+    }
+    return 0;
 }
 
 int conf_plugin_int(const config_setting_t *group, const char *path, long long *out)
 {
-    const config_setting_t *s = plugin_lookup(group, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) == CONFIG_TYPE_INT)
-        *out = config_setting_get_int(s);
-    else if (config_setting_type(s) == CONFIG_TYPE_INT64)
-        *out = config_setting_get_int64(s);
-    else
-        return -EINVAL;
-    return 0;
+    return plugin_get(group, path, CONFIG_TYPE_INT64, out);
 }
 
 int conf_plugin_bool(const config_setting_t *group, const char *path, int *out)
 {
-    const config_setting_t *s = plugin_lookup(group, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
-        return -EINVAL;
-    *out = config_setting_get_bool(s);
-    return 0;
+    return plugin_get(group, path, CONFIG_TYPE_BOOL, out);
 }
 
 int conf_plugin_float(const config_setting_t *group, const char *path, double *out)
 {
-    const config_setting_t *s = plugin_lookup(group, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_FLOAT)
-        return -EINVAL;
-    *out = config_setting_get_float(s);
-    return 0;
+    return plugin_get(group, path, CONFIG_TYPE_FLOAT, out);
 }
 
 int conf_plugin_string(const config_setting_t *group, const char *path, const char **out)
 {
-    const config_setting_t *s = plugin_lookup(group, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_STRING)
-        return -EINVAL;
-    *out = config_setting_get_string(s);
-    return 0;
+    return plugin_get(group, path, CONFIG_TYPE_STRING, out);
 }

@@ -123,6 +123,24 @@ static const char *full_file(void)
     return text;
 }
 
+/* A service as test_full_file reads it back: `plugin` is relative to tmp,
+ * `marker` stands on the line where the service starts. */
+struct svc_want {
+    const char *name, *listen;
+    int mode;
+    const char *allowed_dir, *plugin, *marker;
+};
+
+static void check_svc(const struct svc_conf *s, const struct svc_want *w, const char *text)
+{
+    CU_ASSERT_STRING_EQUAL(s->name, w->name);
+    CU_ASSERT_STRING_EQUAL(s->listen, w->listen);
+    CU_ASSERT_EQUAL(s->mode, w->mode);
+    CU_ASSERT_STRING_EQUAL(s->allowed_dir, w->allowed_dir);
+    CU_ASSERT_STRING_EQUAL(s->plugin, tpath(w->plugin));
+    CU_ASSERT_EQUAL(s->line, line_of(text, w->marker));
+}
+
 static void test_full_file(void)
 {
     tmp_make();
@@ -147,24 +165,19 @@ static void test_full_file(void)
     CU_ASSERT_EQUAL(c.drain_timeout_ms, 0);
     CU_ASSERT_EQUAL_FATAL(c.nservices, 2);
 
+    static const struct svc_want want[] = {
+        {"svc.one-1_A", "unix:/run/x/one.sock", 0604, "/dev/shm/one", "plugs/one.so",
+         "{ name = \"svc.one"},
+        {"two", "tcp:127.0.0.1:7001", 0660, "/dev/shm", "elsewhere/two.so", "{ name = \"two\""},
+    };
     const struct svc_conf *a = &c.services[0], *b = &c.services[1];
-    CU_ASSERT_STRING_EQUAL(a->name, "svc.one-1_A");
-    CU_ASSERT_STRING_EQUAL(a->listen, "unix:/run/x/one.sock");
-    CU_ASSERT_EQUAL(a->mode, 0604);
-    CU_ASSERT_STRING_EQUAL(a->allowed_dir, "/dev/shm/one");
-    CU_ASSERT_STRING_EQUAL(a->plugin, tpath("plugs/one.so"));
-    CU_ASSERT_EQUAL(a->line, line_of(text, "{ name = \"svc.one"));
+    check_svc(a, &want[0], text);
     CU_ASSERT_PTR_NOT_NULL_FATAL(a->plugin_conf);
     long long v = 0;
     CU_ASSERT_EQUAL(conf_plugin_int(a->plugin_conf, "limit", &v), 0);
     CU_ASSERT_EQUAL(v, 3);
 
-    CU_ASSERT_STRING_EQUAL(b->name, "two");
-    CU_ASSERT_STRING_EQUAL(b->listen, "tcp:127.0.0.1:7001");
-    CU_ASSERT_EQUAL(b->mode, 0660);
-    CU_ASSERT_STRING_EQUAL(b->allowed_dir, "/dev/shm");
-    CU_ASSERT_STRING_EQUAL(b->plugin, tpath("elsewhere/two.so"));
-    CU_ASSERT_EQUAL(b->line, line_of(text, "{ name = \"two\""));
+    check_svc(b, &want[1], text);
     CU_ASSERT_PTR_NULL(b->plugin_conf);
 
     conf_free(&c);
@@ -255,6 +268,19 @@ static void test_defaults(void)
 static const char svc_sub[] =
     "services = ( { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"sub/p.so\"; } );\n";
 
+/* Writes tmp/name and loads it: service 0's plugin must be tmp/plugin. */
+static void check_plugin_at(const char *name, const char *text, const char *plugin)
+{
+    struct daemon_conf c;
+    char err[512] = "";
+    int rc = conf_load(put(name, text), &c, err, sizeof(err));
+    if (rc != 0)
+        fprintf(stderr, "\n  %s: %s\n", name, err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, tpath(plugin));
+    conf_free(&c);
+}
+
 static void test_relative_plugins(void)
 {
     tmp_make();
@@ -263,11 +289,7 @@ static void test_relative_plugins(void)
 
     /* No plugin_dir: the config file's directory, whatever the cwd. */
     put("conf/sub/p.so", "");
-    put("conf/a.conf", svc_sub);
-    CU_ASSERT_EQUAL_FATAL(conf_load(tpath("conf/a.conf"), &c, err, sizeof(err)), 0);
-    snprintf(want, sizeof(want), "%s/conf/sub/p.so", tmp);
-    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, want);
-    conf_free(&c);
+    check_plugin_at("conf/a.conf", svc_sub, "conf/sub/p.so");
 
     /* A path without a slash, relative to the cwd; the directory is made
      * absolute, and so is c.path. */
@@ -277,30 +299,26 @@ static void test_relative_plugins(void)
     int rc = conf_load("a.conf", &c, err, sizeof(err));
     CU_ASSERT_EQUAL_FATAL(chdir(cwd), 0);
     CU_ASSERT_EQUAL_FATAL(rc, 0);
-    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, want);
+    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, tpath("conf/sub/p.so"));
     CU_ASSERT_STRING_EQUAL(c.path, tpath("conf/a.conf"));
     conf_free(&c);
 
     /* Relative plugin_dir: against the file's directory; it wins over the
      * file's directory (which also holds a sub/p.so). */
     put("conf/lib/sub/p.so", "");
-    put("conf/b.conf", "plugin_dir = \"lib\";\n"
-                       "services = ( { name = \"a\"; listen = "
-                       "\"/tmp/a.sock\"; plugin = \"sub/p.so\"; } );\n");
-    CU_ASSERT_EQUAL_FATAL(conf_load(tpath("conf/b.conf"), &c, err, sizeof(err)), 0);
-    snprintf(want, sizeof(want), "%s/conf/lib/sub/p.so", tmp);
-    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, want);
-    conf_free(&c);
+    check_plugin_at("conf/b.conf",
+                    "plugin_dir = \"lib\";\n"
+                    "services = ( { name = \"a\"; listen = "
+                    "\"/tmp/a.sock\"; plugin = \"sub/p.so\"; } );\n",
+                    "conf/lib/sub/p.so");
 
     /* "../x" in plugin_dir is resolved (realpath on the directory). */
     put("plugins/q.so", "");
-    put("conf/c.conf", "plugin_dir = \"../plugins\";\n"
-                       "services = ( { name = \"a\"; listen = "
-                       "\"/tmp/a.sock\"; plugin = \"q.so\"; } );\n");
-    CU_ASSERT_EQUAL_FATAL(conf_load(tpath("conf/c.conf"), &c, err, sizeof(err)), 0);
-    snprintf(want, sizeof(want), "%s/plugins/q.so", tmp);
-    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, want);
-    conf_free(&c);
+    check_plugin_at("conf/c.conf",
+                    "plugin_dir = \"../plugins\";\n"
+                    "services = ( { name = \"a\"; listen = "
+                    "\"/tmp/a.sock\"; plugin = \"q.so\"; } );\n",
+                    "plugins/q.so");
 
     /* plugin_dir holds no q.so: not found, even though conf/ might. */
     put("conf/q.so", "");
@@ -321,11 +339,7 @@ static void test_relative_plugins(void)
              "plugin_dir = \"lib\";\nservices = ( { name = \"a\"; listen = \"/tmp/a.sock\"; "
              "plugin = \"%s/conf/q.so\"; } );\n",
              tmp);
-    put("conf/e.conf", e_text);
-    CU_ASSERT_EQUAL_FATAL(conf_load(tpath("conf/e.conf"), &c, err, sizeof(err)), 0);
-    snprintf(want, sizeof(want), "%s/conf/q.so", tmp);
-    CU_ASSERT_STRING_EQUAL(c.services[0].plugin, want);
-    conf_free(&c);
+    check_plugin_at("conf/e.conf", e_text, "conf/q.so");
 
     /* @include resolves next to the file, and errors in it name it. */
     put("conf/inc/limits.conf", "limits = { max_sessions = 77; };\n");
@@ -356,6 +370,22 @@ static void test_relative_plugins(void)
 }
 
 /* ---- plugin accessors ---- */
+
+/* Calls the plugin accessor for `kind` (i, b, f or s) with its out. */
+static int accessor(char kind, const config_setting_t *g, const char *path, long long *i, int *b,
+                    double *f, const char **s)
+{
+    switch (kind) {
+    case 'i':
+        return conf_plugin_int(g, path, i);
+    case 'b':
+        return conf_plugin_bool(g, path, b);
+    case 'f':
+        return conf_plugin_float(g, path, f);
+    default:
+        return conf_plugin_string(g, path, s);
+    }
+}
 
 static void test_plugin_accessors(void)
 {
@@ -390,28 +420,32 @@ static void test_plugin_accessors(void)
     CU_ASSERT_EQUAL(conf_plugin_string(g, "a.c", &s), 0);
     CU_ASSERT_STRING_EQUAL(s, "deep");
 
-    /* Absent: -ENOENT, out untouched. */
+    /* Absent (also from no group at all): -ENOENT. Another type: -EINVAL
+     * (no conversions, groups are not values). Either way the int out is
+     * untouched. */
+    static const struct {
+        char kind; /* the accessor: i, b, f or s */
+        int no_group;
+        const char *path;
+        int rc;
+    } refused[] = {
+        {'i', 0, "nope", -ENOENT}, {'i', 0, "a.nope", -ENOENT}, {'b', 0, "nope", -ENOENT},
+        {'f', 0, "nope", -ENOENT}, {'s', 0, "nope", -ENOENT},   {'i', 1, "i", -ENOENT},
+        {'b', 1, "b", -ENOENT},    {'f', 1, "f", -ENOENT},      {'s', 1, "s", -ENOENT},
+        {'i', 0, "s", -EINVAL},    {'i', 0, "f", -EINVAL},      {'i', 0, "a", -EINVAL},
+        {'i', 0, "arr", -EINVAL},  {'b', 0, "i", -EINVAL},      {'f', 0, "i", -EINVAL},
+        {'s', 0, "b", -EINVAL},
+    };
     i = 42;
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "nope", &i), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "a.nope", &i), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_bool(g, "nope", &b), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_float(g, "nope", &f), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_string(g, "nope", &s), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_int(NULL, "i", &i), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_bool(NULL, "b", &b), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_float(NULL, "f", &f), -ENOENT);
-    CU_ASSERT_EQUAL(conf_plugin_string(NULL, "s", &s), -ENOENT);
-    CU_ASSERT_EQUAL(i, 42);
-
-    /* Another type: -EINVAL (no conversions, groups are not values). */
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "s", &i), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "f", &i), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "a", &i), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_int(g, "arr", &i), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_bool(g, "i", &b), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_float(g, "i", &f), -EINVAL);
-    CU_ASSERT_EQUAL(conf_plugin_string(g, "b", &s), -EINVAL);
-    CU_ASSERT_EQUAL(i, 42);
+    for (size_t k = 0; k < sizeof(refused) / sizeof(refused[0]); k++) {
+        const config_setting_t *on = refused[k].no_group ? NULL : g;
+        int rc = accessor(refused[k].kind, on, refused[k].path, &i, &b, &f, &s);
+        if (rc != refused[k].rc)
+            fprintf(stderr, "\n  %c accessor of \"%s\": %d, expected %d\n", refused[k].kind,
+                    refused[k].path, rc, refused[k].rc);
+        CU_ASSERT_EQUAL(rc, refused[k].rc);
+        CU_ASSERT_EQUAL(i, 42);
+    }
     conf_free(&c);
     tmp_remove();
 }
@@ -419,6 +453,19 @@ static void test_plugin_accessors(void)
 /* ---- refusals ---- */
 
 #define SVC "services = ( { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\"; } );\n"
+/* One service over several lines, so that the key under test has a line of
+ * its own: the refusal must name that line. */
+#define LIMITS(key) "limits = {\n " key " };\n" SVC
+#define SVC_WITH(keys)                                                                             \
+    "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    " keys " }\n);\n"
+#define SVC_KEY(key) SVC_WITH(key " plugin = \"p.so\";")
+#define SVC_THEN(key)                                                                              \
+    "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n    " key       \
+    " }\n);\n"
+#define SVC_NAMED(name)                                                                            \
+    "services = (\n  { name = \"" name "\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\"; }\n);\n"
+#define SVC_LISTEN(addr)                                                                           \
+    "services = (\n  { name = \"a\";\n    listen = \"" addr "\"; plugin = \"p.so\"; }\n);\n"
 
 struct refusal {
     const char *what;
@@ -432,10 +479,8 @@ struct refusal {
 static const struct refusal refusals[] = {
     {"unknown top-level key", "workers = 2;\n\ncolour = \"red\";\n" SVC, "colour", "colour",
      -EINVAL, "unknown key (expected one of: workers, spin_us, log,"},
-    {"unknown key in a service",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    plugin = \"p.so\";\n"
-     "    port = 5; }\n);\n",
-     "services.[0].port", "port", -EINVAL, "unknown key"},
+    {"unknown key in a service", SVC_WITH("plugin = \"p.so\";\n    port = 5;"), "services.[0].port",
+     "port", -EINVAL, "unknown key"},
     {"unknown key in limits", "limits = {\n  max_sessions = 5;\n  max_conns = 9;\n};\n" SVC,
      "limits.max_conns", "max_conns", -EINVAL, "unknown key"},
     {"unknown key in log", "log = {\n  file = \"x\";\n};\n" SVC, "log.file", "file", -EINVAL,
@@ -448,12 +493,12 @@ static const struct refusal refusals[] = {
      "must be an integer, not a string"},
     {"workers a float", "workers = 2.0;\n" SVC, "workers", "workers", -EINVAL,
      "must be an integer, not a float"},
-    {"max_sessions 0", "limits = {\n max_sessions = 0; };\n" SVC, "limits.max_sessions",
-     "max_sessions", -EINVAL, "out of range"},
-    {"max_pool_bytes below 64 KiB", "limits = {\n max_pool_bytes = 65535; };\n" SVC,
-     "limits.max_pool_bytes", "max_pool", -EINVAL, "65535 is out of range"},
-    {"max_pool_bytes 4 GiB", "limits = {\n max_pool_bytes = 4294967296L; };\n" SVC,
-     "limits.max_pool_bytes", "max_pool", -EINVAL, "4294967296 is out of range"},
+    {"max_sessions 0", LIMITS("max_sessions = 0;"), "limits.max_sessions", "max_sessions", -EINVAL,
+     "out of range"},
+    {"max_pool_bytes below 64 KiB", LIMITS("max_pool_bytes = 65535;"), "limits.max_pool_bytes",
+     "max_pool", -EINVAL, "65535 is out of range"},
+    {"max_pool_bytes 4 GiB", LIMITS("max_pool_bytes = 4294967296L;"), "limits.max_pool_bytes",
+     "max_pool", -EINVAL, "4294967296 is out of range"},
     {"max_pool_bytes wrapped by libconfig", "limits = {\n\n max_pool_bytes = 4295032832; };\n" SVC,
      "limits.max_pool_bytes", "max_pool", -EINVAL, "4295032832 does not fit in 32 bits"},
     {"wrapped value on the line after its name",
@@ -468,49 +513,33 @@ static const struct refusal refusals[] = {
      "services = ( { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n"
      "  config = { x = [ 1,\n 3000000000 ]; }; } );\n",
      "services.[0].config.x.[1]", "3000000000", -EINVAL, "does not fit in 32 bits"},
-    {"max_event_bytes above 1 GiB", "limits = {\n max_event_bytes = 1073741825; };\n" SVC,
+    {"max_event_bytes above 1 GiB", LIMITS("max_event_bytes = 1073741825;"),
      "limits.max_event_bytes", "max_event", -EINVAL, "out of range"},
-    {"handshake_timeout_ms 9", "limits = {\n handshake_timeout_ms = 9; };\n" SVC,
-     "limits.handshake_timeout_ms", "handshake", -EINVAL, "out of range (10..600000)"},
-    {"drain_timeout_ms -1", "limits = {\n drain_timeout_ms = -1; };\n" SVC,
-     "limits.drain_timeout_ms", "drain", -EINVAL, "out of range (0..600000)"},
+    {"handshake_timeout_ms 9", LIMITS("handshake_timeout_ms = 9;"), "limits.handshake_timeout_ms",
+     "handshake", -EINVAL, "out of range (10..600000)"},
+    {"drain_timeout_ms -1", LIMITS("drain_timeout_ms = -1;"), "limits.drain_timeout_ms", "drain",
+     -EINVAL, "out of range (0..600000)"},
     {"limits not a group", "limits = 5;\n" SVC, "limits", "limits", -EINVAL, "must be a group"},
-    {"mode 0699",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = \"0699\"; plugin = "
-     "\"p.so\"; }\n);\n",
-     "services.[0].mode", "mode", -EINVAL, "\"0699\" is not an octal mode"},
-    {"mode abc",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = \"abc\"; plugin = "
-     "\"p.so\"; }\n);\n",
-     "services.[0].mode", "mode", -EINVAL, "\"abc\" is not an octal mode"},
-    {"mode above 07777",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = \"17777\"; plugin = "
-     "\"p.so\"; }\n);\n",
-     "services.[0].mode", "mode", -EINVAL, "larger than 07777"},
-    {"mode as a bare number",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    mode = 0660; plugin = "
-     "\"p.so\"; }\n);\n",
-     "services.[0].mode", "mode", -EINVAL, "like \"0660\", not an integer"},
+    {"mode 0699", SVC_KEY("mode = \"0699\";"), "services.[0].mode", "mode", -EINVAL,
+     "\"0699\" is not an octal mode"},
+    {"mode abc", SVC_KEY("mode = \"abc\";"), "services.[0].mode", "mode", -EINVAL,
+     "\"abc\" is not an octal mode"},
+    {"mode above 07777", SVC_KEY("mode = \"17777\";"), "services.[0].mode", "mode", -EINVAL,
+     "larger than 07777"},
+    {"mode as a bare number", SVC_KEY("mode = 0660;"), "services.[0].mode", "mode", -EINVAL,
+     "like \"0660\", not an integer"},
     {"spin_us out of range", "spin_us = 100001;\n" SVC, "spin_us", "spin_us", -EINVAL,
      "out of range"},
-    {"allow_uids not an array",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    allow_uids = 5; "
-     "plugin = \"p.so\"; }\n);\n",
-     "services.[0].allow_uids", "allow_uids", -EINVAL, "must be an array of ids"},
+    {"allow_uids not an array", SVC_KEY("allow_uids = 5;"), "services.[0].allow_uids", "allow_uids",
+     -EINVAL, "must be an array of ids"},
     {"max_streams 0", "limits = {\n  max_streams = 0; };\n" SVC, "limits.max_streams",
      "max_streams", -EINVAL, "out of range"},
-    {"watch not a bool",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    watch = \"yes\"; "
-     "plugin = \"p.so\"; }\n);\n",
-     "services.[0].watch", "watch", -EINVAL, "must be true or false"},
-    {"owner unknown",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    owner = \"no-such-user-x1\"; "
-     "plugin = \"p.so\"; }\n);\n",
-     "services.[0].owner", "owner", -EINVAL, "is not \"user\" or \"user:group\""},
-    {"owner group unknown",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    owner = \"root:no-such-grp\"; "
-     "plugin = \"p.so\"; }\n);\n",
-     "services.[0].owner", "owner", -EINVAL, "is not \"user\" or \"user:group\""},
+    {"watch not a bool", SVC_KEY("watch = \"yes\";"), "services.[0].watch", "watch", -EINVAL,
+     "must be true or false"},
+    {"owner unknown", SVC_KEY("owner = \"no-such-user-x1\";"), "services.[0].owner", "owner",
+     -EINVAL, "is not \"user\" or \"user:group\""},
+    {"owner group unknown", SVC_KEY("owner = \"root:no-such-grp\";"), "services.[0].owner", "owner",
+     -EINVAL, "is not \"user\" or \"user:group\""},
     {"admin_mode empty", "admin_mode = \"\";\n" SVC, "admin_mode", "admin_mode", -EINVAL,
      "must not be empty"},
     {"log level verbose", "log = {\n\n  level = \"verbose\"; };\n" SVC, "log.level", "level",
@@ -540,12 +569,10 @@ static const struct refusal refusals[] = {
      "admin = \"tcp:localhost:7000\";\n"
      "services = ( { name = \"a\"; listen = \"tcp:127.0.0.1:7000\"; plugin = \"p.so\"; } );\n",
      "admin", "admin", -EINVAL, "already used by service \"a\""},
-    {"bad listen address",
-     "services = (\n  { name = \"a\";\n    listen = \"tcp:localhost\"; plugin = \"p.so\"; }\n);\n",
-     "services.[0].listen", "listen", -EINVAL, "\"tcp:localhost\" is not an address"},
-    {"relative listen path",
-     "services = (\n  { name = \"a\";\n    listen = \"run/a.sock\"; plugin = \"p.so\"; }\n);\n",
-     "services.[0].listen", "listen", -EINVAL, "is not an address"},
+    {"bad listen address", SVC_LISTEN("tcp:localhost"), "services.[0].listen", "listen", -EINVAL,
+     "\"tcp:localhost\" is not an address"},
+    {"relative listen path", SVC_LISTEN("run/a.sock"), "services.[0].listen", "listen", -EINVAL,
+     "is not an address"},
     {"bad admin address", "admin = \"admin.sock\";\n" SVC, "admin", "admin", -EINVAL,
      "is not an address"},
     {"missing plugin key",
@@ -555,34 +582,21 @@ static const struct refusal refusals[] = {
      "services.[0].name", "{ listen", -EINVAL, "missing"},
     {"missing listen", "services = (\n  { name = \"a\";\n plugin = \"p.so\"; }\n);\n",
      "services.[0].listen", "{ name", -EINVAL, "missing"},
-    {"empty name",
-     "services = (\n  { name = \"\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\"; }\n);\n",
-     "services.[0].name", "name", -EINVAL, "must not be empty"},
-    {"name with a space",
-     "services = (\n  { name = \"a b\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\"; }\n);\n",
-     "services.[0].name", "name", -EINVAL, "may hold only letters"},
-    {"name too long",
-     "services = (\n  { name = "
-     "\"a123456789b123456789c123456789d123456789e123456789f123456789xyzw\";"
-     " listen = \"/tmp/a.sock\"; plugin = \"p.so\"; }\n);\n",
+    {"empty name", SVC_NAMED(""), "services.[0].name", "name", -EINVAL, "must not be empty"},
+    {"name with a space", SVC_NAMED("a b"), "services.[0].name", "name", -EINVAL,
+     "may hold only letters"},
+    {"name too long", SVC_NAMED("a123456789b123456789c123456789d123456789e123456789f123456789xyzw"),
      "services.[0].name", "name", -EINVAL, "longer than 63"},
-    {"plugin file not found",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    plugin = \"nothere.so\"; "
-     "}\n);\n",
-     "services.[0].plugin", "plugin", -ENOENT, "plugin file not found: "},
-    {"plugin a directory",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\";\n    plugin = \"dir\"; }\n);\n",
-     "services.[0].plugin", "plugin", -EINVAL, "is not a regular file"},
+    {"plugin file not found", SVC_WITH("plugin = \"nothere.so\";"), "services.[0].plugin", "plugin",
+     -ENOENT, "plugin file not found: "},
+    {"plugin a directory", SVC_WITH("plugin = \"dir\";"), "services.[0].plugin", "plugin", -EINVAL,
+     "is not a regular file"},
     {"plugin_dir missing", "\nplugin_dir = \"nodir\";\n" SVC, "plugin_dir", "plugin_dir", -EINVAL,
      "No such file or directory"},
-    {"config not a group",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n"
-     "    config = 5; }\n);\n",
-     "services.[0].config", "config", -EINVAL, "must be a group ({ ... }), not an integer"},
-    {"allowed_dir relative",
-     "services = (\n  { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n"
-     "    allowed_dir = \"shm\"; }\n);\n",
-     "services.[0].allowed_dir", "allowed_dir", -EINVAL, "not an absolute path"},
+    {"config not a group", SVC_THEN("config = 5;"), "services.[0].config", "config", -EINVAL,
+     "must be a group ({ ... }), not an integer"},
+    {"allowed_dir relative", SVC_THEN("allowed_dir = \"shm\";"), "services.[0].allowed_dir",
+     "allowed_dir", -EINVAL, "not an absolute path"},
     {NULL, NULL, NULL, NULL, 0, NULL},
 };
 

@@ -35,56 +35,7 @@
 #define QPATH "/dev/shm/x_queue_0" /* the names section B was recorded with */
 #define BPATH "/dev/shm/x_buffer"
 
-/* A helper that ignored its deadline would hang this process (no fork
- * around most calls): the watchdog ends the run instead, naming the test. */
-#define WATCHDOG_S 90
-static const char *wd_test = "?";
-
-static void wd_fire(int sig)
-{
-    (void)sig;
-    static const char pre[] = "\n  watchdog: test hung, ending the run: ";
-    ssize_t r = write(2, pre, sizeof(pre) - 1);
-    r = write(2, wd_test, strlen(wd_test));
-    r = write(2, "\n", 1);
-    (void)r;
-    _exit(124);
-}
-
-static void wd_arm(const char *name)
-{
-    wd_test = name;
-    signal(SIGALRM, wd_fire);
-    alarm(WATCHDOG_S);
-}
-
-#define LEAK_BEGIN()                                                                               \
-    wd_arm(__func__);                                                                              \
-    int leak_fds_ = tu_count_fds()
-#define LEAK_END()                                                                                 \
-    do {                                                                                           \
-        CU_ASSERT_EQUAL(tu_count_fds(), leak_fds_);                                                \
-        alarm(0);                                                                                  \
-    } while (0)
-
 /* ---- helpers ---- */
-
-static int pair(int sv[2])
-{
-    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
-}
-
-static void close_pair(int sv[2])
-{
-    close(sv[0]);
-    close(sv[1]);
-}
-
-static ino_t ino_of(int fd)
-{
-    struct stat st;
-    return fstat(fd, &st) == 0 ? st.st_ino : 0;
-}
 
 /* A 4 KiB memfd whose first bytes are `mark`. */
 static int make_memfd(const char *mark)
@@ -141,34 +92,6 @@ static int nothing_queued(int fd)
 {
     uint8_t b;
     return recv(fd, &b, 1, MSG_DONTWAIT | MSG_PEEK) < 0 && errno == EAGAIN;
-}
-
-/* The fd message: `len` data bytes with SCM_RIGHTS for nfds fds (none when
- * nfds is 0). `hdr`, if given, is the raw struct cmsghdr to send. */
-static int send_fd_msg(int fd, const uint8_t *data, size_t len, const uint8_t *hdr, size_t hdr_len,
-                       const int *fds, int nfds)
-{
-    struct iovec iov = {(void *)data, len};
-    union {
-        struct cmsghdr h;
-        uint8_t buf[CMSG_SPACE(sizeof(int) * 8)];
-    } ctl;
-    memset(&ctl, 0, sizeof(ctl));
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        if (hdr != NULL && hdr_len == sizeof(struct cmsghdr)) {
-            memcpy(c, hdr, hdr_len);
-        } else {
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        }
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-    }
-    return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
 }
 
 /* Steps the server, waiting with poll() while it wants I/O, until it
@@ -246,8 +169,8 @@ static void check_client_fd_msg(int fd, const struct vec_file *vf, const struct 
     CU_ASSERT_FATAL(c != NULL && c->cmsg_len == CMSG_LEN(2 * sizeof(int)));
     int got[2];
     memcpy(got, CMSG_DATA(c), sizeof(got));
-    CU_ASSERT_EQUAL(ino_of(got[0]), ino_of(buffer_fd));
-    CU_ASSERT_EQUAL(ino_of(got[1]), ino_of(queue_fd));
+    CU_ASSERT_EQUAL(tu_ino_of(got[0]), tu_ino_of(buffer_fd));
+    CU_ASSERT_EQUAL(tu_ino_of(got[1]), tu_ino_of(queue_fd));
     close(got[0]);
     close(got[1]);
 }
@@ -256,14 +179,14 @@ static void check_client_fd_msg(int fd, const struct vec_file *vf, const struct 
  * section B and records the C>S stream, which must be the C>S records. */
 static void test_client_golden_memfd(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int bfd = make_memfd("buffer"), qfd = make_memfd("queue");
     CU_ASSERT_FATAL(bfd >= 0 && qfd >= 0);
-    CU_ASSERT_NOT_EQUAL(ino_of(bfd), ino_of(qfd));
+    CU_ASSERT_NOT_EQUAL(tu_ino_of(bfd), tu_ino_of(qfd));
 
     struct client_job job = {sv[1], HS_MEMFD, SHMIPC_PROTO_V3, SHMIPC_PROTO_V3, QPATH, BPATH,
                              bfd,   qfd};
@@ -299,16 +222,16 @@ static void test_client_golden_memfd(void)
     close(bfd);
     close(qfd);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_client_golden_file_v2(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     /* No reply exists in v2, so the client cannot wait for one: run it
      * here. */
     uint8_t v = 0;
@@ -318,18 +241,18 @@ static void test_client_golden_file_v2(void)
     CU_ASSERT_EQUAL(v, SHMIPC_PROTO_V2);
     CU_ASSERT(got_rec(sv[0], &vf, "ShareMemoryByFilePath.v2"));
     CU_ASSERT(nothing_queued(sv[0]));
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_client_golden_file_v3(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     struct client_job job = {sv[1], HS_FILE, SHMIPC_PROTO_V3, SHMIPC_PROTO_V3, QPATH, BPATH,
                              -1,    -1};
     pid_t pid = tu_fork(client_child, &job);
@@ -344,7 +267,7 @@ static void test_client_golden_file_v3(void)
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], &b, 1, sock_deadline(DEADLINE_MS)), SHMIPC_ECLOSED);
     close(sv[0]);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* The client refuses servers that answer wrongly. The replies are queued
@@ -354,7 +277,7 @@ static void client_refusal(const char *what, const uint8_t *reply, size_t n, int
 {
     int fds0 = tu_count_fds();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int bfd = make_memfd("buffer"), qfd = make_memfd("queue");
     CU_ASSERT_FATAL(bfd >= 0 && qfd >= 0);
     if (n > 0)
@@ -371,13 +294,13 @@ static void client_refusal(const char *what, const uint8_t *reply, size_t n, int
     CU_ASSERT_EQUAL(v, 0xee); /* untouched on failure */
     close(bfd);
     close(qfd);
-    close_pair(sv);
+    tu_close_pair(sv);
     CU_ASSERT_EQUAL(tu_count_fds(), fds0);
 }
 
 static void test_client_refusals(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     uint8_t buf[64];
@@ -406,7 +329,7 @@ static void test_client_refusals(void)
     client_refusal("no AckShareMemory", buf, ex->len + ready->len, 0, SHORT_MS, SHMIPC_ETIMEDOUT);
     client_refusal("silence", NULL, 0, 0, SHORT_MS, SHMIPC_ETIMEDOUT);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- golden bytes, server side ---- */
@@ -423,12 +346,12 @@ static void check_map_memfd(struct hs_server *h)
  * (0: each record whole), and checks its replies against the S>C records. */
 static void server_golden_memfd(size_t chunk)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *hdr = rec(&vf, "hs06.C>S.fd-cmsghdr");
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int mem[2] = {make_memfd("buffer"), make_memfd("queue")}; /* the order sent */
     CU_ASSERT_FATAL(mem[0] >= 0 && mem[1] >= 0);
     struct hs_server h;
@@ -446,7 +369,7 @@ static void server_golden_memfd(size_t chunk)
             c2s += r->len;
             if (strstr(r->label, "fd-data") != NULL) {
                 CU_ASSERT_EQUAL(rc, HS_WANT_READ);
-                CU_ASSERT_EQUAL(send_fd_msg(sv[1], r->bytes, r->len, hdr->bytes, hdr->len, mem, 2),
+                CU_ASSERT_EQUAL(tu_send_fds(sv[1], r->bytes, r->len, hdr->bytes, hdr->len, mem, 2),
                                 0);
                 rc = hs_server_step(&h);
                 continue;
@@ -481,8 +404,8 @@ static void server_golden_memfd(size_t chunk)
     int bfd = -2, qfd = -2;
     hs_server_take_fds(&h, &bfd, &qfd);
     CU_ASSERT_FATAL(bfd >= 0 && qfd >= 0);
-    CU_ASSERT_EQUAL(ino_of(bfd), ino_of(mem[0]));
-    CU_ASSERT_EQUAL(ino_of(qfd), ino_of(mem[1]));
+    CU_ASSERT_EQUAL(tu_ino_of(bfd), tu_ino_of(mem[0]));
+    CU_ASSERT_EQUAL(tu_ino_of(qfd), tu_ino_of(mem[1]));
     int fl = fcntl(bfd, F_GETFD);
     CU_ASSERT(fl >= 0 && (fl & FD_CLOEXEC));
     int b2 = -2, q2 = -2;
@@ -493,9 +416,9 @@ static void server_golden_memfd(size_t chunk)
     hs_server_cleanup(&h);
     close(mem[0]);
     close(mem[1]);
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_server_golden_memfd(void)
@@ -510,11 +433,11 @@ static void test_server_golden_memfd_bytewise(void)
 
 static void server_golden_file(uint8_t version, size_t chunk)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     struct hs_server h;
     hs_server_init(&h, sv[0], 1, sock_deadline(DEADLINE_MS));
     int rc;
@@ -549,9 +472,9 @@ static void server_golden_file(uint8_t version, size_t chunk)
         CU_ASSERT(got_rec(sv[1], &vf, "AckShareMemory.v3"));
     CU_ASSERT(nothing_queued(sv[1])); /* v2: nothing written back at all */
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_server_golden_file_v2(void)
@@ -569,7 +492,7 @@ static void test_server_golden_file_v3(void)
 /* The largest event the server takes: two paths of HS_MAX_PATH bytes. */
 static void test_server_longest_paths(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char q[HS_MAX_PATH + 1], b[HS_MAX_PATH + 1];
     memset(q, 'q', HS_MAX_PATH);
     memset(b, 'b', HS_MAX_PATH);
@@ -579,7 +502,7 @@ static void test_server_longest_paths(void)
     int n = ev_encode_shm_meta(ev, sizeof(ev), SHMIPC_PROTO_V2, SHMIPC_EV_SHM_BY_PATH, q, b);
     CU_ASSERT_EQUAL_FATAL(n, HS_MAX_EVENT);
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put(sv[1], ev, (size_t)n), 0);
     struct hs_server h;
     hs_server_init(&h, sv[0], 0, sock_deadline(DEADLINE_MS));
@@ -587,17 +510,17 @@ static void test_server_longest_paths(void)
     CU_ASSERT_STRING_EQUAL(h.queue_path, q);
     CU_ASSERT_STRING_EQUAL(h.buffer_path, b);
     hs_server_cleanup(&h);
-    close_pair(sv);
-    LEAK_END();
+    tu_close_pair(sv);
+    FD_LEAK_END();
 }
 
 /* ---- a whole handshake through real code on both ends ---- */
 
 static void full_run(enum hs_mode mode, uint8_t version)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int bfd = -1, qfd = -1;
     if (mode == HS_MEMFD) {
         bfd = make_memfd("full-buffer");
@@ -624,8 +547,8 @@ static void full_run(enum hs_mode mode, uint8_t version)
         hs_server_take_fds(&h, &rb, &rq);
         if (mode == HS_MEMFD) {
             CU_ASSERT_FATAL(rb >= 0 && rq >= 0);
-            CU_ASSERT_EQUAL(ino_of(rb), ino_of(bfd));
-            CU_ASSERT_EQUAL(ino_of(rq), ino_of(qfd));
+            CU_ASSERT_EQUAL(tu_ino_of(rb), tu_ino_of(bfd));
+            CU_ASSERT_EQUAL(tu_ino_of(rq), tu_ino_of(qfd));
             /* Map them as a server would and see the client's bytes. */
             struct region r;
             region_init(&r);
@@ -648,7 +571,7 @@ static void full_run(enum hs_mode mode, uint8_t version)
         close(bfd);
     if (qfd >= 0)
         close(qfd);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_full_memfd(void)
@@ -700,14 +623,14 @@ static void expect_refused(const char *what, const struct script *s, int want)
 {
     int fds0 = tu_count_fds();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     if (s->n > 0)
         CU_ASSERT_EQUAL(put(sv[1], s->bytes, s->n), 0);
     if (s->nfds >= 0) {
         int mem[4];
         for (int i = 0; i < s->nfds; i++)
             CU_ASSERT_FATAL((mem[i] = make_memfd("refused")) >= 0);
-        CU_ASSERT_EQUAL(send_fd_msg(sv[1], &s->fd_byte, 1, NULL, 0, mem, s->nfds), 0);
+        CU_ASSERT_EQUAL(tu_send_fds(sv[1], &s->fd_byte, 1, NULL, 0, mem, s->nfds), 0);
         for (int i = 0; i < s->nfds; i++)
             close(mem[i]);
     }
@@ -740,7 +663,7 @@ static void expect_refused(const char *what, const struct script *s, int want)
 
 static void test_refuse_wrong_first_event(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     struct script s;
@@ -765,12 +688,12 @@ static void test_refuse_wrong_first_event(void)
     add(&s, ev, 8);
     expect_refused("ExchangeProtoVersion v2", &s, SHMIPC_EPROTO);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_bad_header(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *ex = rec(&vf, "hs01.C>S.ExchangeProtoVersion");
@@ -820,12 +743,12 @@ static void test_refuse_bad_header(void)
     add(&s, ev, 8);
     expect_refused("ExchangeProtoVersion with a body", &s, SHMIPC_ESHORTEVENT);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_bad_metadata(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *v2 = rec(&vf, "ShareMemoryByFilePath.v2");
@@ -896,12 +819,12 @@ static void test_refuse_bad_metadata(void)
     add(&s, ev, (size_t)n);
     expect_refused("empty name, memfd mode", &s, SHMIPC_EBADEVENT);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_sequence(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *hs03 = rec(&vf, "hs03.C>S.ShareMemoryByMemfd");
@@ -936,12 +859,12 @@ static void test_refuse_sequence(void)
         expect_refused(seconds[i], &s, SHMIPC_EPROTO);
     }
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_fd_message(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     struct script s;
@@ -963,12 +886,12 @@ static void test_refuse_fd_message(void)
         expect_refused(cases[i].what, &s, SHMIPC_EPROTO);
     }
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_peer_closes(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *hs01 = rec(&vf, "hs01.C>S.ExchangeProtoVersion");
@@ -1008,17 +931,17 @@ static void test_refuse_peer_closes(void)
     s.shut = 2;
     expect_refused("peer closed after the exchange", &s, 0);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_refuse_deadline(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *hs01 = rec(&vf, "hs01.C>S.ExchangeProtoVersion");
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put(sv[1], hs01->bytes, 4), 0); /* half a header, then silence */
     struct hs_server h;
     hs_server_init(&h, sv[0], 1, sock_deadline(100));
@@ -1028,10 +951,10 @@ static void test_refuse_deadline(void)
     CU_ASSERT(h.why[0] != '\0');
     CU_ASSERT_EQUAL(hs_server_step(&h), SHMIPC_ETIMEDOUT);
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
 
     /* Stalled in the middle: names sent, fds never. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], &vf, "hs01.C>S.ExchangeProtoVersion"), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], &vf, "hs03.C>S.ShareMemoryByMemfd"), 0);
     hs_server_init(&h, sv[0], 1, sock_deadline(100));
@@ -1039,37 +962,37 @@ static void test_refuse_deadline(void)
     CU_ASSERT_EQUAL(drive(&h, DEADLINE_MS), SHMIPC_ETIMEDOUT);
     CU_ASSERT(h.why[0] != '\0');
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
 
     /* A deadline already gone fails at the first step, data or not. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], &vf, "ShareMemoryByFilePath.v2"), 0);
     hs_server_init(&h, sv[0], 1, sock_now_ns() - 1);
     CU_ASSERT_EQUAL(hs_server_step(&h), SHMIPC_ETIMEDOUT);
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* Brings a server to HS_MAP in memfd mode with memfds [buffer, queue]. */
 static void to_map(struct hs_server *h, int sv[2], const struct vec_file *vf, int mem[2])
 {
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     mem[0] = make_memfd("buffer");
     mem[1] = make_memfd("queue");
     CU_ASSERT_FATAL(mem[0] >= 0 && mem[1] >= 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], vf, "hs01.C>S.ExchangeProtoVersion"), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], vf, "hs03.C>S.ShareMemoryByMemfd"), 0);
     uint8_t zero = 0;
-    CU_ASSERT_EQUAL(send_fd_msg(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
+    CU_ASSERT_EQUAL(tu_send_fds(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
     hs_server_init(h, sv[0], 1, sock_deadline(DEADLINE_MS));
     CU_ASSERT_EQUAL_FATAL(hs_server_step(h), HS_MAP);
 }
 
 static void test_refuse_mapping(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     struct hs_server h;
@@ -1084,7 +1007,7 @@ static void test_refuse_mapping(void)
     CU_ASSERT(got_rec(sv[1], &vf, "hs04.S>C.AckReadyRecvFD"));
     CU_ASSERT(nothing_queued(sv[1]));
     hs_server_cleanup(&h); /* closes the fds nobody took */
-    close_pair(sv);
+    tu_close_pair(sv);
     close(mem[0]);
     close(mem[1]);
 
@@ -1095,32 +1018,32 @@ static void test_refuse_mapping(void)
     CU_ASSERT(hs_server_step(&h) < 0);
     CU_ASSERT(h.why[0] != '\0');
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
     close(mem[0]);
     close(mem[1]);
 
     /* mapped() before the map step is a misuse, and fails the handshake. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     hs_server_init(&h, sv[0], 1, sock_deadline(DEADLINE_MS));
     CU_ASSERT_EQUAL(hs_server_step(&h), HS_WANT_READ);
     CU_ASSERT(hs_server_mapped(&h, 1, 0) < 0);
     CU_ASSERT(hs_server_step(&h) < 0);
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- the server reads exactly one event at a time ---- */
 
 static void test_no_read_ahead(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     const struct vec_record *hs03 = rec(&vf, "hs03.C>S.ShareMemoryByMemfd");
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int mem[2] = {make_memfd("buffer"), make_memfd("queue")};
     CU_ASSERT_FATAL(mem[0] >= 0 && mem[1] >= 0);
     struct hs_server h;
@@ -1144,7 +1067,7 @@ static void test_no_read_ahead(void)
     /* The metadata event and the fd message, queued together. */
     CU_ASSERT_EQUAL(put(sv[1], hs03->bytes, hs03->len), 0);
     uint8_t zero = 0;
-    CU_ASSERT_EQUAL(send_fd_msg(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
+    CU_ASSERT_EQUAL(tu_send_fds(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
     CU_ASSERT_EQUAL(hs_server_step(&h), HS_WANT_WRITE);
     int queued = -1;
     CU_ASSERT_EQUAL(ioctl(sv[0], FIONREAD, &queued), 0);
@@ -1158,23 +1081,23 @@ static void test_no_read_ahead(void)
     free(drain);
     CU_ASSERT_EQUAL_FATAL(hs_server_step(&h), HS_MAP);
     CU_ASSERT(got_rec(sv[1], &vf, "hs04.S>C.AckReadyRecvFD"));
-    CU_ASSERT_EQUAL(ino_of(h.fds[0]), ino_of(mem[0]));
-    CU_ASSERT_EQUAL(ino_of(h.fds[1]), ino_of(mem[1]));
+    CU_ASSERT_EQUAL(tu_ino_of(h.fds[0]), tu_ino_of(mem[0]));
+    CU_ASSERT_EQUAL(tu_ino_of(h.fds[1]), tu_ino_of(mem[1]));
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
 
     /* A client that sends everything at once: still one event at a time,
      * so the fd message is received by recvmsg() with its fds. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], &vf, "hs01.C>S.ExchangeProtoVersion"), 0);
     CU_ASSERT_EQUAL(put(sv[1], hs03->bytes, hs03->len), 0);
-    CU_ASSERT_EQUAL(send_fd_msg(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
+    CU_ASSERT_EQUAL(tu_send_fds(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
     CU_ASSERT_EQUAL(put(sv[1], "after", 5), 0); /* early session bytes stay queued */
     hs_server_init(&h, sv[0], 1, sock_deadline(DEADLINE_MS));
     CU_ASSERT_EQUAL_FATAL(hs_server_step(&h), HS_MAP);
     check_map_memfd(&h);
-    CU_ASSERT_EQUAL(ino_of(h.fds[0]), ino_of(mem[0]));
-    CU_ASSERT_EQUAL(ino_of(h.fds[1]), ino_of(mem[1]));
+    CU_ASSERT_EQUAL(tu_ino_of(h.fds[0]), tu_ino_of(mem[0]));
+    CU_ASSERT_EQUAL(tu_ino_of(h.fds[1]), tu_ino_of(mem[1]));
     queued = -1;
     CU_ASSERT_EQUAL(ioctl(sv[0], FIONREAD, &queued), 0);
     CU_ASSERT_EQUAL(queued, 5);
@@ -1184,32 +1107,32 @@ static void test_no_read_ahead(void)
     CU_ASSERT_EQUAL(ioctl(sv[0], FIONREAD, &queued), 0);
     CU_ASSERT_EQUAL(queued, 5);
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
 
     /* Metadata alone: the server waits for the fd message, reading nothing. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(put_rec(sv[1], &vf, "hs01.C>S.ExchangeProtoVersion"), 0);
     CU_ASSERT_EQUAL(put(sv[1], hs03->bytes, hs03->len), 0);
     hs_server_init(&h, sv[0], 1, sock_deadline(DEADLINE_MS));
     CU_ASSERT_EQUAL(hs_server_step(&h), HS_WANT_READ);
     CU_ASSERT_EQUAL(hs_server_step(&h), HS_WANT_READ);
-    CU_ASSERT_EQUAL(send_fd_msg(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
+    CU_ASSERT_EQUAL(tu_send_fds(sv[1], &zero, 1, NULL, 0, mem, 2), 0);
     CU_ASSERT_EQUAL(hs_server_step(&h), HS_MAP);
-    CU_ASSERT_EQUAL(ino_of(h.fds[1]), ino_of(mem[1]));
+    CU_ASSERT_EQUAL(tu_ino_of(h.fds[1]), tu_ino_of(mem[1]));
     hs_server_cleanup(&h);
-    close_pair(sv);
+    tu_close_pair(sv);
 
     close(mem[0]);
     close(mem[1]);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- ownership of received fds ---- */
 
 static void test_cleanup_closes_untaken(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct vec_file vf;
     load(&vf);
     struct hs_server h;
@@ -1223,7 +1146,7 @@ static void test_cleanup_closes_untaken(void)
     CU_ASSERT(h.fds[0] == -1 && h.fds[1] == -1);
     hs_server_cleanup(&h); /* idempotent */
     CU_ASSERT_EQUAL(tu_count_fds(), held - 2);
-    close_pair(sv);
+    tu_close_pair(sv);
     close(mem[0]);
     close(mem[1]);
 
@@ -1236,15 +1159,15 @@ static void test_cleanup_closes_untaken(void)
     CU_ASSERT_EQUAL(tu_count_fds(), held);
     CU_ASSERT(fcntl(bfd, F_GETFD) >= 0);
     CU_ASSERT(fcntl(qfd, F_GETFD) >= 0);
-    CU_ASSERT_EQUAL(ino_of(bfd), ino_of(mem[0]));
+    CU_ASSERT_EQUAL(tu_ino_of(bfd), tu_ino_of(mem[0]));
     close(bfd);
     close(qfd);
-    close_pair(sv);
+    tu_close_pair(sv);
     close(mem[0]);
     close(mem[1]);
 
     /* Before any fd arrived: nothing to take, nothing to close. */
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     hs_server_init(&h, sv[0], 1, sock_deadline(DEADLINE_MS));
     bfd = qfd = -2;
     hs_server_take_fds(&h, &bfd, &qfd);
@@ -1252,9 +1175,9 @@ static void test_cleanup_closes_untaken(void)
     held = tu_count_fds();
     hs_server_cleanup(&h);
     CU_ASSERT_EQUAL(tu_count_fds(), held);
-    close_pair(sv);
+    tu_close_pair(sv);
     vec_free(&vf);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static const struct test_case cases[] = {

@@ -137,58 +137,38 @@ static config_setting_t *lookup(const struct shmipc_plugin_conf *c, const char *
     return c == NULL ? NULL : config_setting_lookup((config_setting_t *)as_setting(c), path);
 }
 
-static int th_conf_int(const struct shmipc_plugin_conf *c, const char *path, long long *out)
+/* The setting at `path` if its type is t1 or t2: 0, -ENOENT or -EINVAL, as
+ * config.c's accessors answer. */
+static int lookup_typed(const struct shmipc_plugin_conf *c, const char *path, int t1, int t2,
+                        config_setting_t **out)
 {
-    if (conf_plugin_int != NULL)
-        return conf_plugin_int(as_setting(c), path, out);
     config_setting_t *s = lookup(c, path);
     if (s == NULL)
         return -ENOENT;
     int t = config_setting_type(s);
-    if (t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+    if (t != t1 && t != t2)
         return -EINVAL;
-    *out = config_setting_get_int64(s);
+    *out = s;
     return 0;
 }
 
-static int th_conf_bool(const struct shmipc_plugin_conf *c, const char *path, int *out)
-{
-    if (conf_plugin_bool != NULL)
-        return conf_plugin_bool(as_setting(c), path, out);
-    config_setting_t *s = lookup(c, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_BOOL)
-        return -EINVAL;
-    *out = config_setting_get_bool(s);
-    return 0;
-}
-
-static int th_conf_float(const struct shmipc_plugin_conf *c, const char *path, double *out)
-{
-    if (conf_plugin_float != NULL)
-        return conf_plugin_float(as_setting(c), path, out);
-    config_setting_t *s = lookup(c, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_FLOAT)
-        return -EINVAL;
-    *out = config_setting_get_float(s);
-    return 0;
-}
-
-static int th_conf_string(const struct shmipc_plugin_conf *c, const char *path, const char **out)
-{
-    if (conf_plugin_string != NULL)
-        return conf_plugin_string(as_setting(c), path, out);
-    config_setting_t *s = lookup(c, path);
-    if (s == NULL)
-        return -ENOENT;
-    if (config_setting_type(s) != CONFIG_TYPE_STRING)
-        return -EINVAL;
-    *out = config_setting_get_string(s);
-    return 0;
-}
+/* th_conf_<kind>: config.c's accessor when it is linked, else the same
+ * answer read with libconfig. One macro, so the four cannot drift apart. */
+#define TH_CONF(kind, type, t1, t2, get)                                                           \
+    static int th_conf_##kind(const struct shmipc_plugin_conf *c, const char *path, type *out)     \
+    {                                                                                              \
+        if (conf_plugin_##kind != NULL)                                                            \
+            return conf_plugin_##kind(as_setting(c), path, out);                                   \
+        config_setting_t *s;                                                                       \
+        int rc = lookup_typed(c, path, t1, t2, &s);                                                \
+        if (rc == 0)                                                                               \
+            *out = get(s);                                                                         \
+        return rc;                                                                                 \
+    }
+TH_CONF(int, long long, CONFIG_TYPE_INT, CONFIG_TYPE_INT64, config_setting_get_int64)
+TH_CONF(bool, int, CONFIG_TYPE_BOOL, CONFIG_TYPE_BOOL, config_setting_get_bool)
+TH_CONF(float, double, CONFIG_TYPE_FLOAT, CONFIG_TYPE_FLOAT, config_setting_get_float)
+TH_CONF(string, const char *, CONFIG_TYPE_STRING, CONFIG_TYPE_STRING, config_setting_get_string)
 
 static const struct shmipc_host_api test_host = {
     .size = sizeof(struct shmipc_host_api),
@@ -205,17 +185,6 @@ static const struct shmipc_host_api test_host = {
 };
 
 /* ---- helpers ---- */
-
-/* Builds the plugin config group from "config = { ... };" text. */
-static const struct shmipc_plugin_conf *conf_from(config_t *cfg, const char *text)
-{
-    config_init(cfg);
-    if (config_read_string(cfg, text) != CONFIG_TRUE) {
-        fprintf(stderr, "config: line %d: %s\n", config_error_line(cfg), config_error_text(cfg));
-        return NULL;
-    }
-    return (const struct shmipc_plugin_conf *)config_lookup(cfg, "config");
-}
 
 /* $env/name.so, or NULL (and a failed assertion) when the directory is missing.
  * Without $env: `dflt` relative to this program's directory (build/tests
@@ -304,8 +273,9 @@ static void remove_tmpdir(char *dir)
     free(dir);
 }
 
-/* Whether `path` appears in this process's memory map. */
-static int is_mapped(const char *path)
+/* Whether this process's memory map names `path` itself (under == 0) or
+ * something below the directory `path` (under == 1); -1 if unreadable. */
+static int in_maps(const char *path, int under)
 {
     FILE *f = fopen("/proc/self/maps", "r");
     if (f == NULL)
@@ -315,27 +285,22 @@ static int is_mapped(const char *path)
     size_t n = strlen(path);
     while (!hit && fgets(line, sizeof(line), f) != NULL) {
         char *p = strstr(line, path);
-        hit = p != NULL && (p[n] == '\n' || p[n] == '\0' || p[n] == ' ');
+        if (p != NULL)
+            hit = under ? p[n] == '/' : (p[n] == '\n' || p[n] == '\0' || p[n] == ' ');
     }
     fclose(f);
     return hit;
 }
 
-/* Whether anything under `dir` is mapped (a private copy left open). */
+static int is_mapped(const char *path)
+{
+    return in_maps(path, 0);
+}
+
+/* A private copy left open. */
 static int mapped_under(const char *dir)
 {
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    char line[4096 + 256];
-    int hit = 0;
-    size_t n = strlen(dir);
-    while (!hit && fgets(line, sizeof(line), f) != NULL) {
-        char *p = strstr(line, dir);
-        hit = p != NULL && p[n] == '/';
-    }
-    fclose(f);
-    return hit;
+    return in_maps(dir, 1);
 }
 
 static int file_exists(const char *path)
@@ -442,28 +407,80 @@ static int replies_bin(struct plugin_gen *g, const void *req, size_t len, size_t
     return ok;
 }
 
-/* Per-test scaffolding: a tmpdir, and the fd count at the start. */
+/* Per-test scaffolding: the plugin under test, a tmpdir, and the fd count
+ * at the start. `scratch`, made on demand, holds the test's own files apart
+ * from tmp, so that tmp's count stays about private copies. */
 struct fixture {
+    char *path;
     char *tmp;
+    char *scratch;
     int fds;
+    config_t cfg; /* the last fixture_conf(), while has_cfg */
+    int has_cfg;
 };
 
-static int fixture_begin(struct fixture *f)
+/* Takes `path` (from plugin() or test_plugin(); NULL when that has failed
+ * the test already). 0 when the test cannot run; then nothing is left to
+ * free. */
+static int fixture_begin(struct fixture *f, char *path)
 {
+    f->path = path;
+    f->scratch = NULL;
+    f->has_cfg = 0;
+    if (path == NULL)
+        return 0;
     f->tmp = make_tmpdir();
     CU_ASSERT_PTR_NOT_NULL(f->tmp);
     f->fds = tu_count_fds();
     log_reset();
-    return f->tmp != NULL;
+    if (f->tmp == NULL) {
+        free(path);
+        f->path = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+/* The plugin config group from "config = { ... };" text, or NULL. It lives
+ * until the next call or fixture_end. */
+static const struct shmipc_plugin_conf *fixture_conf(struct fixture *f, const char *text)
+{
+    if (f->has_cfg)
+        config_destroy(&f->cfg);
+    config_init(&f->cfg);
+    f->has_cfg = 1;
+    if (config_read_string(&f->cfg, text) != CONFIG_TRUE) {
+        fprintf(stderr, "config: line %d: %s\n", config_error_line(&f->cfg),
+                config_error_text(&f->cfg));
+        return NULL;
+    }
+    return (const struct shmipc_plugin_conf *)config_lookup(&f->cfg, "config");
+}
+
+/* The scratch directory, made on first use; ends the test (CUnit's FATAL)
+ * when it cannot be made. */
+static const char *fixture_scratch(struct fixture *f)
+{
+    if (f->scratch == NULL)
+        f->scratch = make_tmpdir();
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f->scratch);
+    return f->scratch;
 }
 
 static void fixture_end(struct fixture *f)
 {
+    remove_tmpdir(f->scratch);
+    f->scratch = NULL;
+    if (f->has_cfg)
+        config_destroy(&f->cfg);
+    f->has_cfg = 0;
     CU_ASSERT_EQUAL(count_entries(f->tmp), 0);
     CU_ASSERT_EQUAL(mapped_under(f->tmp), 0);
     CU_ASSERT_EQUAL(tu_count_fds(), f->fds);
     remove_tmpdir(f->tmp);
     f->tmp = NULL;
+    free(f->path);
+    f->path = NULL;
 }
 
 static struct plugin_gen *load(const char *path, const char *tmp, unsigned number,
@@ -477,6 +494,21 @@ static struct plugin_gen *load(const char *path, const char *tmp, unsigned numbe
     CU_ASSERT_EQUAL(rc, 0);
     CU_ASSERT_EQUAL(rc == 0, g != NULL);
     return g;
+}
+
+/* Runs `checks` on generation 1 of the plugin at `path` (taken), loaded
+ * with no config for `nworkers` workers, then unloads it. */
+static void run_loaded(char *path, unsigned nworkers, void (*checks)(struct plugin_gen *g))
+{
+    struct fixture f;
+    if (!fixture_begin(&f, path))
+        return;
+    struct plugin_gen *g = load(f.path, f.tmp, 1, nworkers, NULL);
+    if (g != NULL) {
+        checks(g);
+        gen_unload(g);
+    }
+    fixture_end(&f);
 }
 
 /* ---- descriptor checks, in memory ---- */
@@ -572,12 +604,9 @@ static void check_desc(const struct plugin_gen *g, const char *name)
 static void test_echo(void)
 {
     struct fixture f;
-    char *path = plugin("echo");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, plugin("echo")))
         return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 3, 2, NULL);
+    struct plugin_gen *g = load(f.path, f.tmp, 3, 2, NULL);
     if (g != NULL) {
         check_desc(g, "echo");
         CU_ASSERT_PTR_NOT_NULL(g->desc->init);
@@ -585,7 +614,7 @@ static void test_echo(void)
         CU_ASSERT_EQUAL(g->refs, 1);
         CU_ASSERT_EQUAL(g->number, 3);
         CU_ASSERT_EQUAL(g->nworkers, 2);
-        CU_ASSERT_STRING_EQUAL(g->source, path);
+        CU_ASSERT_STRING_EQUAL(g->source, f.path);
         CU_ASSERT_PTR_NULL(g->thread_states[0]);
         CU_ASSERT_PTR_NULL(g->thread_states[1]);
 
@@ -598,14 +627,14 @@ static void test_echo(void)
         CU_ASSERT_EQUAL(stat(g->private_path, &st), 0);
         CU_ASSERT_EQUAL(st.st_mode & 07777, 0700);
         size_t a_len, b_len;
-        uint8_t *a = (uint8_t *)du_read_file(path, &a_len);
+        uint8_t *a = (uint8_t *)du_read_file(f.path, &a_len);
         uint8_t *b = (uint8_t *)du_read_file(g->private_path, &b_len);
         CU_ASSERT_TRUE(a != NULL && b != NULL && a_len == b_len && a_len > 0 &&
                        memcmp(a, b, a_len) == 0);
         free(a);
         free(b);
         CU_ASSERT_EQUAL(is_mapped(g->private_path), 1);
-        CU_ASSERT_EQUAL(is_mapped(path), 0);
+        CU_ASSERT_EQUAL(is_mapped(f.path), 0);
 
         char err[256];
         CU_ASSERT_EQUAL(gen_thread_init(g, 0, err, sizeof(err)), 0); /* no hook: fine */
@@ -641,168 +670,141 @@ static void test_echo(void)
         free(priv);
     }
     fixture_end(&f);
-    free(path);
+}
+
+static void greeter_checks(struct plugin_gen *g)
+{
+    check_desc(g, "greeter");
+    char err[256];
+    CU_ASSERT_EQUAL(gen_thread_init(g, 0, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(gen_thread_init(g, 1, err, sizeof(err)), 0);
+    CU_ASSERT_PTR_NOT_NULL(g->thread_states[0]);
+    CU_ASSERT_PTR_NOT_NULL(g->thread_states[1]);
+    CU_ASSERT_NOT_EQUAL(g->thread_states[0], g->thread_states[1]);
+    CU_ASSERT_EQUAL(gen_thread_init(g, 2, err, sizeof(err)), -EINVAL);
+
+    const char *hello = "client say hello world!!!", *answer = "server hello world!!!";
+    CU_ASSERT_REPLY(g, hello, 0, answer);
+    CU_ASSERT_REPLY(g, hello, 3, answer);
+    CU_ASSERT_EQUAL(log_count(), 0);
+
+    /* Unexpected input: answered anyway, one warning per thread. */
+    struct shmipc_response r;
+    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "hi", 2, 0, &r), 0);
+    CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
+    free(r.buf);
+    CU_ASSERT_EQUAL(log_count(), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(log_buf, "greeter"));
+    CU_ASSERT_EQUAL(log_buf[0], '0' + SHMIPC_LOG_WARN);
+    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!", 24, 0, &r), 0);
+    free(r.buf);
+    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!!!", 26, 0, &r), 0);
+    free(r.buf);
+    CU_ASSERT_EQUAL(log_count(), 1);
+    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[1], "", 0, 0, &r), 0);
+    CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
+    free(r.buf);
+    CU_ASSERT_EQUAL(log_count(), 2);
+
+    gen_thread_fini(g, 0);
+    gen_thread_fini(g, 1);
+    CU_ASSERT_PTR_NULL(g->thread_states[0]);
+    CU_ASSERT_PTR_NULL(g->thread_states[1]);
 }
 
 static void test_greeter(void)
 {
-    struct fixture f;
-    char *path = plugin("greeter");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
-        return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 2, NULL);
-    if (g != NULL) {
-        check_desc(g, "greeter");
-        char err[256];
-        CU_ASSERT_EQUAL(gen_thread_init(g, 0, err, sizeof(err)), 0);
-        CU_ASSERT_EQUAL(gen_thread_init(g, 1, err, sizeof(err)), 0);
-        CU_ASSERT_PTR_NOT_NULL(g->thread_states[0]);
-        CU_ASSERT_PTR_NOT_NULL(g->thread_states[1]);
-        CU_ASSERT_NOT_EQUAL(g->thread_states[0], g->thread_states[1]);
-        CU_ASSERT_EQUAL(gen_thread_init(g, 2, err, sizeof(err)), -EINVAL);
+    run_loaded(plugin("greeter"), 2, greeter_checks);
+}
 
-        const char *hello = "client say hello world!!!", *answer = "server hello world!!!";
-        CU_ASSERT_REPLY(g, hello, 0, answer);
-        CU_ASSERT_REPLY(g, hello, 3, answer);
-        CU_ASSERT_EQUAL(log_count(), 0);
+static void kv_commands_checks(struct plugin_gen *g)
+{
+    check_desc(g, "kv");
+    CU_ASSERT_REPLY(g, "COUNT", 0, "0");
+    CU_ASSERT_REPLY(g, "GET a", 0, "NOT_FOUND");
+    CU_ASSERT_REPLY(g, "SET a 1", 0, "OK");
+    CU_ASSERT_REPLY(g, "GET a", 0, "VALUE 1");
+    CU_ASSERT_REPLY(g, "SET a 22", 0, "OK");
+    CU_ASSERT_REPLY(g, "COUNT", 0, "1");
+    CU_ASSERT_REPLY(g, "GET a", 0, "VALUE 22");
+    CU_ASSERT_REPLY(g, "SET b hello  world ", 0, "OK");
+    CU_ASSERT_REPLY(g, "GET b", 0, "VALUE hello  world ");
+    CU_ASSERT_REPLY(g, "SET e ", 0, "OK"); /* an empty value */
+    CU_ASSERT_REPLY(g, "GET e", 0, "VALUE ");
+    CU_ASSERT_REPLY(g, "COUNT", 0, "3");
+    CU_ASSERT_REPLY(g, "GET aa", 0, "NOT_FOUND");
+    CU_ASSERT_REPLY(g, "DEL a", 0, "DELETED");
+    CU_ASSERT_REPLY(g, "DEL a", 0, "NOT_FOUND");
+    CU_ASSERT_REPLY(g, "GET a", 0, "NOT_FOUND");
+    CU_ASSERT_REPLY(g, "COUNT", 0, "2");
 
-        /* Unexpected input: answered anyway, one warning per thread. */
-        struct shmipc_response r;
-        CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "hi", 2, 0, &r), 0);
-        CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
-        free(r.buf);
-        CU_ASSERT_EQUAL(log_count(), 1);
-        CU_ASSERT_PTR_NOT_NULL(strstr(log_buf, "greeter"));
-        CU_ASSERT_EQUAL(log_buf[0], '0' + SHMIPC_LOG_WARN);
-        CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!", 24, 0, &r), 0);
-        free(r.buf);
-        CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!!!", 26, 0, &r),
-                        0);
-        free(r.buf);
-        CU_ASSERT_EQUAL(log_count(), 1);
-        CU_ASSERT_EQUAL(call_ts(g, g->thread_states[1], "", 0, 0, &r), 0);
-        CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
-        free(r.buf);
-        CU_ASSERT_EQUAL(log_count(), 2);
+    /* Spanning pieces, down to one byte each. */
+    CU_ASSERT_REPLY(g, "SET key-in-pieces value in pieces", 1, "OK");
+    CU_ASSERT_REPLY(g, "GET key-in-pieces", 2, "VALUE value in pieces");
+    CU_ASSERT_REPLY(g, "DEL key-in-pieces", 3, "DELETED");
 
-        gen_thread_fini(g, 0);
-        gen_thread_fini(g, 1);
-        CU_ASSERT_PTR_NULL(g->thread_states[0]);
-        CU_ASSERT_PTR_NULL(g->thread_states[1]);
-        gen_unload(g);
-    }
-    fixture_end(&f);
-    free(path);
+    const char *bad[] = {"",       "FOO",   "SET",     "SET ",   "SET a", "SET  x",
+                         "GET",    "GET ",  "GET a b", "DEL",    "DEL  ", "COUNT x",
+                         "COUNT ", "get b", "Set a 1", " GET b", "COUN",  "DELETE b"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        CU_ASSERT_REPLY(g, bad[i], 0, "ERR bad command");
+    CU_ASSERT_REPLY(g, "COUNT", 0, "2");
+
+    /* A failing write fails the request and leaves the lock free. */
+    struct shmipc_response r = {NULL, 0, 0, 1};
+    const struct shmipc_plugin_iov iov = {(const uint8_t *)"GET b", 5};
+    const struct shmipc_request req = {1, 1, 5, 1, &iov};
+    CU_ASSERT(g->desc->handle(g->state, NULL, &req, &r) < 0);
+    free(r.buf);
+    CU_ASSERT_REPLY(g, "SET b again", 0, "OK");
+    CU_ASSERT_REPLY(g, "GET b", 0, "VALUE again");
 }
 
 static void test_kv_commands(void)
 {
-    struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
-        return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 1, NULL);
-    if (g != NULL) {
-        check_desc(g, "kv");
-        CU_ASSERT_REPLY(g, "COUNT", 0, "0");
-        CU_ASSERT_REPLY(g, "GET a", 0, "NOT_FOUND");
-        CU_ASSERT_REPLY(g, "SET a 1", 0, "OK");
-        CU_ASSERT_REPLY(g, "GET a", 0, "VALUE 1");
-        CU_ASSERT_REPLY(g, "SET a 22", 0, "OK");
-        CU_ASSERT_REPLY(g, "COUNT", 0, "1");
-        CU_ASSERT_REPLY(g, "GET a", 0, "VALUE 22");
-        CU_ASSERT_REPLY(g, "SET b hello  world ", 0, "OK");
-        CU_ASSERT_REPLY(g, "GET b", 0, "VALUE hello  world ");
-        CU_ASSERT_REPLY(g, "SET e ", 0, "OK"); /* an empty value */
-        CU_ASSERT_REPLY(g, "GET e", 0, "VALUE ");
-        CU_ASSERT_REPLY(g, "COUNT", 0, "3");
-        CU_ASSERT_REPLY(g, "GET aa", 0, "NOT_FOUND");
-        CU_ASSERT_REPLY(g, "DEL a", 0, "DELETED");
-        CU_ASSERT_REPLY(g, "DEL a", 0, "NOT_FOUND");
-        CU_ASSERT_REPLY(g, "GET a", 0, "NOT_FOUND");
-        CU_ASSERT_REPLY(g, "COUNT", 0, "2");
+    run_loaded(plugin("kv"), 1, kv_commands_checks);
+}
 
-        /* Spanning pieces, down to one byte each. */
-        CU_ASSERT_REPLY(g, "SET key-in-pieces value in pieces", 1, "OK");
-        CU_ASSERT_REPLY(g, "GET key-in-pieces", 2, "VALUE value in pieces");
-        CU_ASSERT_REPLY(g, "DEL key-in-pieces", 3, "DELETED");
+static void kv_binary_checks(struct plugin_gen *g)
+{
+    /* Every byte value, NUL and spaces included, twice over. */
+    uint8_t req[8 + 512], want[6 + 512];
+    memcpy(req, "SET bin ", 8);
+    memcpy(want, "VALUE ", 6);
+    for (int i = 0; i < 512; i++)
+        req[8 + i] = want[6 + i] = (uint8_t)(255 - i % 256);
+    CU_ASSERT_TRUE(replies_bin(g, req, sizeof(req), 7, "OK", 2));
+    CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 0, want, sizeof(want)));
+    CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 1, want, sizeof(want)));
 
-        const char *bad[] = {"",       "FOO",   "SET",     "SET ",   "SET a", "SET  x",
-                             "GET",    "GET ",  "GET a b", "DEL",    "DEL  ", "COUNT x",
-                             "COUNT ", "get b", "Set a 1", " GET b", "COUN",  "DELETE b"};
-        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-            CU_ASSERT_REPLY(g, bad[i], 0, "ERR bad command");
-        CU_ASSERT_REPLY(g, "COUNT", 0, "2");
-
-        /* A failing write fails the request and leaves the lock free. */
-        struct shmipc_response r = {NULL, 0, 0, 1};
-        const struct shmipc_plugin_iov iov = {(const uint8_t *)"GET b", 5};
-        const struct shmipc_request req = {1, 1, 5, 1, &iov};
-        CU_ASSERT(g->desc->handle(g->state, NULL, &req, &r) < 0);
-        free(r.buf);
-        CU_ASSERT_REPLY(g, "SET b again", 0, "OK");
-        CU_ASSERT_REPLY(g, "GET b", 0, "VALUE again");
-        gen_unload(g);
-    }
-    fixture_end(&f);
-    free(path);
+    /* Binary keys: anything but a space. */
+    const uint8_t set_k[] = {'S', 'E', 'T', ' ', 0, 0xff, '\n', ' ', 'v', 0};
+    const uint8_t get_k[] = {'G', 'E', 'T', ' ', 0, 0xff, '\n'};
+    const uint8_t get_k2[] = {'G', 'E', 'T', ' ', 0, 0xff};
+    const uint8_t val[] = {'V', 'A', 'L', 'U', 'E', ' ', 'v', 0};
+    CU_ASSERT_TRUE(replies_bin(g, set_k, sizeof(set_k), 3, "OK", 2));
+    CU_ASSERT_TRUE(replies_bin(g, get_k, sizeof(get_k), 0, val, sizeof(val)));
+    CU_ASSERT_TRUE(replies_bin(g, get_k2, sizeof(get_k2), 0, "NOT_FOUND", 9));
+    CU_ASSERT_REPLY(g, "COUNT", 0, "2");
 }
 
 static void test_kv_binary(void)
 {
-    struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
-        return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 1, NULL);
-    if (g != NULL) {
-        /* Every byte value, NUL and spaces included, twice over. */
-        uint8_t req[8 + 512], want[6 + 512];
-        memcpy(req, "SET bin ", 8);
-        memcpy(want, "VALUE ", 6);
-        for (int i = 0; i < 512; i++)
-            req[8 + i] = want[6 + i] = (uint8_t)(255 - i % 256);
-        CU_ASSERT_TRUE(replies_bin(g, req, sizeof(req), 7, "OK", 2));
-        CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 0, want, sizeof(want)));
-        CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 1, want, sizeof(want)));
-
-        /* Binary keys: anything but a space. */
-        const uint8_t set_k[] = {'S', 'E', 'T', ' ', 0, 0xff, '\n', ' ', 'v', 0};
-        const uint8_t get_k[] = {'G', 'E', 'T', ' ', 0, 0xff, '\n'};
-        const uint8_t get_k2[] = {'G', 'E', 'T', ' ', 0, 0xff};
-        const uint8_t val[] = {'V', 'A', 'L', 'U', 'E', ' ', 'v', 0};
-        CU_ASSERT_TRUE(replies_bin(g, set_k, sizeof(set_k), 3, "OK", 2));
-        CU_ASSERT_TRUE(replies_bin(g, get_k, sizeof(get_k), 0, val, sizeof(val)));
-        CU_ASSERT_TRUE(replies_bin(g, get_k2, sizeof(get_k2), 0, "NOT_FOUND", 9));
-        CU_ASSERT_REPLY(g, "COUNT", 0, "2");
-        gen_unload(g);
-    }
-    fixture_end(&f);
-    free(path);
+    run_loaded(plugin("kv"), 1, kv_binary_checks);
 }
 
 static void test_kv_limits(void)
 {
     struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, plugin("kv")))
         return;
-    }
     if (conf_plugin_int == NULL)
         printf(
             "\nNOTE: config.c is not linked: the test host reads plugin config with libconfig\n");
-    config_t cfg;
     const struct shmipc_plugin_conf *conf =
-        conf_from(&cfg, "config = { max_keys = 3; max_value_bytes = 16; };");
+        fixture_conf(&f, "config = { max_keys = 3; max_value_bytes = 16; };");
     CU_ASSERT_PTR_NOT_NULL(conf);
-    struct plugin_gen *g = conf != NULL ? load(path, f.tmp, 1, 1, conf) : NULL;
+    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET k1 a", 0, "OK");
         CU_ASSERT_REPLY(g, "SET k2 b", 0, "OK");
@@ -848,54 +850,44 @@ static void test_kv_limits(void)
         CU_ASSERT_REPLY(g, cmd, 0, "ERR too big");
         gen_unload(g);
     }
-    if (conf != NULL)
-        config_destroy(&cfg);
     fixture_end(&f);
-    free(path);
+}
+
+static void kv_many_keys_checks(struct plugin_gen *g)
+{
+    /* Enough keys to grow the table several times; then every one is
+     * still found with its own value. */
+    enum { N = 5000 };
+    char cmd[64], want[64];
+    int ok = 1;
+    for (int i = 0; i < N; i++) {
+        snprintf(cmd, sizeof(cmd), "SET key%d value%d", i, i * 7);
+        ok &= replies(g, cmd, 0, "OK");
+    }
+    CU_ASSERT_TRUE(ok);
+    snprintf(want, sizeof(want), "%d", N);
+    CU_ASSERT_REPLY(g, "COUNT", 0, want);
+    for (int i = 0; i < N; i++) {
+        snprintf(cmd, sizeof(cmd), "GET key%d", i);
+        snprintf(want, sizeof(want), "VALUE value%d", i * 7);
+        ok &= replies(g, cmd, 0, want);
+    }
+    CU_ASSERT_TRUE(ok);
+    for (int i = 0; i < N; i += 2) {
+        snprintf(cmd, sizeof(cmd), "DEL key%d", i);
+        ok &= replies(g, cmd, 0, "DELETED");
+    }
+    CU_ASSERT_TRUE(ok);
+    snprintf(want, sizeof(want), "%d", N / 2);
+    CU_ASSERT_REPLY(g, "COUNT", 0, want);
+    CU_ASSERT_REPLY(g, "GET key0", 0, "NOT_FOUND");
+    CU_ASSERT_REPLY(g, "GET key1", 0, "VALUE value7");
+    /* fini frees what is left: ASan's leak check holds it to that. */
 }
 
 static void test_kv_many_keys(void)
 {
-    struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
-        return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 1, NULL);
-    if (g != NULL) {
-        /* Enough keys to grow the table several times; then every one is
-         * still found with its own value. */
-        enum { N = 5000 };
-        char cmd[64], want[64];
-        int ok = 1;
-        for (int i = 0; i < N; i++) {
-            snprintf(cmd, sizeof(cmd), "SET key%d value%d", i, i * 7);
-            ok &= replies(g, cmd, 0, "OK");
-        }
-        CU_ASSERT_TRUE(ok);
-        snprintf(want, sizeof(want), "%d", N);
-        CU_ASSERT_REPLY(g, "COUNT", 0, want);
-        for (int i = 0; i < N; i++) {
-            snprintf(cmd, sizeof(cmd), "GET key%d", i);
-            snprintf(want, sizeof(want), "VALUE value%d", i * 7);
-            ok &= replies(g, cmd, 0, want);
-        }
-        CU_ASSERT_TRUE(ok);
-        for (int i = 0; i < N; i += 2) {
-            snprintf(cmd, sizeof(cmd), "DEL key%d", i);
-            ok &= replies(g, cmd, 0, "DELETED");
-        }
-        CU_ASSERT_TRUE(ok);
-        snprintf(want, sizeof(want), "%d", N / 2);
-        CU_ASSERT_REPLY(g, "COUNT", 0, want);
-        CU_ASSERT_REPLY(g, "GET key0", 0, "NOT_FOUND");
-        CU_ASSERT_REPLY(g, "GET key1", 0, "VALUE value7");
-        /* fini frees what is left: ASan's leak check holds it to that. */
-        gen_unload(g);
-    }
-    fixture_end(&f);
-    free(path);
+    run_loaded(plugin("kv"), 1, kv_many_keys_checks);
 }
 
 struct kv_thread_arg {
@@ -929,32 +921,25 @@ static void *kv_thread(void *p)
     return NULL;
 }
 
+static void kv_threads_checks(struct plugin_gen *g)
+{
+    pthread_t th[4];
+    struct kv_thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct kv_thread_arg){g, i, 0};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, kv_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CU_ASSERT_TRUE(args[i].ok);
+    }
+    /* 4 x 200 kept keys, plus "shared". */
+    CU_ASSERT_REPLY(g, "COUNT", 0, "801");
+}
+
 static void test_kv_threads(void)
 {
-    struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
-        return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 4, NULL);
-    if (g != NULL) {
-        pthread_t th[4];
-        struct kv_thread_arg args[4];
-        for (int i = 0; i < 4; i++) {
-            args[i] = (struct kv_thread_arg){g, i, 0};
-            CU_ASSERT_EQUAL_FATAL(pthread_create(&th[i], NULL, kv_thread, &args[i]), 0);
-        }
-        for (int i = 0; i < 4; i++) {
-            pthread_join(th[i], NULL);
-            CU_ASSERT_TRUE(args[i].ok);
-        }
-        /* 4 x 200 kept keys, plus "shared". */
-        CU_ASSERT_REPLY(g, "COUNT", 0, "801");
-        gen_unload(g);
-    }
-    fixture_end(&f);
-    free(path);
+    run_loaded(plugin("kv"), 4, kv_threads_checks);
 }
 
 /* A refused load: negative, no generation, err names the file and `want`. */
@@ -982,12 +967,8 @@ static void expect_refusal(const char *path, const char *tmp, const struct shmip
 static void test_refusals(void)
 {
     struct fixture f;
-    char *probe = test_plugin("badabi");
-    if (probe == NULL || !fixture_begin(&f)) {
-        free(probe);
+    if (!fixture_begin(&f, test_plugin("badabi"))) /* only as a probe for the directory */
         return;
-    }
-    free(probe);
     char want_abi[64], want_minor[64], want_size[64];
     snprintf(want_abi, sizeof(want_abi), "ABI major %u, host has %u", SHMIPC_PLUGIN_ABI_MAJOR + 1,
              SHMIPC_PLUGIN_ABI_MAJOR);
@@ -1019,8 +1000,7 @@ static void test_refusals(void)
 
     /* Not plugins at all: missing, a directory, not ELF, empty. Kept
      * outside f.tmp so that its count stays about private copies. */
-    char *other = make_tmpdir();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(other);
+    const char *other = fixture_scratch(&f);
     char p[4096];
     snprintf(p, sizeof(p), "%s/missing.so", other);
     expect_refusal(p, f.tmp, NULL, -ENOENT, "No such file or directory");
@@ -1046,18 +1026,14 @@ static void test_refusals(void)
         CU_ASSERT_EQUAL(count_entries(other), 2); /* text.so, empty.so */
         free(echo);
     }
-    remove_tmpdir(other);
     fixture_end(&f);
 }
 
 static void test_kv_config_refused(void)
 {
     struct fixture f;
-    char *path = plugin("kv");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, plugin("kv")))
         return;
-    }
     const struct {
         const char *conf;
         const char *want;
@@ -1070,51 +1046,42 @@ static void test_kv_config_refused(void)
         {"config = { max_value_bytes = 2.5; };", "'max_value_bytes' must be an integer"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        config_t cfg;
-        const struct shmipc_plugin_conf *conf = conf_from(&cfg, cases[i].conf);
+        const struct shmipc_plugin_conf *conf = fixture_conf(&f, cases[i].conf);
         CU_ASSERT_PTR_NOT_NULL(conf);
         if (conf != NULL)
-            expect_refusal(path, f.tmp, conf, -ECANCELED, cases[i].want);
-        config_destroy(&cfg);
+            expect_refusal(f.path, f.tmp, conf, -ECANCELED, cases[i].want);
         CU_ASSERT_EQUAL(tu_count_fds(), f.fds);
     }
     /* The limits themselves are accepted. */
-    config_t cfg;
     const struct shmipc_plugin_conf *conf =
-        conf_from(&cfg, "config = { max_keys = 10000000; max_value_bytes = 0; };");
-    struct plugin_gen *g = conf != NULL ? load(path, f.tmp, 1, 1, conf) : NULL;
+        fixture_conf(&f, "config = { max_keys = 10000000; max_value_bytes = 0; };");
+    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET a ", 0, "OK");
         CU_ASSERT_REPLY(g, "SET a b", 0, "ERR too big");
         gen_unload(g);
     }
-    config_destroy(&cfg);
-    conf = conf_from(&cfg, "config = { max_keys = 1; };");
-    g = conf != NULL ? load(path, f.tmp, 2, 1, conf) : NULL;
+    conf = fixture_conf(&f, "config = { max_keys = 1; };");
+    g = conf != NULL ? load(f.path, f.tmp, 2, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET a 1", 0, "OK");
         CU_ASSERT_REPLY(g, "SET b 1", 0, "ERR full");
         gen_unload(g);
     }
-    config_destroy(&cfg);
     fixture_end(&f);
-    free(path);
 }
 
 static void test_failthread(void)
 {
     struct fixture f;
-    char *path = test_plugin("failthread");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, test_plugin("failthread")))
         return;
-    }
-    struct plugin_gen *g = load(path, f.tmp, 1, 2, NULL);
+    struct plugin_gen *g = load(f.path, f.tmp, 1, 2, NULL);
     if (g != NULL) {
         char err[256] = "untouched";
         int rc = gen_thread_init(g, 1, err, sizeof(err));
         CU_ASSERT(rc < 0);
-        CU_ASSERT_EQUAL(strncmp(err, path, strlen(path)), 0);
+        CU_ASSERT_EQUAL(strncmp(err, f.path, strlen(f.path)), 0);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, "thread_init failed for worker 1"));
         CU_ASSERT_PTR_NULL(g->thread_states[1]);
         strcpy(err, "untouched");
@@ -1127,7 +1094,6 @@ static void test_failthread(void)
         free(priv);
     }
     fixture_end(&f);
-    free(path);
 }
 
 static char *read_text(const char *path)
@@ -1148,21 +1114,16 @@ static char *read_text(const char *path)
 static void test_counter_lifecycle(void)
 {
     struct fixture f;
-    char *path = test_plugin("counter");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, test_plugin("counter")))
         return;
-    }
-    char *tdir = make_tmpdir();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(tdir);
+    const char *tdir = fixture_scratch(&f);
     char trace[4096], text[4200];
     snprintf(trace, sizeof(trace), "%s/trace", tdir);
     snprintf(text, sizeof(text), "config = { trace = \"%s\"; };", trace);
-    config_t cfg;
-    const struct shmipc_plugin_conf *conf = conf_from(&cfg, text);
+    const struct shmipc_plugin_conf *conf = fixture_conf(&f, text);
     CU_ASSERT_PTR_NOT_NULL(conf);
     enum { N = 3 };
-    struct plugin_gen *g = conf != NULL ? load(path, f.tmp, 1, N, conf) : NULL;
+    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, N, conf) : NULL;
     if (g != NULL) {
         char *t = read_text(trace);
         CU_ASSERT_TRUE(t != NULL && strcmp(t, "init\n") == 0);
@@ -1187,23 +1148,16 @@ static void test_counter_lifecycle(void)
             fprintf(stderr, "\n  trace: %s\n", t);
         free(t);
     }
-    if (conf != NULL)
-        config_destroy(&cfg);
-    remove_tmpdir(tdir);
     fixture_end(&f);
-    free(path);
 }
 
 static void test_generations_side_by_side(void)
 {
     struct fixture f;
-    char *path = plugin("echo");
-    if (path == NULL || !fixture_begin(&f)) {
-        free(path);
+    if (!fixture_begin(&f, plugin("echo")))
         return;
-    }
-    struct plugin_gen *g1 = load(path, f.tmp, 1, 1, NULL);
-    struct plugin_gen *g2 = load(path, f.tmp, 2, 1, NULL);
+    struct plugin_gen *g1 = load(f.path, f.tmp, 1, 1, NULL);
+    struct plugin_gen *g2 = load(f.path, f.tmp, 2, 1, NULL);
     if (g1 != NULL && g2 != NULL) {
         CU_ASSERT_STRING_NOT_EQUAL(g1->private_path, g2->private_path);
         CU_ASSERT_PTR_NOT_NULL(strstr(g1->private_path + strlen(f.tmp), "gen1"));
@@ -1227,20 +1181,18 @@ static void test_generations_side_by_side(void)
     gen_unload(g1);
     gen_unload(g2);
     fixture_end(&f);
-    free(path);
 }
 
 static void test_replaced_source(void)
 {
     struct fixture f;
-    char *echo = plugin("echo"), *greeter = plugin("greeter");
-    if (echo == NULL || greeter == NULL || !fixture_begin(&f)) {
-        free(echo);
+    char *greeter = plugin("greeter");
+    if (greeter == NULL || !fixture_begin(&f, plugin("echo"))) {
         free(greeter);
         return;
     }
-    char *src_dir = make_tmpdir();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(src_dir);
+    const char *echo = f.path;
+    const char *src_dir = fixture_scratch(&f);
     char src[4096];
     snprintf(src, sizeof(src), "%s/service.so", src_dir);
     CU_ASSERT_EQUAL(copy_file(echo, src), 0);
@@ -1263,21 +1215,19 @@ static void test_replaced_source(void)
         CU_ASSERT_REPLY(old, "and after", 0, "and after");
         gen_unload(old);
     }
-    remove_tmpdir(src_dir);
     fixture_end(&f);
-    free(echo);
     free(greeter);
 }
 
 static void test_versioned_and_slow(void)
 {
     struct fixture f;
-    char *ver = test_plugin("versioned"), *slow = test_plugin("slow");
-    if (ver == NULL || slow == NULL || !fixture_begin(&f)) {
-        free(ver);
+    char *slow = test_plugin("slow");
+    if (slow == NULL || !fixture_begin(&f, test_plugin("versioned"))) {
         free(slow);
         return;
     }
+    const char *ver = f.path;
     struct plugin_gen *g = load(ver, f.tmp, 1, 1, NULL);
     if (g != NULL) {
         CU_ASSERT_STRING_EQUAL(g->desc->name, "versioned");
@@ -1286,9 +1236,8 @@ static void test_versioned_and_slow(void)
         gen_unload(g);
     }
 
-    config_t cfg;
     /* Longer than the default, so only the configured value passes. */
-    const struct shmipc_plugin_conf *conf = conf_from(&cfg, "config = { delay_ms = 350; };");
+    const struct shmipc_plugin_conf *conf = fixture_conf(&f, "config = { delay_ms = 350; };");
     g = conf != NULL ? load(slow, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         uint64_t t0 = tu_now_ns();
@@ -1296,7 +1245,6 @@ static void test_versioned_and_slow(void)
         CU_ASSERT((tu_now_ns() - t0) / 1000000 >= 350);
         gen_unload(g);
     }
-    config_destroy(&cfg);
     g = load(slow, f.tmp, 2, 1, NULL);
     if (g != NULL) {
         uint64_t t0 = tu_now_ns();
@@ -1304,12 +1252,10 @@ static void test_versioned_and_slow(void)
         CU_ASSERT((tu_now_ns() - t0) / 1000000 >= 200);
         gen_unload(g);
     }
-    conf = conf_from(&cfg, "config = { delay_ms = -1; };");
+    conf = fixture_conf(&f, "config = { delay_ms = -1; };");
     if (conf != NULL)
         expect_refusal(slow, f.tmp, conf, 0, "delay_ms -1");
-    config_destroy(&cfg);
     fixture_end(&f);
-    free(ver);
     free(slow);
 }
 

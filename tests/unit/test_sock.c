@@ -28,50 +28,7 @@
 #define DEADLINE_MS 20000
 #define SHORT_MS 50 /* a deadline that must expire; never measured */
 
-/* A helper that ignored its deadline would hang this process (no fork
- * around most calls): the watchdog ends the run instead, naming the test. */
-#define WATCHDOG_S 90
-static const char *wd_test = "?";
-
-static void wd_fire(int sig)
-{
-    (void)sig;
-    static const char pre[] = "\n  watchdog: test hung, ending the run: ";
-    ssize_t r = write(2, pre, sizeof(pre) - 1);
-    r = write(2, wd_test, strlen(wd_test));
-    r = write(2, "\n", 1);
-    (void)r;
-    _exit(124);
-}
-
-static void wd_arm(const char *name)
-{
-    wd_test = name;
-    signal(SIGALRM, wd_fire);
-    alarm(WATCHDOG_S);
-}
-
-#define LEAK_BEGIN()                                                                               \
-    wd_arm(__func__);                                                                              \
-    int leak_fds_ = tu_count_fds()
-#define LEAK_END()                                                                                 \
-    do {                                                                                           \
-        CU_ASSERT_EQUAL(tu_count_fds(), leak_fds_);                                                \
-        alarm(0);                                                                                  \
-    } while (0)
-
 /* ---- helpers ---- */
-
-static int pair(int sv[2])
-{
-    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
-}
-
-static void close_pair(int sv[2])
-{
-    close(sv[0]);
-    close(sv[1]);
-}
 
 static int has_fl(int fd, int flag)
 {
@@ -83,12 +40,6 @@ static int has_cloexec(int fd)
 {
     int fl = fcntl(fd, F_GETFD);
     return fl >= 0 && (fl & FD_CLOEXEC) != 0;
-}
-
-static ino_t ino_of(int fd)
-{
-    struct stat st;
-    return fstat(fd, &st) == 0 ? st.st_ino : 0;
 }
 
 static int make_memfd(const char *name)
@@ -126,33 +77,18 @@ static int readable(int fd, int ms)
     return poll(&p, 1, ms) == 1;
 }
 
-/* Sends one data byte with nfds fds (any count), bypassing sock_send_fds. */
+/* Sends one data byte with nfds fds (up to TU_SEND_FDS_MAX), bypassing
+ * sock_send_fds. */
 static int send_raw_fds(int fd, uint8_t byte, const int *fds, int nfds)
 {
-    struct iovec iov = {&byte, 1};
-    union {
-        struct cmsghdr h;
-        uint8_t buf[CMSG_SPACE(sizeof(int) * 32)];
-    } ctl;
-    memset(&ctl, 0, sizeof(ctl));
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (nfds > 0) {
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
-        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
-    }
-    return sendmsg(fd, &msg, MSG_NOSIGNAL) == 1 ? 0 : -errno;
+    return tu_send_fds(fd, &byte, 1, NULL, 0, fds, nfds);
 }
 
 /* ---- sock_addr_parse ---- */
 
 static void test_parse_accepts(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct sock_addr a;
     const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
     const struct sockaddr_in *in = (const struct sockaddr_in *)&a.ss;
@@ -194,12 +130,12 @@ static void test_parse_accepts(void)
     CU_ASSERT_EQUAL_FATAL(sock_addr_parse("tcp:10.1.2.3:1", &a), 0);
     CU_ASSERT_EQUAL(ntohs(in->sin_port), 1);
     CU_ASSERT_EQUAL(ntohl(in->sin_addr.s_addr), 0x0a010203u);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_parse_refuses(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char too_long[200], too_long_unix[210], long_host[120];
     memset(too_long, 'p', sizeof(too_long));
     too_long[0] = '/';
@@ -248,7 +184,7 @@ static void test_parse_refuses(void)
     }
     struct sock_addr a;
     CU_ASSERT_EQUAL(sock_addr_parse(NULL, &a), -EINVAL);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- listen, connect, accept ---- */
@@ -268,7 +204,7 @@ static void exchange(int a, int b)
 
 static void test_unix_listen_connect_accept(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char dir[64], path[128];
     mk_dir(dir, sizeof(dir));
     snprintf(path, sizeof(path), "unix:%s/s.sock", dir);
@@ -322,12 +258,12 @@ static void test_unix_listen_connect_accept(void)
 
     CU_ASSERT_EQUAL(unlink(fs_path), 0);
     rm_dir(dir);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_unix_listen_keeps_regular_file(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char dir[64], path[128];
     mk_dir(dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/not-a-socket", dir);
@@ -365,12 +301,12 @@ static void test_unix_listen_keeps_regular_file(void)
 
     CU_ASSERT_EQUAL(unlink(path), 0);
     rm_dir(dir);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_tcp_loopback(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     struct sock_addr a;
     CU_ASSERT_EQUAL_FATAL(sock_addr_parse("tcp:127.0.0.1:1", &a), 0);
     /* The parser refuses port 0; ask the kernel for a free port anyway. */
@@ -410,12 +346,12 @@ static void test_tcp_loopback(void)
     close(c);
     close(s);
     close(l);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_connect_nobody_fails(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char dir[64], path[128];
     mk_dir(dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/none.sock", dir);
@@ -431,7 +367,7 @@ static void test_connect_nobody_fails(void)
     CU_ASSERT_EQUAL(sock_connect(&a, sock_deadline(DEADLINE_MS)), -ECONNREFUSED);
     CU_ASSERT_EQUAL(unlink(path), 0);
     rm_dir(dir);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static int accept_one_later(void *arg)
@@ -452,7 +388,7 @@ static int accept_one_later(void *arg)
  * a socket that is not connected. */
 static void test_connect_backlog_full(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     char dir[64], path[128];
     mk_dir(dir, sizeof(dir));
     snprintf(path, sizeof(path), "%s/full.sock", dir);
@@ -484,16 +420,16 @@ static void test_connect_backlog_full(void)
     close(l);
     CU_ASSERT_EQUAL(unlink(path), 0);
     rm_dir(dir);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- sock_read_exact ---- */
 
 static void test_read_timeout(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     uint8_t buf[8];
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 8, sock_deadline(SHORT_MS)), SHMIPC_ETIMEDOUT);
     /* Part of what is asked for is there: still a timeout, not a short read. */
@@ -501,8 +437,8 @@ static void test_read_timeout(void)
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 8, sock_deadline(SHORT_MS)), SHMIPC_ETIMEDOUT);
     /* n == 0 is done at once. */
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 0, sock_deadline(SHORT_MS)), 0);
-    close_pair(sv);
-    LEAK_END();
+    tu_close_pair(sv);
+    FD_LEAK_END();
 }
 
 static int read_blocking_child(void *arg)
@@ -529,7 +465,7 @@ static int write_blocking_child(void *arg)
  * child: a helper that blocks forever is killed at the child's deadline). */
 static void test_deadline_on_blocking_socket(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
     CU_ASSERT_EQUAL_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     pid_t pid = tu_fork(read_blocking_child, &sv[0]);
@@ -538,26 +474,26 @@ static void test_deadline_on_blocking_socket(void)
     pid = tu_fork(write_blocking_child, &sv[0]);
     CU_ASSERT_FATAL(pid > 0);
     CU_ASSERT_EQUAL(tu_wait(pid, 5000), 0);
-    close_pair(sv);
-    LEAK_END();
+    tu_close_pair(sv);
+    FD_LEAK_END();
 }
 
 static void test_read_eof(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
     uint8_t buf[8];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     CU_ASSERT_EQUAL(write(sv[1], "abc", 3), 3);
     close(sv[1]);
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 8, sock_deadline(DEADLINE_MS)), SHMIPC_ECLOSED);
     close(sv[0]);
 
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     close(sv[1]);
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 1, sock_deadline(DEADLINE_MS)), SHMIPC_ECLOSED);
     close(sv[0]);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 #define PIECES_LEN 4000
@@ -588,9 +524,9 @@ static int write_pieces_child(void *arg)
 
 static void test_read_reassembles(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     pid_t pid = tu_fork(write_pieces_child, &sv[1]);
     CU_ASSERT_FATAL(pid > 0);
     close(sv[1]);
@@ -604,7 +540,7 @@ static void test_read_reassembles(void)
     /* Exactly PIECES_LEN bytes were taken: nothing is left but EOF. */
     CU_ASSERT_EQUAL(sock_read_exact(sv[0], buf, 1, sock_deadline(DEADLINE_MS)), SHMIPC_ECLOSED);
     close(sv[0]);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- sock_write_all ---- */
@@ -627,9 +563,9 @@ static int read_big_child(void *arg)
 
 static void test_write_all_large(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     uint8_t *big = malloc(BIG_LEN);
     CU_ASSERT_PTR_NOT_NULL_FATAL(big);
     for (size_t i = 0; i < BIG_LEN; i++)
@@ -641,14 +577,14 @@ static void test_write_all_large(void)
     CU_ASSERT_EQUAL(tu_wait(pid, DEADLINE_MS), 0);
     free(big);
     close(sv[0]);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_write_all_timeout_and_epipe(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     uint8_t *big = calloc(1, BIG_LEN);
     CU_ASSERT_PTR_NOT_NULL_FATAL(big);
     /* Nobody reads: the socket buffer fills and the deadline passes. */
@@ -658,16 +594,16 @@ static void test_write_all_timeout_and_epipe(void)
     CU_ASSERT_EQUAL(sock_write_all(sv[0], big, 16, sock_deadline(DEADLINE_MS)), -EPIPE);
     free(big);
     close(sv[0]);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 /* ---- the fd message ---- */
 
 static void test_fds_round_trip(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int mine[2] = {make_memfd("sock_buffer"), make_memfd("sock_queue")};
     CU_ASSERT_FATAL(mine[0] >= 0 && mine[1] >= 0);
     CU_ASSERT_EQUAL(sock_send_fds(sv[0], mine, 2, sock_deadline(DEADLINE_MS)), 0);
@@ -680,9 +616,9 @@ static void test_fds_round_trip(void)
     /* New descriptors of the same files, in the order sent. */
     CU_ASSERT(got[0] != mine[0] && got[0] != mine[1]);
     CU_ASSERT(got[1] != mine[0] && got[1] != mine[1]);
-    CU_ASSERT_EQUAL(ino_of(got[0]), ino_of(mine[0]));
-    CU_ASSERT_EQUAL(ino_of(got[1]), ino_of(mine[1]));
-    CU_ASSERT_NOT_EQUAL(ino_of(mine[0]), ino_of(mine[1]));
+    CU_ASSERT_EQUAL(tu_ino_of(got[0]), tu_ino_of(mine[0]));
+    CU_ASSERT_EQUAL(tu_ino_of(got[1]), tu_ino_of(mine[1]));
+    CU_ASSERT_NOT_EQUAL(tu_ino_of(mine[0]), tu_ino_of(mine[1]));
     CU_ASSERT(has_cloexec(got[0]));
     CU_ASSERT(has_cloexec(got[1]));
     /* Exactly one byte was consumed: nothing else is queued. */
@@ -691,15 +627,15 @@ static void test_fds_round_trip(void)
         close(got[i]);
         close(mine[i]);
     }
-    close_pair(sv);
-    LEAK_END();
+    tu_close_pair(sv);
+    FD_LEAK_END();
 }
 
 static void test_fds_too_many(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     int mine[20];
     for (int i = 0; i < 20; i++)
         CU_ASSERT_FATAL((mine[i] = make_memfd("sock_many")) >= 0);
@@ -736,15 +672,15 @@ static void test_fds_too_many(void)
 
     for (int i = 0; i < 20; i++)
         close(mine[i]);
-    close_pair(sv);
-    LEAK_END();
+    tu_close_pair(sv);
+    FD_LEAK_END();
 }
 
 static void test_fds_plain_byte_and_empty(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     int sv[2];
-    CU_ASSERT_EQUAL_FATAL(pair(sv), 0);
+    CU_ASSERT_EQUAL_FATAL(tu_pair(sv), 0);
     uint8_t byte = 0;
     int got[2] = {-1, -1}, n = -1;
     /* Nothing queued on a non-blocking socket. */
@@ -769,7 +705,7 @@ static void test_fds_plain_byte_and_empty(void)
     n = -1;
     CU_ASSERT_EQUAL_FATAL(sock_recv_fds(sv[1], &byte, got, 2, &n), 0);
     CU_ASSERT_EQUAL_FATAL(n, 1);
-    CU_ASSERT_EQUAL(ino_of(got[0]), ino_of(one));
+    CU_ASSERT_EQUAL(tu_ino_of(got[0]), tu_ino_of(one));
     close(got[0]);
     close(one);
 
@@ -777,19 +713,19 @@ static void test_fds_plain_byte_and_empty(void)
     close(sv[0]);
     CU_ASSERT_EQUAL(sock_recv_fds(sv[1], &byte, got, 2, &n), SHMIPC_ECLOSED);
     close(sv[1]);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static void test_deadline_helpers(void)
 {
-    LEAK_BEGIN();
+    FD_LEAK_BEGIN();
     uint64_t now = sock_now_ns();
     CU_ASSERT_EQUAL(sock_deadline(-1), UINT64_MAX);
     uint64_t d = sock_deadline(1000);
     CU_ASSERT(d >= now + 1000000000ull);
     CU_ASSERT(d != UINT64_MAX);
     CU_ASSERT(sock_deadline(0) >= now);
-    LEAK_END();
+    FD_LEAK_END();
 }
 
 static const struct test_case cases[] = {

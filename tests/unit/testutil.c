@@ -7,9 +7,12 @@
 #include "../common/daemon_util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int hexval(int c)
@@ -163,4 +166,77 @@ int tu_count_shm(const char *prefix)
 uint64_t tu_now_ns(void)
 {
     return du_now_ns();
+}
+
+/* Read by the signal handler; a string literal or __func__, so it outlives
+ * every test. */
+static const char *wd_test = "?";
+
+static void wd_fire(int sig)
+{
+    (void)sig;
+    /* Only write(2) and _exit here: async-signal-safe. */
+    static const char pre[] = "\n  watchdog: test hung, ending the run: ";
+    ssize_t r = write(2, pre, sizeof(pre) - 1);
+    r = write(2, wd_test, strlen(wd_test));
+    r = write(2, "\n", 1);
+    (void)r;
+    _exit(124);
+}
+
+void tu_watchdog_arm(const char *test, unsigned seconds)
+{
+    wd_test = test;
+    signal(SIGALRM, wd_fire);
+    alarm(seconds);
+}
+
+void tu_watchdog_disarm(void)
+{
+    alarm(0);
+}
+
+int tu_pair(int sv[2])
+{
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv);
+}
+
+void tu_close_pair(int sv[2])
+{
+    close(sv[0]);
+    close(sv[1]);
+}
+
+ino_t tu_ino_of(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 ? st.st_ino : 0;
+}
+
+int tu_send_fds(int fd, const void *data, size_t len, const void *hdr, size_t hdr_len,
+                const int *fds, int nfds)
+{
+    if (nfds > TU_SEND_FDS_MAX)
+        return -EINVAL;
+    struct iovec iov = {(void *)data, len};
+    union {
+        struct cmsghdr h;
+        uint8_t buf[CMSG_SPACE(sizeof(int) * TU_SEND_FDS_MAX)];
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        if (hdr != NULL && hdr_len == sizeof(struct cmsghdr)) {
+            memcpy(c, hdr, hdr_len);
+        } else {
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        }
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    return sendmsg(fd, &msg, MSG_NOSIGNAL) == (ssize_t)len ? 0 : -errno;
 }

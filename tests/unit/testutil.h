@@ -1,7 +1,8 @@
 /*
  * Shared test helpers: the suite table, checks that stop a test, golden-
- * vector files, forked peers with deadlines, and resource counters for
- * leak checks. Helpers for tests that run shmipcd itself are in
+ * vector files, forked peers with deadlines, resource counters for leak
+ * checks, a watchdog for tests that block in this process, and socketpair
+ * and fd-message helpers. Helpers for tests that run shmipcd itself are in
  * tests/common/daemon_util.h (the soak programs share those).
  */
 #ifndef SHMIPC_TESTUTIL_H
@@ -88,5 +89,45 @@ int tu_count_maps(void);
 int tu_count_shm(const char *prefix);
 
 uint64_t tu_now_ns(void);
+
+/* ---- watchdog and fd leak checks ---- */
+
+/* For suites that call blocking helpers in this process (no fork around
+ * them): a helper that ignored its deadline would hang the whole run, so
+ * SIGALRM ends it instead after `seconds`, naming `test` on stderr. */
+void tu_watchdog_arm(const char *test, unsigned seconds);
+void tu_watchdog_disarm(void);
+
+#define TU_WATCHDOG_S 90
+
+/* Brackets a test under the watchdog that must leave this process's fd
+ * count as it found it. (test_region keeps its own LEAK_BEGIN, which also
+ * counts mappings.) */
+#define FD_LEAK_BEGIN()                                                                            \
+    tu_watchdog_arm(__func__, TU_WATCHDOG_S);                                                      \
+    int leak_fds_ = tu_count_fds()
+#define FD_LEAK_END()                                                                              \
+    do {                                                                                           \
+        CU_ASSERT_EQUAL(tu_count_fds(), leak_fds_);                                                \
+        tu_watchdog_disarm();                                                                      \
+    } while (0)
+
+/* ---- sockets ---- */
+
+/* A non-blocking, close-on-exec AF_UNIX stream socketpair. 0 or -1. */
+int tu_pair(int sv[2]);
+void tu_close_pair(int sv[2]);
+/* The inode behind `fd` (0 if fstat fails): tells whether two fds, passed
+ * over a socket or not, name the same file. */
+ino_t tu_ino_of(int fd);
+
+#define TU_SEND_FDS_MAX 32
+
+/* Sends the fd message by hand, bypassing sock_send_fds: `len` data bytes
+ * with SCM_RIGHTS for nfds fds (none when nfds is 0). `hdr`, if hdr_len is
+ * sizeof(struct cmsghdr), is the raw header to send instead of a correct
+ * one. 0, or -errno (-EINVAL for more than TU_SEND_FDS_MAX fds). */
+int tu_send_fds(int fd, const void *data, size_t len, const void *hdr, size_t hdr_len,
+                const int *fds, int nfds);
 
 #endif
