@@ -140,6 +140,15 @@ static int rd_conf(struct rd *f, const char *first, ...)
     return du_conf_write(&c, &f->d, "shmipcd.conf");
 }
 
+/* The configuration of the one service `name` (plugin path, config group
+ * or NULL). */
+static int rd_conf_one(struct rd *f, const char *name, const char *plugin, const char *conf)
+{
+    char svc[1024];
+    du_service_entry(svc, sizeof(svc), &f->d, name, plugin, conf);
+    return rd_conf(f, svc, NULL);
+}
+
 /* One admin command on the socket itself: the reply length, or < 0. */
 static int admin(const struct rd *f, const char *cmd, char *out, size_t cap)
 {
@@ -218,6 +227,30 @@ static int parse_status(const char *txt, struct status *s)
                : -1;
 }
 
+/* 1 when the reload counters are these; says what they were when not. */
+static int counts_are(const struct status *s, unsigned long reloads, unsigned long refused,
+                      unsigned long finished)
+{
+    if (s->reloads == reloads && s->refused == refused && s->finished == finished)
+        return 1;
+    fprintf(stderr, "\n  reloads %lu (refused %lu), finished %lu; expected %lu (%lu), %lu\n",
+            s->reloads, s->refused, s->finished, reloads, refused, finished);
+    return 0;
+}
+
+/* Polls status until it counts `reloads` reloads (a SIGHUP's reload is
+ * not waited for by anyone); s and out hold the last reply. */
+static void wait_reloads(const struct rd *f, struct status *s, unsigned long reloads, char *out,
+                         size_t cap)
+{
+    uint64_t dl = du_deadline(POLL_MS);
+    do {
+        if (admin(f, "status", out, cap) > 0 && parse_status(out, s) == 0 && s->reloads >= reloads)
+            return;
+        du_sleep_ms(10);
+    } while (!du_past(dl));
+}
+
 /* Polls status until no generation and no removed service drains; the
  * last reply stays in out. 0 when reached. */
 static int wait_drained(const struct rd *f, struct status *s, char *out, size_t cap)
@@ -283,6 +316,32 @@ static void rd_client_close(struct rd *f, shmipc_client *c)
     }
 }
 
+/* The start of most tests: shmipcd serving the one service `name`, and a
+ * memfd client of it. NULL when any of that failed (said on stderr). */
+static shmipc_client *rd_serve_one(struct rd *f, const char *name, const char *plugin,
+                                   const char *conf)
+{
+    if (rd_conf_one(f, name, plugin, conf) != 0) {
+        fprintf(stderr, "\n  cannot write the configuration of service %s\n", name);
+        return NULL;
+    }
+    int rc = rd_start(f);
+    if (rc != 0) {
+        fprintf(stderr, "\n  shmipcd did not start: %d\n", rc);
+        return NULL;
+    }
+    return rd_client(f, name, SHMIPC_MODE_MEMFD);
+}
+
+/* rd_serve_one on a copy of the test plugin, <dir>/plugin.so, that the
+ * test may replace. */
+static shmipc_client *rd_serve_copy(struct rd *f, const char *name, const char *test_plugin)
+{
+    if (install(f, du_test_plugin_path(test_plugin), "plugin.so") != 0)
+        return NULL;
+    return rd_serve_one(f, name, du_path(&f->d, "plugin.so"), NULL);
+}
+
 /* 1 when m is exactly prefix followed by body. */
 static int msg_is(const shmipc_msg *m, const char *prefix, const char *body)
 {
@@ -328,12 +387,9 @@ static int call_is(shmipc_client *c, const char *req, const char *prefix)
 static void test_unchanged(void)
 {
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     REQUIRE(rd_begin(&f) == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_one(&f, "v", du_test_plugin_path("versioned"), NULL);
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "before", "v1 "));
 
@@ -343,9 +399,7 @@ static void test_unchanged(void)
     CU_ASSERT_TRUE(call_is(c, "after", "v1 "));
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
-    CHECK_EQ(s.reloads, 1);
-    CHECK_EQ(s.refused, 0);
-    CHECK_EQ(s.finished, 0);
+    CU_ASSERT_TRUE(counts_are(&s, 1, 0, 0));
     CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
 out:
     rd_end(&f);
@@ -357,15 +411,12 @@ out:
 static void test_plugin_replaced(void)
 {
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *cm = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *cm = rd_serve_copy(&f, "v", "versioned");
+    REQUIRE(cm != NULL);
     shmipc_client *cf = rd_client(&f, "v", SHMIPC_MODE_FILE);
-    REQUIRE(cm != NULL && cf != NULL);
+    REQUIRE(cf != NULL);
     CU_ASSERT_TRUE(call_is(cm, "memfd before", "v1 "));
     CU_ASSERT_TRUE(call_is(cf, "file before", "v1 "));
     REQUIRE(admin(&f, "status", out, sizeof(out)) > 0);
@@ -383,9 +434,7 @@ static void test_plugin_replaced(void)
 
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
-    CHECK_EQ(s.finished, 1);
-    CHECK_EQ(s.reloads, 1);
-    CHECK_EQ(s.refused, 0);
+    CU_ASSERT_TRUE(counts_are(&s, 1, 0, 1));
     CHECK_HAS(out, svc_line(&f, "v", "versioned 2.0.0", 2, 0));
     char *log = du_read_file(f.d.log, NULL);
     CHECK_HAS(log, "service v: generation 1 finished");
@@ -400,24 +449,19 @@ out:
 static void test_config_changed(void)
 {
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     REQUIRE(rd_begin(&f) == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n = 1;");
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_one(&f, "v", du_test_plugin_path("versioned"), "n = 1;");
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "one", "v1 "));
 
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n = 2;");
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_conf_one(&f, "v", du_test_plugin_path("versioned"), "n = 2;") == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "reload: done\n");
     CHECK_HAS(out, "service v: generation 2 (plugin versioned 1.0.0), generation 1 draining\n");
     CU_ASSERT_TRUE(call_is(c, "two", "v1 "));
     /* Formatting only (same settings, other spacing): unchanged. */
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), "n   =   2 ;");
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_conf_one(&f, "v", du_test_plugin_path("versioned"), "n   =   2 ;") == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "service v: unchanged (generation 2)\n");
     struct status s;
@@ -441,13 +485,9 @@ static void test_broken_plugins(void)
         {"failthread", "thread_init failed for worker"},
     };
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_copy(&f, "v", "versioned");
     REQUIRE(c != NULL);
     for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         REQUIRE(install(&f, du_test_plugin_path(bad[i].plugin), "plugin.so") == 0);
@@ -460,9 +500,7 @@ static void test_broken_plugins(void)
         CU_ASSERT_TRUE(call_is(c, bad[i].plugin, "v1 "));
         struct status s;
         REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
-        CHECK_EQ(s.reloads, i + 1);
-        CHECK_EQ(s.refused, i + 1);
-        CHECK_EQ(s.finished, 0);
+        CU_ASSERT_TRUE(counts_are(&s, i + 1, i + 1, 0));
         CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
     }
     /* Nothing of the refused plugins stays loaded: one private copy. */
@@ -474,9 +512,7 @@ static void test_broken_plugins(void)
     CU_ASSERT_TRUE(call_is(c, "fixed", "v2 "));
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
-    CHECK_EQ(s.finished, 1);
-    CHECK_EQ(s.refused, 3);
-    CHECK_EQ(s.reloads, 4);
+    CU_ASSERT_TRUE(counts_are(&s, 4, 3, 1));
 out:
     rd_end(&f);
 }
@@ -486,12 +522,9 @@ out:
 static void test_syntax_error(void)
 {
     struct rd f;
-    char out[8192], svc[1024], text[4096];
+    char out[8192], text[4096];
     REQUIRE(rd_begin(&f) == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_test_plugin_path("versioned"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_one(&f, "v", du_test_plugin_path("versioned"), NULL);
     REQUIRE(c != NULL);
     /* v switched to versioned2 and w added, but line 5 is broken. */
     snprintf(text, sizeof(text),
@@ -511,9 +544,7 @@ static void test_syntax_error(void)
     CU_ASSERT_FALSE(du_exists(du_path(&f.d, "w.sock")));
     struct status s;
     REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
-    CHECK_EQ(s.reloads, 1);
-    CHECK_EQ(s.refused, 1);
-    CHECK_EQ(s.finished, 0);
+    CU_ASSERT_TRUE(counts_are(&s, 1, 1, 0));
     CHECK_HAS(out, svc_line(&f, "v", "versioned 1.0.0", 1, 0));
     CHECK_HASNT(out, "service w:");
     /* The admin socket's own reply: the same first line. */
@@ -530,13 +561,11 @@ static void test_service_added(void)
     struct rd f;
     char out[8192], a[1024], b[1024];
     REQUIRE(rd_begin(&f) == 0);
-    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
-    REQUIRE(rd_conf(&f, a, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *ca = rd_client(&f, "a", SHMIPC_MODE_MEMFD);
+    shmipc_client *ca = rd_serve_one(&f, "a", du_test_plugin_path("versioned"), NULL);
     REQUIRE(ca != NULL);
     CU_ASSERT_FALSE(du_exists(du_path(&f.d, "b.sock")));
 
+    du_service_entry(a, sizeof(a), &f.d, "a", du_test_plugin_path("versioned"), NULL);
     du_service_entry(b, sizeof(b), &f.d, "b", du_test_plugin_path("versioned2"), NULL);
     REQUIRE(rd_conf(&f, a, b, NULL) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
@@ -644,24 +673,16 @@ out:
 static void test_sighup(void)
 {
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     REQUIRE(rd_begin(&f) == 0);
-    REQUIRE(install(&f, du_test_plugin_path("versioned"), "plugin.so") == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "v", du_path(&f.d, "plugin.so"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "v", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_copy(&f, "v", "versioned");
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "before", "v1 "));
 
     REQUIRE(install(&f, du_test_plugin_path("versioned2"), "plugin.so") == 0);
     REQUIRE(kill(f.d.pid, SIGHUP) == 0);
     struct status s = {0};
-    uint64_t dl = du_deadline(POLL_MS);
-    while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
-            s.reloads < 1) &&
-           !du_past(dl))
-        du_sleep_ms(10);
+    wait_reloads(&f, &s, 1, out, sizeof(out));
     CHECK_EQ(s.reloads, 1);
     CHECK_EQ(s.refused, 0);
     CU_ASSERT_TRUE(call_is(c, "after", "v2 "));
@@ -679,11 +700,7 @@ static void test_sighup(void)
     /* A broken file on SIGHUP: refused, said in the log, v2 serves on. */
     REQUIRE(du_write_file(f.d.conf, "services = (\n") == 0);
     REQUIRE(kill(f.d.pid, SIGHUP) == 0);
-    dl = du_deadline(POLL_MS);
-    while ((admin(&f, "status", out, sizeof(out)) <= 0 || parse_status(out, &s) < 0 ||
-            s.reloads < 2) &&
-           !du_past(dl))
-        du_sleep_ms(10);
+    wait_reloads(&f, &s, 2, out, sizeof(out));
     CHECK_EQ(s.reloads, 2);
     CHECK_EQ(s.refused, 1);
     log = du_read_file(f.d.log, NULL);
@@ -701,13 +718,10 @@ static void test_inflight_slow(void)
 {
     enum { N = 6 };
     struct rd f;
-    char out[8192], svc[1024];
+    char out[8192];
     shmipc_stream *st[N] = {NULL};
     REQUIRE(rd_begin(&f) == 0);
-    du_service_entry(svc, sizeof(svc), &f.d, "s", du_test_plugin_path("slow"), "delay_ms = 150;");
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "s", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_one(&f, "s", du_test_plugin_path("slow"), "delay_ms = 150;");
     REQUIRE(c != NULL);
     char req[N][64];
     for (int i = 0; i < N; i++) {
@@ -717,8 +731,7 @@ static void test_inflight_slow(void)
         REQUIRE(shmipc_stream_flush(st[i]) == 0);
     }
     /* Every request is out; the slow plugin takes a while on each. */
-    du_service_entry(svc, sizeof(svc), &f.d, "s", du_plugin_path("echo"), NULL);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_conf_one(&f, "s", du_plugin_path("echo"), NULL) == 0);
     REQUIRE(admin(&f, "reload", out, sizeof(out)) > 0);
     CHECK_HAS(out, "reload: done\n");
     CHECK_HAS(out, "service s: generation 2 (plugin echo 1.0.0), generation 1 draining\n");
@@ -802,20 +815,16 @@ static int trace_ok(const char *path, int finished)
 static void test_counter_trace(void)
 {
     struct rd f;
-    char out[8192], svc[1024], conf[512];
+    char out[8192], conf[512];
     REQUIRE(rd_begin(&f) == 0);
     snprintf(conf, sizeof(conf), "trace = \"%s\";", du_path(&f.d, "t1"));
-    du_service_entry(svc, sizeof(svc), &f.d, "c", du_test_plugin_path("counter"), conf);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
-    REQUIRE(rd_start(&f) == 0);
-    shmipc_client *c = rd_client(&f, "c", SHMIPC_MODE_MEMFD);
+    shmipc_client *c = rd_serve_one(&f, "c", du_test_plugin_path("counter"), conf);
     REQUIRE(c != NULL);
     CU_ASSERT_TRUE(call_is(c, "gen 1", ""));
     CU_ASSERT_TRUE(trace_ok(du_path(&f.d, "t1"), 0));
 
     snprintf(conf, sizeof(conf), "trace = \"%s\";", du_path(&f.d, "t2"));
-    du_service_entry(svc, sizeof(svc), &f.d, "c", du_test_plugin_path("counter"), conf);
-    REQUIRE(rd_conf(&f, svc, NULL) == 0);
+    REQUIRE(rd_conf_one(&f, "c", du_test_plugin_path("counter"), conf) == 0);
     CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
     CHECK_HAS(out, "service c: generation 2 (plugin counter 1.0.0), generation 1 draining\n");
     CU_ASSERT_TRUE(call_is(c, "gen 2", ""));

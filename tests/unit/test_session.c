@@ -66,6 +66,12 @@ static void sleep_ms(int ms)
         ;
 }
 
+/* The tu_now_ns() time `ms` from now: a bounded wait's end. */
+static uint64_t deadline_ns(int ms)
+{
+    return tu_now_ns() + (uint64_t)ms * 1000000u;
+}
+
 /* ---- payloads ---- */
 
 /* Byte i of the message with this seed: every message is distinct and a
@@ -565,9 +571,10 @@ static int srv_stop(struct srv_child *c)
 struct fx {
     struct leaks base;
     char dir[64];
-    char addr[128]; /* unix:<dir>/sock */
+    char addr[128]; /* unix:<dir>/sock, or the TCP address a test put here */
     struct srv_child srv;
     shmipc_client *cli;
+    shmipc_stream *st; /* the test's main stream, if it has one */
 };
 
 static int fx_begin(struct fx *f)
@@ -587,6 +594,9 @@ static int fx_begin(struct fx *f)
  * the directory and checks for leftovers. Safe on a half-built fixture. */
 static void fx_end(struct fx *f)
 {
+    if (f->st != NULL)
+        shmipc_stream_close(f->st);
+    f->st = NULL;
     shmipc_client_close(f->cli);
     f->cli = NULL;
     EXPECT_RC(srv_stop(&f->srv), 0);
@@ -609,6 +619,48 @@ static void cfg_init(struct shmipc_client_config *c, const char *addr, enum shmi
     c->reconnect_max_ms = 100;
 }
 
+/* A pool of one size class: a small one lets a test run it out. */
+static void one_class_pool(struct shmipc_client_config *c, size_t pool_bytes, uint32_t slice_bytes)
+{
+    c->pool_bytes = pool_bytes;
+    c->nclasses = 1;
+    c->classes[0].slice_bytes = slice_bytes;
+    c->classes[0].percent = 100;
+}
+
+/* The fixture with a server child in `smode` on its socket, in
+ * low-latency mode with `spin_us` (0: off). */
+static int fx_serve(struct fx *f, enum srv_mode smode, int spin_us)
+{
+    int rc = fx_begin(f);
+    if (rc < 0)
+        return rc;
+    srv_spin_us = spin_us;
+    rc = srv_start(&f->srv, smode, f->addr);
+    srv_spin_us = 0;
+    return rc;
+}
+
+/* Opens the fixture's client with cfg_init's defaults for `mode`; with
+ * `st`, takes a stream from it. */
+static int fx_connect(struct fx *f, enum shmipc_mem_mode mode, shmipc_stream **st)
+{
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f->addr, mode);
+    int rc = shmipc_client_open(&cfg, &f->cli);
+    if (rc == 0 && st != NULL)
+        rc = shmipc_client_get(f->cli, st);
+    return rc;
+}
+
+/* The start of most tests: fx_serve, then fx_connect. */
+static int fx_start(struct fx *f, enum srv_mode smode, enum shmipc_mem_mode mode,
+                    shmipc_stream **st)
+{
+    int rc = fx_serve(f, smode, 0);
+    return rc < 0 ? rc : fx_connect(f, mode, st);
+}
+
 /* ---- client-side helpers ---- */
 
 /* One message of n pattern bytes and its echo; checks length and content.
@@ -628,6 +680,30 @@ static int echo_once(shmipc_stream *st, size_t n, uint64_t seed, unsigned *niov)
     rc = msg_is(&m, n, seed) ? 0 : 1;
     shmipc_msg_release(&m);
     return rc;
+}
+
+/* Writes n bytes and flushes them: one message. 0 or the library's code. */
+static int send_msg(shmipc_stream *st, const void *p, size_t n)
+{
+    int rc = shmipc_stream_write(st, p, n);
+    return rc < 0 ? rc : shmipc_stream_flush(st);
+}
+
+/* The message of sz pattern bytes of `seed`, made in buf, sent. */
+static int send_one(shmipc_stream *st, uint8_t *buf, size_t sz, uint64_t seed)
+{
+    fill(buf, sz, seed);
+    return send_msg(st, buf, sz);
+}
+
+/* Closes the streams still held in st[0..n) and forgets them. */
+static void close_streams(shmipc_stream **st, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (st[i] != NULL)
+            shmipc_stream_close(st[i]);
+        st[i] = NULL;
+    }
 }
 
 /* A fresh stream, one echo, back to the pool. */
@@ -720,7 +796,7 @@ static int srv_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
 /* Polls the close log until stream `id` shows up (bounded). */
 static int srv_wait_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
 {
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    uint64_t end = deadline_ns(POLL_MS);
     int rc;
     while ((rc = srv_closed(c, id, out)) == 0 && tu_now_ns() < end)
         sleep_ms(10);
@@ -749,30 +825,23 @@ static int free_port(void)
 static void echo_sizes_on(int tcp, enum shmipc_mem_mode mode)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
-    char tcp_addr[64];
     REQUIRE_RC(fx_begin(&f), 0);
-    const char *addr = f.addr;
     if (tcp) {
         /* A port found free may be taken before the child binds it: retry. */
         int rc = -1;
         for (int tries = 0; tries < 5 && rc != 0; tries++) {
-            snprintf(tcp_addr, sizeof(tcp_addr), "tcp:127.0.0.1:%d", free_port());
-            rc = srv_start(&f.srv, SRV_ECHO, tcp_addr);
+            snprintf(f.addr, sizeof(f.addr), "tcp:127.0.0.1:%d", free_port());
+            rc = srv_start(&f.srv, SRV_ECHO, f.addr);
         }
         REQUIRE_RC(rc, 0);
-        addr = tcp_addr;
     } else {
-        REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, addr), 0);
+        REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
     }
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, addr, mode);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_connect(&f, mode, &f.st), 0);
     for (unsigned i = 0; i < sizeof(echo_sizes) / sizeof(echo_sizes[0]); i++) {
         size_t n = echo_sizes[i];
         unsigned niov = 0;
-        REQUIRE_RC(echo_once(st, n, 1000 + i, &niov), 0);
+        REQUIRE_RC(echo_once(f.st, n, 1000 + i, &niov), 0);
         /* Past the largest slice a message is a chain of slices. */
         CU_ASSERT(n > MAX_SLICE ? niov > 1 : niov == 1);
     }
@@ -786,8 +855,6 @@ static void echo_sizes_on(int tcp, enum shmipc_mem_mode mode)
     /* File mode: a buffer and a queue file; memfd mode: nothing in /dev/shm. */
     CU_ASSERT_EQUAL(tu_count_shm(shm_name("")), f.base.shm + (mode == SHMIPC_MODE_FILE ? 2 : 0));
 out:
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -820,14 +887,8 @@ static void test_echo_sizes_file_tcp(void)
 static void random_echo_on(enum shmipc_mem_mode mode)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, mode);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_ECHO, mode, &f.st), 0);
     REQUIRE((buf = malloc(1u << 20)) != NULL);
     uint64_t seed = 0x5eed0001u + (unsigned)mode;
     for (unsigned i = 0; i < 300; i++) {
@@ -837,7 +898,7 @@ static void random_echo_on(enum shmipc_mem_mode mode)
             buf[k] = (uint8_t)(rng(&seed) >> 24);
         uint64_t want = fnv1a(FNV_INIT, buf, n);
         shmipc_msg m;
-        REQUIRE_RC(shmipc_call(st, buf, n, &m, RECV_MS), 0);
+        REQUIRE_RC(shmipc_call(f.st, buf, n, &m, RECV_MS), 0);
         CU_ASSERT_EQUAL(m.len, n);
         CU_ASSERT_EQUAL(msg_hash(&m), want);
         int ok = m.len == n && msg_hash(&m) == want;
@@ -846,51 +907,48 @@ static void random_echo_on(enum shmipc_mem_mode mode)
     }
 out:
     free(buf);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
+}
+
+/* A thread's share of echoes on one client: `rounds` fresh streams with
+ * an echo of a random size below `max` each; rc is the first failure. */
+struct worker {
+    shmipc_client *c;
+    uint64_t seed;
+    unsigned rounds;
+    size_t max;
+    int rc;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uint64_t s = w->seed;
+    for (unsigned i = 0; i < w->rounds && w->rc == 0; i++)
+        w->rc = echo_new(w->c, (size_t)(rng(&s) % w->max), w->seed + i);
+    return NULL;
 }
 
 /* Low-latency mode on both sides: the same answers, from several threads
  * at once (spinning waiters harvest the queue themselves). */
-struct spin_job {
-    shmipc_client *c;
-    uint64_t seed;
-    int bad;
-};
-
-static void *spin_worker(void *arg)
-{
-    struct spin_job *j = arg;
-    for (unsigned i = 0; i < 400 && !j->bad; i++) {
-        size_t n = (size_t)(rng(&j->seed) % 5000);
-        j->bad |= echo_new(j->c, n, j->seed + i) != 0;
-    }
-    return NULL;
-}
-
 static void test_spin_mode(void)
 {
     struct fx f;
-    REQUIRE_RC(fx_begin(&f), 0);
-    srv_spin_us = 300;
-    int rc = srv_start(&f.srv, SRV_ECHO, f.addr);
-    srv_spin_us = 0;
-    REQUIRE_RC(rc, 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 300), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.spin_us = 300;
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    struct spin_job jobs[4];
+    struct worker jobs[4];
     pthread_t th[4];
     for (int i = 0; i < 4; i++) {
-        jobs[i] = (struct spin_job){f.cli, 0x5917u + (uint64_t)i * 7919u, 0};
-        pthread_create(&th[i], NULL, spin_worker, &jobs[i]);
+        jobs[i] = (struct worker){f.cli, 0x5917u + (uint64_t)i * 7919u, 400, 5000, 0};
+        pthread_create(&th[i], NULL, worker_main, &jobs[i]);
     }
     for (int i = 0; i < 4; i++) {
         pthread_join(th[i], NULL);
-        CU_ASSERT_EQUAL(jobs[i].bad, 0);
+        EXPECT_RC(jobs[i].rc, 0);
     }
 out:
     fx_end(&f);
@@ -905,11 +963,7 @@ static void event_loop_on(int spin_us)
     shmipc_stream *st[NST] = {0};
     unsigned done[NST] = {0};
     uint8_t *req = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    srv_spin_us = spin_us;
-    int rc = srv_start(&f.srv, SRV_ECHO, f.addr);
-    srv_spin_us = 0;
-    REQUIRE_RC(rc, 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, spin_us), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
@@ -922,12 +976,10 @@ static void event_loop_on(int spin_us)
     for (int i = 0; i < NST; i++) {
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
         shmipc_stream_set_user(st[i], &done[i]);
-        fill(req, SZ, (uint64_t)i << 32);
-        REQUIRE_RC(shmipc_stream_write(st[i], req, SZ), 0);
-        REQUIRE_RC(shmipc_stream_flush(st[i]), 0);
+        REQUIRE_RC(send_one(st[i], req, SZ, (uint64_t)i << 32), 0);
     }
     unsigned total = 0, bad = 0;
-    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    uint64_t deadline = deadline_ns(RECV_MS);
     while (total < NST * ROUNDS && tu_now_ns() < deadline) {
         shmipc_stream *ready[NST];
         int n = shmipc_client_poll(f.cli, ready, NST, 100);
@@ -941,11 +993,8 @@ static void event_loop_on(int spin_us)
                 shmipc_msg_release(&m);
                 (*d)++;
                 total++;
-                if (*d < ROUNDS) {
-                    fill(req, SZ, ((uint64_t)idx << 32) + *d);
-                    bad += shmipc_stream_write(ready[k], req, SZ) != 0;
-                    bad += shmipc_stream_flush(ready[k]) != 0;
-                }
+                if (*d < ROUNDS)
+                    bad += send_one(ready[k], req, SZ, ((uint64_t)idx << 32) + *d) != 0;
             }
         }
     }
@@ -958,9 +1007,7 @@ static void event_loop_on(int spin_us)
     if (spin_us > 0) {
         /* The spinning poll let go of the working flag when it returned: a
          * request now still wakes the client fd with a Polling. */
-        fill(req, SZ, 77);
-        REQUIRE_RC(shmipc_stream_write(st[0], req, SZ), 0);
-        REQUIRE_RC(shmipc_stream_flush(st[0]), 0);
+        REQUIRE_RC(send_one(st[0], req, SZ, 77), 0);
         /* As an outside event loop: wait for the fd, poll without
          * waiting, until the answer is in (the fd may also say that a
          * deferred Polling is to be sent). */
@@ -977,9 +1024,7 @@ static void event_loop_on(int spin_us)
         shmipc_msg_release(&m);
     }
 out:
-    for (int i = 0; i < NST; i++)
-        if (st[i] != NULL)
-            shmipc_stream_close(st[i]);
+    close_streams(st, NST);
     free(req);
     fx_end(&f);
 }
@@ -999,7 +1044,7 @@ static void test_event_loop_client_spin(void)
  * of the queue we send on, so our next message has to wake it. */
 static int peer_idle(shmipc_stream *st)
 {
-    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    uint64_t deadline = deadline_ns(RECV_MS);
     while (queue_working(&st->sess->qp.send) != 0) {
         if (tu_now_ns() >= deadline)
             return -ETIMEDOUT;
@@ -1015,12 +1060,21 @@ static uint64_t polls_sent(shmipc_client *c)
     return s.wakeups_sent;
 }
 
+/* Before a step whose Pollings are counted: waits until the server is
+ * idle (peer_idle on st) and notes the Pollings sent so far in *p0. */
+static int idle_from(shmipc_client *c, shmipc_stream *st, uint64_t *p0)
+{
+    int rc = peer_idle(st);
+    *p0 = polls_sent(c);
+    return rc;
+}
+
 /* Polls until every stream in st[0..n) has its answer (one message of sz
  * bytes, seed base + index); 0, or the number of bad or missing ones. */
 static int harvest(shmipc_client *c, shmipc_stream **st, unsigned n, size_t sz, uint64_t base)
 {
     unsigned got = 0, bad = 0;
-    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    uint64_t deadline = deadline_ns(RECV_MS);
     while (got < n && tu_now_ns() < deadline) {
         shmipc_stream *ready[64];
         int k = shmipc_client_poll(c, ready, 64, 100);
@@ -1041,13 +1095,6 @@ static int harvest(shmipc_client *c, shmipc_stream **st, unsigned n, size_t sz, 
     return (int)(bad + (n - got));
 }
 
-static int send_one(shmipc_stream *st, uint8_t *buf, size_t sz, uint64_t seed)
-{
-    fill(buf, sz, seed);
-    int rc = shmipc_stream_write(st, buf, sz);
-    return rc < 0 ? rc : shmipc_stream_flush(st);
-}
-
 struct flush_arg {
     shmipc_stream *st;
     uint8_t *buf;
@@ -1062,6 +1109,18 @@ static void *flush_thread(void *p)
     return NULL;
 }
 
+/* send_one of 500 bytes from a thread of its own, not the poll loop's:
+ * its result, or -EAGAIN when no thread could be made. */
+static int send_from_thread(shmipc_stream *st, uint8_t *buf, uint64_t seed)
+{
+    struct flush_arg a = {st, buf, seed, -1};
+    pthread_t t;
+    if (pthread_create(&t, NULL, flush_thread, &a) != 0)
+        return -EAGAIN;
+    pthread_join(t, NULL);
+    return a.rc;
+}
+
 /* Event-loop client: requests flushed while handling a poll's results
  * share one Polling, sent by the next poll (or when 32 wait); flushes from
  * another thread, or with eager_wakeups, wake the server at once. */
@@ -1071,8 +1130,8 @@ static void test_event_loop_deferred_wakeups(void)
     enum { NST = 40, SZ = 500 };
     shmipc_stream *st[NST] = {0};
     uint8_t buf[SZ];
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    uint64_t p0 = 0;
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
@@ -1080,16 +1139,14 @@ static void test_event_loop_deferred_wakeups(void)
     for (int i = 0; i < NST; i++)
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
     /* Not inside a poll's results yet: the first flush wakes at once. */
-    REQUIRE_RC(peer_idle(st[0]), 0);
-    uint64_t p0 = polls_sent(f.cli);
+    REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     for (unsigned i = 0; i < 8; i++)
         REQUIRE_RC(send_one(st[i], buf, SZ, 100 + i), 0);
     CU_ASSERT(polls_sent(f.cli) > p0);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 8, SZ, 100), 0);
     for (unsigned round = 0; round < 5; round++) {
         /* Inside the results of the poll that just returned. */
-        REQUIRE_RC(peer_idle(st[0]), 0);
-        p0 = polls_sent(f.cli);
+        REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
         for (unsigned i = 0; i < 8; i++)
             REQUIRE_RC(send_one(st[i], buf, SZ, 200 + round * 8 + i), 0);
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
@@ -1097,31 +1154,24 @@ static void test_event_loop_deferred_wakeups(void)
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     }
     /* 40 in one go: the 32nd does not wait for the poll. */
-    REQUIRE_RC(peer_idle(st[0]), 0);
-    p0 = polls_sent(f.cli);
+    REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     for (unsigned i = 0; i < NST; i++)
         REQUIRE_RC(send_one(st[i], buf, SZ, 500 + i), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 500), 0);
     /* Another thread queues on a session whose Polling we owe: it does
      * not wait for us, it sends it. */
-    REQUIRE_RC(peer_idle(st[0]), 0);
-    p0 = polls_sent(f.cli);
+    REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     REQUIRE_RC(send_one(st[0], buf, SZ, 700), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
-    struct flush_arg b = {st[1], buf, 701, -1};
-    pthread_t tb;
-    REQUIRE(pthread_create(&tb, NULL, flush_thread, &b) == 0);
-    pthread_join(tb, NULL);
-    CU_ASSERT_EQUAL(b.rc, 0);
+    EXPECT_RC(send_from_thread(st[1], buf, 701), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 2, SZ, 700), 0);
     /* A caller that takes the fd after the flush, and waits on it rather
      * than in the poll: the owed Polling makes it readable (nothing else
      * can: the server has not been woken). Then once more, fd taken. */
     for (unsigned i = 0; i < 2; i++) {
-        REQUIRE_RC(peer_idle(st[0]), 0);
-        p0 = polls_sent(f.cli);
+        REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
         REQUIRE_RC(send_one(st[0], buf, SZ, 600 + i), 0);
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
         struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
@@ -1133,8 +1183,7 @@ static void test_event_loop_deferred_wakeups(void)
      * first one. */
     shmipc_client *c2 = NULL;
     REQUIRE_RC(shmipc_client_open(&cfg, &c2), 0);
-    REQUIRE_RC(peer_idle(st[0]), 0);
-    p0 = polls_sent(f.cli);
+    REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     REQUIRE_RC(send_one(st[0], buf, SZ, 800), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
     shmipc_stream *none[1];
@@ -1143,19 +1192,11 @@ static void test_event_loop_deferred_wakeups(void)
     shmipc_client_close(c2);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 1, SZ, 800), 0);
     /* Another thread's flush is not the poll loop's: at once. */
-    REQUIRE_RC(peer_idle(st[0]), 0);
-    p0 = polls_sent(f.cli);
-    struct flush_arg a = {st[0], buf, 9000, -1};
-    pthread_t t;
-    REQUIRE(pthread_create(&t, NULL, flush_thread, &a) == 0);
-    pthread_join(t, NULL);
-    CU_ASSERT_EQUAL(a.rc, 0);
+    REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
+    EXPECT_RC(send_from_thread(st[0], buf, 9000), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 1, 500, 9000), 0);
-    for (int i = 0; i < NST; i++) {
-        shmipc_stream_close(st[i]);
-        st[i] = NULL;
-    }
+    close_streams(st, NST);
     shmipc_client_close(f.cli);
     f.cli = NULL;
     /* eager_wakeups: every flush may wake, as with an I/O thread. */
@@ -1165,16 +1206,13 @@ static void test_event_loop_deferred_wakeups(void)
     REQUIRE_RC(shmipc_client_get(f.cli, &e), 0);
     REQUIRE_RC(send_one(e, buf, SZ, 42), 0);
     CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 42), 0);
-    REQUIRE_RC(peer_idle(e), 0);
-    p0 = polls_sent(f.cli);
+    REQUIRE_RC(idle_from(f.cli, e, &p0), 0);
     REQUIRE_RC(send_one(e, buf, SZ, 43), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 43), 0);
     shmipc_stream_close(e);
 out:
-    for (int i = 0; i < NST; i++)
-        if (st[i] != NULL)
-            shmipc_stream_close(st[i]);
+    close_streams(st, NST);
     fx_end(&f);
 }
 
@@ -1188,55 +1226,26 @@ static void test_event_loop_client_fallback(void)
     enum { NST = 4 };
     const size_t sz = 6u << 20;
     shmipc_stream *st[NST] = {0};
-    unsigned got[NST] = {0};
     uint8_t *req = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
-    cfg.pool_bytes = 64u << 10;
-    cfg.nclasses = 1;
-    cfg.classes[0].slice_bytes = 1024;
-    cfg.classes[0].percent = 100;
+    one_class_pool(&cfg, 64u << 10, 1024);
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE((req = malloc(sz)) != NULL);
     /* All streams first: a session that fell back refuses new ones a while. */
-    for (int i = 0; i < NST; i++) {
+    for (int i = 0; i < NST; i++)
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
-        shmipc_stream_set_user(st[i], &got[i]);
-    }
-    for (int i = 0; i < NST; i++) {
-        fill(req, sz, 700 + (uint64_t)i);
-        REQUIRE_RC(shmipc_stream_write(st[i], req, sz), 0);
-        REQUIRE_RC(shmipc_stream_flush(st[i]), 0);
-    }
-    unsigned total = 0, bad = 0;
-    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
-    while (total < NST && tu_now_ns() < deadline) {
-        shmipc_stream *ready[NST];
-        int n = shmipc_client_poll(f.cli, ready, NST, 100);
-        REQUIRE(n >= 0);
-        for (int k = 0; k < n; k++) {
-            shmipc_msg m;
-            while (shmipc_stream_recv(ready[k], &m, 0) == 0) {
-                unsigned *g = shmipc_stream_user(ready[k]);
-                bad += !msg_is(&m, sz, 700 + (uint64_t)(g - got));
-                shmipc_msg_release(&m);
-                (*g)++;
-                total++;
-            }
-        }
-    }
-    CU_ASSERT_EQUAL(total, NST);
-    CU_ASSERT_EQUAL(bad, 0);
+    for (int i = 0; i < NST; i++)
+        REQUIRE_RC(send_one(st[i], req, sz, 700 + (uint64_t)i), 0);
+    /* Every answer right, within the deadline. */
+    CU_ASSERT_EQUAL(harvest(f.cli, st, NST, sz, 700), 0);
     struct shmipc_stats s;
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT_EQUAL(s.fallbacks_sent, NST);
 out:
-    for (int i = 0; i < NST; i++)
-        if (st[i] != NULL)
-            shmipc_stream_close(st[i]);
+    close_streams(st, NST);
     free(req);
     fx_end(&f);
 }
@@ -1250,21 +1259,16 @@ static void test_no_polling_while_handling(void)
     struct fx f;
     enum { NST = 8 };
     shmipc_stream *gate = NULL, *st[NST] = {0};
-    char entered[160], release[160];
+    char entered[160] = "", release[160] = "";
     int efd = -1, rfd = -1;
-    REQUIRE_RC(fx_begin(&f), 0);
+    /* The server opens the FIFOs only when the gate message comes. */
+    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &gate), 0);
     snprintf(entered, sizeof(entered), "%s/entered", f.dir);
     snprintf(release, sizeof(release), "%s/release", f.dir);
     REQUIRE(mkfifo(entered, 0600) == 0 && mkfifo(release, 0600) == 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &gate), 0);
     for (int i = 0; i < NST; i++)
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
-    REQUIRE_RC(shmipc_stream_write(gate, ctl_gate, CTL_LEN), 0);
-    REQUIRE_RC(shmipc_stream_flush(gate), 0);
+    REQUIRE_RC(send_msg(gate, ctl_gate, CTL_LEN), 0);
     char c;
     REQUIRE((efd = open(entered, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) >= 0);
     struct pollfd pfd = {.fd = efd, .events = POLLIN};
@@ -1273,17 +1277,14 @@ static void test_no_polling_while_handling(void)
     shmipc_client_stats(f.cli, &before);
     uint8_t *req = pattern(100, 60);
     REQUIRE(req != NULL);
-    for (int i = 0; i < NST; i++) {
-        fill(req, 100, 60 + (uint64_t)i);
-        CU_ASSERT_EQUAL(shmipc_stream_write(st[i], req, 100), 0);
-        CU_ASSERT_EQUAL(shmipc_stream_flush(st[i]), 0);
-    }
+    for (int i = 0; i < NST; i++)
+        CU_ASSERT_EQUAL(send_one(st[i], req, 100, 60 + (uint64_t)i), 0);
     free(req);
     shmipc_client_stats(f.cli, &after);
     CU_ASSERT_EQUAL(after.wakeups_sent - before.wakeups_sent, 0);
     CU_ASSERT_EQUAL(after.messages_sent - before.messages_sent, NST);
     /* The handler opens its end right after saying it entered. */
-    uint64_t deadline = tu_now_ns() + (uint64_t)RECV_MS * 1000000u;
+    uint64_t deadline = deadline_ns(RECV_MS);
     while ((rfd = open(release, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO &&
            tu_now_ns() < deadline)
         usleep(1000);
@@ -1302,9 +1303,7 @@ out:
         close(efd);
     if (rfd >= 0)
         close(rfd);
-    for (int i = 0; i < NST; i++)
-        if (st[i] != NULL)
-            shmipc_stream_close(st[i]);
+    close_streams(st, NST);
     if (gate != NULL)
         shmipc_stream_close(gate);
     unlink(entered);
@@ -1326,14 +1325,8 @@ static void test_random_echo_file(void)
 static void test_random_server_checksum(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_HASH, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_HASH, SHMIPC_MODE_MEMFD, &f.st), 0);
     REQUIRE((buf = malloc(2u << 20)) != NULL);
     uint64_t seed = 0xc0ffee;
     for (unsigned i = 0; i < 200; i++) {
@@ -1342,7 +1335,7 @@ static void test_random_server_checksum(void)
         for (size_t k = 0; k < n; k++)
             buf[k] = (uint8_t)(rng(&seed) >> 24);
         shmipc_msg m;
-        REQUIRE_RC(shmipc_call(st, buf, n, &m, RECV_MS), 0);
+        REQUIRE_RC(shmipc_call(f.st, buf, n, &m, RECV_MS), 0);
         uint8_t ans[12];
         size_t got = shmipc_msg_copy(&m, 0, ans, sizeof(ans));
         shmipc_msg_release(&m);
@@ -1357,8 +1350,6 @@ static void test_random_server_checksum(void)
     }
 out:
     free(buf);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1367,35 +1358,25 @@ static void test_stream_read_across_messages(void)
 {
     static const size_t sizes[] = {1, 7, 100, 5000, 20000, 3, 150000, 0, 42};
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *all = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
     size_t total = 0;
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         total += sizes[i];
     REQUIRE((all = malloc(total)) != NULL);
     size_t at = 0;
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-        fill(all + at, sizes[i], 77 + i);
-        REQUIRE_RC(shmipc_stream_write(st, all + at, sizes[i]), 0);
-        REQUIRE_RC(shmipc_stream_flush(st), 0);
+        REQUIRE_RC(send_one(f.st, all + at, sizes[i], 77 + i), 0);
         at += sizes[i];
     }
-    REQUIRE_RC(read_expect(st, all, total), 0);
+    REQUIRE_RC(read_expect(f.st, all, total), 0);
     /* Everything was read: nothing more is there. */
     uint8_t b;
-    EXPECT_RC(shmipc_stream_read(st, &b, 1, 50), SHMIPC_ETIMEDOUT);
+    EXPECT_RC(shmipc_stream_read(f.st, &b, 1, 50), SHMIPC_ETIMEDOUT);
     /* A message split by reads still leaves the next whole for recv. */
-    REQUIRE_RC(echo_once(st, 300, 5, NULL), 0);
+    REQUIRE_RC(echo_once(f.st, 300, 5, NULL), 0);
 out:
     free(all);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1404,14 +1385,8 @@ out:
 static void test_reserve_zero_copy(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
     static const size_t parts[] = {100, 8000, 50, MAX_SLICE, 1};
     size_t total = 0;
     for (unsigned i = 0; i < 5; i++)
@@ -1420,20 +1395,20 @@ static void test_reserve_zero_copy(void)
     size_t at = 0;
     for (unsigned i = 0; i < 5; i++) {
         if (i == 2) { /* a copied piece between reserved ones */
-            REQUIRE_RC(shmipc_stream_write(st, want + at, parts[i]), 0);
+            REQUIRE_RC(shmipc_stream_write(f.st, want + at, parts[i]), 0);
         } else {
             void *p = NULL;
-            REQUIRE_RC(shmipc_stream_reserve(st, parts[i], &p), 0);
+            REQUIRE_RC(shmipc_stream_reserve(f.st, parts[i], &p), 0);
             REQUIRE(p != NULL);
             memcpy(p, want + at, parts[i]);
         }
         at += parts[i];
     }
     void *p = NULL;
-    CU_ASSERT(shmipc_stream_reserve(st, MAX_SLICE + 1, &p) < 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    CU_ASSERT(shmipc_stream_reserve(f.st, MAX_SLICE + 1, &p) < 0);
+    REQUIRE_RC(shmipc_stream_flush(f.st), 0);
     shmipc_msg m;
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     CU_ASSERT_EQUAL(m.len, total);
     uint8_t *got = malloc(total);
     if (got != NULL) {
@@ -1443,18 +1418,16 @@ static void test_reserve_zero_copy(void)
     }
     shmipc_msg_release(&m);
     /* Reserve alone, filled, as one small message. */
-    REQUIRE_RC(shmipc_stream_reserve(st, 16, &p), 0);
+    REQUIRE_RC(shmipc_stream_reserve(f.st, 16, &p), 0);
     memcpy(p, "zero-copy-16byte", 16);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(shmipc_stream_flush(f.st), 0);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     char small[17] = "";
     CU_ASSERT_EQUAL(shmipc_msg_copy(&m, 0, small, 16), 16);
     CU_ASSERT_STRING_EQUAL(small, "zero-copy-16byte");
     shmipc_msg_release(&m);
 out:
     free(want);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1466,14 +1439,8 @@ out:
 static void test_forward_zero_copy(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_FORWARD, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_FORWARD, SHMIPC_MODE_MEMFD, &f.st), 0);
     const size_t big = 3 * MAX_SLICE + 777;
     REQUIRE((want = pattern(big, 7)) != NULL);
     unsigned same = 0, rounds = 300;
@@ -1481,14 +1448,14 @@ static void test_forward_zero_copy(void)
         size_t n = i % 3 == 0 ? 1 + i * 97 % 8000 : i % 3 == 1 ? 20000 + i : big;
         void *p = NULL;
         size_t first = n < MAX_SLICE ? n : MAX_SLICE;
-        REQUIRE_RC(shmipc_stream_reserve(st, first, &p), 0);
+        REQUIRE_RC(shmipc_stream_reserve(f.st, first, &p), 0);
         memcpy(p, want, first);
         ((uint8_t *)p)[0] = 'F';
         if (n > first)
-            REQUIRE_RC(shmipc_stream_write(st, want + first, n - first), 0);
-        REQUIRE_RC(shmipc_stream_flush(st), 0);
+            REQUIRE_RC(shmipc_stream_write(f.st, want + first, n - first), 0);
+        REQUIRE_RC(shmipc_stream_flush(f.st), 0);
         shmipc_msg m;
-        REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+        REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
         CU_ASSERT_EQUAL(m.len, n);
         same += m.niov > 0 && m.iov[0].base == p;
         uint8_t *got = malloc(n);
@@ -1507,7 +1474,7 @@ static void test_forward_zero_copy(void)
     memcpy(req, want, big);
     req[0] = 'P';
     shmipc_msg m;
-    int rc = shmipc_call(st, req, big, &m, RECV_MS);
+    int rc = shmipc_call(f.st, req, big, &m, RECV_MS);
     CU_ASSERT_EQUAL(rc, 0);
     if (rc == 0) {
         CU_ASSERT_EQUAL(m.len, big + 3);
@@ -1523,28 +1490,25 @@ static void test_forward_zero_copy(void)
     free(req);
     /* The client forwards what it received: whole, the same slices go
      * round again; after a partial read, only the rest (copied). */
-    REQUIRE_RC(shmipc_stream_write(st, "AHELLOWORLD", 11), 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(send_msg(f.st, "AHELLOWORLD", 11), 0);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     const uint8_t *where = m.iov[0].base;
-    REQUIRE_RC(shmipc_stream_forward(st, &m), 0);
+    REQUIRE_RC(shmipc_stream_forward(f.st, &m), 0);
     CU_ASSERT_PTR_NULL(m.priv_);
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     char txt[16] = "";
     CU_ASSERT(m.len == 11 && shmipc_msg_copy(&m, 0, txt, 11) == 11 &&
               memcmp(txt, "AHELLOWORLD", 11) == 0);
     CU_ASSERT(m.iov[0].base == where);
     shmipc_msg_release(&m);
-    REQUIRE_RC(shmipc_stream_write(st, "AHELLOWORLD", 11), 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
-    CU_ASSERT_EQUAL(shmipc_stream_read(st, txt, 3, RECV_MS), 3);
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(send_msg(f.st, "AHELLOWORLD", 11), 0);
+    CU_ASSERT_EQUAL(shmipc_stream_read(f.st, txt, 3, RECV_MS), 3);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     CU_ASSERT_EQUAL(m.len, 8);
-    REQUIRE_RC(shmipc_stream_forward(st, &m), 0);
-    REQUIRE_RC(shmipc_stream_recv(st, &m, RECV_MS), 0);
+    REQUIRE_RC(shmipc_stream_forward(f.st, &m), 0);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     memset(txt, 0, sizeof(txt));
-    CU_ASSERT(m.len == 8 && shmipc_msg_copy(&m, 0, txt, 8) == 8 &&
-              memcmp(txt, "LLOWORLD", 8) == 0);
+    CU_ASSERT(m.len == 8 && shmipc_msg_copy(&m, 0, txt, 8) == 8 && memcmp(txt, "LLOWORLD", 8) == 0);
     shmipc_msg_release(&m);
     struct shmipc_stats ss;
     REQUIRE_RC(srv_stats(f.cli, &ss), 0);
@@ -1553,8 +1517,6 @@ static void test_forward_zero_copy(void)
     CU_ASSERT_EQUAL(ss.fallbacks_sent, 0);
 out:
     free(want);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1576,9 +1538,8 @@ static void test_1000_streams_4_sessions(void)
     void **second = calloc(NSTREAMS, sizeof(*second));
     uint8_t buf[1200];
     unsigned n = 0;
-    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE(st != NULL && first != NULL && second != NULL);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.sessions = 4;
@@ -1587,10 +1548,7 @@ static void test_1000_streams_4_sessions(void)
     for (int round = 0; round < 2; round++) {
         for (n = 0; n < NSTREAMS; n++) {
             REQUIRE_RC(shmipc_client_get(f.cli, &st[n]), 0);
-            size_t len = 64 + n;
-            fill(buf, len, (uint64_t)round << 32 | n);
-            REQUIRE_RC(shmipc_stream_write(st[n], buf, len), 0);
-            REQUIRE_RC(shmipc_stream_flush(st[n]), 0);
+            REQUIRE_RC(send_one(st[n], buf, 64 + n, (uint64_t)round << 32 | n), 0);
         }
         /* Every request is out before any answer is read. */
         uint32_t max_id = 0;
@@ -1637,24 +1595,19 @@ out:
 static void test_pooled_stream_reuse(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL, *again = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-    uint32_t id = shmipc_stream_id(st);
+    shmipc_stream *again = NULL;
+    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_FILE, &f.st), 0);
+    uint32_t id = shmipc_stream_id(f.st);
     CU_ASSERT(id >= 2);
-    REQUIRE_RC(echo_once(st, 1000, 1, NULL), 0);
+    REQUIRE_RC(echo_once(f.st, 1000, 1, NULL), 0);
     struct shmipc_stats s0, s1;
     shmipc_client_stats(f.cli, &s0);
     for (int i = 0; i < 20; i++) {
-        shmipc_client_put(f.cli, st);
-        st = NULL;
-        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-        CU_ASSERT_EQUAL(shmipc_stream_id(st), id);
-        REQUIRE_RC(echo_once(st, 100 + (size_t)i, 2 + (uint64_t)i, NULL), 0);
+        shmipc_client_put(f.cli, f.st);
+        f.st = NULL;
+        REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+        CU_ASSERT_EQUAL(shmipc_stream_id(f.st), id);
+        REQUIRE_RC(echo_once(f.st, 100 + (size_t)i, 2 + (uint64_t)i, NULL), 0);
     }
     shmipc_client_stats(f.cli, &s1);
     CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened);
@@ -1667,24 +1620,21 @@ static void test_pooled_stream_reuse(void)
      * echo on `again` (same session, answered in order) makes sure the
      * answer to "x" has arrived. */
     uint32_t again_id = shmipc_stream_id(again);
-    REQUIRE_RC(shmipc_stream_write(st, "x", 1), 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    REQUIRE_RC(send_msg(f.st, "x", 1), 0);
     REQUIRE_RC(echo_once(again, 20, 4, NULL), 0);
-    shmipc_client_put(f.cli, st);
-    st = NULL;
+    shmipc_client_put(f.cli, f.st);
+    f.st = NULL;
     shmipc_client_put(f.cli, again);
     again = NULL;
     /* Had both been pooled, the second get would return `id`. */
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-    CU_ASSERT_EQUAL(shmipc_stream_id(st), again_id);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    CU_ASSERT_EQUAL(shmipc_stream_id(f.st), again_id);
     REQUIRE_RC(shmipc_client_get(f.cli, &again), 0);
     CU_ASSERT(shmipc_stream_id(again) != id && shmipc_stream_id(again) != again_id);
     REQUIRE_RC(echo_once(again, 30, 5, NULL), 0);
     shmipc_client_stats(f.cli, &s1);
     CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened + 2);
 out:
-    if (st != NULL)
-        shmipc_stream_close(st);
     if (again != NULL)
         shmipc_stream_close(again);
     fx_end(&f);
@@ -1697,15 +1647,11 @@ static void fallback_on(enum shmipc_mem_mode mode)
     struct fx f;
     shmipc_stream *keep = NULL, *st = NULL, *later = NULL;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, mode);
     /* 62 slices of 1 KiB: a 64 KiB message can never be in the pool. */
-    cfg.pool_bytes = 64u << 10;
-    cfg.nclasses = 1;
-    cfg.classes[0].slice_bytes = 1024;
-    cfg.classes[0].percent = 100;
+    one_class_pool(&cfg, 64u << 10, 1024);
     cfg.unhealthy_ms = 1000; /* the refusal is checked right after the fallback */
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &keep), 0);
@@ -1754,7 +1700,7 @@ static void fallback_on(enum shmipc_mem_mode mode)
     CU_ASSERT_EQUAL(s.fallbacks_sent, 4);
 
     /* After the window new streams are allowed again (bounded poll). */
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    uint64_t end = deadline_ns(POLL_MS);
     int rc;
     while ((rc = shmipc_client_get(f.cli, &later)) == SHMIPC_EUNHEALTHY && tu_now_ns() < end)
         sleep_ms(20);
@@ -1789,7 +1735,7 @@ static void test_fallback_file(void)
 /* Waits (bounded) until the child is stopped by SIGSTOP. */
 static int wait_stopped(pid_t pid)
 {
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    uint64_t end = deadline_ns(POLL_MS);
     int status;
     while (tu_now_ns() < end) {
         pid_t r = waitpid(pid, &status, WUNTRACED | WNOHANG);
@@ -1807,24 +1753,20 @@ static int wait_stopped(pid_t pid)
 static void test_queue_full(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL, *hog = NULL;
+    shmipc_stream *hog = NULL;
     uint8_t *want = NULL, *big = NULL;
     int stopped = 0;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.queue_cap = 8;
     /* A small pool of 63 slices, so that one stream can take every free
      * slice: a slice wrongly freed after EQFULL would be overwritten. */
-    cfg.pool_bytes = 256u << 10;
-    cfg.nclasses = 1;
-    cfg.classes[0].slice_bytes = 4076;
-    cfg.classes[0].percent = 100;
+    one_class_pool(&cfg, 256u << 10, 4076);
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &hog), 0);
-    REQUIRE_RC(echo_once(st, 10, 1, NULL), 0); /* the server has drained the queue */
+    REQUIRE_RC(echo_once(f.st, 10, 1, NULL), 0); /* the server has drained the queue */
     enum { NMSG = 30 };
     REQUIRE((want = pattern(NMSG * QMSG, 21)) != NULL);
 
@@ -1834,8 +1776,8 @@ static void test_queue_full(void)
     unsigned sent = 0;
     int rc = 0;
     for (; sent < NMSG; sent++) {
-        REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
-        if ((rc = shmipc_stream_flush(st)) != 0)
+        REQUIRE_RC(shmipc_stream_write(f.st, want + sent * QMSG, QMSG), 0);
+        if ((rc = shmipc_stream_flush(f.st)) != 0)
             break;
     }
     EXPECT_RC(rc, SHMIPC_EQFULL);
@@ -1855,24 +1797,24 @@ static void test_queue_full(void)
     hog = NULL;
     /* Written after EQFULL: goes after the pending message. */
     sent++;
-    REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
+    REQUIRE_RC(shmipc_stream_write(f.st, want + sent * QMSG, QMSG), 0);
     sent++;
 
     REQUIRE(kill(f.srv.pid, SIGCONT) == 0);
     stopped = 0;
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
-    while ((rc = shmipc_stream_flush(st)) == SHMIPC_EQFULL && tu_now_ns() < end)
+    uint64_t end = deadline_ns(POLL_MS);
+    while ((rc = shmipc_stream_flush(f.st)) == SHMIPC_EQFULL && tu_now_ns() < end)
         ;
     REQUIRE_RC(rc, 0);
     for (; sent < NMSG; sent++) {
-        REQUIRE_RC(shmipc_stream_write(st, want + sent * QMSG, QMSG), 0);
-        while ((rc = shmipc_stream_flush(st)) == SHMIPC_EQFULL && tu_now_ns() < end)
+        REQUIRE_RC(shmipc_stream_write(f.st, want + sent * QMSG, QMSG), 0);
+        while ((rc = shmipc_stream_flush(f.st)) == SHMIPC_EQFULL && tu_now_ns() < end)
             ;
         REQUIRE_RC(rc, 0);
     }
     /* Every byte back, in order (the echo may merge messages). */
-    REQUIRE_RC(read_expect(st, want, NMSG * QMSG), 0);
-    REQUIRE_RC(echo_once(st, 50, 22, NULL), 0);
+    REQUIRE_RC(read_expect(f.st, want, NMSG * QMSG), 0);
+    REQUIRE_RC(echo_once(f.st, 50, 22, NULL), 0);
 out:
     if (stopped)
         kill(f.srv.pid, SIGCONT);
@@ -1880,8 +1822,6 @@ out:
     free(big);
     if (hog != NULL)
         shmipc_stream_close(hog);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1889,33 +1829,39 @@ out:
 static void test_client_shutdown(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
+    REQUIRE_RC(fx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
     static const size_t parts[] = {10, 100000, 1};
     REQUIRE((buf = pattern(100000, 3)) != NULL);
-    for (unsigned i = 0; i < 3; i++) {
-        REQUIRE_RC(shmipc_stream_write(st, buf, parts[i]), 0);
-        REQUIRE_RC(shmipc_stream_flush(st), 0);
-    }
-    uint32_t id = shmipc_stream_id(st);
-    REQUIRE_RC(shmipc_stream_shutdown(st), 0);
-    EXPECT_RC(shmipc_stream_write(st, "x", 1), SHMIPC_ECLOSED);
-    EXPECT_RC(shmipc_stream_flush(st), SHMIPC_ECLOSED);
+    for (unsigned i = 0; i < 3; i++)
+        REQUIRE_RC(send_msg(f.st, buf, parts[i]), 0);
+    uint32_t id = shmipc_stream_id(f.st);
+    REQUIRE_RC(shmipc_stream_shutdown(f.st), 0);
+    EXPECT_RC(shmipc_stream_write(f.st, "x", 1), SHMIPC_ECLOSED);
+    EXPECT_RC(shmipc_stream_flush(f.st), SHMIPC_ECLOSED);
     struct closed_rec r;
     REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
     CU_ASSERT_EQUAL(r.msgs, 3);
     CU_ASSERT_EQUAL(r.bytes, 100011);
 out:
     free(buf);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
+}
+
+/* One echo on a fresh stream (its id in *id) that the server ends after
+ * answering: the answer, then SHMIPC_ECLOSED. The stream stays in *st. */
+static int echo_then_closed(shmipc_client *c, shmipc_stream **st, uint32_t *id, size_t n,
+                            uint64_t seed)
+{
+    int rc = shmipc_client_get(c, st);
+    if (rc < 0)
+        return rc;
+    *id = shmipc_stream_id(*st);
+    rc = echo_once(*st, n, seed, NULL);
+    if (rc != 0)
+        return rc;
+    shmipc_msg m;
+    return EXPECT_RC(shmipc_stream_recv(*st, &m, RECV_MS), SHMIPC_ECLOSED) ? 0 : 1;
 }
 
 /* Server half-close after answering: the client reads the answer, then
@@ -1923,22 +1869,14 @@ out:
 static void test_server_shutdown(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO_SHUTDOWN, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(fx_start(&f, SRV_ECHO_SHUTDOWN, SHMIPC_MODE_FILE, NULL), 0);
     for (int i = 0; i < 3; i++) {
-        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-        uint32_t id = shmipc_stream_id(st);
-        REQUIRE_RC(echo_once(st, 2000, 30 + (uint64_t)i, NULL), 0);
-        shmipc_msg m;
-        EXPECT_RC(shmipc_stream_recv(st, &m, RECV_MS), SHMIPC_ECLOSED);
+        uint32_t id = 0;
+        REQUIRE_RC(echo_then_closed(f.cli, &f.st, &id, 2000, 30 + (uint64_t)i), 0);
         uint8_t b;
-        EXPECT_RC(shmipc_stream_read(st, &b, 1, RECV_MS), 0); /* end of stream */
-        shmipc_client_put(f.cli, st);                         /* closed by the peer: not pooled */
-        st = NULL;
+        EXPECT_RC(shmipc_stream_read(f.st, &b, 1, RECV_MS), 0); /* end of stream */
+        shmipc_client_put(f.cli, f.st);                         /* closed by the peer: not pooled */
+        f.st = NULL;
         /* Both sides closed: the server's stream ends (on_close). */
         struct closed_rec r;
         REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
@@ -1949,8 +1887,6 @@ static void test_server_shutdown(void)
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT_EQUAL(s.streams_opened, 3 + 3); /* + the three queries */
 out:
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -1960,20 +1896,12 @@ out:
 static void test_server_handler_close(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO_CLOSE, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(fx_start(&f, SRV_ECHO_CLOSE, SHMIPC_MODE_MEMFD, NULL), 0);
     for (int i = 0; i < 5; i++) {
-        REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-        uint32_t id = shmipc_stream_id(st);
-        REQUIRE_RC(echo_once(st, 1000 + (size_t)i, 70 + (uint64_t)i, NULL), 0);
-        shmipc_msg m;
-        EXPECT_RC(shmipc_stream_recv(st, &m, RECV_MS), SHMIPC_ECLOSED);
-        shmipc_client_put(f.cli, st);
-        st = NULL;
+        uint32_t id = 0;
+        REQUIRE_RC(echo_then_closed(f.cli, &f.st, &id, 1000 + (size_t)i, 70 + (uint64_t)i), 0);
+        shmipc_client_put(f.cli, f.st);
+        f.st = NULL;
         /* Our close (after theirs) comes before the query: an on_close it
          * wrongly caused would be in the log already. */
         struct closed_rec r;
@@ -1986,29 +1914,21 @@ static void test_server_handler_close(void)
     CU_ASSERT_EQUAL(ss.sessions_closed, 0);
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
 out:
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
 static void test_read_deadline(void)
 {
     struct fx f;
-    shmipc_stream *st = NULL, *quiet = NULL;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-    REQUIRE_RC(shmipc_stream_write(st, "never answered", 14), 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
+    shmipc_stream *quiet = NULL;
+    REQUIRE_RC(fx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(send_msg(f.st, "never answered", 14), 0);
     shmipc_msg m;
-    EXPECT_RC(shmipc_stream_recv(st, &m, 50), SHMIPC_ETIMEDOUT);
+    EXPECT_RC(shmipc_stream_recv(f.st, &m, 50), SHMIPC_ETIMEDOUT);
     CU_ASSERT_PTR_NULL(m.priv_);
-    EXPECT_RC(shmipc_stream_recv(st, &m, 0), SHMIPC_ETIMEDOUT);
+    EXPECT_RC(shmipc_stream_recv(f.st, &m, 0), SHMIPC_ETIMEDOUT);
     uint8_t b[4];
-    EXPECT_RC(shmipc_stream_read(st, b, sizeof(b), 50), SHMIPC_ETIMEDOUT);
+    EXPECT_RC(shmipc_stream_read(f.st, b, sizeof(b), 50), SHMIPC_ETIMEDOUT);
     /* A stream that sent nothing times out the same way. */
     REQUIRE_RC(shmipc_client_get(f.cli, &quiet), 0);
     EXPECT_RC(shmipc_stream_recv(quiet, &m, 50), SHMIPC_ETIMEDOUT);
@@ -2017,8 +1937,6 @@ static void test_read_deadline(void)
     REQUIRE_RC(srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.messages_received, 2);
 out:
-    if (st != NULL)
-        shmipc_stream_close(st);
     if (quiet != NULL)
         shmipc_stream_close(quiet);
     fx_end(&f);
@@ -2043,27 +1961,24 @@ static void server_killed_on(enum shmipc_mem_mode mode)
 {
     struct fx f;
     struct srv_child next = {0};
-    shmipc_stream *st = NULL;
     pthread_t th;
     int th_started = 0;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_SWALLOW, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_SWALLOW, 0), 0);
     /* The successor is forked now, before the client has threads. */
     REQUIRE_RC(srv_fork(&next, SRV_ECHO, f.addr), 0);
     struct shmipc_client_config cfg;
     cfg_init(&cfg, f.addr, mode);
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-    REQUIRE_RC(shmipc_stream_write(st, "are you there?", 14), 0);
-    REQUIRE_RC(shmipc_stream_flush(st), 0);
-    REQUIRE_RC(shmipc_stream_write(st, "pending", 7), 0); /* not flushed */
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    REQUIRE_RC(send_msg(f.st, "are you there?", 14), 0);
+    REQUIRE_RC(shmipc_stream_write(f.st, "pending", 7), 0); /* not flushed */
 
     struct killer k = {f.srv.pid, 100};
     REQUIRE(pthread_create(&th, NULL, killer_main, &k) == 0);
     th_started = 1;
     shmipc_msg m;
-    int rc = shmipc_stream_recv(st, &m, 30000);
+    int rc = shmipc_stream_recv(f.st, &m, 30000);
     CU_ASSERT(rc < 0 && rc != SHMIPC_ETIMEDOUT);
     if (rc == 0)
         shmipc_msg_release(&m);
@@ -2071,27 +1986,27 @@ static void server_killed_on(enum shmipc_mem_mode mode)
     th_started = 0;
     f.srv.pid = 0;
     CU_ASSERT_EQUAL(tu_wait(k.pid, CHILD_MS), 128 + SIGKILL);
-    CU_ASSERT(shmipc_stream_flush(st) < 0);
-    shmipc_stream_close(st);
-    st = NULL;
+    CU_ASSERT(shmipc_stream_flush(f.st) < 0);
+    shmipc_stream_close(f.st);
+    f.st = NULL;
     /* Both sessions notice (bounded). */
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    uint64_t end = deadline_ns(POLL_MS);
     while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
         sleep_ms(5);
     CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
     /* Nobody listens: a get fails rather than hangs. */
-    CU_ASSERT(shmipc_client_get(f.cli, &st) < 0);
-    st = NULL;
+    CU_ASSERT(shmipc_client_get(f.cli, &f.st) < 0);
+    f.st = NULL;
 
     /* A new server on the same address: the client reconnects. */
     REQUIRE_RC(srv_go(&next), 0);
     f.srv = next;
     next.pid = 0;
-    end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
-    while ((rc = shmipc_client_get(f.cli, &st)) < 0 && tu_now_ns() < end)
+    end = deadline_ns(POLL_MS);
+    while ((rc = shmipc_client_get(f.cli, &f.st)) < 0 && tu_now_ns() < end)
         sleep_ms(10);
     REQUIRE_RC(rc, 0);
-    REQUIRE_RC(echo_once(st, 5000, 40, NULL), 0);
+    REQUIRE_RC(echo_once(f.st, 5000, 40, NULL), 0);
     for (int i = 0; i < 10; i++)
         REQUIRE_RC(echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
     struct shmipc_stats s;
@@ -2103,8 +2018,6 @@ out:
     if (th_started)
         pthread_join(th, NULL);
     EXPECT_RC(srv_stop(&next), 0);
-    if (st != NULL)
-        shmipc_stream_close(st);
     fx_end(&f);
 }
 
@@ -2153,8 +2066,7 @@ static void client_killed_on(enum shmipc_mem_mode mode)
     pid_t child = 0, dead = 0;
     int p[2] = {-1, -1};
     struct cli_boot b = {.mode = mode};
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE(pipe2(p, O_CLOEXEC) == 0);
     b.wfd = p[1];
     snprintf(b.address, sizeof(b.address), "%s", f.addr);
@@ -2171,14 +2083,12 @@ static void client_killed_on(enum shmipc_mem_mode mode)
     child = 0;
 
     /* The server goes on serving a second client... */
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, mode);
-    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(fx_connect(&f, mode, NULL), 0);
     for (int i = 0; i < 20; i++)
         REQUIRE_RC(echo_new(f.cli, 200 + (size_t)i * 100, 60 + (uint64_t)i), 0);
     /* ...and has closed the dead client's session (bounded poll). */
     struct shmipc_stats ss = {0};
-    uint64_t end = tu_now_ns() + (uint64_t)POLL_MS * 1000000u;
+    uint64_t end = deadline_ns(POLL_MS);
     for (;;) {
         REQUIRE_RC(srv_stats(f.cli, &ss), 0);
         if (ss.sessions_closed > 0 || tu_now_ns() >= end)
@@ -2216,29 +2126,13 @@ static void test_client_killed_file(void)
 
 /* ==== 7. two clients in one process, file mode, different prefixes ==== */
 
-struct worker {
-    shmipc_client *c;
-    uint64_t seed;
-    int rc;
-};
-
-static void *worker_main(void *arg)
-{
-    struct worker *w = arg;
-    uint64_t s = w->seed;
-    for (int i = 0; i < 200 && w->rc == 0; i++)
-        w->rc = echo_new(w->c, (size_t)(rng(&s) % 20000), w->seed + (uint64_t)i);
-    return NULL;
-}
-
 static void test_two_clients_file_prefixes(void)
 {
     struct fx f;
     shmipc_client *other = NULL;
     pthread_t th[2];
     int nth = 0;
-    REQUIRE_RC(fx_begin(&f), 0);
-    REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config a, b;
     cfg_init(&a, f.addr, SHMIPC_MODE_FILE);
     cfg_init(&b, f.addr, SHMIPC_MODE_FILE);
@@ -2249,7 +2143,7 @@ static void test_two_clients_file_prefixes(void)
     REQUIRE_RC(shmipc_client_open(&b, &other), 0);
     CU_ASSERT_EQUAL(tu_count_shm(shm_name("a_")), 3); /* buffer + 2 queues */
     CU_ASSERT_EQUAL(tu_count_shm(shm_name("b_")), 2);
-    struct worker w[2] = {{f.cli, 1000, 0}, {other, 2000, 0}};
+    struct worker w[2] = {{f.cli, 1000, 200, 20000, 0}, {other, 2000, 200, 20000, 0}};
     for (; nth < 2; nth++)
         REQUIRE(pthread_create(&th[nth], NULL, worker_main, &w[nth]) == 0);
     while (nth > 0)
