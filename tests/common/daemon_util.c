@@ -259,11 +259,29 @@ static void remove_tmpdir(const char *dir, const char *name, void *arg)
     du_remove_dir(path);
 }
 
+static void show_entry(const char *dir, const char *name, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "    %s/%s\n", dir, name);
+}
+
+/* Names a leftover directory and what it holds, for the failure report. */
+static void show_tmpdir(const char *dir, const char *name, void *arg)
+{
+    (void)arg;
+    char path[512];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    fprintf(stderr, "\n  left: %s (modified %ld s ago)\n", path,
+            stat(path, &st) == 0 ? (long)(time(NULL) - st.st_mtime) : -1L);
+    each_entry(path, "", show_entry, NULL);
+}
+
 int du_daemon_tmpdirs(pid_t pid, int remove)
 {
     char want[64];
     snprintf(want, sizeof(want), "shmipcd-%d-", (int)pid);
-    return each_entry("/tmp", want, remove ? remove_tmpdir : NULL, NULL);
+    return each_entry("/tmp", want, remove ? remove_tmpdir : show_tmpdir, NULL);
 }
 
 /* ---- processes ---- */
