@@ -491,45 +491,47 @@ static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
     return n;
 }
 
-/* Low-latency mode: poll every session's receive queue for spin_us before
- * sleeping, holding the working flags so the server skips its Polling.
- * The flags are let go (with the re-check) before returning, so a caller
- * that waits on shmipc_client_fd() instead is still woken. */
-static void ring_all(struct shmipc_client *c)
+enum slot_op { RING_WAKEUP, SPIN_HARVEST, SPIN_END };
+
+/* Runs op on every connected session, each under its slot's lock. */
+static void each_session(struct shmipc_client *c, enum slot_op op)
 {
     for (unsigned i = 0; i < c->nslots; i++) {
         struct client_slot *sl = &c->slots[i];
         pthread_mutex_lock(&sl->mu);
-        if (sl->sess != NULL)
-            session_ring_wakeup(sl->sess);
+        if (sl->sess != NULL) {
+            if (op == RING_WAKEUP)
+                session_ring_wakeup(sl->sess);
+            else if (op == SPIN_HARVEST)
+                session_spin_harvest(sl->sess);
+            else
+                session_spin_end(sl->sess);
+        }
         pthread_mutex_unlock(&sl->mu);
     }
 }
 
+static void ring_all(struct shmipc_client *c)
+{
+    each_session(c, RING_WAKEUP);
+}
+
+/* Low-latency mode: poll every session's receive queue for spin_us before
+ * sleeping, holding the working flags so the server skips its Polling.
+ * The flags are let go (with the re-check) before returning, so a caller
+ * that waits on shmipc_client_fd() instead is still woken. */
 static int spin_collect(struct shmipc_client *c, shmipc_stream **ready, int max)
 {
     uint64_t end = sock_now_ns() + (uint64_t)c->cfg.spin_us * 1000u;
     int n = 0;
     do {
-        for (unsigned i = 0; i < c->nslots; i++) {
-            struct client_slot *sl = &c->slots[i];
-            pthread_mutex_lock(&sl->mu);
-            if (sl->sess != NULL)
-                session_spin_harvest(sl->sess);
-            pthread_mutex_unlock(&sl->mu);
-        }
+        each_session(c, SPIN_HARVEST);
         if ((n = collect(c, ready, max)) > 0)
             break;
         for (int k = 0; k < 16; k++)
             cpu_relax();
     } while (sock_now_ns() < end);
-    for (unsigned i = 0; i < c->nslots; i++) {
-        struct client_slot *sl = &c->slots[i];
-        pthread_mutex_lock(&sl->mu);
-        if (sl->sess != NULL)
-            session_spin_end(sl->sess);
-        pthread_mutex_unlock(&sl->mu);
-    }
+    each_session(c, SPIN_END);
     return n + collect(c, ready + n, max - n);
 }
 
