@@ -85,7 +85,8 @@ SHMIPC_API int shmipc_stream_flush(shmipc_stream *s);
  * message (shmipc_stream_write() of each piece, then shmipc_stream_flush()).
  * When nothing is pending and m came through this stream's pool (an echo,
  * or a proxy between sessions of one client), m's slices themselves are
- * published: no byte is copied or read. m is released in every case. */
+ * published: no byte is copied or read. m is released in every case; on
+ * an error other than SHMIPC_EQFULL nothing of the message stays pending. */
 SHMIPC_API int shmipc_stream_forward(shmipc_stream *s, shmipc_msg *m);
 /* Drops what was written since the last flush. */
 SHMIPC_API void shmipc_stream_discard(shmipc_stream *s);

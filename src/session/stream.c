@@ -318,8 +318,8 @@ int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
     struct session *s = st->sess;
     pthread_mutex_lock(&s->mu);
     int rc = check_writable_locked(st);
-    if (rc == 0 && rx->pool == s->pool && rx->nseg > 0 && !rx->trimmed && st->w.chain.nslices == 0 &&
-        !st->has_unsent && !(st->flags & ST_FALLBACK)) {
+    if (rc == 0 && rx->pool == s->pool && rx->nseg > 0 && !rx->trimmed &&
+        st->w.chain.nslices == 0 && !st->has_unsent && !(st->flags & ST_FALLBACK)) {
         /* The chain goes back as it came: its links were checked when it
          * arrived, and the peer is the only one who could have changed
          * them since (it would only confuse itself). Our held marks go
@@ -339,7 +339,11 @@ int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
         if (m->iov[i].len > 0)
             rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
     shmipc_msg_release(m);
-    return rc == 0 ? shmipc_stream_flush(st) : rc;
+    if (rc < 0) {
+        shmipc_stream_discard(st); /* half a message must not go out later */
+        return rc;
+    }
+    return shmipc_stream_flush(st);
 }
 
 /* A blocked stream whose message went out since (its handler flushed
