@@ -266,7 +266,7 @@ enum srv_mode {
     SRV_SWALLOW,       /* never answers */
     SRV_HASH,          /* answers with u32 length + u64 FNV-1a of the message */
     SRV_FORWARD,       /* answers with the message itself (shmipc_stream_forward);
-                          one starting with 'P' gets "pfx" written before it */
+                          one starting with "pfx?" gets "pfx" written before it */
 };
 
 #define CTL_LEN 11
@@ -410,7 +410,7 @@ static void h_message(shmipc_stream *st, shmipc_msg *m, void *arg)
         memcpy(out + 4, &h, 8);
         reply(st, out, sizeof(out));
     } else if (S->mode == SRV_FORWARD) {
-        if (m->len > 0 && m->iov[0].len > 0 && m->iov[0].base[0] == 'P')
+        if (m->niov > 0 && m->iov[0].len >= 4 && memcmp(m->iov[0].base, "pfx?", 4) == 0)
             shmipc_stream_write(st, "pfx", 3);
         shmipc_stream_forward(st, m);
     } else {
@@ -1472,7 +1472,7 @@ static void test_forward_zero_copy(void)
     uint8_t *req = malloc(big);
     REQUIRE(req != NULL);
     memcpy(req, want, big);
-    req[0] = 'P';
+    memcpy(req, "pfx?", 4);
     shmipc_msg m;
     int rc = shmipc_call(f.st, req, big, &m, RECV_MS);
     CU_ASSERT_EQUAL(rc, 0);
@@ -1517,6 +1517,43 @@ static void test_forward_zero_copy(void)
     CU_ASSERT_EQUAL(ss.fallbacks_sent, 0);
 out:
     free(want);
+    fx_end(&f);
+}
+
+/* Forwarded answers that meet a full queue (an event-loop client that
+ * does not poll while it sends, with 8-element queues) wait on the
+ * server's blocked list and go out, in order and intact, once the client
+ * takes what it has. */
+static void test_forward_queue_full(void)
+{
+    struct fx f;
+    enum { NST = 24, SZ = 2000 };
+    shmipc_stream *st[NST] = {0};
+    uint8_t buf[SZ];
+    REQUIRE_RC(fx_serve(&f, SRV_FORWARD, 0), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.no_io_thread = 1;
+    cfg.queue_cap = 8;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    for (unsigned round = 0; round < 3; round++) {
+        for (unsigned i = 0; i < NST; i++) {
+            if (st[i] == NULL)
+                REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
+            REQUIRE_RC(send_one(st[i], buf, SZ, 1000 * round + i), 0);
+        }
+        CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 1000 * round), 0);
+    }
+    close_streams(st, NST);
+    shmipc_client_close(f.cli);
+    f.cli = NULL;
+    REQUIRE_RC(fx_connect(&f, SHMIPC_MODE_MEMFD, NULL), 0);
+    struct shmipc_stats ss;
+    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    CU_ASSERT(ss.queue_full > 0); /* the answers did meet a full queue */
+    CU_ASSERT_EQUAL(ss.protocol_errors, 0);
+out:
+    close_streams(st, NST);
     fx_end(&f);
 }
 
@@ -2182,6 +2219,7 @@ static const struct test_case cases[] = {
     {"stream_read_across_messages", test_stream_read_across_messages},
     {"reserve_zero_copy", test_reserve_zero_copy},
     {"forward_zero_copy", test_forward_zero_copy},
+    {"forward_queue_full", test_forward_queue_full},
     {"1000_streams_4_sessions", test_1000_streams_4_sessions},
     {"pooled_stream_reuse", test_pooled_stream_reuse},
     {"fallback_memfd", test_fallback_memfd},
