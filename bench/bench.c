@@ -68,6 +68,7 @@ struct opts {
     const char *shmipcd, *plugin;
     int file_mode;
     size_t reserve_chunk;
+    size_t max_slice; /* 0: shmipc's default classes */
     unsigned spin_us; /* low-latency mode of the shmipc client and servers */
 };
 
@@ -109,8 +110,10 @@ static void usage(FILE *f)
         "  --plugin PATH         the bench plugin (default: ../plugins/bench.so from here)\n"
         "  --mem memfd|file      shmipc memory mode (default memfd; file for tcp: addresses)\n"
         "  --reserve-chunk BYTES full mode: bytes per shmipc_stream_reserve() (default and\n"
-        "                        most 131052, the largest slice; smaller ones let the pool\n"
-        "                        fall back to smaller slice classes)\n",
+        "                        most the largest slice; smaller ones let the pool fall\n"
+        "                        back to smaller slice classes)\n"
+        "  --max-slice BYTES     the largest slice class instead of shmipc's 131052 bytes\n"
+        "                        (a multiple of 4): fewer slices per large message\n",
         DEF_SESSIONS, DEF_WORKERS, DEF_SOCK_THREADS, DEF_SOCKBUF);
 }
 
@@ -313,7 +316,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--plugin") == 0) {
             o->plugin = v;
         } else if (strcmp(a, "--reserve-chunk") == 0) {
-            bad = parse_size(v, &o->reserve_chunk) < 0 || o->reserve_chunk > 131052;
+            bad = parse_size(v, &o->reserve_chunk) < 0 || o->reserve_chunk > 64u << 20;
+        } else if (strcmp(a, "--max-slice") == 0) {
+            bad = parse_size(v, &o->max_slice) < 0 || o->max_slice < 32752 ||
+                  o->max_slice > 64u << 20 || o->max_slice % 4 != 0;
         } else if (strcmp(a, "--mem") == 0) {
             bad = strcmp(v, "memfd") != 0 && strcmp(v, "file") != 0;
             o->file_mode = strcmp(v, "file") == 0;
@@ -467,8 +473,8 @@ static int shmipcd_start(const struct opts *o, const char *addr, pid_t *pid)
             "           max_event_bytes = 67108864; handshake_timeout_ms = 5000;\n"
             "           drain_timeout_ms = 1000; };\n"
             "services = ( { name = \"bench\"; listen = \"%s\"; mode = \"0600\";\n"
-            "               plugin = \"%s\"; } );\n",
-            o->workers, o->spin_us, addr, plugin);
+            "               plugin = \"%s\"; config = { max_slice = %u; }; } );\n",
+            o->workers, o->spin_us, addr, plugin, shm_max_slice());
     if (fclose(f) != 0)
         return -errno;
     pid_t parent = getpid();
@@ -598,6 +604,8 @@ static void print_table(FILE *f, const struct opts *o)
             "SO_RCVBUF %d;\n"
             "          tcp on 127.0.0.1 with TCP_NODELAY\n",
             o->sessions, o->workers, o->sock_threads, o->sockbuf);
+    fprintf(f, "  shmipc pool: slice classes of 8172, 32748 and %u bytes%s\n", shm_max_slice(),
+            shm_max_slice() == 131052 ? " (shmipc's defaults)" : "");
     if (o->spin_us)
         fprintf(f,
                 "  low-latency mode: the shmipc client and servers poll their queues %u us\n"
@@ -992,6 +1000,8 @@ int main(int argc, char **argv)
     struct opts o;
     if (parse_opts(argc, argv, &o) < 0)
         return 2;
+    if (o.max_slice)
+        shm_set_max_slice((uint32_t)o.max_slice);
     log_set_level(LOG_WARN);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);

@@ -175,6 +175,10 @@ struct shm_client_opts {
     size_t reserve_chunk; /* full mode: bytes per reserve; 0: the largest slice */
     int spin_us;          /* low-latency mode (cfg.spin_us) */
 };
+/* The largest slice class (default shmipc's 131052 bytes); set before
+ * any client or server starts. */
+void shm_set_max_slice(uint32_t bytes);
+uint32_t shm_max_slice(void);
 /* A client sized for rows of this size and concurrency (pool fits every
  * request and response in flight, pre-faulted). */
 int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,

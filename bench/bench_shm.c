@@ -26,7 +26,7 @@
  * fitted to the row, so that every request and response in flight fits in
  * shared memory (a pool that runs dry falls back to the socket, which is
  * another benchmark). */
-static const uint32_t class_cap[3] = {8172, 32748, 131052};
+static uint32_t class_cap[3] = {8172, 32748, 131052};
 #define SLICE_HDR 20u
 #define POOL_MIN (32u << 20)
 #define POOL_MAX 0xffffffffull
@@ -58,7 +58,7 @@ struct shm_client {
 static void pool_plan(size_t size, unsigned conc, struct shmipc_client_config *cfg)
 {
     uint64_t msgs = 2ull * conc + 8;
-    uint64_t per[3] = {2, 1, size / class_cap[2] + 2};
+    uint64_t per[3] = {2, 1, (size + class_cap[2] - 1) / class_cap[2] + 1};
     uint64_t bytes[3], sum = 0;
     for (int i = 0; i < 3; i++) {
         bytes[i] = msgs * per[i] * (class_cap[i] + SLICE_HDR);
@@ -96,6 +96,17 @@ static void pool_plan(size_t size, unsigned conc, struct shmipc_client_config *c
     cfg->nclasses = 3;
     for (int i = 0; i < 3; i++)
         cfg->classes[i] = (struct shmipc_slice_class){class_cap[i], pct[i]};
+}
+
+void shm_set_max_slice(uint32_t bytes)
+{
+    if (bytes > class_cap[1])
+        class_cap[2] = bytes;
+}
+
+uint32_t shm_max_slice(void)
+{
+    return class_cap[2];
 }
 
 void shm_client_close(struct shm_client *c)

@@ -9,6 +9,7 @@
  *        sent back (host->forward: nothing copied or read).
  * It keeps no state; any number of workers may call it at once.
  */
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -16,15 +17,19 @@
 
 static const struct shmipc_host_api *host;
 
-/* The largest slice of shmipc's default pool (the bench's classes). */
-#define ONE_SLICE 131052u
+/* The largest slice of the client's pool: shmipc's default, or the
+ * config key max_slice (shmipc-bench --max-slice). Set once by init. */
+static long long one_slice = 131052;
 
 static void *bench_init(const struct shmipc_host_api *h, const struct shmipc_plugin_conf *conf,
                         char *errbuf, size_t errlen)
 {
-    (void)conf;
     if (h->advance == NULL || h->forward == NULL) {
         snprintf(errbuf, errlen, "the host API has no advance() or forward(): shmipcd too old");
+        return NULL;
+    }
+    if (h->conf_int(conf, "max_slice", &one_slice) == -EINVAL || one_slice < 1) {
+        snprintf(errbuf, errlen, "max_slice must be a positive integer");
         return NULL;
     }
     host = h;
@@ -40,7 +45,7 @@ static int bench_handle(void *state, void *thread_state, const struct shmipc_req
         return 0;
     uint8_t op = 0;
     host->copy(req, 0, &op, 1);
-    if (op == 'Z' && req->len <= ONE_SLICE) {
+    if (op == 'Z' && req->len <= (unsigned long long)one_slice) {
         void *p;
         int rc = host->reserve(resp, req->len, &p);
         if (rc == 0)
