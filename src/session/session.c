@@ -895,6 +895,8 @@ static int chain_to_msg(struct session *s, uint32_t first, struct rx_msg **out)
                     rc = SHMIPC_ECHAINLOOP; /* held by this very chain */
             break;
         }
+        if (seg.reused)
+            pool_adopt(p, seg.off); /* held: no other message has it */
         m->iov[m->nseg] = (struct shmipc_iov){seg.data, seg.len};
         m->offs[m->nseg++] = seg.off;
         total += seg.len;

@@ -527,6 +527,11 @@ static int release_slice(struct pool *p, uint32_t off)
     return li;
 }
 
+void pool_adopt(struct pool *p, uint32_t off)
+{
+    __atomic_fetch_or(&pool_slice(p, off)->flags, (uint8_t)SHMIPC_SLICE_IN_USE, __ATOMIC_RELAXED);
+}
+
 static int link_free(struct pool *p, struct pool_list *l, uint32_t off);
 static int link_free_many(struct pool *p, struct pool_list *l, const uint32_t *offs, unsigned n);
 
@@ -881,12 +886,20 @@ int pool_walk_next(struct pool_walk *w, struct pool_seg *seg)
     const volatile struct shmipc_slice_header *s = (void *)(p->base + off);
     uint32_t cap = s->cap, size = s->size, start = s->start, next = s->next;
     uint8_t flags = s->flags;
-    uint32_t lcap = p->lists[li].slice_cap;
-    if (cap != lcap || start > lcap || size > lcap - start || !(flags & SHMIPC_SLICE_IN_USE))
+    const struct pool_list *l = &p->lists[li];
+    uint32_t lcap = l->slice_cap;
+    if (cap != lcap || start > lcap || size > lcap - start)
+        return SHMIPC_EBADSLICE;
+    /* IN_USE is advisory on the wire: a peer that reuses the slice it has
+     * just read clears it and publishes the slice again. A free list's
+     * tail is free for certain, though: that one is refused. */
+    int reused = !(flags & SHMIPC_SLICE_IN_USE);
+    if (reused && ld32_acq(&l->hdr->tail) == off - l->region_off)
         return SHMIPC_EBADSLICE;
     seg->off = off;
     seg->data = p->base + off + SHMIPC_SLICE_HEADER_LEN + start;
     seg->len = size;
+    seg->reused = reused;
     w->more = (flags & SHMIPC_SLICE_HAS_NEXT) != 0;
     w->next = next;
     return 1;
@@ -917,6 +930,8 @@ int pool_free_chain(struct pool *p, uint32_t first)
     int rc, freed = 0;
     pool_walk_init(&w, p, first);
     while ((rc = pool_walk_next(&w, &seg)) > 0) {
+        if (seg.reused)
+            pool_adopt(p, seg.off);
         /* The walk already copied this slice's next: pushing it is safe. */
         int prc = pool_push(p, seg.off);
         if (prc < 0)

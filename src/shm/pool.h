@@ -111,6 +111,11 @@ int pool_slice_index(const struct pool *p, uint32_t off);
  * and yield; process-wide. The fuzz targets turn the sleeps off. */
 void pool_set_patient(int sleeps);
 
+/* Takes over a received slice published with IN_USE clear (seg.reused):
+ * sets the flag, so that freeing it later works as for any other slice.
+ * Only for a slice the caller has just walked and now owns. */
+void pool_adopt(struct pool *p, uint32_t off);
+
 /* Frees the slice at `off` into its list. The slice must be IN_USE;
  * SHMIPC_EBADOFFSET / SHMIPC_EBADSLICE otherwise (nothing is pushed). */
 int pool_push(struct pool *p, uint32_t off);
@@ -151,12 +156,15 @@ struct pool_seg {
     uint32_t off;   /* slice header */
     uint8_t *data;  /* base + off + 20 + start */
     uint32_t len;   /* size */
+    int reused;     /* IN_USE was clear: a peer's reused read slice */
 };
 
 /* Walks a chain whose links the peer may have written. Every slice is
  * checked before use: header offset, cap == its list's, start + size <=
- * cap, IN_USE set, next in range; a chain longer than the pool's slice
- * count is a loop. Values are read once into the segment. */
+ * cap, next in range; a chain longer than the pool's slice count is a
+ * loop. IN_USE may be clear (the peers reuse a read slice for their next
+ * write after zeroing its header: seg.reused tells), unless the slice is
+ * its free list's tail. Values are read once into the segment. */
 struct pool_walk {
     const struct pool *p;
     uint32_t next;
@@ -171,8 +179,9 @@ int pool_walk_next(struct pool_walk *w, struct pool_seg *seg);
 /* Validates a whole chain; *bytes and *nslices get its totals. */
 int pool_chain_check(const struct pool *p, uint32_t first, uint64_t *bytes, uint32_t *nslices);
 
-/* Pushes every slice of a chain back. Stops at the first invalid link (the
- * slices before it are freed); returns the number freed or a code. */
+/* Pushes every slice of a chain back (reused ones adopted first). Stops at
+ * the first invalid link (the slices before it are freed); returns the
+ * number freed or a code. */
 int pool_free_chain(struct pool *p, uint32_t first);
 
 /* Process-local accounting: slices popped here minus slices pushed here.

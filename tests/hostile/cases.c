@@ -487,9 +487,13 @@ static const struct elem_attack elem_attacks[] = {
     {G_LOOP, "A->B->A", "00", 32, prep_loop, SHMIPC_ECHAINLOOP},
     {G_LOOP, "A->B->C->D->B", "0011", 32, prep_long_loop, SHMIPC_ECHAINLOOP},
     {G_SELF_LOOP, "A->A", "0", 32, prep_self_loop, SHMIPC_ECHAINLOOP},
-    {G_INTO_FREE, "A->free slice", "0", 32, prep_into_free, SHMIPC_EBADSLICE},
+    /* IN_USE is advisory (the peers publish reused read slices with it
+     * clear): a free slice inside a free list is refused by its link, a
+     * region-relative offset that is no slice header; a list's tail by
+     * being the tail. */
+    {G_INTO_FREE, "A->free slice", "0", 32, prep_into_free, SHMIPC_EBADOFFSET},
     {G_OTHER_LIST, "list 0 -> free slice of list 1", "0", 32, prep_into_other_list,
-     SHMIPC_EBADSLICE},
+     SHMIPC_EBADOFFSET},
     {G_OTHER_LIST, "list 1 -> free tail of list 2", "1", 32, prep_into_list_tail, SHMIPC_EBADSLICE},
 };
 

@@ -306,9 +306,31 @@ static void test_chain_rejects(void)
     s1->cap = 1u << 30; /* the header lies about its capacity */
     CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
     s1->cap = 16384;
-    s1->flags = SHMIPC_SLICE_HAS_NEXT; /* a free slice, not a message */
-    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    /* IN_USE clear: a reused read slice (its header zeroed, then written
+     * again) is accepted, and the walk says so. */
+    s1->flags = SHMIPC_SLICE_HAS_NEXT;
+    struct pool_walk w;
+    struct pool_seg seg;
+    pool_walk_init(&w, &p, first);
+    CU_ASSERT_EQUAL(pool_walk_next(&w, &seg), 1);
+    CU_ASSERT_EQUAL(seg.reused, 0);
+    CU_ASSERT_EQUAL(pool_walk_next(&w, &seg), 1);
+    CU_ASSERT_EQUAL(seg.off, o[1]);
+    CU_ASSERT_EQUAL(seg.reused, 1);
+    CU_ASSERT_EQUAL(seg.len, 100);
+    CU_ASSERT_EQUAL(pool_walk_next(&w, &seg), 1);
+    CU_ASSERT_EQUAL(pool_walk_next(&w, &seg), 0);
     s1->flags = SHMIPC_SLICE_HAS_NEXT | SHMIPC_SLICE_IN_USE;
+    /* A free list's tail is free for certain: refused without IN_USE. */
+    struct pool_list *l2 = &p.lists[pool_list_of(&p, o[2])];
+    uint32_t tail = l2->hdr->tail;
+    l2->hdr->tail = o[2] - l2->region_off;
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), 0);
+    pool_slice(&p, o[2])->flags = 0;
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADSLICE);
+    l2->hdr->tail = tail;
+    CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), 0);
+    pool_slice(&p, o[2])->flags = SHMIPC_SLICE_IN_USE;
     s1->next = p.end + 20; /* out of range */
     CU_ASSERT_EQUAL(pool_chain_check(&p, first, NULL, NULL), SHMIPC_EBADOFFSET);
     s1->next = first; /* a loop back to the first slice */
@@ -329,6 +351,40 @@ static void test_chain_rejects(void)
 /* A pop lock another process keeps (it died, or lies): each pop waits a
  * bounded time and refuses, counted; the same value held for a second is
  * taken over, and the lock is free again after our pop. */
+/* The peers' read-slice reuse: the receiver's slice, header zeroed and
+ * written again, comes back as the head of the next message. The walk
+ * takes it, and freeing the chain puts every slice back exactly once. */
+static void test_reused_slice_freed(void)
+{
+    struct pool p;
+    uint8_t *m = small_pool(&p);
+    int32_t free0 = pool_free_count(&p, 0), free1 = pool_free_count(&p, 1);
+    uint32_t o[3];
+    uint32_t first = make_chain(&p, o);
+    for (int round = 0; round < 1000; round++) {
+        struct shmipc_slice_header *h = pool_slice(&p, first);
+        uint32_t next = h->next;
+        memset(h, 0, SHMIPC_SLICE_HEADER_LEN); /* the peer's reset */
+        h->cap = p.lists[pool_list_of(&p, first)].slice_cap;
+        h->size = 64;
+        h->next = next;
+        h->flags = SHMIPC_SLICE_HAS_NEXT; /* linked, never IN_USE again */
+        uint64_t bytes;
+        uint32_t n;
+        CU_ASSERT_EQUAL_FATAL(pool_chain_check(&p, first, &bytes, &n), 0);
+        CU_ASSERT_EQUAL(bytes, 264);
+        CU_ASSERT_EQUAL(n, 3);
+    }
+    CU_ASSERT_EQUAL(pool_free_chain(&p, first), 3);
+    CU_ASSERT_EQUAL(pool_outstanding(&p), 0);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 0), free0);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 1), free1);
+    /* Pushed again, as a second free would: IN_USE is ours now and clear. */
+    CU_ASSERT_EQUAL(pool_push(&p, first), SHMIPC_EBADSLICE);
+    CU_ASSERT_EQUAL(pool_free_count(&p, 1), free1);
+    free(m);
+}
+
 static void test_pop_lock_held(void)
 {
     struct pool p;
@@ -488,6 +544,7 @@ static const struct test_case cases[] = {
     {"map_rejects_lying_headers", test_map_rejects_lying_headers},
     {"pop_push_on_corrupt_lists", test_pop_push_on_corrupt_lists},
     {"chain_rejects", test_chain_rejects},
+    {"reused_slice_freed", test_reused_slice_freed},
     {"pop_lock_held", test_pop_lock_held},
     {"pop_waits_for_link", test_pop_waits_for_link},
     {"cache", test_cache},
