@@ -135,7 +135,7 @@ static void stats(struct daemon *d, struct buf *b, int json)
         put(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct svc_stats *s = &d->svcs[i]->st;
-        unsigned long v[9] = {
+        unsigned long v[10] = {
             __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_out, __ATOMIC_RELAXED),
@@ -145,20 +145,22 @@ static void stats(struct daemon *d, struct buf *b, int json)
             __atomic_load_n(&s->handshakes_failed, __ATOMIC_RELAXED),
             __atomic_load_n(&s->refused, __ATOMIC_RELAXED),
             __atomic_load_n(&s->idle_closed, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->protocol_errors, __ATOMIC_RELAXED),
         };
         if (json)
             put(b,
                 "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
                 "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
-                "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu}",
+                "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu,"
+                "\"protocol_errors\":%lu}",
                 i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                v[8]);
+                v[8], v[9]);
         else
             put(b,
                 "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
                 "sessions opened %lu closed %lu, handshakes failed %lu, refused %lu, "
-                "idle closed %lu\n",
-                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]);
+                "idle closed %lu, protocol errors %lu\n",
+                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]);
     }
     if (json)
         put(b, "],\"sessions\":[");

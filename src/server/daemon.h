@@ -35,6 +35,7 @@ struct svc_stats {
     uint64_t sessions_opened, sessions_closed, handshakes_failed;
     uint64_t refused;      /* connections refused by a limit or the allowlist */
     uint64_t idle_closed;  /* sessions closed by the idle timeout */
+    uint64_t protocol_errors; /* sessions closed for the peer's bad input */
 };
 
 /* A loaded configuration, shared by the generations created from it (a

@@ -320,6 +320,8 @@ static void close_session(struct worker *w, struct dsession *ds)
     struct service *svc = ds->svc;
     uid_release(w->d, ds->uid);
     __atomic_add_fetch(&svc->st.sessions_closed, 1, __ATOMIC_RELAXED);
+    if (s->stats.protocol_errors != 0)
+        __atomic_add_fetch(&svc->st.protocol_errors, s->stats.protocol_errors, __ATOMIC_RELAXED);
     if (s->err == SHMIPC_ECLOSED)
         log_debug("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
     else
