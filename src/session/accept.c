@@ -2,6 +2,10 @@
  * Session setup on the server side (see accept.h). The one rule: sizes and
  * identities come from fstat() of what we were given, never from the
  * peer's word, and a pool is mapped once per (st_dev, st_ino).
+ *
+ * In file-path mode the peer's files are removed when we unmap them
+ * (REGION_UNLINK_PEER), as Go peers expect of a server: the queue file when
+ * its session closes, the pool file when the last session using it does.
  */
 #include "session/accept.h"
 
@@ -39,14 +43,20 @@ static int map_pool_file(struct pool_registry *reg, const struct accept_limits *
     struct region r;
     region_init(&r);
     int rc = region_open_file(&r, lim->allowed_dir, path, POOL_MAP_MIN, lim->max_pool_bytes,
-                              REGION_GUARD);
+                              REGION_GUARD | REGION_UNLINK_PEER);
     if (rc < 0)
         return rc;
+    /* Armed only once the file proved to be a pool: a peer must not get
+     * us to remove any file it names. */
+    r.flags &= ~(unsigned)REGION_UNLINK_PEER;
     if ((*out = pool_registry_find(reg, r.dev, r.ino)) != NULL) {
-        region_close(&r);
+        region_close(&r); /* the registered pool removes it, last */
         return 0;
     }
-    return pool_ref_new(&r, 0, NULL, 0, reg, out);
+    rc = pool_ref_new(&r, 0, NULL, 0, reg, out);
+    if (rc == 0)
+        (*out)->region.flags |= REGION_UNLINK_PEER;
+    return rc;
 }
 
 /* The handshake has the client's memory: map it (pool once per client). */
@@ -67,13 +77,17 @@ int accept_map(struct hs_server *hs, struct pool_registry *reg, const struct acc
         rc = map_pool_file(reg, lim, hs->buffer_path, pool);
         if (rc < 0)
             return rc;
-        rc = region_open_file(qregion, lim->allowed_dir, hs->queue_path,
-                              2 * SHMIPC_QUEUE_HEADER_LEN, QUEUE_MAP_MAX, REGION_GUARD);
+        rc =
+            region_open_file(qregion, lim->allowed_dir, hs->queue_path, 2 * SHMIPC_QUEUE_HEADER_LEN,
+                             QUEUE_MAP_MAX, REGION_GUARD | REGION_UNLINK_PEER);
+        qregion->flags &= ~(unsigned)REGION_UNLINK_PEER; /* armed once it proved a queue */
     }
     if (rc == 0) {
         /* Validate the queue now, so a bad one fails the handshake. */
         struct queue_pair qp;
         rc = queue_pair_map(&qp, qregion->base, qregion->size, 1);
+        if (rc == 0 && hs->mode != HS_MEMFD)
+            qregion->flags |= REGION_UNLINK_PEER;
     }
     return rc;
 }

@@ -29,7 +29,8 @@
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
 #endif
 
-#define REGION_FLAGS_ALL (REGION_PREFAULT | REGION_UNLINK_ON_CLOSE | REGION_SEAL | REGION_GUARD)
+#define REGION_FLAGS_ALL                                                                           \
+    (REGION_PREFAULT | REGION_UNLINK_ON_CLOSE | REGION_SEAL | REGION_GUARD | REGION_UNLINK_PEER)
 
 /* O_NONBLOCK|O_NOCTTY: a FIFO or device planted under the allowed directory
  * must not block or become our terminal before fstat() refuses it. */
@@ -70,6 +71,8 @@ void region_init(struct region *r)
     r->ino = 0;
     r->path[0] = '\0';
     r->guard = -1;
+    r->peer_path[0] = '\0';
+    r->peer_dir_len = 0;
 }
 
 static int check_create_args(size_t size, unsigned flags)
@@ -318,17 +321,15 @@ static int open_subdir(int dirfd, const char *name)
     return fd;
 }
 
-/* For kernels without openat2 (before 5.6): one component at a time with
- * O_NOFOLLOW. `rest` passed region_path_allowed(), so it has no "..". */
-static int open_walk(int dirfd, const char *rest)
+/* For kernels without openat2 (before 5.6): opens the directory `rel`
+ * (non-empty, no ".." since it passed region_path_allowed(); overwritten)
+ * below `dirfd` one component at a time with O_NOFOLLOW. A new fd or a
+ * negative code. */
+static int walk_dirs(int dirfd, char *rel)
 {
-    char buf[sizeof(((struct region *)0)->path)];
-    snprintf(buf, sizeof(buf), "%s", rest);
     int cur = dirfd;
     char *save = NULL;
-    char *name = strtok_r(buf, "/", &save);
-    for (char *next = strtok_r(NULL, "/", &save); next != NULL;
-         name = next, next = strtok_r(NULL, "/", &save)) {
+    for (char *name = strtok_r(rel, "/", &save); name != NULL; name = strtok_r(NULL, "/", &save)) {
         int fd = open_subdir(cur, name);
         if (cur != dirfd)
             close(cur);
@@ -336,6 +337,31 @@ static int open_walk(int dirfd, const char *rest)
             return fd;
         cur = fd;
     }
+    return cur != dirfd ? cur : -EINVAL;
+}
+
+/* Cuts `path` at its last '/': the last component, or NULL (and `path`
+ * untouched) when it has only one. */
+static char *cut_last(char *path)
+{
+    char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        return NULL;
+    *slash = '\0';
+    return slash + 1;
+}
+
+/* open_beneath() without openat2. */
+static int open_walk(int dirfd, const char *rest)
+{
+    char buf[REGION_PATH_CAP];
+    snprintf(buf, sizeof(buf), "%s", rest);
+    char *name = cut_last(buf);
+    int cur = name != NULL ? walk_dirs(dirfd, buf) : dirfd;
+    if (cur < 0)
+        return cur;
+    if (name == NULL)
+        name = buf;
     int fd = openat(cur, name, PEER_OPEN_FLAGS);
     int rc = fd < 0 ? open_err(errno) : fd;
     if (cur != dirfd)
@@ -357,6 +383,39 @@ static int open_beneath(int dirfd, const char *rest)
         return open_err(errno);
     log_debug("openat2 unavailable; walking %s one component at a time", rest);
     return open_walk(dirfd, rest);
+}
+
+/* Opens the directory `rel` (non-empty, no "..") below `dirfd` as O_PATH,
+ * refusing symlinks and escapes as open_beneath() does. */
+static int open_dir_beneath(int dirfd, const char *rel)
+{
+    struct open_how how = {
+        .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
+    if (fd >= 0)
+        return (int)fd;
+    if (errno != ENOSYS)
+        return open_err(errno);
+    char buf[REGION_PATH_CAP];
+    snprintf(buf, sizeof(buf), "%s", rel);
+    return walk_dirs(dirfd, buf);
+}
+
+/* REGION_UNLINK_PEER: keeps the exact path (r->path is only for logs) and
+ * where the allowed directory ends in it, so region_close() can find the
+ * file again the way region_open_file() did. */
+static void keep_peer_path(struct region *r, const char *allowed_dir, const char *path)
+{
+    size_t n = strlen(path);
+    if (n >= sizeof(r->peer_path)) { /* region_path_allowed() refused it already */
+        log_warn("region %s: path too long to keep; it will not be unlinked", r->path);
+        return;
+    }
+    memcpy(r->peer_path, path, n + 1);
+    r->peer_dir_len = dir_len(allowed_dir);
+    r->flags |= REGION_UNLINK_PEER;
 }
 
 int region_open_file(struct region *r, const char *allowed_dir, const char *path, size_t min,
@@ -389,9 +448,13 @@ int region_open_file(struct region *r, const char *allowed_dir, const char *path
     r->flags = flags & (REGION_PREFAULT | REGION_GUARD);
     snprintf(r->path, sizeof(r->path), "%s", shown);
     rc = map_checked(r, min, max);
-    if (rc < 0)
-        region_close(r);
-    return rc;
+    if (rc < 0) {
+        region_close(r); /* before the flag: a file we refused is not ours to remove */
+        return rc;
+    }
+    if (flags & REGION_UNLINK_PEER)
+        keep_peer_path(r, allowed_dir, path);
+    return 0;
 }
 
 /* Unlinks `path` only if it still names the file we created: someone may
@@ -409,6 +472,58 @@ static void unlink_if_ours(const char *path, dev_t dev, ino_t ino)
         warn_err(errno, "unlink(%s)", path);
 }
 
+/* Logs why a peer's file is not unlinked; a file already gone is the
+ * normal case (the peer removed it first) and worth a debug line only. */
+static void peer_unlink_failed(const struct region *r, const char *call, int err)
+{
+    if (err == -ENOENT)
+        log_debug("region %s: already removed", r->path);
+    else if (err == SHMIPC_EPATH)
+        log_warn("not unlinking %s: a symlink or escape now lies on its path", r->path);
+    else
+        log_warn("not unlinking %s: %s failed: %s", r->path, call, strerror(-err));
+}
+
+/* Unlinks a peer's file (REGION_UNLINK_PEER) if its path still names the
+ * file we mapped, looking it up again below the allowed directory with
+ * the rules region_open_file() used, so a directory swapped for a symlink
+ * since then cannot send the unlink elsewhere. A rename between the check
+ * and unlinkat() could still make us remove the newcomer; only a process
+ * that can write the directory can do that, and it could remove it too. */
+static void unlink_peer(const struct region *r)
+{
+    char buf[REGION_PATH_CAP];
+    memcpy(buf, r->peer_path, sizeof(buf));
+    size_t dl = r->peer_dir_len;
+    if (dl >= strnlen(buf, sizeof(buf)) || buf[dl] != '/')
+        return; /* not what keep_peer_path() stores */
+    char *rel = buf + dl + 1;
+    buf[dl] = '\0';
+    int dirfd = open(dl == 0 ? "/" : buf, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        peer_unlink_failed(r, "open(allowed directory)", -errno);
+        return;
+    }
+    char *name = cut_last(rel);
+    int pfd = name != NULL ? open_dir_beneath(dirfd, rel) : dirfd;
+    if (name == NULL)
+        name = rel;
+    struct stat st;
+    if (pfd < 0)
+        peer_unlink_failed(r, "openat2(parent directory)", pfd);
+    else if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        peer_unlink_failed(r, "fstatat", -errno);
+    else if (st.st_dev != r->dev || st.st_ino != r->ino)
+        log_info("not unlinking %s: the peer replaced it", r->path);
+    else if (unlinkat(pfd, name, 0) < 0)
+        peer_unlink_failed(r, "unlinkat", -errno);
+    else
+        log_debug("region %s: unlinked the peer's file", r->path);
+    if (pfd >= 0 && pfd != dirfd)
+        close(pfd);
+    close(dirfd);
+}
+
 int region_tripped(const struct region *r)
 {
     return r->guard >= 0 && guard_tripped(r->guard);
@@ -423,6 +538,8 @@ void region_close(struct region *r)
     /* Unlink while our fd still pins the inode, so its number is not reused. */
     if (r->fd >= 0 && (r->flags & REGION_UNLINK_ON_CLOSE) && r->ino != 0)
         unlink_if_ours(r->path, r->dev, r->ino);
+    if (r->fd >= 0 && (r->flags & REGION_UNLINK_PEER) && r->ino != 0 && r->peer_path[0] == '/')
+        unlink_peer(r);
     if (r->fd >= 0)
         close(r->fd);
     region_init(r);

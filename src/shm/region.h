@@ -3,10 +3,12 @@
  * (normally /dev/shm), mapped MAP_SHARED read-write.
  *
  * Ownership: a region owns its mapping and its fd; region_close() releases
- * both, and unlinks the file when the region created it with
- * REGION_UNLINK_ON_CLOSE. A region that maps a peer's fd takes ownership of
- * that fd (it is closed by region_close(), or on failure by the call).
- * Sizes always come from fstat(), never from the peer's word.
+ * both. It unlinks the file when the region created it with
+ * REGION_UNLINK_ON_CLOSE, or opened a peer's file with REGION_UNLINK_PEER
+ * (what Go peers expect of the side that unmaps last), and then only if the
+ * path still names the file it mapped. A region that maps a peer's fd takes
+ * ownership of that fd (it is closed by region_close(), or on failure by
+ * the call). Sizes always come from fstat(), never from the peer's word.
  */
 #ifndef SHMIPC_SHM_REGION_H
 #define SHMIPC_SHM_REGION_H
@@ -20,7 +22,10 @@ enum region_flags {
     REGION_UNLINK_ON_CLOSE = 1u << 1, /* created file: unlink in region_close() */
     REGION_SEAL = 1u << 2,            /* created memfd: F_SEAL_SHRINK|GROW|SEAL */
     REGION_GUARD = 1u << 3,           /* peer's file: survive its truncation (guard.h) */
+    REGION_UNLINK_PEER = 1u << 4,     /* peer-named file: unlink in region_close() */
 };
+
+#define REGION_PATH_CAP 256 /* paths, with their NUL */
 
 struct region {
     uint8_t *base;  /* mapping, NULL when closed */
@@ -29,15 +34,21 @@ struct region {
     unsigned flags; /* enum region_flags */
     dev_t dev;      /* file identity (st_dev, st_ino) for pool registries */
     ino_t ino;
-    char path[256]; /* file path, or the memfd's name; for logs */
-    int guard;      /* guard slot (REGION_GUARD), -1 when none */
+    char path[REGION_PATH_CAP]; /* file path, or the memfd's name; for logs
+                                   (a peer's text with control bytes replaced) */
+    int guard;                  /* guard slot (REGION_GUARD), -1 when none */
+    /* REGION_UNLINK_PEER: the path exactly as opened, whose first
+     * peer_dir_len bytes are the allowed directory ("/" when 0). */
+    char peer_path[REGION_PATH_CAP];
+    size_t peer_dir_len;
 };
 
 /* Sets every field to the closed state; region_close() on it is a no-op.
  * Every other call starts by doing this to `r` (close an open region first)
  * and leaves it closed when it fails. Flags a call does not use are ignored
  * (REGION_UNLINK_ON_CLOSE outside region_create_file(), REGION_SEAL outside
- * region_create_memfd()); unknown bits are -EINVAL. */
+ * region_create_memfd(), REGION_UNLINK_PEER outside region_open_file());
+ * unknown bits are -EINVAL. */
 void region_init(struct region *r);
 
 /* Creates a memfd (MFD_CLOEXEC | MFD_ALLOW_SEALING) named `name`, reserves
@@ -62,7 +73,11 @@ int region_map_fd(struct region *r, int fd, size_t min, size_t max, unsigned fla
  * absolute, no ".." or "." components, no symlink anywhere below the
  * directory, a regular file: SHMIPC_EPATH otherwise. Size in [min, max]
  * with the codes of region_map_fd(); other open errors as -errno
- * (-ENOENT, -ENOTDIR). The file is never unlinked. */
+ * (-ENOENT, -ENOTDIR). Without REGION_UNLINK_PEER the file is never
+ * unlinked. With it, region_close() after a successful open removes the
+ * file, found again below `allowed_dir` (reopened by name; no symlink or
+ * escape allowed), if it is still the same (st_dev, st_ino); a file the
+ * peer removed or replaced is left alone. A failed open never unlinks. */
 int region_open_file(struct region *r, const char *allowed_dir, const char *path, size_t min,
                      size_t max, unsigned flags);
 
@@ -75,7 +90,8 @@ int region_path_allowed(const char *allowed_dir, const char *path);
  * end now read as zeros): whatever uses it must be closed. */
 int region_tripped(const struct region *r);
 
-/* Unmaps, closes, and unlinks if REGION_UNLINK_ON_CLOSE. Idempotent. */
+/* Unmaps, closes, and unlinks if REGION_UNLINK_ON_CLOSE or
+ * REGION_UNLINK_PEER says so (see above). Idempotent. */
 void region_close(struct region *r);
 
 /* Touches every page so later accesses do not fault (also done at map time

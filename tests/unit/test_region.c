@@ -1,8 +1,8 @@
 /*
  * Tests of src/shm/region.c. File tests run in a private mkdtemp directory
- * (removed at the end); only memfds and one uniquely named file touch
- * /dev/shm. Every test checks that fds and mappings are back to their count
- * at the start. Fault injection (no openat2, failing mmap, old madvise) runs
+ * (removed at the end); only memfds and a few files named with this run's
+ * pid touch /dev/shm. Every test checks that fds and mappings are back to
+ * their count at the start. Fault injection (no openat2, failing mmap, old madvise) runs
  * in forked children under a seccomp filter, with a deadline.
  */
 #include <errno.h>
@@ -919,6 +919,307 @@ static void test_open_file_in_process(void)
     LEAK_END();
 }
 
+/* ---- peer files removed on close (REGION_UNLINK_PEER) ---- */
+
+static int warns_seen;
+
+static void count_warn_sink(void *arg, enum log_level level, const char *line)
+{
+    (void)arg, (void)line;
+    if (level <= LOG_WARN)
+        warns_seen++;
+}
+
+/* region_close() with warnings counted (and nothing printed). */
+static int close_counting_warns(struct region *r)
+{
+    warns_seen = 0;
+    enum log_level old = log_get_level();
+    log_set_level(LOG_WARN); /* the suite runs at LOG_ERROR */
+    log_set_sink(count_warn_sink, NULL);
+    region_close(r);
+    log_set_sink(NULL, NULL);
+    log_set_level(old);
+    return warns_seen;
+}
+
+static void test_unlink_peer_on_close(void)
+{
+    LEAK_BEGIN();
+    char prefix[64], path[128], kept[128], small[128], ctl[128], decoy[128];
+    struct region r, m;
+    int fd = -1;
+    region_init(&r);
+    region_init(&m);
+    snprintf(prefix, sizeof(prefix), "shmipc-test-%d-peer-", (int)getpid());
+    snprintf(path, sizeof(path), "/dev/shm/%sbuffer", prefix);
+    snprintf(kept, sizeof(kept), "/dev/shm/%skept", prefix);
+    snprintf(small, sizeof(small), "/dev/shm/%ssmall", prefix);
+    snprintf(ctl, sizeof(ctl), "/dev/shm/%sctl\001\n", prefix);
+    snprintf(decoy, sizeof(decoy), "/dev/shm/%sctl??", prefix); /* what r.path shows */
+    REQUIRE(tu_count_shm(prefix) == 0);
+    REQUIRE(write_file(path, 64 * KiB, "peer") == 0);
+    REQUIRE(write_file(kept, 64 * KiB, "peer") == 0);
+    REQUIRE(write_file(small, 100, "peer") == 0);
+    REQUIRE(tu_count_shm(prefix) == 3);
+
+    /* With the flag: the file stays while mapped and goes at close. */
+    REQUIRE(region_open_file(&r, "/dev/shm", path, SMALL_MIN, BIG_MAX,
+                             REGION_GUARD | REGION_UNLINK_PEER) == 0);
+    CU_ASSERT_NOT_EQUAL(r.flags & REGION_UNLINK_PEER, 0);
+    CU_ASSERT_EQUAL(memcmp(r.base, "peer", 4), 0);
+    CU_ASSERT_TRUE(exists(path));
+    CU_ASSERT_EQUAL(close_counting_warns(&r), 0);
+    CU_ASSERT_FALSE(exists(path));
+    CU_ASSERT_TRUE(exists(kept));
+
+    /* Without it the file stays (the control for the case above). */
+    REQUIRE(region_open_file(&r, "/dev/shm/", kept, SMALL_MIN, BIG_MAX, REGION_GUARD) == 0);
+    region_close(&r);
+    CU_ASSERT_TRUE(exists(kept));
+
+    /* A file we refused is not ours to remove. */
+    CU_ASSERT_EQUAL(region_open_file(&r, "/dev/shm", small, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER),
+                    -EINVAL);
+    CU_ASSERT_TRUE(exists(small));
+
+    /* The flag means nothing to region_map_fd(). */
+    fd = open(kept, O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(region_map_fd(&m, fd, 1, BIG_MAX, REGION_UNLINK_PEER) == 0);
+    fd = -1;
+    CU_ASSERT_EQUAL(m.flags & REGION_UNLINK_PEER, 0);
+    region_close(&m);
+    CU_ASSERT_TRUE(exists(kept));
+
+    /* Control bytes: r.path shows them as '?', the unlink uses the real
+     * name (and leaves a file named like the log text alone). */
+    REQUIRE(write_file(ctl, 64 * KiB, "peer") == 0);
+    REQUIRE(write_file(decoy, 64 * KiB, "decoy") == 0);
+    REQUIRE(region_open_file(&r, "/dev/shm", ctl, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER) == 0);
+    CU_ASSERT_STRING_EQUAL(r.path, decoy);
+    region_close(&r);
+    CU_ASSERT_FALSE(exists(ctl));
+    CU_ASSERT_TRUE(exists(decoy));
+    CU_ASSERT_EQUAL(tu_count_shm(prefix), 3); /* kept, small, decoy */
+out:
+    if (fd >= 0)
+        close(fd);
+    region_close(&r);
+    region_close(&m);
+    unlink(path);
+    unlink(kept);
+    unlink(small);
+    unlink(ctl);
+    unlink(decoy);
+    CU_ASSERT_EQUAL(tu_count_shm(prefix), 0);
+    LEAK_END();
+}
+
+/* Replaced by another file (renamed over it): that one stays. Already
+ * removed by the peer, with or without its directory: no warning. */
+static void test_unlink_peer_replaced_or_gone(void)
+{
+    LEAK_BEGIN();
+    char dir[64], f[128], other[128], sib[128], sub[128], g[128];
+    struct region r;
+    region_init(&r);
+    REQUIRE(make_tmpdir(dir, sizeof(dir)) == 0);
+    snprintf(f, sizeof(f), "%s/f", dir);
+    snprintf(other, sizeof(other), "%s/other", dir);
+    snprintf(sib, sizeof(sib), "%s/sibling", dir);
+    snprintf(sub, sizeof(sub), "%s/sub", dir);
+    snprintf(g, sizeof(g), "%s/sub/g", dir);
+    REQUIRE(write_file(sib, 16 * KiB, "sibling") == 0);
+
+    REQUIRE(write_file(f, 16 * KiB, "old") == 0);
+    REQUIRE(region_open_file(&r, dir, f, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER) == 0);
+    REQUIRE(write_file(other, 32 * KiB, "new") == 0);
+    REQUIRE(rename(other, f) == 0);
+    CU_ASSERT_EQUAL(close_counting_warns(&r), 0); /* a peer may reuse its name */
+    CU_ASSERT_EQUAL(file_size(f), 32 * KiB);
+    REQUIRE(unlink(f) == 0);
+
+    REQUIRE(write_file(f, 16 * KiB, "old") == 0);
+    REQUIRE(region_open_file(&r, dir, f, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER) == 0);
+    REQUIRE(unlink(f) == 0);
+    CU_ASSERT_EQUAL(close_counting_warns(&r), 0);
+    CU_ASSERT_FALSE(exists(f));
+
+    REQUIRE(mkdir(sub, 0700) == 0);
+    REQUIRE(write_file(g, 16 * KiB, "old") == 0);
+    REQUIRE(region_open_file(&r, dir, g, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER) == 0);
+    REQUIRE(unlink(g) == 0);
+    REQUIRE(rmdir(sub) == 0);
+    CU_ASSERT_EQUAL(close_counting_warns(&r), 0);
+    CU_ASSERT_EQUAL(file_size(sib), 16 * KiB); /* nothing else touched */
+out:
+    region_close(&r);
+    if (dir[0] != '\0')
+        CU_ASSERT_EQUAL(rm_tree(dir), 0);
+    LEAK_END();
+}
+
+/* The peer's moves after we mapped its file, each leaving, at the path
+ * we mapped, a symlink that leads to a hard link of that same file
+ * outside the allowed directory (so the identity check alone would not
+ * save it). 0, or -1 with the failing call printed. */
+static int step(int rc, const char *call, const char *path)
+{
+    if (rc < 0)
+        fprintf(stderr, "\n  %s(%s): %s\n", call, path, strerror(errno));
+    return rc;
+}
+
+/* allowed/a/f: "a" becomes an absolute symlink to outside/. */
+static int swap_parent(const char *root)
+{
+    char f[192], out[192], a[192], moved[192];
+    tree_path(f, sizeof(f), root, "allowed/a/f");
+    tree_path(out, sizeof(out), root, "outside/f");
+    tree_path(a, sizeof(a), root, "allowed/a");
+    tree_path(moved, sizeof(moved), root, "allowed/a.old");
+    char target[192];
+    tree_path(target, sizeof(target), root, "outside");
+    if (step(link(f, out), "link", out) < 0 || step(rename(a, moved), "rename", a) < 0)
+        return -1;
+    return step(symlink(target, a), "symlink", a);
+}
+
+/* allowed/b/deeper/f: "b" becomes a relative symlink to ../outside. */
+static int swap_middle(const char *root)
+{
+    char f[192], out[192], b[192], moved[192];
+    tree_path(f, sizeof(f), root, "allowed/b/deeper/f");
+    tree_path(out, sizeof(out), root, "outside/deeper/f");
+    tree_path(b, sizeof(b), root, "allowed/b");
+    tree_path(moved, sizeof(moved), root, "allowed/b.old");
+    if (step(link(f, out), "link", out) < 0 || step(rename(b, moved), "rename", b) < 0)
+        return -1;
+    return step(symlink("../outside", b), "symlink", b);
+}
+
+/* allowed/g itself becomes a symlink to outside/g. */
+static int swap_final(const char *root)
+{
+    char f[192], out[192];
+    tree_path(f, sizeof(f), root, "allowed/g");
+    tree_path(out, sizeof(out), root, "outside/g");
+    if (step(link(f, out), "link", out) < 0 || step(unlink(f), "unlink", f) < 0)
+        return -1;
+    return step(symlink(out, f), "symlink", f);
+}
+
+/* Maps `rel` (below root) with REGION_UNLINK_PEER, lets `swap` run, closes:
+ * the number of failed checks. */
+static int map_swap_close(const char *root, const char *allowed, const char *rel,
+                          int (*swap)(const char *root))
+{
+    int bad = 0;
+    char p[192];
+    struct region r;
+    tree_path(p, sizeof(p), root, rel);
+    CHILD_CHECK(bad, write_file(p, 16 * KiB, "x") == 0);
+    int rc = region_open_file(&r, allowed, p, SMALL_MIN, BIG_MAX, REGION_UNLINK_PEER);
+    CHILD_CHECK(bad, rc == 0);
+    CHILD_CHECK(bad, swap(root) == 0);
+    region_close(&r);
+    return bad;
+}
+
+/* Subdirectories, and directories swapped for symlinks after the file was
+ * mapped, below `root` (empty): the number of failed checks (each
+ * printed). Run with and without openat2. */
+static int peer_unlink_checks(const char *root)
+{
+    static const char *const dirs[] = {"allowed",   "allowed/sub",   "allowed/sub/deeper",
+                                       "allowed/a", "allowed/b",     "allowed/b/deeper",
+                                       "outside",   "outside/deeper"};
+    static const char *const files[] = {"allowed/f", "allowed/sub/f", "allowed/sub/deeper/f"};
+    static const char *const kept[] = {"outside/f",        "allowed/a.old/f",
+                                       "outside/deeper/f", "allowed/b.old/deeper/f",
+                                       "outside/g",        "allowed/g"};
+    char allowed[128], allowed_sl[128], p[192];
+    int bad = 0;
+    struct region r;
+    log_set_sink(discard_sink, NULL);
+    snprintf(allowed, sizeof(allowed), "%s/allowed", root);
+    snprintf(allowed_sl, sizeof(allowed_sl), "%s/allowed/", root);
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        tree_path(p, sizeof(p), root, dirs[i]);
+        if (mkdir(p, 0700) < 0) {
+            fprintf(stderr, "\n  mkdir(%s): %s\n", p, strerror(errno));
+            bad++;
+            goto out;
+        }
+    }
+    /* In the directory and below subdirectories, the allowed directory
+     * with and without a '/' after it: removed, the directories kept. */
+    for (int sl = 0; sl < 2; sl++) {
+        for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+            tree_path(p, sizeof(p), root, files[i]);
+            CHILD_CHECK(bad, write_file(p, 16 * KiB, "x") == 0);
+            int rc = region_open_file(&r, sl ? allowed_sl : allowed, p, SMALL_MIN, BIG_MAX,
+                                      REGION_UNLINK_PEER);
+            CHILD_CHECK(bad, rc == 0);
+            region_close(&r);
+            if (exists(p))
+                fprintf(stderr, "\n  %s was not removed\n", files[i]);
+            CHILD_CHECK(bad, !exists(p));
+        }
+    }
+    tree_path(p, sizeof(p), root, "allowed/sub/deeper");
+    CHILD_CHECK(bad, exists(p));
+
+    /* Swapped after mapping: nothing is removed through the symlinks. */
+    bad += map_swap_close(root, allowed, "allowed/a/f", swap_parent);
+    bad += map_swap_close(root, allowed, "allowed/b/deeper/f", swap_middle);
+    bad += map_swap_close(root, allowed, "allowed/g", swap_final);
+    for (size_t i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+        tree_path(p, sizeof(p), root, kept[i]);
+        if (!exists(p))
+            fprintf(stderr, "\n  %s was removed\n", kept[i]);
+        CHILD_CHECK(bad, exists(p));
+    }
+out:
+    log_set_sink(NULL, NULL);
+    return bad;
+}
+
+struct peer_root {
+    char root[64];
+};
+
+static int child_peer_unlink(void *arg)
+{
+    return peer_unlink_checks(((struct peer_root *)arg)->root) == 0 ? 0 : 1;
+}
+
+static int child_peer_unlink_no_openat2(void *arg)
+{
+    if (deny_syscall(SYS_openat2, 0, 0, 0, ENOSYS) < 0)
+        return SKIPPED;
+    return peer_unlink_checks(((struct peer_root *)arg)->root) == 0 ? 0 : 1;
+}
+
+/* Three fresh trees: in this process, in a child, in a child without
+ * openat2 (the component-by-component walk). */
+static void test_unlink_peer_beneath(void)
+{
+    LEAK_BEGIN();
+    struct peer_root t[3];
+    int made = 0;
+    for (; made < 3; made++)
+        REQUIRE(make_tmpdir(t[made].root, sizeof(t[made].root)) == 0);
+    CU_ASSERT_EQUAL(peer_unlink_checks(t[0].root), 0);
+    run_child(child_peer_unlink, &t[1], "peer unlink checks");
+    run_child(child_peer_unlink_no_openat2, &t[2], "peer unlink checks without openat2");
+out:
+    while (made > 0)
+        CU_ASSERT_EQUAL(rm_tree(t[--made].root), 0);
+    LEAK_END();
+}
+
 /* ---- failures at creation ---- */
 
 struct enospc_arg {
@@ -1145,6 +1446,9 @@ static const struct test_case cases[] = {
     {"region_path_allowed lexical rules", test_path_allowed},
     {"open_file matrix with and without openat2", test_open_file_matrix},
     {"open_file in process", test_open_file_in_process},
+    {"REGION_UNLINK_PEER removes the peer's file at close", test_unlink_peer_on_close},
+    {"REGION_UNLINK_PEER spares a replaced or removed file", test_unlink_peer_replaced_or_gone},
+    {"REGION_UNLINK_PEER stays below the allowed dir", test_unlink_peer_beneath},
     {"full tmpfs gives SHMIPC_ENOSPACE", test_enospace},
     {"RLIMIT_FSIZE fails cleanly", test_fsize_limit},
     {"mmap failure is undone", test_mmap_failure_undone},
