@@ -5,7 +5,8 @@
  * that next needs the slot, so healthy sessions never wait for it.
  *
  * Lock order: a slot's mutex, then the idle-list mutex is never held with
- * it; a session's mutex is taken inside either. The I/O thread holds one
+ * it; a session's mutex is taken inside either; pool_mu only around
+ * picking the pool of a new session (inside a slot's mutex). The I/O thread holds one
  * reference on each session registered with it and drops it when it sees
  * the session dead.
  */
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -38,8 +40,10 @@ struct shmipc_client {
     struct shmipc_client_config cfg;
     struct sock_addr addr;
     char prefix[200];
+    pthread_mutex_t pool_mu; /* pool, buffer_path, pool_gen */
     char buffer_path[256];
     struct pool_ref *pool;
+    unsigned pool_gen; /* pools made again after a server removed the file */
     struct client_slot *slots;
     unsigned nslots;
     unsigned rr; /* atomic */
@@ -188,6 +192,48 @@ static int create_pool(struct shmipc_client *c)
     return pool_ref_new(&r, 1, classes, c->cfg.nclasses, NULL, &c->pool);
 }
 
+/* File mode: a server removes a pool file once the last session using it
+ * has closed (Go's servers do, and ours), so a reconnect after that needs
+ * a new pool in a new file. The old pool lives on for the messages that
+ * still use it. pool_mu held. */
+static int file_pool_current(struct shmipc_client *c)
+{
+    struct stat st;
+    const struct region *r = &c->pool->region;
+    if (lstat(c->buffer_path, &st) == 0 && st.st_dev == r->dev && st.st_ino == r->ino)
+        return 0;
+    char old_path[sizeof(c->buffer_path)];
+    memcpy(old_path, c->buffer_path, sizeof(old_path));
+    int n = snprintf(c->buffer_path, sizeof(c->buffer_path), "%s_buffer_r%u", c->prefix,
+                     c->pool_gen + 1);
+    struct pool_ref *old = c->pool;
+    int rc = n < 0 || (size_t)n >= sizeof(c->buffer_path) ? -ENAMETOOLONG : create_pool(c);
+    if (rc < 0) {
+        memcpy(c->buffer_path, old_path, sizeof(old_path));
+        c->pool = old;
+        return rc;
+    }
+    c->pool_gen++;
+    log_info("pool file %s is gone (the server removed it): new pool %s", old_path,
+             c->buffer_path);
+    pool_ref_put(old);
+    return 0;
+}
+
+/* The pool a new session uses, with a reference for it; its path in bpath. */
+static int take_pool(struct shmipc_client *c, struct pool_ref **pool, char *bpath, size_t len)
+{
+    pthread_mutex_lock(&c->pool_mu);
+    int rc = c->cfg.mode == SHMIPC_MODE_FILE ? file_pool_current(c) : 0;
+    if (rc == 0) {
+        *pool = c->pool;
+        pool_ref_get(*pool);
+        snprintf(bpath, len, "%s", c->buffer_path);
+    }
+    pthread_mutex_unlock(&c->pool_mu);
+    return rc;
+}
+
 static void drop_session(struct shmipc_client *c, struct client_slot *sl);
 
 static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
@@ -201,15 +247,22 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
     if (n < 0 || (size_t)n >= sizeof(qpath))
         return -ENAMETOOLONG;
     sl->generation++;
+    struct pool_ref *pool = NULL;
+    char bpath[sizeof(c->buffer_path)];
+    int rc = take_pool(c, &pool, bpath, sizeof(bpath));
+    if (rc < 0)
+        return rc;
     int fd = sock_connect(&c->addr, deadline);
-    if (fd < 0)
+    if (fd < 0) {
+        pool_ref_put(pool);
         return fd;
+    }
     struct region q;
     region_init(&q);
     size_t qsize = queue_pair_size(c->cfg.queue_cap);
-    int rc = c->cfg.mode == SHMIPC_MODE_MEMFD
-                 ? region_create_memfd(&q, basename(qpath), qsize, REGION_SEAL)
-                 : region_create_file(&q, qpath, qsize, REGION_UNLINK_ON_CLOSE);
+    rc = c->cfg.mode == SHMIPC_MODE_MEMFD
+             ? region_create_memfd(&q, basename(qpath), qsize, REGION_SEAL)
+             : region_create_file(&q, qpath, qsize, REGION_UNLINK_ON_CLOSE);
     struct queue_pair qp;
     if (rc == 0)
         rc = queue_pair_create(&qp, q.base, q.size, c->cfg.queue_cap);
@@ -217,11 +270,12 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
     if (rc == 0) {
         int memfd = c->cfg.mode == SHMIPC_MODE_MEMFD;
         rc = hs_client(fd, memfd ? HS_MEMFD : HS_FILE, memfd ? SHMIPC_PROTO_V3 : SHMIPC_PROTO_V2,
-                       qpath, c->buffer_path, c->pool->region.fd, q.fd, deadline, &version);
+                       qpath, bpath, pool->region.fd, q.fd, deadline, &version);
     }
     if (rc < 0) {
         close(fd);
         region_close(&q);
+        pool_ref_put(pool);
         return rc;
     }
     struct session_cfg scfg = {
@@ -236,10 +290,9 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .defer_wakeups = c->cfg.no_io_thread && !c->cfg.eager_wakeups,
         .spin_us = c->cfg.spin_us,
     };
-    pool_ref_get(c->pool);
     struct session *s;
-    if ((rc = session_new(&scfg, fd, c->pool, &q, &s)) < 0)
-        return rc;
+    if ((rc = session_new(&scfg, fd, pool, &q, &s)) < 0)
+        return rc; /* session_new took the pool reference */
     s->owner = c;
     if (scfg.defer_wakeups) {
         s->kick_fd = c->evfd;
@@ -321,6 +374,7 @@ int shmipc_client_open(const struct shmipc_client_config *cfg, shmipc_client **o
     c->epfd = c->evfd = -1;
     pthread_mutex_init(&c->idle_mu, NULL);
     pthread_mutex_init(&c->stats_mu, NULL);
+    pthread_mutex_init(&c->pool_mu, NULL);
     pthread_mutex_init(&c->reg_mu, NULL);
     unsigned inst = __atomic_fetch_add(&instances, 1, __ATOMIC_RELAXED);
     const char *pre = cfg->path_prefix ? cfg->path_prefix : "/dev/shm/shmipc";
@@ -632,5 +686,6 @@ void shmipc_client_close(shmipc_client *c)
     pthread_mutex_destroy(&c->reg_mu);
     pthread_mutex_destroy(&c->idle_mu);
     pthread_mutex_destroy(&c->stats_mu);
+    pthread_mutex_destroy(&c->pool_mu);
     free(c);
 }

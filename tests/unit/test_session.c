@@ -26,10 +26,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "proto/handshake.h" /* a raw file-mode peer (section 8) */
+#include "proto/sock.h"
 #include "session/session.h" /* the queues' working flags, for the wake-up tests */
 #include "shmipc/shmipc.h"
 #include "testutil.h"
@@ -164,15 +167,15 @@ static const char *shm_name(const char *suffix)
 }
 
 /* The client's path_prefix for that name: one string per suffix, kept
- * for the run (the suite uses three suffixes). */
+ * for the run (the suite uses four suffixes). */
 static const char *shm_prefix(const char *suffix)
 {
     static struct {
         char suffix[8];
         char path[96];
-    } cache[4];
+    } cache[8];
     unsigned i = 0;
-    while (i < 3 && cache[i].path[0] != '\0' && strcmp(cache[i].suffix, suffix) != 0)
+    while (i < 7 && cache[i].path[0] != '\0' && strcmp(cache[i].suffix, suffix) != 0)
         i++;
     if (cache[i].path[0] == '\0' || strcmp(cache[i].suffix, suffix) != 0) {
         snprintf(cache[i].suffix, sizeof(cache[i].suffix), "%s", suffix);
@@ -2068,6 +2071,66 @@ static void test_server_killed_file(void)
     server_killed_on(SHMIPC_MODE_FILE);
 }
 
+/* A server that stops cleanly removes the pool file of a file-mode client
+ * (the last session using it closed): the client's reconnect to the next
+ * server makes a new pool in a new file, and everything works on it. */
+/* Entries of /dev/shm named <shm_name(sfx)>...<end>. */
+static int shm_files_ending(const char *sfx, const char *end)
+{
+    const char *pre = shm_name(sfx);
+    DIR *d = opendir("/dev/shm");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name), el = strlen(end);
+        n += strncmp(e->d_name, pre, strlen(pre)) == 0 && len >= el &&
+             strcmp(e->d_name + len - el, end) == 0;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+static void test_server_stopped_file(void)
+{
+    struct fx f;
+    struct srv_child next = {0};
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(srv_fork(&next, SRV_ECHO, f.addr), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    cfg.path_prefix = shm_prefix("stop");
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(echo_new(f.cli, 100, 1), 0);
+    CHECK_EQ(shm_files_ending("stop", "_buffer"), 1);
+    CHECK_EQ(srv_stop(&f.srv), 0);
+    uint64_t end = deadline_ns(POLL_MS);
+    while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
+        sleep_ms(5);
+    CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
+    CHECK_EQ(shm_files_ending("stop", "_buffer"), 0); /* the server removed it */
+
+    REQUIRE_RC(srv_go(&next), 0);
+    f.srv = next;
+    next.pid = 0;
+    int rc;
+    end = deadline_ns(POLL_MS);
+    while ((rc = shmipc_client_get(f.cli, &f.st)) < 0 && tu_now_ns() < end)
+        sleep_ms(10);
+    REQUIRE_RC(rc, 0);
+    REQUIRE_RC(echo_once(f.st, 5000, 40, NULL), 0);
+    for (int i = 0; i < 10; i++)
+        REQUIRE_RC(echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
+    CHECK_EQ(shm_files_ending("stop", "_buffer_r1"), 1); /* the new pool's file */
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT(s.reconnects >= 1);
+    CHECK_EQ(s.protocol_errors, 0);
+out:
+    EXPECT_RC(srv_stop(&next), 0);
+    fx_end(&f);
+}
+
 struct cli_boot {
     char address[160];
     enum shmipc_mem_mode mode;
@@ -2135,6 +2198,16 @@ static void client_killed_on(enum shmipc_mem_mode mode)
     CU_ASSERT_EQUAL(ss.sessions_opened, 2);
     CU_ASSERT_EQUAL(ss.sessions_closed, 1);
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
+    /* A killed client cannot remove its files: in file mode the server
+     * does, as Go clients expect, once it closed that session. */
+    if (mode == SHMIPC_MODE_FILE) {
+        char mine[96];
+        snprintf(mine, sizeof(mine), "%s_%d_", shm_name(""), (int)dead);
+        end = deadline_ns(POLL_MS);
+        while (tu_count_shm(mine) > 0 && tu_now_ns() < end)
+            sleep_ms(5);
+        CU_ASSERT_EQUAL(tu_count_shm(mine), 0);
+    }
 out:
     if (child > 0) {
         kill(child, SIGKILL);
@@ -2145,9 +2218,8 @@ out:
         close(p[0]);
     if (p[1] >= 0)
         close(p[1]);
-    /* A killed client cannot remove its files; the test does, by pid. */
     if (dead > 0 && mode == SHMIPC_MODE_FILE)
-        CU_ASSERT(unlink_shm_of(dead) >= 2); /* its buffer and queue */
+        unlink_shm_of(dead); /* what the server failed to remove */
     fx_end(&f);
 }
 
@@ -2203,6 +2275,206 @@ out:
     fx_end(&f);
 }
 
+/* ==== 8. who removes the files (file mode) ==== */
+
+static int path_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* Waits (bounded) until `path` is gone: 0, or -1 at the deadline. */
+static int wait_gone(const char *path)
+{
+    uint64_t end = deadline_ns(POLL_MS);
+    while (path_exists(path)) {
+        if (tu_now_ns() >= end)
+            return -1;
+        sleep_ms(2);
+    }
+    return 0;
+}
+
+/* Our own client, file mode: after shmipc_client_close() nothing of it is
+ * left in /dev/shm. The server is stopped meanwhile, so what went, the
+ * client removed. */
+static void test_client_close_removes_files(void)
+{
+    struct fx f;
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    struct shmipc_client_config cfg;
+    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    cfg.path_prefix = shm_prefix("c");
+    cfg.sessions = 2;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(echo_new(f.cli, 1000, 70), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("c_")), 3); /* buffer + 2 queues */
+    REQUIRE(kill(f.srv.pid, SIGSTOP) == 0);
+    REQUIRE_RC(wait_stopped(f.srv.pid), 0);
+    shmipc_client_close(f.cli);
+    f.cli = NULL;
+    CU_ASSERT_EQUAL(tu_count_shm(shm_name("c")), 0);
+out:
+    fx_end(&f); /* continues the server before stopping it */
+}
+
+#define RAW_POOL_BYTES (256u << 10)
+#define RAW_QUEUE_CAP 64u
+
+/* A pool file as a Go client makes it, left for the server to remove
+ * (no REGION_UNLINK_ON_CLOSE). */
+static int raw_pool(const char *path)
+{
+    static const struct pool_class one = {4096, 100};
+    struct region r;
+    struct pool_ref *p;
+    int rc = region_create_file(&r, path, RAW_POOL_BYTES, 0);
+    if (rc == 0)
+        rc = pool_ref_new(&r, 1, &one, 1, NULL, &p); /* closes r on failure */
+    if (rc == 0)
+        pool_ref_put(p);
+    return rc;
+}
+
+/* A file-mode session of a peer that leaves its files behind, as a Go
+ * client that exits without closing does: a queue file it does not
+ * remove, then the handshake. Version 2 sends the paths and goes on;
+ * version 3 waits for the ack, so the server has mapped both files when it
+ * returns. The peer keeps only the socket (*fd). */
+static int raw_session(const struct fx *f, uint8_t version, const char *bpath, const char *qpath,
+                       int *fd)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/sock", f->dir);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -errno;
+    int rc = connect(s, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -errno;
+    struct region q;
+    region_init(&q);
+    int make = access(qpath, F_OK) != 0; /* a queue file the test made stays as it is */
+    if (rc == 0 && make)
+        rc = region_create_file(&q, qpath, queue_pair_size(RAW_QUEUE_CAP), 0);
+    struct queue_pair qp;
+    if (rc == 0 && make)
+        rc = queue_pair_create(&qp, q.base, q.size, RAW_QUEUE_CAP);
+    uint8_t v = 0;
+    if (rc == 0)
+        rc = hs_client(s, HS_FILE, version, qpath, bpath, -1, -1, sock_deadline(RECV_MS), &v);
+    region_close(&q);
+    if (rc < 0) {
+        close(s);
+        return rc;
+    }
+    *fd = s;
+    return 0;
+}
+
+/* Against such a peer the server removes each queue file when its session
+ * closes, and the pool file when the last session using it does. */
+static void test_server_removes_peer_files(void)
+{
+    struct fx f;
+    const char *name = shm_name("r");
+    char bpath[128], q[4][128];
+    int fd[4] = {-1, -1, -1, -1};
+    snprintf(bpath, sizeof(bpath), "/dev/shm/%s_buffer", name);
+    for (int i = 0; i < 4; i++)
+        snprintf(q[i], sizeof(q[i]), "/dev/shm/%s_queue_%d", name, i);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(raw_pool(bpath), 0);
+    REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V2, bpath, q[0], &fd[0]), 0);
+    REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V3, bpath, q[1], &fd[1]), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(name), 3);
+
+    /* Session 0 ends: its queue goes, the pool stays for session 1. */
+    close(fd[0]);
+    fd[0] = -1;
+    CU_ASSERT_EQUAL(wait_gone(q[0]), 0);
+    CU_ASSERT_TRUE(path_exists(q[1]));
+    /* The server still finds the pool by its path (and drops its second
+     * mapping of it, found in the registry, without removing the file). */
+    REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V3, bpath, q[2], &fd[2]), 0);
+    CU_ASSERT_TRUE(path_exists(bpath));
+
+    /* Session 1 ends: the same, and session 2 still holds the pool. The
+     * server handles one thing at a time, so the next handshake comes
+     * after session 1 was freed. */
+    close(fd[1]);
+    fd[1] = -1;
+    CU_ASSERT_EQUAL(wait_gone(q[1]), 0);
+    REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V3, bpath, q[3], &fd[3]), 0);
+    CU_ASSERT_TRUE(path_exists(bpath));
+    CU_ASSERT_EQUAL(tu_count_shm(name), 3); /* pool, queues 2 and 3 */
+
+    /* The last two end: everything goes. */
+    close(fd[2]);
+    fd[2] = -1;
+    CU_ASSERT_EQUAL(wait_gone(q[2]), 0);
+    CU_ASSERT_TRUE(path_exists(bpath));
+    close(fd[3]);
+    fd[3] = -1;
+    CU_ASSERT_EQUAL(wait_gone(q[3]), 0);
+    CU_ASSERT_EQUAL(wait_gone(bpath), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(name), 0);
+out:
+    for (int i = 0; i < 4; i++) {
+        if (fd[i] >= 0)
+            close(fd[i]);
+        unlink(q[i]); /* what the server failed to remove */
+    }
+    unlink(bpath);
+    fx_end(&f);
+}
+
+/* A file of `size` bytes of 0xa5: neither a pool nor a queue. */
+static int junk_file(const char *path, size_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    uint8_t b[4096];
+    memset(b, 0xa5, sizeof(b));
+    int rc = 0;
+    for (size_t done = 0; rc == 0 && done < size; done += sizeof(b))
+        rc = write(fd, b, sizeof(b)) == (ssize_t)sizeof(b) ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+/* Files a peer names that are not what it says they are (a pool or a
+ * queue that does not validate) are refused and never removed: a peer
+ * cannot have the server delete any file it can name. */
+static void test_server_keeps_invalid_peer_files(void)
+{
+    struct fx f;
+    const char *name = shm_name("j");
+    char junk[128], bpath[128], q[128], junkq[128];
+    int fd = -1;
+    snprintf(junk, sizeof(junk), "/dev/shm/%s_junk", name);
+    snprintf(bpath, sizeof(bpath), "/dev/shm/%s_buffer", name);
+    snprintf(q, sizeof(q), "/dev/shm/%s_queue", name);
+    snprintf(junkq, sizeof(junkq), "/dev/shm/%s_junkq", name);
+    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(junk_file(junk, RAW_POOL_BYTES), 0);
+    REQUIRE_RC(junk_file(junkq, 8192), 0);
+    REQUIRE_RC(raw_pool(bpath), 0);
+    /* Junk as the pool (the queue is never opened), then junk as the queue
+     * of a good pool. */
+    CU_ASSERT(raw_session(&f, SHMIPC_PROTO_V3, junk, q, &fd) < 0);
+    CU_ASSERT(raw_session(&f, SHMIPC_PROTO_V3, bpath, junkq, &fd) < 0);
+    CU_ASSERT_TRUE(path_exists(junk));
+    CU_ASSERT_TRUE(path_exists(junkq));
+out:
+    if (fd >= 0)
+        close(fd);
+    unlink(junk);
+    unlink(junkq);
+    unlink(bpath);
+    unlink(q);
+    fx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"event_loop_client", test_event_loop_client},
@@ -2231,9 +2503,13 @@ static const struct test_case cases[] = {
     {"read_deadline", test_read_deadline},
     {"server_killed_memfd", test_server_killed_memfd},
     {"server_killed_file", test_server_killed_file},
+    {"server_stopped_file", test_server_stopped_file},
     {"client_killed_memfd", test_client_killed_memfd},
     {"client_killed_file", test_client_killed_file},
     {"two_clients_file_prefixes", test_two_clients_file_prefixes},
+    {"client_close_removes_files", test_client_close_removes_files},
+    {"server_removes_peer_files", test_server_removes_peer_files},
+    {"server_keeps_invalid_peer_files", test_server_keeps_invalid_peer_files},
     {NULL, NULL},
 };
 
