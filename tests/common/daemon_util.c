@@ -265,6 +265,11 @@ static void show_entry(const char *dir, const char *name, void *arg)
     fprintf(stderr, "    %s/%s\n", dir, name);
 }
 
+int du_show_prefix(const char *dir, const char *prefix)
+{
+    return each_entry(dir, prefix, show_entry, NULL);
+}
+
 /* Names a leftover directory and what it holds, for the failure report. */
 static void show_tmpdir(const char *dir, const char *name, void *arg)
 {

@@ -59,6 +59,9 @@ int du_count_str(const char *hay, const char *needle);
 const char *du_sanitizer_report(const char *text);
 /* Entries of dir (not . and ..) whose name starts with prefix. */
 int du_count_prefix(const char *dir, const char *prefix);
+/* Names those entries on stderr ("    <dir>/<name>", a line each), for a
+ * leftover check's failure report; how many there were. */
+int du_show_prefix(const char *dir, const char *prefix);
 /* Removes those entries (empty directories too); how many went. */
 int du_remove_prefix(const char *dir, const char *prefix);
 /* Removes dir's entries and dir itself: 0 or -errno (from rmdir). */

@@ -11,6 +11,13 @@
  * (default 3). Clients waiting for answers must get an error within a
  * bounded time, and reconnect once a new shmipcd listens on the address.
  *
+ * Every client of the run names its pool and queues after one prefix with
+ * this program's pid, /dev/shm/shmipc-killsoak-<pid>_<client pid>_...
+ * (memfd names: the clients use memfd mode, so normally no file at all);
+ * the leftover check counts that prefix only, so files of other programs
+ * (a Go shmipc client's /dev/shm/shmipc_<pid>_buffer) do not count, and
+ * names what it finds.
+ *
  * Last line: kill-soak: client_kills=N server_kills=K fd_growth=F
  *   maps_growth=M rss_growth_kib=R worst_error_ms=E reconnects=C failed=X
  */
@@ -30,6 +37,8 @@
 
 static struct du_daemon dmn; /* shmipcd: binary beside this program */
 static char addr[200];       /* its echo service */
+static char shm_path[96];    /* the clients' path_prefix: /dev/shm/<shm_name> */
+static char shm_name[80];    /* "shmipc-killsoak-<our pid>": this run's names */
 
 static uint64_t now_ms(void)
 {
@@ -61,6 +70,7 @@ static int busy_client(int run_ms, int *errors)
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
     cfg.address = addr;
+    cfg.path_prefix = shm_path;
     cfg.pool_bytes = 4u << 20;
     shmipc_client *c;
     if (shmipc_client_open(&cfg, &c) < 0)
@@ -114,19 +124,6 @@ static int open_sessions(void)
     return n;
 }
 
-static int count_shm(const char *needle)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "ls /dev/shm | grep -c '%s'", needle);
-    FILE *p = popen(cmd, "r");
-    int n = 0;
-    if (p != NULL && fscanf(p, "%d", &n) != 1)
-        n = 0;
-    if (p != NULL)
-        pclose(p);
-    return n;
-}
-
 int main(int argc, char **argv)
 {
     int client_kills = 100, server_kills = 3, failed = 0;
@@ -137,6 +134,10 @@ int main(int argc, char **argv)
             server_kills = atoi(argv[i + 1]);
     }
     signal(SIGPIPE, SIG_IGN);
+    /* A client adds _<its pid>: "<shm_name>_" cannot match another run's
+     * names (pid 12 vs 123). */
+    snprintf(shm_name, sizeof(shm_name), "shmipc-killsoak-%d", (int)getpid());
+    snprintf(shm_path, sizeof(shm_path), "/dev/shm/%s", shm_name);
     if (du_init(&dmn, "/tmp/shmipc-kill-XXXXXX") < 0)
         return 1;
     snprintf(dmn.shmipcd, sizeof(dmn.shmipcd), "%s/shmipcd", du_exe_dir());
@@ -216,6 +217,7 @@ int main(int argc, char **argv)
             struct shmipc_client_config cfg;
             shmipc_client_config_init(&cfg);
             cfg.address = addr;
+            cfg.path_prefix = shm_path;
             cfg.reconnect_min_ms = 20;
             cfg.reconnect_max_ms = 200;
             shmipc_client *cl;
@@ -280,10 +282,15 @@ int main(int argc, char **argv)
     failed += worst_error_ms > 5000 || reconnects != server_kills;
 
     du_stop(&dmn, SIGTERM, DEADLINE_MS);
-    char pid_tag[32];
-    snprintf(pid_tag, sizeof(pid_tag), "shmipc_");
-    int left = count_shm(pid_tag);
-    failed += left != 0;
+    char ours[96];
+    snprintf(ours, sizeof(ours), "%s_", shm_name);
+    int left = du_count_prefix("/dev/shm", ours);
+    if (left != 0) {
+        fprintf(stderr, "kill-soak: %d files of this run left in /dev/shm:\n", left);
+        du_show_prefix("/dev/shm", ours);
+        du_remove_prefix("/dev/shm", ours);
+        failed++;
+    }
     if (du_remove_dir(dmn.dir) != 0)
         failed++;
     printf("kill-soak: client_kills=%d server_kills=%d fd_growth=%ld maps_growth=%ld "

@@ -688,9 +688,12 @@ static int setup(struct run *r)
         r->kids[r->nkids++] = pid;
     }
     /* Threads only now: every fork above came from a one-threaded process. */
+    char probe_prefix[256];
+    snprintf(probe_prefix, sizeof(probe_prefix), "/dev/shm/%sprobe", r->shm_prefix);
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
     cfg.address = r->address;
+    cfg.path_prefix = probe_prefix; /* memfd mode: only its memfds' names */
     cfg.pool_bytes = 1u << 20;
     cfg.connect_timeout_ms = 5000;
     if ((rc = shmipc_client_open(&cfg, &r->probe)) < 0) {
@@ -756,7 +759,8 @@ static void teardown(struct run *r)
         fail("shmipcd left /tmp/shmipcd-%d-* behind", (int)dpid);
     int left = du_count_prefix("/dev/shm", r->shm_prefix);
     if (left != 0) {
-        fail("%d files with prefix %s left in /dev/shm", left, r->shm_prefix);
+        fail("%d files with prefix %s left in /dev/shm:", left, r->shm_prefix);
+        du_show_prefix("/dev/shm", r->shm_prefix);
         du_remove_prefix("/dev/shm", r->shm_prefix);
     }
     int rc = du_remove_dir(r->d.dir);

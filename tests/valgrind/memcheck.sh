@@ -15,6 +15,10 @@
 # the right answers. Last line: memcheck: runs=N errors=E failed=F (E: valgrind
 # errors, F: anything else that went wrong); exits non-zero unless both are
 # 0, printing the valgrind logs with errors.
+# Leftovers: the tools' clients name their files /dev/shm/shmipc_<pid>_...
+# (the library's default prefix, as Go shmipc clients do), so a file counts
+# as ours only when it appeared during the run and carries the pid of a
+# process started here; those are named (and removed) as a failure.
 #
 # Shared-memory mappings need nothing special: to memcheck they are mmaps,
 # defined and addressable. valgrind 3.19 does not know openat2 (the
@@ -56,12 +60,31 @@ fi
 T=$(mktemp -d /tmp/shmipc-memcheck-XXXXXX)
 RUNS=0 ERRORS=0 FAILED=0
 PIDS=() # processes started here and not reaped yet (so their pids are ours)
+ALL_PIDS=() # every process started here, for the leftover check
+# /dev/shm before the run: what is there already is not ours.
+SHM_BEFORE=$(find /dev/shm -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | LC_ALL=C sort)
 LOGS=() # valgrind logs with errors, printed at the end
+
+# shm_files_of PID...: the entries of /dev/shm named after a client of one
+# of the PIDs (shmipc_<pid>, shmipc_<pid>_...) that were not there before
+# the run, a line each.
+shm_files_of() {
+    local alt
+    [ $# -eq 0 ] && return 0
+    alt=$(IFS='|'; echo "$*")
+    LC_ALL=C comm -13 <(printf '%s\n' "$SHM_BEFORE") \
+        <(find /dev/shm -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | LC_ALL=C sort) |
+        grep -E "^shmipc_($alt)(_|\$)"
+}
 
 # What a killed process of ours cannot remove itself: shmipcd's private
 # plugin copies, a client's pool and queue files (/dev/shm/shmipc_<pid>_*).
 remove_files_of() {
-    rm -rf /tmp/shmipcd-"$1"-* /dev/shm/shmipc_"$1" /dev/shm/shmipc_"$1"_* 2>/dev/null
+    local f
+    rm -rf /tmp/shmipcd-"$1"-* 2>/dev/null
+    while IFS= read -r f; do
+        [ -n "$f" ] && rm -f "/dev/shm/$f"
+    done < <(shm_files_of "$1")
 }
 
 cleanup() {
@@ -124,6 +147,7 @@ start() {
     "$@" &
     STARTED=$!
     PIDS+=("$STARTED")
+    ALL_PIDS+=("$STARTED")
 }
 
 # run CMD...: CMD to its end (60 s at most), its pid known to the cleanup.
@@ -337,6 +361,16 @@ kill -TERM "$server" 2>/dev/null
 wait_exit "$server" 30
 judge "$T/vg-echo_server.log" echo_server
 [ "$WAIT_RC" -eq 0 ] || [ "$WAIT_RC" -eq 99 ] || fail "echo_server under valgrind: exit $WAIT_RC"
+
+# Files in /dev/shm of the processes started here (killed ones' are gone).
+left=$(shm_files_of "${ALL_PIDS[@]}")
+if [ -n "$left" ]; then
+    fail "files of this run's processes left in /dev/shm:"
+    while IFS= read -r f; do
+        echo "    /dev/shm/$f" >&2
+        rm -f "/dev/shm/$f"
+    done <<< "$left"
+fi
 
 for log in "${LOGS[@]}"; do
     echo "---- $log" >&2
