@@ -1,10 +1,12 @@
 /*
- * Streams and messages (the public stream API). The one rule: a stream's
- * pending output is either in pool slices (the writer) or, once the pool
- * ran dry, in a heap buffer sent as FallbackData, and never both: bytes
- * already in slices are moved to the heap when the stream falls back, so
- * they cannot overtake or trail what follows.
+ * Streams (the public stream API; messages are rx_msg.c's). The one rule:
+ * a stream's pending output is either in pool slices (the writer) or, once
+ * the pool ran dry, in a heap buffer sent as FallbackData, and never both:
+ * bytes already in slices are moved to the heap when the stream falls
+ * back, so they cannot overtake or trail what follows.
  */
+#include "session/stream.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +14,14 @@
 
 #include "proto/event.h"
 #include "proto/sock.h"
+#include "session/harvest.h"
+#include "session/io.h"
+#include "session/output.h"
+#include "session/pool_ref.h"
+#include "session/rx_msg.h"
+#include "session/table.h"
+#include "session/wakeup.h"
 #include "shm/atomics.h"
-#include "session/session.h"
 #include "shmipc/errors.h"
 
 #define OUTPUT_WAIT_NS (10ull * 1000000000ull)
@@ -611,34 +619,6 @@ int stream_reusable(shmipc_stream *st)
              !st->has_unsent;
     pthread_mutex_unlock(&s->mu);
     return ok;
-}
-
-/* ---- messages ---- */
-
-size_t shmipc_msg_copy(const shmipc_msg *m, size_t off, void *dst, size_t n)
-{
-    uint8_t *d = dst;
-    size_t done = 0;
-    for (unsigned i = 0; i < m->niov && done < n; i++) {
-        size_t len = m->iov[i].len;
-        if (off >= len) {
-            off -= len;
-            continue;
-        }
-        size_t k = len - off < n - done ? len - off : n - done;
-        memcpy(d + done, m->iov[i].base + off, k);
-        done += k;
-        off = 0;
-    }
-    return done;
-}
-
-void shmipc_msg_release(shmipc_msg *m)
-{
-    if (m == NULL || m->priv_ == NULL)
-        return;
-    rx_msg_free(m->priv_);
-    memset(m, 0, sizeof(*m));
 }
 
 unsigned session_retry_blocked(struct session *s)

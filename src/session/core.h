@@ -1,0 +1,162 @@
+/*
+ * The session object: its struct and its streams' struct, its references
+ * and its death, which every other part of the engine may cause.
+ *
+ * Locking: one mutex per session guards its streams, their receive lists
+ * and pending writes, the send queue (its only producer) and the output
+ * buffer. The receive queue has one consumer: the driver, also under the
+ * mutex. Pool pop/push are lock-free. Lock order: client/server locks
+ * before a session's; never two sessions at once.
+ *
+ * Lifetimes: sessions and streams are reference counted. A stream holds a
+ * reference on its session; a received message holds one on the pool, so
+ * it stays readable after the session died.
+ */
+#ifndef SHMIPC_SESSION_CORE_H
+#define SHMIPC_SESSION_CORE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+
+#include "shm/pool.h"
+#include "shm/queue.h"
+#include "shm/region.h"
+#include "shmipc/shmipc.h"
+
+struct pool_ref;
+struct rx_msg;
+
+enum stream_flags {
+    ST_LOCAL_CLOSED = 1u << 0,  /* we sent close */
+    ST_REMOTE_CLOSED = 1u << 1, /* the peer sent close */
+    ST_FALLBACK = 1u << 2,      /* writes go as FallbackData for good */
+    ST_IN_TABLE = 1u << 3,
+    ST_READY = 1u << 4,         /* on the session's ready list (server) */
+    ST_BLOCKED = 1u << 5,       /* on the session's blocked list (server) */
+};
+
+struct shmipc_stream {
+    struct session *sess;
+    uint32_t id;
+    unsigned flags;
+    int refs; /* atomic */
+    struct rx_msg *rx_head, *rx_tail;
+    uint32_t rx_count;
+    size_t rx_off;              /* bytes of rx_head already read by stream_read */
+    struct pool_writer w;       /* pending output in the pool */
+    uint8_t *fb;                /* pending output in fallback mode */
+    size_t fb_len, fb_cap;
+    int has_unsent;             /* a finished message the full queue refused */
+    uint32_t unsent_first;
+    uint32_t unsent_len;
+    pthread_cond_t cv;
+    struct shmipc_stream *hnext; /* table chain */
+    struct shmipc_stream *rnext; /* ready list */
+    struct shmipc_stream *bnext; /* blocked list (server) */
+    uint8_t seen_open;           /* touched by the dispatcher only */
+    uint8_t seen_close;
+    void *user;
+};
+
+enum session_role { ROLE_CLIENT = 0, ROLE_SERVER = 1 };
+
+struct session_cfg {
+    enum session_role role;
+    uint8_t version;
+    uint32_t max_event;
+    int unhealthy_ms;
+    int queue_full_retries;
+    int queue_full_wait_ms;
+    size_t out_limit;  /* server: unsent bytes that mark a peer not reading; also
+                          bounds them plus received FallbackData not yet handled */
+    unsigned max_streams;
+    int notify_ready;  /* keep a list of streams with news (session_next_ready) */
+    int spin_us;       /* client: a waiting recv spins on the queue this long */
+    int self_driven;   /* no I/O thread: the caller's poll does all the I/O, so
+                          waits for the socket are done in place */
+    int defer_wakeups; /* client, self-driven: a flush made by the thread that
+                          is handling a poll's results owes its Polling to the
+                          next poll (see session_defer_wakeups) */
+};
+
+struct session_stats {
+    uint64_t streams_opened, messages_sent, messages_received, bytes_sent, bytes_received;
+    uint64_t wakeups_sent, wakeups_received, fallbacks_sent, fallbacks_received, queue_full;
+    uint64_t protocol_errors;
+};
+
+struct session {
+    pthread_mutex_t mu;
+    pthread_cond_t out_cv; /* output buffer drained */
+    int refs;              /* atomic */
+    int fd;
+    struct session_cfg cfg;
+    struct pool_ref *pool;
+    struct region qregion;
+    struct queue_pair qp;
+    int dead;
+    int err;               /* why it died */
+    char why[160];
+    uint64_t unhealthy_until_ns;
+    struct shmipc_stream **table;
+    unsigned nbuckets, nstreams;
+    uint32_t next_id;
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t *out;
+    size_t out_len, out_cap;
+    int ep_fd;             /* the epoll set that watches fd, or -1 */
+    int ep_out;            /* EPOLLOUT is armed: output is waiting */
+    epoll_data_t ep_data;
+    size_t fb_pending;     /* atomic: bytes in streams' fallback buffers, not yet sent */
+    size_t rx_heap;        /* atomic: received FallbackData messages not yet taken */
+    int throttled;         /* session_on_io stopped reading at the limit above */
+    struct shmipc_stream *ready_head, *ready_tail;
+    struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
+    struct session_stats stats;
+    int spinning;          /* a spinner holds the receive queue's working flag */
+    uint64_t last_rx_ns;   /* atomic: when the peer last sent anything */
+    uint64_t last_tx_ns;   /* atomic: when we last wrote an event */
+    void *owner;           /* the client slot or server that drives it */
+    int wake_owed;         /* we claimed the peer's working flag and owe it a
+                              Polling (cfg.defer_wakeups) */
+    unsigned wake_deferred; /* messages queued since, without a Polling */
+    const void *wake_thread; /* the thread that owes it */
+    int kick_fd;           /* the owner's eventfd: made readable when a Polling
+                              is owed and *kick_need > 0 (a thread waits in the
+                              owner's poll, or a caller took its fd) */
+    const int *kick_need;
+    int index;             /* session number inside its client */
+};
+
+/* Takes over fd, the queue region (mapped) and a pool reference. */
+int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
+                struct region *qregion, struct session **out);
+void session_get(struct session *s);
+void session_put(struct session *s);
+
+int session_alive(struct session *s);
+/* 1 while new streams are refused after a fallback. */
+int session_unhealthy(struct session *s);
+
+/* Marks the session dead (err, why), wakes every waiter, shuts the socket
+ * down so the driver notices. Idempotent. Caller holds s->mu. */
+void session_die_locked(struct session *s, int err, const char *why);
+void session_die(struct session *s, int err, const char *why);
+/* The peer broke the protocol: counts it, logs it and kills the session
+ * with err (SHMIPC_ECORRUPT if the peer shrank its memory). Returns the
+ * error reported. Caller holds s->mu. */
+int protocol_error(struct session *s, int err, const char *what);
+
+/* With cfg.notify_ready: puts a stream with news on the ready list (which
+ * takes a reference), once. Caller holds s->mu. */
+void mark_ready_locked(struct session *s, shmipc_stream *st);
+/* With cfg.notify_ready: pops the next stream that has messages or news (a
+ * reference is passed to the caller), NULL when none. */
+shmipc_stream *session_next_ready(struct session *s);
+
+void session_add_stats(struct session *s, struct shmipc_stats *st);
+
+#endif
