@@ -1,0 +1,165 @@
+/*
+ * The serving loop of a server thread (see loop.h). The one rule: a
+ * session is served as a batch and never waited on; a flush that meets a
+ * full queue waits on the session's blocked list and is retried here.
+ */
+#include "session/loop.h"
+
+#include <time.h>
+
+#include "proto/sock.h"
+#include "shm/atomics.h"
+#include "shmipc/errors.h"
+
+void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler *h, void *ctx)
+{
+    lp->epfd = epfd;
+    pthread_mutex_init(&lp->mu, NULL);
+    lp->conns = NULL;
+    lp->n = 0;
+    lp->h = h;
+    lp->ctx = ctx;
+}
+
+void serve_loop_destroy(struct serve_loop *lp)
+{
+    while (lp->conns != NULL)
+        serve_loop_close(lp, lp->conns);
+    pthread_mutex_destroy(&lp->mu);
+}
+
+unsigned serve_loop_count(struct serve_loop *lp)
+{
+    pthread_mutex_lock(&lp->mu);
+    unsigned n = lp->n;
+    pthread_mutex_unlock(&lp->mu);
+    return n;
+}
+
+void serve_loop_dispatch(struct serve_loop *lp, struct serve_conn *c)
+{
+    const struct serve_handler *h = lp->h;
+    shmipc_stream *st;
+    while ((st = session_next_ready(c->s)) != NULL) {
+        stream_lent = st; /* the handlers borrow it */
+        if (!st->seen_open) {
+            st->seen_open = 1;
+            if (h->open != NULL)
+                h->open(lp->ctx, c, st);
+        }
+        shmipc_msg m;
+        int closed = 0;
+        while (stream_take(st, &m, &closed) == 0)
+            h->message(lp->ctx, c, st, &m);
+        if (closed && !st->seen_close) {
+            st->seen_close = 1;
+            if (h->close != NULL)
+                h->close(lp->ctx, c, st);
+            stream_forget(st);
+        }
+        stream_lent = NULL;
+        stream_put(st); /* the ready list's reference */
+    }
+    if (h->pass_end != NULL)
+        h->pass_end(lp->ctx, c);
+}
+
+void serve_loop_close(struct serve_loop *lp, struct serve_conn *c)
+{
+    pthread_mutex_lock(&lp->mu);
+    struct serve_conn **pp = &lp->conns;
+    while (*pp != c)
+        pp = &(*pp)->next;
+    *pp = c->next;
+    lp->n--;
+    pthread_mutex_unlock(&lp->mu);
+    struct session *s = c->s;
+    session_unwatch(s);
+    if (session_alive(s))
+        session_die(s, SHMIPC_ECLOSED, "server closed the session");
+    session_retry_blocked(s);
+    serve_loop_dispatch(lp, c); /* every stream's close reaches the handler */
+    session_release_streams(s);
+    lp->h->closed(lp->ctx, c);
+    session_put(s);
+}
+
+struct serve_ctx {
+    struct serve_loop *lp;
+    struct serve_conn *c;
+};
+
+static void dispatch_cb(void *arg)
+{
+    struct serve_ctx *x = arg;
+    serve_loop_dispatch(x->lp, x->c);
+}
+
+void serve_loop_ready(struct serve_loop *lp, struct serve_conn *c)
+{
+    struct serve_ctx x = {lp, c};
+    if (!session_serve(c->s, dispatch_cb, &x))
+        serve_loop_close(lp, c);
+}
+
+void serve_loop_add(struct serve_loop *lp, struct serve_conn *c)
+{
+    c->tag.kind = SERVE_SESSION;
+    pthread_mutex_lock(&lp->mu);
+    c->next = lp->conns;
+    lp->conns = c;
+    lp->n++;
+    pthread_mutex_unlock(&lp->mu);
+    int rc = session_watch(c->s, lp->epfd, (epoll_data_t){.ptr = &c->tag});
+    if (rc < 0)
+        session_die(c->s, rc, "epoll_ctl failed");
+    serve_loop_ready(lp, c);
+}
+
+void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
+{
+    uint64_t window = (uint64_t)spin_us * 1000u, end = sock_now_ns() + window;
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED) && sock_now_ns() < end) {
+        int any = 0;
+        for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+            if (session_spin_harvest(c->s) > 0) {
+                serve_loop_dispatch(lp, c);
+                any = 1;
+            }
+        }
+        if (any)
+            end = sock_now_ns() + window;
+        else
+            for (int i = 0; i < 16; i++)
+                cpu_relax();
+    }
+    for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+        session_spin_end(c->s);
+        serve_loop_dispatch(lp, c);
+    }
+}
+
+int serve_loop_retry_blocked(struct serve_loop *lp)
+{
+    int any = 0;
+    for (struct serve_conn *c = lp->conns; c != NULL; c = c->next)
+        if (c->s->blocked != NULL)
+            any |= session_retry_blocked(c->s) > 0;
+    return any;
+}
+
+void serve_loop_drain(struct serve_loop *lp, uint64_t deadline_ns)
+{
+    for (;;) {
+        for (struct serve_conn *c = lp->conns, *n; c != NULL; c = n) {
+            n = c->next;
+            serve_loop_ready(lp, c);
+        }
+        if (!serve_loop_retry_blocked(lp) || sock_now_ns() >= deadline_ns)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    while (lp->conns != NULL)
+        serve_loop_close(lp, lp->conns);
+}

@@ -1,0 +1,77 @@
+/*
+ * The serving loop of one server thread, shared by the library's server
+ * and shmipcd's workers: its sessions, each served as a batch on
+ * readiness (harvest, then every ready stream's messages to the handler
+ * in stream order), flushes that met a full queue retried, the
+ * low-latency spin, and the close of a session with a last dispatch.
+ *
+ * Threads: everything but serve_loop_count() and walking `conns` under
+ * `mu` (what other threads may do, e.g. an admin command) runs on the
+ * loop's thread. The handler runs there too and must not block.
+ */
+#ifndef SHMIPC_SESSION_LOOP_H
+#define SHMIPC_SESSION_LOOP_H
+
+#include <pthread.h>
+
+#include "session/serve_tag.h"
+#include "session/session.h"
+
+/* A session in a loop; owners embed it (first member) in their own. */
+struct serve_conn {
+    struct serve_tag tag; /* SERVE_SESSION: the epoll data of the socket */
+    struct session *s;
+    struct serve_conn *next;
+};
+
+struct serve_handler {
+    /* A stream's first news (optional). */
+    void (*open)(void *ctx, struct serve_conn *c, shmipc_stream *st);
+    /* A message: the handler owns *m and releases it, now or later. */
+    void (*message)(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m);
+    /* The peer closed the stream, or the session ended (optional). */
+    void (*close)(void *ctx, struct serve_conn *c, shmipc_stream *st);
+    /* After each dispatch pass over a session (optional). */
+    void (*pass_end)(void *ctx, struct serve_conn *c);
+    /* The session left the loop and is closed: the owner's last look at
+     * c (counters, logs); it frees c. c->s is still readable, and put by
+     * the loop right after. */
+    void (*closed)(void *ctx, struct serve_conn *c);
+};
+
+struct serve_loop {
+    int epfd;           /* the thread's epoll set (the owner's) */
+    pthread_mutex_t mu; /* guards conns and n against other threads */
+    struct serve_conn *conns;
+    unsigned n;
+    const struct serve_handler *h;
+    void *ctx;
+};
+
+void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler *h, void *ctx);
+/* Closes every session left, then frees the loop's own resources. */
+void serve_loop_destroy(struct serve_loop *lp);
+/* Takes c (c->s set): watches its socket, then serves it at once (a
+ * file-path client may have queued requests before the handshake ended).
+ * A session that cannot be watched is closed. */
+void serve_loop_add(struct serve_loop *lp, struct serve_conn *c);
+/* Its socket is ready: serve the batch; a dead session is closed. */
+void serve_loop_ready(struct serve_loop *lp, struct serve_conn *c);
+/* Runs the handler over every stream with news. */
+void serve_loop_dispatch(struct serve_loop *lp, struct serve_conn *c);
+/* Closes c: the handler hears of every stream's end, then `closed`. */
+void serve_loop_close(struct serve_loop *lp, struct serve_conn *c);
+/* Low-latency mode: polls every session's queue for spin_us after work
+ * (holding the working flags, so clients skip their Polling), new work
+ * restarting the window; stops early when *stop becomes non-zero. */
+void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop);
+/* Retries flushes that met a full queue; 1 while any stream stays
+ * blocked (the caller polls again soon). */
+int serve_loop_retry_blocked(struct serve_loop *lp);
+/* Stop: serves what is queued and retries what is blocked until nothing
+ * is or the deadline passed, then closes every session. */
+void serve_loop_drain(struct serve_loop *lp, uint64_t deadline_ns);
+/* Sessions in the loop (any thread). */
+unsigned serve_loop_count(struct serve_loop *lp);
+
+#endif
