@@ -1,46 +1,18 @@
 /*
  * Admin commands (text in, text or JSON out): status, stats [--json],
  * stop. Runs on the master thread; reads worker-owned sessions under each
- * worker's mutex and each session's own lock.
+ * worker loop's mutex and each session's own lock.
  */
+#include "server/admin.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "server/daemon.h"
-
-struct buf {
-    char *p;
-    size_t len, cap;
-};
-
-static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(struct buf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (b->p != NULL && b->len + (size_t)n < b->cap) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->len + (size_t)n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (p == NULL)
-            return;
-        b->p = p;
-        b->cap = cap;
-    }
-}
+#include "server/reload.h"
+#include "server/strbuf.h"
 
 /* Bytes of the client's pool currently taken (both sides), as the
  * shared free counts say; clamped, since the client can write them. */
@@ -65,10 +37,10 @@ static unsigned count_retiring(const struct daemon *d)
     return n;
 }
 
-static void status(struct daemon *d, struct buf *b)
+static void status(struct daemon *d, struct strbuf *b)
 {
-    put(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
-        (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->nworkers);
+    strbuf_add(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
+               (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->nworkers);
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
@@ -77,62 +49,62 @@ static void status(struct daemon *d, struct buf *b)
         unsigned draining = 0;
         for (struct retiring *r = d->retiring; r != NULL; r = r->next)
             draining += r->svc == svc;
-        put(b,
-            "service %s: listen %s, plugin %s %s, generation %u, draining generations %u, "
-            "sessions %u\n",
-            svc->name, svc->addr.text, g->desc->name, g->desc->version, g->number, draining, open);
+        strbuf_add(b,
+                   "service %s: listen %s, plugin %s %s, generation %u, draining generations %u, "
+                   "sessions %u\n",
+                   svc->name, svc->l.addr.text, g->desc->name, g->desc->version, g->number,
+                   draining, open);
     }
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
-        put(b, "service %s: removed, draining\n", svc->name);
-    put(b, "reloads %lu (refused %lu), generations finished %lu, still draining %u\n",
-        (unsigned long)d->reloads, (unsigned long)d->reloads_failed,
-        (unsigned long)d->gens_retired, count_retiring(d));
+        strbuf_add(b, "service %s: removed, draining\n", svc->name);
+    strbuf_add(b, "reloads %lu (refused %lu), generations finished %lu, still draining %u\n",
+               (unsigned long)d->reloads, (unsigned long)d->reloads_failed,
+               (unsigned long)d->gens_retired, count_retiring(d));
     for (unsigned i = 0; i < d->nworkers; i++) {
         pthread_mutex_lock(&d->workers[i].mu);
-        put(b, "worker %u: sessions %u\n", i, d->workers[i].nsessions);
+        strbuf_add(b, "worker %u: sessions %u\n", i, d->workers[i].nsessions);
         pthread_mutex_unlock(&d->workers[i].mu);
     }
 }
 
-static void session_line(struct buf *b, struct dsession *ds, unsigned worker, int json, int first)
+static void session_line(struct strbuf *b, struct dsession *ds, unsigned worker, int json,
+                         int first)
 {
     /* The worker counts these as it goes, without a lock. */
     unsigned long requests = __atomic_load_n(&ds->requests, __ATOMIC_RELAXED);
     unsigned long handler_errors = __atomic_load_n(&ds->handler_errors, __ATOMIC_RELAXED);
     struct shmipc_stats st = {0};
-    session_add_stats(ds->s, &st);
-    uint64_t in_use = pool_bytes_in_use(&ds->s->pool->pool);
+    session_add_stats(ds->conn.s, &st);
+    uint64_t in_use = pool_bytes_in_use(&ds->conn.s->pool->pool);
     if (json) {
-        put(b,
-            "%s{\"id\":%lu,\"service\":\"%s\",\"worker\":%u,\"requests\":%lu,"
-            "\"handler_errors\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,\"wakeups_sent\":%lu,"
-            "\"wakeups_received\":%lu,\"fallbacks_sent\":%lu,\"fallbacks_received\":%lu,"
-            "\"queue_full\":%lu,\"streams\":%lu,\"pool_bytes_in_use\":%lu}",
-            first ? "" : ",", (unsigned long)ds->id, ds->svc->name, worker,
-            requests, handler_errors,
-            (unsigned long)st.bytes_received, (unsigned long)st.bytes_sent,
-            (unsigned long)st.wakeups_sent, (unsigned long)st.wakeups_received,
-            (unsigned long)st.fallbacks_sent, (unsigned long)st.fallbacks_received,
-            (unsigned long)st.queue_full, (unsigned long)st.streams_opened,
-            (unsigned long)in_use);
+        strbuf_add(b,
+                   "%s{\"id\":%lu,\"service\":\"%s\",\"worker\":%u,\"requests\":%lu,"
+                   "\"handler_errors\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,\"wakeups_sent\":%lu,"
+                   "\"wakeups_received\":%lu,\"fallbacks_sent\":%lu,\"fallbacks_received\":%lu,"
+                   "\"queue_full\":%lu,\"streams\":%lu,\"pool_bytes_in_use\":%lu}",
+                   first ? "" : ",", (unsigned long)ds->id, ds->svc->name, worker, requests,
+                   handler_errors, (unsigned long)st.bytes_received, (unsigned long)st.bytes_sent,
+                   (unsigned long)st.wakeups_sent, (unsigned long)st.wakeups_received,
+                   (unsigned long)st.fallbacks_sent, (unsigned long)st.fallbacks_received,
+                   (unsigned long)st.queue_full, (unsigned long)st.streams_opened,
+                   (unsigned long)in_use);
         return;
     }
-    put(b,
-        "session %lu (%s, worker %u): requests %lu, errors %lu, bytes in %lu out %lu, "
-        "wake-ups sent %lu received %lu, fallbacks sent %lu received %lu, queue full %lu, "
-        "pool bytes in use %lu\n",
-        (unsigned long)ds->id, ds->svc->name, worker, requests, handler_errors,
-        (unsigned long)st.bytes_received,
-        (unsigned long)st.bytes_sent, (unsigned long)st.wakeups_sent,
-        (unsigned long)st.wakeups_received, (unsigned long)st.fallbacks_sent,
-        (unsigned long)st.fallbacks_received, (unsigned long)st.queue_full,
-        (unsigned long)in_use);
+    strbuf_add(b,
+               "session %lu (%s, worker %u): requests %lu, errors %lu, bytes in %lu out %lu, "
+               "wake-ups sent %lu received %lu, fallbacks sent %lu received %lu, queue full %lu, "
+               "pool bytes in use %lu\n",
+               (unsigned long)ds->id, ds->svc->name, worker, requests, handler_errors,
+               (unsigned long)st.bytes_received, (unsigned long)st.bytes_sent,
+               (unsigned long)st.wakeups_sent, (unsigned long)st.wakeups_received,
+               (unsigned long)st.fallbacks_sent, (unsigned long)st.fallbacks_received,
+               (unsigned long)st.queue_full, (unsigned long)in_use);
 }
 
-static void stats(struct daemon *d, struct buf *b, int json)
+static void stats(struct daemon *d, struct strbuf *b, int json)
 {
     if (json)
-        put(b, "{\"services\":[");
+        strbuf_add(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct svc_stats *s = &d->svcs[i]->st;
         unsigned long v[10] = {
@@ -148,44 +120,46 @@ static void stats(struct daemon *d, struct buf *b, int json)
             __atomic_load_n(&s->protocol_errors, __ATOMIC_RELAXED),
         };
         if (json)
-            put(b,
-                "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
-                "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
-                "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu,"
-                "\"protocol_errors\":%lu}",
-                i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7],
-                v[8], v[9]);
+            strbuf_add(b,
+                       "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
+                       "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
+                       "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu,"
+                       "\"protocol_errors\":%lu}",
+                       i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
+                       v[7], v[8], v[9]);
         else
-            put(b,
-                "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
-                "sessions opened %lu closed %lu, handshakes failed %lu, refused %lu, "
-                "idle closed %lu, protocol errors %lu\n",
-                d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]);
+            strbuf_add(b,
+                       "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
+                       "sessions opened %lu closed %lu, handshakes failed %lu, refused %lu, "
+                       "idle closed %lu, protocol errors %lu\n",
+                       d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
+                       v[9]);
     }
     if (json)
-        put(b, "],\"sessions\":[");
+        strbuf_add(b, "],\"sessions\":[");
     int first = 1;
     for (unsigned i = 0; i < d->nworkers; i++) {
-        pthread_mutex_lock(&d->workers[i].mu);
-        for (struct dsession *ds = d->workers[i].sessions; ds != NULL; ds = ds->next) {
-            session_line(b, ds, i, json, first);
+        struct serve_loop *lp = &d->workers[i].loop;
+        pthread_mutex_lock(&lp->mu);
+        for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+            session_line(b, (struct dsession *)c, i, json, first);
             first = 0;
         }
-        pthread_mutex_unlock(&d->workers[i].mu);
+        pthread_mutex_unlock(&lp->mu);
     }
     /* Workers drop pools (under the registry lock) while we read. */
     pthread_mutex_lock(&d->reg.mu);
     unsigned pools = d->reg.count;
     pthread_mutex_unlock(&d->reg.mu);
     if (json)
-        put(b, "],\"pools_mapped\":%u}\n", pools);
+        strbuf_add(b, "],\"pools_mapped\":%u}\n", pools);
     else
-        put(b, "pools mapped: %u\n", pools);
+        strbuf_add(b, "pools mapped: %u\n", pools);
 }
 
 char *admin_command(struct daemon *d, const char *line, int *stop)
 {
-    struct buf b = {0};
+    struct strbuf b = {0};
     *stop = 0;
     if (strcmp(line, "status") == 0)
         status(d, &b);
@@ -196,12 +170,13 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
     else if (strcmp(line, "reload") == 0) {
         char *report = NULL;
         daemon_reload(d, &report);
-        put(&b, "%s", report != NULL ? report : "error: reload: out of memory\n");
+        strbuf_add(&b, "%s", report != NULL ? report : "error: reload: out of memory\n");
         free(report);
     } else if (strcmp(line, "stop") == 0) {
-        put(&b, "stopping\n");
+        strbuf_add(&b, "stopping\n");
         *stop = 1;
     } else
-        put(&b, "error: unknown command '%.64s' (status, stats [--json], reload, stop)\n", line);
+        strbuf_add(&b, "error: unknown command '%.64s' (status, stats [--json], reload, stop)\n",
+                   line);
     return b.p;
 }

@@ -37,7 +37,7 @@
 #define DEF_SVC_MODE 0660
 #define DEF_ALLOWED_DIR "/dev/shm"
 
-struct loader {
+struct conf_parser {
     struct daemon_conf *c;
     const char *path; /* as the caller wrote it, for messages */
     char *err;
@@ -82,9 +82,9 @@ static const char *type_name(int type)
 
 /* Formats "FILE:LINE: key 'KEY': why" at setting s (line 1 for the root)
  * and returns code. */
-static int fail_code(struct loader *ld, int code, const config_setting_t *s, const char *key,
+static int fail_code(struct conf_parser *ld, int code, const config_setting_t *s, const char *key,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int fail_code(struct loader *ld, int code, const config_setting_t *s, const char *key,
+static int fail_code(struct conf_parser *ld, int code, const config_setting_t *s, const char *key,
                      const char *fmt, ...)
 {
     if (ld->err == NULL || ld->errlen == 0)
@@ -122,7 +122,7 @@ static int in_list(const char *name, const char *const *list)
 }
 
 /* Refuses members of `group` whose names are not in `allowed`. */
-static int check_keys(struct loader *ld, const config_setting_t *group, const char *prefix,
+static int check_keys(struct conf_parser *ld, const config_setting_t *group, const char *prefix,
                       const char *const *allowed)
 {
     for (int i = 0; i < config_setting_length(group); i++) {
@@ -156,7 +156,7 @@ struct member {
 /* Looks up member `name` of parent into m; 1 when its type is one of
  * `types` (TYPE_BIT()s), 0 when absent, <0 refused as "must be <what>, not
  * <its type>". */
-static int get_member(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_member(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                       const char *name, unsigned types, const char *what, struct member *m)
 {
     m->s = config_setting_get_member(parent, name);
@@ -169,7 +169,7 @@ static int get_member(struct loader *ld, const config_setting_t *parent, const c
     return 1;
 }
 
-static int get_group(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_group(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                      const char *name, const config_setting_t **out)
 {
     struct member m;
@@ -179,7 +179,7 @@ static int get_group(struct loader *ld, const config_setting_t *parent, const ch
     return rc;
 }
 
-static int get_int(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_int(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                    const char *name, long long min, long long max, long long *out)
 {
     struct member m;
@@ -195,7 +195,7 @@ static int get_int(struct loader *ld, const config_setting_t *parent, const char
     return 1;
 }
 
-static int get_bool(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_bool(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                     const char *name, int *out)
 {
     struct member m;
@@ -206,7 +206,7 @@ static int get_bool(struct loader *ld, const config_setting_t *parent, const cha
 }
 
 /* The member is left in m, also when absent (its key names it). */
-static int get_string(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_string(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                       const char *name, struct member *m, const char **out)
 {
     int rc = get_member(ld, parent, prefix, name, TYPE_BIT(CONFIG_TYPE_STRING), "a string", m);
@@ -220,7 +220,7 @@ static int get_string(struct loader *ld, const config_setting_t *parent, const c
 
 /* get_string for a key every service needs: absence is refused at the
  * service as "missing (<why>)". */
-static int get_needed(struct loader *ld, const config_setting_t *e, const char *prefix,
+static int get_needed(struct conf_parser *ld, const config_setting_t *e, const char *prefix,
                       const char *name, const char *why, struct member *m, const char **out)
 {
     int rc = get_string(ld, e, prefix, name, m, out);
@@ -231,7 +231,7 @@ static int get_needed(struct loader *ld, const config_setting_t *e, const char *
 
 /* An octal file mode written as a string ("0660"): a bare 0660 would be
  * read by libconfig as the decimal 660. */
-static int get_mode(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_mode(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                     const char *name, int *out)
 {
     struct member m;
@@ -255,7 +255,7 @@ static int get_mode(struct loader *ld, const config_setting_t *parent, const cha
     return 1;
 }
 
-static int dup_str(struct loader *ld, const config_setting_t *s, const char *key, const char *v,
+static int dup_str(struct conf_parser *ld, const config_setting_t *s, const char *key, const char *v,
                    char **out)
 {
     *out = strdup(v);
@@ -435,7 +435,7 @@ static char *read_all(const char *path, size_t *n)
     return buf;
 }
 
-static int check_wrapped(struct loader *ld)
+static int check_wrapped(struct conf_parser *ld)
 {
     const config_t *cfg = &ld->c->cfg;
     for (unsigned f = 0; f < cfg->num_filenames; f++) {
@@ -485,9 +485,9 @@ static int check_wrapped(struct loader *ld)
  * nested includes are followed as deep as libconfig goes. */
 #define INCLUDE_MAX_DEPTH 10 /* libconfig 1.5's MAX_INCLUDE_DEPTH */
 
-static int check_includes(struct loader *ld, const char *file, int depth);
+static int check_includes(struct conf_parser *ld, const char *file, int depth);
 
-static int include_fail(struct loader *ld, const char *file, unsigned line, const char *name,
+static int include_fail(struct conf_parser *ld, const char *file, unsigned line, const char *name,
                         size_t len, const char *why)
 {
     if (ld->err != NULL && ld->errlen > 0)
@@ -497,7 +497,7 @@ static int include_fail(struct loader *ld, const char *file, unsigned line, cons
 }
 
 /* p[0..n) follows the opening quote of an include on `line` of `file`. */
-static int check_include_target(struct loader *ld, const char *file, unsigned line, const char *p,
+static int check_include_target(struct conf_parser *ld, const char *file, unsigned line, const char *p,
                                 size_t n, int depth)
 {
     const char *q = memchr(p, '"', n);
@@ -521,7 +521,7 @@ static int check_include_target(struct loader *ld, const char *file, unsigned li
     return check_includes(ld, path, depth + 1);
 }
 
-static int check_includes(struct loader *ld, const char *file, int depth)
+static int check_includes(struct conf_parser *ld, const char *file, int depth)
 {
     size_t n;
     char *text = read_all(file, &n);
@@ -577,7 +577,7 @@ static const struct int_key limit_ints[] = {
 
 /* Reads keys[0..n) of group into ld->c, in order; absent keys keep their
  * defaults. 0, or the first refusal. */
-static int get_ints(struct loader *ld, const config_setting_t *group, const char *prefix,
+static int get_ints(struct conf_parser *ld, const config_setting_t *group, const char *prefix,
                     const struct int_key *keys, size_t n)
 {
     _Static_assert(sizeof(int) == sizeof(uint32_t), "32-bit fields are int or unsigned");
@@ -600,7 +600,7 @@ static int get_ints(struct loader *ld, const config_setting_t *group, const char
     return 0;
 }
 
-static int load_top(struct loader *ld, const config_setting_t *root)
+static int load_top(struct conf_parser *ld, const config_setting_t *root)
 {
     struct daemon_conf *c = ld->c;
     int rc;
@@ -640,7 +640,7 @@ static int load_top(struct loader *ld, const config_setting_t *root)
     return 0;
 }
 
-static int load_limits(struct loader *ld, const config_setting_t *root)
+static int load_limits(struct conf_parser *ld, const config_setting_t *root)
 {
     const config_setting_t *lim;
     int rc;
@@ -652,7 +652,7 @@ static int load_limits(struct loader *ld, const config_setting_t *root)
 }
 
 /* Resolves plugin_dir (relative to the file's directory) into plugin_base. */
-static int load_plugin_dir(struct loader *ld, const config_setting_t *root)
+static int load_plugin_dir(struct conf_parser *ld, const config_setting_t *root)
 {
     const char *dir;
     struct member m;
@@ -675,7 +675,7 @@ static int load_plugin_dir(struct loader *ld, const config_setting_t *root)
     return 0;
 }
 
-static int resolve_plugin(struct loader *ld, const config_setting_t *s, const char *key,
+static int resolve_plugin(struct conf_parser *ld, const config_setting_t *s, const char *key,
                           const char *plugin, char **out)
 {
     char full[2 * PATH_MAX];
@@ -705,7 +705,7 @@ static int valid_name(const char *name)
 /* One element of `services`; addrs[0..i) hold the earlier services'
  * addresses (normalized text) for the uniqueness check. */
 /* An array of uids or gids ("allow_uids = [0, 1000];"). */
-static int get_ids(struct loader *ld, const config_setting_t *parent, const char *prefix,
+static int get_ids(struct conf_parser *ld, const config_setting_t *parent, const char *prefix,
                    const char *name, unsigned *ids, unsigned *n)
 {
     struct member m;
@@ -781,7 +781,7 @@ static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
     return 0;
 }
 
-static int load_service(struct loader *ld, const config_setting_t *e, unsigned i,
+static int load_service(struct conf_parser *ld, const config_setting_t *e, unsigned i,
                         struct sock_addr *addrs)
 {
     struct svc_conf *sv = &ld->c->services[i];
@@ -863,7 +863,7 @@ static int load_service(struct loader *ld, const config_setting_t *e, unsigned i
     return 0;
 }
 
-static int load_services(struct loader *ld, const config_setting_t *root)
+static int load_services(struct conf_parser *ld, const config_setting_t *root)
 {
     struct daemon_conf *c = ld->c;
     const config_setting_t *svcs = config_setting_get_member(root, "services");
@@ -919,7 +919,7 @@ static void set_defaults(struct daemon_conf *c)
 }
 
 /* Checks the file can be opened and fills conf_dir and c->path. */
-static int locate(struct loader *ld)
+static int locate(struct conf_parser *ld)
 {
     const char *path = ld->path;
     struct stat st;
@@ -958,7 +958,7 @@ static int locate(struct loader *ld)
     return 0;
 }
 
-static int load(struct loader *ld)
+static int load(struct conf_parser *ld)
 {
     struct daemon_conf *c = ld->c;
     int rc = locate(ld);
@@ -998,7 +998,7 @@ int conf_load(const char *path, struct daemon_conf *out, char *err, size_t errle
         err[0] = '\0';
     if (path == NULL)
         return -EINVAL;
-    struct loader *ld = calloc(1, sizeof(*ld)); /* two PATH_MAX buffers: not on the stack */
+    struct conf_parser *ld = calloc(1, sizeof(*ld)); /* two PATH_MAX buffers: not on the stack */
     if (ld == NULL)
         return -ENOMEM;
     ld->c = out;

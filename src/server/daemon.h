@@ -3,13 +3,19 @@
  * signals and the admin socket; worker threads own sessions (one epoll set
  * each, exactly one consumer per receive queue) and call the plugins.
  *
- * Hand-over: the master finishes a handshake, builds the session and puts
- * it in the least-loaded worker's inbox (under that worker's mutex), then
- * pokes the worker's eventfd. From then on only that worker drives the
- * session. A worker's mutex also guards its session list so the master can
- * read counters for the admin socket.
+ * Listeners, handshakes and the serving loop are the library's server
+ * core (session/listener.h, session/accept.h, session/loop.h), the same
+ * the library's own server runs on; what is here is what a daemon adds:
+ * configuration, plugins and their generations, limits, admin, workers.
  *
- * Lock order: worker mutex, then a session's mutex.
+ * Hand-over: the master's handshakes (serve_accept) end in a session that
+ * goes to the least-loaded worker's inbox (under that worker's mutex), and
+ * the worker's eventfd is poked. From then on only that worker drives the
+ * session, in its serve_loop; the loop's mutex guards the session list so
+ * the master can read counters for the admin socket.
+ *
+ * Lock order: a worker's mutex or its loop's mutex (never both), then a
+ * session's mutex.
  */
 #ifndef SHMIPC_SERVER_DAEMON_H
 #define SHMIPC_SERVER_DAEMON_H
@@ -21,14 +27,15 @@
 #include "proto/sock.h"
 #include "server/config.h"
 #include "server/loader.h"
+#include "server/uids.h"
 #include "server/watch.h"
+#include "session/accept.h"
+#include "session/listener.h"
+#include "session/loop.h"
 #include "session/session.h"
 
-enum ep_kind { EPK_LISTEN, EPK_SIGNAL, EPK_ADMIN, EPK_HANDSHAKE, EPK_SESSION, EPK_WAKE, EPK_WATCH };
-
-struct ep_tag {
-    enum ep_kind kind;
-};
+/* The daemon's own epoll entries, after the server core's (serve_tag.h). */
+enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH };
 
 struct svc_stats {
     uint64_t requests, bytes_in, bytes_out, handler_errors;
@@ -56,7 +63,8 @@ struct gen_source {
 };
 
 struct service {
-    struct ep_tag tag;
+    struct serve_listener l; /* l.ctx is the service */
+    struct serve_settings set; /* what its sessions get */
     unsigned index;
     char name[64];
     char listen[256];
@@ -65,9 +73,6 @@ struct service {
     gid_t gid;
     char allowed_dir[256];
     char plugin_path[4096];
-    struct sock_addr addr;
-    int lfd;
-    ino_t sock_ino;
     struct plugin_gen *gen;  /* current generation; swapped atomically */
     struct gen_source src;   /* what gen was made from */
     unsigned next_gen;
@@ -81,14 +86,13 @@ struct service {
 };
 
 struct dsession {
-    struct ep_tag tag;
-    struct session *s;
+    struct serve_conn conn; /* in its worker's loop */
     struct service *svc;
     uint64_t id;
     struct worker *w;
     long long uid;             /* peer's uid (SO_PEERCRED), -1 when unknown */
     uint64_t requests, handler_errors; /* written by the worker only */
-    struct dsession *next;
+    struct dsession *next_in; /* in the worker's inbox */
 };
 
 enum wcmd_kind { WCMD_THREAD_INIT, WCMD_THREAD_FINI, WCMD_CLOSE_SERVICE };
@@ -104,13 +108,22 @@ struct wcmd {
     struct wcmd *next;
 };
 
+/* One dispatch pass: the plugin generation is taken once for all the
+ * requests it answers, and the shared counters are added once at its end. */
+struct pass {
+    struct plugin_gen *g;
+    uint64_t requests, bytes_in, bytes_out, errors;
+};
+
 struct worker {
-    struct ep_tag wake_tag;
+    struct serve_tag wake_tag;
     unsigned index;
     pthread_t th;
     int epfd, evfd;
-    pthread_mutex_t mu;        /* sessions, inbox, nsessions */
-    struct dsession *sessions;
+    struct serve_loop loop;    /* its sessions (loop.mu for other threads) */
+    int loop_ready;
+    struct pass pass;          /* the dispatch pass in progress */
+    pthread_mutex_t mu;        /* inbox, nsessions, cmds */
     struct dsession *inbox;
     unsigned nsessions;        /* including the inbox */
     struct wcmd *cmds;         /* pending jobs from the master */
@@ -118,16 +131,6 @@ struct worker {
     int stop;                  /* atomic: 1 drain then exit */
     uint64_t drain_deadline_ns;
     struct daemon *d;
-};
-
-struct hs_pending {
-    struct ep_tag tag;
-    struct hs_server hs;
-    struct service *svc;
-    long long uid;
-    struct pool_ref *pool;
-    struct region qregion;
-    struct hs_pending *next;
 };
 
 struct retiring {
@@ -149,77 +152,21 @@ struct daemon {
     struct worker *workers;
     unsigned nworkers;
     struct pool_registry reg;
-    int epfd, sigfd, adminfd;
-    struct ep_tag sig_tag, admin_tag;
-    struct sock_addr admin_addr;
-    ino_t admin_ino;
-    struct hs_pending *hs;
-    unsigned nhs;
+    int epfd, sigfd;
+    struct serve_tag sig_tag;
+    struct serve_listener admin; /* tag EPK_ADMIN; fd -1 when none */
+    struct serve_accept acc;     /* handshakes in progress */
     uint64_t next_session_id;
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;
     uint64_t started_ns;
-    pthread_mutex_t uid_mu;    /* sessions per peer uid */
-    struct uid_count {
-        long long uid;
-        unsigned n;
-    } *uids;
-    unsigned nuids, capuids;
+    struct uid_counts uids;    /* sessions per peer uid */
     int spin_us;               /* low-latency mode of the workers (config) */
     int idle_timeout_ms;       /* copies workers read: d->conf changes on reload */
     char conf_path[4096];
     struct watch watch;
-    struct ep_tag watch_tag;
+    struct serve_tag watch_tag;
     int stopping;
 };
-
-/* The host API table handed to plugins. */
-void host_api_init(struct shmipc_host_api *h);
-
-/* main.c's phases */
-int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen);
-int daemon_run(struct daemon *d);
-void daemon_stop_and_free(struct daemon *d);
-
-/* worker.c */
-int worker_start(struct worker *w, struct daemon *d, unsigned index);
-void worker_hand_over(struct worker *w, struct dsession *ds);
-void worker_stop(struct worker *w, uint64_t drain_deadline_ns);
-void worker_join(struct worker *w);
-
-/* worker.c: runs a job on every worker's thread and waits for all. Returns
- * the first failure (err filled) or 0. */
-int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, struct service *svc,
-                 char *err, size_t errlen);
-
-/* master.c: counts of sessions per peer uid (max_sessions_per_uid). */
-void uid_release(struct daemon *d, long long uid);
-
-/* master.c: drops the handshakes in progress for a service going away. */
-void master_drop_handshakes(struct daemon *d, struct service *svc);
-
-/* reload.c */
-void conf_ref_get(struct conf_ref *r);
-void conf_ref_put(struct conf_ref *r);
-/* Loads a service's plugin as a new generation and runs thread_init on
- * every worker; on success svc->gen is NOT yet changed: *out is ready. */
-int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf *sc,
-                    struct conf_ref *cref, struct plugin_gen **out, char *err, size_t errlen);
-int gen_source_read(struct gen_source *src, const char *path, const config_setting_t *conf);
-void gen_source_free(struct gen_source *src);
-/* Re-reads the configuration and applies it; the report (malloc'd) says
- * what changed and why anything failed. Returns 0 if everything applied. */
-int daemon_reload(struct daemon *d, char **report);
-/* Finishes retired generations whose last request completed; returns how
- * many are still draining. */
-unsigned daemon_retire(struct daemon *d);
-struct service *service_create(struct daemon *d, const struct svc_conf *sc, char *err,
-                               size_t errlen);
-int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen);
-void service_free(struct daemon *d, struct service *svc);
-
-/* admin.c: runs one admin command, writes the reply into a malloc'd
- * buffer. Sets *stop when the command asks the daemon to stop. */
-char *admin_command(struct daemon *d, const char *line, int *stop);
 
 #endif

@@ -8,7 +8,8 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "server/daemon.h"
+#include "server/handler.h"
+#include "server/master.h"
 #include "shmipc/errors.h"
 
 static void usage(void)

@@ -1,10 +1,13 @@
 /*
- * shmipcd's master thread: configuration, plugins, listeners, handshakes,
- * signals (through a signalfd, so handlers never run in odd places) and
- * the admin socket. The one rule: nothing here waits on a client; every
- * handshake is a state machine with a deadline, and a finished session is
- * handed to a worker at once.
+ * shmipcd's master thread: configuration, plugins, the services'
+ * listeners, admission (limits, allowlists, sessions per uid), signals
+ * (through a signalfd, so handlers never run in odd places) and the admin
+ * socket. Handshakes run in the server core (session/accept.h). The one
+ * rule: nothing here waits on a client; a finished session is handed to a
+ * worker at once.
  */
+#include "server/master.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,9 +22,15 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "server/daemon.h"
+#include "server/admin.h"
+#include "server/handler.h"
+#include "server/reload.h"
+#include "server/service.h"
+#include "server/worker.h"
 #include "session/accept.h"
 #include "shmipc/errors.h"
+
+static const struct serve_accept_ops accept_ops;
 
 static int ep_add(struct daemon *d, int fd, uint32_t events, void *tag)
 {
@@ -29,25 +38,7 @@ static int ep_add(struct daemon *d, int fd, uint32_t events, void *tag)
     return epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
-static ino_t sock_inode(const struct sock_addr *a)
-{
-    struct stat st;
-    if (a->family != AF_UNIX || stat(((const struct sockaddr_un *)&a->ss)->sun_path, &st) < 0)
-        return 0;
-    return st.st_ino;
-}
-
-static void unlink_own_socket(const struct sock_addr *a, ino_t ino)
-{
-    if (a->family != AF_UNIX || ino == 0)
-        return;
-    const char *path = ((const struct sockaddr_un *)&a->ss)->sun_path;
-    struct stat st;
-    if (stat(path, &st) == 0 && st.st_ino == ino)
-        unlink(path);
-}
-
-static int load_services(struct daemon *d, char *err, size_t errlen)
+static int start_services(struct daemon *d, char *err, size_t errlen)
 {
     for (unsigned i = 0; i < d->conf->nservices; i++) {
         struct service *svc = service_create(d, &d->conf->services[i], err, errlen);
@@ -65,17 +56,16 @@ static int load_services(struct daemon *d, char *err, size_t errlen)
 
 static int open_admin(struct daemon *d, char *err, size_t errlen)
 {
-    d->adminfd = -1;
+    d->admin.fd = -1;
     if (d->conf->admin == NULL)
         return 0;
-    int rc = sock_addr_parse(d->conf->admin, &d->admin_addr);
-    if (rc == 0 && d->admin_addr.family != AF_UNIX)
+    struct sock_addr a;
+    int rc = sock_addr_parse(d->conf->admin, &a);
+    if (rc == 0 && a.family != AF_UNIX)
         rc = -EINVAL; /* never on a network */
-    if (rc == 0 && (rc = sock_listen(&d->admin_addr, d->conf->admin_mode, 16)) >= 0) {
-        d->adminfd = rc;
-        d->admin_ino = sock_inode(&d->admin_addr);
-        d->admin_tag.kind = EPK_ADMIN;
-        rc = ep_add(d, d->adminfd, EPOLLIN, &d->admin_tag);
+    if (rc == 0 && (rc = serve_listen(&d->admin, d->conf->admin, d->conf->admin_mode, 16)) == 0) {
+        d->admin.tag.kind = EPK_ADMIN;
+        rc = ep_add(d, d->admin.fd, EPOLLIN, &d->admin.tag);
     }
     if (rc < 0)
         snprintf(err, errlen, "admin socket %s: %s", d->conf->admin, shmipc_strerror(rc));
@@ -85,9 +75,9 @@ static int open_admin(struct daemon *d, char *err, size_t errlen)
 int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen)
 {
     memset(d, 0, sizeof(*d));
-    d->epfd = d->sigfd = d->adminfd = -1;
+    d->epfd = d->sigfd = d->admin.fd = -1;
     watch_init(&d->watch);
-    pthread_mutex_init(&d->uid_mu, NULL);
+    uid_counts_init(&d->uids);
     d->started_ns = sock_now_ns();
     pool_registry_init(&d->reg);
     host_api_init(&d->host);
@@ -127,7 +117,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->sig_tag.kind = EPK_SIGNAL;
     if ((rc = ep_add(d, d->sigfd, EPOLLIN, &d->sig_tag)) < 0)
         return rc;
-    if ((rc = load_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0)
+    serve_accept_init(&d->acc, d->epfd, &d->reg, &accept_ops, d);
+    if ((rc = start_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0)
         return rc;
     d->workers = calloc(d->nworkers, sizeof(*d->workers));
     if (d->workers == NULL)
@@ -155,72 +146,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     return 0;
 }
 
-/* ---- handshakes ---- */
-
-static void hs_drop(struct daemon *d, struct hs_pending *h, int close_fd)
-{
-    struct hs_pending **pp = &d->hs;
-    while (*pp != h)
-        pp = &(*pp)->next;
-    *pp = h->next;
-    d->nhs--;
-    if (close_fd) {
-        epoll_ctl(d->epfd, EPOLL_CTL_DEL, h->hs.fd, NULL);
-        close(h->hs.fd);
-        uid_release(d, h->uid); /* a session carries it on otherwise */
-    }
-    hs_server_cleanup(&h->hs);
-    if (h->pool != NULL)
-        pool_ref_put(h->pool);
-    region_close(&h->qregion);
-    free(h);
-}
-
-/* Counts a session (or handshake) of uid; 0, or -EUSERS over the limit. */
-static int uid_acquire(struct daemon *d, long long uid)
-{
-    if (uid < 0 || d->conf->max_sessions_per_uid == 0)
-        return 0;
-    int rc = 0;
-    pthread_mutex_lock(&d->uid_mu);
-    unsigned i = 0;
-    while (i < d->nuids && d->uids[i].uid != uid)
-        i++;
-    if (i == d->nuids) {
-        if (d->nuids == d->capuids) {
-            unsigned cap = d->capuids ? d->capuids * 2 : 16;
-            struct uid_count *u = realloc(d->uids, cap * sizeof(*u));
-            if (u == NULL) {
-                pthread_mutex_unlock(&d->uid_mu);
-                return -ENOMEM;
-            }
-            d->uids = u;
-            d->capuids = cap;
-        }
-        d->uids[d->nuids++] = (struct uid_count){uid, 0};
-    }
-    if (d->uids[i].n >= d->conf->max_sessions_per_uid)
-        rc = -EUSERS;
-    else
-        d->uids[i].n++;
-    pthread_mutex_unlock(&d->uid_mu);
-    return rc;
-}
-
-void uid_release(struct daemon *d, long long uid)
-{
-    if (uid < 0)
-        return;
-    pthread_mutex_lock(&d->uid_mu);
-    for (unsigned i = 0; i < d->nuids; i++) {
-        if (d->uids[i].uid == uid) {
-            if (--d->uids[i].n == 0)
-                d->uids[i] = d->uids[--d->nuids];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&d->uid_mu);
-}
+/* ---- admission and sessions (the server core's callbacks) ---- */
 
 static int id_in(const unsigned *ids, unsigned n, unsigned id)
 {
@@ -238,8 +164,8 @@ static int admit(struct daemon *d, struct service *svc, int fd, long long *uid, 
     struct ucred cred;
     socklen_t len = sizeof(cred);
     *uid = -1;
-    int have = svc->addr.family == AF_UNIX &&
-               getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+    int have =
+        svc->l.addr.family == AF_UNIX && getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
     if (svc->nallow_uids || svc->nallow_gids) {
         if (!have) {
             snprintf(why, whylen, "no peer credentials (TCP) and the service has an allowlist");
@@ -252,7 +178,7 @@ static int admit(struct daemon *d, struct service *svc, int fd, long long *uid, 
             return -EACCES;
         }
     }
-    if (have && uid_acquire(d, cred.uid) < 0) {
+    if (have && uid_acquire(&d->uids, cred.uid, d->conf->max_sessions_per_uid) < 0) {
         snprintf(why, whylen, "peer uid %u has %u sessions, the limit", cred.uid,
                  d->conf->max_sessions_per_uid);
         return -EUSERS;
@@ -289,159 +215,83 @@ static struct worker *least_loaded(struct daemon *d)
     return best;
 }
 
-static void start_session(struct daemon *d, struct hs_pending *h)
+static int on_admit(void *owner, struct serve_listener *l, int fd, long long *uid, char *why,
+                    size_t whylen)
 {
-    struct service *svc = h->svc;
-    struct session_cfg cfg = {
-        .role = ROLE_SERVER,
-        .version = h->hs.version,
-        .max_event = d->conf->max_event_bytes,
-        .unhealthy_ms = 30000,
-        .out_limit = (size_t)d->conf->max_event_bytes * 2 + (1u << 20),
-        .max_streams = d->conf->max_streams,
-        .notify_ready = 1,
-    };
-    int fd = h->hs.fd;
-    epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
-    struct pool_ref *pool = h->pool;
-    struct region q = h->qregion;
-    long long uid = h->uid;
-    h->pool = NULL;
-    region_init(&h->qregion);
-    hs_drop(d, h, 0);
+    struct daemon *d = owner;
+    struct service *svc = l->ctx;
+    int rc;
+    if (total_sessions(d) + d->acc.nhs >= d->conf->max_sessions) {
+        snprintf(why, whylen, "%u sessions is the limit", d->conf->max_sessions);
+        rc = -EUSERS;
+    } else {
+        rc = admit(d, svc, fd, uid, why, whylen);
+    }
+    if (rc < 0) {
+        log_warn("service %s: connection refused: %s", svc->name, why);
+        __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
+    }
+    return rc;
+}
+
+static void on_started(void *owner, struct serve_listener *l, long long uid, struct session *s)
+{
+    struct daemon *d = owner;
+    struct service *svc = l->ctx;
     struct dsession *ds = calloc(1, sizeof(*ds));
     if (ds == NULL) {
-        close(fd);
-        pool_ref_put(pool);
-        region_close(&q);
-        uid_release(d, uid);
+        session_release_streams(s);
+        session_put(s);
+        uid_release(&d->uids, uid);
         return;
     }
-    int rc = session_new(&cfg, fd, pool, &q, &ds->s);
-    if (rc < 0) {
-        /* The peer changed its memory between the check before our ack and
-         * this one (or we ran out of memory): the handshake failed after
-         * all, and is counted as such. */
-        log_warn("service %s: session setup failed: %s", svc->name, shmipc_strerror(rc));
-        __atomic_add_fetch(&svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
-        uid_release(d, uid);
-        free(ds);
-        return;
-    }
-    ds->tag.kind = EPK_SESSION;
+    ds->conn.s = s;
     ds->uid = uid;
     ds->svc = svc;
     ds->id = ++d->next_session_id;
-    ds->s->index = (int)ds->id;
+    s->index = (int)ds->id;
     __atomic_add_fetch(&svc->st.sessions_opened, 1, __ATOMIC_RELAXED);
     struct worker *w = least_loaded(d);
     log_debug("service %s: session %lu (protocol v%u) to worker %u", svc->name,
-              (unsigned long)ds->id, cfg.version, w->index);
+              (unsigned long)ds->id, s->cfg.version, w->index);
     worker_hand_over(w, ds);
 }
 
-static void hs_advance(struct daemon *d, struct hs_pending *h)
+static void on_ended(void *owner, struct serve_listener *l, long long uid, int rc, const char *why)
 {
-    for (;;) {
-        int rc = hs_server_step(&h->hs);
-        if (rc == HS_MAP) {
-            struct accept_limits lim = {h->svc->allowed_dir, d->conf->max_pool_bytes};
-            int mrc = accept_map(&h->hs, &d->reg, &lim, &h->pool, &h->qregion);
-            hs_server_mapped(&h->hs, mrc == 0, mrc);
-            continue;
-        }
-        if (rc == HS_DONE) {
-            start_session(d, h);
-            return;
-        }
-        if (rc == HS_WANT_READ || rc == HS_WANT_WRITE) {
-            struct epoll_event ev = {.events = rc == HS_WANT_READ ? EPOLLIN : EPOLLOUT,
-                                     .data.ptr = h};
-            epoll_ctl(d->epfd, EPOLL_CTL_MOD, h->hs.fd, &ev);
-            return;
-        }
-        log_warn("service %s: handshake refused: %s", h->svc->name,
-                 h->hs.why[0] ? h->hs.why : shmipc_strerror(rc));
-        __atomic_add_fetch(&h->svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
-        hs_drop(d, h, 1);
-        return;
-    }
+    struct daemon *d = owner;
+    struct service *svc = l->ctx;
+    uid_release(&d->uids, uid); /* a session carries it on otherwise */
+    if (rc == 0)
+        return; /* dropped: the service or the daemon goes */
+    log_warn("service %s: handshake refused: %s", svc->name, why);
+    __atomic_add_fetch(&svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
 }
 
-static void on_accept(struct daemon *d, struct service *svc)
-{
-    for (;;) {
-        int fd = sock_accept(svc->lfd);
-        if (fd < 0) {
-            if (fd != -EAGAIN && fd != -ECONNABORTED)
-                log_warn("service %s: accept: %s", svc->name, shmipc_strerror(fd));
-            return;
-        }
-        if (total_sessions(d) + d->nhs >= d->conf->max_sessions) {
-            log_warn("service %s: connection refused: %u sessions is the limit", svc->name,
-                     d->conf->max_sessions);
-            __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
-            close(fd);
-            continue;
-        }
-        long long uid;
-        char why[160];
-        if (admit(d, svc, fd, &uid, why, sizeof(why)) < 0) {
-            log_warn("service %s: connection refused: %s", svc->name, why);
-            __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
-            close(fd);
-            continue;
-        }
-        struct hs_pending *h = calloc(1, sizeof(*h));
-        if (h == NULL) {
-            uid_release(d, uid);
-            close(fd);
-            continue;
-        }
-        h->tag.kind = EPK_HANDSHAKE;
-        h->svc = svc;
-        h->uid = uid;
-        region_init(&h->qregion);
-        hs_server_init(&h->hs, fd, svc->addr.family == AF_UNIX,
-                       sock_deadline(d->conf->handshake_timeout_ms));
-        h->next = d->hs;
-        d->hs = h;
-        d->nhs++;
-        if (ep_add(d, fd, EPOLLIN, h) < 0) {
-            hs_drop(d, h, 1);
-            continue;
-        }
-        hs_advance(d, h);
-    }
-}
-
-static int expire_handshakes(struct daemon *d)
-{
-    uint64_t now = sock_now_ns(), next = UINT64_MAX;
-    for (struct hs_pending *h = d->hs, *n; h != NULL; h = n) {
-        n = h->next;
-        if (h->hs.deadline_ns <= now)
-            hs_advance(d, h);
-        else if (h->hs.deadline_ns < next)
-            next = h->hs.deadline_ns;
-    }
-    return next == UINT64_MAX ? 1000 : (int)((next - now) / 1000000 + 1);
-}
+static const struct serve_accept_ops accept_ops = {on_admit, on_started, on_ended};
 
 /* ---- signals and admin ---- */
+
+/* A reload asked by a signal or the plugin file watch: its report goes
+ * to the log, a line each (prefix first), at warn level when anything was
+ * refused. */
+static void reload_logged(struct daemon *d, const char *prefix)
+{
+    char *report = NULL;
+    int rc = daemon_reload(d, &report);
+    if (report != NULL)
+        for (char *line = strtok(report, "\n"); line != NULL; line = strtok(NULL, "\n"))
+            log_msg(rc == 0 ? LOG_INFO : LOG_WARN, "%s%s", prefix, line);
+    free(report);
+}
 
 static void on_signal(struct daemon *d)
 {
     struct signalfd_siginfo si;
     while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-            char *report = NULL;
             log_info("SIGHUP: reloading %s", d->conf_path);
-            daemon_reload(d, &report);
-            if (report != NULL)
-                for (char *line = strtok(report, "\n"); line != NULL; line = strtok(NULL, "\n"))
-                    log_info("%s", line);
-            free(report);
+            reload_logged(d, "");
             continue;
         }
         log_info("signal %u: stopping", si.ssi_signo);
@@ -454,7 +304,7 @@ static void on_signal(struct daemon *d)
 static void on_admin(struct daemon *d)
 {
     int fd;
-    while ((fd = sock_accept(d->adminfd)) >= 0) {
+    while ((fd = sock_accept(d->admin.fd)) >= 0) {
         char line[256];
         size_t n = 0;
         uint64_t deadline = sock_deadline(200);
@@ -492,10 +342,13 @@ int daemon_run(struct daemon *d)
     struct epoll_event evs[64];
     unsigned draining = 0;
     while (!d->stopping) {
-        int timeout = expire_handshakes(d);
+        int timeout = serve_accept_expire(&d->acc);
         if (draining && timeout > 20)
             timeout = 20; /* old generations and removed services wait for us */
-        int due = watch_tick(d);
+        int reload_due;
+        int due = watch_due(&d->watch, &reload_due);
+        if (reload_due)
+            reload_logged(d, "watch: ");
         if (due >= 0 && due < timeout)
             timeout = due;
         int n = epoll_wait(d->epfd, evs, 64, timeout);
@@ -507,13 +360,15 @@ int daemon_run(struct daemon *d)
          * ready comes back, and what was dropped left the epoll set. */
         uint64_t reloads = d->reloads;
         for (int i = 0; i < n && !d->stopping && d->reloads == reloads; i++) {
-            struct ep_tag *t = evs[i].data.ptr;
+            struct serve_tag *t = evs[i].data.ptr;
             switch (t->kind) {
-            case EPK_LISTEN:
-                on_accept(d, (struct service *)t);
+            case SERVE_LISTENER: {
+                struct serve_listener *l = (struct serve_listener *)t;
+                serve_accept_listener(&d->acc, l, service_settings(d, l->ctx));
                 break;
-            case EPK_HANDSHAKE:
-                hs_advance(d, (struct hs_pending *)t);
+            }
+            case SERVE_HANDSHAKE:
+                serve_accept_step(&d->acc, (struct serve_hs *)t);
                 break;
             case EPK_SIGNAL:
                 on_signal(d);
@@ -536,29 +391,17 @@ int daemon_run(struct daemon *d)
     return 0;
 }
 
-void master_drop_handshakes(struct daemon *d, struct service *svc)
-{
-    for (struct hs_pending *h = d->hs, *n; h != NULL; h = n) {
-        n = h->next;
-        if (h->svc == svc)
-            hs_drop(d, h, 1);
-    }
-}
-
 void daemon_stop_and_free(struct daemon *d)
 {
     /* Stop accepting first, then let the workers drain. */
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
-        if (svc->lfd >= 0) {
-            epoll_ctl(d->epfd, EPOLL_CTL_DEL, svc->lfd, NULL);
-            close(svc->lfd);
-            unlink_own_socket(&svc->addr, svc->sock_ino);
-            svc->lfd = -1;
+        if (svc->l.fd >= 0) {
+            epoll_ctl(d->epfd, EPOLL_CTL_DEL, svc->l.fd, NULL);
+            serve_listener_close(&svc->l);
         }
     }
-    while (d->hs != NULL)
-        hs_drop(d, d->hs, 1);
+    serve_accept_drop(&d->acc, NULL);
     /* A start that failed before the workers existed leaves d->workers
      * NULL while d->nworkers already holds the configured count. */
     unsigned nworkers = d->workers != NULL ? d->nworkers : 0;
@@ -585,10 +428,7 @@ void daemon_stop_and_free(struct daemon *d)
     for (unsigned i = 0; i < d->nsvcs; i++)
         service_free(d, d->svcs[i]);
     d->nsvcs = 0;
-    if (d->adminfd >= 0) {
-        close(d->adminfd);
-        unlink_own_socket(&d->admin_addr, d->admin_ino);
-    }
+    serve_listener_close(&d->admin);
     watch_close(&d->watch);
     if (d->tmpdir[0] != '\0')
         rmdir(d->tmpdir);
@@ -597,7 +437,6 @@ void daemon_stop_and_free(struct daemon *d)
     if (d->sigfd >= 0)
         close(d->sigfd);
     free(d->workers);
-    free(d->uids);
-    pthread_mutex_destroy(&d->uid_mu);
+    uid_counts_free(&d->uids);
     conf_ref_put(d->cref);
 }

@@ -90,21 +90,16 @@ void watch_on_event(struct daemon *d)
     }
 }
 
-int watch_tick(struct daemon *d)
+int watch_due(struct watch *w, int *due)
 {
-    struct watch *w = &d->watch;
+    *due = 0;
     if (w->reload_at_ns == 0)
         return -1;
     uint64_t now = sock_now_ns();
     if (now < w->reload_at_ns)
         return (int)((w->reload_at_ns - now) / 1000000 + 1);
     w->reload_at_ns = 0;
-    char *report = NULL;
-    daemon_reload(d, &report);
-    if (report != NULL)
-        for (char *line = strtok(report, "\n"); line != NULL; line = strtok(NULL, "\n"))
-            log_info("watch: %s", line);
-    free(report);
+    *due = 1;
     return -1;
 }
 

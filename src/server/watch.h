@@ -26,8 +26,9 @@ void watch_init(struct watch *w);
 int watch_refresh(struct daemon *d);
 /* The inotify fd is readable: note matching events. */
 void watch_on_event(struct daemon *d);
-/* Milliseconds until a pending reload is due (-1 if none); runs it when due. */
-int watch_tick(struct daemon *d);
+/* Milliseconds until a pending reload is due (-1 if none); *due = 1 when
+ * it is due now (the caller reloads). */
+int watch_due(struct watch *w, int *due);
 void watch_close(struct watch *w);
 
 #endif

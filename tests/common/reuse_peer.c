@@ -90,8 +90,7 @@ static int buf_reserve(struct rp_sess *s, size_t n)
 
 /* ---- the free lists ---- */
 
-static int list_all_free(const struct pool *p, unsigned li, uint8_t *seen, char *why,
-                         size_t whylen)
+static int list_all_free(const struct pool *p, unsigned li, uint8_t *seen, char *why, size_t whylen)
 {
     const struct pool_list *l = &p->lists[li];
     int32_t nfree = __atomic_load_n(&l->hdr->free_count, __ATOMIC_ACQUIRE);
@@ -165,8 +164,7 @@ static int wait_all_free(struct rp_sess *s, int ms)
     }
     s->r->free_slices = nfree;
     s->r->total_slices = s->pool.total_slices;
-    return fail(s->r, -ETIMEDOUT, "slices not all back on the free lists after %d ms: %s", ms,
-                why);
+    return fail(s->r, -ETIMEDOUT, "slices not all back on the free lists after %d ms: %s", ms, why);
 }
 
 /* ---- events ---- */
@@ -312,8 +310,8 @@ static int put_msg(struct rp_sess *s, uint32_t id, uint32_t n, uint32_t *kept)
 
 /* ---- client ---- */
 
-static int client_mem(struct rp_sess *s, const struct rp_client_opts *o, char *bpath,
-                      char *qpath, size_t plen)
+static int client_mem(struct rp_sess *s, const struct rp_client_opts *o, char *bpath, char *qpath,
+                      size_t plen)
 {
     size_t pool_bytes = o->pool_bytes ? o->pool_bytes : POOL_DEFAULT_SIZE;
     int rc;
@@ -322,8 +320,8 @@ static int client_mem(struct rp_sess *s, const struct rp_client_opts *o, char *b
         snprintf(qpath, plen, "%s_queue_0", o->shm_prefix);
         rc = region_create_file(&s->pr, bpath, pool_bytes, REGION_UNLINK_ON_CLOSE);
         if (rc == 0)
-            rc = region_create_file(&s->qr, qpath, queue_pair_size(RP_QCAP),
-                                    REGION_UNLINK_ON_CLOSE);
+            rc =
+                region_create_file(&s->qr, qpath, queue_pair_size(RP_QCAP), REGION_UNLINK_ON_CLOSE);
     } else {
         snprintf(bpath, plen, "reuse_buffer");
         snprintf(qpath, plen, "reuse_queue_0");
@@ -351,8 +349,9 @@ static int client_connect(struct rp_sess *s, const struct rp_client_opts *o)
         return fail(s->r, rc, "connect(%s): %s", o->addr, shmipc_strerror(rc));
     s->fd = rc;
     if (o->file_mode)
-        rc = hs_client(s->fd, HS_FILE, (uint8_t)(o->version ? (unsigned)o->version : SHMIPC_PROTO_V2),
-                       qpath, bpath, -1, -1, sock_deadline(5000), &s->version);
+        rc = hs_client(s->fd, HS_FILE,
+                       (uint8_t)(o->version ? (unsigned)o->version : SHMIPC_PROTO_V2), qpath, bpath,
+                       -1, -1, sock_deadline(5000), &s->version);
     else
         rc = hs_client(s->fd, HS_MEMFD, SHMIPC_PROTO_V3, qpath, bpath, s->pr.fd, s->qr.fd,
                        sock_deadline(5000), &s->version);
@@ -367,8 +366,9 @@ static int client_wait(struct rp_sess *s, uint32_t id, uint32_t *first, uint64_t
         int rc;
         while ((rc = queue_pop(&s->qp.recv, &e)) == 0) {
             if (e.stream_id != id || (e.status & 0xff) != SHMIPC_STREAM_OPEN)
-                return fail(s->r, -EPROTO, "unexpected element: stream %u status %u (waiting on %u)",
-                            e.stream_id, e.status, id);
+                return fail(s->r, -EPROTO,
+                            "unexpected element: stream %u status %u (waiting on %u)", e.stream_id,
+                            e.status, id);
             *first = e.offset;
             return 0;
         }
@@ -422,8 +422,8 @@ static int client_close_streams(struct rp_sess *s, uint32_t *kept, unsigned n)
                 rc = fail(s->r, prc, "freeing the kept slice: %s", shmipc_strerror(prc));
             kept[i] = RP_NONE;
         }
-        struct shmipc_queue_elem e = {.stream_id = 2 + i, .offset = 0,
-                                      .status = SHMIPC_STREAM_CLOSED};
+        struct shmipc_queue_elem e = {
+            .stream_id = 2 + i, .offset = 0, .status = SHMIPC_STREAM_CLOSED};
         int qrc = queue_put(&s->qp.send, &e);
         if (qrc == 0 && queue_mark_working(&s->qp.send))
             qrc = send_simple(s, SHMIPC_EV_POLLING);

@@ -40,11 +40,11 @@ struct rp_client_opts {
 
 struct rp_report {
     uint64_t roundtrips;
-    uint64_t reused;        /* messages sent whose head was a reused read slice */
-    uint32_t free_slices;   /* on the free lists at the end */
+    uint64_t reused;      /* messages sent whose head was a reused read slice */
+    uint32_t free_slices; /* on the free lists at the end */
     uint32_t total_slices;
-    uint64_t ns;            /* time spent in the round trips */
-    char why[256];          /* the first failure */
+    uint64_t ns;   /* time spent in the round trips */
+    char why[256]; /* the first failure */
 };
 
 /* Connects, runs o->count round trips, closes the streams and the session,

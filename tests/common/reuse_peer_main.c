@@ -59,13 +59,13 @@ static int parse_uint(const char *s, unsigned *out)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"serve", required_argument, NULL, 's'},
-        {"file", no_argument, NULL, 'f'},          {"v3", no_argument, NULL, '3'},
-        {"prefix", required_argument, NULL, 'p'},  {"size", required_argument, NULL, 'z'},
-        {"count", required_argument, NULL, 'n'},   {"streams", required_argument, NULL, 'm'},
+        {"connect", required_argument, NULL, 'c'},  {"serve", required_argument, NULL, 's'},
+        {"file", no_argument, NULL, 'f'},           {"v3", no_argument, NULL, '3'},
+        {"prefix", required_argument, NULL, 'p'},   {"size", required_argument, NULL, 'z'},
+        {"count", required_argument, NULL, 'n'},    {"streams", required_argument, NULL, 'm'},
         {"sessions", required_argument, NULL, 'e'}, {"allowed-dir", required_argument, NULL, 'd'},
-        {"leave-files", no_argument, NULL, 'l'},   {"timeout-ms", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"leave-files", no_argument, NULL, 'l'},    {"timeout-ms", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     struct rp_client_opts co = {.size = 64, .count = 1000};
     struct rp_server_opts so = {.sessions = 1, .ready_fd = -1};
@@ -73,20 +73,47 @@ int main(int argc, char **argv)
     int c, bad = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': co.addr = optarg; break;
-        case 's': so.addr = optarg; break;
-        case 'f': co.file_mode = 1; break;
-        case '3': co.version = 3; break;
-        case 'p': co.shm_prefix = optarg; break;
-        case 'z': bad |= parse_size(optarg, &co.size); break;
-        case 'n': bad |= parse_uint(optarg, &co.count); break;
-        case 'm': bad |= parse_uint(optarg, &co.streams); break;
-        case 'e': bad |= parse_uint(optarg, &so.sessions); break;
-        case 'd': so.allowed_dir = optarg; break;
-        case 'l': co.leave_files = 1; break;
-        case 't': bad |= parse_uint(optarg, &tmo); break;
-        case 'h': usage(stdout); return 0;
-        default: bad = 1;
+        case 'c':
+            co.addr = optarg;
+            break;
+        case 's':
+            so.addr = optarg;
+            break;
+        case 'f':
+            co.file_mode = 1;
+            break;
+        case '3':
+            co.version = 3;
+            break;
+        case 'p':
+            co.shm_prefix = optarg;
+            break;
+        case 'z':
+            bad |= parse_size(optarg, &co.size);
+            break;
+        case 'n':
+            bad |= parse_uint(optarg, &co.count);
+            break;
+        case 'm':
+            bad |= parse_uint(optarg, &co.streams);
+            break;
+        case 'e':
+            bad |= parse_uint(optarg, &so.sessions);
+            break;
+        case 'd':
+            so.allowed_dir = optarg;
+            break;
+        case 'l':
+            co.leave_files = 1;
+            break;
+        case 't':
+            bad |= parse_uint(optarg, &tmo);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            bad = 1;
         }
     }
     if (bad || optind != argc || (co.addr == NULL) == (so.addr == NULL) ||
@@ -101,16 +128,15 @@ int main(int argc, char **argv)
         rc = rp_client_run(&co, &r);
         printf("reuse-peer client: %s %s size=%u roundtrips=%llu reused=%llu ns_per_rt=%.0f "
                "free=%u/%u%s%s\n",
-               co.addr, co.file_mode ? "file" : "memfd", co.size,
-               (unsigned long long)r.roundtrips, (unsigned long long)r.reused,
+               co.addr, co.file_mode ? "file" : "memfd", co.size, (unsigned long long)r.roundtrips,
+               (unsigned long long)r.reused,
                r.roundtrips ? (double)r.ns / (double)r.roundtrips : 0.0, r.free_slices,
                r.total_slices, rc < 0 ? " FAILED: " : "", rc < 0 ? r.why : "");
     } else {
         rc = rp_server_run(&so, &r);
         printf("reuse-peer server: %s sessions=%u answers=%llu reused=%llu free=%u/%u%s%s\n",
-               so.addr, so.sessions, (unsigned long long)r.roundtrips,
-               (unsigned long long)r.reused, r.free_slices, r.total_slices,
-               rc < 0 ? " FAILED: " : "", rc < 0 ? r.why : "");
+               so.addr, so.sessions, (unsigned long long)r.roundtrips, (unsigned long long)r.reused,
+               r.free_slices, r.total_slices, rc < 0 ? " FAILED: " : "", rc < 0 ? r.why : "");
     }
     return rc < 0 ? 1 : 0;
 }

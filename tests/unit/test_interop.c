@@ -59,9 +59,8 @@ struct plan {
 };
 
 static const struct plan plans[] = {
-    {0, 0, 64, 3000},        {0, 0, 4096, 3000},       {0, 0, 1u << 20, 100},
-    {1, 2, 64, 3000},        {1, 2, 4096, 3000},       {1, 2, 1u << 20, 100},
-    {1, 3, 64, 1000},        {1, 3, 1u << 20, 50},
+    {0, 0, 64, 3000},   {0, 0, 4096, 3000},    {0, 0, 1u << 20, 100}, {1, 2, 64, 3000},
+    {1, 2, 4096, 3000}, {1, 2, 1u << 20, 100}, {1, 3, 64, 1000},      {1, 3, 1u << 20, 50},
 };
 #define NPLANS (sizeof(plans) / sizeof(plans[0]))
 #define STREAMS 3u
@@ -192,8 +191,8 @@ struct srv_args {
 static int srv_child(void *arg)
 {
     struct srv_args *a = arg;
-    struct rp_server_opts o = {.addr = a->addr, .sessions = 1, .timeout_ms = RT_MS,
-                               .ready_fd = a->ready};
+    struct rp_server_opts o = {
+        .addr = a->addr, .sessions = 1, .timeout_ms = RT_MS, .ready_fd = a->ready};
     struct rp_report r;
     int rc = rp_server_run(&o, &r);
     if (rc != 0)

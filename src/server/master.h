@@ -1,0 +1,20 @@
+/*
+ * shmipcd's master thread (see master.c): main.c's three phases.
+ */
+#ifndef SHMIPC_SERVER_MASTER_H
+#define SHMIPC_SERVER_MASTER_H
+
+#include <stddef.h>
+
+#include "server/daemon.h"
+
+/* Loads the configuration, opens every listener and the admin socket,
+ * starts the workers. 0, or a code with err filled. */
+int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen);
+/* Serves until a stop (signal or admin). */
+int daemon_run(struct daemon *d);
+/* Stops accepting, drains the workers, frees everything (also after a
+ * failed start). */
+void daemon_stop_and_free(struct daemon *d);
+
+#endif

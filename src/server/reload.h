@@ -1,0 +1,16 @@
+/*
+ * Hot reload (see reload.c). Master thread.
+ */
+#ifndef SHMIPC_SERVER_RELOAD_H
+#define SHMIPC_SERVER_RELOAD_H
+
+#include "server/daemon.h"
+
+/* Re-reads the configuration and applies it; the report (malloc'd) says
+ * what changed and why anything failed. Returns 0 if everything applied. */
+int daemon_reload(struct daemon *d, char **report);
+/* Finishes retired generations whose last request completed, and removed
+ * services that drained; returns how many are still draining. */
+unsigned daemon_retire(struct daemon *d);
+
+#endif
