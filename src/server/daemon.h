@@ -156,7 +156,6 @@ struct daemon {
     struct serve_tag sig_tag;
     struct serve_listener admin; /* tag EPK_ADMIN; fd -1 when none */
     struct serve_accept acc;     /* handshakes in progress */
-    uint64_t next_session_id;
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;
     uint64_t started_ns;

@@ -248,8 +248,7 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
     ds->conn.s = s;
     ds->uid = uid;
     ds->svc = svc;
-    ds->id = ++d->next_session_id;
-    s->index = (int)ds->id;
+    ds->id = (uint64_t)(unsigned)s->index; /* the core numbers sessions; logs agree */
     __atomic_add_fetch(&svc->st.sessions_opened, 1, __ATOMIC_RELAXED);
     struct worker *w = least_loaded(d);
     log_debug("service %s: session %lu (protocol v%u) to worker %u", svc->name,

@@ -78,6 +78,7 @@ struct serve_accept {
     unsigned nhs;
     const struct serve_accept_ops *ops;
     void *owner;
+    int started; /* sessions started: the next one's number (s->index) */
 };
 
 void serve_accept_init(struct serve_accept *a, int epfd, struct pool_registry *reg,

@@ -289,16 +289,16 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
         .self_driven = c->cfg.no_io_thread,
         .defer_wakeups = c->cfg.no_io_thread && !c->cfg.eager_wakeups,
         .spin_us = c->cfg.spin_us,
+        .owner = c,
+        .index = (int)sl->index,
     };
+    if (scfg.defer_wakeups) {
+        scfg.kick_fd = c->evfd;
+        scfg.kick_need = &c->kick_need;
+    }
     struct session *s;
     if ((rc = session_new(&scfg, fd, pool, &q, &s)) < 0)
         return rc; /* session_new took the pool reference */
-    s->owner = c;
-    if (scfg.defer_wakeups) {
-        s->kick_fd = c->evfd;
-        s->kick_need = &c->kick_need;
-    }
-    s->index = (int)sl->index;
     sl->sess = s;
     if ((rc = io_register(c, s)) < 0) {
         drop_session(c, sl);

@@ -41,7 +41,11 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     s->refs = 1;
     s->fd = fd;
     s->ep_fd = -1;
-    s->kick_fd = -1;
+    /* What the owner says of itself comes with the config. */
+    s->owner = cfg->owner;
+    s->index = cfg->index;
+    s->kick_fd = cfg->kick_need != NULL ? cfg->kick_fd : -1;
+    s->kick_need = cfg->kick_need;
     s->pool = pool;
     s->qregion = *qregion;
     region_init(qregion);

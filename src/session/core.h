@@ -79,6 +79,10 @@ struct session_cfg {
     int defer_wakeups; /* client, self-driven: a flush made by the thread that
                           is handling a poll's results owes its Polling to the
                           next poll (see session_defer_wakeups) */
+    void *owner;       /* the client or server that drives it */
+    int index;         /* its number for logs (inside its client, or its server) */
+    int kick_fd;       /* with kick_need: the owner's eventfd (see struct session) */
+    const int *kick_need;
 };
 
 struct session_stats {

@@ -85,8 +85,6 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
         return;
     }
     c->s = s;
-    s->owner = srv;
-    s->index = (int)serve_loop_count(&srv->loop);
     pthread_mutex_lock(&srv->stats_mu);
     srv->gone.sessions_opened++;
     pthread_mutex_unlock(&srv->stats_mu);
