@@ -192,6 +192,19 @@ int du_count_str(const char *hay, const char *needle)
     return n;
 }
 
+int du_count_lines(const char *text, const char *line)
+{
+    int n = 0;
+    size_t len = strlen(line);
+    for (const char *p = text; p != NULL && *p != '\0';) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
+        n += l == len && memcmp(p, line, len) == 0;
+        p = nl != NULL ? nl + 1 : NULL;
+    }
+    return n;
+}
+
 const char *du_sanitizer_report(const char *text)
 {
     static const char *const marks[] = {"AddressSanitizer", "LeakSanitizer", "runtime error",

@@ -55,6 +55,8 @@ int du_copy_file(const char *src, const char *dst);
 int du_exists(const char *path);
 /* Occurrences of needle in hay (0 for a NULL hay or an empty needle). */
 int du_count_str(const char *hay, const char *needle);
+/* Lines of text (a NULL text has none) equal to `line`. */
+int du_count_lines(const char *text, const char *line);
 /* The sanitizer runtimes' report marker found in text, or NULL. */
 const char *du_sanitizer_report(const char *text);
 /* Entries of dir (not . and ..) whose name starts with prefix. */

@@ -1,19 +1,9 @@
 /*
  * shmipcd end to end: the real shmipcd and shmipcctl binaries, started
- * with configuration files written into a mkdtemp directory (sockets, the
- * admin socket, shmipcd's log and the plugin trace live there too), driven
- * by forked client processes that use libshmipc in both handshake modes.
- *
- * The one rule: a test never uses CU_ASSERT_FATAL. A check that must stop
- * it (REQUIRE) jumps to its `out:` label, where fx_end() kills and reaps
- * every client child, stops shmipcd (SIGTERM, SIGKILL after a deadline),
- * fails the test if shmipcd's log holds a sanitizer report, and removes
- * the directory and any /dev/shm file of this run. Every wait is bounded;
- * no check is on time.
- *
- * Binaries and plugins: $SHMIPC_BIN, $SHMIPC_PLUGINS, $SHMIPC_TEST_PLUGINS
- * (set by `scons test`), else the layout next to this program
- * ($TOP/tests/unit_tests: $TOP/bin, $TOP/plugins, $TOP/tests/plugins).
+ * with configuration files written into a mkdtemp directory, driven by
+ * forked client processes that use libshmipc in both handshake modes. The
+ * fixture (struct fx: dfx_begin .. dfx_end), the client children and the
+ * stats parsing are in tests/common/daemon_fixture.h.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,538 +15,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/daemon_fixture.h"
 #include "../common/daemon_util.h"
 #include "shmipc/shmipc.h"
 #include "testutil.h"
-
-#define START_MS 15000 /* shmipcd to answer on its admin socket */
-#define STOP_MS 15000  /* shmipcd to exit after SIGTERM (drain included) */
-#define CHILD_MS 30000 /* a client child to finish its work */
-#define CMD_MS 15000   /* one shmipcctl or `shmipcd -t` run */
-#define POLL_MS 10000  /* a state that should be reached */
-#define RECV_MS 10000  /* an answer that should come */
-#define DRAIN_MS 3000  /* drain_timeout_ms of the SIGTERM test */
-
-#define GREETER_REQ "client say hello world!!!"
-#define GREETER_RESP "server hello world!!!"
-
-/* Every program this suite starts (shmipcd, shmipcctl) is forked with an
- * alarm that survives the exec: one a crashed test left behind dies
- * within a minute. */
-static const struct du_spawn_opts spawn_opts = {.alarm_s = 60};
-
-/* The /dev/shm name prefix of this run (pid of the test program, taken
- * before any fork so the children share it); file-mode clients add a
- * letter, the library adds "_<pid>...". */
-static const char *shm_name(void)
-{
-    static char b[64];
-    if (b[0] == '\0')
-        snprintf(b, sizeof(b), "shmipc-dmntest-%d-", (int)getpid());
-    return b;
-}
-
-/* Lines of text equal to `line`. */
-static int count_lines(const char *text, const char *line)
-{
-    int n = 0;
-    size_t len = strlen(line);
-    for (const char *p = text; p != NULL && *p != '\0';) {
-        const char *nl = strchr(p, '\n');
-        size_t l = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        n += l == len && memcmp(p, line, len) == 0;
-        p = nl != NULL ? nl + 1 : NULL;
-    }
-    return n;
-}
-
-static int run_capture(const char *const *argv, char *out, size_t cap)
-{
-    return du_run_capture(argv, out, cap, CMD_MS, &spawn_opts);
-}
-
-/* ---- the daemon ---- */
-
-static char *dm_log(const struct du_daemon *d)
-{
-    char *t = du_read_file(d->log, NULL);
-    return t != NULL ? t : strdup("");
-}
-
-static int dm_log_count(const struct du_daemon *d, const char *needle)
-{
-    char *t = dm_log(d);
-    int n = du_count_str(t, needle);
-    free(t);
-    return n;
-}
-
-/* shmipcctl -s <admin> args...: exit code, output in out. */
-static int ctl(const struct du_daemon *d, char *out, size_t cap, const char *a1, const char *a2)
-{
-    const char *argv[] = {du_bin_path("shmipcctl"), "-s", d->admin, a1, a2, NULL};
-    int rc = run_capture(argv, out, cap);
-    const char *san = du_sanitizer_report(out);
-    if (san != NULL)
-        fprintf(stderr, "\n  shmipcctl %s: %s:\n%s\n", a1, san, out);
-    CU_ASSERT_PTR_NULL(san);
-    return rc;
-}
-
-/* ---- stats parsing (roughly: the formats are admin.c's) ---- */
-
-struct svc_stats_txt {
-    unsigned long requests, bytes_in, bytes_out, handler_errors, opened, closed, hs_failed;
-};
-
-static int stats_svc(const char *txt, const char *svc, struct svc_stats_txt *s)
-{
-    char pat[96];
-    snprintf(pat, sizeof(pat), "service %s: requests ", svc);
-    const char *p = strstr(txt, pat);
-    if (p == NULL)
-        return -1;
-    p += strlen(pat) - strlen("requests ");
-    return sscanf(p,
-                  "requests %lu, bytes in %lu out %lu, handler errors %lu, sessions opened %lu "
-                  "closed %lu, handshakes failed %lu",
-                  &s->requests, &s->bytes_in, &s->bytes_out, &s->handler_errors, &s->opened,
-                  &s->closed, &s->hs_failed) == 7
-               ? 0
-               : -1;
-}
-
-static int stats_pools(const char *txt, unsigned long *n)
-{
-    const char *p = strstr(txt, "pools mapped: ");
-    return p != NULL && sscanf(p, "pools mapped: %lu", n) == 1 ? 0 : -1;
-}
-
-/* "key":N inside the JSON object of service `svc`. */
-static int json_svc(const char *js, const char *svc, const char *key, unsigned long *out)
-{
-    char pat[96], k[64];
-    snprintf(pat, sizeof(pat), "{\"name\":\"%s\",", svc);
-    const char *p = strstr(js, pat);
-    if (p == NULL)
-        return -1;
-    const char *end = strchr(p, '}');
-    snprintf(k, sizeof(k), "\"%s\":", key);
-    const char *q = strstr(p, k);
-    if (q == NULL || end == NULL || q > end)
-        return -1;
-    return sscanf(q + strlen(k), "%lu", out) == 1 ? 0 : -1;
-}
-
-static int json_top(const char *js, const char *key, unsigned long *out)
-{
-    char k[64];
-    snprintf(k, sizeof(k), "\"%s\":", key);
-    const char *q = strstr(js, k);
-    return q != NULL && sscanf(q + strlen(k), "%lu", out) == 1 ? 0 : -1;
-}
-
-/* Polls `shmipcctl stats` until service svc has every session closed (and
- * at least min_closed of them) and `pools` pools are mapped. The last
- * output stays in out. 0 when reached. */
-static int wait_settled(const struct du_daemon *d, const char *svc, unsigned long min_closed,
-                        unsigned long pools, char *out, size_t cap)
-{
-    uint64_t dl = du_deadline(POLL_MS);
-    struct svc_stats_txt s;
-    unsigned long np = ~0ul;
-    do {
-        if (ctl(d, out, cap, "stats", NULL) == 0 && stats_svc(out, svc, &s) == 0 &&
-            stats_pools(out, &np) == 0 && s.opened == s.closed && s.closed >= min_closed &&
-            np == pools)
-            return 0;
-        du_sleep_ms(20);
-    } while (!du_past(dl));
-    fprintf(stderr, "\n  stats did not settle (service %s, %lu closed, %lu pools):\n%s\n", svc,
-            min_closed, pools, out);
-    return -1;
-}
-
-/* ---- payloads ---- */
-
-static void fill(uint8_t *b, size_t n, uint64_t seed)
-{
-    uint64_t x = seed * 0x9e3779b97f4a7c15ull | 1;
-    for (size_t i = 0; i < n; i += 8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        memcpy(b + i, &x, n - i < 8 ? n - i : 8);
-    }
-}
-
-static uint64_t req_seed(uint64_t base, unsigned stream, unsigned round)
-{
-    return base * 1000003u + (uint64_t)stream * 65537u + round;
-}
-
-/* Sizes around the slice classes (8172/32748/131052), an empty message,
- * and 1 MiB once per round per client (on a rotating stream). */
-static size_t req_size(unsigned stream, unsigned round, size_t max)
-{
-    static const uint32_t sizes[] = {0,     1,     7,     64,    500,    4096,   8172,  8173,
-                                     20000, 32748, 32749, 65536, 131052, 131053, 250000};
-    const unsigned n = sizeof(sizes) / sizeof(sizes[0]);
-    if (max >= (1u << 20) && (stream + round) % 16 == 0)
-        return 1u << 20;
-    size_t s = sizes[(stream * 7 + round * 3) % n];
-    return s <= max ? s : s % (max + 1);
-}
-
-/* 1 when m is exactly the n bytes at want. */
-static int msg_equals(const shmipc_msg *m, const uint8_t *want, size_t n)
-{
-    if (m->len != n)
-        return 0;
-    size_t at = 0;
-    for (unsigned i = 0; i < m->niov; i++) {
-        if (at + m->iov[i].len > n || memcmp(m->iov[i].base, want + at, m->iov[i].len) != 0)
-            return 0;
-        at += m->iov[i].len;
-    }
-    return at == n;
-}
-
-/* ---- client children ---- */
-
-struct cl_args {
-    char address[200];
-    enum shmipc_mem_mode mode;
-    char prefix[128]; /* path_prefix (file mode) */
-    int greeter;      /* greeter requests instead of echoed patterns */
-    unsigned sessions;
-    unsigned streams;
-    unsigned rounds; /* rounds of one request per stream */
-    size_t max_size;
-    uint64_t seed;
-    int res_fd;   /* struct cl_result goes here */
-    int ready_fd; /* -1, or a byte once round `mark_round` is flushed */
-    unsigned mark_round;
-    int hold_fd; /* -1, or wait for EOF on it before closing */
-};
-
-struct cl_result {
-    int32_t open_rc;
-    int32_t first_err; /* first error a stream ended with, 0 if none */
-    uint64_t flushed;  /* requests flushed */
-    uint64_t ok;       /* answered, every byte right */
-    uint64_t bad;      /* answered wrong */
-    uint64_t errors;   /* ended by a session or stream error (not a timeout) */
-    uint64_t timeouts; /* no answer within RECV_MS */
-    uint64_t flush_errors;
-    uint64_t marked;    /* requests of round mark_round flushed (before the ready byte) */
-    uint64_t marked_ok; /* ... and answered right */
-};
-
-static void cl_fail(struct cl_result *r, int rc)
-{
-    if (r->first_err == 0)
-        r->first_err = rc;
-}
-
-static void cl_report(const struct cl_args *a, const struct cl_result *r)
-{
-    if (write(a->res_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
-        _exit(3);
-}
-
-static int client_main(void *arg)
-{
-    const struct cl_args *a = arg;
-    int keep[3] = {a->res_fd, a->ready_fd, a->hold_fd};
-    du_close_fds_except(keep, 3);
-    struct cl_result r = {0};
-    struct shmipc_client_config cfg;
-    shmipc_client_config_init(&cfg);
-    cfg.address = a->address;
-    cfg.mode = a->mode;
-    cfg.path_prefix = a->prefix;
-    cfg.sessions = a->sessions ? a->sessions : 1;
-    cfg.connect_timeout_ms = 5000;
-    shmipc_client *c = NULL;
-    r.open_rc = shmipc_client_open(&cfg, &c);
-    if (r.open_rc < 0) {
-        cl_report(a, &r);
-        return 1;
-    }
-    unsigned ns = a->streams;
-    shmipc_stream **st = calloc(ns, sizeof(*st));
-    uint8_t **req = calloc(ns, sizeof(*req));
-    size_t *len = calloc(ns, sizeof(*len));
-    char *alive = calloc(ns, 1), *pending = calloc(ns, 1);
-    if (st == NULL || req == NULL || len == NULL || alive == NULL || pending == NULL)
-        return 4;
-    for (unsigned i = 0; i < ns; i++) {
-        int rc = shmipc_client_get(c, &st[i]);
-        req[i] = malloc(a->max_size ? a->max_size : 1);
-        if (req[i] == NULL)
-            return 4;
-        alive[i] = rc == 0;
-        if (rc < 0) {
-            st[i] = NULL;
-            r.errors++;
-            cl_fail(&r, rc);
-        }
-    }
-    for (unsigned round = 0; round < a->rounds; round++) {
-        unsigned live = 0;
-        for (unsigned i = 0; i < ns; i++) {
-            if (!alive[i])
-                continue;
-            int rc;
-            if (a->greeter) {
-                rc = shmipc_stream_write(st[i], GREETER_REQ, sizeof(GREETER_REQ) - 1);
-            } else {
-                len[i] = req_size(i, round, a->max_size);
-                fill(req[i], len[i], req_seed(a->seed, i, round));
-                rc = shmipc_stream_write(st[i], req[i], len[i]);
-            }
-            if (rc == 0)
-                rc = shmipc_stream_flush(st[i]);
-            if (rc < 0) {
-                alive[i] = 0;
-                r.flush_errors++;
-                cl_fail(&r, rc);
-                continue;
-            }
-            r.flushed++;
-            r.marked += round == a->mark_round;
-            pending[i] = 1;
-            live++;
-        }
-        /* Every request of this round is in the queue now: tell the
-         * parent (which may stop shmipcd) before reading any answer. */
-        if (round == a->mark_round && a->ready_fd >= 0) {
-            char one = 1;
-            if (write(a->ready_fd, &one, 1) != 1)
-                return 5;
-        }
-        for (unsigned i = 0; i < ns; i++) {
-            if (!pending[i])
-                continue;
-            pending[i] = 0;
-            shmipc_msg m;
-            int rc = shmipc_stream_recv(st[i], &m, RECV_MS);
-            if (rc == 0) {
-                int good = a->greeter ? msg_equals(&m, (const uint8_t *)GREETER_RESP,
-                                                   sizeof(GREETER_RESP) - 1)
-                                      : msg_equals(&m, req[i], len[i]);
-                shmipc_msg_release(&m);
-                if (good) {
-                    r.ok++;
-                    r.marked_ok += round == a->mark_round;
-                    continue;
-                }
-                r.bad++;
-                fprintf(stderr, "\n  client %d: stream %u round %u: wrong answer\n", (int)getpid(),
-                        i, round);
-            } else if (rc == SHMIPC_ETIMEDOUT) {
-                r.timeouts++;
-            } else {
-                r.errors++;
-            }
-            alive[i] = 0;
-            cl_fail(&r, rc ? rc : -1);
-        }
-        if (live == 0)
-            break;
-    }
-    if (a->hold_fd >= 0) {
-        struct pollfd pfd = {a->hold_fd, POLLIN, 0};
-        char b;
-        if (poll(&pfd, 1, CHILD_MS) == 1 && read(a->hold_fd, &b, 1) < 0)
-            return 6;
-    }
-    for (unsigned i = 0; i < ns; i++) {
-        if (st[i] != NULL)
-            shmipc_client_put(c, st[i]);
-        free(req[i]);
-    }
-    shmipc_client_close(c);
-    cl_report(a, &r);
-    free(st);
-    free(req);
-    free(len);
-    free(alive);
-    free(pending);
-    return 0;
-}
-
-/* ---- fixture: one daemon directory, client children ---- */
-
-#define MAX_KIDS 16
-
-struct kid {
-    pid_t pid;
-    int res_fd;   /* read end of the result pipe */
-    int ready_fd; /* read end, or -1 */
-    int hold_fd;  /* write end, or -1 */
-    struct cl_args args;
-};
-
-struct fx {
-    struct du_daemon d;
-    struct kid kids[MAX_KIDS];
-    int nkids;
-    unsigned failures_before;
-};
-
-static int fx_begin(struct fx *f)
-{
-    memset(f, 0, sizeof(*f));
-    f->failures_before = CU_get_number_of_failures();
-    for (int i = 0; i < MAX_KIDS; i++)
-        f->kids[i].res_fd = f->kids[i].ready_fd = f->kids[i].hold_fd = -1;
-    int rc = du_init(&f->d, "/tmp/shmipcd-test-XXXXXX");
-    f->d.spawn = spawn_opts;
-    return rc;
-}
-
-static void cl_defaults(struct cl_args *a, const struct du_daemon *d, const char *svc,
-                        enum shmipc_mem_mode mode, char letter)
-{
-    memset(a, 0, sizeof(*a));
-    snprintf(a->address, sizeof(a->address), "%s", du_addr(d, svc));
-    a->mode = mode;
-    snprintf(a->prefix, sizeof(a->prefix), "/dev/shm/%s%c", shm_name(), letter);
-    a->sessions = 1;
-    a->streams = 4;
-    a->rounds = 10;
-    a->max_size = 65536;
-    a->seed = (uint64_t)letter * 7919u + 1;
-    a->ready_fd = a->hold_fd = -1;
-}
-
-/* Forks a client child; with want_ready / want_hold it gets those pipes.
- * Returns its index in f->kids or -1. */
-static int kid_start(struct fx *f, const struct cl_args *args, int want_ready, int want_hold)
-{
-    if (f->nkids >= MAX_KIDS)
-        return -1;
-    struct kid *k = &f->kids[f->nkids];
-    k->args = *args;
-    int res[2], rdy[2] = {-1, -1}, hold[2] = {-1, -1};
-    if (pipe2(res, O_CLOEXEC) < 0)
-        return -1;
-    if (want_ready && pipe2(rdy, O_CLOEXEC) < 0)
-        return -1;
-    if (want_hold && pipe2(hold, O_CLOEXEC) < 0)
-        return -1;
-    k->args.res_fd = res[1];
-    k->args.ready_fd = rdy[1];
-    k->args.hold_fd = hold[0];
-    k->pid = tu_fork(client_main, &k->args);
-    close(res[1]);
-    if (rdy[1] >= 0)
-        close(rdy[1]);
-    if (hold[0] >= 0)
-        close(hold[0]);
-    k->res_fd = res[0];
-    k->ready_fd = rdy[0];
-    k->hold_fd = hold[1];
-    if (k->pid < 0) {
-        k->pid = 0;
-        return -1;
-    }
-    return f->nkids++;
-}
-
-/* Waits for its mark round to be flushed (a byte on the ready pipe). 0
- * when it came. */
-static int kid_ready(struct kid *k)
-{
-    struct pollfd pfd = {k->ready_fd, POLLIN, 0};
-    char b;
-    return poll(&pfd, 1, CHILD_MS) == 1 && read(k->ready_fd, &b, 1) == 1 ? 0 : -1;
-}
-
-static void kid_release(struct kid *k)
-{
-    if (k->hold_fd >= 0)
-        close(k->hold_fd);
-    k->hold_fd = -1;
-}
-
-/* Reaps the child and reads its result. Its exit code (-1 on timeout). */
-static int kid_finish(struct kid *k, struct cl_result *r, int timeout_ms)
-{
-    memset(r, 0, sizeof(*r));
-    r->open_rc = -1;
-    kid_release(k);
-    int rc = k->pid > 0 ? tu_wait(k->pid, timeout_ms) : -1;
-    k->pid = 0;
-    if (k->res_fd >= 0) {
-        struct pollfd pfd = {k->res_fd, POLLIN, 0};
-        if (poll(&pfd, 1, 0) != 1 || read(k->res_fd, r, sizeof(*r)) != (ssize_t)sizeof(*r))
-            r->open_rc = rc == 0 ? -EIO : r->open_rc;
-        close(k->res_fd);
-        k->res_fd = -1;
-    }
-    if (k->ready_fd >= 0)
-        close(k->ready_fd);
-    k->ready_fd = -1;
-    if ((rc != 0 && rc != 128 + SIGKILL) || r->bad || r->timeouts)
-        fprintf(stderr,
-                "\n  client on %s (%s): exit %d, open %d, flushed %llu, ok %llu, bad %llu, "
-                "errors %llu, timeouts %llu, first error %s\n",
-                k->args.address, k->args.mode == SHMIPC_MODE_FILE ? "file" : "memfd", rc,
-                r->open_rc, (unsigned long long)r->flushed, (unsigned long long)r->ok,
-                (unsigned long long)r->bad, (unsigned long long)r->errors,
-                (unsigned long long)r->timeouts, shmipc_err_name(r->first_err));
-    return rc;
-}
-
-/* A child that must have done all its work right. */
-static void kid_expect_all_ok(struct kid *k)
-{
-    struct cl_result r;
-    CHECK_EQ(kid_finish(k, &r, CHILD_MS), 0);
-    CHECK_EQ(r.open_rc, 0);
-    CHECK_EQ(r.ok, (uint64_t)k->args.streams * k->args.rounds);
-    CHECK_EQ(r.bad, 0);
-    CHECK_EQ(r.errors + r.flush_errors + r.timeouts, 0);
-}
-
-/* Kills and reaps every child left, stops shmipcd, checks its log for
- * sanitizer reports, removes the directory and this run's /dev/shm
- * files. Safe on a half-built fixture. */
-static void fx_end(struct fx *f)
-{
-    for (int i = 0; i < f->nkids; i++) {
-        struct kid *k = &f->kids[i];
-        if (k->pid > 0) {
-            kill(k->pid, SIGKILL);
-            tu_wait(k->pid, CHILD_MS);
-            k->pid = 0;
-        }
-        if (k->res_fd >= 0)
-            close(k->res_fd);
-        if (k->ready_fd >= 0)
-            close(k->ready_fd);
-        if (k->hold_fd >= 0)
-            close(k->hold_fd);
-        k->res_fd = k->ready_fd = k->hold_fd = -1;
-    }
-    if (f->d.pid > 0) {
-        int rc = du_stop(&f->d, SIGTERM, STOP_MS);
-        if (rc != 0)
-            fprintf(stderr, "\n  shmipcd stopped with %d at the end of the test\n", rc);
-        CU_ASSERT_EQUAL(rc, 0);
-    }
-    if (f->d.dir[0] == '\0')
-        return;
-    CU_ASSERT_PTR_NULL(du_log_check(&f->d, CU_get_number_of_failures() != f->failures_before));
-    if (f->d.last_pid > 0)
-        du_daemon_tmpdirs(f->d.last_pid, 1);
-    du_remove_prefix("/dev/shm", shm_name());
-    CU_ASSERT_EQUAL(du_remove_dir(f->d.dir), 0);
-    f->d.dir[0] = '\0';
-}
 
 /* ---- tests ---- */
 
@@ -566,7 +28,7 @@ static void fx_end(struct fx *f)
 static void test_many_clients(void)
 {
     struct fx f;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, NULL);
     du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
@@ -588,13 +50,13 @@ static void test_many_clients(void)
                   greet_sessions = 0;
     for (unsigned i = 0; i < nplan; i++) {
         struct cl_args a;
-        cl_defaults(&a, &f.d, plan[i].svc, plan[i].mode, (char)('a' + i));
+        dfx_cl_defaults(&a, &f.d, plan[i].svc, plan[i].mode, (char)('a' + i));
         a.greeter = strcmp(plan[i].svc, "greeter") == 0;
         a.sessions = plan[i].sessions;
         a.streams = plan[i].streams;
         a.rounds = rounds;
         a.max_size = 1u << 20;
-        REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+        REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
         if (a.greeter) {
             greet_reqs += a.streams * rounds;
             greet_sessions += a.sessions;
@@ -604,41 +66,41 @@ static void test_many_clients(void)
         echo_sessions += a.sessions;
         for (unsigned s = 0; s < a.streams; s++)
             for (unsigned r = 0; r < rounds; r++)
-                echo_bytes += req_size(s, r, a.max_size);
+                echo_bytes += dfx_req_size(s, r, a.max_size);
     }
     for (int i = 0; i < f.nkids; i++)
-        kid_expect_all_ok(&f.kids[i]);
+        dfx_kid_expect_all_ok(&f.kids[i]);
 
     char out[65536];
-    REQUIRE(wait_settled(&f.d, "echo", echo_sessions, 0, out, sizeof(out)) == 0);
-    REQUIRE(wait_settled(&f.d, "greeter", greet_sessions, 0, out, sizeof(out)) == 0);
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
+    REQUIRE(dfx_wait_settled(&f.d, "echo", echo_sessions, 0, out, sizeof(out)) == 0);
+    REQUIRE(dfx_wait_settled(&f.d, "greeter", greet_sessions, 0, out, sizeof(out)) == 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
     unsigned long v = 0;
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "{\"services\":["));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"sessions\":[]"));
-    CU_ASSERT(json_svc(out, "echo", "requests", &v) == 0 && v == echo_reqs);
-    CU_ASSERT(json_svc(out, "echo", "bytes_in", &v) == 0 && v == echo_bytes);
-    CU_ASSERT(json_svc(out, "echo", "bytes_out", &v) == 0 && v == echo_bytes);
-    CU_ASSERT(json_svc(out, "echo", "handler_errors", &v) == 0 && v == 0);
-    CU_ASSERT(json_svc(out, "echo", "sessions_opened", &v) == 0 && v == echo_sessions);
-    CU_ASSERT(json_svc(out, "echo", "sessions_closed", &v) == 0 && v == echo_sessions);
-    CU_ASSERT(json_svc(out, "echo", "handshakes_failed", &v) == 0 && v == 0);
-    CU_ASSERT(json_svc(out, "greeter", "requests", &v) == 0 && v == greet_reqs);
-    CU_ASSERT(json_svc(out, "greeter", "bytes_in", &v) == 0 &&
+    CU_ASSERT(dfx_json_svc(out, "echo", "requests", &v) == 0 && v == echo_reqs);
+    CU_ASSERT(dfx_json_svc(out, "echo", "bytes_in", &v) == 0 && v == echo_bytes);
+    CU_ASSERT(dfx_json_svc(out, "echo", "bytes_out", &v) == 0 && v == echo_bytes);
+    CU_ASSERT(dfx_json_svc(out, "echo", "handler_errors", &v) == 0 && v == 0);
+    CU_ASSERT(dfx_json_svc(out, "echo", "sessions_opened", &v) == 0 && v == echo_sessions);
+    CU_ASSERT(dfx_json_svc(out, "echo", "sessions_closed", &v) == 0 && v == echo_sessions);
+    CU_ASSERT(dfx_json_svc(out, "echo", "handshakes_failed", &v) == 0 && v == 0);
+    CU_ASSERT(dfx_json_svc(out, "greeter", "requests", &v) == 0 && v == greet_reqs);
+    CU_ASSERT(dfx_json_svc(out, "greeter", "bytes_in", &v) == 0 &&
               v == greet_reqs * (sizeof(GREETER_REQ) - 1));
-    CU_ASSERT(json_svc(out, "greeter", "bytes_out", &v) == 0 &&
+    CU_ASSERT(dfx_json_svc(out, "greeter", "bytes_out", &v) == 0 &&
               v == greet_reqs * (sizeof(GREETER_RESP) - 1));
-    CU_ASSERT(json_svc(out, "greeter", "sessions_closed", &v) == 0 && v == greet_sessions);
-    CU_ASSERT(json_top(out, "pools_mapped", &v) == 0 && v == 0);
+    CU_ASSERT(dfx_json_svc(out, "greeter", "sessions_closed", &v) == 0 && v == greet_sessions);
+    CU_ASSERT(dfx_json_top(out, "pools_mapped", &v) == 0 && v == 0);
     /* The greeter only warns about unexpected requests: none came. */
-    CHECK_EQ(dm_log_count(&f.d, "unexpected request"), 0);
-    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(dfx_log_count(&f.d, "unexpected request"), 0);
+    CHECK_EQ(tu_count_shm(dfx_shm_name()), 0);
     CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
-    fx_end(&f);
+    dfx_end(&f);
 }
 
-/* 1 once the child has exited (left unreaped for kid_finish). */
+/* 1 once the child has exited (left unreaped for dfx_kid_finish). */
 static int kid_exited(const struct kid *k)
 {
     siginfo_t si = {0};
@@ -670,7 +132,7 @@ static void test_slow_handshake(void)
 {
     struct fx f;
     int raw[MAX_STALLED], nraw = 0;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, "handshake_timeout_ms = 300;");
     du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
@@ -681,16 +143,16 @@ static void test_slow_handshake(void)
     for (; nraw < 3; nraw++)
         REQUIRE((raw[nraw] = open_stalled(&f.d, nraw)) >= 0);
     struct cl_args a;
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'h');
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'h');
     a.rounds = 200;
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'i');
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'i');
     a.rounds = 200;
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    cl_defaults(&a, &f.d, "greeter", SHMIPC_MODE_MEMFD, 'j');
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_cl_defaults(&a, &f.d, "greeter", SHMIPC_MODE_MEMFD, 'j');
     a.greeter = 1;
     a.rounds = 200;
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
     uint64_t dl = du_deadline(CHILD_MS);
     for (int running = 1; running && !du_past(dl);) {
         running = 0;
@@ -703,7 +165,7 @@ static void test_slow_handshake(void)
         du_sleep_ms(20);
     }
     for (int i = 0; i < f.nkids; i++)
-        kid_expect_all_ok(&f.kids[i]);
+        dfx_kid_expect_all_ok(&f.kids[i]);
 
     /* Every stalled one: shmipcd closes it (EOF or a reset), says why. */
     int echo_stalled = 0;
@@ -716,23 +178,23 @@ static void test_slow_handshake(void)
         CU_ASSERT(dropped);
         echo_stalled += i % 3 != 2;
     }
-    CHECK_EQ(dm_log_count(&f.d, "handshake not finished before its deadline"), nraw);
+    CHECK_EQ(dfx_log_count(&f.d, "handshake not finished before its deadline"), nraw);
     char out[16384];
     struct svc_stats_txt s = {0};
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
-    CU_ASSERT(stats_svc(out, "echo", &s) == 0 && s.requests == 2 * 4 * 200);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CU_ASSERT(dfx_stats_svc(out, "echo", &s) == 0 && s.requests == 2 * 4 * 200);
     CHECK_EQ(s.hs_failed, echo_stalled);
     CHECK_EQ(s.opened, 2);
-    CU_ASSERT(stats_svc(out, "greeter", &s) == 0 && s.requests == 4 * 200);
+    CU_ASSERT(dfx_stats_svc(out, "greeter", &s) == 0 && s.requests == 4 * 200);
     CHECK_EQ(s.hs_failed, nraw - echo_stalled);
     CHECK_EQ(s.opened, 1);
-    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(tu_count_shm(dfx_shm_name()), 0);
     CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
     for (int i = 0; i < nraw; i++)
         if (raw[i] >= 0)
             close(raw[i]);
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* One bad (or good) file: `shmipcd -t -c FILE` and a real start. */
@@ -746,7 +208,7 @@ static void check_conf(struct fx *f, const char *file, const char *text, int wan
     }
     char out[8192];
     const char *tv[] = {du_bin_path("shmipcd"), "-t", "-c", path, NULL};
-    int rc = run_capture(tv, out, sizeof(out));
+    int rc = dfx_run_capture(tv, out, sizeof(out));
     int ok = rc == want_rc && strstr(out, want1) != NULL && (!want2 || strstr(out, want2));
     if (!ok)
         fprintf(stderr, "\n  shmipcd -t -c %s: exit %d (want %d), output:\n%s\n  wanted '%s'%s%s\n",
@@ -763,7 +225,7 @@ static void check_conf(struct fx *f, const char *file, const char *text, int wan
     snprintf(f->d.conf, sizeof(f->d.conf), "%s", path);
     unlink(f->d.log); /* this start's log only */
     rc = du_start(&f->d, START_MS);
-    char *log = dm_log(&f->d);
+    char *log = dfx_log(&f->d);
     ok = rc == want_rc && strstr(log, want1) != NULL && (!want2 || strstr(log, want2));
     if (!ok)
         fprintf(stderr, "\n  shmipcd -c %s: exit %d (want %d), log:\n%s\n", file, rc, want_rc, log);
@@ -783,7 +245,7 @@ static void check_conf(struct fx *f, const char *file, const char *text, int wan
 static void test_bad_configs(void)
 {
     struct fx f;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     char head[512], svc[1024], text[2048], want[256];
     snprintf(head, sizeof(head), "workers = 2;\nadmin = \"%s\";\n", f.d.admin);
 #define SVC(plugin, extra)                                                                         \
@@ -840,7 +302,7 @@ static void test_bad_configs(void)
     check_conf(&f, "good.conf", text, 0, "valid", NULL);
 #undef SVC
 out:
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* SIGTERM while clients keep requests in flight: every flushed request
@@ -850,7 +312,7 @@ out:
 static void test_sigterm_under_load(void)
 {
     struct fx f;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     char limits[64], trace_conf[256];
     snprintf(limits, sizeof(limits), "drain_timeout_ms = %d;", DRAIN_MS);
     snprintf(trace_conf, sizeof(trace_conf), "trace = \"%s\";", du_path(&f.d, "trace"));
@@ -865,24 +327,24 @@ static void test_sigterm_under_load(void)
     const char *svcs[2] = {"slow", "counter"};
     for (unsigned i = 0; i < 4; i++) {
         struct cl_args a;
-        cl_defaults(&a, &f.d, svcs[i / 2], i % 2 ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
-                    (char)('p' + i));
+        dfx_cl_defaults(&a, &f.d, svcs[i / 2], i % 2 ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
+                        (char)('p' + i));
         a.streams = 8;
         a.rounds = 1000000; /* until shmipcd goes away (or the child's alarm) */
         a.max_size = 40000;
         a.mark_round = i < 2 ? 2 : 20; /* slow: 8 x 20 ms a round */
-        REQUIRE(kid_start(&f, &a, 1, 0) >= 0);
+        REQUIRE(dfx_kid_start(&f, &a, 1, 0) >= 0);
     }
     /* SIGTERM once every client has a round flushed and not yet read: at
      * least those requests are in flight. */
     for (int i = 0; i < f.nkids; i++)
-        REQUIRE(kid_ready(&f.kids[i]) == 0);
+        REQUIRE(dfx_kid_ready(&f.kids[i]) == 0);
     CHECK_EQ(du_stop(&f.d, SIGTERM, DRAIN_MS + STOP_MS), 0);
 
     uint64_t total_ok = 0;
     for (int i = 0; i < f.nkids; i++) {
         struct cl_result r;
-        CHECK_EQ(kid_finish(&f.kids[i], &r, CHILD_MS), 0);
+        CHECK_EQ(dfx_kid_finish(&f.kids[i], &r, CHILD_MS), 0);
         CHECK_EQ(r.open_rc, 0);
         CHECK_EQ(r.bad, 0);
         CHECK_EQ(r.timeouts, 0);
@@ -901,14 +363,14 @@ static void test_sigterm_under_load(void)
     CU_ASSERT_FALSE(du_exists(du_path(&f.d, "counter.sock")));
     CU_ASSERT_FALSE(du_exists(f.d.admin_path));
     CHECK_EQ(du_daemon_tmpdirs(dpid, 0), 0);
-    CHECK_EQ(tu_count_shm(shm_name()), 0);
-    CHECK_EQ(dm_log_count(&f.d, "signal 15: stopping"), 1);
-    CHECK_EQ(dm_log_count(&f.d, "shmipcd: stopped"), 1);
+    CHECK_EQ(tu_count_shm(dfx_shm_name()), 0);
+    CHECK_EQ(dfx_log_count(&f.d, "signal 15: stopping"), 1);
+    CHECK_EQ(dfx_log_count(&f.d, "shmipcd: stopped"), 1);
 
     char *trace = du_read_file(du_path(&f.d, "trace"), NULL);
     REQUIRE(trace != NULL);
-    CHECK_EQ(count_lines(trace, "init"), 1);
-    CHECK_EQ(count_lines(trace, "fini"), 1);
+    CHECK_EQ(du_count_lines(trace, "init"), 1);
+    CHECK_EQ(du_count_lines(trace, "fini"), 1);
     CHECK_EQ(du_count_str(trace, "thread_init"), du_count_str(trace, "thread_fini"));
     CU_ASSERT(du_count_str(trace, "thread_init") >= 1);
     size_t tl = strlen(trace);
@@ -916,7 +378,7 @@ static void test_sigterm_under_load(void)
               (tl == 5 || trace[tl - 6] == '\n')); /* fini came last */
     free(trace);
 out:
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* A client SIGKILLed mid-stream: its session is closed, its pool
@@ -924,7 +386,7 @@ out:
 static void test_client_sigkill(void)
 {
     struct fx f;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, NULL);
     du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
@@ -933,36 +395,36 @@ static void test_client_sigkill(void)
 
     /* Warm up (one client in each mode), then take the baseline. */
     struct cl_args a;
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'k');
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    kid_expect_all_ok(&f.kids[f.nkids - 1]);
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'l');
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'k');
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'l');
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_kid_expect_all_ok(&f.kids[f.nkids - 1]);
     char out[65536];
-    REQUIRE(wait_settled(&f.d, "echo", 2, 0, out, sizeof(out)) == 0);
+    REQUIRE(dfx_wait_settled(&f.d, "echo", 2, 0, out, sizeof(out)) == 0);
     int base_fds = du_count_fds(f.d.pid);
     REQUIRE(base_fds > 0);
 
     /* One victim per mode, killed while its streams have requests out. */
     for (int mode = 0; mode < 2; mode++) {
-        cl_defaults(&a, &f.d, "echo", mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
-                    (char)('m' + mode));
+        dfx_cl_defaults(&a, &f.d, "echo", mode ? SHMIPC_MODE_FILE : SHMIPC_MODE_MEMFD,
+                        (char)('m' + mode));
         a.streams = 16;
         a.rounds = 1000000;
         a.max_size = 1u << 20;
-        int k = kid_start(&f, &a, 1, 0);
+        int k = dfx_kid_start(&f, &a, 1, 0);
         REQUIRE(k >= 0);
-        REQUIRE(kid_ready(&f.kids[k]) == 0);
-        CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+        REQUIRE(dfx_kid_ready(&f.kids[k]) == 0);
+        CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
         unsigned long pools = 0;
-        CU_ASSERT(stats_pools(out, &pools) == 0 && pools == 1);
+        CU_ASSERT(dfx_stats_pools(out, &pools) == 0 && pools == 1);
         CU_ASSERT_PTR_NOT_NULL(strstr(out, "(echo, worker "));
         kill(f.kids[k].pid, SIGKILL);
         struct cl_result r;
-        CHECK_EQ(kid_finish(&f.kids[k], &r, CHILD_MS), 128 + SIGKILL);
+        CHECK_EQ(dfx_kid_finish(&f.kids[k], &r, CHILD_MS), 128 + SIGKILL);
         /* Its session closed, its pool unmapped... */
-        REQUIRE(wait_settled(&f.d, "echo", 3 + (unsigned long)mode, 0, out, sizeof(out)) == 0);
+        REQUIRE(dfx_wait_settled(&f.d, "echo", 3 + (unsigned long)mode, 0, out, sizeof(out)) == 0);
         /* ...and every fd of it closed. */
         uint64_t dl = du_deadline(POLL_MS);
         int fds;
@@ -970,31 +432,31 @@ static void test_client_sigkill(void)
             du_sleep_ms(10);
         CHECK_EQ(fds, base_fds);
         /* A file-mode victim's files are its own to remove; it cannot. */
-        du_remove_prefix("/dev/shm", shm_name());
+        du_remove_prefix("/dev/shm", dfx_shm_name());
     }
     /* Others are still served, in both modes. */
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'n');
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'n');
     a.streams = 8;
     a.rounds = 20;
     a.max_size = 1u << 20;
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    kid_expect_all_ok(&f.kids[f.nkids - 1]);
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'o');
-    REQUIRE(kid_start(&f, &a, 0, 0) >= 0);
-    kid_expect_all_ok(&f.kids[f.nkids - 1]);
-    REQUIRE(wait_settled(&f.d, "echo", 6, 0, out, sizeof(out)) == 0);
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_FILE, 'o');
+    REQUIRE(dfx_kid_start(&f, &a, 0, 0) >= 0);
+    dfx_kid_expect_all_ok(&f.kids[f.nkids - 1]);
+    REQUIRE(dfx_wait_settled(&f.d, "echo", 6, 0, out, sizeof(out)) == 0);
     CHECK_EQ(du_count_fds(f.d.pid), base_fds);
-    CHECK_EQ(tu_count_shm(shm_name()), 0);
+    CHECK_EQ(tu_count_shm(dfx_shm_name()), 0);
     CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
 out:
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* shmipcctl status / stats / stats --json / an unknown command / stop. */
 static void test_shmipcctl(void)
 {
     struct fx f;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, NULL);
     du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
@@ -1005,23 +467,23 @@ static void test_shmipcctl(void)
 
     /* A client that keeps its session open until released. */
     struct cl_args a;
-    cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'q');
+    dfx_cl_defaults(&a, &f.d, "echo", SHMIPC_MODE_MEMFD, 'q');
     a.streams = 2;
     a.rounds = 3;
-    int k = kid_start(&f, &a, 1, 1);
+    int k = dfx_kid_start(&f, &a, 1, 1);
     REQUIRE(k >= 0);
-    REQUIRE(kid_ready(&f.kids[k]) == 0);
+    REQUIRE(dfx_kid_ready(&f.kids[k]) == 0);
     /* Its last rounds may still be running: wait for all 6 requests. */
     char out[65536], line[512];
     struct svc_stats_txt s = {0};
     uint64_t dl = du_deadline(POLL_MS);
-    while ((ctl(&f.d, out, sizeof(out), "stats", NULL) != 0 || stats_svc(out, "echo", &s) != 0 ||
-            s.requests != 6) &&
+    while ((dfx_ctl(&f.d, out, sizeof(out), "stats", NULL) != 0 ||
+            dfx_stats_svc(out, "echo", &s) != 0 || s.requests != 6) &&
            !du_past(dl))
         du_sleep_ms(10);
     CHECK_EQ(s.requests, 6);
 
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "status", NULL), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", NULL), 0);
     char pidline[64];
     snprintf(pidline, sizeof(pidline), "shmipcd pid %d, up ", (int)dpid);
     CU_ASSERT(strncmp(out, pidline, strlen(pidline)) == 0);
@@ -1043,50 +505,51 @@ static void test_shmipcctl(void)
     if (strstr(out, line) == NULL)
         fprintf(stderr, "\n  status:\n%s\n", out);
 
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
     unsigned long pools = 9;
-    CU_ASSERT(stats_pools(out, &pools) == 0 && pools == 1);
-    CU_ASSERT(stats_svc(out, "echo", &s) == 0 && s.opened == 1 && s.closed == 0 && s.requests == 6);
+    CU_ASSERT(dfx_stats_pools(out, &pools) == 0 && pools == 1);
+    CU_ASSERT(dfx_stats_svc(out, "echo", &s) == 0 && s.opened == 1 && s.closed == 0 &&
+              s.requests == 6);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "(echo, worker "));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "requests 6, errors 0"));
 
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", "--json"), 0);
     unsigned long v = 9;
     CU_ASSERT(out[0] == '{');
-    CU_ASSERT(json_svc(out, "echo", "requests", &v) == 0 && v == 6);
-    CU_ASSERT(json_svc(out, "greeter", "requests", &v) == 0 && v == 0);
-    CU_ASSERT(json_top(out, "pools_mapped", &v) == 0 && v == 1);
+    CU_ASSERT(dfx_json_svc(out, "echo", "requests", &v) == 0 && v == 6);
+    CU_ASSERT(dfx_json_svc(out, "greeter", "requests", &v) == 0 && v == 0);
+    CU_ASSERT(dfx_json_top(out, "pools_mapped", &v) == 0 && v == 1);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"sessions\":[{\"id\":"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"service\":\"echo\""));
 
     /* Unknown commands: a non-zero exit and "error:". */
-    int rc = ctl(&f.d, out, sizeof(out), "bogus", NULL);
+    int rc = dfx_ctl(&f.d, out, sizeof(out), "bogus", NULL);
     CU_ASSERT(rc != 0 && strstr(out, "error:") != NULL);
-    rc = ctl(&f.d, out, sizeof(out), "stats", "--yaml");
+    rc = dfx_ctl(&f.d, out, sizeof(out), "stats", "--yaml");
     CU_ASSERT(rc != 0 && strstr(out, "error:") != NULL);
     /* No command: usage, exit 2. */
     const char *noarg[] = {du_bin_path("shmipcctl"), NULL};
-    rc = run_capture(noarg, out, sizeof(out));
+    rc = dfx_run_capture(noarg, out, sizeof(out));
     CU_ASSERT(rc == 2 && strstr(out, "usage:") != NULL);
 
     /* The client leaves; its session closes. */
-    kid_expect_all_ok(&f.kids[k]);
-    REQUIRE(wait_settled(&f.d, "echo", 1, 0, out, sizeof(out)) == 0);
+    dfx_kid_expect_all_ok(&f.kids[k]);
+    REQUIRE(dfx_wait_settled(&f.d, "echo", 1, 0, out, sizeof(out)) == 0);
 
     /* stop: shmipcd drains and exits 0, its sockets removed. */
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stop", NULL), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stop", NULL), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "stopping"));
     CHECK_EQ(du_wait_exit(&f.d, STOP_MS), 0);
     CU_ASSERT_FALSE(du_exists(du_path(&f.d, "echo.sock")));
     CU_ASSERT_FALSE(du_exists(du_path(&f.d, "greeter.sock")));
     CU_ASSERT_FALSE(du_exists(f.d.admin_path));
     CHECK_EQ(du_daemon_tmpdirs(dpid, 0), 0);
-    CHECK_EQ(dm_log_count(&f.d, "admin: stop requested"), 1);
+    CHECK_EQ(dfx_log_count(&f.d, "admin: stop requested"), 1);
     /* Nobody listens any more: shmipcctl says so and fails. */
-    rc = ctl(&f.d, out, sizeof(out), "status", NULL);
+    rc = dfx_ctl(&f.d, out, sizeof(out), "status", NULL);
     CU_ASSERT(rc == 1 && strstr(out, "shmipcctl: ") != NULL);
 out:
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* One request on a fresh stream; the first 3 bytes of the answer. */
@@ -1113,7 +576,7 @@ static void test_watch(void)
 {
     struct fx f;
     shmipc_client *c = NULL;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     const char *so = du_path(&f.d, "plugin.so");
     REQUIRE(du_copy_file(du_test_plugin_path("versioned"), so) == 0);
     struct du_conf t = {.n = 0};
@@ -1135,13 +598,13 @@ static void test_watch(void)
     while (ask_version(c, ver) == 0 && strcmp(ver, "v2 ") != 0 && !du_past(dl))
         du_sleep_ms(20);
     CU_ASSERT_STRING_EQUAL(ver, "v2 ");
-    CU_ASSERT(dm_log_count(&f.d, "plugin file plugin.so changed") >= 1);
+    CU_ASSERT(dfx_log_count(&f.d, "plugin file plugin.so changed") >= 1);
 
     REQUIRE(du_copy_file(du_test_plugin_path("badabi"), so) == 0);
     dl = du_deadline(POLL_MS);
-    while (dm_log_count(&f.d, "ABI major") == 0 && !du_past(dl))
+    while (dfx_log_count(&f.d, "ABI major") == 0 && !du_past(dl))
         du_sleep_ms(20);
-    CU_ASSERT(dm_log_count(&f.d, "ABI major") >= 1);
+    CU_ASSERT(dfx_log_count(&f.d, "ABI major") >= 1);
     CHECK_EQ(ask_version(c, ver), 0);
     CU_ASSERT_STRING_EQUAL(ver, "v2 ");
     shmipc_client_close(c);
@@ -1150,7 +613,7 @@ static void test_watch(void)
 out:
     if (c != NULL)
         shmipc_client_close(c);
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* Opens a client on svc with `sessions` sessions; 0 or its error. */
@@ -1173,7 +636,7 @@ static void test_limits(void)
     struct fx f;
     shmipc_client *c1 = NULL, *c2 = NULL, *c3 = NULL, *idle = NULL, *alive = NULL;
     shmipc_stream *st[5] = {0};
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     unsigned me = (unsigned)getuid();
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, "max_sessions_per_uid = 3; max_streams = 4; idle_timeout_ms = 1500;");
@@ -1190,13 +653,13 @@ static void test_limits(void)
 
     /* Allowlist: our uid is not on "shut". */
     CU_ASSERT(open_client(&f.d, "shut", 1, 0, &c1) < 0);
-    CU_ASSERT(dm_log_count(&f.d, "is not allowed") >= 1);
+    CU_ASSERT(dfx_log_count(&f.d, "is not allowed") >= 1);
 
     /* Three sessions for our uid, no more. */
     REQUIRE(open_client(&f.d, "open", 2, 0, &c1) == 0);
     REQUIRE(open_client(&f.d, "open", 1, 0, &c2) == 0);
     CU_ASSERT(open_client(&f.d, "open", 1, 0, &c3) < 0);
-    CU_ASSERT(dm_log_count(&f.d, "sessions, the limit") >= 1);
+    CU_ASSERT(dfx_log_count(&f.d, "sessions, the limit") >= 1);
     shmipc_client_close(c2);
     c2 = NULL;
     uint64_t dl = du_deadline(POLL_MS);
@@ -1216,7 +679,7 @@ static void test_limits(void)
     shmipc_msg m5;
     REQUIRE(shmipc_client_get(c3, &st[4]) == 0);
     CU_ASSERT(shmipc_call(st[4], "ab", 2, &m5, RECV_MS) < 0);
-    CU_ASSERT(dm_log_count(&f.d, "more streams than allowed") >= 1);
+    CU_ASSERT(dfx_log_count(&f.d, "more streams than allowed") >= 1);
     for (int i = 0; i < 5; i++) {
         shmipc_stream_close(st[i]);
         st[i] = NULL;
@@ -1238,7 +701,7 @@ static void test_limits(void)
         du_sleep_ms(20);
     CHECK_EQ(shmipc_client_live_sessions(idle), 0);
     CHECK_EQ(shmipc_client_live_sessions(alive), 1);
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "idle closed 1"));
     CU_ASSERT_PTR_NOT_NULL(strstr(out, "service shut:"));
     const char *shut = strstr(out, "service shut:");
@@ -1252,7 +715,7 @@ out:
     for (unsigned i = 0; i < 5; i++)
         if (all[i] != NULL)
             shmipc_client_close(all[i]);
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 /* One request whose byte 0 is op and whose rest is want[1..n); the answer
@@ -1297,7 +760,7 @@ static void test_forward(void)
     shmipc_client *c = NULL;
     shmipc_stream *st = NULL;
     uint8_t *want = NULL;
-    REQUIRE(fx_begin(&f) == 0);
+    REQUIRE(dfx_begin(&f) == 0);
     struct du_conf t = {.n = 0};
     du_conf_head(&t, &f.d, NULL);
     du_conf_add(&t, "  { name = \"fwd\"; listen = \"%s\"; plugin = \"%s\"; }\n",
@@ -1340,7 +803,7 @@ static void test_forward(void)
     REQUIRE(shmipc_stream_write(st, "F", 1) == 0 && shmipc_stream_flush(st) == 0);
     CHECK_EQ(fwd_round(st, 'A', want, 5000, "", "", 1), 0);
     char out[65536];
-    CHECK_EQ(ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);
     const char *svc = strstr(out, "service fwd:");
     CU_ASSERT(svc != NULL && strstr(svc, "handler errors 1,") != NULL);
     CU_ASSERT(svc != NULL && strstr(svc, "sessions opened 1 closed 0,") != NULL);
@@ -1355,7 +818,7 @@ out:
         shmipc_stream_close(st);
     if (c != NULL)
         shmipc_client_close(c);
-    fx_end(&f);
+    dfx_end(&f);
 }
 
 static const struct test_case cases[] = {

@@ -1,14 +1,8 @@
 /*
- * Tests of src/server/loader.c and the plugins shipped with shmipcd.
- *
- * The plugins are the built .so files under $SHMIPC_PLUGINS and
- * $SHMIPC_TEST_PLUGINS. Each test loads into its own mkdtemp directory and
- * checks at the end that the directory is empty again, that no fd is left
- * open and that no private copy is still mapped. The host API table is the
- * test's own: responses go to a malloc'd buffer (struct shmipc_response is
- * opaque to plugins, so the test defines it), log lines to a buffer, and
- * requests are split into separately allocated pieces so that a plugin
- * reading past a piece would be caught (by a wrong answer or by ASan).
+ * Tests of src/server/loader.c and the plugins shipped with shmipcd, loaded
+ * from the built .so files with a test host API table. The host table, the
+ * plugin paths and the per-test scaffolding (struct fixture: lfx_begin ..
+ * lfx_end, which checks for leftovers) are in tests/common/loader_fixture.h.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -27,489 +21,8 @@
 #include "shmipc/errors.h"
 #include "shmipc/plugin.h"
 #include "../common/daemon_util.h"
+#include "../common/loader_fixture.h"
 #include "testutil.h"
-
-/* config.c provides the accessors the daemon's host table uses. Weak, so
- * that this suite still links while config.o is not part of the program;
- * then the test host reads the group with libconfig directly. */
-#pragma weak conf_plugin_int
-#pragma weak conf_plugin_bool
-#pragma weak conf_plugin_float
-#pragma weak conf_plugin_string
-
-/* ---- the test host ---- */
-
-struct shmipc_response {
-    uint8_t *buf;
-    size_t len, cap;
-    int fail; /* write/reserve return SHMIPC_ENOBUFS */
-};
-
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static char log_buf[16384];
-static size_t log_len;
-static unsigned log_lines;
-
-static void log_reset(void)
-{
-    pthread_mutex_lock(&log_mu);
-    log_len = 0;
-    log_lines = 0;
-    log_buf[0] = '\0';
-    pthread_mutex_unlock(&log_mu);
-}
-
-static unsigned log_count(void)
-{
-    pthread_mutex_lock(&log_mu);
-    unsigned n = log_lines;
-    pthread_mutex_unlock(&log_mu);
-    return n;
-}
-
-__attribute__((format(printf, 2, 3))) static void th_log(int level, const char *fmt, ...)
-{
-    char line[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    pthread_mutex_lock(&log_mu);
-    int n = snprintf(log_buf + log_len, sizeof(log_buf) - log_len, "%d %s\n", level, line);
-    if (n > 0)
-        log_len = (size_t)n < sizeof(log_buf) - log_len ? log_len + (size_t)n : sizeof(log_buf) - 1;
-    log_lines++;
-    pthread_mutex_unlock(&log_mu);
-}
-
-static int th_reserve(struct shmipc_response *r, size_t n, void **ptr)
-{
-    if (r->fail)
-        return SHMIPC_ENOBUFS;
-    if (r->len + n > r->cap) {
-        size_t cap = r->cap ? r->cap : 64;
-        while (cap < r->len + n)
-            cap *= 2;
-        uint8_t *b = realloc(r->buf, cap);
-        if (b == NULL)
-            return -ENOMEM;
-        r->buf = b;
-        r->cap = cap;
-    }
-    *ptr = r->buf + r->len;
-    r->len += n;
-    return 0;
-}
-
-static int th_write(struct shmipc_response *r, const void *data, size_t n)
-{
-    void *p;
-    int rc = th_reserve(r, n, &p);
-    if (rc == 0 && n > 0)
-        memcpy(p, data, n);
-    return rc;
-}
-
-static size_t th_copy(const struct shmipc_request *req, size_t off, void *dst, size_t n)
-{
-    size_t done = 0;
-    for (unsigned i = 0; i < req->niov && done < n; i++) {
-        size_t len = req->iov[i].len;
-        if (off >= len) {
-            off -= len;
-            continue;
-        }
-        size_t k = len - off < n - done ? len - off : n - done;
-        memcpy((uint8_t *)dst + done, req->iov[i].base + off, k);
-        done += k;
-        off = 0;
-    }
-    return done;
-}
-
-static const config_setting_t *as_setting(const struct shmipc_plugin_conf *c)
-{
-    return (const config_setting_t *)c;
-}
-
-static config_setting_t *lookup(const struct shmipc_plugin_conf *c, const char *path)
-{
-    return c == NULL ? NULL : config_setting_lookup((config_setting_t *)as_setting(c), path);
-}
-
-/* The setting at `path` if its type is t1 or t2: 0, -ENOENT or -EINVAL, as
- * config.c's accessors answer. */
-static int lookup_typed(const struct shmipc_plugin_conf *c, const char *path, int t1, int t2,
-                        config_setting_t **out)
-{
-    config_setting_t *s = lookup(c, path);
-    if (s == NULL)
-        return -ENOENT;
-    int t = config_setting_type(s);
-    if (t != t1 && t != t2)
-        return -EINVAL;
-    *out = s;
-    return 0;
-}
-
-/* th_conf_<kind>: config.c's accessor when it is linked, else the same
- * answer read with libconfig. One macro, so the four cannot drift apart. */
-#define TH_CONF(kind, type, t1, t2, get)                                                           \
-    static int th_conf_##kind(const struct shmipc_plugin_conf *c, const char *path, type *out)     \
-    {                                                                                              \
-        if (conf_plugin_##kind != NULL)                                                            \
-            return conf_plugin_##kind(as_setting(c), path, out);                                   \
-        config_setting_t *s;                                                                       \
-        int rc = lookup_typed(c, path, t1, t2, &s);                                                \
-        if (rc == 0)                                                                               \
-            *out = get(s);                                                                         \
-        return rc;                                                                                 \
-    }
-TH_CONF(int, long long, CONFIG_TYPE_INT, CONFIG_TYPE_INT64, config_setting_get_int64)
-TH_CONF(bool, int, CONFIG_TYPE_BOOL, CONFIG_TYPE_BOOL, config_setting_get_bool)
-TH_CONF(float, double, CONFIG_TYPE_FLOAT, CONFIG_TYPE_FLOAT, config_setting_get_float)
-TH_CONF(string, const char *, CONFIG_TYPE_STRING, CONFIG_TYPE_STRING, config_setting_get_string)
-
-static const struct shmipc_host_api test_host = {
-    .size = sizeof(struct shmipc_host_api),
-    .abi_minor = SHMIPC_PLUGIN_ABI_MINOR,
-    .log = th_log,
-    .write = th_write,
-    .reserve = th_reserve,
-    .copy = th_copy,
-    .strerror = shmipc_strerror,
-    .conf_int = th_conf_int,
-    .conf_bool = th_conf_bool,
-    .conf_float = th_conf_float,
-    .conf_string = th_conf_string,
-};
-
-/* ---- helpers ---- */
-
-/* $env/name.so, or NULL (and a failed assertion) when the directory is missing.
- * Without $env: `dflt` relative to this program's directory (build/tests
- * or build/<variant>/tests), so that each variant loads its own plugins. */
-static char *so_path(const char *env, const char *dflt, const char *name)
-{
-    const char *dir = getenv(env);
-    char exe[4096], def[4200];
-    if (dir == NULL || *dir == '\0') {
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        exe[n > 0 ? n : 0] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash != NULL)
-            *slash = '\0';
-        snprintf(def, sizeof(def), "%s/%s", slash != NULL ? exe : ".", dflt);
-        dir = def;
-    }
-    struct stat st;
-    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        /* The build makes the tests depend on the plugins: a missing
-         * directory is a broken setup, not something to skip. */
-        printf("\n  %s (%s) is missing\n", env, dir);
-        CU_FAIL("plugin directory missing");
-        return NULL;
-    }
-    char *p = NULL;
-    if (asprintf(&p, "%s/%s.so", dir, name) < 0)
-        return NULL;
-    return p;
-}
-
-static char *plugin(const char *name)
-{
-    return so_path("SHMIPC_PLUGINS", "../plugins", name);
-}
-
-static char *test_plugin(const char *name)
-{
-    return so_path("SHMIPC_TEST_PLUGINS", "plugins", name);
-}
-
-static char *make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    char *p = NULL;
-    if (asprintf(&p, "%s/shmipc-loader-XXXXXX", base != NULL && *base ? base : "/tmp") < 0)
-        return NULL;
-    if (mkdtemp(p) == NULL) {
-        free(p);
-        return NULL;
-    }
-    return p;
-}
-
-/* Entries in dir, "." and ".." aside. */
-static int count_entries(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return -1;
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;)
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            n++;
-    closedir(d);
-    return n;
-}
-
-/* Removes everything in dir, then dir; frees the path. */
-static void remove_tmpdir(char *dir)
-{
-    if (dir == NULL)
-        return;
-    DIR *d = opendir(dir);
-    if (d != NULL) {
-        for (struct dirent *e; (e = readdir(d)) != NULL;) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[4096];
-            snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-    free(dir);
-}
-
-/* Whether this process's memory map names `path` itself (under == 0) or
- * something below the directory `path` (under == 1); -1 if unreadable. */
-static int in_maps(const char *path, int under)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    char line[4096 + 256];
-    int hit = 0;
-    size_t n = strlen(path);
-    while (!hit && fgets(line, sizeof(line), f) != NULL) {
-        char *p = strstr(line, path);
-        if (p != NULL)
-            hit = under ? p[n] == '/' : (p[n] == '\n' || p[n] == '\0' || p[n] == ' ');
-    }
-    fclose(f);
-    return hit;
-}
-
-static int is_mapped(const char *path)
-{
-    return in_maps(path, 0);
-}
-
-/* A private copy left open. */
-static int mapped_under(const char *dir)
-{
-    return in_maps(dir, 1);
-}
-
-static int file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-static int write_all(const char *path, const void *data, size_t len)
-{
-    /* In place (O_TRUNC, same inode): what a careless upgrade does. */
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
-    if (fd < 0)
-        return -errno;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t w = write(fd, (const uint8_t *)data + done, len - done);
-        if (w < 0) {
-            int e = errno;
-            close(fd);
-            return -e;
-        }
-        done += (size_t)w;
-    }
-    return close(fd) < 0 ? -errno : 0;
-}
-
-static int copy_file(const char *from, const char *to)
-{
-    size_t len;
-    uint8_t *b = (uint8_t *)du_read_file(from, &len);
-    if (b == NULL)
-        return -ENOENT;
-    int rc = write_all(to, b, len);
-    free(b);
-    return rc;
-}
-
-/* Runs handle() on `data`, split into separately allocated pieces of at
- * most `piece` bytes (0: one piece). The response is left in *resp
- * (free resp->buf). No CUnit calls: the kv threads use it too. */
-static int call_ts(struct plugin_gen *g, void *ts, const void *data, size_t len, size_t piece,
-                   struct shmipc_response *resp)
-{
-    memset(resp, 0, sizeof(*resp));
-    if (piece == 0)
-        piece = len > 0 ? len : 1;
-    unsigned niov = (unsigned)((len + piece - 1) / piece);
-    struct shmipc_plugin_iov *iov = calloc(niov > 0 ? niov : 1, sizeof(*iov));
-    int rc = iov != NULL ? 0 : -ENOMEM;
-    for (unsigned i = 0; rc == 0 && i < niov; i++) {
-        size_t off = (size_t)i * piece;
-        size_t n = len - off < piece ? len - off : piece;
-        uint8_t *b = malloc(n);
-        if (b == NULL) {
-            rc = -ENOMEM;
-            break;
-        }
-        memcpy(b, (const uint8_t *)data + off, n);
-        iov[i].base = b;
-        iov[i].len = n;
-    }
-    if (rc == 0) {
-        struct shmipc_request req = {42, 7, len, niov, iov};
-        rc = g->desc->handle(g->state, ts, &req, resp);
-    }
-    for (unsigned i = 0; iov != NULL && i < niov; i++)
-        free((void *)iov[i].base);
-    free(iov);
-    return rc;
-}
-
-static int call(struct plugin_gen *g, const void *data, size_t len, size_t piece,
-                struct shmipc_response *resp)
-{
-    return call_ts(g, g->nworkers > 0 ? g->thread_states[0] : NULL, data, len, piece, resp);
-}
-
-/* Whether the request `req` (a string) gets exactly `want`. */
-static int replies(struct plugin_gen *g, const char *req, size_t piece, const char *want)
-{
-    struct shmipc_response r;
-    int rc = call(g, req, strlen(req), piece, &r);
-    int ok = rc == 0 && r.len == strlen(want) && (r.len == 0 || memcmp(r.buf, want, r.len) == 0);
-    if (!ok)
-        fprintf(stderr, "\n  request \"%s\": rc %d, reply \"%.*s\", wanted \"%s\"\n", req, rc,
-                (int)r.len, r.buf != NULL ? (const char *)r.buf : "", want);
-    free(r.buf);
-    return ok;
-}
-#define CU_ASSERT_REPLY(g, req, piece, want) CU_ASSERT_TRUE(replies((g), (req), (piece), (want)))
-
-/* Same with binary request and reply. */
-static int replies_bin(struct plugin_gen *g, const void *req, size_t len, size_t piece,
-                       const void *want, size_t wlen)
-{
-    struct shmipc_response r;
-    int rc = call(g, req, len, piece, &r);
-    int ok = rc == 0 && r.len == wlen && (wlen == 0 || memcmp(r.buf, want, wlen) == 0);
-    if (!ok)
-        fprintf(stderr, "\n  binary request of %zu bytes: rc %d, reply of %zu bytes, wanted %zu\n",
-                len, rc, r.len, wlen);
-    free(r.buf);
-    return ok;
-}
-
-/* Per-test scaffolding: the plugin under test, a tmpdir, and the fd count
- * at the start. `scratch`, made on demand, holds the test's own files apart
- * from tmp, so that tmp's count stays about private copies. */
-struct fixture {
-    char *path;
-    char *tmp;
-    char *scratch;
-    int fds;
-    config_t cfg; /* the last fixture_conf(), while has_cfg */
-    int has_cfg;
-};
-
-/* Takes `path` (from plugin() or test_plugin(); NULL when that has failed
- * the test already). 0 when the test cannot run; then nothing is left to
- * free. */
-static int fixture_begin(struct fixture *f, char *path)
-{
-    f->path = path;
-    f->scratch = NULL;
-    f->has_cfg = 0;
-    if (path == NULL)
-        return 0;
-    f->tmp = make_tmpdir();
-    CU_ASSERT_PTR_NOT_NULL(f->tmp);
-    f->fds = tu_count_fds();
-    log_reset();
-    if (f->tmp == NULL) {
-        free(path);
-        f->path = NULL;
-        return 0;
-    }
-    return 1;
-}
-
-/* The plugin config group from "config = { ... };" text, or NULL. It lives
- * until the next call or fixture_end. */
-static const struct shmipc_plugin_conf *fixture_conf(struct fixture *f, const char *text)
-{
-    if (f->has_cfg)
-        config_destroy(&f->cfg);
-    config_init(&f->cfg);
-    f->has_cfg = 1;
-    if (config_read_string(&f->cfg, text) != CONFIG_TRUE) {
-        fprintf(stderr, "config: line %d: %s\n", config_error_line(&f->cfg),
-                config_error_text(&f->cfg));
-        return NULL;
-    }
-    return (const struct shmipc_plugin_conf *)config_lookup(&f->cfg, "config");
-}
-
-/* The scratch directory, made on first use; ends the test (CUnit's FATAL)
- * when it cannot be made. */
-static const char *fixture_scratch(struct fixture *f)
-{
-    if (f->scratch == NULL)
-        f->scratch = make_tmpdir();
-    CU_ASSERT_PTR_NOT_NULL_FATAL(f->scratch);
-    return f->scratch;
-}
-
-static void fixture_end(struct fixture *f)
-{
-    remove_tmpdir(f->scratch);
-    f->scratch = NULL;
-    if (f->has_cfg)
-        config_destroy(&f->cfg);
-    f->has_cfg = 0;
-    CU_ASSERT_EQUAL(count_entries(f->tmp), 0);
-    CU_ASSERT_EQUAL(mapped_under(f->tmp), 0);
-    CU_ASSERT_EQUAL(tu_count_fds(), f->fds);
-    remove_tmpdir(f->tmp);
-    f->tmp = NULL;
-    free(f->path);
-    f->path = NULL;
-}
-
-static struct plugin_gen *load(const char *path, const char *tmp, unsigned number,
-                               unsigned nworkers, const struct shmipc_plugin_conf *conf)
-{
-    char err[512];
-    struct plugin_gen *g = NULL;
-    int rc = gen_load(path, tmp, number, nworkers, &test_host, conf, &g, err, sizeof(err));
-    if (rc != 0)
-        fprintf(stderr, "\n  gen_load(%s): %d %s\n", path, rc, err);
-    CU_ASSERT_EQUAL(rc, 0);
-    CU_ASSERT_EQUAL(rc == 0, g != NULL);
-    return g;
-}
-
-/* Runs `checks` on generation 1 of the plugin at `path` (taken), loaded
- * with no config for `nworkers` workers, then unloads it. */
-static void run_loaded(char *path, unsigned nworkers, void (*checks)(struct plugin_gen *g))
-{
-    struct fixture f;
-    if (!fixture_begin(&f, path))
-        return;
-    struct plugin_gen *g = load(f.path, f.tmp, 1, nworkers, NULL);
-    if (g != NULL) {
-        checks(g);
-        gen_unload(g);
-    }
-    fixture_end(&f);
-}
 
 /* ---- descriptor checks, in memory ---- */
 
@@ -604,9 +117,9 @@ static void check_desc(const struct plugin_gen *g, const char *name)
 static void test_echo(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, plugin("echo")))
+    if (!lfx_begin(&f, lfx_plugin("echo")))
         return;
-    struct plugin_gen *g = load(f.path, f.tmp, 3, 2, NULL);
+    struct plugin_gen *g = lfx_load(f.path, f.tmp, 3, 2, NULL);
     if (g != NULL) {
         check_desc(g, "echo");
         CU_ASSERT_PTR_NOT_NULL(g->desc->init);
@@ -622,7 +135,7 @@ static void test_echo(void)
          * 0700, the same bytes, and what is actually mapped. */
         CU_ASSERT_EQUAL(strncmp(g->private_path, f.tmp, strlen(f.tmp)), 0);
         CU_ASSERT_PTR_NOT_NULL(strstr(g->private_path + strlen(f.tmp), "gen3"));
-        CU_ASSERT_EQUAL(count_entries(f.tmp), 1);
+        CU_ASSERT_EQUAL(lfx_count_entries(f.tmp), 1);
         struct stat st;
         CU_ASSERT_EQUAL(stat(g->private_path, &st), 0);
         CU_ASSERT_EQUAL(st.st_mode & 07777, 0700);
@@ -633,8 +146,8 @@ static void test_echo(void)
                        memcmp(a, b, a_len) == 0);
         free(a);
         free(b);
-        CU_ASSERT_EQUAL(is_mapped(g->private_path), 1);
-        CU_ASSERT_EQUAL(is_mapped(f.path), 0);
+        CU_ASSERT_EQUAL(lfx_is_mapped(g->private_path), 1);
+        CU_ASSERT_EQUAL(lfx_is_mapped(f.path), 0);
 
         char err[256];
         CU_ASSERT_EQUAL(gen_thread_init(g, 0, err, sizeof(err)), 0); /* no hook: fine */
@@ -651,8 +164,8 @@ static void test_echo(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(data);
         for (size_t i = 0; i < big; i++)
             data[i] = (uint8_t)(i * 131 + (i >> 9));
-        CU_ASSERT_TRUE(replies_bin(g, data, big, 4096, data, big));
-        CU_ASSERT_TRUE(replies_bin(g, data, big, 0, data, big));
+        CU_ASSERT_TRUE(lfx_replies_bin(g, data, big, 4096, data, big));
+        CU_ASSERT_TRUE(lfx_replies_bin(g, data, big, 0, data, big));
         free(data);
 
         /* A failing write is the plugin's failure. */
@@ -665,11 +178,11 @@ static void test_echo(void)
         gen_thread_fini(g, 0);
         char *priv = strdup(g->private_path);
         gen_unload(g);
-        CU_ASSERT_FALSE(file_exists(priv));
-        CU_ASSERT_EQUAL(is_mapped(priv), 0);
+        CU_ASSERT_FALSE(lfx_file_exists(priv));
+        CU_ASSERT_EQUAL(lfx_is_mapped(priv), 0);
         free(priv);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void greeter_checks(struct plugin_gen *g)
@@ -686,25 +199,26 @@ static void greeter_checks(struct plugin_gen *g)
     const char *hello = "client say hello world!!!", *answer = "server hello world!!!";
     CU_ASSERT_REPLY(g, hello, 0, answer);
     CU_ASSERT_REPLY(g, hello, 3, answer);
-    CU_ASSERT_EQUAL(log_count(), 0);
+    CU_ASSERT_EQUAL(lfx_log_count(), 0);
 
     /* Unexpected input: answered anyway, one warning per thread. */
     struct shmipc_response r;
-    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "hi", 2, 0, &r), 0);
+    CU_ASSERT_EQUAL(lfx_call_ts(g, g->thread_states[0], "hi", 2, 0, &r), 0);
     CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
     free(r.buf);
-    CU_ASSERT_EQUAL(log_count(), 1);
-    CU_ASSERT_PTR_NOT_NULL(strstr(log_buf, "greeter"));
-    CU_ASSERT_EQUAL(log_buf[0], '0' + SHMIPC_LOG_WARN);
-    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!", 24, 0, &r), 0);
+    CU_ASSERT_EQUAL(lfx_log_count(), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(lfx_log_buf, "greeter"));
+    CU_ASSERT_EQUAL(lfx_log_buf[0], '0' + SHMIPC_LOG_WARN);
+    CU_ASSERT_EQUAL(lfx_call_ts(g, g->thread_states[0], "client say hello world!!", 24, 0, &r), 0);
     free(r.buf);
-    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[0], "client say hello world!!!!", 26, 0, &r), 0);
+    CU_ASSERT_EQUAL(lfx_call_ts(g, g->thread_states[0], "client say hello world!!!!", 26, 0, &r),
+                    0);
     free(r.buf);
-    CU_ASSERT_EQUAL(log_count(), 1);
-    CU_ASSERT_EQUAL(call_ts(g, g->thread_states[1], "", 0, 0, &r), 0);
+    CU_ASSERT_EQUAL(lfx_log_count(), 1);
+    CU_ASSERT_EQUAL(lfx_call_ts(g, g->thread_states[1], "", 0, 0, &r), 0);
     CU_ASSERT_TRUE(r.len == strlen(answer) && memcmp(r.buf, answer, r.len) == 0);
     free(r.buf);
-    CU_ASSERT_EQUAL(log_count(), 2);
+    CU_ASSERT_EQUAL(lfx_log_count(), 2);
 
     gen_thread_fini(g, 0);
     gen_thread_fini(g, 1);
@@ -714,7 +228,7 @@ static void greeter_checks(struct plugin_gen *g)
 
 static void test_greeter(void)
 {
-    run_loaded(plugin("greeter"), 2, greeter_checks);
+    lfx_run_loaded(lfx_plugin("greeter"), 2, greeter_checks);
 }
 
 static void kv_commands_checks(struct plugin_gen *g)
@@ -762,7 +276,7 @@ static void kv_commands_checks(struct plugin_gen *g)
 
 static void test_kv_commands(void)
 {
-    run_loaded(plugin("kv"), 1, kv_commands_checks);
+    lfx_run_loaded(lfx_plugin("kv"), 1, kv_commands_checks);
 }
 
 static void kv_binary_checks(struct plugin_gen *g)
@@ -773,38 +287,38 @@ static void kv_binary_checks(struct plugin_gen *g)
     memcpy(want, "VALUE ", 6);
     for (int i = 0; i < 512; i++)
         req[8 + i] = want[6 + i] = (uint8_t)(255 - i % 256);
-    CU_ASSERT_TRUE(replies_bin(g, req, sizeof(req), 7, "OK", 2));
-    CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 0, want, sizeof(want)));
-    CU_ASSERT_TRUE(replies_bin(g, "GET bin", 7, 1, want, sizeof(want)));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, req, sizeof(req), 7, "OK", 2));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, "GET bin", 7, 0, want, sizeof(want)));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, "GET bin", 7, 1, want, sizeof(want)));
 
     /* Binary keys: anything but a space. */
     const uint8_t set_k[] = {'S', 'E', 'T', ' ', 0, 0xff, '\n', ' ', 'v', 0};
     const uint8_t get_k[] = {'G', 'E', 'T', ' ', 0, 0xff, '\n'};
     const uint8_t get_k2[] = {'G', 'E', 'T', ' ', 0, 0xff};
     const uint8_t val[] = {'V', 'A', 'L', 'U', 'E', ' ', 'v', 0};
-    CU_ASSERT_TRUE(replies_bin(g, set_k, sizeof(set_k), 3, "OK", 2));
-    CU_ASSERT_TRUE(replies_bin(g, get_k, sizeof(get_k), 0, val, sizeof(val)));
-    CU_ASSERT_TRUE(replies_bin(g, get_k2, sizeof(get_k2), 0, "NOT_FOUND", 9));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, set_k, sizeof(set_k), 3, "OK", 2));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, get_k, sizeof(get_k), 0, val, sizeof(val)));
+    CU_ASSERT_TRUE(lfx_replies_bin(g, get_k2, sizeof(get_k2), 0, "NOT_FOUND", 9));
     CU_ASSERT_REPLY(g, "COUNT", 0, "2");
 }
 
 static void test_kv_binary(void)
 {
-    run_loaded(plugin("kv"), 1, kv_binary_checks);
+    lfx_run_loaded(lfx_plugin("kv"), 1, kv_binary_checks);
 }
 
 static void test_kv_limits(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, plugin("kv")))
+    if (!lfx_begin(&f, lfx_plugin("kv")))
         return;
     if (conf_plugin_int == NULL)
         printf(
             "\nNOTE: config.c is not linked: the test host reads plugin config with libconfig\n");
     const struct shmipc_plugin_conf *conf =
-        fixture_conf(&f, "config = { max_keys = 3; max_value_bytes = 16; };");
+        lfx_conf(&f, "config = { max_keys = 3; max_value_bytes = 16; };");
     CU_ASSERT_PTR_NOT_NULL(conf);
-    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, 1, conf) : NULL;
+    struct plugin_gen *g = conf != NULL ? lfx_load(f.path, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET k1 a", 0, "OK");
         CU_ASSERT_REPLY(g, "SET k2 b", 0, "OK");
@@ -828,7 +342,7 @@ static void test_kv_limits(void)
         CU_ASSERT_PTR_NOT_NULL_FATAL(req);
         memcpy(req, "SET k2 ", 7);
         memset(req + 7, 'x', big - 7);
-        CU_ASSERT_TRUE(replies_bin(g, req, big, 65536, "ERR too big", 11));
+        CU_ASSERT_TRUE(lfx_replies_bin(g, req, big, 65536, "ERR too big", 11));
         free(req);
 
         /* Keys: 250 bytes at most, whatever the command. */
@@ -850,7 +364,7 @@ static void test_kv_limits(void)
         CU_ASSERT_REPLY(g, cmd, 0, "ERR too big");
         gen_unload(g);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void kv_many_keys_checks(struct plugin_gen *g)
@@ -862,7 +376,7 @@ static void kv_many_keys_checks(struct plugin_gen *g)
     int ok = 1;
     for (int i = 0; i < N; i++) {
         snprintf(cmd, sizeof(cmd), "SET key%d value%d", i, i * 7);
-        ok &= replies(g, cmd, 0, "OK");
+        ok &= lfx_replies(g, cmd, 0, "OK");
     }
     CU_ASSERT_TRUE(ok);
     snprintf(want, sizeof(want), "%d", N);
@@ -870,12 +384,12 @@ static void kv_many_keys_checks(struct plugin_gen *g)
     for (int i = 0; i < N; i++) {
         snprintf(cmd, sizeof(cmd), "GET key%d", i);
         snprintf(want, sizeof(want), "VALUE value%d", i * 7);
-        ok &= replies(g, cmd, 0, want);
+        ok &= lfx_replies(g, cmd, 0, want);
     }
     CU_ASSERT_TRUE(ok);
     for (int i = 0; i < N; i += 2) {
         snprintf(cmd, sizeof(cmd), "DEL key%d", i);
-        ok &= replies(g, cmd, 0, "DELETED");
+        ok &= lfx_replies(g, cmd, 0, "DELETED");
     }
     CU_ASSERT_TRUE(ok);
     snprintf(want, sizeof(want), "%d", N / 2);
@@ -887,7 +401,7 @@ static void kv_many_keys_checks(struct plugin_gen *g)
 
 static void test_kv_many_keys(void)
 {
-    run_loaded(plugin("kv"), 1, kv_many_keys_checks);
+    lfx_run_loaded(lfx_plugin("kv"), 1, kv_many_keys_checks);
 }
 
 struct kv_thread_arg {
@@ -903,19 +417,19 @@ static void *kv_thread(void *p)
     a->ok = 1;
     for (int i = 0; i < 300; i++) {
         snprintf(cmd, sizeof(cmd), "SET t%d-%d %d", a->id, i, i);
-        a->ok &= replies(a->g, cmd, 1 + i % 5, "OK");
+        a->ok &= lfx_replies(a->g, cmd, 1 + i % 5, "OK");
         snprintf(cmd, sizeof(cmd), "SET shared %d", i);
-        a->ok &= replies(a->g, cmd, 0, "OK");
+        a->ok &= lfx_replies(a->g, cmd, 0, "OK");
         snprintf(cmd, sizeof(cmd), "GET t%d-%d", a->id, i);
         snprintf(want, sizeof(want), "VALUE %d", i);
-        a->ok &= replies(a->g, cmd, 0, want);
+        a->ok &= lfx_replies(a->g, cmd, 0, want);
         struct shmipc_response r;
-        a->ok &= call(a->g, "GET shared", 10, 0, &r) == 0 && r.len > 6 &&
+        a->ok &= lfx_call(a->g, "GET shared", 10, 0, &r) == 0 && r.len > 6 &&
                  memcmp(r.buf, "VALUE ", 6) == 0;
         free(r.buf);
         if (i % 3 == 0) {
             snprintf(cmd, sizeof(cmd), "DEL t%d-%d", a->id, i);
-            a->ok &= replies(a->g, cmd, 0, "DELETED");
+            a->ok &= lfx_replies(a->g, cmd, 0, "DELETED");
         }
     }
     return NULL;
@@ -939,7 +453,7 @@ static void kv_threads_checks(struct plugin_gen *g)
 
 static void test_kv_threads(void)
 {
-    run_loaded(plugin("kv"), 4, kv_threads_checks);
+    lfx_run_loaded(lfx_plugin("kv"), 4, kv_threads_checks);
 }
 
 /* A refused load: negative, no generation, err names the file and `want`. */
@@ -948,7 +462,7 @@ static void expect_refusal(const char *path, const char *tmp, const struct shmip
 {
     char err[512] = "untouched";
     struct plugin_gen dummy, *g = &dummy; /* gen_load must reset it */
-    int rc = gen_load(path, tmp, 9, 2, &test_host, conf, &g, err, sizeof(err));
+    int rc = gen_load(path, tmp, 9, 2, &lfx_test_host, conf, &g, err, sizeof(err));
     CU_ASSERT(rc < 0);
     if (code != 0)
         CU_ASSERT_EQUAL(rc, code);
@@ -960,14 +474,14 @@ static void expect_refusal(const char *path, const char *tmp, const struct shmip
     CU_ASSERT_PTR_NULL(strstr(err, "must not be called"));
     if (!named || !says)
         fprintf(stderr, "\n  %s: rc %d \"%s\", wanted \"%s\"\n", path, rc, err, want);
-    CU_ASSERT_EQUAL(count_entries(tmp), 0);
-    CU_ASSERT_EQUAL(mapped_under(tmp), 0); /* dlclose()d */
+    CU_ASSERT_EQUAL(lfx_count_entries(tmp), 0);
+    CU_ASSERT_EQUAL(lfx_mapped_under(tmp), 0); /* dlclose()d */
 }
 
 static void test_refusals(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, test_plugin("badabi"))) /* only as a probe for the directory */
+    if (!lfx_begin(&f, lfx_test_plugin("badabi"))) /* only as a probe for the directory */
         return;
     char want_abi[64], want_minor[64], want_size[64];
     snprintf(want_abi, sizeof(want_abi), "ABI major %u, host has %u", SHMIPC_PLUGIN_ABI_MAJOR + 1,
@@ -990,7 +504,7 @@ static void test_refusals(void)
     };
     for (int round = 0; round < 2; round++) {
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-            char *p = test_plugin(cases[i].name);
+            char *p = lfx_test_plugin(cases[i].name);
             CU_ASSERT_PTR_NOT_NULL_FATAL(p);
             expect_refusal(p, f.tmp, NULL, cases[i].code, cases[i].want);
             CU_ASSERT_EQUAL(tu_count_fds(), f.fds);
@@ -1000,39 +514,40 @@ static void test_refusals(void)
 
     /* Not plugins at all: missing, a directory, not ELF, empty. Kept
      * outside f.tmp so that its count stays about private copies. */
-    const char *other = fixture_scratch(&f);
+    const char *other = lfx_scratch(&f);
     char p[4096];
     snprintf(p, sizeof(p), "%s/missing.so", other);
     expect_refusal(p, f.tmp, NULL, -ENOENT, "No such file or directory");
     expect_refusal(other, f.tmp, NULL, 0, "not a regular file");
     snprintf(p, sizeof(p), "%s/text.so", other);
     const char *text = "this is not a shared object, only text pretending to be one\n";
-    CU_ASSERT_EQUAL(write_all(p, text, strlen(text)), 0);
+    CU_ASSERT_EQUAL(lfx_write_all(p, text, strlen(text)), 0);
     expect_refusal(p, f.tmp, NULL, 0, "dlopen failed");
     snprintf(p, sizeof(p), "%s/empty.so", other);
-    CU_ASSERT_EQUAL(write_all(p, "", 0), 0);
+    CU_ASSERT_EQUAL(lfx_write_all(p, "", 0), 0);
     expect_refusal(p, f.tmp, NULL, 0, "dlopen failed");
 
     /* A tmpdir that does not exist: refused, naming file and directory. */
-    char *echo = plugin("echo");
+    char *echo = lfx_plugin("echo");
     if (echo != NULL) {
         snprintf(p, sizeof(p), "%s/no-such-dir", other);
         char err[512] = "untouched";
         struct plugin_gen *g = NULL;
-        CU_ASSERT_EQUAL(gen_load(echo, p, 1, 1, &test_host, NULL, &g, err, sizeof(err)), -ENOENT);
+        CU_ASSERT_EQUAL(gen_load(echo, p, 1, 1, &lfx_test_host, NULL, &g, err, sizeof(err)),
+                        -ENOENT);
         CU_ASSERT_PTR_NULL(g);
         CU_ASSERT_EQUAL(strncmp(err, echo, strlen(echo)), 0);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, p));
-        CU_ASSERT_EQUAL(count_entries(other), 2); /* text.so, empty.so */
+        CU_ASSERT_EQUAL(lfx_count_entries(other), 2); /* text.so, empty.so */
         free(echo);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void test_kv_config_refused(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, plugin("kv")))
+    if (!lfx_begin(&f, lfx_plugin("kv")))
         return;
     const struct {
         const char *conf;
@@ -1046,7 +561,7 @@ static void test_kv_config_refused(void)
         {"config = { max_value_bytes = 2.5; };", "'max_value_bytes' must be an integer"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        const struct shmipc_plugin_conf *conf = fixture_conf(&f, cases[i].conf);
+        const struct shmipc_plugin_conf *conf = lfx_conf(&f, cases[i].conf);
         CU_ASSERT_PTR_NOT_NULL(conf);
         if (conf != NULL)
             expect_refusal(f.path, f.tmp, conf, -ECANCELED, cases[i].want);
@@ -1054,29 +569,29 @@ static void test_kv_config_refused(void)
     }
     /* The limits themselves are accepted. */
     const struct shmipc_plugin_conf *conf =
-        fixture_conf(&f, "config = { max_keys = 10000000; max_value_bytes = 0; };");
-    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, 1, conf) : NULL;
+        lfx_conf(&f, "config = { max_keys = 10000000; max_value_bytes = 0; };");
+    struct plugin_gen *g = conf != NULL ? lfx_load(f.path, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET a ", 0, "OK");
         CU_ASSERT_REPLY(g, "SET a b", 0, "ERR too big");
         gen_unload(g);
     }
-    conf = fixture_conf(&f, "config = { max_keys = 1; };");
-    g = conf != NULL ? load(f.path, f.tmp, 2, 1, conf) : NULL;
+    conf = lfx_conf(&f, "config = { max_keys = 1; };");
+    g = conf != NULL ? lfx_load(f.path, f.tmp, 2, 1, conf) : NULL;
     if (g != NULL) {
         CU_ASSERT_REPLY(g, "SET a 1", 0, "OK");
         CU_ASSERT_REPLY(g, "SET b 1", 0, "ERR full");
         gen_unload(g);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void test_failthread(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, test_plugin("failthread")))
+    if (!lfx_begin(&f, lfx_test_plugin("failthread")))
         return;
-    struct plugin_gen *g = load(f.path, f.tmp, 1, 2, NULL);
+    struct plugin_gen *g = lfx_load(f.path, f.tmp, 1, 2, NULL);
     if (g != NULL) {
         char err[256] = "untouched";
         int rc = gen_thread_init(g, 1, err, sizeof(err));
@@ -1088,12 +603,12 @@ static void test_failthread(void)
         CU_ASSERT_EQUAL(gen_thread_init(g, 2, err, sizeof(err)), -EINVAL);
         CU_ASSERT_PTR_NOT_NULL(strstr(err, "worker 2 out of range"));
         char *priv = strdup(g->private_path);
-        CU_ASSERT_TRUE(file_exists(priv));
+        CU_ASSERT_TRUE(lfx_file_exists(priv));
         gen_unload(g);
-        CU_ASSERT_FALSE(file_exists(priv));
+        CU_ASSERT_FALSE(lfx_file_exists(priv));
         free(priv);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static char *read_text(const char *path)
@@ -1114,16 +629,16 @@ static char *read_text(const char *path)
 static void test_counter_lifecycle(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, test_plugin("counter")))
+    if (!lfx_begin(&f, lfx_test_plugin("counter")))
         return;
-    const char *tdir = fixture_scratch(&f);
+    const char *tdir = lfx_scratch(&f);
     char trace[4096], text[4200];
     snprintf(trace, sizeof(trace), "%s/trace", tdir);
     snprintf(text, sizeof(text), "config = { trace = \"%s\"; };", trace);
-    const struct shmipc_plugin_conf *conf = fixture_conf(&f, text);
+    const struct shmipc_plugin_conf *conf = lfx_conf(&f, text);
     CU_ASSERT_PTR_NOT_NULL(conf);
     enum { N = 3 };
-    struct plugin_gen *g = conf != NULL ? load(f.path, f.tmp, 1, N, conf) : NULL;
+    struct plugin_gen *g = conf != NULL ? lfx_load(f.path, f.tmp, 1, N, conf) : NULL;
     if (g != NULL) {
         char *t = read_text(trace);
         CU_ASSERT_TRUE(t != NULL && strcmp(t, "init\n") == 0);
@@ -1148,16 +663,16 @@ static void test_counter_lifecycle(void)
             fprintf(stderr, "\n  trace: %s\n", t);
         free(t);
     }
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void test_generations_side_by_side(void)
 {
     struct fixture f;
-    if (!fixture_begin(&f, plugin("echo")))
+    if (!lfx_begin(&f, lfx_plugin("echo")))
         return;
-    struct plugin_gen *g1 = load(f.path, f.tmp, 1, 1, NULL);
-    struct plugin_gen *g2 = load(f.path, f.tmp, 2, 1, NULL);
+    struct plugin_gen *g1 = lfx_load(f.path, f.tmp, 1, 1, NULL);
+    struct plugin_gen *g2 = lfx_load(f.path, f.tmp, 2, 1, NULL);
     if (g1 != NULL && g2 != NULL) {
         CU_ASSERT_STRING_NOT_EQUAL(g1->private_path, g2->private_path);
         CU_ASSERT_PTR_NOT_NULL(strstr(g1->private_path + strlen(f.tmp), "gen1"));
@@ -1165,70 +680,70 @@ static void test_generations_side_by_side(void)
         /* Two copies, two handles, two states: not dlopen's cached one. */
         CU_ASSERT_NOT_EQUAL(g1->dl, g2->dl);
         CU_ASSERT_NOT_EQUAL((const void *)g1->desc, (const void *)g2->desc);
-        CU_ASSERT_EQUAL(count_entries(f.tmp), 2);
-        CU_ASSERT_EQUAL(is_mapped(g1->private_path), 1);
-        CU_ASSERT_EQUAL(is_mapped(g2->private_path), 1);
+        CU_ASSERT_EQUAL(lfx_count_entries(f.tmp), 2);
+        CU_ASSERT_EQUAL(lfx_is_mapped(g1->private_path), 1);
+        CU_ASSERT_EQUAL(lfx_is_mapped(g2->private_path), 1);
         char *p1 = strdup(g1->private_path);
         gen_unload(g1);
         g1 = NULL;
-        CU_ASSERT_FALSE(file_exists(p1));
-        CU_ASSERT_EQUAL(is_mapped(p1), 0);
-        CU_ASSERT_TRUE(file_exists(g2->private_path));
-        CU_ASSERT_EQUAL(count_entries(f.tmp), 1);
+        CU_ASSERT_FALSE(lfx_file_exists(p1));
+        CU_ASSERT_EQUAL(lfx_is_mapped(p1), 0);
+        CU_ASSERT_TRUE(lfx_file_exists(g2->private_path));
+        CU_ASSERT_EQUAL(lfx_count_entries(f.tmp), 1);
         CU_ASSERT_REPLY(g2, "still here", 2, "still here");
         free(p1);
     }
     gen_unload(g1);
     gen_unload(g2);
-    fixture_end(&f);
+    lfx_end(&f);
 }
 
 static void test_replaced_source(void)
 {
     struct fixture f;
-    char *greeter = plugin("greeter");
-    if (greeter == NULL || !fixture_begin(&f, plugin("echo"))) {
+    char *greeter = lfx_plugin("greeter");
+    if (greeter == NULL || !lfx_begin(&f, lfx_plugin("echo"))) {
         free(greeter);
         return;
     }
     const char *echo = f.path;
-    const char *src_dir = fixture_scratch(&f);
+    const char *src_dir = lfx_scratch(&f);
     char src[4096];
     snprintf(src, sizeof(src), "%s/service.so", src_dir);
-    CU_ASSERT_EQUAL(copy_file(echo, src), 0);
-    struct plugin_gen *old = load(src, f.tmp, 1, 1, NULL);
+    CU_ASSERT_EQUAL(lfx_copy_file(echo, src), 0);
+    struct plugin_gen *old = lfx_load(src, f.tmp, 1, 1, NULL);
     if (old != NULL) {
         CU_ASSERT_STRING_EQUAL(old->desc->name, "echo");
         /* Overwrite the configured file in place with another plugin. */
-        CU_ASSERT_EQUAL(copy_file(greeter, src), 0);
+        CU_ASSERT_EQUAL(lfx_copy_file(greeter, src), 0);
         CU_ASSERT_REPLY(old, "after the upgrade", 4, "after the upgrade");
         CU_ASSERT_STRING_EQUAL(old->desc->name, "echo");
 
-        struct plugin_gen *neu = load(src, f.tmp, 2, 1, NULL);
+        struct plugin_gen *neu = lfx_load(src, f.tmp, 2, 1, NULL);
         if (neu != NULL) {
             CU_ASSERT_STRING_EQUAL(neu->desc->name, "greeter");
             CU_ASSERT_REPLY(neu, "client say hello world!!!", 0, "server hello world!!!");
             CU_ASSERT_REPLY(old, "old one", 0, "old one");
-            CU_ASSERT_EQUAL(count_entries(f.tmp), 2);
+            CU_ASSERT_EQUAL(lfx_count_entries(f.tmp), 2);
             gen_unload(neu);
         }
         CU_ASSERT_REPLY(old, "and after", 0, "and after");
         gen_unload(old);
     }
-    fixture_end(&f);
+    lfx_end(&f);
     free(greeter);
 }
 
 static void test_versioned_and_slow(void)
 {
     struct fixture f;
-    char *slow = test_plugin("slow");
-    if (slow == NULL || !fixture_begin(&f, test_plugin("versioned"))) {
+    char *slow = lfx_test_plugin("slow");
+    if (slow == NULL || !lfx_begin(&f, lfx_test_plugin("versioned"))) {
         free(slow);
         return;
     }
     const char *ver = f.path;
-    struct plugin_gen *g = load(ver, f.tmp, 1, 1, NULL);
+    struct plugin_gen *g = lfx_load(ver, f.tmp, 1, 1, NULL);
     if (g != NULL) {
         CU_ASSERT_STRING_EQUAL(g->desc->name, "versioned");
         CU_ASSERT_STRING_EQUAL(g->desc->version, "1.0.0");
@@ -1237,25 +752,25 @@ static void test_versioned_and_slow(void)
     }
 
     /* Longer than the default, so only the configured value passes. */
-    const struct shmipc_plugin_conf *conf = fixture_conf(&f, "config = { delay_ms = 350; };");
-    g = conf != NULL ? load(slow, f.tmp, 1, 1, conf) : NULL;
+    const struct shmipc_plugin_conf *conf = lfx_conf(&f, "config = { delay_ms = 350; };");
+    g = conf != NULL ? lfx_load(slow, f.tmp, 1, 1, conf) : NULL;
     if (g != NULL) {
         uint64_t t0 = tu_now_ns();
         CU_ASSERT_REPLY(g, "slowly", 2, "slowly");
         CU_ASSERT((tu_now_ns() - t0) / 1000000 >= 350);
         gen_unload(g);
     }
-    g = load(slow, f.tmp, 2, 1, NULL);
+    g = lfx_load(slow, f.tmp, 2, 1, NULL);
     if (g != NULL) {
         uint64_t t0 = tu_now_ns();
         CU_ASSERT_REPLY(g, "default", 0, "default");
         CU_ASSERT((tu_now_ns() - t0) / 1000000 >= 200);
         gen_unload(g);
     }
-    conf = fixture_conf(&f, "config = { delay_ms = -1; };");
+    conf = lfx_conf(&f, "config = { delay_ms = -1; };");
     if (conf != NULL)
         expect_refusal(slow, f.tmp, conf, 0, "delay_ms -1");
-    fixture_end(&f);
+    lfx_end(&f);
     free(slow);
 }
 

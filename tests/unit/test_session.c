@@ -1,18 +1,9 @@
 /*
  * End to end: the C client (this process) against the C server running in
  * a forked child, over a unix socket in a mkdtemp directory (or TCP
- * loopback for file mode over TCP), in both handshake modes.
- *
- * The one rule: a test never uses CU_ASSERT_FATAL. Its checks that must
- * stop it (REQUIRE, REQUIRE_RC) jump to its `out:` label, which closes the
- * client, stops (or kills) every child, removes the socket directory and
- * then checks that fds, shared mappings and /dev/shm entries are back to
- * where the test found them. Every wait is bounded; no check is on time.
- *
- * The server child answers by mode (echo, echo then half-close, swallow,
- * checksum) and also understands two control messages, on a stream of
- * their own, that return its counters and the streams it saw closed, so a
- * test can look into the server without sharing memory with it.
+ * loopback for file mode over TCP), in both handshake modes. The server
+ * child, the fixture (struct fx: sfx_begin .. sfx_end, which checks for
+ * leftovers) and the client helpers are in tests/common/session_fixture.h.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -31,820 +22,37 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/session_fixture.h"
 #include "proto/handshake.h" /* a raw file-mode peer (section 8) */
 #include "proto/sock.h"
 #include "session/session.h" /* the queues' working flags, for the wake-up tests */
 #include "shmipc/shmipc.h"
 #include "testutil.h"
 
-#define CHILD_MS 15000    /* a child's deadline to exit after being asked */
-#define START_MS 10000    /* a server child's deadline to start listening */
-#define RECV_MS 10000     /* an answer that should come */
-#define POLL_MS 5000      /* a state that should be reached */
-#define MAX_SLICE 131052u /* the default pool's largest slice */
-
-/* ---- checks that can stop a test (at its `out:` label) ---- */
-
-static int expect_rc_(int got, int want, const char *what, const char *file, unsigned line)
-{
-    int ok = got == want;
-    if (!ok)
-        fprintf(stderr, "\n  %s:%u: %s is %d (%s), expected %d (%s)\n", file, line, what, got,
-                shmipc_err_name(got), want, shmipc_err_name(want));
-    CU_assertImplementation(ok ? CU_TRUE : CU_FALSE, line, what, file, "", CU_FALSE);
-    return ok;
-}
-
-#define EXPECT_RC(expr, want) expect_rc_((expr), (want), #expr, __FILE__, __LINE__)
-#define REQUIRE_RC(expr, want)                                                                     \
-    do {                                                                                           \
-        if (!EXPECT_RC(expr, want))                                                                \
-            goto out;                                                                              \
-    } while (0)
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
-}
-
-/* The tu_now_ns() time `ms` from now: a bounded wait's end. */
-static uint64_t deadline_ns(int ms)
-{
-    return tu_now_ns() + (uint64_t)ms * 1000000u;
-}
-
-/* ---- payloads ---- */
-
-/* Byte i of the message with this seed: every message is distinct and a
- * byte out of place shows. */
-static uint8_t pat(uint64_t seed, uint64_t i)
-{
-    uint64_t x = (seed ^ 0x9e3779b97f4a7c15ull) + i * 0xbf58476d1ce4e5b9ull;
-    x ^= x >> 31;
-    x *= 0x94d049bb133111ebull;
-    x ^= x >> 29;
-    return (uint8_t)x;
-}
-
-static void fill(uint8_t *b, size_t n, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i++)
-        b[i] = pat(seed, i);
-}
-
-static uint8_t *pattern(size_t n, uint64_t seed)
-{
-    uint8_t *b = malloc(n ? n : 1);
-    if (b != NULL)
-        fill(b, n, seed);
-    return b;
-}
-
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-#define FNV_INIT 0xcbf29ce484222325ull
-
-static uint64_t msg_hash(const shmipc_msg *m)
-{
-    uint64_t h = FNV_INIT;
-    for (unsigned i = 0; i < m->niov; i++)
-        h = fnv1a(h, m->iov[i].base, m->iov[i].len);
-    return h;
-}
-
-/* 1 if the message is exactly the n pattern bytes of `seed`. */
-static int msg_is(const shmipc_msg *m, size_t n, uint64_t seed)
-{
-    if (m->len != n) {
-        fprintf(stderr, "\n  message of %zu bytes, expected %zu\n", m->len, n);
-        return 0;
-    }
-    size_t at = 0;
-    for (unsigned i = 0; i < m->niov; i++) {
-        for (size_t k = 0; k < m->iov[i].len; k++, at++) {
-            if (m->iov[i].base[k] != pat(seed, at)) {
-                fprintf(stderr, "\n  message byte %zu differs (seed %llu)\n", at,
-                        (unsigned long long)seed);
-                return 0;
-            }
-        }
-    }
-    return at == n;
-}
-
-static uint64_t rng(uint64_t *s)
-{
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-
-/* ---- leftovers ---- */
-
-/* The /dev/shm name prefix of this run, with the test process's pid (set
- * before any fork, so children share it): another run of the suite at the
- * same time must not change our counts. `suffix` ("", "a", "b") tells
- * apart several clients; the library adds "_<pid>..." after it. */
-static const char *shm_name(const char *suffix)
-{
-    static int pid;
-    static char buf[4][64];
-    static unsigned next;
-    if (pid == 0)
-        pid = (int)getpid();
-    char *b = buf[next++ % 4];
-    snprintf(b, sizeof(buf[0]), "shmipc-sesstest-%d-%s", pid, suffix); /* '-': 12 vs 123 */
-    return b;
-}
-
-/* The client's path_prefix for that name: one string per suffix, kept
- * for the run (the suite uses four suffixes). */
-static const char *shm_prefix(const char *suffix)
-{
-    static struct {
-        char suffix[8];
-        char path[96];
-    } cache[8];
-    unsigned i = 0;
-    while (i < 7 && cache[i].path[0] != '\0' && strcmp(cache[i].suffix, suffix) != 0)
-        i++;
-    if (cache[i].path[0] == '\0' || strcmp(cache[i].suffix, suffix) != 0) {
-        snprintf(cache[i].suffix, sizeof(cache[i].suffix), "%s", suffix);
-        snprintf(cache[i].path, sizeof(cache[i].path), "/dev/shm/%s", shm_name(suffix));
-    }
-    return cache[i].path;
-}
-
-struct leaks {
-    int fds, maps, shm;
-};
-
-static void leaks_begin(struct leaks *l)
-{
-    l->fds = tu_count_fds();
-    l->maps = tu_count_maps();
-    l->shm = tu_count_shm(shm_name(""));
-}
-
-static void leaks_check(const struct leaks *l)
-{
-    int fds = tu_count_fds(), maps = tu_count_maps(), shm = tu_count_shm(shm_name(""));
-    if (fds != l->fds || maps != l->maps || shm != l->shm)
-        fprintf(stderr, "\n  leftovers: fds %d -> %d, shared maps %d -> %d, /dev/shm %d -> %d\n",
-                l->fds, fds, l->maps, maps, l->shm, shm);
-    CU_ASSERT_EQUAL(fds, l->fds);
-    CU_ASSERT_EQUAL(maps, l->maps);
-    CU_ASSERT_EQUAL(shm, l->shm);
-}
-
-/* Removes /dev/shm files a killed client process left (its pid in the name). */
-static int unlink_shm_of(pid_t pid)
-{
-    char want[64];
-    snprintf(want, sizeof(want), "%s_%d_", shm_name(""), (int)pid);
-    DIR *d = opendir("/dev/shm");
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strncmp(e->d_name, want, strlen(want)) != 0)
-            continue;
-        char path[512];
-        snprintf(path, sizeof(path), "/dev/shm/%s", e->d_name);
-        n += unlink(path) == 0;
-    }
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* A forked child starts with only stdio and `keep`/`keep2`: it must not
- * hold the parent's sockets or memfds (a server child outliving a client
- * would keep that client's resources alive). */
-static void close_inherited(int keep, int keep2)
-{
-    int fds[256], n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL && n < 256) {
-        int fd = atoi(e->d_name);
-        if (e->d_name[0] != '.' && fd > 2 && fd != keep && fd != keep2 && fd != dirfd(d))
-            fds[n++] = fd;
-    }
-    if (d != NULL)
-        closedir(d);
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
-
-static int count_threads(void)
-{
-    DIR *d = opendir("/proc/self/task");
-    int n = 0;
-    struct dirent *e;
-    while (d != NULL && (e = readdir(d)) != NULL)
-        n += e->d_name[0] != '.';
-    if (d != NULL)
-        closedir(d);
-    return n;
-}
-
-/* ASan builds check the child for leaks too; release builds lack the symbol. */
-extern int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
-
-/* ---- the server child ---- */
-
-enum srv_mode {
-    SRV_ECHO,          /* answers every message with its bytes */
-    SRV_ECHO_SHUTDOWN, /* answers, then half-closes the stream */
-    SRV_ECHO_CLOSE,    /* answers, logs the stream as closed, closes it */
-    SRV_SWALLOW,       /* never answers */
-    SRV_HASH,          /* answers with u32 length + u64 FNV-1a of the message */
-    SRV_FORWARD,       /* answers with the message itself (shmipc_stream_forward);
-                          one starting with "pfx?" gets "pfx" written before it */
-};
-
-#define CTL_LEN 11
-static const char ctl_stats[CTL_LEN + 1] = "\001ctl:stats\001";
-static const char ctl_closed[CTL_LEN + 1] = "\001ctl:close\001";
-/* Says so through the FIFO <dir>/entered, holds the handler until a byte
- * comes through <dir>/release, then is echoed like any message. */
-static const char ctl_gate[CTL_LEN + 1] = "\001ctl:gate_\001";
-
-/* What the server saw on a stream by the time on_close ran. */
-struct closed_rec {
-    uint32_t id;
-    uint32_t msgs;
-    uint64_t bytes;
-};
-#define CLOSED_MAX 64
-
-struct tally {
-    uint32_t msgs;
-    uint64_t bytes;
-};
-
-struct srv_state {
-    shmipc_server *srv;
-    enum srv_mode mode;
-    const char *address;
-    uint32_t nclosed; /* ever; the log keeps the last CLOSED_MAX */
-    struct closed_rec closed[CLOSED_MAX];
-};
-
-static shmipc_server *child_srv; /* for the SIGTERM handler */
-
-static void child_on_term(int sig)
-{
-    (void)sig;
-    shmipc_server_stop(child_srv);
-}
-
-static void reply(shmipc_stream *st, const void *p, size_t n)
-{
-    int rc = shmipc_stream_write(st, p, n);
-    if (rc == 0)
-        rc = shmipc_stream_flush(st);
-    (void)rc; /* a full queue is retried by the server; else the session is gone */
-}
-
-static void h_stream(shmipc_stream *st, void *arg)
-{
-    (void)arg;
-    shmipc_stream_set_user(st, calloc(1, sizeof(struct tally)));
-}
-
-static int ctl_kind(const shmipc_msg *m)
-{
-    char b[CTL_LEN];
-    if (m->len != CTL_LEN || shmipc_msg_copy(m, 0, b, CTL_LEN) != CTL_LEN)
-        return 0;
-    if (memcmp(b, ctl_gate, CTL_LEN) == 0)
-        return 3;
-    return memcmp(b, ctl_stats, CTL_LEN) == 0 ? 1 : memcmp(b, ctl_closed, CTL_LEN) == 0 ? 2 : 0;
-}
-
-/* The socket's directory, from unix:<dir>/sock. */
-static void gate_path(const struct srv_state *S, const char *name, char *out, size_t cap)
-{
-    const char *a = strncmp(S->address, "unix:", 5) == 0 ? S->address + 5 : S->address;
-    const char *slash = strrchr(a, '/');
-    int dirlen = slash != NULL ? (int)(slash - a) : 0;
-    snprintf(out, cap, "%.*s/%s", dirlen, a, name);
-}
-
-static void pass_gate(const struct srv_state *S)
-{
-    char path[256], c = 'E';
-    gate_path(S, "entered", path, sizeof(path));
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (write(fd, &c, 1) != 1)
-            c = 0;
-        close(fd);
-    }
-    gate_path(S, "release", path, sizeof(path));
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        if (read(fd, &c, 1) != 1)
-            c = 0;
-        close(fd);
-    }
-}
-
-static void answer_ctl(struct srv_state *S, shmipc_stream *st, int kind)
-{
-    if (kind == 1) {
-        struct shmipc_stats s;
-        shmipc_server_stats(S->srv, &s);
-        reply(st, &s, sizeof(s));
-        return;
-    }
-    uint32_t n = S->nclosed < CLOSED_MAX ? S->nclosed : CLOSED_MAX;
-    uint8_t buf[4 + sizeof(S->closed)];
-    memcpy(buf, &n, 4);
-    memcpy(buf + 4, S->closed, n * sizeof(S->closed[0]));
-    reply(st, buf, 4 + n * sizeof(S->closed[0]));
-}
-
-static void log_closed(struct srv_state *S, shmipc_stream *st)
-{
-    struct tally *t = shmipc_stream_user(st);
-    struct closed_rec r = {shmipc_stream_id(st), t ? t->msgs : 0, t ? t->bytes : 0};
-    S->closed[S->nclosed++ % CLOSED_MAX] = r;
-    free(t);
-    shmipc_stream_set_user(st, NULL);
-}
-
-static void h_message(shmipc_stream *st, shmipc_msg *m, void *arg)
-{
-    struct srv_state *S = arg;
-    int kind = ctl_kind(m);
-    if (kind == 3) {
-        pass_gate(S);
-        kind = 0;
-    }
-    if (kind != 0) {
-        shmipc_msg_release(m);
-        answer_ctl(S, st, kind);
-        return;
-    }
-    struct tally *t = shmipc_stream_user(st);
-    if (t != NULL) {
-        t->msgs++;
-        t->bytes += m->len;
-    }
-    if (S->mode == SRV_SWALLOW) {
-        shmipc_msg_release(m);
-    } else if (S->mode == SRV_HASH) {
-        uint8_t out[12];
-        uint32_t len = (uint32_t)m->len;
-        uint64_t h = msg_hash(m);
-        shmipc_msg_release(m);
-        memcpy(out, &len, 4);
-        memcpy(out + 4, &h, 8);
-        reply(st, out, sizeof(out));
-    } else if (S->mode == SRV_FORWARD) {
-        if (m->niov > 0 && m->iov[0].len >= 4 && memcmp(m->iov[0].base, "pfx?", 4) == 0)
-            shmipc_stream_write(st, "pfx", 3);
-        shmipc_stream_forward(st, m);
-    } else {
-        int rc = 0;
-        for (unsigned i = 0; i < m->niov && rc == 0; i++)
-            rc = shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
-        shmipc_msg_release(m);
-        if (rc == 0)
-            shmipc_stream_flush(st);
-        if (S->mode == SRV_ECHO_SHUTDOWN) {
-            shmipc_stream_shutdown(st);
-        } else if (S->mode == SRV_ECHO_CLOSE) {
-            log_closed(S, st);       /* no on_close will come */
-            shmipc_stream_close(st); /* borrowed: the library keeps its reference */
-        }
-    }
-}
-
-static void h_close(shmipc_stream *st, void *arg)
-{
-    log_closed(arg, st);
-}
-
-struct srv_boot {
-    enum srv_mode mode;
-    char address[160];
-    int go;         /* one byte here starts the server; EOF ends the child */
-    int wfd;        /* the server's open result goes here */
-    int leak_check; /* at exit (ASan builds) */
-};
-
-static int srv_spin_us; /* low-latency mode of the next server child */
-
-static int srv_child_main(void *arg)
-{
-    struct srv_boot *b = arg;
-    close_inherited(b->wfd, b->go);
-    char go;
-    if (read(b->go, &go, 1) != 1)
-        return 0; /* never started */
-    close(b->go);
-    struct srv_state S = {.mode = b->mode, .address = b->address};
-    struct shmipc_server_config cfg;
-    shmipc_server_config_init(&cfg);
-    cfg.address = b->address;
-    cfg.spin_us = srv_spin_us;
-    struct shmipc_server_handlers h = {h_stream, h_message, h_close};
-    int rc = shmipc_server_open(&cfg, &h, &S, &S.srv);
-    if (rc == 0) {
-        child_srv = S.srv;
-        struct sigaction sa = {.sa_handler = child_on_term};
-        sigaction(SIGTERM, &sa, NULL);
-    }
-    int32_t v = rc;
-    if (write(b->wfd, &v, sizeof(v)) != (ssize_t)sizeof(v) || rc < 0)
-        return 1;
-    close(b->wfd);
-    rc = shmipc_server_run(S.srv);
-    shmipc_server_close(S.srv);
-    if (rc < 0)
-        return 2;
-    if (b->leak_check && __lsan_do_recoverable_leak_check != NULL &&
-        __lsan_do_recoverable_leak_check() != 0)
-        return 3; /* the report is on stderr */
-    return 0;
-}
-
-/* A server child: forked first (while this process has no other thread,
- * which fork and the sanitizers need), started on `go`. */
-struct srv_child {
-    pid_t pid;   /* 0: none */
-    int waiting; /* forked, not started: go and ready are open */
-    int go;      /* write end: start the server */
-    int ready;   /* read end: its open result */
-};
-
-/* Forks a server child that waits for srv_go(). 0 or a negative code. */
-static int srv_fork(struct srv_child *c, enum srv_mode mode, const char *address)
-{
-    int go[2], ready[2];
-    memset(c, 0, sizeof(*c));
-    if (pipe2(go, O_CLOEXEC) < 0)
-        return -errno;
-    if (pipe2(ready, O_CLOEXEC) < 0) {
-        int err = -errno;
-        close(go[0]);
-        close(go[1]);
-        return err;
-    }
-    /* The leak checker looks for every thread the parent had, and they do
-     * not exist in the child: check only children of a single thread. */
-    struct srv_boot b = {mode, "", go[0], ready[1], count_threads() == 1};
-    snprintf(b.address, sizeof(b.address), "%s", address);
-    c->pid = tu_fork(srv_child_main, &b);
-    close(go[0]);
-    close(ready[1]);
-    if (c->pid <= 0) {
-        close(go[1]);
-        close(ready[0]);
-        c->pid = 0;
-        return -EAGAIN;
-    }
-    c->waiting = 1;
-    c->go = go[1];
-    c->ready = ready[0];
-    return 0;
-}
-
-/* Starts a forked server: 0 once it listens, else its open error or -1
- * (the child is reaped then). */
-static int srv_go(struct srv_child *c)
-{
-    if (!c->waiting)
-        return -1;
-    int32_t v = -1;
-    struct pollfd pfd = {c->ready, POLLIN, 0};
-    if (write(c->go, "g", 1) == 1 && poll(&pfd, 1, START_MS) == 1 &&
-        read(c->ready, &v, sizeof(v)) != sizeof(v))
-        v = -1;
-    close(c->go);
-    close(c->ready);
-    c->waiting = 0;
-    if (v != 0) {
-        tu_wait(c->pid, CHILD_MS);
-        c->pid = 0;
-        fprintf(stderr, "\n  server did not start: %s\n", shmipc_strerror(v));
-        return v;
-    }
-    return 0;
-}
-
-static int srv_start(struct srv_child *c, enum srv_mode mode, const char *address)
-{
-    int rc = srv_fork(c, mode, address);
-    return rc < 0 ? rc : srv_go(c);
-}
-
-/* SIGTERM (after SIGCONT, in case a test stopped it) and reap: the exit
- * code, 0 for a clean stop; 0 when no child is running. */
-static int srv_stop(struct srv_child *c)
-{
-    if (c->pid <= 0)
-        return 0;
-    if (c->waiting) { /* never started: EOF on go ends it */
-        close(c->go);
-        close(c->ready);
-        c->waiting = 0;
-    }
-    kill(c->pid, SIGCONT);
-    kill(c->pid, SIGTERM);
-    int rc = tu_wait(c->pid, CHILD_MS);
-    c->pid = 0;
-    return rc;
-}
-
-/* ---- fixture: baseline, socket directory, one server, one client ---- */
-
-struct fx {
-    struct leaks base;
-    char dir[64];
-    char addr[128]; /* unix:<dir>/sock, or the TCP address a test put here */
-    struct srv_child srv;
-    shmipc_client *cli;
-    shmipc_stream *st; /* the test's main stream, if it has one */
-};
-
-static int fx_begin(struct fx *f)
-{
-    memset(f, 0, sizeof(*f));
-    leaks_begin(&f->base);
-    snprintf(f->dir, sizeof(f->dir), "/tmp/shmipc-sess-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
-        f->dir[0] = '\0';
-        return -errno;
-    }
-    snprintf(f->addr, sizeof(f->addr), "unix:%s/sock", f->dir);
-    return 0;
-}
-
-/* Closes the client, stops the server (which must exit cleanly), removes
- * the directory and checks for leftovers. Safe on a half-built fixture. */
-static void fx_end(struct fx *f)
-{
-    if (f->st != NULL)
-        shmipc_stream_close(f->st);
-    f->st = NULL;
-    shmipc_client_close(f->cli);
-    f->cli = NULL;
-    EXPECT_RC(srv_stop(&f->srv), 0);
-    if (f->dir[0] != '\0') {
-        char path[160];
-        snprintf(path, sizeof(path), "%s/sock", f->dir);
-        unlink(path);
-        CU_ASSERT_EQUAL(rmdir(f->dir), 0);
-    }
-    leaks_check(&f->base);
-}
-
-static void cfg_init(struct shmipc_client_config *c, const char *addr, enum shmipc_mem_mode mode)
-{
-    shmipc_client_config_init(c);
-    c->address = addr;
-    c->mode = mode;
-    c->path_prefix = shm_prefix("");
-    c->reconnect_min_ms = 10;
-    c->reconnect_max_ms = 100;
-}
-
-/* A pool of one size class: a small one lets a test run it out. */
-static void one_class_pool(struct shmipc_client_config *c, size_t pool_bytes, uint32_t slice_bytes)
-{
-    c->pool_bytes = pool_bytes;
-    c->nclasses = 1;
-    c->classes[0].slice_bytes = slice_bytes;
-    c->classes[0].percent = 100;
-}
-
-/* The fixture with a server child in `smode` on its socket, in
- * low-latency mode with `spin_us` (0: off). */
-static int fx_serve(struct fx *f, enum srv_mode smode, int spin_us)
-{
-    int rc = fx_begin(f);
-    if (rc < 0)
-        return rc;
-    srv_spin_us = spin_us;
-    rc = srv_start(&f->srv, smode, f->addr);
-    srv_spin_us = 0;
-    return rc;
-}
-
-/* Opens the fixture's client with cfg_init's defaults for `mode`; with
- * `st`, takes a stream from it. */
-static int fx_connect(struct fx *f, enum shmipc_mem_mode mode, shmipc_stream **st)
-{
-    struct shmipc_client_config cfg;
-    cfg_init(&cfg, f->addr, mode);
-    int rc = shmipc_client_open(&cfg, &f->cli);
-    if (rc == 0 && st != NULL)
-        rc = shmipc_client_get(f->cli, st);
-    return rc;
-}
-
-/* The start of most tests: fx_serve, then fx_connect. */
-static int fx_start(struct fx *f, enum srv_mode smode, enum shmipc_mem_mode mode,
-                    shmipc_stream **st)
-{
-    int rc = fx_serve(f, smode, 0);
-    return rc < 0 ? rc : fx_connect(f, mode, st);
-}
-
-/* ---- client-side helpers ---- */
-
-/* One message of n pattern bytes and its echo; checks length and content.
- * 0, the library's code, or 1 on a content mismatch. */
-static int echo_once(shmipc_stream *st, size_t n, uint64_t seed, unsigned *niov)
-{
-    uint8_t *buf = pattern(n, seed);
-    if (buf == NULL)
-        return -ENOMEM;
-    shmipc_msg m;
-    int rc = shmipc_call(st, buf, n, &m, RECV_MS);
-    free(buf);
-    if (rc < 0)
-        return rc;
-    if (niov != NULL)
-        *niov = m.niov;
-    rc = msg_is(&m, n, seed) ? 0 : 1;
-    shmipc_msg_release(&m);
-    return rc;
-}
-
-/* Writes n bytes and flushes them: one message. 0 or the library's code. */
-static int send_msg(shmipc_stream *st, const void *p, size_t n)
-{
-    int rc = shmipc_stream_write(st, p, n);
-    return rc < 0 ? rc : shmipc_stream_flush(st);
-}
-
-/* The message of sz pattern bytes of `seed`, made in buf, sent. */
-static int send_one(shmipc_stream *st, uint8_t *buf, size_t sz, uint64_t seed)
-{
-    fill(buf, sz, seed);
-    return send_msg(st, buf, sz);
-}
-
-/* Closes the streams still held in st[0..n) and forgets them. */
-static void close_streams(shmipc_stream **st, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        if (st[i] != NULL)
-            shmipc_stream_close(st[i]);
-        st[i] = NULL;
-    }
-}
-
-/* A fresh stream, one echo, back to the pool. */
-static int echo_new(shmipc_client *c, size_t n, uint64_t seed)
-{
-    shmipc_stream *st;
-    int rc = shmipc_client_get(c, &st);
-    if (rc < 0)
-        return rc;
-    rc = echo_once(st, n, seed, NULL);
-    shmipc_client_put(c, st);
-    return rc;
-}
-
-/* Reads exactly n bytes with shmipc_stream_read in chunks of varying size
- * and checks them against `want`. 0, a code, or 1 on a mismatch or EOF. */
-static int read_expect(shmipc_stream *st, const uint8_t *want, size_t n)
-{
-    static const size_t chunks[] = {1, 3, 64, 1000, 9999, 65536};
-    uint8_t *buf = malloc(65536);
-    if (buf == NULL)
-        return -ENOMEM;
-    size_t got = 0;
-    int rc = 0;
-    for (unsigned k = 0; got < n && rc == 0; k++) {
-        size_t want_now = chunks[k % 6] < n - got ? chunks[k % 6] : n - got;
-        int r = shmipc_stream_read(st, buf, want_now, RECV_MS);
-        if (r <= 0) {
-            fprintf(stderr, "\n  read at byte %zu of %zu: %s\n", got, n,
-                    r == 0 ? "end of stream" : shmipc_strerror(r));
-            rc = r < 0 ? r : 1;
-        } else if ((size_t)r > want_now || memcmp(buf, want + got, (size_t)r) != 0) {
-            fprintf(stderr, "\n  read: bytes %zu..%zu differ\n", got, got + (size_t)r);
-            rc = 1;
-        } else {
-            got += (size_t)r;
-        }
-    }
-    free(buf);
-    return rc;
-}
-
-/* Sends a control message on a stream of its own and copies the answer. */
-static int srv_query(shmipc_client *c, const char *ctl, void *out, size_t cap, size_t *len)
-{
-    shmipc_stream *st;
-    int rc = shmipc_client_get(c, &st);
-    if (rc < 0)
-        return rc;
-    shmipc_msg m;
-    rc = shmipc_call(st, ctl, CTL_LEN, &m, RECV_MS);
-    if (rc == 0) {
-        *len = shmipc_msg_copy(&m, 0, out, cap);
-        shmipc_msg_release(&m);
-    }
-    shmipc_stream_close(st);
-    return rc;
-}
-
-static int srv_stats(shmipc_client *c, struct shmipc_stats *st)
-{
-    size_t len = 0;
-    int rc = srv_query(c, ctl_stats, st, sizeof(*st), &len);
-    return rc < 0 ? rc : len == sizeof(*st) ? 0 : 1;
-}
-
-/* Finds the records of stream `id` in the server's close log: how many
- * (the first in *out), or a code. Only meaningful with one session. */
-static int srv_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
-{
-    uint8_t buf[4 + CLOSED_MAX * sizeof(struct closed_rec)];
-    size_t len = 0;
-    int rc = srv_query(c, ctl_closed, buf, sizeof(buf), &len);
-    if (rc < 0)
-        return rc;
-    uint32_t n;
-    if (len < 4)
-        return 0;
-    memcpy(&n, buf, 4);
-    int found = 0;
-    for (uint32_t i = 0; i < n && 4 + (i + 1) * sizeof(*out) <= len; i++) {
-        struct closed_rec r;
-        memcpy(&r, buf + 4 + i * sizeof(r), sizeof(r));
-        if (r.id == id && found++ == 0)
-            *out = r;
-    }
-    return found;
-}
-
-/* Polls the close log until stream `id` shows up (bounded). */
-static int srv_wait_closed(shmipc_client *c, uint32_t id, struct closed_rec *out)
-{
-    uint64_t end = deadline_ns(POLL_MS);
-    int rc;
-    while ((rc = srv_closed(c, id, out)) == 0 && tu_now_ns() < end)
-        sleep_ms(10);
-    return rc;
-}
-
 /* ==== 1. echo round trips ==== */
 
 static const size_t echo_sizes[] = {0, 1, 64, 4096, 1u << 20, 4u << 20};
 
-/* A loopback port nobody listens on right now. */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
 static void echo_sizes_on(int tcp, enum shmipc_mem_mode mode)
 {
     struct fx f;
-    REQUIRE_RC(fx_begin(&f), 0);
+    REQUIRE_RC(sfx_begin(&f), 0);
     if (tcp) {
         /* A port found free may be taken before the child binds it: retry. */
         int rc = -1;
         for (int tries = 0; tries < 5 && rc != 0; tries++) {
-            snprintf(f.addr, sizeof(f.addr), "tcp:127.0.0.1:%d", free_port());
-            rc = srv_start(&f.srv, SRV_ECHO, f.addr);
+            snprintf(f.addr, sizeof(f.addr), "tcp:127.0.0.1:%d", sfx_free_port());
+            rc = sfx_srv_start(&f.srv, SRV_ECHO, f.addr);
         }
         REQUIRE_RC(rc, 0);
     } else {
-        REQUIRE_RC(srv_start(&f.srv, SRV_ECHO, f.addr), 0);
+        REQUIRE_RC(sfx_srv_start(&f.srv, SRV_ECHO, f.addr), 0);
     }
-    REQUIRE_RC(fx_connect(&f, mode, &f.st), 0);
+    REQUIRE_RC(sfx_connect(&f, mode, &f.st), 0);
     for (unsigned i = 0; i < sizeof(echo_sizes) / sizeof(echo_sizes[0]); i++) {
         size_t n = echo_sizes[i];
         unsigned niov = 0;
-        REQUIRE_RC(echo_once(f.st, n, 1000 + i, &niov), 0);
+        REQUIRE_RC(sfx_echo_once(f.st, n, 1000 + i, &niov), 0);
         /* Past the largest slice a message is a chain of slices. */
         CU_ASSERT(n > MAX_SLICE ? niov > 1 : niov == 1);
     }
@@ -856,9 +64,10 @@ static void echo_sizes_on(int tcp, enum shmipc_mem_mode mode)
     CU_ASSERT_EQUAL(s.fallbacks_received, 0);
     CU_ASSERT_EQUAL(s.sessions_opened, 1);
     /* File mode: a buffer and a queue file; memfd mode: nothing in /dev/shm. */
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("")), f.base.shm + (mode == SHMIPC_MODE_FILE ? 2 : 0));
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("")),
+                    f.base.shm + (mode == SHMIPC_MODE_FILE ? 2 : 0));
 out:
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_echo_sizes_memfd(void)
@@ -877,13 +86,13 @@ static void test_echo_sizes_file_tcp(void)
 
     /* fds cannot travel over TCP: memfd mode is refused up front. */
     struct leaks l;
-    leaks_begin(&l);
+    sfx_leaks_begin(&l);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, "tcp:127.0.0.1:1", SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, "tcp:127.0.0.1:1", SHMIPC_MODE_MEMFD);
     shmipc_client *c = NULL;
     EXPECT_RC(shmipc_client_open(&cfg, &c), -EINVAL);
     CU_ASSERT_PTR_NULL(c);
-    leaks_check(&l);
+    sfx_leaks_check(&l);
 }
 
 /* Random sizes (fixed seed): the echo's checksum must equal the request's. */
@@ -891,26 +100,26 @@ static void random_echo_on(enum shmipc_mem_mode mode)
 {
     struct fx f;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO, mode, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, mode, &f.st), 0);
     REQUIRE((buf = malloc(1u << 20)) != NULL);
     uint64_t seed = 0x5eed0001u + (unsigned)mode;
     for (unsigned i = 0; i < 300; i++) {
-        uint64_t r = rng(&seed);
+        uint64_t r = sfx_rng(&seed);
         size_t n = r % 10 < 5 ? r >> 8 & 1023 : r % 10 < 9 ? r >> 8 & 65535 : r >> 8 & 0xfffff;
         for (size_t k = 0; k < n; k++)
-            buf[k] = (uint8_t)(rng(&seed) >> 24);
-        uint64_t want = fnv1a(FNV_INIT, buf, n);
+            buf[k] = (uint8_t)(sfx_rng(&seed) >> 24);
+        uint64_t want = sfx_fnv1a(FNV_INIT, buf, n);
         shmipc_msg m;
         REQUIRE_RC(shmipc_call(f.st, buf, n, &m, RECV_MS), 0);
         CU_ASSERT_EQUAL(m.len, n);
-        CU_ASSERT_EQUAL(msg_hash(&m), want);
-        int ok = m.len == n && msg_hash(&m) == want;
+        CU_ASSERT_EQUAL(sfx_msg_hash(&m), want);
+        int ok = m.len == n && sfx_msg_hash(&m) == want;
         shmipc_msg_release(&m);
         REQUIRE(ok);
     }
 out:
     free(buf);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* A thread's share of echoes on one client: `rounds` fresh streams with
@@ -928,7 +137,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     uint64_t s = w->seed;
     for (unsigned i = 0; i < w->rounds && w->rc == 0; i++)
-        w->rc = echo_new(w->c, (size_t)(rng(&s) % w->max), w->seed + i);
+        w->rc = sfx_echo_new(w->c, (size_t)(sfx_rng(&s) % w->max), w->seed + i);
     return NULL;
 }
 
@@ -937,9 +146,9 @@ static void *worker_main(void *arg)
 static void test_spin_mode(void)
 {
     struct fx f;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 300), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 300), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.spin_us = 300;
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
@@ -954,7 +163,7 @@ static void test_spin_mode(void)
         EXPECT_RC(jobs[i].rc, 0);
     }
 out:
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* The event-loop style: one thread, no I/O thread, 64 streams in flight,
@@ -966,23 +175,23 @@ static void event_loop_on(int spin_us)
     shmipc_stream *st[NST] = {0};
     unsigned done[NST] = {0};
     uint8_t *req = NULL;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, spin_us), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, spin_us), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
     cfg.spin_us = spin_us;
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     CU_ASSERT(shmipc_client_fd(f.cli) >= 0);
-    req = pattern(SZ, 1);
+    req = sfx_pattern(SZ, 1);
     REQUIRE(req != NULL);
     for (int i = 0; i < NST; i++) {
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
         shmipc_stream_set_user(st[i], &done[i]);
-        REQUIRE_RC(send_one(st[i], req, SZ, (uint64_t)i << 32), 0);
+        REQUIRE_RC(sfx_send_one(st[i], req, SZ, (uint64_t)i << 32), 0);
     }
     unsigned total = 0, bad = 0;
-    uint64_t deadline = deadline_ns(RECV_MS);
+    uint64_t deadline = sfx_deadline_ns(RECV_MS);
     while (total < NST * ROUNDS && tu_now_ns() < deadline) {
         shmipc_stream *ready[NST];
         int n = shmipc_client_poll(f.cli, ready, NST, 100);
@@ -992,12 +201,12 @@ static void event_loop_on(int spin_us)
             while (shmipc_stream_recv(ready[k], &m, 0) == 0) {
                 unsigned *d = shmipc_stream_user(ready[k]);
                 unsigned idx = (unsigned)(d - done);
-                bad += !msg_is(&m, SZ, ((uint64_t)idx << 32) + *d);
+                bad += !sfx_msg_is(&m, SZ, ((uint64_t)idx << 32) + *d);
                 shmipc_msg_release(&m);
                 (*d)++;
                 total++;
                 if (*d < ROUNDS)
-                    bad += send_one(ready[k], req, SZ, ((uint64_t)idx << 32) + *d) != 0;
+                    bad += sfx_send_one(ready[k], req, SZ, ((uint64_t)idx << 32) + *d) != 0;
             }
         }
     }
@@ -1010,7 +219,7 @@ static void event_loop_on(int spin_us)
     if (spin_us > 0) {
         /* The spinning poll let go of the working flag when it returned: a
          * request now still wakes the client fd with a Polling. */
-        REQUIRE_RC(send_one(st[0], req, SZ, 77), 0);
+        REQUIRE_RC(sfx_send_one(st[0], req, SZ, 77), 0);
         /* As an outside event loop: wait for the fd, poll without
          * waiting, until the answer is in (the fd may also say that a
          * deferred Polling is to be sent). */
@@ -1023,13 +232,13 @@ static void event_loop_on(int spin_us)
         }
         CU_ASSERT_EQUAL(got, 1);
         CU_ASSERT_EQUAL(shmipc_stream_recv(st[0], &m, 0), 0);
-        CU_ASSERT(msg_is(&m, SZ, 77));
+        CU_ASSERT(sfx_msg_is(&m, SZ, 77));
         shmipc_msg_release(&m);
     }
 out:
-    close_streams(st, NST);
+    sfx_close_streams(st, NST);
     free(req);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_event_loop_client(void)
@@ -1047,7 +256,7 @@ static void test_event_loop_client_spin(void)
  * of the queue we send on, so our next message has to wake it. */
 static int peer_idle(shmipc_stream *st)
 {
-    uint64_t deadline = deadline_ns(RECV_MS);
+    uint64_t deadline = sfx_deadline_ns(RECV_MS);
     while (queue_working(&st->sess->qp.send) != 0) {
         if (tu_now_ns() >= deadline)
             return -ETIMEDOUT;
@@ -1077,7 +286,7 @@ static int idle_from(shmipc_client *c, shmipc_stream *st, uint64_t *p0)
 static int harvest(shmipc_client *c, shmipc_stream **st, unsigned n, size_t sz, uint64_t base)
 {
     unsigned got = 0, bad = 0;
-    uint64_t deadline = deadline_ns(RECV_MS);
+    uint64_t deadline = sfx_deadline_ns(RECV_MS);
     while (got < n && tu_now_ns() < deadline) {
         shmipc_stream *ready[64];
         int k = shmipc_client_poll(c, ready, 64, 100);
@@ -1089,7 +298,7 @@ static int harvest(shmipc_client *c, shmipc_stream **st, unsigned n, size_t sz, 
                 unsigned idx = 0;
                 while (idx < n && st[idx] != ready[i])
                     idx++;
-                bad += idx == n || !msg_is(&m, sz, base + idx);
+                bad += idx == n || !sfx_msg_is(&m, sz, base + idx);
                 shmipc_msg_release(&m);
                 got++;
             }
@@ -1108,11 +317,11 @@ struct flush_arg {
 static void *flush_thread(void *p)
 {
     struct flush_arg *a = p;
-    a->rc = send_one(a->st, a->buf, 500, a->seed);
+    a->rc = sfx_send_one(a->st, a->buf, 500, a->seed);
     return NULL;
 }
 
-/* send_one of 500 bytes from a thread of its own, not the poll loop's:
+/* sfx_send_one of 500 bytes from a thread of its own, not the poll loop's:
  * its result, or -EAGAIN when no thread could be made. */
 static int send_from_thread(shmipc_stream *st, uint8_t *buf, uint64_t seed)
 {
@@ -1134,9 +343,9 @@ static void test_event_loop_deferred_wakeups(void)
     shmipc_stream *st[NST] = {0};
     uint8_t buf[SZ];
     uint64_t p0 = 0;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     for (int i = 0; i < NST; i++)
@@ -1144,14 +353,14 @@ static void test_event_loop_deferred_wakeups(void)
     /* Not inside a poll's results yet: the first flush wakes at once. */
     REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     for (unsigned i = 0; i < 8; i++)
-        REQUIRE_RC(send_one(st[i], buf, SZ, 100 + i), 0);
+        REQUIRE_RC(sfx_send_one(st[i], buf, SZ, 100 + i), 0);
     CU_ASSERT(polls_sent(f.cli) > p0);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 8, SZ, 100), 0);
     for (unsigned round = 0; round < 5; round++) {
         /* Inside the results of the poll that just returned. */
         REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
         for (unsigned i = 0; i < 8; i++)
-            REQUIRE_RC(send_one(st[i], buf, SZ, 200 + round * 8 + i), 0);
+            REQUIRE_RC(sfx_send_one(st[i], buf, SZ, 200 + round * 8 + i), 0);
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
         CU_ASSERT_EQUAL(harvest(f.cli, st, 8, SZ, 200 + round * 8), 0);
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
@@ -1159,13 +368,13 @@ static void test_event_loop_deferred_wakeups(void)
     /* 40 in one go: the 32nd does not wait for the poll. */
     REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
     for (unsigned i = 0; i < NST; i++)
-        REQUIRE_RC(send_one(st[i], buf, SZ, 500 + i), 0);
+        REQUIRE_RC(sfx_send_one(st[i], buf, SZ, 500 + i), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 500), 0);
     /* Another thread queues on a session whose Polling we owe: it does
      * not wait for us, it sends it. */
     REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
-    REQUIRE_RC(send_one(st[0], buf, SZ, 700), 0);
+    REQUIRE_RC(sfx_send_one(st[0], buf, SZ, 700), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
     EXPECT_RC(send_from_thread(st[1], buf, 701), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
@@ -1175,7 +384,7 @@ static void test_event_loop_deferred_wakeups(void)
      * can: the server has not been woken). Then once more, fd taken. */
     for (unsigned i = 0; i < 2; i++) {
         REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
-        REQUIRE_RC(send_one(st[0], buf, SZ, 600 + i), 0);
+        REQUIRE_RC(sfx_send_one(st[0], buf, SZ, 600 + i), 0);
         CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
         struct pollfd pfd = {.fd = shmipc_client_fd(f.cli), .events = POLLIN};
         CU_ASSERT_EQUAL(poll(&pfd, 1, RECV_MS), 1);
@@ -1187,7 +396,7 @@ static void test_event_loop_deferred_wakeups(void)
     shmipc_client *c2 = NULL;
     REQUIRE_RC(shmipc_client_open(&cfg, &c2), 0);
     REQUIRE_RC(idle_from(f.cli, st[0], &p0), 0);
-    REQUIRE_RC(send_one(st[0], buf, SZ, 800), 0);
+    REQUIRE_RC(sfx_send_one(st[0], buf, SZ, 800), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 0);
     shmipc_stream *none[1];
     CU_ASSERT_EQUAL(shmipc_client_poll(c2, none, 1, 0), 0);
@@ -1199,7 +408,7 @@ static void test_event_loop_deferred_wakeups(void)
     EXPECT_RC(send_from_thread(st[0], buf, 9000), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, st, 1, 500, 9000), 0);
-    close_streams(st, NST);
+    sfx_close_streams(st, NST);
     shmipc_client_close(f.cli);
     f.cli = NULL;
     /* eager_wakeups: every flush may wake, as with an I/O thread. */
@@ -1207,16 +416,16 @@ static void test_event_loop_deferred_wakeups(void)
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     shmipc_stream *e = NULL;
     REQUIRE_RC(shmipc_client_get(f.cli, &e), 0);
-    REQUIRE_RC(send_one(e, buf, SZ, 42), 0);
+    REQUIRE_RC(sfx_send_one(e, buf, SZ, 42), 0);
     CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 42), 0);
     REQUIRE_RC(idle_from(f.cli, e, &p0), 0);
-    REQUIRE_RC(send_one(e, buf, SZ, 43), 0);
+    REQUIRE_RC(sfx_send_one(e, buf, SZ, 43), 0);
     CU_ASSERT_EQUAL(polls_sent(f.cli) - p0, 1);
     CU_ASSERT_EQUAL(harvest(f.cli, &e, 1, SZ, 43), 0);
     shmipc_stream_close(e);
 out:
-    close_streams(st, NST);
-    fx_end(&f);
+    sfx_close_streams(st, NST);
+    sfx_end(&f);
 }
 
 /* An event-loop client whose messages go by fallback (the pool is too
@@ -1230,27 +439,27 @@ static void test_event_loop_client_fallback(void)
     const size_t sz = 6u << 20;
     shmipc_stream *st[NST] = {0};
     uint8_t *req = NULL;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
-    one_class_pool(&cfg, 64u << 10, 1024);
+    sfx_one_class_pool(&cfg, 64u << 10, 1024);
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE((req = malloc(sz)) != NULL);
     /* All streams first: a session that fell back refuses new ones a while. */
     for (int i = 0; i < NST; i++)
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
     for (int i = 0; i < NST; i++)
-        REQUIRE_RC(send_one(st[i], req, sz, 700 + (uint64_t)i), 0);
+        REQUIRE_RC(sfx_send_one(st[i], req, sz, 700 + (uint64_t)i), 0);
     /* Every answer right, within the deadline. */
     CU_ASSERT_EQUAL(harvest(f.cli, st, NST, sz, 700), 0);
     struct shmipc_stats s;
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT_EQUAL(s.fallbacks_sent, NST);
 out:
-    close_streams(st, NST);
+    sfx_close_streams(st, NST);
     free(req);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* While the server's handlers run, it keeps the request queue's working
@@ -1265,29 +474,29 @@ static void test_no_polling_while_handling(void)
     char entered[160] = "", release[160] = "";
     int efd = -1, rfd = -1;
     /* The server opens the FIFOs only when the gate message comes. */
-    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &gate), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &gate), 0);
     snprintf(entered, sizeof(entered), "%s/entered", f.dir);
     snprintf(release, sizeof(release), "%s/release", f.dir);
     REQUIRE(mkfifo(entered, 0600) == 0 && mkfifo(release, 0600) == 0);
     for (int i = 0; i < NST; i++)
         REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
-    REQUIRE_RC(send_msg(gate, ctl_gate, CTL_LEN), 0);
+    REQUIRE_RC(sfx_send_msg(gate, sfx_ctl_gate, CTL_LEN), 0);
     char c;
     REQUIRE((efd = open(entered, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) >= 0);
     struct pollfd pfd = {.fd = efd, .events = POLLIN};
     REQUIRE(poll(&pfd, 1, RECV_MS) == 1 && read(efd, &c, 1) == 1); /* inside the handler */
     struct shmipc_stats before, after;
     shmipc_client_stats(f.cli, &before);
-    uint8_t *req = pattern(100, 60);
+    uint8_t *req = sfx_pattern(100, 60);
     REQUIRE(req != NULL);
     for (int i = 0; i < NST; i++)
-        CU_ASSERT_EQUAL(send_one(st[i], req, 100, 60 + (uint64_t)i), 0);
+        CU_ASSERT_EQUAL(sfx_send_one(st[i], req, 100, 60 + (uint64_t)i), 0);
     free(req);
     shmipc_client_stats(f.cli, &after);
     CU_ASSERT_EQUAL(after.wakeups_sent - before.wakeups_sent, 0);
     CU_ASSERT_EQUAL(after.messages_sent - before.messages_sent, NST);
     /* The handler opens its end right after saying it entered. */
-    uint64_t deadline = deadline_ns(RECV_MS);
+    uint64_t deadline = sfx_deadline_ns(RECV_MS);
     while ((rfd = open(release, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO &&
            tu_now_ns() < deadline)
         usleep(1000);
@@ -1298,7 +507,7 @@ static void test_no_polling_while_handling(void)
     shmipc_msg_release(&m);
     for (int i = 0; i < NST; i++) {
         REQUIRE_RC(shmipc_stream_recv(st[i], &m, RECV_MS), 0);
-        CU_ASSERT(msg_is(&m, 100, 60 + (uint64_t)i));
+        CU_ASSERT(sfx_msg_is(&m, 100, 60 + (uint64_t)i));
         shmipc_msg_release(&m);
     }
 out:
@@ -1306,12 +515,12 @@ out:
         close(efd);
     if (rfd >= 0)
         close(rfd);
-    close_streams(st, NST);
+    sfx_close_streams(st, NST);
     if (gate != NULL)
         shmipc_stream_close(gate);
     unlink(entered);
     unlink(release);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_random_echo_memfd(void)
@@ -1329,14 +538,14 @@ static void test_random_server_checksum(void)
 {
     struct fx f;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_HASH, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_HASH, SHMIPC_MODE_MEMFD, &f.st), 0);
     REQUIRE((buf = malloc(2u << 20)) != NULL);
     uint64_t seed = 0xc0ffee;
     for (unsigned i = 0; i < 200; i++) {
-        uint64_t r = rng(&seed);
+        uint64_t r = sfx_rng(&seed);
         size_t n = r % 8 == 0 ? r >> 8 & 0x1fffff : r >> 8 & 0x3ffff;
         for (size_t k = 0; k < n; k++)
-            buf[k] = (uint8_t)(rng(&seed) >> 24);
+            buf[k] = (uint8_t)(sfx_rng(&seed) >> 24);
         shmipc_msg m;
         REQUIRE_RC(shmipc_call(f.st, buf, n, &m, RECV_MS), 0);
         uint8_t ans[12];
@@ -1348,12 +557,12 @@ static void test_random_server_checksum(void)
         memcpy(&h, ans + 4, 8);
         REQUIRE(got == sizeof(ans));
         CU_ASSERT_EQUAL(len, n);
-        CU_ASSERT_EQUAL(h, fnv1a(FNV_INIT, buf, n));
-        REQUIRE(len == n && h == fnv1a(FNV_INIT, buf, n));
+        CU_ASSERT_EQUAL(h, sfx_fnv1a(FNV_INIT, buf, n));
+        REQUIRE(len == n && h == sfx_fnv1a(FNV_INIT, buf, n));
     }
 out:
     free(buf);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* Byte-level reads cut across message boundaries in both directions. */
@@ -1362,25 +571,25 @@ static void test_stream_read_across_messages(void)
     static const size_t sizes[] = {1, 7, 100, 5000, 20000, 3, 150000, 0, 42};
     struct fx f;
     uint8_t *all = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
     size_t total = 0;
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         total += sizes[i];
     REQUIRE((all = malloc(total)) != NULL);
     size_t at = 0;
     for (unsigned i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-        REQUIRE_RC(send_one(f.st, all + at, sizes[i], 77 + i), 0);
+        REQUIRE_RC(sfx_send_one(f.st, all + at, sizes[i], 77 + i), 0);
         at += sizes[i];
     }
-    REQUIRE_RC(read_expect(f.st, all, total), 0);
+    REQUIRE_RC(sfx_read_expect(f.st, all, total), 0);
     /* Everything was read: nothing more is there. */
     uint8_t b;
     EXPECT_RC(shmipc_stream_read(f.st, &b, 1, 50), SHMIPC_ETIMEDOUT);
     /* A message split by reads still leaves the next whole for recv. */
-    REQUIRE_RC(echo_once(f.st, 300, 5, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 300, 5, NULL), 0);
 out:
     free(all);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* Zero-copy writes: reserved space is part of the message, in order with
@@ -1389,12 +598,12 @@ static void test_reserve_zero_copy(void)
 {
     struct fx f;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
     static const size_t parts[] = {100, 8000, 50, MAX_SLICE, 1};
     size_t total = 0;
     for (unsigned i = 0; i < 5; i++)
         total += parts[i];
-    REQUIRE((want = pattern(total, 99)) != NULL);
+    REQUIRE((want = sfx_pattern(total, 99)) != NULL);
     size_t at = 0;
     for (unsigned i = 0; i < 5; i++) {
         if (i == 2) { /* a copied piece between reserved ones */
@@ -1431,7 +640,7 @@ static void test_reserve_zero_copy(void)
     shmipc_msg_release(&m);
 out:
     free(want);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* A forwarded message goes back in its own slices: the answer's first
@@ -1443,9 +652,9 @@ static void test_forward_zero_copy(void)
 {
     struct fx f;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_FORWARD, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_FORWARD, SHMIPC_MODE_MEMFD, &f.st), 0);
     const size_t big = 3 * MAX_SLICE + 777;
-    REQUIRE((want = pattern(big, 7)) != NULL);
+    REQUIRE((want = sfx_pattern(big, 7)) != NULL);
     unsigned same = 0, rounds = 300;
     for (unsigned i = 0; i < rounds; i++) {
         size_t n = i % 3 == 0 ? 1 + i * 97 % 8000 : i % 3 == 1 ? 20000 + i : big;
@@ -1493,7 +702,7 @@ static void test_forward_zero_copy(void)
     free(req);
     /* The client forwards what it received: whole, the same slices go
      * round again; after a partial read, only the rest (copied). */
-    REQUIRE_RC(send_msg(f.st, "AHELLOWORLD", 11), 0);
+    REQUIRE_RC(sfx_send_msg(f.st, "AHELLOWORLD", 11), 0);
     REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     const uint8_t *where = m.iov[0].base;
     REQUIRE_RC(shmipc_stream_forward(f.st, &m), 0);
@@ -1504,7 +713,7 @@ static void test_forward_zero_copy(void)
               memcmp(txt, "AHELLOWORLD", 11) == 0);
     CU_ASSERT(m.iov[0].base == where);
     shmipc_msg_release(&m);
-    REQUIRE_RC(send_msg(f.st, "AHELLOWORLD", 11), 0);
+    REQUIRE_RC(sfx_send_msg(f.st, "AHELLOWORLD", 11), 0);
     CU_ASSERT_EQUAL(shmipc_stream_read(f.st, txt, 3, RECV_MS), 3);
     REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
     CU_ASSERT_EQUAL(m.len, 8);
@@ -1514,13 +723,13 @@ static void test_forward_zero_copy(void)
     CU_ASSERT(m.len == 8 && shmipc_msg_copy(&m, 0, txt, 8) == 8 && memcmp(txt, "LLOWORLD", 8) == 0);
     shmipc_msg_release(&m);
     struct shmipc_stats ss;
-    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
     CU_ASSERT_EQUAL(ss.messages_received, rounds + 6);
     CU_ASSERT_EQUAL(ss.fallbacks_sent, 0);
 out:
     free(want);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* Forwarded answers that meet a full queue (an event-loop client that
@@ -1533,9 +742,9 @@ static void test_forward_queue_full(void)
     enum { NST = 24, SZ = 2000 };
     shmipc_stream *st[NST] = {0};
     uint8_t buf[SZ];
-    REQUIRE_RC(fx_serve(&f, SRV_FORWARD, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_FORWARD, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
     cfg.queue_cap = 8;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
@@ -1543,21 +752,21 @@ static void test_forward_queue_full(void)
         for (unsigned i = 0; i < NST; i++) {
             if (st[i] == NULL)
                 REQUIRE_RC(shmipc_client_get(f.cli, &st[i]), 0);
-            REQUIRE_RC(send_one(st[i], buf, SZ, 1000 * round + i), 0);
+            REQUIRE_RC(sfx_send_one(st[i], buf, SZ, 1000 * round + i), 0);
         }
         CU_ASSERT_EQUAL(harvest(f.cli, st, NST, SZ, 1000 * round), 0);
     }
-    close_streams(st, NST);
+    sfx_close_streams(st, NST);
     shmipc_client_close(f.cli);
     f.cli = NULL;
-    REQUIRE_RC(fx_connect(&f, SHMIPC_MODE_MEMFD, NULL), 0);
+    REQUIRE_RC(sfx_connect(&f, SHMIPC_MODE_MEMFD, NULL), 0);
     struct shmipc_stats ss;
-    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
     CU_ASSERT(ss.queue_full > 0); /* the answers did meet a full queue */
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
 out:
-    close_streams(st, NST);
-    fx_end(&f);
+    sfx_close_streams(st, NST);
+    sfx_end(&f);
 }
 
 /* ==== 2. many streams, pooled reuse ==== */
@@ -1578,24 +787,24 @@ static void test_1000_streams_4_sessions(void)
     void **second = calloc(NSTREAMS, sizeof(*second));
     uint8_t buf[1200];
     unsigned n = 0;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE(st != NULL && first != NULL && second != NULL);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.sessions = 4;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 4);
     for (int round = 0; round < 2; round++) {
         for (n = 0; n < NSTREAMS; n++) {
             REQUIRE_RC(shmipc_client_get(f.cli, &st[n]), 0);
-            REQUIRE_RC(send_one(st[n], buf, 64 + n, (uint64_t)round << 32 | n), 0);
+            REQUIRE_RC(sfx_send_one(st[n], buf, 64 + n, (uint64_t)round << 32 | n), 0);
         }
         /* Every request is out before any answer is read. */
         uint32_t max_id = 0;
         for (unsigned i = 0; i < NSTREAMS; i++) {
             shmipc_msg m;
             REQUIRE_RC(shmipc_stream_recv(st[i], &m, RECV_MS), 0);
-            int ok = msg_is(&m, 64 + i, (uint64_t)round << 32 | i);
+            int ok = sfx_msg_is(&m, 64 + i, (uint64_t)round << 32 | i);
             shmipc_msg_release(&m);
             REQUIRE(ok);
             uint32_t id = shmipc_stream_id(st[i]);
@@ -1619,7 +828,7 @@ static void test_1000_streams_4_sessions(void)
     CU_ASSERT_EQUAL(s.messages_received, 2 * NSTREAMS);
     CU_ASSERT_EQUAL(s.fallbacks_sent, 0);
     struct shmipc_stats ss;
-    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.sessions_opened, 4);
     CU_ASSERT_EQUAL(ss.messages_received, 2 * NSTREAMS + 1); /* + the query */
     CU_ASSERT_EQUAL(ss.streams_opened, NSTREAMS);            /* the query took a pooled stream */
@@ -1629,17 +838,17 @@ out:
     free(st);
     free(first);
     free(second);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_pooled_stream_reuse(void)
 {
     struct fx f;
     shmipc_stream *again = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO, SHMIPC_MODE_FILE, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_FILE, &f.st), 0);
     uint32_t id = shmipc_stream_id(f.st);
     CU_ASSERT(id >= 2);
-    REQUIRE_RC(echo_once(f.st, 1000, 1, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 1000, 1, NULL), 0);
     struct shmipc_stats s0, s1;
     shmipc_client_stats(f.cli, &s0);
     for (int i = 0; i < 20; i++) {
@@ -1647,7 +856,7 @@ static void test_pooled_stream_reuse(void)
         f.st = NULL;
         REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
         CU_ASSERT_EQUAL(shmipc_stream_id(f.st), id);
-        REQUIRE_RC(echo_once(f.st, 100 + (size_t)i, 2 + (uint64_t)i, NULL), 0);
+        REQUIRE_RC(sfx_echo_once(f.st, 100 + (size_t)i, 2 + (uint64_t)i, NULL), 0);
     }
     shmipc_client_stats(f.cli, &s1);
     CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened);
@@ -1655,13 +864,13 @@ static void test_pooled_stream_reuse(void)
     /* Held, a stream is not handed out twice: a second get is a new one. */
     REQUIRE_RC(shmipc_client_get(f.cli, &again), 0);
     CU_ASSERT_NOT_EQUAL(shmipc_stream_id(again), id);
-    REQUIRE_RC(echo_once(again, 10, 3, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(again, 10, 3, NULL), 0);
     /* A stream with an unread answer is not pooled: put closes it. The
      * echo on `again` (same session, answered in order) makes sure the
      * answer to "x" has arrived. */
     uint32_t again_id = shmipc_stream_id(again);
-    REQUIRE_RC(send_msg(f.st, "x", 1), 0);
-    REQUIRE_RC(echo_once(again, 20, 4, NULL), 0);
+    REQUIRE_RC(sfx_send_msg(f.st, "x", 1), 0);
+    REQUIRE_RC(sfx_echo_once(again, 20, 4, NULL), 0);
     shmipc_client_put(f.cli, f.st);
     f.st = NULL;
     shmipc_client_put(f.cli, again);
@@ -1671,13 +880,13 @@ static void test_pooled_stream_reuse(void)
     CU_ASSERT_EQUAL(shmipc_stream_id(f.st), again_id);
     REQUIRE_RC(shmipc_client_get(f.cli, &again), 0);
     CU_ASSERT(shmipc_stream_id(again) != id && shmipc_stream_id(again) != again_id);
-    REQUIRE_RC(echo_once(again, 30, 5, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(again, 30, 5, NULL), 0);
     shmipc_client_stats(f.cli, &s1);
     CU_ASSERT_EQUAL(s1.streams_opened, s0.streams_opened + 2);
 out:
     if (again != NULL)
         shmipc_stream_close(again);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* ==== 3. fallback under a tiny pool ==== */
@@ -1687,16 +896,16 @@ static void fallback_on(enum shmipc_mem_mode mode)
     struct fx f;
     shmipc_stream *keep = NULL, *st = NULL, *later = NULL;
     uint8_t *want = NULL;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, mode);
+    sfx_cfg_init(&cfg, f.addr, mode);
     /* 62 slices of 1 KiB: a 64 KiB message can never be in the pool. */
-    one_class_pool(&cfg, 64u << 10, 1024);
+    sfx_one_class_pool(&cfg, 64u << 10, 1024);
     cfg.unhealthy_ms = 1000; /* the refusal is checked right after the fallback */
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &keep), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &st), 0);
-    REQUIRE_RC(echo_once(keep, 3000, 10, NULL), 0); /* in the pool */
+    REQUIRE_RC(sfx_echo_once(keep, 3000, 10, NULL), 0); /* in the pool */
     struct shmipc_stats s;
     shmipc_client_stats(f.cli, &s);
     REQUIRE(s.fallbacks_sent == 0);
@@ -1712,7 +921,7 @@ static void fallback_on(enum shmipc_mem_mode mode)
     size_t total = 0;
     for (unsigned i = 0; i < NPARTS; i++)
         total += parts[i].len;
-    REQUIRE((want = pattern(total, 11)) != NULL);
+    REQUIRE((want = sfx_pattern(total, 11)) != NULL);
     size_t at = 0;
     for (unsigned i = 0; i < NPARTS; i++) {
         REQUIRE_RC(shmipc_stream_write(st, want + at, parts[i].len), 0);
@@ -1730,22 +939,22 @@ static void fallback_on(enum shmipc_mem_mode mode)
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT_EQUAL(s.fallbacks_sent, 3);
     /* Existing streams keep working, in the pool. */
-    REQUIRE_RC(echo_once(keep, 200, 12, NULL), 0);
-    REQUIRE_RC(read_expect(st, want, total), 0);
+    REQUIRE_RC(sfx_echo_once(keep, 200, 12, NULL), 0);
+    REQUIRE_RC(sfx_read_expect(st, want, total), 0);
     /* The fallen-back stream stays usable, on the socket. */
-    REQUIRE_RC(echo_once(st, 5000, 13, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(st, 5000, 13, NULL), 0);
     shmipc_client_stats(f.cli, &s);
     /* 64 KiB cannot fit the server's answer either. */
     CU_ASSERT(s.fallbacks_received >= 1);
     CU_ASSERT_EQUAL(s.fallbacks_sent, 4);
 
     /* After the window new streams are allowed again (bounded poll). */
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     int rc;
     while ((rc = shmipc_client_get(f.cli, &later)) == SHMIPC_EUNHEALTHY && tu_now_ns() < end)
-        sleep_ms(20);
+        sfx_sleep_ms(20);
     REQUIRE_RC(rc, 0);
-    REQUIRE_RC(echo_once(later, 700, 14, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(later, 700, 14, NULL), 0);
     struct shmipc_stats s2;
     shmipc_client_stats(f.cli, &s2);
     CU_ASSERT_EQUAL(s2.fallbacks_sent, s.fallbacks_sent); /* a new stream is in the pool */
@@ -1757,7 +966,7 @@ out:
         shmipc_client_put(f.cli, st); /* in fallback: not pooled, closed */
     if (later != NULL)
         shmipc_stream_close(later);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_fallback_memfd(void)
@@ -1775,7 +984,7 @@ static void test_fallback_file(void)
 /* Waits (bounded) until the child is stopped by SIGSTOP. */
 static int wait_stopped(pid_t pid)
 {
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     int status;
     while (tu_now_ns() < end) {
         pid_t r = waitpid(pid, &status, WUNTRACED | WNOHANG);
@@ -1783,7 +992,7 @@ static int wait_stopped(pid_t pid)
             return 0;
         if (r != 0)
             return -1;
-        sleep_ms(1);
+        sfx_sleep_ms(1);
     }
     return -1;
 }
@@ -1796,19 +1005,19 @@ static void test_queue_full(void)
     shmipc_stream *hog = NULL;
     uint8_t *want = NULL, *big = NULL;
     int stopped = 0;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.queue_cap = 8;
     /* A small pool of 63 slices, so that one stream can take every free
      * slice: a slice wrongly freed after EQFULL would be overwritten. */
-    one_class_pool(&cfg, 256u << 10, 4076);
+    sfx_one_class_pool(&cfg, 256u << 10, 4076);
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &hog), 0);
-    REQUIRE_RC(echo_once(f.st, 10, 1, NULL), 0); /* the server has drained the queue */
+    REQUIRE_RC(sfx_echo_once(f.st, 10, 1, NULL), 0); /* the server has drained the queue */
     enum { NMSG = 30 };
-    REQUIRE((want = pattern(NMSG * QMSG, 21)) != NULL);
+    REQUIRE((want = sfx_pattern(NMSG * QMSG, 21)) != NULL);
 
     REQUIRE(kill(f.srv.pid, SIGSTOP) == 0);
     stopped = 1;
@@ -1842,7 +1051,7 @@ static void test_queue_full(void)
 
     REQUIRE(kill(f.srv.pid, SIGCONT) == 0);
     stopped = 0;
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     while ((rc = shmipc_stream_flush(f.st)) == SHMIPC_EQFULL && tu_now_ns() < end)
         ;
     REQUIRE_RC(rc, 0);
@@ -1853,8 +1062,8 @@ static void test_queue_full(void)
         REQUIRE_RC(rc, 0);
     }
     /* Every byte back, in order (the echo may merge messages). */
-    REQUIRE_RC(read_expect(f.st, want, NMSG * QMSG), 0);
-    REQUIRE_RC(echo_once(f.st, 50, 22, NULL), 0);
+    REQUIRE_RC(sfx_read_expect(f.st, want, NMSG * QMSG), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 50, 22, NULL), 0);
 out:
     if (stopped)
         kill(f.srv.pid, SIGCONT);
@@ -1862,7 +1071,7 @@ out:
     free(big);
     if (hog != NULL)
         shmipc_stream_close(hog);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* Client half-close: the server gets every message, then on_close. */
@@ -1870,22 +1079,22 @@ static void test_client_shutdown(void)
 {
     struct fx f;
     uint8_t *buf = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
     static const size_t parts[] = {10, 100000, 1};
-    REQUIRE((buf = pattern(100000, 3)) != NULL);
+    REQUIRE((buf = sfx_pattern(100000, 3)) != NULL);
     for (unsigned i = 0; i < 3; i++)
-        REQUIRE_RC(send_msg(f.st, buf, parts[i]), 0);
+        REQUIRE_RC(sfx_send_msg(f.st, buf, parts[i]), 0);
     uint32_t id = shmipc_stream_id(f.st);
     REQUIRE_RC(shmipc_stream_shutdown(f.st), 0);
     EXPECT_RC(shmipc_stream_write(f.st, "x", 1), SHMIPC_ECLOSED);
     EXPECT_RC(shmipc_stream_flush(f.st), SHMIPC_ECLOSED);
     struct closed_rec r;
-    REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
+    REQUIRE_RC(sfx_srv_wait_closed(f.cli, id, &r), 1);
     CU_ASSERT_EQUAL(r.msgs, 3);
     CU_ASSERT_EQUAL(r.bytes, 100011);
 out:
     free(buf);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* One echo on a fresh stream (its id in *id) that the server ends after
@@ -1897,7 +1106,7 @@ static int echo_then_closed(shmipc_client *c, shmipc_stream **st, uint32_t *id, 
     if (rc < 0)
         return rc;
     *id = shmipc_stream_id(*st);
-    rc = echo_once(*st, n, seed, NULL);
+    rc = sfx_echo_once(*st, n, seed, NULL);
     if (rc != 0)
         return rc;
     shmipc_msg m;
@@ -1909,7 +1118,7 @@ static int echo_then_closed(shmipc_client *c, shmipc_stream **st, uint32_t *id, 
 static void test_server_shutdown(void)
 {
     struct fx f;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO_SHUTDOWN, SHMIPC_MODE_FILE, NULL), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO_SHUTDOWN, SHMIPC_MODE_FILE, NULL), 0);
     for (int i = 0; i < 3; i++) {
         uint32_t id = 0;
         REQUIRE_RC(echo_then_closed(f.cli, &f.st, &id, 2000, 30 + (uint64_t)i), 0);
@@ -1919,7 +1128,7 @@ static void test_server_shutdown(void)
         f.st = NULL;
         /* Both sides closed: the server's stream ends (on_close). */
         struct closed_rec r;
-        REQUIRE_RC(srv_wait_closed(f.cli, id, &r), 1);
+        REQUIRE_RC(sfx_srv_wait_closed(f.cli, id, &r), 1);
         CU_ASSERT_EQUAL(r.msgs, 1);
         CU_ASSERT_EQUAL(r.bytes, 2000);
     }
@@ -1927,7 +1136,7 @@ static void test_server_shutdown(void)
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT_EQUAL(s.streams_opened, 3 + 3); /* + the three queries */
 out:
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* A handler that answers and closes its stream: the client gets the
@@ -1936,7 +1145,7 @@ out:
 static void test_server_handler_close(void)
 {
     struct fx f;
-    REQUIRE_RC(fx_start(&f, SRV_ECHO_CLOSE, SHMIPC_MODE_MEMFD, NULL), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO_CLOSE, SHMIPC_MODE_MEMFD, NULL), 0);
     for (int i = 0; i < 5; i++) {
         uint32_t id = 0;
         REQUIRE_RC(echo_then_closed(f.cli, &f.st, &id, 1000 + (size_t)i, 70 + (uint64_t)i), 0);
@@ -1945,24 +1154,24 @@ static void test_server_handler_close(void)
         /* Our close (after theirs) comes before the query: an on_close it
          * wrongly caused would be in the log already. */
         struct closed_rec r;
-        EXPECT_RC(srv_closed(f.cli, id, &r), 1);
+        EXPECT_RC(sfx_srv_closed(f.cli, id, &r), 1);
         CU_ASSERT_EQUAL(r.msgs, 1);
         CU_ASSERT_EQUAL(r.bytes, 1000 + (uint64_t)i);
     }
     struct shmipc_stats ss;
-    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.sessions_closed, 0);
     CU_ASSERT_EQUAL(ss.protocol_errors, 0);
 out:
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static void test_read_deadline(void)
 {
     struct fx f;
     shmipc_stream *quiet = NULL;
-    REQUIRE_RC(fx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
-    REQUIRE_RC(send_msg(f.st, "never answered", 14), 0);
+    REQUIRE_RC(sfx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_send_msg(f.st, "never answered", 14), 0);
     shmipc_msg m;
     EXPECT_RC(shmipc_stream_recv(f.st, &m, 50), SHMIPC_ETIMEDOUT);
     CU_ASSERT_PTR_NULL(m.priv_);
@@ -1974,12 +1183,12 @@ static void test_read_deadline(void)
     EXPECT_RC(shmipc_stream_recv(quiet, &m, 50), SHMIPC_ETIMEDOUT);
     /* The session is fine afterwards. */
     struct shmipc_stats ss;
-    REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
     CU_ASSERT_EQUAL(ss.messages_received, 2);
 out:
     if (quiet != NULL)
         shmipc_stream_close(quiet);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* ==== 5. a peer killed mid-stream ==== */
@@ -1992,7 +1201,7 @@ struct killer {
 static void *killer_main(void *arg)
 {
     struct killer *k = arg;
-    sleep_ms(k->after_ms);
+    sfx_sleep_ms(k->after_ms);
     kill(k->pid, SIGKILL);
     return NULL;
 }
@@ -2003,15 +1212,15 @@ static void server_killed_on(enum shmipc_mem_mode mode)
     struct srv_child next = {0};
     pthread_t th;
     int th_started = 0;
-    REQUIRE_RC(fx_serve(&f, SRV_SWALLOW, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_SWALLOW, 0), 0);
     /* The successor is forked now, before the client has threads. */
-    REQUIRE_RC(srv_fork(&next, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(sfx_srv_fork(&next, SRV_ECHO, f.addr), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, mode);
+    sfx_cfg_init(&cfg, f.addr, mode);
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
     REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
-    REQUIRE_RC(send_msg(f.st, "are you there?", 14), 0);
+    REQUIRE_RC(sfx_send_msg(f.st, "are you there?", 14), 0);
     REQUIRE_RC(shmipc_stream_write(f.st, "pending", 7), 0); /* not flushed */
 
     struct killer k = {f.srv.pid, 100};
@@ -2030,25 +1239,25 @@ static void server_killed_on(enum shmipc_mem_mode mode)
     shmipc_stream_close(f.st);
     f.st = NULL;
     /* Both sessions notice (bounded). */
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
     /* Nobody listens: a get fails rather than hangs. */
     CU_ASSERT(shmipc_client_get(f.cli, &f.st) < 0);
     f.st = NULL;
 
     /* A new server on the same address: the client reconnects. */
-    REQUIRE_RC(srv_go(&next), 0);
+    REQUIRE_RC(sfx_srv_go(&next), 0);
     f.srv = next;
     next.pid = 0;
-    end = deadline_ns(POLL_MS);
+    end = sfx_deadline_ns(POLL_MS);
     while ((rc = shmipc_client_get(f.cli, &f.st)) < 0 && tu_now_ns() < end)
-        sleep_ms(10);
+        sfx_sleep_ms(10);
     REQUIRE_RC(rc, 0);
-    REQUIRE_RC(echo_once(f.st, 5000, 40, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 5000, 40, NULL), 0);
     for (int i = 0; i < 10; i++)
-        REQUIRE_RC(echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
+        REQUIRE_RC(sfx_echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
     struct shmipc_stats s;
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT(s.reconnects >= 1);
@@ -2057,8 +1266,8 @@ static void server_killed_on(enum shmipc_mem_mode mode)
 out:
     if (th_started)
         pthread_join(th, NULL);
-    EXPECT_RC(srv_stop(&next), 0);
-    fx_end(&f);
+    EXPECT_RC(sfx_srv_stop(&next), 0);
+    sfx_end(&f);
 }
 
 static void test_server_killed_memfd(void)
@@ -2074,10 +1283,10 @@ static void test_server_killed_file(void)
 /* A server that stops cleanly removes the pool file of a file-mode client
  * (the last session using it closed): the client's reconnect to the next
  * server makes a new pool in a new file, and everything works on it. */
-/* Entries of /dev/shm named <shm_name(sfx)>...<end>. */
+/* Entries of /dev/shm named <sfx_shm_name(sfx)>...<end>. */
 static int shm_files_ending(const char *sfx, const char *end)
 {
-    const char *pre = shm_name(sfx);
+    const char *pre = sfx_shm_name(sfx);
     DIR *d = opendir("/dev/shm");
     int n = 0;
     struct dirent *e;
@@ -2095,40 +1304,40 @@ static void test_server_stopped_file(void)
 {
     struct fx f;
     struct srv_child next = {0};
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
-    REQUIRE_RC(srv_fork(&next, SRV_ECHO, f.addr), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_srv_fork(&next, SRV_ECHO, f.addr), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
-    cfg.path_prefix = shm_prefix("stop");
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    cfg.path_prefix = sfx_shm_prefix("stop");
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(echo_new(f.cli, 100, 1), 0);
+    REQUIRE_RC(sfx_echo_new(f.cli, 100, 1), 0);
     CHECK_EQ(shm_files_ending("stop", "_buffer"), 1);
-    CHECK_EQ(srv_stop(&f.srv), 0);
-    uint64_t end = deadline_ns(POLL_MS);
+    CHECK_EQ(sfx_srv_stop(&f.srv), 0);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
-        sleep_ms(5);
+        sfx_sleep_ms(5);
     CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
     CHECK_EQ(shm_files_ending("stop", "_buffer"), 0); /* the server removed it */
 
-    REQUIRE_RC(srv_go(&next), 0);
+    REQUIRE_RC(sfx_srv_go(&next), 0);
     f.srv = next;
     next.pid = 0;
     int rc;
-    end = deadline_ns(POLL_MS);
+    end = sfx_deadline_ns(POLL_MS);
     while ((rc = shmipc_client_get(f.cli, &f.st)) < 0 && tu_now_ns() < end)
-        sleep_ms(10);
+        sfx_sleep_ms(10);
     REQUIRE_RC(rc, 0);
-    REQUIRE_RC(echo_once(f.st, 5000, 40, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 5000, 40, NULL), 0);
     for (int i = 0; i < 10; i++)
-        REQUIRE_RC(echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
+        REQUIRE_RC(sfx_echo_new(f.cli, 100, 41 + (uint64_t)i), 0);
     CHECK_EQ(shm_files_ending("stop", "_buffer_r1"), 1); /* the new pool's file */
     struct shmipc_stats s;
     shmipc_client_stats(f.cli, &s);
     CU_ASSERT(s.reconnects >= 1);
     CHECK_EQ(s.protocol_errors, 0);
 out:
-    EXPECT_RC(srv_stop(&next), 0);
-    fx_end(&f);
+    EXPECT_RC(sfx_srv_stop(&next), 0);
+    sfx_end(&f);
 }
 
 struct cli_boot {
@@ -2142,16 +1351,16 @@ struct cli_boot {
 static int cli_child_main(void *arg)
 {
     struct cli_boot *b = arg;
-    close_inherited(b->wfd, -1);
+    sfx_close_inherited(b->wfd, -1);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, b->address, b->mode);
+    sfx_cfg_init(&cfg, b->address, b->mode);
     shmipc_client *c;
     shmipc_stream *st;
     if (shmipc_client_open(&cfg, &c) < 0 || shmipc_client_get(c, &st) < 0)
         return 1;
     uint8_t buf[3000];
-    fill(buf, sizeof(buf), 50);
-    if (echo_once(st, 3000, 50, NULL) != 0 || shmipc_stream_write(st, buf, sizeof(buf)) < 0 ||
+    sfx_fill(buf, sizeof(buf), 50);
+    if (sfx_echo_once(st, 3000, 50, NULL) != 0 || shmipc_stream_write(st, buf, sizeof(buf)) < 0 ||
         shmipc_stream_flush(st) < 0 || shmipc_stream_write(st, buf, 100) < 0)
         return 2;
     if (write(b->wfd, "R", 1) != 1)
@@ -2166,7 +1375,7 @@ static void client_killed_on(enum shmipc_mem_mode mode)
     pid_t child = 0, dead = 0;
     int p[2] = {-1, -1};
     struct cli_boot b = {.mode = mode};
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE(pipe2(p, O_CLOEXEC) == 0);
     b.wfd = p[1];
     snprintf(b.address, sizeof(b.address), "%s", f.addr);
@@ -2183,17 +1392,17 @@ static void client_killed_on(enum shmipc_mem_mode mode)
     child = 0;
 
     /* The server goes on serving a second client... */
-    REQUIRE_RC(fx_connect(&f, mode, NULL), 0);
+    REQUIRE_RC(sfx_connect(&f, mode, NULL), 0);
     for (int i = 0; i < 20; i++)
-        REQUIRE_RC(echo_new(f.cli, 200 + (size_t)i * 100, 60 + (uint64_t)i), 0);
+        REQUIRE_RC(sfx_echo_new(f.cli, 200 + (size_t)i * 100, 60 + (uint64_t)i), 0);
     /* ...and has closed the dead client's session (bounded poll). */
     struct shmipc_stats ss = {0};
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     for (;;) {
-        REQUIRE_RC(srv_stats(f.cli, &ss), 0);
+        REQUIRE_RC(sfx_srv_stats(f.cli, &ss), 0);
         if (ss.sessions_closed > 0 || tu_now_ns() >= end)
             break;
-        sleep_ms(10);
+        sfx_sleep_ms(10);
     }
     CU_ASSERT_EQUAL(ss.sessions_opened, 2);
     CU_ASSERT_EQUAL(ss.sessions_closed, 1);
@@ -2202,10 +1411,10 @@ static void client_killed_on(enum shmipc_mem_mode mode)
      * does, as Go clients expect, once it closed that session. */
     if (mode == SHMIPC_MODE_FILE) {
         char mine[96];
-        snprintf(mine, sizeof(mine), "%s_%d_", shm_name(""), (int)dead);
-        end = deadline_ns(POLL_MS);
+        snprintf(mine, sizeof(mine), "%s_%d_", sfx_shm_name(""), (int)dead);
+        end = sfx_deadline_ns(POLL_MS);
         while (tu_count_shm(mine) > 0 && tu_now_ns() < end)
-            sleep_ms(5);
+            sfx_sleep_ms(5);
         CU_ASSERT_EQUAL(tu_count_shm(mine), 0);
     }
 out:
@@ -2219,8 +1428,8 @@ out:
     if (p[1] >= 0)
         close(p[1]);
     if (dead > 0 && mode == SHMIPC_MODE_FILE)
-        unlink_shm_of(dead); /* what the server failed to remove */
-    fx_end(&f);
+        sfx_unlink_shm_of(dead); /* what the server failed to remove */
+    sfx_end(&f);
 }
 
 static void test_client_killed_memfd(void)
@@ -2241,17 +1450,17 @@ static void test_two_clients_file_prefixes(void)
     shmipc_client *other = NULL;
     pthread_t th[2];
     int nth = 0;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config a, b;
-    cfg_init(&a, f.addr, SHMIPC_MODE_FILE);
-    cfg_init(&b, f.addr, SHMIPC_MODE_FILE);
-    a.path_prefix = shm_prefix("a");
-    b.path_prefix = shm_prefix("b");
+    sfx_cfg_init(&a, f.addr, SHMIPC_MODE_FILE);
+    sfx_cfg_init(&b, f.addr, SHMIPC_MODE_FILE);
+    a.path_prefix = sfx_shm_prefix("a");
+    b.path_prefix = sfx_shm_prefix("b");
     a.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&a, &f.cli), 0);
     REQUIRE_RC(shmipc_client_open(&b, &other), 0);
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("a_")), 3); /* buffer + 2 queues */
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("b_")), 2);
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("a_")), 3); /* buffer + 2 queues */
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("b_")), 2);
     struct worker w[2] = {{f.cli, 1000, 200, 20000, 0}, {other, 2000, 200, 20000, 0}};
     for (; nth < 2; nth++)
         REQUIRE(pthread_create(&th[nth], NULL, worker_main, &w[nth]) == 0);
@@ -2264,15 +1473,15 @@ static void test_two_clients_file_prefixes(void)
     shmipc_client_stats(other, &sb);
     CU_ASSERT_EQUAL(sa.messages_received, 200);
     CU_ASSERT_EQUAL(sb.messages_received, 200);
-    REQUIRE_RC(srv_stats(other, &ss), 0);
+    REQUIRE_RC(sfx_srv_stats(other, &ss), 0);
     CU_ASSERT_EQUAL(ss.sessions_opened, 3);
     CU_ASSERT_EQUAL(ss.messages_received, 401);
 out:
     while (nth > 0)
         pthread_join(th[--nth], NULL);
     shmipc_client_close(other);
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("b_")), 0);
-    fx_end(&f);
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("b_")), 0);
+    sfx_end(&f);
 }
 
 /* ==== 8. who removes the files (file mode) ==== */
@@ -2286,11 +1495,11 @@ static int path_exists(const char *path)
 /* Waits (bounded) until `path` is gone: 0, or -1 at the deadline. */
 static int wait_gone(const char *path)
 {
-    uint64_t end = deadline_ns(POLL_MS);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
     while (path_exists(path)) {
         if (tu_now_ns() >= end)
             return -1;
-        sleep_ms(2);
+        sfx_sleep_ms(2);
     }
     return 0;
 }
@@ -2301,21 +1510,21 @@ static int wait_gone(const char *path)
 static void test_client_close_removes_files(void)
 {
     struct fx f;
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     struct shmipc_client_config cfg;
-    cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
-    cfg.path_prefix = shm_prefix("c");
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_FILE);
+    cfg.path_prefix = sfx_shm_prefix("c");
     cfg.sessions = 2;
     REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
-    REQUIRE_RC(echo_new(f.cli, 1000, 70), 0);
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("c_")), 3); /* buffer + 2 queues */
+    REQUIRE_RC(sfx_echo_new(f.cli, 1000, 70), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("c_")), 3); /* buffer + 2 queues */
     REQUIRE(kill(f.srv.pid, SIGSTOP) == 0);
     REQUIRE_RC(wait_stopped(f.srv.pid), 0);
     shmipc_client_close(f.cli);
     f.cli = NULL;
-    CU_ASSERT_EQUAL(tu_count_shm(shm_name("c")), 0);
+    CU_ASSERT_EQUAL(tu_count_shm(sfx_shm_name("c")), 0);
 out:
-    fx_end(&f); /* continues the server before stopping it */
+    sfx_end(&f); /* continues the server before stopping it */
 }
 
 #define RAW_POOL_BYTES (256u << 10)
@@ -2375,13 +1584,13 @@ static int raw_session(const struct fx *f, uint8_t version, const char *bpath, c
 static void test_server_removes_peer_files(void)
 {
     struct fx f;
-    const char *name = shm_name("r");
+    const char *name = sfx_shm_name("r");
     char bpath[128], q[4][128];
     int fd[4] = {-1, -1, -1, -1};
     snprintf(bpath, sizeof(bpath), "/dev/shm/%s_buffer", name);
     for (int i = 0; i < 4; i++)
         snprintf(q[i], sizeof(q[i]), "/dev/shm/%s_queue_%d", name, i);
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE_RC(raw_pool(bpath), 0);
     REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V2, bpath, q[0], &fd[0]), 0);
     REQUIRE_RC(raw_session(&f, SHMIPC_PROTO_V3, bpath, q[1], &fd[1]), 0);
@@ -2424,7 +1633,7 @@ out:
         unlink(q[i]); /* what the server failed to remove */
     }
     unlink(bpath);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 /* A file of `size` bytes of 0xa5: neither a pool nor a queue. */
@@ -2448,14 +1657,14 @@ static int junk_file(const char *path, size_t size)
 static void test_server_keeps_invalid_peer_files(void)
 {
     struct fx f;
-    const char *name = shm_name("j");
+    const char *name = sfx_shm_name("j");
     char junk[128], bpath[128], q[128], junkq[128];
     int fd = -1;
     snprintf(junk, sizeof(junk), "/dev/shm/%s_junk", name);
     snprintf(bpath, sizeof(bpath), "/dev/shm/%s_buffer", name);
     snprintf(q, sizeof(q), "/dev/shm/%s_queue", name);
     snprintf(junkq, sizeof(junkq), "/dev/shm/%s_junkq", name);
-    REQUIRE_RC(fx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
     REQUIRE_RC(junk_file(junk, RAW_POOL_BYTES), 0);
     REQUIRE_RC(junk_file(junkq, 8192), 0);
     REQUIRE_RC(raw_pool(bpath), 0);
@@ -2472,7 +1681,7 @@ out:
     unlink(junkq);
     unlink(bpath);
     unlink(q);
-    fx_end(&f);
+    sfx_end(&f);
 }
 
 static const struct test_case cases[] = {
