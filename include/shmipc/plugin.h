@@ -14,13 +14,17 @@
  *                in order, one at a time
  *   stream_open / stream_close   a worker, optional
  *   thread_fini, fini            when the generation is retired
+ *   handoff / save / restore     master, on a reload: carry the state to
+ *                                the new generation (minor 1, optional)
  *
  * Ownership: the request's bytes are views into shared memory valid only
- * during handle(); copy what must outlive it. The response is written
- * through the host API into the client's pool and sent when handle()
- * returns 0; a negative return sends nothing on that stream for this
- * request and is counted. Strings passed in (names, config values) belong
- * to the host and live as long as the generation.
+ * during handle() (or until a deferred response is completed); copy what
+ * must outlive it. The response is written through the host API into the
+ * client's pool and sent when handle() returns 0; a negative return sends
+ * nothing and, with the service's default handler_error = "close_stream",
+ * closes that stream so the client sees it at once; either way it is
+ * counted. Strings passed in (names, config values) belong to the host and
+ * live as long as the generation.
  *
  * Compatibility: fields are only ever appended; a plugin built against an
  * older minor works with a newer host. The host API table grows the same
@@ -38,7 +42,7 @@ extern "C" {
 
 #define SHMIPC_PLUGIN_MAGIC 0x53484d50u /* "SHMP" */
 #define SHMIPC_PLUGIN_ABI_MAJOR 1u
-#define SHMIPC_PLUGIN_ABI_MINOR 0u
+#define SHMIPC_PLUGIN_ABI_MINOR 1u
 #define SHMIPC_PLUGIN_SYMBOL "shmipc_plugin"
 
 /* Log levels for host->log (match shmipcd's). */
@@ -90,7 +94,22 @@ struct shmipc_host_api {
      * nothing is copied, and the request stays readable until handle()
      * returns. NULL in hosts older than it: check before use. */
     int (*forward)(struct shmipc_response *resp);
-    void *reserved[6];
+
+    /* ---- ABI minor 1: deferred responses (NULL in older hosts) ---- */
+    /* From handle() only: the response (and the request, which stays
+     * readable) now belongs to the plugin, which answers later from any
+     * thread: write/reserve/advance/forward on the returned handle, then
+     * complete() to send it, or fail() to close the stream instead
+     * (handler_error). handle() must then return 0 and not touch resp
+     * again. The stream's next request waits until this one is completed
+     * or failed, so answers keep their order. Exactly one of complete or
+     * fail must be called, once; after it the handle is gone. If the
+     * session died meanwhile, complete() returns SHMIPC_ECLOSED and frees
+     * everything all the same. NULL when out of memory (answer now). */
+    struct shmipc_response *(*defer)(struct shmipc_response *resp);
+    int (*complete)(struct shmipc_response *deferred);
+    void (*fail)(struct shmipc_response *deferred, int code);
+    void *reserved[3];
 };
 
 struct shmipc_plugin {
@@ -112,8 +131,60 @@ struct shmipc_plugin {
     void (*stream_open)(void *state, void *thread_state, uint64_t session_id, uint32_t stream_id);
     void (*stream_close)(void *state, void *thread_state, uint64_t session_id, uint32_t stream_id);
 
-    void *spare[8]; /* NULL: room for hooks of later minors */
+    /* ---- ABI minor 1: state across reloads (all optional) ----
+     * A reload that replaces a generation (a new .so, a changed config)
+     * may carry the plugin's state over to the new one, when both
+     * generations' plugins have the same name. The host calls these on
+     * the master after the new generation's init and every worker's
+     * thread_init succeeded, just before the swap; the old generation
+     * serves on meanwhile, and after the swap until its requests are done.
+     * It picks, in this order:
+     *   1. handoff, when both descriptors have it (in-process);
+     *   2. else, or when handoff returned SHMIPC_STATE_DECLINED: save on
+     *      the old generation and restore on the new one, when the old
+     *      has save and the new has restore (bytes: this also carries
+     *      state to another process);
+     *   3. else nothing: the new state is what init made (as with plugins
+     *      of minor 0, whose slots here are NULL, or another name).
+     * A hook that fails (negative, message in errbuf) refuses the reload
+     * of that service, like a failing init: the new generation is
+     * finished (thread_fini, fini) and the old one keeps serving.
+     *
+     * handoff  runs the NEW generation's code: `state` is its own (from
+     *   init), `old_state` the serving generation's, possibly made by an
+     *   older build: tag your state with a layout number and return
+     *   SHMIPC_STATE_DECLINED for one you do not know. Taking over what
+     *   the old state holds means sharing it: the old generation keeps
+     *   handling requests until the swap and finishes those in flight
+     *   after it, and its fini runs later, so what is shared needs the
+     *   plugin's own locking and a reference count. Keep no pointer into
+     *   the old .so's code or static data (functions, string literals,
+     *   static variables): that copy is unloaded once the old generation
+     *   is finished. Nothing is lost: writes after the hand-off go to
+     *   what both share. 0, SHMIPC_STATE_DECLINED, or negative.
+     * save  runs the OLD generation's code on its state, which is being
+     *   served meanwhile (lock as handle() does): writes it as bytes with
+     *   put(sink, data, n), as often as needed. The host owns the bytes
+     *   and grows its buffer; put returns 0, or a negative code (out of
+     *   memory) that save should return. The bytes may cross a process:
+     *   no pointers; start them with a format tag of your own. A write
+     *   the old generation serves after save (before the swap, or a
+     *   request already running at it) is not in the bytes: prefer
+     *   handoff where state must be exact. 0 or negative.
+     * restore  runs the NEW generation's code on its state, with the
+     *   bytes save wrote (the host's, valid during the call only; the
+     *   format tag tells an older save's). 0 or negative. */
+    int (*handoff)(void *state, void *old_state, char *errbuf, size_t errlen);
+    int (*save)(void *state, int (*put)(void *sink, const void *data, size_t n), void *sink,
+                char *errbuf, size_t errlen);
+    int (*restore)(void *state, const void *data, size_t len, char *errbuf, size_t errlen);
+
+    void *spare[5]; /* NULL: room for hooks of later minors */
 };
+
+/* handoff's answer for an old state it cannot take over (another layout):
+ * the host tries save/restore instead. */
+#define SHMIPC_STATE_DECLINED 1
 
 #define SHMIPC_PLUGIN_HEADER(name_, version_)                                                      \
     .magic = SHMIPC_PLUGIN_MAGIC, .abi_major = SHMIPC_PLUGIN_ABI_MAJOR,                            \

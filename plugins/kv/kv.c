@@ -1,5 +1,6 @@
 /*
- * kv: a small in-memory key-value store, shared by every worker thread.
+ * kv: a small in-memory key-value store, shared by every worker thread,
+ * that keeps its keys across reloads.
  *
  * Config (all optional):  config = { max_keys = 10000; max_value_bytes = 65536; };
  *   max_keys         1..10000000, default 10000
@@ -18,6 +19,16 @@
  * The table is a chained hash under one rwlock: GET and COUNT share it,
  * SET and DEL take it exclusively. A SET copies the value out of the
  * request before taking the lock.
+ *
+ * Reloads (ABI minor 1 hooks): the table is a separate, reference-counted
+ * object, and a generation's state only points at it with its own limits.
+ * handoff makes the new generation share the old one's table, so the two
+ * serve the same keys while the old one drains and no write is lost; the
+ * last generation to let go frees it. It declines a table of another
+ * layout (KV_LAYOUT), and then save/restore copies the keys as bytes
+ * (KV_SAVE_MAGIC, little-endian). Either refuses a table holding more keys
+ * than the new max_keys; a lower max_value_bytes applies to SETs from then
+ * on, and values already stored stay.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -42,15 +53,34 @@ struct kv_entry {
     uint8_t data[]; /* key, then value */
 };
 
-struct kv_state {
-    const struct shmipc_host_api *host;
-    size_t max_keys;
-    size_t max_value;
+/* The layout of struct kv_state, kv_table and kv_entry: a build that
+ * changes any of them changes this number, so that handoff declines a
+ * table it would misread. */
+#define KV_LAYOUT 1u
+
+/* The keys; shared by the generations that handed it over. Only memory
+ * from malloc and a libc lock: nothing of one .so copy's code or data. */
+struct kv_table {
+    uint32_t layout; /* KV_LAYOUT */
+    int refs;        /* atomic: the generations' states pointing here */
     pthread_rwlock_t lock;
     struct kv_entry **buckets; /* nbuckets, a power of two */
     size_t nbuckets;
     size_t count;
 };
+
+/* One generation's: its limits and the table. */
+struct kv_state {
+    uint32_t layout; /* KV_LAYOUT, first in every layout */
+    const struct shmipc_host_api *host;
+    size_t max_keys;
+    size_t max_value;
+    struct kv_table *t;
+};
+
+/* "kvS1", then the count (8 bytes) and per key klen (4), vlen (8), key,
+ * value; little-endian. */
+static const uint8_t KV_SAVE_MAGIC[4] = {'k', 'v', 'S', '1'};
 
 static uint64_t kv_hash(const uint8_t *p, size_t n)
 {
@@ -84,6 +114,42 @@ static int kv_conf_int(const struct shmipc_host_api *host, const struct shmipc_p
     return 0;
 }
 
+static struct kv_table *kv_table_new(char *errbuf, size_t errlen)
+{
+    struct kv_table *t = calloc(1, sizeof(*t));
+    if (t != NULL) {
+        t->layout = KV_LAYOUT;
+        t->refs = 1;
+        t->nbuckets = KV_INITIAL_BUCKETS;
+        t->buckets = calloc(t->nbuckets, sizeof(*t->buckets));
+    }
+    int rc = t == NULL || t->buckets == NULL ? ENOMEM : pthread_rwlock_init(&t->lock, NULL);
+    if (rc != 0) {
+        snprintf(errbuf, errlen, "kv: cannot set up the table: %s", strerror(rc));
+        if (t != NULL)
+            free(t->buckets);
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* Drops one generation's reference; the last frees the keys. */
+static void kv_table_put(struct kv_table *t)
+{
+    if (__atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct kv_entry *e = t->buckets[i], *n; e != NULL; e = n) {
+            n = e->next;
+            free(e);
+        }
+    }
+    free(t->buckets);
+    pthread_rwlock_destroy(&t->lock);
+    free(t);
+}
+
 static void *kv_init(const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
                      char *errbuf, size_t errlen)
 {
@@ -98,15 +164,12 @@ static void *kv_init(const struct shmipc_host_api *host, const struct shmipc_plu
         snprintf(errbuf, errlen, "kv: out of memory");
         return NULL;
     }
+    s->layout = KV_LAYOUT;
     s->host = host;
     s->max_keys = (size_t)max_keys;
     s->max_value = (size_t)max_value;
-    s->nbuckets = KV_INITIAL_BUCKETS;
-    s->buckets = calloc(s->nbuckets, sizeof(*s->buckets));
-    int rc = s->buckets == NULL ? ENOMEM : pthread_rwlock_init(&s->lock, NULL);
-    if (rc != 0) {
-        snprintf(errbuf, errlen, "kv: cannot set up the table: %s", strerror(rc));
-        free(s->buckets);
+    s->t = kv_table_new(errbuf, errlen);
+    if (s->t == NULL) {
         free(s);
         return NULL;
     }
@@ -116,22 +179,15 @@ static void *kv_init(const struct shmipc_host_api *host, const struct shmipc_plu
 static void kv_fini(void *state)
 {
     struct kv_state *s = state;
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        for (struct kv_entry *e = s->buckets[i], *n; e != NULL; e = n) {
-            n = e->next;
-            free(e);
-        }
-    }
-    free(s->buckets);
-    pthread_rwlock_destroy(&s->lock);
+    kv_table_put(s->t);
     free(s);
 }
 
 /* The link pointing at `key`'s entry, or at the NULL ending its chain.
  * Call with the lock held. */
-static struct kv_entry **kv_find(struct kv_state *s, const uint8_t *key, size_t klen, uint64_t h)
+static struct kv_entry **kv_find(struct kv_table *t, const uint8_t *key, size_t klen, uint64_t h)
 {
-    struct kv_entry **pp = &s->buckets[h & (s->nbuckets - 1)];
+    struct kv_entry **pp = &t->buckets[h & (t->nbuckets - 1)];
     for (; *pp != NULL; pp = &(*pp)->next) {
         const struct kv_entry *e = *pp;
         if (e->hash == h && e->klen == klen && memcmp(e->data, key, klen) == 0)
@@ -142,22 +198,22 @@ static struct kv_entry **kv_find(struct kv_state *s, const uint8_t *key, size_t 
 
 /* Doubles the table; on allocation failure the chains just get longer.
  * Call with the lock held exclusively. */
-static void kv_grow(struct kv_state *s)
+static void kv_grow(struct kv_table *t)
 {
-    size_t n = s->nbuckets * 2;
+    size_t n = t->nbuckets * 2;
     struct kv_entry **b = calloc(n, sizeof(*b));
     if (b == NULL)
         return;
-    for (size_t i = 0; i < s->nbuckets; i++) {
-        for (struct kv_entry *e = s->buckets[i], *next; e != NULL; e = next) {
+    for (size_t i = 0; i < t->nbuckets; i++) {
+        for (struct kv_entry *e = t->buckets[i], *next; e != NULL; e = next) {
             next = e->next;
             e->next = b[e->hash & (n - 1)];
             b[e->hash & (n - 1)] = e;
         }
     }
-    free(s->buckets);
-    s->buckets = b;
-    s->nbuckets = n;
+    free(t->buckets);
+    t->buckets = b;
+    t->nbuckets = n;
 }
 
 static int kv_reply(const struct kv_state *s, struct shmipc_response *resp, const char *text)
@@ -193,32 +249,32 @@ static int kv_set(struct kv_state *s, const struct shmipc_request *req, const ui
         return -EIO;
     }
 
-    pthread_rwlock_wrlock(&s->lock);
-    struct kv_entry **pp = kv_find(s, e->data, klen, e->hash);
+    pthread_rwlock_wrlock(&s->t->lock);
+    struct kv_entry **pp = kv_find(s->t, e->data, klen, e->hash);
     if (*pp != NULL) {
         struct kv_entry *old = *pp;
         e->next = old->next;
         *pp = e;
         free(old);
-    } else if (s->count >= s->max_keys) {
-        pthread_rwlock_unlock(&s->lock);
+    } else if (s->t->count >= s->max_keys) {
+        pthread_rwlock_unlock(&s->t->lock);
         free(e);
         return kv_reply(s, resp, "ERR full");
     } else {
         e->next = NULL;
         *pp = e;
-        if (++s->count > s->nbuckets)
-            kv_grow(s);
+        if (++s->t->count > s->t->nbuckets)
+            kv_grow(s->t);
     }
-    pthread_rwlock_unlock(&s->lock);
+    pthread_rwlock_unlock(&s->t->lock);
     return kv_reply(s, resp, "OK");
 }
 
 static int kv_get(struct kv_state *s, const uint8_t *key, size_t klen, struct shmipc_response *resp)
 {
     uint64_t h = kv_hash(key, klen);
-    pthread_rwlock_rdlock(&s->lock);
-    const struct kv_entry *e = *kv_find(s, key, klen, h);
+    pthread_rwlock_rdlock(&s->t->lock);
+    const struct kv_entry *e = *kv_find(s->t, key, klen, h);
     int rc;
     if (e == NULL) {
         rc = kv_reply(s, resp, "NOT_FOUND");
@@ -228,21 +284,21 @@ static int kv_get(struct kv_state *s, const uint8_t *key, size_t klen, struct sh
             rc = s->host->write(resp, e->data + e->klen, e->vlen);
         rc = rc < 0 ? rc : 0;
     }
-    pthread_rwlock_unlock(&s->lock);
+    pthread_rwlock_unlock(&s->t->lock);
     return rc;
 }
 
 static int kv_del(struct kv_state *s, const uint8_t *key, size_t klen, struct shmipc_response *resp)
 {
     uint64_t h = kv_hash(key, klen);
-    pthread_rwlock_wrlock(&s->lock);
-    struct kv_entry **pp = kv_find(s, key, klen, h);
+    pthread_rwlock_wrlock(&s->t->lock);
+    struct kv_entry **pp = kv_find(s->t, key, klen, h);
     struct kv_entry *e = *pp;
     if (e != NULL) {
         *pp = e->next;
-        s->count--;
+        s->t->count--;
     }
-    pthread_rwlock_unlock(&s->lock);
+    pthread_rwlock_unlock(&s->t->lock);
     free(e);
     return kv_reply(s, resp, e != NULL ? "DELETED" : "NOT_FOUND");
 }
@@ -259,9 +315,9 @@ static int kv_handle(void *state, void *thread_state, const struct shmipc_reques
         return -EIO;
 
     if (hn == 5 && memcmp(head, "COUNT", 5) == 0) {
-        pthread_rwlock_rdlock(&s->lock);
-        size_t n = s->count;
-        pthread_rwlock_unlock(&s->lock);
+        pthread_rwlock_rdlock(&s->t->lock);
+        size_t n = s->t->count;
+        pthread_rwlock_unlock(&s->t->lock);
         char buf[32];
         snprintf(buf, sizeof(buf), "%zu", n);
         return kv_reply(s, resp, buf);
@@ -280,9 +336,140 @@ static int kv_handle(void *state, void *thread_state, const struct shmipc_reques
     return get ? kv_get(s, head + 4, klen, resp) : kv_del(s, head + 4, klen, resp);
 }
 
+/* ---- state across reloads ---- */
+
+static int kv_too_many(const struct kv_state *s, uint64_t n, const char *what, char *errbuf,
+                       size_t errlen)
+{
+    if (n <= s->max_keys)
+        return 0;
+    snprintf(errbuf, errlen, "kv: %s %llu keys, more than max_keys %zu", what,
+             (unsigned long long)n, s->max_keys);
+    return -ENOSPC;
+}
+
+/* Shares the old generation's table (same layout only). */
+static int kv_handoff(void *state, void *old_state, char *errbuf, size_t errlen)
+{
+    struct kv_state *s = state;
+    const struct kv_state *old = old_state;
+    if (old->layout != KV_LAYOUT || old->t->layout != KV_LAYOUT)
+        return SHMIPC_STATE_DECLINED;
+    struct kv_table *t = old->t;
+    pthread_rwlock_rdlock(&t->lock);
+    size_t n = t->count;
+    pthread_rwlock_unlock(&t->lock);
+    int rc = kv_too_many(s, n, "the table holds", errbuf, errlen);
+    if (rc < 0)
+        return rc;
+    __atomic_add_fetch(&t->refs, 1, __ATOMIC_ACQ_REL);
+    kv_table_put(s->t); /* our own, empty and never served */
+    s->t = t;
+    return 0;
+}
+
+static void kv_put_le(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t kv_get_le(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static int kv_save(void *state, int (*put)(void *sink, const void *data, size_t n), void *sink,
+                   char *errbuf, size_t errlen)
+{
+    struct kv_table *t = ((struct kv_state *)state)->t;
+    uint8_t head[12];
+    pthread_rwlock_rdlock(&t->lock);
+    size_t count = t->count;
+    memcpy(head, KV_SAVE_MAGIC, 4);
+    kv_put_le(head + 4, count, 8);
+    int rc = put(sink, head, sizeof(head));
+    for (size_t i = 0; rc == 0 && i < t->nbuckets; i++) {
+        for (const struct kv_entry *e = t->buckets[i]; rc == 0 && e != NULL; e = e->next) {
+            kv_put_le(head, e->klen, 4);
+            kv_put_le(head + 4, e->vlen, 8);
+            rc = put(sink, head, sizeof(head));
+            if (rc == 0)
+                rc = put(sink, e->data, e->klen + e->vlen);
+        }
+    }
+    pthread_rwlock_unlock(&t->lock);
+    if (rc < 0)
+        snprintf(errbuf, errlen, "kv: cannot save %zu keys: %s", count, strerror(-rc));
+    return rc < 0 ? rc : 0;
+}
+
+/* Adds one saved key to a table nobody else uses yet. */
+static int kv_restore_one(struct kv_table *t, const uint8_t *key, size_t klen, size_t vlen)
+{
+    struct kv_entry *e = malloc(sizeof(*e) + klen + vlen);
+    if (e == NULL)
+        return -ENOMEM;
+    e->klen = klen;
+    e->vlen = vlen;
+    e->hash = kv_hash(key, klen);
+    memcpy(e->data, key, klen + vlen); /* the value follows the key there too */
+    struct kv_entry **pp = kv_find(t, key, klen, e->hash);
+    if (*pp != NULL) {
+        free(e);
+        return -EINVAL;
+    }
+    e->next = NULL;
+    *pp = e;
+    if (++t->count > t->nbuckets)
+        kv_grow(t);
+    return 0;
+}
+
+static int kv_restore(void *state, const void *data, size_t len, char *errbuf, size_t errlen)
+{
+    struct kv_state *s = state;
+    const uint8_t *p = data, *end = p + len;
+    if (len < 12 || memcmp(p, KV_SAVE_MAGIC, 4) != 0) {
+        snprintf(errbuf, errlen, "kv: not a saved kv state (%zu bytes)", len);
+        return -EINVAL;
+    }
+    uint64_t n = kv_get_le(p + 4, 8);
+    int rc = kv_too_many(s, n, "the saved state has", errbuf, errlen);
+    p += 12;
+    for (uint64_t i = 0; rc == 0 && i < n; i++) {
+        size_t left = (size_t)(end - p);
+        uint64_t klen = left >= 12 ? kv_get_le(p, 4) : 0;
+        uint64_t vlen = left >= 12 ? kv_get_le(p + 4, 8) : 0;
+        if (klen == 0 || klen > KV_MAX_KEY || klen > left - 12 || vlen > left - 12 - klen) {
+            snprintf(errbuf, errlen, "kv: the saved state is cut or damaged at key %llu of %llu",
+                     (unsigned long long)i + 1, (unsigned long long)n);
+            return -EINVAL;
+        }
+        rc = kv_restore_one(s->t, p + 12, (size_t)klen, (size_t)vlen);
+        if (rc < 0)
+            snprintf(errbuf, errlen, "kv: %s at saved key %llu",
+                     rc == -ENOMEM ? "out of memory" : "a key saved twice",
+                     (unsigned long long)i + 1);
+        p += 12 + klen + vlen;
+    }
+    if (rc == 0 && p != end) {
+        snprintf(errbuf, errlen, "kv: %zu bytes after the saved state's last key",
+                 (size_t)(end - p));
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
 SHMIPC_PLUGIN_EXPORT = {
     SHMIPC_PLUGIN_HEADER("kv", "1.0.0"),
     .init = kv_init,
     .fini = kv_fini,
     .handle = kv_handle,
+    .handoff = kv_handoff,
+    .save = kv_save,
+    .restore = kv_restore,
 };

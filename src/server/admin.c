@@ -40,7 +40,7 @@ static unsigned count_retiring(const struct daemon *d)
 static void status(struct daemon *d, struct strbuf *b)
 {
     strbuf_add(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
-               (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->nworkers);
+               (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->pool.n);
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
@@ -60,10 +60,18 @@ static void status(struct daemon *d, struct strbuf *b)
     strbuf_add(b, "reloads %lu (refused %lu), generations finished %lu, still draining %u\n",
                (unsigned long)d->reloads, (unsigned long)d->reloads_failed,
                (unsigned long)d->gens_retired, count_retiring(d));
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        pthread_mutex_lock(&d->workers[i].mu);
-        strbuf_add(b, "worker %u: sessions %u\n", i, d->workers[i].nsessions);
-        pthread_mutex_unlock(&d->workers[i].mu);
+    for (unsigned i = 0; i < d->pool.n; i++) {
+        pthread_mutex_lock(&d->pool.w[i].mu);
+        strbuf_add(b, "worker %u: sessions %u\n", i, d->pool.w[i].nsessions);
+        pthread_mutex_unlock(&d->pool.w[i].mu);
+    }
+    for (unsigned k = 0; k < d->nsvcs; k++) {
+        struct worker_pool *p = &d->svcs[k]->own;
+        for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
+            pthread_mutex_lock(&p->w[i].mu);
+            strbuf_add(b, "service %s worker %u: sessions %u\n", p->name, i, p->w[i].nsessions);
+            pthread_mutex_unlock(&p->w[i].mu);
+        }
     }
 }
 
@@ -101,13 +109,26 @@ static void session_line(struct strbuf *b, struct dsession *ds, unsigned worker,
                (unsigned long)st.queue_full, (unsigned long)in_use);
 }
 
+static void pool_sessions_lines(struct strbuf *b, struct worker_pool *p, int json, int *first)
+{
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
+        struct serve_loop *lp = &p->w[i].loop;
+        pthread_mutex_lock(&lp->mu);
+        for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+            session_line(b, (struct dsession *)c, i, json, *first);
+            *first = 0;
+        }
+        pthread_mutex_unlock(&lp->mu);
+    }
+}
+
 static void stats(struct daemon *d, struct strbuf *b, int json)
 {
     if (json)
         strbuf_add(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct svc_stats *s = &d->svcs[i]->st;
-        unsigned long v[10] = {
+        unsigned long v[13] = {
             __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_out, __ATOMIC_RELAXED),
@@ -118,35 +139,34 @@ static void stats(struct daemon *d, struct strbuf *b, int json)
             __atomic_load_n(&s->refused, __ATOMIC_RELAXED),
             __atomic_load_n(&s->idle_closed, __ATOMIC_RELAXED),
             __atomic_load_n(&s->protocol_errors, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->client_gone, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->deferred, __ATOMIC_RELAXED),
+            __atomic_load_n(&s->slow_handlers, __ATOMIC_RELAXED),
         };
         if (json)
             strbuf_add(b,
                        "%s{\"name\":\"%s\",\"requests\":%lu,\"bytes_in\":%lu,\"bytes_out\":%lu,"
                        "\"handler_errors\":%lu,\"sessions_opened\":%lu,\"sessions_closed\":%lu,"
                        "\"handshakes_failed\":%lu,\"refused\":%lu,\"idle_closed\":%lu,"
-                       "\"protocol_errors\":%lu}",
+                       "\"protocol_errors\":%lu,\"client_gone\":%lu,\"deferred\":%lu,"
+                       "\"slow_handlers\":%lu}",
                        i ? "," : "", d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6],
-                       v[7], v[8], v[9]);
+                       v[7], v[8], v[9], v[10], v[11], v[12]);
         else
             strbuf_add(b,
                        "service %s: requests %lu, bytes in %lu out %lu, handler errors %lu, "
                        "sessions opened %lu closed %lu, handshakes failed %lu, refused %lu, "
-                       "idle closed %lu, protocol errors %lu\n",
+                       "idle closed %lu, protocol errors %lu, client gone %lu, deferred %lu, "
+                       "slow handlers %lu\n",
                        d->svcs[i]->name, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8],
-                       v[9]);
+                       v[9], v[10], v[11], v[12]);
     }
     if (json)
         strbuf_add(b, "],\"sessions\":[");
     int first = 1;
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        struct serve_loop *lp = &d->workers[i].loop;
-        pthread_mutex_lock(&lp->mu);
-        for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
-            session_line(b, (struct dsession *)c, i, json, first);
-            first = 0;
-        }
-        pthread_mutex_unlock(&lp->mu);
-    }
+    pool_sessions_lines(b, &d->pool, json, &first);
+    for (unsigned k = 0; k < d->nsvcs; k++)
+        pool_sessions_lines(b, &d->svcs[k]->own, json, &first);
     /* Workers drop pools (under the registry lock) while we read. */
     pthread_mutex_lock(&d->reg.mu);
     unsigned pools = d->reg.count;

@@ -46,16 +46,21 @@ struct conf_parser {
     char plugin_base[PATH_MAX]; /* plugin_dir resolved, else conf_dir */
 };
 
-static const char *const top_keys[] = {"workers",    "spin_us", "log",   "admin",    "admin_mode",
-                                       "plugin_dir", "limits", "services", NULL};
+static const char *const top_keys[] = {"workers",         "spin_us",          "log",
+                                       "admin",           "admin_mode",       "plugin_dir",
+                                       "limits",          "services",         "slow_handler_ms",
+                                       "slow_handler_trace", NULL};
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
                                          "drain_timeout_ms",     "max_sessions_per_uid",
                                          "max_streams",          "idle_timeout_ms",
                                          NULL};
-static const char *const svc_keys[] = {"name",   "listen", "mode",  "owner", "allowed_dir",
-                                       "plugin", "config", "watch", "allow_uids", "allow_gids", NULL};
+static const char *const svc_keys[] = {"name",          "listen",          "mode",
+                                       "owner",         "allowed_dir",     "plugin",
+                                       "config",        "watch",           "allow_uids",
+                                       "allow_gids",    "workers",         "handler_error",
+                                       "slow_handler_ms", "slow_handler_trace", NULL};
 
 static const char *type_name(int type)
 {
@@ -566,6 +571,7 @@ struct int_key {
 static const struct int_key top_ints[] = {
     INT_KEY(workers, 1, CONF_MAX_WORKERS),
     INT_KEY(spin_us, 0, 100000),
+    INT_KEY(slow_handler_ms, 0, 3600000),
 };
 
 static const struct int_key limit_ints[] = {
@@ -636,6 +642,8 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
             return rc;
     }
     if ((rc = get_mode(ld, root, NULL, "admin_mode", &c->admin_mode)) < 0)
+        return rc;
+    if ((rc = get_bool(ld, root, NULL, "slow_handler_trace", &c->slow_handler_trace)) < 0)
         return rc;
     return 0;
 }
@@ -781,6 +789,40 @@ static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
     return 0;
 }
 
+/* How a service runs its handlers: workers of its own, what a failed
+ * handler does, the slow-handler log. */
+static int load_service_runtime(struct conf_parser *ld, const config_setting_t *e,
+                                const char *prefix, struct svc_conf *sv)
+{
+    long long v;
+    int rc = get_int(ld, e, prefix, "workers", 0, CONF_MAX_WORKERS, &v);
+    if (rc < 0)
+        return rc;
+    sv->workers = rc > 0 ? (unsigned)v : 0;
+    sv->slow_handler_ms = -1;
+    if ((rc = get_int(ld, e, prefix, "slow_handler_ms", 0, 3600000, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        sv->slow_handler_ms = (int)v;
+    sv->slow_handler_trace = -1;
+    if ((rc = get_bool(ld, e, prefix, "slow_handler_trace", &sv->slow_handler_trace)) < 0)
+        return rc;
+    struct member m;
+    const char *s;
+    sv->handler_error = HANDLER_ERROR_CLOSE_STREAM;
+    if ((rc = get_string(ld, e, prefix, "handler_error", &m, &s)) < 0)
+        return rc;
+    if (rc > 0) {
+        if (strcmp(s, "close_stream") == 0)
+            sv->handler_error = HANDLER_ERROR_CLOSE_STREAM;
+        else if (strcmp(s, "drop") == 0)
+            sv->handler_error = HANDLER_ERROR_DROP;
+        else
+            return fail(ld, m.s, m.key, "\"%s\" is not \"close_stream\" or \"drop\"", s);
+    }
+    return 0;
+}
+
 static int load_service(struct conf_parser *ld, const config_setting_t *e, unsigned i,
                         struct sock_addr *addrs)
 {
@@ -852,6 +894,8 @@ static int load_service(struct conf_parser *ld, const config_setting_t *e, unsig
 
     if ((rc = get_bool(ld, e, prefix, "watch", &sv->watch)) < 0)
         return rc;
+    if ((rc = load_service_runtime(ld, e, prefix, sv)) < 0)
+        return rc;
     if ((rc = get_ids(ld, e, prefix, "allow_uids", sv->allow_uids, &sv->nallow_uids)) < 0 ||
         (rc = get_ids(ld, e, prefix, "allow_gids", sv->allow_gids, &sv->nallow_gids)) < 0)
         return rc;
@@ -916,6 +960,7 @@ static void set_defaults(struct daemon_conf *c)
     c->max_event_bytes = DEF_MAX_EVENT_BYTES;
     c->drain_timeout_ms = DEF_DRAIN_MS;
     c->max_streams = 65536;
+    c->slow_handler_ms = 1000;
 }
 
 /* Checks the file can be opened and fills conf_dir and c->path. */

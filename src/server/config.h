@@ -41,6 +41,12 @@
 #define CONF_MAX_NAME 63 /* longest service name (struct service.name[64]) */
 #define CONF_MAX_DIR 255 /* longest allowed_dir (struct service.allowed_dir[256]) */
 
+/* What a failed handler (or a failed deferred answer) does to its stream. */
+enum handler_error {
+    HANDLER_ERROR_CLOSE_STREAM = 0, /* StreamClose: the client sees it at once */
+    HANDLER_ERROR_DROP = 1,         /* nothing is sent: the client times out */
+};
+
 struct svc_conf {
     char *name;
     char *listen;           /* address as written */
@@ -51,6 +57,10 @@ struct svc_conf {
     char *plugin;           /* resolved absolute path */
     config_setting_t *plugin_conf; /* the service's "config" group or NULL */
     int watch;              /* reload when the plugin file is replaced */
+    unsigned workers;       /* threads of its own; 0: the shared workers */
+    int handler_error;      /* enum handler_error: what a failed handler does */
+    int slow_handler_ms;    /* warn past this; -1: the global slow_handler_ms */
+    int slow_handler_trace; /* 0/1; -1: the global slow_handler_trace */
     unsigned allow_uids[CONF_MAX_IDS]; /* peers allowed by SO_PEERCRED; none: any */
     unsigned nallow_uids;
     unsigned allow_gids[CONF_MAX_IDS];
@@ -61,7 +71,9 @@ struct svc_conf {
 struct daemon_conf {
     config_t cfg;           /* owns the settings (plugin_conf); the strings are malloc'd */
     char *path;             /* the file read, made absolute (a reload after chdir finds it) */
-    unsigned workers;       /* default 2 */
+    unsigned workers;       /* default 2: the shared worker threads */
+    int slow_handler_ms;    /* a handler running longer is logged; 0: off; default 1000 */
+    int slow_handler_trace; /* with it, the worker's stack too; default 0 */
     int spin_us;            /* low-latency mode, 0..100000, default 0 (off) */
     enum log_level log_level; /* default info */
     char *admin;            /* NULL when absent */

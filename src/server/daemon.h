@@ -43,6 +43,9 @@ struct svc_stats {
     uint64_t refused;      /* connections refused by a limit or the allowlist */
     uint64_t idle_closed;  /* sessions closed by the idle timeout */
     uint64_t protocol_errors; /* sessions closed for the peer's bad input */
+    uint64_t client_gone;  /* answers that found their client (or session) gone */
+    uint64_t deferred;     /* answers deferred by the plugin */
+    uint64_t slow_handlers; /* handler calls logged as slow */
 };
 
 /* A loaded configuration, shared by the generations created from it (a
@@ -60,6 +63,15 @@ struct gen_source {
     off_t size;
     int64_t mtime_ns;
     char *conf_sig; /* the plugin's config group, serialized */
+};
+
+/* Worker threads serving the same services: the shared pool, or the
+ * threads of a service with `workers` of its own. A generation keeps one
+ * thread state per worker of its service's pool (by w->index). */
+struct worker_pool {
+    struct worker *w; /* calloc'd, n of them */
+    unsigned n;
+    const char *name; /* "shared" or the service's name, for logs */
 };
 
 struct service {
@@ -82,6 +94,10 @@ struct service {
     unsigned allow_gids[CONF_MAX_IDS], nallow_gids;
     struct service *next_removed;
     struct svc_stats st;     /* atomic adds */
+    struct worker_pool own;  /* threads of its own (own.n 0: the shared pool) */
+    int handler_error;       /* enum handler_error */
+    int slow_ms;             /* slow-handler log threshold, 0: off */
+    int slow_trace;          /* with the worker's stack */
     struct daemon *d;
 };
 
@@ -112,17 +128,53 @@ struct wcmd {
  * requests it answers, and the shared counters are added once at its end. */
 struct pass {
     struct plugin_gen *g;
-    uint64_t requests, bytes_in, bytes_out, errors;
+    uint64_t requests, bytes_in, bytes_out, errors, gone, deferred;
+};
+
+/* How a deferred answer finds its worker again: shared by the worker and
+ * its deferred answers, so that one completed after the worker exited
+ * (an abandoned answer, at stop) touches nothing freed. */
+struct resume_target {
+    pthread_mutex_t mu;
+    int refs;           /* under mu */
+    struct worker *w;   /* NULL once the worker exited */
+};
+
+/* A session to dispatch again: a deferred answer resumed one of its
+ * streams (holds a session reference). */
+struct resume {
+    struct session *s;
+    struct resume *next;
+};
+
+/* What a worker is running, for the slow-handler log and the stop (any
+ * thread reads it; seq changes with every call). */
+struct call_info {
+    uint64_t seq;       /* odd while a handler runs */
+    uint64_t start_ns;
+    struct service *svc;
+    struct plugin_gen *g;
+    uint64_t session_id;
+    uint32_t stream_id;
+    uint64_t reported;  /* seq of the call last logged as slow */
 };
 
 struct worker {
     struct serve_tag wake_tag;
-    unsigned index;
+    unsigned index;            /* in its pool */
+    struct worker_pool *pool;
     pthread_t th;
     int epfd, evfd;
     struct serve_loop loop;    /* its sessions (loop.mu for other threads) */
     int loop_ready;
     struct pass pass;          /* the dispatch pass in progress */
+    struct call_info call;     /* the handler call in progress */
+    struct resume_target *rt;  /* for deferred answers */
+    int deferred_open;         /* atomic: deferred answers not yet completed */
+    int joined, stuck;         /* stop: its thread was joined / was left running */
+    struct resume *resumes;    /* sessions with a stream resumed (under mu) */
+    /* Called from any thread by a completed deferred answer (rt->mu held). */
+    void (*resume)(struct worker *w, struct session *s);
     pthread_mutex_t mu;        /* inbox, nsessions, cmds */
     struct dsession *inbox;
     unsigned nsessions;        /* including the inbox */
@@ -149,8 +201,7 @@ struct daemon {
     uint64_t gens_retired;
     uint64_t reloads, reloads_failed;
     int reload_requested;
-    struct worker *workers;
-    unsigned nworkers;
+    struct worker_pool pool;   /* the shared workers */
     struct pool_registry reg;
     int epfd, sigfd;
     struct serve_tag sig_tag;

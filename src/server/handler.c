@@ -9,11 +9,14 @@
  */
 #include "server/handler.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/log.h"
+#include "proto/sock.h"
 #include "shmipc/errors.h"
 
 _Static_assert(sizeof(struct shmipc_iov) == sizeof(struct shmipc_plugin_iov), "iov layout");
@@ -26,6 +29,16 @@ struct shmipc_response {
     size_t bytes;
     shmipc_msg *req; /* the request being answered */
     int fwd;         /* the response is the request itself (so far) */
+    /* Who answers (set by plugin_request, copied into a deferred one). */
+    struct service *svc;
+    struct plugin_gen *g;
+    struct worker *w;
+    /* The worker's response: defer() moved it there. */
+    struct shmipc_response *moved;
+    /* A deferred response: the plugin's until complete() or fail(). */
+    int deferred;
+    shmipc_msg msg; /* the request, owned */
+    struct resume_target *rt;
 };
 
 /* The request's bytes written into the response (copied). */
@@ -132,24 +145,6 @@ static int host_conf_string(const struct shmipc_plugin_conf *c, const char *path
     return conf_plugin_string((const config_setting_t *)c, path, out);
 }
 
-void host_api_init(struct shmipc_host_api *h)
-{
-    memset(h, 0, sizeof(*h));
-    h->size = sizeof(*h);
-    h->abi_minor = SHMIPC_PLUGIN_ABI_MINOR;
-    h->log = host_log;
-    h->write = host_write;
-    h->reserve = host_reserve;
-    h->copy = host_copy;
-    h->strerror = shmipc_strerror;
-    h->conf_int = host_conf_int;
-    h->conf_bool = host_conf_bool;
-    h->conf_float = host_conf_float;
-    h->conf_string = host_conf_string;
-    h->advance = host_advance;
-    h->forward = host_forward;
-}
-
 /* ---- generations ---- */
 
 /* A reference on the service's current generation, or NULL when the
@@ -192,6 +187,27 @@ static void *thread_state(unsigned worker, struct plugin_gen *g)
     return g->thread_states[worker];
 }
 
+/* ---- what a worker runs (read by the slow-handler log and the stop) ---- */
+
+/* A seqlock: seq is odd while a call runs; a reader takes the fields
+ * between two equal odd reads of it. */
+static void call_begin(struct worker *w, struct service *svc, struct plugin_gen *g,
+                       uint64_t session_id, uint32_t stream_id)
+{
+    struct call_info *c = &w->call;
+    __atomic_store_n(&c->svc, svc, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->g, g, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->session_id, session_id, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->stream_id, stream_id, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->start_ns, sock_now_ns(), __ATOMIC_RELAXED);
+    __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
+}
+
+static void call_end(struct worker *w)
+{
+    __atomic_add_fetch(&w->call.seq, 1, __ATOMIC_RELEASE);
+}
+
 /* ---- requests ---- */
 
 /* The counters the admin socket reads are added once per pass (each is
@@ -202,7 +218,7 @@ void plugin_pass_end(struct dsession *ds, struct pass *p)
     if (p->g != NULL)
         gen_release(p->g);
     p->g = NULL;
-    if (p->requests == 0)
+    if (p->requests == 0 && p->gone == 0)
         return;
     __atomic_add_fetch(&ds->requests, p->requests, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->st.requests, p->requests, __ATOMIC_RELAXED);
@@ -212,57 +228,214 @@ void plugin_pass_end(struct dsession *ds, struct pass *p)
         __atomic_add_fetch(&ds->handler_errors, p->errors, __ATOMIC_RELAXED);
         __atomic_add_fetch(&svc->st.handler_errors, p->errors, __ATOMIC_RELAXED);
     }
-    p->requests = p->bytes_in = p->bytes_out = p->errors = 0;
+    if (p->gone > 0)
+        __atomic_add_fetch(&svc->st.client_gone, p->gone, __ATOMIC_RELAXED);
+    if (p->deferred > 0)
+        __atomic_add_fetch(&svc->st.deferred, p->deferred, __ATOMIC_RELAXED);
+    memset(p, 0, sizeof(*p));
 }
 
-void plugin_request(unsigned worker, struct dsession *ds, shmipc_stream *st, shmipc_msg *m,
-                    struct pass *p)
+/* The answer could not reach the client because it (or its session) is
+ * gone: not the handler's fault. */
+static int client_gone(shmipc_stream *st, int rc)
+{
+    return rc == SHMIPC_ECLOSED || !session_alive(st->sess);
+}
+
+/* A handler failed: by the service's handler_error, the stream is closed
+ * so the client hears it at once (its next read sees the end), or
+ * nothing is sent. */
+static void stream_failed(struct service *svc, shmipc_stream *st, int code)
+{
+    shmipc_stream_discard(st);
+    if (__atomic_load_n(&svc->handler_error, __ATOMIC_RELAXED) == HANDLER_ERROR_CLOSE_STREAM) {
+        int rc = shmipc_stream_shutdown(st);
+        log_debug("service %s: stream %u closed: its handler failed (%s)%s", svc->name,
+                  shmipc_stream_id(st), shmipc_strerror(code), rc < 0 ? "; the close failed" : "");
+    }
+}
+
+/* Sends what r holds as the answer of a handler that returned hrc, or
+ * fails the stream; the request is released either way. Counts into p. */
+static void answer(struct shmipc_response *r, int hrc, struct pass *p)
+{
+    shmipc_stream *st = r->st;
+    int rc;
+    if (hrc == 0 && r->err == 0) {
+        if (r->fwd) {
+            rc = shmipc_stream_forward(st, r->req); /* releases it */
+        } else {
+            shmipc_msg_release(r->req);
+            rc = shmipc_stream_flush(st);
+        }
+        if (rc == 0 || rc == SHMIPC_EQFULL) { /* a full queue: retried by the loop */
+            p->bytes_out += r->bytes;
+            return;
+        }
+        shmipc_stream_discard(st);
+    } else {
+        shmipc_msg_release(r->req);
+        shmipc_stream_discard(st);
+        rc = hrc < 0 ? hrc : r->err;
+    }
+    if (client_gone(st, rc)) {
+        p->gone++;
+        return;
+    }
+    p->errors++;
+    stream_failed(r->svc, st, rc);
+}
+
+static struct shmipc_response *host_defer(struct shmipc_response *r)
+{
+    if (r == NULL || r->deferred || r->moved != NULL || r->w == NULL)
+        return NULL; /* only once, and only the response handle() got */
+    struct shmipc_response *d = malloc(sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    *d = *r;
+    d->deferred = 1;
+    d->msg = *r->req; /* the request moves with it (its slices stay) */
+    memset(r->req, 0, sizeof(*r->req));
+    d->req = &d->msg;
+    __atomic_add_fetch(&d->g->refs, 1, __ATOMIC_ACQ_REL); /* the generation stays */
+    shmipc_stream_hold(d->st);
+    stream_pause(d->st); /* its next request waits for this answer */
+    d->rt = r->w->rt;
+    pthread_mutex_lock(&d->rt->mu);
+    d->rt->refs++;
+    pthread_mutex_unlock(&d->rt->mu);
+    __atomic_add_fetch(&r->w->deferred_open, 1, __ATOMIC_ACQ_REL);
+    r->moved = d;
+    return d;
+}
+
+/* The deferred answer is done: its stream goes on with its next request
+ * (on the worker, if it still runs), and the references go. */
+static void deferred_end(struct shmipc_response *d, struct pass *p)
+{
+    struct service *svc = d->svc;
+    __atomic_add_fetch(&svc->st.bytes_out, p->bytes_out, __ATOMIC_RELAXED);
+    if (p->errors > 0)
+        __atomic_add_fetch(&svc->st.handler_errors, p->errors, __ATOMIC_RELAXED);
+    if (p->gone > 0)
+        __atomic_add_fetch(&svc->st.client_gone, p->gone, __ATOMIC_RELAXED);
+    shmipc_stream *st = d->st;
+    struct session *s = st->sess;
+    stream_resume(st);
+    struct resume_target *rt = d->rt;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->w != NULL) {
+        rt->w->resume(rt->w, s);
+        __atomic_sub_fetch(&rt->w->deferred_open, 1, __ATOMIC_ACQ_REL);
+    }
+    int last = --rt->refs == 0;
+    pthread_mutex_unlock(&rt->mu);
+    if (last) {
+        pthread_mutex_destroy(&rt->mu);
+        free(rt);
+    }
+    shmipc_stream_release(st);
+    gen_release(d->g);
+    free(d);
+}
+
+static int host_complete(struct shmipc_response *d)
+{
+    if (d == NULL || !d->deferred)
+        return -EINVAL;
+    struct pass p = {0};
+    answer(d, 0, &p);
+    int rc = p.errors ? (d->err ? d->err : SHMIPC_EPROTO) : p.gone ? SHMIPC_ECLOSED : 0;
+    deferred_end(d, &p);
+    return rc;
+}
+
+static void host_fail(struct shmipc_response *d, int code)
+{
+    if (d == NULL || !d->deferred)
+        return;
+    struct pass p = {0};
+    answer(d, code < 0 ? code : SHMIPC_EPROTO, &p);
+    deferred_end(d, &p);
+}
+
+int plugin_request(struct worker *w, struct dsession *ds, shmipc_stream *st, shmipc_msg *m,
+                   struct pass *p)
 {
     struct service *svc = ds->svc;
+    if (stream_paused(st) || stream_closed_here(st)) {
+        /* The session is dying with a deferred answer pending, or we
+         * closed this stream after its handler failed: nothing can go out
+         * for the requests that were still on their way. */
+        shmipc_msg_release(m);
+        return stream_paused(st);
+    }
     if (p->g == NULL && (p->g = gen_acquire(svc)) == NULL) {
         shmipc_msg_release(m);
         p->errors++;
         session_die(ds->conn.s, SHMIPC_ECLOSED, "service removed");
-        return;
+        return 0;
     }
     struct plugin_gen *g = p->g;
-    void *ts = thread_state(worker, g);
+    void *ts = thread_state(w->index, g);
     struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
                                  (const struct shmipc_plugin_iov *)m->iov};
-    struct shmipc_response resp = {st, 0, 0, m, 0};
+    struct shmipc_response resp = {.st = st, .req = m, .svc = svc, .g = g, .w = w};
     int rc = SHMIPC_EPROTO;
+    p->requests++;
+    p->bytes_in += m->len;
+    call_begin(w, svc, g, ds->id, req.stream_id);
     if (ts != NULL || g->desc->thread_init == NULL)
         rc = g->desc->handle(g->state, ts, &req, &resp);
-    size_t in = m->len;
-    if (rc == 0 && resp.err == 0 && resp.fwd) {
-        rc = shmipc_stream_forward(st, m);
-    } else {
-        shmipc_msg_release(m);
-        if (rc == 0 && resp.err == 0)
-            rc = shmipc_stream_flush(st);
-        else
-            shmipc_stream_discard(st);
+    call_end(w);
+    if (resp.moved != NULL) {
+        p->deferred++;
+        if (rc < 0)
+            log_warn("service %s: plugin %s: handle() returned %s after defer(): the deferred "
+                     "answer stays the plugin's to complete or fail",
+                     svc->name, g->desc->name, shmipc_strerror(rc));
+        return 1; /* the stream waits for the deferred answer */
     }
-    p->requests++;
-    p->bytes_in += in;
-    if ((rc == 0 || rc == SHMIPC_EQFULL) && resp.err == 0) {
-        p->bytes_out += resp.bytes;
-        return;
-    }
-    p->errors++;
-    log_debug("service %s: request on session %lu stream %u failed: %s", svc->name,
-              (unsigned long)ds->id, shmipc_stream_id(st),
-              shmipc_strerror(resp.err ? resp.err : rc));
+    answer(&resp, rc, p);
+    if (rc < 0 || resp.err != 0)
+        log_debug("service %s: request on session %lu stream %u failed: %s", svc->name,
+                  (unsigned long)ds->id, req.stream_id, shmipc_strerror(rc < 0 ? rc : resp.err));
+    return 0;
 }
 
-void plugin_stream_hook(unsigned worker, struct dsession *ds, shmipc_stream *st, int open)
+void plugin_stream_hook(struct worker *w, struct dsession *ds, shmipc_stream *st, int open)
 {
     struct plugin_gen *g = gen_acquire(ds->svc);
     if (g == NULL)
         return;
     void (*hook)(void *, void *, uint64_t, uint32_t) =
         open ? g->desc->stream_open : g->desc->stream_close;
-    if (hook != NULL)
-        hook(g->state, thread_state(worker, g), ds->id, shmipc_stream_id(st));
+    if (hook != NULL) {
+        call_begin(w, ds->svc, g, ds->id, shmipc_stream_id(st));
+        hook(g->state, thread_state(w->index, g), ds->id, shmipc_stream_id(st));
+        call_end(w);
+    }
     gen_release(g);
+}
+
+void host_api_init(struct shmipc_host_api *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->size = sizeof(*h);
+    h->abi_minor = SHMIPC_PLUGIN_ABI_MINOR;
+    h->log = host_log;
+    h->write = host_write;
+    h->reserve = host_reserve;
+    h->copy = host_copy;
+    h->strerror = shmipc_strerror;
+    h->conf_int = host_conf_int;
+    h->conf_bool = host_conf_bool;
+    h->conf_float = host_conf_float;
+    h->conf_string = host_conf_string;
+    h->advance = host_advance;
+    h->forward = host_forward;
+    h->defer = host_defer;
+    h->complete = host_complete;
+    h->fail = host_fail;
 }

@@ -9,14 +9,16 @@
 
 /* The host API table handed to plugins. */
 void host_api_init(struct shmipc_host_api *h);
-/* One request of stream st on worker `worker`: handle() and the answer;
- * counted in *p (released by plugin_pass_end). */
-void plugin_request(unsigned worker, struct dsession *ds, shmipc_stream *st, shmipc_msg *m,
-                    struct pass *p);
+/* One request of stream st on worker w: handle() and the answer; counted
+ * in *p (released by plugin_pass_end). Returns 1 when the plugin deferred
+ * the answer: the stream is paused until it completes (the worker's
+ * resume() is called then), else 0. */
+int plugin_request(struct worker *w, struct dsession *ds, shmipc_stream *st, shmipc_msg *m,
+                   struct pass *p);
 /* The end of a dispatch pass: the generation goes back, the counters are
  * added to the session's and the service's. */
 void plugin_pass_end(struct dsession *ds, struct pass *p);
 /* A stream opened (open=1) or closed: the plugin's hook, if it has one. */
-void plugin_stream_hook(unsigned worker, struct dsession *ds, shmipc_stream *st, int open);
+void plugin_stream_hook(struct worker *w, struct dsession *ds, shmipc_stream *st, int open);
 
 #endif

@@ -14,7 +14,11 @@
  * Return codes: -ENOENT etc. (negated errno) when the file cannot be read
  * or copied, -ENOEXEC when it is not a loadable object or has no
  * descriptor, -EPROTO for a descriptor mismatch, -ECANCELED when the
- * plugin's init or thread_init refused, -ENOMEM.
+ * plugin's init, thread_init or a state hook refused, -ENOMEM.
+ *
+ * State across reloads (gen_carry_state): hooks of minor 1 are read only
+ * from descriptors of minor >= 1, and only between plugins of one name.
+ * The bytes of save/restore are this file's (grown by put, freed here).
  */
 #include "server/loader.h"
 
@@ -31,10 +35,16 @@
 
 /* The descriptor's size for each minor this host knows: a plugin of minor
  * m must declare exactly desc_size[m]. A new minor appends its size here
- * (the assertion below fails until it does). */
+ * (the assertion below fails until it does). Minor 1 took its hooks out of
+ * minor 0's spare slots, so both have one size; those slots of a minor-0
+ * plugin are never read as hooks (gen_carry_state). */
 static const uint32_t desc_size[] = {
     sizeof(struct shmipc_plugin), /* 0 */
+    sizeof(struct shmipc_plugin), /* 1: handoff, save, restore */
 };
+_Static_assert(sizeof(struct shmipc_plugin) - offsetof(struct shmipc_plugin, handoff) ==
+                   8 * sizeof(void *),
+               "minor 1's hooks and spare[] must fill exactly minor 0's spare[8]");
 _Static_assert(sizeof(desc_size) / sizeof(desc_size[0]) == SHMIPC_PLUGIN_ABI_MINOR + 1,
                "desc_size needs one entry per ABI minor");
 
@@ -272,6 +282,121 @@ out_unlink:
         free(g);
     }
     return rc;
+}
+
+/* ---- state across reloads ---- */
+
+/* The bytes a plugin's save() writes; put() grows them. */
+struct saved {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static int saved_put(void *sink, const void *data, size_t n)
+{
+    struct saved *b = sink;
+    if (n == 0)
+        return 0;
+    if (data == NULL || n > SIZE_MAX / 2 - b->len)
+        return -EINVAL;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap > 0 ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *p = realloc(b->p, cap);
+        if (p == NULL)
+            return -ENOMEM;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+/* Whether the minor-1 hooks of `d` may be read: a minor-0 plugin's
+ * slots there are its spare[], NULL by its contract but not ours to use. */
+static int has_minor1(const struct shmipc_plugin *d)
+{
+    return d->abi_minor >= 1;
+}
+
+/* -ECANCELED with err naming g's file, plugin, the hook and its message. */
+static int hook_failed(const struct plugin_gen *g, const char *hook, char *perr, size_t plen,
+                       int rc, char *err, size_t errlen)
+{
+    perr[plen - 1] = '\0';
+    if (perr[0] == '\0')
+        snprintf(perr, plen, "%s", rc == -ENOMEM ? "out of memory" : "no reason given");
+    return fail(-ECANCELED, err, errlen, "%s: plugin '%s' %s: %s failed: %s", g->source,
+                g->desc->name, g->desc->version, hook, perr);
+}
+
+/* save on old, restore on neu. 0 or negative with err set. */
+static int save_restore(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen)
+{
+    struct saved b = {NULL, 0, 0};
+    char perr[512] = "";
+    int rc = old->desc->save(old->state, saved_put, &b, perr, sizeof(perr));
+    if (rc < 0) {
+        free(b.p);
+        return hook_failed(old, "save", perr, sizeof(perr), rc, err, errlen);
+    }
+    rc = neu->desc->restore(neu->state, b.p != NULL ? b.p : (const uint8_t *)"", b.len, perr,
+                            sizeof(perr));
+    free(b.p);
+    if (rc < 0)
+        return hook_failed(neu, "restore", perr, sizeof(perr), rc, err, errlen);
+    neu->carry.how = GEN_CARRY_RESTORE;
+    neu->carry.bytes = b.len;
+    return 0;
+}
+
+int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0)
+        err[0] = '\0';
+    memset(&neu->carry, 0, sizeof(neu->carry));
+    if (old == NULL)
+        return 0;
+    neu->carry.from = old->number;
+    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
+    /* Why nothing was carried matters only to a plugin that could take it. */
+    int wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
+    if (strcmp(o->name, n->name) != 0) {
+        if (wants)
+            snprintf(neu->carry.why, sizeof(neu->carry.why),
+                     "generation %u ran another plugin ('%s')", old->number, o->name);
+        return 0;
+    }
+    int both = has_minor1(o) && has_minor1(n), declined = 0;
+    if (both && o->handoff != NULL && n->handoff != NULL) {
+        char perr[512] = "";
+        int rc = n->handoff(neu->state, old->state, perr, sizeof(perr));
+        if (rc < 0)
+            return hook_failed(neu, "handoff", perr, sizeof(perr), rc, err, errlen);
+        if (rc == 0) {
+            neu->carry.how = GEN_CARRY_HANDOFF;
+            return 0;
+        }
+        declined = 1; /* SHMIPC_STATE_DECLINED, or any other positive answer */
+    }
+    if (both && o->save != NULL && n->restore != NULL)
+        return save_restore(old, neu, err, errlen);
+    if (!wants)
+        return 0;
+    if (declined)
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "the plugin declined the hand-off, and there is no save/restore pair");
+    else if (!has_minor1(o) || (o->handoff == NULL && o->save == NULL))
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "generation %u (%s %s) has no hook to pass it on", old->number, o->name,
+                 o->version);
+    else
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "no handoff or save/restore pair between generation %u (%s %s) and this one",
+                 old->number, o->name, o->version);
+    return 0;
 }
 
 int gen_thread_init(struct plugin_gen *g, unsigned w, char *err, size_t errlen)

@@ -7,7 +7,8 @@
  * Ownership: a generation owns its dl handle, private copy and plugin
  * state; gen_unload() runs fini(), dlclose()s and removes the copy. Worker
  * thread states are created and destroyed by the workers themselves
- * (gen_thread_init / gen_thread_fini on their own thread).
+ * (gen_thread_init / gen_thread_fini on their own thread). What a plugin's
+ * handoff shares between two generations is the plugin's to count.
  */
 #ifndef SHMIPC_SERVER_LOADER_H
 #define SHMIPC_SERVER_LOADER_H
@@ -15,6 +16,9 @@
 #include <stddef.h>
 
 #include "shmipc/plugin.h"
+
+/* How a generation got its state (gen_carry_state). */
+enum gen_carry { GEN_CARRY_NONE, GEN_CARRY_HANDOFF, GEN_CARRY_RESTORE };
 
 struct plugin_gen {
     void *dl;
@@ -27,11 +31,18 @@ struct plugin_gen {
     char *private_path;          /* the private copy that was dlopen()ed */
     int refs;                    /* atomic: in-flight requests + the service */
     void *host_ref;              /* the host's: what must outlive this generation */
+    struct {
+        enum gen_carry how;
+        unsigned from;           /* the generation it came from */
+        size_t bytes;            /* GEN_CARRY_RESTORE: the size of the saved state */
+        char why[192];           /* GEN_CARRY_NONE while the new plugin has state
+                                  * hooks: why they were not used; else "" */
+    } carry;
 };
 
 /* Checks a descriptor against the host ABI. 0, or -EPROTO with err naming
  * the file and the mismatch ("wrong magic 0x..., expected 0x...", "ABI
- * major 2, host has 1", "ABI minor 5 is newer than the host's 0",
+ * major 2, host has 1", "ABI minor 5 is newer than the host's 1",
  * "descriptor size 40, expected 168"). */
 int gen_check_descriptor(const struct shmipc_plugin *d, const char *file, char *err, size_t errlen);
 
@@ -41,6 +52,16 @@ int gen_check_descriptor(const struct shmipc_plugin *d, const char *file, char *
 int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned nworkers,
              const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
              struct plugin_gen **out, char *err, size_t errlen);
+
+/* Carries the state of `old` (serving) over to `neu` (loaded, not yet
+ * serving), master thread: the plugin's handoff when both descriptors
+ * have it and their names are equal; else, or when it declined, old's
+ * save and neu's restore; else nothing. Records what happened in
+ * neu->carry. 0 (also when nothing was carried), or -ECANCELED when a
+ * hook failed, -ENOMEM; err then names neu's file, the plugin, the hook
+ * and the plugin's message ("kv.so: plugin 'kv' 1.0.0: restore failed:
+ * ..."). Both generations are left as they were: unload neu on failure. */
+int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen);
 
 /* Worker `w`, on its own thread: create / destroy its thread state. */
 int gen_thread_init(struct plugin_gen *g, unsigned w, char *err, size_t errlen);

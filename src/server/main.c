@@ -86,7 +86,10 @@ int main(int argc, char **argv)
         return 1;
     }
     rc = daemon_run(&d);
-    daemon_stop_and_free(&d);
+    if (daemon_stop_and_free(&d) != 0) {
+        log_warn("shmipcd: stopped, abandoning work in progress");
+        _exit(1); /* threads still run plugin code: no exit handlers */
+    }
     log_info("shmipcd: stopped");
     return rc < 0 ? 1 : 0;
 }

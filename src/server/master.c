@@ -26,6 +26,7 @@
 #include "server/handler.h"
 #include "server/reload.h"
 #include "server/service.h"
+#include "server/slowlog.h"
 #include "server/worker.h"
 #include "session/accept.h"
 #include "shmipc/errors.h"
@@ -91,7 +92,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
         return rc;
     snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
     log_set_level(d->conf->log_level);
-    d->nworkers = d->conf->workers;
+    d->pool.n = d->conf->workers;
     d->spin_us = d->conf->spin_us;
     d->idle_timeout_ms = d->conf->idle_timeout_ms;
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
@@ -120,19 +121,23 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     serve_accept_init(&d->acc, d->epfd, &d->reg, &accept_ops, d);
     if ((rc = start_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0)
         return rc;
-    d->workers = calloc(d->nworkers, sizeof(*d->workers));
-    if (d->workers == NULL)
-        return -ENOMEM;
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        if ((rc = worker_start(&d->workers[i], d, i)) < 0) {
-            snprintf(err, errlen, "starting worker %u: %s", i, shmipc_strerror(rc));
-            d->nworkers = i;
+    slowlog_init();
+    if ((rc = pool_start(&d->pool, d, d->conf->workers, "shared")) < 0) {
+        snprintf(err, errlen, "starting the workers: %s", shmipc_strerror(rc));
+        return rc;
+    }
+    for (unsigned i = 0; i < d->nsvcs; i++) {
+        struct service *svc = d->svcs[i];
+        if ((rc = service_start_workers(d, svc)) < 0) {
+            snprintf(err, errlen, "service '%s': starting its workers: %s", svc->name,
+                     shmipc_strerror(rc));
             return rc;
         }
     }
     for (unsigned i = 0; i < d->nsvcs; i++) {
         char werr[256];
-        if ((rc = workers_exec(d, WCMD_THREAD_INIT, d->svcs[i]->gen, NULL, werr, sizeof(werr))) <
+        if ((rc = workers_exec(d, WCMD_THREAD_INIT, d->svcs[i]->gen, d->svcs[i], werr,
+                               sizeof(werr))) <
             0) {
             snprintf(err, errlen, "service '%s': %s", d->svcs[i]->name, werr);
             return rc;
@@ -142,7 +147,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
         snprintf(err, errlen, "inotify: %s", shmipc_strerror(rc));
         return rc;
     }
-    log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->nworkers);
+    log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->pool.n);
     return 0;
 }
 
@@ -188,31 +193,15 @@ static int admit(struct daemon *d, struct service *svc, int fd, long long *uid, 
     return 0;
 }
 
+/* Sessions of every pool, with those handed over and not yet adopted. */
 static unsigned total_sessions(struct daemon *d)
 {
-    unsigned n = 0;
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        pthread_mutex_lock(&d->workers[i].mu);
-        n += d->workers[i].nsessions;
-        pthread_mutex_unlock(&d->workers[i].mu);
-    }
+    unsigned n = pool_sessions(&d->pool);
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        n += pool_sessions(&d->svcs[i]->own);
+    for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
+        n += pool_sessions(&svc->own);
     return n;
-}
-
-static struct worker *least_loaded(struct daemon *d)
-{
-    struct worker *best = &d->workers[0];
-    unsigned best_n = ~0u;
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        pthread_mutex_lock(&d->workers[i].mu);
-        unsigned n = d->workers[i].nsessions;
-        pthread_mutex_unlock(&d->workers[i].mu);
-        if (n < best_n) {
-            best_n = n;
-            best = &d->workers[i];
-        }
-    }
-    return best;
 }
 
 static int on_admit(void *owner, struct serve_listener *l, int fd, long long *uid, char *why,
@@ -250,7 +239,7 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
     ds->svc = svc;
     ds->id = (uint64_t)(unsigned)s->index; /* the core numbers sessions; logs agree */
     __atomic_add_fetch(&svc->st.sessions_opened, 1, __ATOMIC_RELAXED);
-    struct worker *w = least_loaded(d);
+    struct worker *w = pool_least_loaded(pool_of(d, svc));
     log_debug("service %s: session %lu (protocol v%u) to worker %u", svc->name,
               (unsigned long)ds->id, s->cfg.version, w->index);
     worker_hand_over(w, ds);
@@ -344,6 +333,9 @@ int daemon_run(struct daemon *d)
         int timeout = serve_accept_expire(&d->acc);
         if (draining && timeout > 20)
             timeout = 20; /* old generations and removed services wait for us */
+        int slow_due = slowlog_check(d);
+        if (slow_due >= 0 && slow_due < timeout)
+            timeout = slow_due;
         int reload_due;
         int due = watch_due(&d->watch, &reload_due);
         if (reload_due)
@@ -390,7 +382,23 @@ int daemon_run(struct daemon *d)
     return 0;
 }
 
-void daemon_stop_and_free(struct daemon *d)
+/* Workers left running a handler that never returned: what stays loaded
+ * stays (their plugins' code), the private plugin copies are unlinked so
+ * nothing is left in /tmp, and the process is to exit at once. */
+static void abandon(struct daemon *d)
+{
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        if (d->svcs[i]->gen != NULL && d->svcs[i]->gen->private_path != NULL)
+            unlink(d->svcs[i]->gen->private_path);
+    for (struct retiring *r = d->retiring; r != NULL; r = r->next)
+        if (r->g->private_path != NULL)
+            unlink(r->g->private_path);
+    serve_listener_close(&d->admin);
+    if (d->tmpdir[0] != '\0')
+        rmdir(d->tmpdir);
+}
+
+int daemon_stop_and_free(struct daemon *d)
 {
     /* Stop accepting first, then let the workers drain. */
     for (unsigned i = 0; i < d->nsvcs; i++) {
@@ -401,14 +409,38 @@ void daemon_stop_and_free(struct daemon *d)
         }
     }
     serve_accept_drop(&d->acc, NULL);
-    /* A start that failed before the workers existed leaves d->workers
-     * NULL while d->nworkers already holds the configured count. */
-    unsigned nworkers = d->workers != NULL ? d->nworkers : 0;
+    /* Every pool drains at once (a start that failed before the workers
+     * existed leaves pool.w NULL). */
     uint64_t deadline = sock_deadline(d->conf != NULL ? d->conf->drain_timeout_ms : 0);
-    for (unsigned i = 0; i < nworkers; i++)
-        worker_stop(&d->workers[i], deadline);
-    for (unsigned i = 0; i < nworkers; i++)
-        worker_join(&d->workers[i]);
+    pool_ask_stop(&d->pool, deadline);
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        pool_ask_stop(&d->svcs[i]->own, deadline);
+    for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
+        pool_ask_stop(&svc->own, deadline);
+    /* A handler that never returns must not hold the stop: past the
+     * deadline (and a moment for the last answers) it is abandoned. */
+    uint64_t join_by = deadline + 500u * 1000000u;
+    int stuck = pool_join_until(&d->pool, join_by);
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        stuck += pool_join_until(&d->svcs[i]->own, join_by);
+    for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
+        stuck += pool_join_until(&svc->own, join_by);
+    if (stuck > 0) {
+        abandon(d);
+        return 1;
+    }
+    int open = 0;
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        open |= d->svcs[i]->gen != NULL && __atomic_load_n(&d->svcs[i]->gen->refs,
+                                                           __ATOMIC_ACQUIRE) > 1;
+    for (struct retiring *r = d->retiring; r != NULL; r = r->next)
+        open |= __atomic_load_n(&r->g->refs, __ATOMIC_ACQUIRE) > 0;
+    if (open) {
+        /* Deferred answers still held by plugins: their generations stay. */
+        log_warn("stop: deferred answers were abandoned; their plugins stay loaded to the end");
+        abandon(d);
+        return 1;
+    }
     /* The workers ran every thread_fini on their way out. */
     while (d->retiring != NULL) {
         struct retiring *r = d->retiring;
@@ -435,7 +467,7 @@ void daemon_stop_and_free(struct daemon *d)
         close(d->epfd);
     if (d->sigfd >= 0)
         close(d->sigfd);
-    free(d->workers);
     uid_counts_free(&d->uids);
     conf_ref_put(d->cref);
+    return 0;
 }

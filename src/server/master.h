@@ -13,8 +13,10 @@
 int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen);
 /* Serves until a stop (signal or admin). */
 int daemon_run(struct daemon *d);
-/* Stops accepting, drains the workers, frees everything (also after a
- * failed start). */
-void daemon_stop_and_free(struct daemon *d);
+/* Stops accepting, drains the workers until drain_timeout_ms, frees
+ * everything (also after a failed start). 1 when something was abandoned
+ * (a handler that did not return, deferred answers not completed): the
+ * process should exit 1 at once, with what they use still in place. */
+int daemon_stop_and_free(struct daemon *d);
 
 #endif

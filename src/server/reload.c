@@ -58,7 +58,7 @@ unsigned daemon_retire(struct daemon *d)
             continue;
         }
         *pp = r->next;
-        workers_exec(d, WCMD_THREAD_FINI, r->g, NULL, NULL, 0);
+        workers_exec(d, WCMD_THREAD_FINI, r->g, r->svc, NULL, 0);
         log_info("service %s: generation %u finished", r->svc->name, r->g->number);
         service_unload_gen(r->g);
         d->gens_retired++;
@@ -102,6 +102,24 @@ static int same_endpoint(const struct service *svc, const struct svc_conf *sc)
            strcmp(svc->allowed_dir, sc->allowed_dir) == 0;
 }
 
+/* What became of the old generation's state. Nothing is said for a
+ * plugin without state hooks: its state starts empty, as it always did. */
+static void report_carry(const struct service *svc, const struct plugin_gen *g, struct strbuf *rep)
+{
+    char line[320];
+    if (g->carry.how == GEN_CARRY_HANDOFF)
+        snprintf(line, sizeof(line), "state of generation %u handed over", g->carry.from);
+    else if (g->carry.how == GEN_CARRY_RESTORE)
+        snprintf(line, sizeof(line), "state of generation %u restored (%zu bytes)", g->carry.from,
+                 g->carry.bytes);
+    else if (g->carry.why[0] != '\0')
+        snprintf(line, sizeof(line), "state starts empty: %s", g->carry.why);
+    else
+        return;
+    strbuf_add(rep, "service %s: %s\n", svc->name, line);
+    log_info("service %s: %s", svc->name, line);
+}
+
 /* A service whose plugin or plugin config changed: new generation. */
 static int update_service(struct daemon *d, struct service *svc, const struct svc_conf *sc,
                           struct conf_ref *cref, struct strbuf *rep)
@@ -138,6 +156,7 @@ static int update_service(struct daemon *d, struct service *svc, const struct sv
            g->number, g->desc->name, g->desc->version, old->number);
     log_info("service %s: generation %u (plugin %s %s) serves; generation %u drains", svc->name,
              g->number, g->desc->name, g->desc->version, old->number);
+    report_carry(svc, g, rep);
     return 0;
 }
 
@@ -165,15 +184,17 @@ static int add_service(struct daemon *d, const struct svc_conf *sc, struct strbu
     }
     struct service *svc = service_create(d, sc, err, sizeof(err));
     int rc = svc == NULL ? -EINVAL : 0;
+    if (rc == 0 && (rc = service_start_workers(d, svc)) < 0)
+        snprintf(err, sizeof(err), "starting its workers: %s", shmipc_strerror(rc));
     if (rc == 0)
-        rc = workers_exec(d, WCMD_THREAD_INIT, svc->gen, NULL, err, sizeof(err));
+        rc = workers_exec(d, WCMD_THREAD_INIT, svc->gen, svc, err, sizeof(err));
     if (rc == 0)
         rc = service_listen(d, svc, err, sizeof(err));
     if (rc < 0) {
         /* Whatever failed, thread_init ran (or was tried) on the workers:
          * their thread states go before the generation does. */
         if (svc != NULL) {
-            workers_exec(d, WCMD_THREAD_FINI, svc->gen, NULL, NULL, 0);
+            workers_exec(d, WCMD_THREAD_FINI, svc->gen, svc, NULL, 0);
             service_free(d, svc);
         }
         /* err may already name the service; say it once. */
@@ -208,8 +229,8 @@ int daemon_reload(struct daemon *d, char **report)
     struct daemon_conf *nc = &cref->c;
     struct strbuf body = {0};
     int failed = 0;
-    if (nc->workers != d->nworkers)
-        strbuf_add(&body, "note: workers stays %u until a restart (the file says %u)\n", d->nworkers,
+    if (nc->workers != d->pool.n)
+        strbuf_add(&body, "note: workers stays %u until a restart (the file says %u)\n", d->pool.n,
                nc->workers);
     for (unsigned i = 0; i < d->nsvcs;) {
         const struct svc_conf *sc = find_conf(nc, d->svcs[i]->name);
@@ -219,7 +240,10 @@ int daemon_reload(struct daemon *d, char **report)
         }
         failed += update_service(d, d->svcs[i], sc, cref, &body) < 0;
         struct service *svc = d->svcs[i];
-        svc->watch = sc->watch;
+        service_configure(d, svc, sc);
+        if (sc->workers != svc->own.n)
+            strbuf_add(&body, "note: service %s: workers stays %u until a restart (the file says %u)\n",
+                       svc->name, svc->own.n, sc->workers);
         /* New connections see the new allowlist; sessions stay. */
         memcpy(svc->allow_uids, sc->allow_uids, sizeof(svc->allow_uids));
         memcpy(svc->allow_gids, sc->allow_gids, sizeof(svc->allow_gids));

@@ -2,7 +2,8 @@
  * Services and their plugin generations (master thread only): a service
  * is created from its configuration with its first generation, listens,
  * gets new generations on reloads (loaded beside the old one: private
- * copy, dlopen, ABI check, init() here, thread_init() on every worker),
+ * copy, dlopen, ABI check, init() here, thread_init() on every worker,
+ * then the old generation's state carried over by the plugin's hooks),
  * and is freed once removed and drained. The one rule: a generation is
  * unloaded only after every worker ran its thread_fini and no request
  * holds it (reload.c retires it).
@@ -115,7 +116,7 @@ static void load_gen(struct daemon *d, struct service *svc, const struct svc_con
                      size_t errlen)
 {
     char lerr[512];
-    *rc = gen_load(sc->plugin, d->tmpdir, svc->next_gen + 1, d->nworkers, &d->host,
+    *rc = gen_load(sc->plugin, d->tmpdir, svc->next_gen + 1, pool_of(d, svc)->n, &d->host,
                    (const struct shmipc_plugin_conf *)sc->plugin_conf, out, lerr, sizeof(lerr));
     if (*rc < 0) {
         snprintf(err, errlen, "%s", lerr);
@@ -157,6 +158,9 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     memcpy(svc->allow_gids, sc->allow_gids, sizeof(svc->allow_gids));
     svc->nallow_uids = sc->nallow_uids;
     svc->nallow_gids = sc->nallow_gids;
+    service_configure(d, svc, sc);
+    svc->own.n = sc->workers; /* started by service_start_workers */
+    svc->own.name = svc->name;
     int rc = gen_source_read(&svc->src, sc->plugin, sc->plugin_conf);
     char lerr[512] = "";
     if (rc == 0)
@@ -205,8 +209,33 @@ void service_unlisten(struct daemon *d, struct service *svc)
     serve_listener_close(&svc->l);
 }
 
+int service_start_workers(struct daemon *d, struct service *svc)
+{
+    if (svc->own.n == 0 || svc->own.w != NULL)
+        return 0;
+    int rc = pool_start(&svc->own, d, svc->own.n, svc->name);
+    if (rc == 0)
+        log_info("service %s: %u workers of its own", svc->name, svc->own.n);
+    return rc;
+}
+
+void service_configure(struct daemon *d, struct service *svc, const struct svc_conf *sc)
+{
+    const struct daemon_conf *c = d->conf;
+    svc->watch = sc->watch;
+    __atomic_store_n(&svc->handler_error, sc->handler_error, __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->slow_ms, sc->slow_handler_ms >= 0 ? sc->slow_handler_ms
+                                                             : c->slow_handler_ms,
+                     __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->slow_trace, sc->slow_handler_trace >= 0 ? sc->slow_handler_trace
+                                                                   : c->slow_handler_trace,
+                     __ATOMIC_RELAXED);
+}
+
 void service_free(struct daemon *d, struct service *svc)
 {
+    /* Its own workers are idle by now: no session and no request left. */
+    pool_stop(&svc->own, sock_now_ns());
     service_unlisten(d, svc);
     if (svc->gen != NULL)
         service_unload_gen(svc->gen);
@@ -222,10 +251,13 @@ int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf
     if (rc < 0)
         return rc;
     char werr[256];
-    rc = workers_exec(d, WCMD_THREAD_INIT, *out, NULL, werr, sizeof(werr));
-    if (rc < 0) {
+    rc = workers_exec(d, WCMD_THREAD_INIT, *out, svc, werr, sizeof(werr));
+    if (rc < 0)
         snprintf(err, errlen, "%s: %s", sc->plugin, werr);
-        workers_exec(d, WCMD_THREAD_FINI, *out, NULL, NULL, 0);
+    else /* last before the swap: see gen_carry_state for why */
+        rc = gen_carry_state(svc->gen, *out, err, errlen);
+    if (rc < 0) {
+        workers_exec(d, WCMD_THREAD_FINI, *out, svc, NULL, 0);
         service_unload_gen(*out);
         *out = NULL;
     }

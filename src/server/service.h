@@ -32,6 +32,11 @@ int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf
                     struct conf_ref *cref, struct plugin_gen **out, char *err, size_t errlen);
 /* fini, dlclose and the private copy of a finished generation. */
 void service_unload_gen(struct plugin_gen *g);
+/* Starts the service's own workers (`workers` in its config), if any. */
+int service_start_workers(struct daemon *d, struct service *svc);
+/* What a reload may change in how the service runs its handlers:
+ * handler_error, the slow-handler log, watch (its own workers stay). */
+void service_configure(struct daemon *d, struct service *svc, const struct svc_conf *sc);
 /* The settings a service's new sessions get (refreshed from the
  * configuration in force). */
 const struct serve_settings *service_settings(struct daemon *d, struct service *svc);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -28,18 +29,18 @@
 
 static void h_open(void *ctx, struct serve_conn *c, shmipc_stream *st)
 {
-    plugin_stream_hook(((struct worker *)ctx)->index, (struct dsession *)c, st, 1);
+    plugin_stream_hook(ctx, (struct dsession *)c, st, 1);
 }
 
-static void h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m)
+static int h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m)
 {
     struct worker *w = ctx;
-    plugin_request(w->index, (struct dsession *)c, st, m, &w->pass);
+    return plugin_request(w, (struct dsession *)c, st, m, &w->pass);
 }
 
 static void h_close(void *ctx, struct serve_conn *c, shmipc_stream *st)
 {
-    plugin_stream_hook(((struct worker *)ctx)->index, (struct dsession *)c, st, 0);
+    plugin_stream_hook(ctx, (struct dsession *)c, st, 0);
 }
 
 static void h_pass_end(void *ctx, struct serve_conn *c)
@@ -115,6 +116,48 @@ static void run_jobs(struct worker *w)
     }
 }
 
+/* A deferred answer was completed (any thread; rt->mu held): its
+ * session is dispatched again on this worker. */
+static void resume_session(struct worker *w, struct session *s)
+{
+    struct resume *r = malloc(sizeof(*r));
+    if (r == NULL) {
+        log_error("worker %u: out of memory resuming a stream: its next request waits for the "
+                  "session's next message", w->index);
+        return;
+    }
+    session_get(s);
+    r->s = s;
+    pthread_mutex_lock(&w->mu);
+    r->next = w->resumes;
+    w->resumes = r;
+    pthread_mutex_unlock(&w->mu);
+    uint64_t one = 1;
+    if (write(w->evfd, &one, sizeof(one)) < 0)
+        log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
+}
+
+/* Dispatches the sessions whose streams deferred answers resumed. */
+static void run_resumes(struct worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    struct resume *r = w->resumes;
+    w->resumes = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (r != NULL) {
+        struct resume *n = r->next;
+        for (struct serve_conn *c = w->loop.conns; c != NULL; c = c->next) {
+            if (c->s == r->s) {
+                serve_loop_dispatch(&w->loop, c);
+                break;
+            }
+        }
+        session_put(r->s); /* a session closed meanwhile is not in the loop */
+        free(r);
+        r = n;
+    }
+}
+
 /* Moves sessions from the inbox into the epoll set. */
 static void adopt(struct worker *w)
 {
@@ -131,6 +174,7 @@ static void adopt(struct worker *w)
         serve_loop_add(&w->loop, &ds->conn); /* served at once: a file-path
                                                 client may have sent already */
     }
+    run_resumes(w);
     run_jobs(w);
 }
 
@@ -138,7 +182,25 @@ static void adopt(struct worker *w)
  * or the drain deadline, then close every session. */
 static void drain(struct worker *w)
 {
-    adopt(w);
+    /* Deferred answers still open keep it going (their streams' next
+     * requests wait for them) until they complete or the deadline. */
+    for (;;) {
+        adopt(w);
+        for (struct serve_conn *c = w->loop.conns, *n; c != NULL; c = n) {
+            n = c->next;
+            serve_loop_ready(&w->loop, c);
+        }
+        int busy = serve_loop_retry_blocked(&w->loop) ||
+                   __atomic_load_n(&w->deferred_open, __ATOMIC_ACQUIRE) > 0;
+        if (!busy || sock_now_ns() >= w->drain_deadline_ns)
+            break;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    unsigned open = (unsigned)__atomic_load_n(&w->deferred_open, __ATOMIC_ACQUIRE);
+    if (open > 0)
+        log_warn("%s worker %u: %u deferred answers not completed by the drain deadline: "
+                 "abandoned", w->pool->name, w->index, open);
     serve_loop_drain(&w->loop, w->drain_deadline_ns);
 }
 
@@ -149,11 +211,11 @@ static void finish_thread_states(struct worker *w)
     struct daemon *d = w->d;
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct plugin_gen *g = d->svcs[i]->gen;
-        if (g != NULL && g->thread_states[w->index] != NULL)
+        if (g != NULL && pool_of(d, d->svcs[i]) == w->pool && g->thread_states[w->index] != NULL)
             gen_thread_fini(g, w->index);
     }
     for (struct retiring *r = d->retiring; r != NULL; r = r->next)
-        if (r->g->thread_states[w->index] != NULL)
+        if (pool_of(d, r->svc) == w->pool && r->g->thread_states[w->index] != NULL)
             gen_thread_fini(r->g, w->index);
 }
 
@@ -204,11 +266,12 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int worker_start(struct worker *w, struct daemon *d, unsigned index)
+static int worker_start(struct worker *w, struct daemon *d, struct worker_pool *p, unsigned index)
 {
     memset(w, 0, sizeof(*w));
     w->wake_tag.kind = EPK_WAKE;
     w->index = index;
+    w->pool = p;
     w->d = d;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cmd_done, NULL);
@@ -221,6 +284,12 @@ int worker_start(struct worker *w, struct daemon *d, unsigned index)
         return -errno;
     serve_loop_init(&w->loop, w->epfd, &handler, w);
     w->loop_ready = 1;
+    w->resume = resume_session;
+    if ((w->rt = calloc(1, sizeof(*w->rt))) == NULL)
+        return -ENOMEM;
+    pthread_mutex_init(&w->rt->mu, NULL);
+    w->rt->refs = 1;
+    w->rt->w = w;
     return -pthread_create(&w->th, NULL, worker_main, w);
 }
 
@@ -237,7 +306,7 @@ void worker_hand_over(struct worker *w, struct dsession *ds)
         log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
 }
 
-void worker_stop(struct worker *w, uint64_t drain_deadline_ns)
+static void worker_stop(struct worker *w, uint64_t drain_deadline_ns)
 {
     w->drain_deadline_ns = drain_deadline_ns;
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
@@ -246,9 +315,29 @@ void worker_stop(struct worker *w, uint64_t drain_deadline_ns)
         log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
 }
 
-void worker_join(struct worker *w)
+static void worker_join(struct worker *w)
 {
-    pthread_join(w->th, NULL);
+    if (!w->joined)
+        pthread_join(w->th, NULL);
+    w->joined = 1;
+    /* Deferred answers completed from now on find no worker. */
+    if (w->rt != NULL) {
+        pthread_mutex_lock(&w->rt->mu);
+        w->rt->w = NULL;
+        int last = --w->rt->refs == 0;
+        pthread_mutex_unlock(&w->rt->mu);
+        if (last) {
+            pthread_mutex_destroy(&w->rt->mu);
+            free(w->rt);
+        }
+        w->rt = NULL;
+    }
+    while (w->resumes != NULL) {
+        struct resume *r = w->resumes;
+        w->resumes = r->next;
+        session_put(r->s);
+        free(r);
+    }
     if (w->loop_ready)
         serve_loop_destroy(&w->loop); /* empty: the thread drained it */
     close(w->epfd);
@@ -257,19 +346,147 @@ void worker_join(struct worker *w)
     pthread_mutex_destroy(&w->mu);
 }
 
+/* ---- pools ---- */
+
+struct worker_pool *pool_of(struct daemon *d, struct service *svc)
+{
+    return svc != NULL && svc->own.n > 0 ? &svc->own : &d->pool;
+}
+
+int pool_start(struct worker_pool *p, struct daemon *d, unsigned n, const char *name)
+{
+    p->name = name;
+    p->n = 0;
+    p->w = calloc(n ? n : 1, sizeof(*p->w));
+    if (p->w == NULL)
+        return -ENOMEM;
+    for (unsigned i = 0; i < n; i++) {
+        int rc = worker_start(&p->w[i], d, p, i);
+        if (rc < 0) {
+            log_error("%s workers: starting worker %u: %s", name, i, shmipc_strerror(rc));
+            return rc;
+        }
+        p->n = i + 1;
+    }
+    return 0;
+}
+
+void pool_ask_stop(struct worker_pool *p, uint64_t drain_deadline_ns)
+{
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++)
+        worker_stop(&p->w[i], drain_deadline_ns);
+}
+
+void pool_join(struct worker_pool *p)
+{
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++)
+        worker_join(&p->w[i]);
+    free(p->w);
+    p->w = NULL;
+    p->n = 0;
+}
+
+/* Says what a worker that did not exit is running (the seqlock of
+ * call_info: two equal odd reads around the fields). */
+static void report_stuck(struct worker *w)
+{
+    struct call_info *c = &w->call;
+    for (int tries = 0; tries < 100; tries++) {
+        uint64_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
+        struct service *svc = __atomic_load_n(&c->svc, __ATOMIC_RELAXED);
+        struct plugin_gen *g = __atomic_load_n(&c->g, __ATOMIC_RELAXED);
+        uint64_t start = __atomic_load_n(&c->start_ns, __ATOMIC_RELAXED);
+        uint64_t sid = __atomic_load_n(&c->session_id, __ATOMIC_RELAXED);
+        uint32_t stid = __atomic_load_n(&c->stream_id, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&c->seq, __ATOMIC_ACQUIRE) != seq)
+            continue;
+        if (seq % 2 == 0)
+            break;
+        uint64_t now = sock_now_ns();
+        log_warn("service %s: stop: a handler of plugin %s %s (generation %u) still runs on %s "
+                 "worker %u after %lu ms (session %lu, stream %u): abandoned",
+                 svc->name, g->desc->name, g->desc->version, g->number, w->pool->name, w->index,
+                 (unsigned long)((now > start ? now - start : 0) / 1000000u), (unsigned long)sid,
+                 stid);
+        return;
+    }
+    log_warn("%s worker %u did not exit by the drain deadline: abandoned", w->pool->name,
+             w->index);
+}
+
+int pool_join_until(struct worker_pool *p, uint64_t deadline_ns)
+{
+    int stuck = 0;
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
+        struct worker *w = &p->w[i];
+        /* pthread_timedjoin_np wants CLOCK_REALTIME. */
+        uint64_t now = sock_now_ns(), left = deadline_ns > now ? deadline_ns - now : 0;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t abs = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + left;
+        ts.tv_sec = (time_t)(abs / 1000000000u);
+        ts.tv_nsec = (long)(abs % 1000000000u);
+        if (pthread_timedjoin_np(w->th, NULL, &ts) != 0) {
+            report_stuck(w);
+            w->stuck = 1;
+            stuck++;
+            continue;
+        }
+        w->joined = 1;
+    }
+    if (stuck)
+        return stuck;
+    pool_join(p); /* every thread exited: the rest of the cleanup */
+    return 0;
+}
+
+void pool_stop(struct worker_pool *p, uint64_t drain_deadline_ns)
+{
+    pool_ask_stop(p, drain_deadline_ns);
+    pool_join(p);
+}
+
+unsigned pool_sessions(struct worker_pool *p)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
+        pthread_mutex_lock(&p->w[i].mu);
+        n += p->w[i].nsessions;
+        pthread_mutex_unlock(&p->w[i].mu);
+    }
+    return n;
+}
+
+struct worker *pool_least_loaded(struct worker_pool *p)
+{
+    struct worker *best = &p->w[0];
+    unsigned best_n = ~0u;
+    for (unsigned i = 0; i < p->n; i++) {
+        pthread_mutex_lock(&p->w[i].mu);
+        unsigned n = p->w[i].nsessions;
+        pthread_mutex_unlock(&p->w[i].mu);
+        if (n < best_n) {
+            best_n = n;
+            best = &p->w[i];
+        }
+    }
+    return best;
+}
+
 int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, struct service *svc,
                  char *err, size_t errlen)
 {
-    if (d->workers == NULL || d->nworkers == 0)
+    struct worker_pool *p = pool_of(d, svc);
+    if (p->w == NULL || p->n == 0)
         return 0;
-    struct wcmd *jobs = calloc(d->nworkers, sizeof(*jobs));
+    struct wcmd *jobs = calloc(p->n, sizeof(*jobs));
     if (jobs == NULL) {
         if (err != NULL)
             snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        struct worker *w = &d->workers[i];
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
         jobs[i] = (struct wcmd){.kind = kind, .g = g, .svc = svc};
         pthread_mutex_lock(&w->mu);
         jobs[i].next = w->cmds;
@@ -280,8 +497,8 @@ int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, st
             log_warn("worker %u: waking it failed: %s", w->index, strerror(errno));
     }
     int rc = 0;
-    for (unsigned i = 0; i < d->nworkers; i++) {
-        struct worker *w = &d->workers[i];
+    for (unsigned i = 0; i < p->n; i++) {
+        struct worker *w = &p->w[i];
         pthread_mutex_lock(&w->mu);
         while (!jobs[i].done)
             pthread_cond_wait(&w->cmd_done, &w->mu);
@@ -289,7 +506,7 @@ int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, st
         if (jobs[i].rc < 0 && rc == 0) {
             rc = jobs[i].rc;
             if (err != NULL)
-                snprintf(err, errlen, "worker %u: %s", i, jobs[i].err);
+                snprintf(err, errlen, "%s worker %u: %s", p->name, i, jobs[i].err);
         }
     }
     free(jobs);

@@ -35,6 +35,7 @@ enum stream_flags {
     ST_IN_TABLE = 1u << 3,
     ST_READY = 1u << 4,         /* on the session's ready list (server) */
     ST_BLOCKED = 1u << 5,       /* on the session's blocked list (server) */
+    ST_PAUSED = 1u << 6,        /* server: its messages wait (a deferred answer) */
 };
 
 struct shmipc_stream {

@@ -49,8 +49,13 @@ void serve_loop_dispatch(struct serve_loop *lp, struct serve_conn *c)
         }
         shmipc_msg m;
         int closed = 0;
-        while (stream_take(st, &m, &closed) == 0)
-            h->message(lp->ctx, c, st, &m);
+        /* A paused stream's messages wait for its resume; once the session
+         * is dead they are taken all the same, so that its close is heard
+         * (the handler drops them). */
+        int dead = !session_alive(c->s);
+        while ((dead || !stream_paused(st)) && stream_take(st, &m, &closed) == 0)
+            if (h->message(lp->ctx, c, st, &m) && !dead)
+                break;
         if (closed && !st->seen_close) {
             st->seen_close = 1;
             if (h->close != NULL)

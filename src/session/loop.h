@@ -27,8 +27,10 @@ struct serve_conn {
 struct serve_handler {
     /* A stream's first news (optional). */
     void (*open)(void *ctx, struct serve_conn *c, shmipc_stream *st);
-    /* A message: the handler owns *m and releases it, now or later. */
-    void (*message)(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m);
+    /* A message: the handler owns *m and releases it, now or later.
+     * Returns 1 when it paused the stream (stream_pause: its next
+     * messages wait until stream_resume), else 0. */
+    int (*message)(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m);
     /* The peer closed the stream, or the session ended (optional). */
     void (*close)(void *ctx, struct serve_conn *c, shmipc_stream *st);
     /* After each dispatch pass over a session (optional). */

@@ -114,7 +114,7 @@ static void h_open(void *ctx, struct serve_conn *c, shmipc_stream *st)
         srv->h.on_stream(st, srv->arg);
 }
 
-static void h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m)
+static int h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m)
 {
     struct shmipc_server *srv = ctx;
     (void)c;
@@ -122,6 +122,7 @@ static void h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc
         srv->h.on_message(st, m, srv->arg);
     else
         shmipc_msg_release(m);
+    return 0;
 }
 
 static void h_close(void *ctx, struct serve_conn *c, shmipc_stream *st)

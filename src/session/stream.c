@@ -642,3 +642,39 @@ unsigned session_retry_blocked(struct session *s)
     pthread_mutex_unlock(&s->mu);
     return n;
 }
+
+void stream_pause(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    st->flags |= ST_PAUSED;
+    pthread_mutex_unlock(&s->mu);
+}
+
+int stream_paused(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    int paused = (st->flags & ST_PAUSED) != 0;
+    pthread_mutex_unlock(&s->mu);
+    return paused;
+}
+
+void stream_resume(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    st->flags &= ~(unsigned)ST_PAUSED;
+    if (!s->dead)
+        mark_ready_locked(s, st);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int stream_closed_here(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    int closed = (st->flags & ST_LOCAL_CLOSED) != 0;
+    pthread_mutex_unlock(&s->mu);
+    return closed;
+}

@@ -18,6 +18,16 @@ void stream_forget(shmipc_stream *st);
  * dispatcher sets it around each call): it is lent, not owned, so
  * shmipc_stream_close() on it must not drop the dispatcher's reference. */
 extern _Thread_local shmipc_stream *stream_lent;
+/* Server: while a stream is paused its messages stay queued: the
+ * dispatcher hands none on (a deferred answer to an earlier one is
+ * pending, and answers keep their order). stream_resume(), from any
+ * thread, lifts it and puts the stream on the ready list again; the
+ * caller then gets the session dispatched. */
+void stream_pause(shmipc_stream *st);
+int stream_paused(shmipc_stream *st);
+void stream_resume(shmipc_stream *st);
+/* 1 once this side sent its close (shutdown): nothing more can go out. */
+int stream_closed_here(shmipc_stream *st);
 /* 1 if the stream can be pooled for reuse. */
 int stream_reusable(shmipc_stream *st);
 /* Server: retries the flushes that met a full queue. Returns how many

@@ -798,9 +798,13 @@ static void test_forward(void)
     free(got);
     free(twice);
     shmipc_msg_release(&m);
-    /* Fails after forwarding: no answer (the next message on the stream
-     * is the next request's), counted; the stream goes on. */
+    /* Fails after forwarding: no answer, counted, and (handler_error's
+     * default, close_stream) the stream is closed: the client hears it at
+     * once instead of waiting out its timeout. A new stream works. */
     REQUIRE(shmipc_stream_write(st, "F", 1) == 0 && shmipc_stream_flush(st) == 0);
+    CHECK_EQ(shmipc_stream_recv(st, &m, RECV_MS), SHMIPC_ECLOSED); /* not ETIMEDOUT */
+    shmipc_stream_close(st);
+    REQUIRE(shmipc_client_get(c, &st) == 0);
     CHECK_EQ(fwd_round(st, 'A', want, 5000, "", "", 1), 0);
     char out[65536];
     CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "stats", NULL), 0);

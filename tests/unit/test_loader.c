@@ -33,6 +33,74 @@ static int dummy_handle(void *state, void *ts, const struct shmipc_request *req,
     return 0;
 }
 
+/* In-memory state hooks for gen_carry_state: a state is a number; each
+ * hook notes its call in the state's trace and does what the state says. */
+struct mem_state {
+    long value;
+    int handoff_rc; /* what handoff returns (its message: "mem: no hand-off") */
+    int save_fail;
+    int restore_fail; /* 1: with a message, 2: without */
+    int empty_save;   /* save writes nothing */
+    char trace[64];
+};
+
+static void mem_note(struct mem_state *m, const char *what)
+{
+    size_t n = strlen(m->trace);
+    snprintf(m->trace + n, sizeof(m->trace) - n, "%s%s", n > 0 ? "," : "", what);
+}
+
+static int mem_handoff(void *state, void *old_state, char *errbuf, size_t errlen)
+{
+    struct mem_state *m = state, *old = old_state;
+    mem_note(m, "handoff");
+    if (m->handoff_rc < 0)
+        snprintf(errbuf, errlen, "mem: no hand-off");
+    else if (m->handoff_rc == 0)
+        m->value = old->value;
+    return m->handoff_rc;
+}
+
+/* Writes "v=<value>" one byte per put(): the host joins the pieces. */
+static int mem_save(void *state, int (*put)(void *sink, const void *data, size_t n), void *sink,
+                    char *errbuf, size_t errlen)
+{
+    struct mem_state *m = state;
+    mem_note(m, "save");
+    if (m->save_fail) {
+        snprintf(errbuf, errlen, "mem: cannot save");
+        return -EIO;
+    }
+    char buf[32];
+    int n = m->empty_save ? 0 : snprintf(buf, sizeof(buf), "v=%ld", m->value);
+    for (int i = 0; i < n; i++) {
+        int rc = put(sink, buf + i, 1);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int mem_restore(void *state, const void *data, size_t len, char *errbuf, size_t errlen)
+{
+    struct mem_state *m = state;
+    mem_note(m, "restore");
+    char buf[32];
+    if (m->restore_fail == 2)
+        return -EINVAL; /* and no message: the host says "no reason given" */
+    if (m->restore_fail || data == NULL || len >= sizeof(buf)) {
+        snprintf(errbuf, errlen, "mem: cannot restore");
+        return -EINVAL;
+    }
+    memcpy(buf, data, len);
+    buf[len] = '\0';
+    if (len > 0 && sscanf(buf, "v=%ld", &m->value) != 1) {
+        snprintf(errbuf, errlen, "mem: not mine");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int check_msg(const struct shmipc_plugin *d, const char *want)
 {
     char err[256] = "untouched";
@@ -96,6 +164,26 @@ static void test_check_descriptor(void)
     d.init = NULL;
     d.fini = NULL;
     CU_ASSERT_EQUAL(gen_check_descriptor(&d, "/x/p.so", err, sizeof(err)), 0);
+
+    /* Minor 0 (before the state hooks) has the same size and still loads;
+     * a wrong size is refused naming minor 0's. Minor 1 with its hooks. */
+    d = good;
+    d.abi_minor = 0;
+    CU_ASSERT_EQUAL(gen_check_descriptor(&d, "/x/p.so", err, sizeof(err)), 0);
+    d.size = (uint32_t)sizeof(struct shmipc_plugin) - 8;
+    snprintf(want, sizeof(want), "/x/p.so: descriptor size %zu, expected %zu for ABI %u.0",
+             sizeof(struct shmipc_plugin) - 8, sizeof(struct shmipc_plugin),
+             SHMIPC_PLUGIN_ABI_MAJOR);
+    CU_ASSERT_TRUE(check_msg(&d, want));
+    d = good;
+    d.abi_minor = 1;
+    d.handoff = mem_handoff;
+    d.save = mem_save;
+    d.restore = mem_restore;
+    CU_ASSERT_EQUAL(gen_check_descriptor(&d, "/x/p.so", err, sizeof(err)), 0);
+    /* The hooks took minor 0's spare slots: the size did not change. */
+    CU_ASSERT_EQUAL(sizeof(struct shmipc_plugin) - offsetof(struct shmipc_plugin, handoff),
+                    8 * sizeof(void *));
 }
 
 /* ---- shipped plugins ---- */
@@ -774,6 +862,408 @@ static void test_versioned_and_slow(void)
     free(slow);
 }
 
+/* ---- state across reloads ---- */
+
+/* Two generations in memory for gen_carry_state: old (number 1) and neu
+ * (number 2), each with its descriptor and mem_state. */
+struct carry_pair {
+    struct shmipc_plugin od, nd;
+    struct mem_state os, ns;
+    char osrc[16], nsrc[16];
+    struct plugin_gen old, neu;
+};
+
+static void carry_pair_init(struct carry_pair *c)
+{
+    memset(c, 0, sizeof(*c));
+    const struct shmipc_plugin d = {SHMIPC_PLUGIN_HEADER("mem", "1.0.0"), .handle = dummy_handle,
+                                    .handoff = mem_handoff, .save = mem_save,
+                                    .restore = mem_restore};
+    c->od = c->nd = d;
+    c->os.value = 42;
+    c->ns.value = 7;
+    snprintf(c->osrc, sizeof(c->osrc), "/x/old.so");
+    snprintf(c->nsrc, sizeof(c->nsrc), "/x/new.so");
+    c->old = (struct plugin_gen){.desc = &c->od, .state = &c->os, .number = 1, .source = c->osrc};
+    c->neu = (struct plugin_gen){.desc = &c->nd, .state = &c->ns, .number = 2, .source = c->nsrc};
+}
+
+/* gen_carry_state on the pair: its code, and err in err[256]. */
+static int carry(struct carry_pair *c, char *err)
+{
+    strcpy(err, "untouched");
+    return gen_carry_state(&c->old, &c->neu, err, 256);
+}
+
+static void test_carry_choice(void)
+{
+    struct carry_pair c;
+    char err[256];
+
+    /* Hand-off first, when both have it; save/restore then unused. */
+    carry_pair_init(&c);
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_HANDOFF);
+    CU_ASSERT_EQUAL(c.neu.carry.from, 1);
+    CU_ASSERT_EQUAL(c.ns.value, 42);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "handoff");
+    CU_ASSERT_STRING_EQUAL(c.os.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "");
+
+    /* Declined: save on the old, restore on the new, the pieces joined. */
+    carry_pair_init(&c);
+    c.ns.handoff_rc = SHMIPC_STATE_DECLINED;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_RESTORE);
+    CU_ASSERT_EQUAL(c.neu.carry.bytes, 4); /* "v=42" */
+    CU_ASSERT_EQUAL(c.ns.value, 42);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "handoff,restore");
+    CU_ASSERT_STRING_EQUAL(c.os.trace, "save");
+
+    /* Only one side has handoff: save/restore. */
+    carry_pair_init(&c);
+    c.od.handoff = NULL;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_RESTORE);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "restore");
+    CU_ASSERT_EQUAL(c.ns.value, 42);
+
+    /* Nothing saved: restore still gets a pointer, and 0 bytes. */
+    carry_pair_init(&c);
+    c.nd.handoff = NULL;
+    c.os.empty_save = 1;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_RESTORE);
+    CU_ASSERT_EQUAL(c.neu.carry.bytes, 0);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "restore");
+    CU_ASSERT_EQUAL(c.ns.value, 7);
+
+    /* Declined and no save: the new state stays as init made it. */
+    carry_pair_init(&c);
+    c.ns.handoff_rc = SHMIPC_STATE_DECLINED;
+    c.od.save = NULL;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_EQUAL(c.ns.value, 7);
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why,
+                           "the plugin declined the hand-off, and there is no save/restore pair");
+
+    /* Pairs that do not match: old has only handoff, new only restore. */
+    carry_pair_init(&c);
+    c.od.save = NULL;
+    c.nd.handoff = NULL;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "no handoff or save/restore pair between generation 1 "
+                                            "(mem 1.0.0) and this one");
+
+    /* Another plugin name: no hook is called at all. */
+    carry_pair_init(&c);
+    c.od.name = "other";
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.os.trace, "");
+    CU_ASSERT_EQUAL(c.ns.value, 7);
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "generation 1 ran another plugin ('other')");
+
+    /* An old plugin of minor 0: its spare slots are not read as hooks. */
+    carry_pair_init(&c);
+    c.od.abi_minor = 0;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.os.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "generation 1 (mem 1.0.0) has no hook to pass it on");
+    /* Nor those of a new one of minor 0; and it is told nothing. */
+    carry_pair_init(&c);
+    c.nd.abi_minor = 0;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "");
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "");
+
+    /* A new plugin without hooks: nothing, and nothing to say. */
+    carry_pair_init(&c);
+    c.nd.handoff = NULL;
+    c.nd.restore = NULL;
+    CU_ASSERT_EQUAL(carry(&c, err), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.neu.carry.why, "");
+    CU_ASSERT_STRING_EQUAL(c.os.trace, "");
+
+    /* No old generation (a service's first): nothing. */
+    carry_pair_init(&c);
+    CU_ASSERT_EQUAL(gen_carry_state(NULL, &c.neu, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(c.neu.carry.how, GEN_CARRY_NONE);
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, "");
+}
+
+static void test_carry_failures(void)
+{
+    struct carry_pair c;
+    char err[256];
+
+    carry_pair_init(&c);
+    c.ns.handoff_rc = -EPERM;
+    CU_ASSERT_EQUAL(carry(&c, err), -ECANCELED);
+    CU_ASSERT_STRING_EQUAL(err, "/x/new.so: plugin 'mem' 1.0.0: handoff failed: mem: no hand-off");
+    CU_ASSERT_STRING_EQUAL(c.os.trace, ""); /* no fallback after a failure */
+    CU_ASSERT_EQUAL(c.ns.value, 7);
+
+    carry_pair_init(&c);
+    c.nd.handoff = NULL;
+    c.os.save_fail = 1;
+    CU_ASSERT_EQUAL(carry(&c, err), -ECANCELED);
+    CU_ASSERT_STRING_EQUAL(err, "/x/old.so: plugin 'mem' 1.0.0: save failed: mem: cannot save");
+    CU_ASSERT_STRING_EQUAL(c.ns.trace, ""); /* restore is not tried */
+
+    carry_pair_init(&c);
+    c.nd.handoff = NULL;
+    c.ns.restore_fail = 1;
+    CU_ASSERT_EQUAL(carry(&c, err), -ECANCELED);
+    CU_ASSERT_STRING_EQUAL(err,
+                           "/x/new.so: plugin 'mem' 1.0.0: restore failed: mem: cannot restore");
+
+    /* A failure without a message still says which hook. */
+    carry_pair_init(&c);
+    c.nd.handoff = NULL;
+    c.ns.restore_fail = 2;
+    CU_ASSERT_EQUAL(carry(&c, err), -ECANCELED);
+    CU_ASSERT_STRING_EQUAL(err, "/x/new.so: plugin 'mem' 1.0.0: restore failed: no reason given");
+}
+
+/* tally is a plugin of minor 0: it loads, has no state hooks, and a
+ * second generation starts from nothing. tallyhooks (minor 1) carries its
+ * count: shared by hand-off, or as bytes when it declines. */
+static void test_tally_generations(void)
+{
+    struct fixture f;
+    char *hooks = lfx_test_plugin("tallyhooks");
+    if (hooks == NULL || !lfx_begin(&f, lfx_test_plugin("tally"))) {
+        free(hooks);
+        return;
+    }
+    char err[256];
+    struct plugin_gen *g1 = lfx_load(f.path, f.tmp, 1, 1, NULL);
+    struct plugin_gen *g2 = lfx_load(f.path, f.tmp, 2, 1, NULL);
+    if (g1 != NULL && g2 != NULL) {
+        CU_ASSERT_EQUAL(g1->desc->abi_minor, 0);
+        CU_ASSERT_EQUAL(g1->desc->size, sizeof(struct shmipc_plugin));
+        CU_ASSERT_PTR_NULL(g1->desc->handoff);
+        CU_ASSERT_PTR_NULL(g1->desc->save);
+        CU_ASSERT_PTR_NULL(g1->desc->restore);
+        CU_ASSERT_REPLY(g1, "a", 0, "1");
+        CU_ASSERT_REPLY(g1, "b", 0, "2");
+        CU_ASSERT_EQUAL(gen_carry_state(g1, g2, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(g2->carry.how, GEN_CARRY_NONE);
+        CU_ASSERT_STRING_EQUAL(g2->carry.why, "");
+        CU_ASSERT_REPLY(g2, "c", 0, "1");
+        CU_ASSERT_REPLY(g1, "d", 0, "3");
+    }
+    gen_unload(g2);
+    g2 = NULL;
+
+    /* tally -> tallyhooks: another name, so nothing, and it is said. */
+    struct plugin_gen *h1 = lfx_load(hooks, f.tmp, 2, 1, NULL);
+    if (g1 != NULL && h1 != NULL) {
+        CU_ASSERT_EQUAL(h1->desc->abi_minor, SHMIPC_PLUGIN_ABI_MINOR);
+        CU_ASSERT_EQUAL(gen_carry_state(g1, h1, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(h1->carry.how, GEN_CARRY_NONE);
+        CU_ASSERT_STRING_EQUAL(h1->carry.why, "generation 1 ran another plugin ('tally')");
+        CU_ASSERT_REPLY(h1, "a", 0, "1");
+        CU_ASSERT_REPLY(h1, "b", 0, "2");
+    }
+    gen_unload(g1);
+
+    /* Hand-off: the two generations count together, and the count
+     * outlives the generation it came from. */
+    struct plugin_gen *h2 = lfx_load(hooks, f.tmp, 3, 1, NULL);
+    if (h1 != NULL && h2 != NULL) {
+        CU_ASSERT_EQUAL(gen_carry_state(h1, h2, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(h2->carry.how, GEN_CARRY_HANDOFF);
+        CU_ASSERT_EQUAL(h2->carry.from, 2);
+        CU_ASSERT_REPLY(h1, "old", 0, "3");
+        CU_ASSERT_REPLY(h2, "new", 0, "4");
+        gen_unload(h1);
+        h1 = NULL;
+        CU_ASSERT_REPLY(h2, "new", 0, "5");
+    }
+    gen_unload(h1);
+
+    /* Declined: the count goes as "tally 5", and is copied, not shared. */
+    const struct shmipc_plugin_conf *conf = lfx_conf(&f, "config = { handoff = \"decline\"; };");
+    struct plugin_gen *h3 = conf != NULL ? lfx_load(hooks, f.tmp, 4, 1, conf) : NULL;
+    if (h2 != NULL && h3 != NULL) {
+        CU_ASSERT_EQUAL(gen_carry_state(h2, h3, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(h3->carry.how, GEN_CARRY_RESTORE);
+        CU_ASSERT_EQUAL(h3->carry.bytes, strlen("tally 5"));
+        CU_ASSERT_REPLY(h3, "x", 0, "6");
+        CU_ASSERT_REPLY(h2, "y", 0, "6");
+    }
+    gen_unload(h3);
+    gen_unload(h2);
+    lfx_end(&f);
+    free(hooks);
+}
+
+/* The bytes kv's save writes. */
+struct kv_bytes {
+    uint8_t *p;
+    size_t len;
+};
+
+static int kv_bytes_put(void *sink, const void *data, size_t n)
+{
+    struct kv_bytes *b = sink;
+    uint8_t *p = realloc(b->p, b->len + n + 1);
+    if (p == NULL)
+        return -ENOMEM;
+    memcpy(p + b->len, data, n);
+    b->p = p;
+    b->len += n;
+    return 0;
+}
+
+/* Loads kv generation `number` with config text (NULL: none). */
+static struct plugin_gen *kv_gen(struct fixture *f, unsigned number, const char *text)
+{
+    const struct shmipc_plugin_conf *conf = text != NULL ? lfx_conf(f, text) : NULL;
+    if (text != NULL && conf == NULL)
+        return NULL;
+    return lfx_load(f->path, f->tmp, number, 1, conf);
+}
+
+/* restore of `len` bytes into a fresh kv generation: its code, message in
+ * err[256]. */
+static int kv_restore_into_new(struct fixture *f, const void *data, size_t len, char *err)
+{
+    struct plugin_gen *g = kv_gen(f, 9, NULL);
+    if (g == NULL)
+        return 1;
+    strcpy(err, "untouched");
+    int rc = g->desc->restore(g->state, data, len, err, 256);
+    gen_unload(g);
+    return rc;
+}
+
+static void test_kv_state(void)
+{
+    struct fixture f;
+    if (!lfx_begin(&f, lfx_plugin("kv")))
+        return;
+    char err[256];
+    struct kv_bytes b = {NULL, 0};
+    struct plugin_gen *g1 = kv_gen(&f, 1, NULL), *g2 = NULL, *g3 = NULL;
+    if (g1 == NULL)
+        goto out;
+    CU_ASSERT_PTR_NOT_NULL(g1->desc->handoff);
+    CU_ASSERT_PTR_NOT_NULL(g1->desc->save);
+    CU_ASSERT_PTR_NOT_NULL(g1->desc->restore);
+    CU_ASSERT_REPLY(g1, "SET a 1", 0, "OK");
+    CU_ASSERT_REPLY(g1, "SET b two words", 0, "OK");
+    CU_ASSERT_REPLY(g1, "SET e ", 0, "OK");
+    const uint8_t set_bin[] = {'S', 'E', 'T', ' ', 'k', 0xff, ' ', 0, 'v', '\n'};
+    const uint8_t get_bin[] = {'G', 'E', 'T', ' ', 'k', 0xff};
+    const uint8_t val_bin[] = {'V', 'A', 'L', 'U', 'E', ' ', 0, 'v', '\n'};
+    CU_ASSERT_TRUE(lfx_replies_bin(g1, set_bin, sizeof(set_bin), 0, "OK", 2));
+
+    /* Fewer keys allowed than the table holds: refused, nothing shared. */
+    g2 = kv_gen(&f, 2, "config = { max_keys = 3; };");
+    if (g2 != NULL) {
+        CU_ASSERT_EQUAL(gen_carry_state(g1, g2, err, sizeof(err)), -ECANCELED);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err, "plugin 'kv' 1.0.0: handoff failed: kv: the table "
+                                           "holds 4 keys, more than max_keys 3"));
+        CU_ASSERT_REPLY(g2, "COUNT", 0, "0");
+        gen_unload(g2);
+    }
+    /* A state of another layout: declined, for save/restore to carry. */
+    g2 = kv_gen(&f, 2, NULL);
+    if (g2 != NULL) {
+        uint32_t other_layout[8] = {99};
+        CU_ASSERT_EQUAL(g2->desc->handoff(g2->state, other_layout, err, sizeof(err)),
+                        SHMIPC_STATE_DECLINED);
+        CU_ASSERT_REPLY(g2, "COUNT", 0, "0");
+        /* Hand-off: one table for both; writes on either are seen by the
+         * other, and the keys outlive the old generation. */
+        CU_ASSERT_EQUAL(gen_carry_state(g1, g2, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(g2->carry.how, GEN_CARRY_HANDOFF);
+        CU_ASSERT_REPLY(g2, "COUNT", 0, "4");
+        CU_ASSERT_REPLY(g2, "GET b", 0, "VALUE two words");
+        CU_ASSERT_REPLY(g1, "SET late 1", 0, "OK");
+        CU_ASSERT_REPLY(g2, "GET late", 0, "VALUE 1");
+        CU_ASSERT_REPLY(g2, "DEL a", 0, "DELETED");
+        CU_ASSERT_REPLY(g1, "GET a", 0, "NOT_FOUND");
+        gen_unload(g1);
+        g1 = NULL;
+        CU_ASSERT_REPLY(g2, "SET a 11", 0, "OK");
+        CU_ASSERT_REPLY(g2, "COUNT", 0, "5");
+        CU_ASSERT_TRUE(lfx_replies_bin(g2, get_bin, sizeof(get_bin), 0, val_bin, sizeof(val_bin)));
+    }
+    if (g2 == NULL)
+        goto out;
+
+    /* save/restore: every key and value, binary included, in a new table;
+     * a lower max_value_bytes keeps the values already there. */
+    CU_ASSERT_EQUAL(g2->desc->save(g2->state, kv_bytes_put, &b, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(b.len > 12 && memcmp(b.p, "kvS1", 4) == 0);
+    g3 = kv_gen(&f, 3, "config = { max_value_bytes = 1; max_keys = 5; };");
+    if (g3 != NULL) {
+        CU_ASSERT_EQUAL(g3->desc->restore(g3->state, b.p, b.len, err, sizeof(err)), 0);
+        CU_ASSERT_REPLY(g3, "COUNT", 0, "5");
+        CU_ASSERT_REPLY(g3, "GET a", 0, "VALUE 11");
+        CU_ASSERT_REPLY(g3, "GET b", 0, "VALUE two words");
+        CU_ASSERT_REPLY(g3, "GET e", 0, "VALUE ");
+        CU_ASSERT_REPLY(g3, "GET late", 0, "VALUE 1");
+        CU_ASSERT_TRUE(lfx_replies_bin(g3, get_bin, sizeof(get_bin), 0, val_bin, sizeof(val_bin)));
+        /* A copy: the old table no longer sees the new one's writes. */
+        CU_ASSERT_REPLY(g3, "DEL b", 0, "DELETED");
+        CU_ASSERT_REPLY(g2, "GET b", 0, "VALUE two words");
+        CU_ASSERT_REPLY(g3, "SET b xy", 0, "ERR too big");
+        gen_unload(g3);
+    }
+    g3 = kv_gen(&f, 3, "config = { max_keys = 4; };");
+    if (g3 != NULL) {
+        CU_ASSERT_EQUAL(g3->desc->restore(g3->state, b.p, b.len, err, sizeof(err)), -ENOSPC);
+        CU_ASSERT_STRING_EQUAL(err, "kv: the saved state has 5 keys, more than max_keys 4");
+        gen_unload(g3);
+    }
+
+    /* Bytes that are not a whole saved state: refused, nothing leaks. */
+    CU_ASSERT_EQUAL(kv_restore_into_new(&f, "", 0, err), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "kv: not a saved kv state (0 bytes)");
+    CU_ASSERT_EQUAL(kv_restore_into_new(&f, "kvS2xxxxxxxxxxxx", 16, err), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "kv: not a saved kv state (16 bytes)");
+    const size_t cuts[] = {12, 13, 23, 24, b.len - 1};
+    for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+        CU_ASSERT_EQUAL(kv_restore_into_new(&f, b.p, cuts[i], err), -EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err, "kv: the saved state is cut or damaged at key "));
+    }
+    uint8_t *more = malloc(b.len + 1);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(more);
+    memcpy(more, b.p, b.len);
+    more[b.len] = 'x';
+    CU_ASSERT_EQUAL(kv_restore_into_new(&f, more, b.len + 1, err), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "kv: 1 bytes after the saved state's last key");
+    /* A key saved twice (the first one repeated as the second). */
+    size_t first = 12 + 12 + (size_t)more[12] + (size_t)more[16];
+    uint8_t *twice = malloc(12 + 2 * (first - 12));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(twice);
+    memcpy(twice, more, first);
+    memcpy(twice + first, more + 12, first - 12);
+    twice[4] = 2;
+    memset(twice + 5, 0, 7);
+    CU_ASSERT_EQUAL(kv_restore_into_new(&f, twice, 12 + 2 * (first - 12), err), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(err, "kv: a key saved twice at saved key 2");
+    free(twice);
+    free(more);
+    gen_unload(g2);
+out:
+    free(b.p);
+    lfx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"check_descriptor", test_check_descriptor},
     {"echo", test_echo},
@@ -790,6 +1280,10 @@ static const struct test_case cases[] = {
     {"generations_side_by_side", test_generations_side_by_side},
     {"replaced_source", test_replaced_source},
     {"versioned_and_slow", test_versioned_and_slow},
+    {"carry_choice", test_carry_choice},
+    {"carry_failures", test_carry_failures},
+    {"tally_generations", test_tally_generations},
+    {"kv_state", test_kv_state},
     {NULL, NULL},
 };
 

@@ -381,6 +381,32 @@ static int call_is(shmipc_client *c, const char *req, const char *prefix)
     return ok;
 }
 
+/* One request on a pooled stream: 1 when the answer is exactly `want`. */
+static int reply_is(shmipc_client *c, const char *req, const char *want)
+{
+    shmipc_stream *s = NULL;
+    shmipc_msg m = {0};
+    int rc = c != NULL ? shmipc_client_get(c, &s) : SHMIPC_ENOSESSION;
+    if (rc == 0)
+        rc = shmipc_call(s, req, strlen(req), &m, RECV_MS);
+    int ok = rc == 0 && msg_is(&m, "", want);
+    if (!ok) {
+        char got[128] = "";
+        if (rc == 0)
+            got[shmipc_msg_copy(&m, 0, got, sizeof(got) - 1)] = '\0';
+        fprintf(stderr, "\n  request \"%s\": %s \"%s\", expected \"%s\"\n", req,
+                rc ? shmipc_strerror(rc) : "answered", got, want);
+    }
+    shmipc_msg_release(&m);
+    if (s != NULL) {
+        if (rc == 0)
+            shmipc_client_put(c, s);
+        else
+            shmipc_stream_close(s);
+    }
+    return ok;
+}
+
 /* ---- tests ---- */
 
 /* A reload of a file that did not change: "unchanged", nothing else. */
@@ -967,6 +993,144 @@ out:
     rd_end(&f);
 }
 
+/* kv keeps its keys across a reload that changes its config and one
+ * that replaces its .so (hand-off: the new generation shares the table);
+ * a config with room for fewer keys than it holds is refused by the
+ * hook, and the generation serving keeps its keys. */
+static void test_state_kv(void)
+{
+    struct rd f;
+    char out[8192], want[4400];
+    REQUIRE(rd_begin(&f) == 0);
+    REQUIRE(install(&f, du_plugin_path("kv"), "plugin.so") == 0);
+    const char *so = du_path(&f.d, "plugin.so");
+    shmipc_client *c = rd_serve_one(&f, "kv", so, "max_keys = 100;");
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(reply_is(c, "SET a 1", "OK"));
+    CU_ASSERT_TRUE(reply_is(c, "SET b two words", "OK"));
+    CU_ASSERT_TRUE(reply_is(c, "COUNT", "2"));
+
+    /* The config changed. */
+    REQUIRE(rd_conf_one(&f, "kv", so, "max_keys = 50;") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "reload: done\n");
+    CHECK_HAS(out, "service kv: generation 2 (plugin kv 1.0.0), generation 1 draining\n"
+                   "service kv: state of generation 1 handed over\n");
+    CU_ASSERT_TRUE(reply_is(c, "COUNT", "2"));
+    CU_ASSERT_TRUE(reply_is(c, "GET a", "VALUE 1"));
+    CU_ASSERT_TRUE(reply_is(c, "GET b", "VALUE two words"));
+    CU_ASSERT_TRUE(reply_is(c, "SET c 3", "OK"));
+
+    /* The .so replaced (the same plugin, a new file). */
+    REQUIRE(install(&f, du_plugin_path("kv"), "plugin.so") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service kv: generation 3 (plugin kv 1.0.0), generation 2 draining\n"
+                   "service kv: state of generation 2 handed over\n");
+    CU_ASSERT_TRUE(reply_is(c, "COUNT", "3"));
+    CU_ASSERT_TRUE(reply_is(c, "GET c", "VALUE 3"));
+    CU_ASSERT_TRUE(reply_is(c, "GET b", "VALUE two words"));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CU_ASSERT_TRUE(counts_are(&s, 2, 0, 2));
+    /* The generations that had the table are gone; the keys are not. */
+    CU_ASSERT_TRUE(reply_is(c, "GET a", "VALUE 1"));
+
+    /* Too few keys allowed: the hand-off refuses, generation 3 serves. */
+    REQUIRE(rd_conf_one(&f, "kv", so, "max_keys = 2;") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "service kv: refused: %s: plugin 'kv' 1.0.0: handoff failed: kv: the table holds 3 "
+             "keys, more than max_keys 2; generation 3 keeps serving\n",
+             so);
+    CHECK_HAS(out, want);
+    CU_ASSERT_TRUE(reply_is(c, "COUNT", "3"));
+    CU_ASSERT_TRUE(reply_is(c, "SET d 4", "OK")); /* generation 3's max_keys, 50 */
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CU_ASSERT_TRUE(counts_are(&s, 3, 1, 2));
+    CHECK_HAS(out, svc_line(&f, "kv", "kv 1.0.0", 3, 0));
+    CHECK_EQ(plugin_copies(f.d.pid), 1);
+out:
+    rd_end(&f);
+}
+
+/* tallyhooks through shmipcd: save/restore when its hand-off declines,
+ * a failing restore or hand-off refuses the reload (the count goes on in
+ * the generation serving), and a change to another plugin starts empty. */
+static void test_state_hooks(void)
+{
+    struct rd f;
+    char out[8192], want[4400];
+    const char *hooks = du_test_plugin_path("tallyhooks");
+    REQUIRE(rd_begin(&f) == 0);
+    shmipc_client *c = rd_serve_one(&f, "t", hooks, NULL);
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(reply_is(c, "a", "1"));
+    CU_ASSERT_TRUE(reply_is(c, "b", "2"));
+    CU_ASSERT_TRUE(reply_is(c, "c", "3"));
+
+    REQUIRE(rd_conf_one(&f, "t", hooks, "handoff = \"decline\";") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service t: generation 2 (plugin tallyhooks 1.0.0), generation 1 draining\n"
+                   "service t: state of generation 1 restored (7 bytes)\n");
+    CU_ASSERT_TRUE(reply_is(c, "d", "4"));
+
+    REQUIRE(rd_conf_one(&f, "t", hooks, "handoff = \"decline\"; fail_restore = \"no room\";") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "service t: refused: %s: plugin 'tallyhooks' 1.0.0: restore failed: tallyhooks: no "
+             "room; generation 2 keeps serving\n",
+             hooks);
+    CHECK_HAS(out, want);
+    CU_ASSERT_TRUE(reply_is(c, "e", "5"));
+
+    REQUIRE(rd_conf_one(&f, "t", hooks, "handoff = \"fail\";") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "service t: refused: %s: plugin 'tallyhooks' 1.0.0: handoff failed: tallyhooks: "
+             "handoff refused by its config; generation 2 keeps serving\n",
+             hooks);
+    CHECK_HAS(out, want);
+    CU_ASSERT_TRUE(reply_is(c, "f", "6"));
+
+    /* Another plugin: nothing carried, and the report says why. (The
+     * refused generations 3 and 4 had their numbers.) */
+    REQUIRE(rd_conf_one(&f, "t", du_plugin_path("kv"), NULL) == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service t: generation 5 (plugin kv 1.0.0), generation 2 draining\n"
+                   "service t: state starts empty: generation 2 ran another plugin "
+                   "('tallyhooks')\n");
+    CU_ASSERT_TRUE(reply_is(c, "COUNT", "0"));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CU_ASSERT_TRUE(counts_are(&s, 4, 2, 2));
+out:
+    rd_end(&f);
+}
+
+/* A plugin without state hooks (tally, built for ABI minor 0) still
+ * loads, and after a reload its state starts empty, as it always did:
+ * the report says nothing about state. */
+static void test_state_absent(void)
+{
+    struct rd f;
+    char out[8192];
+    REQUIRE(rd_begin(&f) == 0);
+    shmipc_client *c = rd_serve_one(&f, "t", du_test_plugin_path("tally"), "n = 1;");
+    REQUIRE(c != NULL);
+    CU_ASSERT_TRUE(reply_is(c, "a", "1"));
+    CU_ASSERT_TRUE(reply_is(c, "b", "2"));
+    REQUIRE(rd_conf_one(&f, "t", du_test_plugin_path("tally"), "n = 2;") == 0);
+    CHECK_EQ(ctl(&f, "reload", out, sizeof(out)), 0);
+    CHECK_HAS(out, "service t: generation 2 (plugin tally 1.0.0), generation 1 draining\n");
+    CHECK_HASNT(out, "state");
+    CU_ASSERT_TRUE(reply_is(c, "c", "1"));
+    struct status s;
+    REQUIRE(wait_drained(&f, &s, out, sizeof(out)) == 0);
+    CU_ASSERT_TRUE(counts_are(&s, 1, 0, 1));
+out:
+    rd_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"unchanged configuration: unchanged", test_unchanged},
     {"plugin file replaced: v1 -> v2, old generation finished", test_plugin_replaced},
@@ -980,6 +1144,9 @@ static const struct test_case cases[] = {
     {"counter trace: old generation's thread_fini and fini", test_counter_trace},
     {"added service that cannot listen: refused, generation finished", test_added_cannot_listen},
     {"SIGHUP storm removing a service with handshakes in progress", test_reload_storm_handshakes},
+    {"kv keeps its keys across config and .so reloads (hand-off)", test_state_kv},
+    {"state hooks: save/restore, failing hooks refuse, another plugin", test_state_hooks},
+    {"no state hooks (ABI minor 0): state starts empty", test_state_absent},
     {NULL, NULL},
 };
 
