@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "server/proc.h"
 #include "server/reload.h"
 #include "server/strbuf.h"
 
@@ -44,8 +45,8 @@ static void status(struct daemon *d, struct strbuf *b)
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);
-        unsigned open = (unsigned)(__atomic_load_n(&svc->st.sessions_opened, __ATOMIC_RELAXED) -
-                                   __atomic_load_n(&svc->st.sessions_closed, __ATOMIC_RELAXED));
+        unsigned open = (unsigned)(__atomic_load_n(&svc->st->sessions_opened, __ATOMIC_RELAXED) -
+                                   __atomic_load_n(&svc->st->sessions_closed, __ATOMIC_RELAXED));
         unsigned draining = 0;
         for (struct retiring *r = d->retiring; r != NULL; r = r->next)
             draining += r->svc == svc;
@@ -54,6 +55,8 @@ static void status(struct daemon *d, struct strbuf *b)
                    "sessions %u\n",
                    svc->name, svc->l.addr.text, g->desc->name, g->desc->version, g->number,
                    draining, open);
+        if (svc->isolation == ISOLATION_PROCESS)
+            proc_status(d, svc, b);
     }
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         strbuf_add(b, "service %s: removed, draining\n", svc->name);
@@ -127,7 +130,7 @@ static void stats(struct daemon *d, struct strbuf *b, int json)
     if (json)
         strbuf_add(b, "{\"services\":[");
     for (unsigned i = 0; i < d->nsvcs; i++) {
-        struct svc_stats *s = &d->svcs[i]->st;
+        struct svc_stats *s = d->svcs[i]->st;
         unsigned long v[13] = {
             __atomic_load_n(&s->requests, __ATOMIC_RELAXED),
             __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED),

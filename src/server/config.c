@@ -60,7 +60,8 @@ static const char *const svc_keys[] = {"name",          "listen",          "mode
                                        "owner",         "allowed_dir",     "plugin",
                                        "config",        "watch",           "allow_uids",
                                        "allow_gids",    "workers",         "handler_error",
-                                       "slow_handler_ms", "slow_handler_trace", NULL};
+                                       "slow_handler_ms", "slow_handler_trace", "isolation",
+                                       "crash_limit",   "handler_kill_ms", "max_rss_bytes", NULL};
 
 static const char *type_name(int type)
 {
@@ -789,6 +790,56 @@ static int parse_owner(const char *v, uid_t *uid, gid_t *gid)
     return 0;
 }
 
+/* isolation and what only a process-mode service has: crash_limit,
+ * handler_kill_ms, max_rss_bytes. */
+static int load_service_isolation(struct conf_parser *ld, const config_setting_t *e,
+                                  const char *prefix, struct svc_conf *sv)
+{
+    struct member m;
+    const char *s;
+    long long v;
+    sv->isolation = ISOLATION_THREAD;
+    int rc = get_string(ld, e, prefix, "isolation", &m, &s);
+    if (rc < 0)
+        return rc;
+    if (rc > 0) {
+        if (strcmp(s, "thread") == 0)
+            sv->isolation = ISOLATION_THREAD;
+        else if (strcmp(s, "process") == 0)
+            sv->isolation = ISOLATION_PROCESS;
+        else
+            return fail(ld, m.s, m.key, "\"%s\" is not \"thread\" or \"process\"", s);
+    }
+    static const char *const process_only[] = {"crash_limit", "handler_kill_ms", "max_rss_bytes"};
+    for (size_t i = 0; i < sizeof(process_only) / sizeof(process_only[0]); i++) {
+        const config_setting_t *k = config_setting_get_member(e, process_only[i]);
+        char key[KEY_MAX];
+        key_join(key, prefix, process_only[i]);
+        if (k != NULL && sv->isolation != ISOLATION_PROCESS)
+            return fail(ld, k, key, "needs isolation = \"process\" in this service");
+    }
+    sv->crash_limit = 5;
+    if ((rc = get_int(ld, e, prefix, "crash_limit", 1, 64, &v)) < 0)
+        return rc;
+    if (rc > 0)
+        sv->crash_limit = (unsigned)v;
+    if ((rc = get_int(ld, e, prefix, "handler_kill_ms", 0, 3600000, &v)) < 0)
+        return rc;
+    sv->handler_kill_ms = rc > 0 ? (int)v : 0;
+    if ((rc = get_int(ld, e, prefix, "max_rss_bytes", 0, 1ll << 40, &v)) < 0)
+        return rc;
+    sv->max_rss_bytes = rc > 0 ? (uint64_t)v : 0;
+    if (sv->max_rss_bytes != 0 && sv->max_rss_bytes < (1u << 20))
+    {
+        char key[KEY_MAX];
+        key_join(key, prefix, "max_rss_bytes");
+        return fail(ld, config_setting_get_member(e, "max_rss_bytes"), key,
+                    "%llu is out of range (0, or 1048576..1099511627776)",
+                    (unsigned long long)sv->max_rss_bytes);
+    }
+    return 0;
+}
+
 /* How a service runs its handlers: workers of its own, what a failed
  * handler does, the slow-handler log. */
 static int load_service_runtime(struct conf_parser *ld, const config_setting_t *e,
@@ -809,6 +860,8 @@ static int load_service_runtime(struct conf_parser *ld, const config_setting_t *
         return rc;
     struct member m;
     const char *s;
+    if ((rc = load_service_isolation(ld, e, prefix, sv)) < 0)
+        return rc;
     sv->handler_error = HANDLER_ERROR_CLOSE_STREAM;
     if ((rc = get_string(ld, e, prefix, "handler_error", &m, &s)) < 0)
         return rc;

@@ -41,6 +41,13 @@
 #define CONF_MAX_NAME 63 /* longest service name (struct service.name[64]) */
 #define CONF_MAX_DIR 255 /* longest allowed_dir (struct service.allowed_dir[256]) */
 
+/* Where a service's plugin runs: in shmipcd's worker threads, or in a
+ * worker process of its own that the master supervises. */
+enum isolation {
+    ISOLATION_THREAD = 0,
+    ISOLATION_PROCESS = 1,
+};
+
 /* What a failed handler (or a failed deferred answer) does to its stream. */
 enum handler_error {
     HANDLER_ERROR_CLOSE_STREAM = 0, /* StreamClose: the client sees it at once */
@@ -61,6 +68,10 @@ struct svc_conf {
     int handler_error;      /* enum handler_error: what a failed handler does */
     int slow_handler_ms;    /* warn past this; -1: the global slow_handler_ms */
     int slow_handler_trace; /* 0/1; -1: the global slow_handler_trace */
+    int isolation;          /* enum isolation */
+    unsigned crash_limit;   /* process: crashes in a minute that fail the service */
+    int handler_kill_ms;    /* process: a handler running longer kills its process; 0: off */
+    uint64_t max_rss_bytes; /* process: replaced (after draining) above this; 0: off */
     unsigned allow_uids[CONF_MAX_IDS]; /* peers allowed by SO_PEERCRED; none: any */
     unsigned nallow_uids;
     unsigned allow_gids[CONF_MAX_IDS];

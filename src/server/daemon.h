@@ -35,7 +35,11 @@
 #include "session/session.h"
 
 /* The daemon's own epoll entries, after the server core's (serve_tag.h). */
-enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH };
+enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH, EPK_PROC };
+
+struct proc_shared;
+struct wproc;
+struct strbuf;
 
 struct svc_stats {
     uint64_t requests, bytes_in, bytes_out, handler_errors;
@@ -93,8 +97,27 @@ struct service {
     unsigned allow_uids[CONF_MAX_IDS], nallow_uids; /* SO_PEERCRED allowlist */
     unsigned allow_gids[CONF_MAX_IDS], nallow_gids;
     struct service *next_removed;
-    struct svc_stats st;     /* atomic adds */
+    struct svc_stats *st;    /* atomic adds: st_own, or the page shared with its
+                                worker process (process mode) */
+    struct svc_stats st_own;
     struct worker_pool own;  /* threads of its own (own.n 0: the shared pool) */
+    /* Process mode (proc.c), master side. */
+    int isolation;           /* enum isolation */
+    struct proc_shared *shared; /* the page shared with its processes */
+    int shared_fd;
+    struct wproc *proc;      /* the process taking its sessions, NULL when none */
+    struct wproc *next_proc; /* a replacement starting (max_rss_bytes) */
+    unsigned restarts;
+    uint64_t crash_ns[64];   /* crash times, a ring */
+    unsigned ncrash;
+    uint64_t respawn_at_ns;  /* 0: none pending */
+    unsigned backoff_ms;
+    char failed[160];        /* "" or why it takes no sessions until a reload */
+    char last_exit[160];
+    unsigned crash_limit;
+    int handler_kill_ms;
+    uint64_t max_rss_bytes;
+    uint64_t rss_check_ns;
     int handler_error;       /* enum handler_error */
     int slow_ms;             /* slow-handler log threshold, 0: off */
     int slow_trace;          /* with the worker's stack */
@@ -106,7 +129,8 @@ struct dsession {
     struct service *svc;
     uint64_t id;
     struct worker *w;
-    long long uid;             /* peer's uid (SO_PEERCRED), -1 when unknown */
+    long long uid;             /* peer's uid (SO_PEERCRED), -1 when unknown (or
+                                  counted by the master: a worker process) */
     uint64_t requests, handler_errors; /* written by the worker only */
     struct dsession *next_in; /* in the worker's inbox */
 };
@@ -168,7 +192,9 @@ struct worker {
     struct serve_loop loop;    /* its sessions (loop.mu for other threads) */
     int loop_ready;
     struct pass pass;          /* the dispatch pass in progress */
-    struct call_info call;     /* the handler call in progress */
+    struct call_info *call;    /* the handler call in progress: call_own, or a slot
+                                  of the page a worker process shares */
+    struct call_info call_own;
     struct resume_target *rt;  /* for deferred answers */
     int deferred_open;         /* atomic: deferred answers not yet completed */
     int joined, stuck;         /* stop: its thread was joined / was left running */
@@ -211,12 +237,21 @@ struct daemon {
     struct shmipc_host_api host;
     uint64_t started_ns;
     struct uid_counts uids;    /* sessions per peer uid */
+    /* In a worker process: where its workers publish their calls (the
+     * page it shares with the master), else NULL. */
+    struct call_info *calls;
+    unsigned ncalls;
+    int worker_process;        /* this is a process-mode service's worker process */
+    /* In a worker process: tells the master a session closed. */
+    void (*session_closed)(struct daemon *d, struct dsession *ds);
     int spin_us;               /* low-latency mode of the workers (config) */
     int idle_timeout_ms;       /* copies workers read: d->conf changes on reload */
     char conf_path[4096];
     struct watch watch;
     struct serve_tag watch_tag;
     int stopping;
+    struct wproc *procs;       /* every worker process alive (proc.c) */
+    char exe[4096];            /* this binary, for worker processes */
 };
 
 #endif

@@ -194,7 +194,7 @@ static void *thread_state(unsigned worker, struct plugin_gen *g)
 static void call_begin(struct worker *w, struct service *svc, struct plugin_gen *g,
                        uint64_t session_id, uint32_t stream_id)
 {
-    struct call_info *c = &w->call;
+    struct call_info *c = w->call;
     __atomic_store_n(&c->svc, svc, __ATOMIC_RELAXED);
     __atomic_store_n(&c->g, g, __ATOMIC_RELAXED);
     __atomic_store_n(&c->session_id, session_id, __ATOMIC_RELAXED);
@@ -205,7 +205,7 @@ static void call_begin(struct worker *w, struct service *svc, struct plugin_gen 
 
 static void call_end(struct worker *w)
 {
-    __atomic_add_fetch(&w->call.seq, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&w->call->seq, 1, __ATOMIC_RELEASE);
 }
 
 /* ---- requests ---- */
@@ -221,17 +221,17 @@ void plugin_pass_end(struct dsession *ds, struct pass *p)
     if (p->requests == 0 && p->gone == 0)
         return;
     __atomic_add_fetch(&ds->requests, p->requests, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st.requests, p->requests, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st.bytes_in, p->bytes_in, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st.bytes_out, p->bytes_out, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->requests, p->requests, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->bytes_in, p->bytes_in, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->bytes_out, p->bytes_out, __ATOMIC_RELAXED);
     if (p->errors > 0) {
         __atomic_add_fetch(&ds->handler_errors, p->errors, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&svc->st.handler_errors, p->errors, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->handler_errors, p->errors, __ATOMIC_RELAXED);
     }
     if (p->gone > 0)
-        __atomic_add_fetch(&svc->st.client_gone, p->gone, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->client_gone, p->gone, __ATOMIC_RELAXED);
     if (p->deferred > 0)
-        __atomic_add_fetch(&svc->st.deferred, p->deferred, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->deferred, p->deferred, __ATOMIC_RELAXED);
     memset(p, 0, sizeof(*p));
 }
 
@@ -315,11 +315,11 @@ static struct shmipc_response *host_defer(struct shmipc_response *r)
 static void deferred_end(struct shmipc_response *d, struct pass *p)
 {
     struct service *svc = d->svc;
-    __atomic_add_fetch(&svc->st.bytes_out, p->bytes_out, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->bytes_out, p->bytes_out, __ATOMIC_RELAXED);
     if (p->errors > 0)
-        __atomic_add_fetch(&svc->st.handler_errors, p->errors, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->handler_errors, p->errors, __ATOMIC_RELAXED);
     if (p->gone > 0)
-        __atomic_add_fetch(&svc->st.client_gone, p->gone, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->client_gone, p->gone, __ATOMIC_RELAXED);
     shmipc_stream *st = d->st;
     struct session *s = st->sess;
     stream_resume(st);

@@ -256,7 +256,8 @@ int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned 
     g->number = number;
     g->private_path = priv;
 
-    if (d->init != NULL) {
+    g->checked_only = host == NULL;
+    if (d->init != NULL && host != NULL) {
         char perr[512];
         perr[0] = '\0';
         g->state = d->init(host, conf, perr, sizeof(perr));
@@ -433,7 +434,7 @@ void gen_unload(struct plugin_gen *g)
 {
     if (g == NULL)
         return;
-    if (g->desc->fini != NULL)
+    if (g->desc->fini != NULL && !g->checked_only)
         g->desc->fini(g->state);
     dlclose(g->dl);
     if (g->private_path != NULL)

@@ -30,6 +30,8 @@ struct plugin_gen {
     char *source;                /* the configured .so */
     char *private_path;          /* the private copy that was dlopen()ed */
     int refs;                    /* atomic: in-flight requests + the service */
+    int checked_only;            /* loaded and checked, never init()ed (host NULL):
+                                    the plugin runs in a worker process */
     void *host_ref;              /* the host's: what must outlive this generation */
     struct {
         enum gen_carry how;
@@ -48,7 +50,10 @@ int gen_check_descriptor(const struct shmipc_plugin *d, const char *file, char *
 
 /* Loads a generation: private copy under `tmpdir`, dlopen, descriptor
  * check, init(host, conf). On failure nothing is left behind (copy
- * removed, handle closed) and err says what and why, naming the file. */
+ * removed, handle closed) and err says what and why, naming the file.
+ * With host NULL the plugin is only checked: no init (nor fini at
+ * unload); the master does that for a plugin that runs in a worker
+ * process. */
 int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned nworkers,
              const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
              struct plugin_gen **out, char *err, size_t errlen);

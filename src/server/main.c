@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "server/child.h"
 #include "server/handler.h"
 #include "server/master.h"
 #include "shmipc/errors.h"
@@ -59,6 +60,8 @@ static int check_config(const char *path)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--worker") == 0)
+        return child_main(argc, argv); /* a process-mode service's worker */
     const char *conf = NULL;
     int test = 0, opt;
     while ((opt = getopt(argc, argv, "c:th")) != -1) {

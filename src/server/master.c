@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "server/admin.h"
 #include "server/handler.h"
+#include "server/proc.h"
 #include "server/reload.h"
 #include "server/service.h"
 #include "server/slowlog.h"
@@ -95,6 +96,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->pool.n = d->conf->workers;
     d->spin_us = d->conf->spin_us;
     d->idle_timeout_ms = d->conf->idle_timeout_ms;
+    snprintf(d->exe, sizeof(d->exe), "/proc/self/exe"); /* even if replaced on disk */
+    proc_remove_stale_dirs();
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
@@ -106,6 +109,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD); /* worker processes */
     /* Blocked before any thread starts, so every thread inherits it. */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -143,6 +147,10 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
             return rc;
         }
     }
+    for (unsigned i = 0; i < d->nsvcs; i++)
+        if (d->svcs[i]->isolation == ISOLATION_PROCESS &&
+            (rc = proc_service_start(d, d->svcs[i], err, errlen)) < 0)
+            return rc;
     if ((rc = watch_refresh(d)) < 0) {
         snprintf(err, errlen, "inotify: %s", shmipc_strerror(rc));
         return rc;
@@ -201,7 +209,7 @@ static unsigned total_sessions(struct daemon *d)
         n += pool_sessions(&d->svcs[i]->own);
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         n += pool_sessions(&svc->own);
-    return n;
+    return n + proc_sessions(d);
 }
 
 static int on_admit(void *owner, struct serve_listener *l, int fd, long long *uid, char *why,
@@ -210,15 +218,19 @@ static int on_admit(void *owner, struct serve_listener *l, int fd, long long *ui
     struct daemon *d = owner;
     struct service *svc = l->ctx;
     int rc;
+    const char *no;
     if (total_sessions(d) + d->acc.nhs >= d->conf->max_sessions) {
         snprintf(why, whylen, "%u sessions is the limit", d->conf->max_sessions);
         rc = -EUSERS;
+    } else if (svc->isolation == ISOLATION_PROCESS && (no = proc_refusal(svc)) != NULL) {
+        snprintf(why, whylen, "%s", no);
+        rc = -EAGAIN;
     } else {
         rc = admit(d, svc, fd, uid, why, whylen);
     }
     if (rc < 0) {
         log_warn("service %s: connection refused: %s", svc->name, why);
-        __atomic_add_fetch(&svc->st.refused, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->refused, 1, __ATOMIC_RELAXED);
     }
     return rc;
 }
@@ -227,6 +239,18 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
 {
     struct daemon *d = owner;
     struct service *svc = l->ctx;
+    if (svc->isolation == ISOLATION_PROCESS) {
+        uint64_t id = (uint64_t)(unsigned)s->index;
+        __atomic_add_fetch(&svc->st->sessions_opened, 1, __ATOMIC_RELAXED);
+        int rc = proc_hand_over(d, svc, uid, s, id);
+        if (rc < 0) {
+            log_warn("service %s: session %lu not handed over: %s", svc->name,
+                     (unsigned long)id, shmipc_strerror(rc));
+            __atomic_add_fetch(&svc->st->sessions_closed, 1, __ATOMIC_RELAXED);
+            uid_release(&d->uids, uid);
+        }
+        return;
+    }
     struct dsession *ds = calloc(1, sizeof(*ds));
     if (ds == NULL) {
         session_release_streams(s);
@@ -238,7 +262,7 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
     ds->uid = uid;
     ds->svc = svc;
     ds->id = (uint64_t)(unsigned)s->index; /* the core numbers sessions; logs agree */
-    __atomic_add_fetch(&svc->st.sessions_opened, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->sessions_opened, 1, __ATOMIC_RELAXED);
     struct worker *w = pool_least_loaded(pool_of(d, svc));
     log_debug("service %s: session %lu (protocol v%u) to worker %u", svc->name,
               (unsigned long)ds->id, s->cfg.version, w->index);
@@ -253,7 +277,7 @@ static void on_ended(void *owner, struct serve_listener *l, long long uid, int r
     if (rc == 0)
         return; /* dropped: the service or the daemon goes */
     log_warn("service %s: handshake refused: %s", svc->name, why);
-    __atomic_add_fetch(&svc->st.handshakes_failed, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->handshakes_failed, 1, __ATOMIC_RELAXED);
 }
 
 static const struct serve_accept_ops accept_ops = {on_admit, on_started, on_ended};
@@ -280,6 +304,10 @@ static void on_signal(struct daemon *d)
         if (si.ssi_signo == SIGHUP) {
             log_info("SIGHUP: reloading %s", d->conf_path);
             reload_logged(d, "");
+            continue;
+        }
+        if (si.ssi_signo == SIGCHLD) {
+            proc_on_sigchld(d);
             continue;
         }
         log_info("signal %u: stopping", si.ssi_signo);
@@ -333,6 +361,9 @@ int daemon_run(struct daemon *d)
         int timeout = serve_accept_expire(&d->acc);
         if (draining && timeout > 20)
             timeout = 20; /* old generations and removed services wait for us */
+        int proc_due = proc_tick(d);
+        if (proc_due >= 0 && proc_due < timeout)
+            timeout = proc_due;
         int slow_due = slowlog_check(d);
         if (slow_due >= 0 && slow_due < timeout)
             timeout = slow_due;
@@ -366,6 +397,9 @@ int daemon_run(struct daemon *d)
                 break;
             case EPK_ADMIN:
                 on_admin(d);
+                break;
+            case EPK_PROC:
+                proc_on_event(d, (struct wproc *)t);
                 break;
             case EPK_WATCH:
                 watch_on_event(d);
@@ -413,8 +447,10 @@ int daemon_stop_and_free(struct daemon *d)
      * existed leaves pool.w NULL). */
     uint64_t deadline = sock_deadline(d->conf != NULL ? d->conf->drain_timeout_ms : 0);
     pool_ask_stop(&d->pool, deadline);
-    for (unsigned i = 0; i < d->nsvcs; i++)
+    for (unsigned i = 0; i < d->nsvcs; i++) {
         pool_ask_stop(&d->svcs[i]->own, deadline);
+        proc_service_stop(d, d->svcs[i], deadline);
+    }
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         pool_ask_stop(&svc->own, deadline);
     /* A handler that never returns must not hold the stop: past the
@@ -425,6 +461,7 @@ int daemon_stop_and_free(struct daemon *d)
         stuck += pool_join_until(&d->svcs[i]->own, join_by);
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         stuck += pool_join_until(&svc->own, join_by);
+    proc_wait_all(d, join_by); /* worker processes drain on their own */
     if (stuck > 0) {
         abandon(d);
         return 1;

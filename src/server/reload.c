@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "server/daemon.h"
 #include "server/reload.h"
+#include "server/proc.h"
 #include "server/service.h"
 #include "server/strbuf.h"
 #include "server/worker.h"
@@ -67,11 +68,13 @@ unsigned daemon_retire(struct daemon *d)
     /* Removed services go once their last session and generation did. */
     for (struct service **sp = &d->removed; *sp != NULL;) {
         struct service *svc = *sp;
-        uint64_t open = __atomic_load_n(&svc->st.sessions_opened, __ATOMIC_RELAXED) -
-                        __atomic_load_n(&svc->st.sessions_closed, __ATOMIC_RELAXED);
+        uint64_t open = __atomic_load_n(&svc->st->sessions_opened, __ATOMIC_RELAXED) -
+                        __atomic_load_n(&svc->st->sessions_closed, __ATOMIC_RELAXED);
         int gen_busy = 0;
         for (struct retiring *r = d->retiring; r != NULL; r = r->next)
             gen_busy |= r->svc == svc;
+        for (struct wproc *w = d->procs; w != NULL; w = w->next)
+            gen_busy |= w->svc == svc; /* a worker process still drains */
         if (open == 0 && !gen_busy) {
             *sp = svc->next_removed;
             svc->gen = NULL; /* retired above */
@@ -97,9 +100,10 @@ static const struct svc_conf *find_conf(const struct daemon_conf *c, const char 
 
 static int same_endpoint(const struct service *svc, const struct svc_conf *sc)
 {
+    /* A change of isolation starts the service anew, as a new endpoint. */
     return strcmp(svc->listen, sc->listen) == 0 && svc->mode == sc->mode &&
            svc->uid == sc->uid && svc->gid == sc->gid &&
-           strcmp(svc->allowed_dir, sc->allowed_dir) == 0;
+           strcmp(svc->allowed_dir, sc->allowed_dir) == 0 && svc->isolation == sc->isolation;
 }
 
 /* What became of the old generation's state. Nothing is said for a
@@ -134,6 +138,17 @@ static int update_service(struct daemon *d, struct service *svc, const struct sv
     }
     if (gen_source_same(&src, &svc->src)) {
         gen_source_free(&src);
+        if (svc->isolation == ISOLATION_PROCESS && (svc->failed[0] || svc->proc == NULL)) {
+            /* A failed (or down) process-mode service starts anew. */
+            rc = proc_service_replace(d, svc, svc->gen->number, err, sizeof(err));
+            if (rc < 0) {
+                strbuf_add(rep, "service %s: refused: %s\n", svc->name, err);
+                return rc;
+            }
+            strbuf_add(rep, "service %s: worker process started again (generation %u)\n",
+                       svc->name, svc->gen->number);
+            return 0;
+        }
         strbuf_add(rep, "service %s: unchanged (generation %u)\n", svc->name, svc->gen->number);
         return 0;
     }
@@ -169,6 +184,8 @@ static void remove_service(struct daemon *d, unsigned i, struct strbuf *rep)
     d->nsvcs--;
     svc->removed = 1;
     workers_exec(d, WCMD_CLOSE_SERVICE, NULL, svc, NULL, 0);
+    if (svc->isolation == ISOLATION_PROCESS)
+        proc_service_stop(d, svc, sock_deadline(d->conf->drain_timeout_ms));
     retire(d, svc, svc->gen);
     svc->next_removed = d->removed;
     d->removed = svc;
@@ -188,6 +205,8 @@ static int add_service(struct daemon *d, const struct svc_conf *sc, struct strbu
         snprintf(err, sizeof(err), "starting its workers: %s", shmipc_strerror(rc));
     if (rc == 0)
         rc = workers_exec(d, WCMD_THREAD_INIT, svc->gen, svc, err, sizeof(err));
+    if (rc == 0 && svc->isolation == ISOLATION_PROCESS)
+        rc = proc_service_start(d, svc, err, sizeof(err));
     if (rc == 0)
         rc = service_listen(d, svc, err, sizeof(err));
     if (rc < 0) {

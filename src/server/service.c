@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "base/log.h"
+#include "server/proc.h"
 #include "server/strbuf.h"
 #include "server/worker.h"
 #include "shmipc/errors.h"
@@ -116,7 +118,11 @@ static void load_gen(struct daemon *d, struct service *svc, const struct svc_con
                      size_t errlen)
 {
     char lerr[512];
-    *rc = gen_load(sc->plugin, d->tmpdir, svc->next_gen + 1, pool_of(d, svc)->n, &d->host,
+    /* A process-mode plugin is only checked here: its worker process runs
+     * init and the rest. */
+    const struct shmipc_host_api *host =
+        sc->isolation == ISOLATION_PROCESS && !d->worker_process ? NULL : &d->host;
+    *rc = gen_load(sc->plugin, d->tmpdir, svc->next_gen + 1, pool_of(d, svc)->n, host,
                    (const struct shmipc_plugin_conf *)sc->plugin_conf, out, lerr, sizeof(lerr));
     if (*rc < 0) {
         snprintf(err, errlen, "%s", lerr);
@@ -145,6 +151,7 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     svc->l.tag.kind = SERVE_LISTENER;
     svc->l.fd = -1;
     svc->l.ctx = svc;
+    svc->st = &svc->st_own;
     svc->d = d;
     snprintf(svc->name, sizeof(svc->name), "%s", sc->name);
     snprintf(svc->listen, sizeof(svc->listen), "%s", sc->listen);
@@ -223,6 +230,10 @@ void service_configure(struct daemon *d, struct service *svc, const struct svc_c
 {
     const struct daemon_conf *c = d->conf;
     svc->watch = sc->watch;
+    svc->isolation = sc->isolation;
+    svc->crash_limit = sc->crash_limit;
+    svc->handler_kill_ms = sc->handler_kill_ms;
+    svc->max_rss_bytes = sc->max_rss_bytes;
     __atomic_store_n(&svc->handler_error, sc->handler_error, __ATOMIC_RELAXED);
     __atomic_store_n(&svc->slow_ms, sc->slow_handler_ms >= 0 ? sc->slow_handler_ms
                                                              : c->slow_handler_ms,
@@ -236,6 +247,11 @@ void service_free(struct daemon *d, struct service *svc)
 {
     /* Its own workers are idle by now: no session and no request left. */
     pool_stop(&svc->own, sock_now_ns());
+    if (svc->shared != NULL) {
+        munmap(svc->shared, sizeof(*svc->shared));
+        close(svc->shared_fd);
+        svc->shared = NULL;
+    }
     service_unlisten(d, svc);
     if (svc->gen != NULL)
         service_unload_gen(svc->gen);
@@ -250,6 +266,14 @@ int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf
     load_gen(d, svc, sc, cref, out, &rc, err, errlen);
     if (rc < 0)
         return rc;
+    if ((*out)->checked_only) {
+        /* Process mode: a new worker process runs it (proc_service_replace). */
+        if ((rc = proc_service_replace(d, svc, (*out)->number, err, errlen)) < 0) {
+            service_unload_gen(*out);
+            *out = NULL;
+        }
+        return rc;
+    }
     char werr[256];
     rc = workers_exec(d, WCMD_THREAD_INIT, *out, svc, werr, sizeof(werr));
     if (rc < 0)

@@ -15,6 +15,7 @@
 
 #include "base/log.h"
 #include "proto/sock.h"
+#include "server/proc.h"
 
 #define SLOWLOG_SIGNAL SIGURG
 #define TRACE_DEPTH 48
@@ -46,11 +47,11 @@ void slowlog_init(void)
     sigaction(SLOWLOG_SIGNAL, &sa, NULL);
 }
 
-/* One worker: -1 when it runs nothing, else ms until its call turns slow
- * (0 once it did). */
-static int check_worker(struct worker *w, uint64_t now)
+/* One call slot: -1 when it runs nothing, else ms until its call turns
+ * slow (0 once it did). `where` names the worker, `th` is its thread in
+ * this process (0: another process's, no stack dump). */
+static int check_call(struct call_info *c, const char *where, pthread_t th, uint64_t now)
 {
-    struct call_info *c = &w->call;
     uint64_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
     if (seq % 2 == 0 || seq == c->reported)
         return -1;
@@ -68,14 +69,57 @@ static int check_worker(struct worker *w, uint64_t now)
     if (ran < limit)
         return (int)((limit - ran) / 1000000u) + 1;
     c->reported = seq;
-    __atomic_add_fetch(&svc->st.slow_handlers, 1, __ATOMIC_RELAXED);
-    log_warn("service %s: slow handler: plugin %s %s (generation %u) on %s worker %u, session "
-             "%lu, stream %u, running for %lu ms (slow_handler_ms %d)",
-             svc->name, g->desc->name, g->desc->version, g->number, w->pool->name, w->index,
-             (unsigned long)sid, stid, (unsigned long)(ran / 1000000u), slow_ms);
-    if (__atomic_load_n(&svc->slow_trace, __ATOMIC_RELAXED))
-        pthread_kill(w->th, SLOWLOG_SIGNAL);
+    __atomic_add_fetch(&svc->st->slow_handlers, 1, __ATOMIC_RELAXED);
+    log_warn("service %s: slow handler: plugin %s %s (generation %u) on %s, session %lu, stream "
+             "%u, running for %lu ms (slow_handler_ms %d)",
+             svc->name, g->desc->name, g->desc->version, g->number, where, (unsigned long)sid,
+             stid, (unsigned long)(ran / 1000000u), slow_ms);
+    if (__atomic_load_n(&svc->slow_trace, __ATOMIC_RELAXED) && th != 0)
+        pthread_kill(th, SLOWLOG_SIGNAL);
     return -1;
+}
+
+static int check_worker(struct worker *w, uint64_t now)
+{
+    char where[96];
+    snprintf(where, sizeof(where), "%s worker %u", w->pool->name, w->index);
+    return check_call(w->call, where, w->th, now);
+}
+
+/* A process-mode service: its process publishes its calls in the shared
+ * page (the svc and g pointers there are the process's: only the master's
+ * copy of the service names them). */
+static void check_process(struct service *svc, struct wproc *w, uint64_t now, int *due)
+{
+    if (w->calls == NULL)
+        return;
+    for (unsigned i = 0; i < PROC_CALLS; i++) {
+        struct call_info *c = &w->calls->calls[i];
+        uint64_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
+        if (seq % 2 == 0 || seq == c->reported)
+            continue;
+        uint64_t start = __atomic_load_n(&c->start_ns, __ATOMIC_RELAXED);
+        uint64_t sid = __atomic_load_n(&c->session_id, __ATOMIC_RELAXED);
+        uint32_t stid = __atomic_load_n(&c->stream_id, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&c->seq, __ATOMIC_ACQUIRE) != seq)
+            continue;
+        int slow_ms = __atomic_load_n(&svc->slow_ms, __ATOMIC_RELAXED);
+        uint64_t ran = now > start ? now - start : 0, limit = (uint64_t)slow_ms * 1000000u;
+        if (slow_ms <= 0)
+            continue;
+        if (ran < limit) {
+            int ms = (int)((limit - ran) / 1000000u) + 1;
+            if (*due < 0 || ms < *due)
+                *due = ms;
+            continue;
+        }
+        c->reported = seq;
+        __atomic_add_fetch(&svc->st->slow_handlers, 1, __ATOMIC_RELAXED);
+        log_warn("service %s: slow handler: plugin %s %s (generation %u) on worker %u of process "
+                 "%d, session %lu, stream %u, running for %lu ms (slow_handler_ms %d)",
+                 svc->name, svc->gen->desc->name, svc->gen->desc->version, w->generation, i,
+                 (int)w->pid, (unsigned long)sid, stid, (unsigned long)(ran / 1000000u), slow_ms);
+    }
 }
 
 static void check_pool(struct worker_pool *p, uint64_t now, int *due)
@@ -96,6 +140,8 @@ int slowlog_check(struct daemon *d)
         check_pool(&d->svcs[i]->own, now, &due);
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         check_pool(&svc->own, now, &due);
+    for (struct wproc *w = d->procs; w != NULL; w = w->next)
+        check_process(w->svc, w, now, &due);
     /* A call that starts while the master sleeps is seen within half the
      * smallest threshold (10 to 250 ms): a warning comes late by that at
      * most. */

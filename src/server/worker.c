@@ -59,9 +59,11 @@ static void h_closed(void *ctx, struct serve_conn *c)
     w->nsessions--;
     pthread_mutex_unlock(&w->mu);
     uid_release(&w->d->uids, ds->uid);
-    __atomic_add_fetch(&svc->st.sessions_closed, 1, __ATOMIC_RELAXED);
+    if (w->d->session_closed != NULL)
+        w->d->session_closed(w->d, ds);
+    __atomic_add_fetch(&svc->st->sessions_closed, 1, __ATOMIC_RELAXED);
     if (s->stats.protocol_errors != 0)
-        __atomic_add_fetch(&svc->st.protocol_errors, s->stats.protocol_errors, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&svc->st->protocol_errors, s->stats.protocol_errors, __ATOMIC_RELAXED);
     if (s->err == SHMIPC_ECLOSED)
         log_debug("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
     else
@@ -228,7 +230,7 @@ static void close_idle(struct worker *w, int idle_ms)
         n = c->next;
         uint64_t last = __atomic_load_n(&c->s->last_rx_ns, __ATOMIC_RELAXED);
         if (now > last && now - last > limit) {
-            __atomic_add_fetch(&((struct dsession *)c)->svc->st.idle_closed, 1, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&((struct dsession *)c)->svc->st->idle_closed, 1, __ATOMIC_RELAXED);
             session_die(c->s, SHMIPC_ETIMEDOUT, "idle timeout");
             serve_loop_close(&w->loop, c);
         }
@@ -273,6 +275,7 @@ static int worker_start(struct worker *w, struct daemon *d, struct worker_pool *
     w->index = index;
     w->pool = p;
     w->d = d;
+    w->call = d->calls != NULL && index < d->ncalls ? &d->calls[index] : &w->call_own;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cmd_done, NULL);
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -390,7 +393,7 @@ void pool_join(struct worker_pool *p)
  * call_info: two equal odd reads around the fields). */
 static void report_stuck(struct worker *w)
 {
-    struct call_info *c = &w->call;
+    struct call_info *c = w->call;
     for (int tries = 0; tries < 100; tries++) {
         uint64_t seq = __atomic_load_n(&c->seq, __ATOMIC_ACQUIRE);
         struct service *svc = __atomic_load_n(&c->svc, __ATOMIC_RELAXED);
@@ -477,8 +480,8 @@ int workers_exec(struct daemon *d, enum wcmd_kind kind, struct plugin_gen *g, st
                  char *err, size_t errlen)
 {
     struct worker_pool *p = pool_of(d, svc);
-    if (p->w == NULL || p->n == 0)
-        return 0;
+    if (p->w == NULL || p->n == 0 || (svc != NULL && svc->isolation == ISOLATION_PROCESS))
+        return 0; /* a process-mode service's workers are in its process */
     struct wcmd *jobs = calloc(p->n, sizeof(*jobs));
     if (jobs == NULL) {
         if (err != NULL)

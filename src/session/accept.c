@@ -153,12 +153,12 @@ static void hs_end(struct serve_accept *a, struct serve_hs *h, int rc, const cha
     hs_free(a, h, 1);
 }
 
-static struct session_cfg session_cfg_of(const struct serve_accept *a,
-                                         const struct serve_settings *set, uint8_t version)
+struct session_cfg serve_session_cfg(const struct serve_settings *set, uint8_t version,
+                                     void *owner, int index)
 {
     return (struct session_cfg){
-        .owner = a->owner,
-        .index = a->started + 1,
+        .owner = owner,
+        .index = index,
         .role = ROLE_SERVER,
         .version = version,
         .max_event = set->max_event_bytes,
@@ -171,7 +171,7 @@ static struct session_cfg session_cfg_of(const struct serve_accept *a,
 
 static void hs_start(struct serve_accept *a, struct serve_hs *h)
 {
-    struct session_cfg cfg = session_cfg_of(a, h->set, h->hs.version);
+    struct session_cfg cfg = serve_session_cfg(h->set, h->hs.version, a->owner, a->started + 1);
     a->started = a->started == INT32_MAX ? 0 : a->started + 1;
     int fd = h->hs.fd;
     epoll_ctl(a->epfd, EPOLL_CTL_DEL, fd, NULL);

@@ -32,6 +32,10 @@ struct serve_settings {
 
 /* /dev/shm, 1 GiB, 1000 ms, 32 MiB, 30000 ms, 65536. */
 void serve_settings_init(struct serve_settings *s);
+/* The config of a server session with these settings (also for one
+ * started elsewhere from a handed-over socket and memory). */
+struct session_cfg serve_session_cfg(const struct serve_settings *set, uint8_t version,
+                                     void *owner, int index);
 
 struct accept_limits {
     const char *allowed_dir;

@@ -1,0 +1,131 @@
+/*
+ * Process isolation (isolation = "process"): a service's plugin runs in a
+ * worker process of its own, so that a crash takes down only that
+ * service's sessions. The master keeps the listeners and the handshakes,
+ * maps and checks the client's memory as for any service, then hands the
+ * session over: the socket, pool and queue fds over a SOCK_SEQPACKET
+ * socketpair with SCM_RIGHTS. The worker process (child.c: shmipcd
+ * started again with a hidden --worker option) maps them itself and runs
+ * the same workers and serving loop as thread mode.
+ *
+ * Supervision (master thread only): a worker process that dies is logged
+ * (service, pid, signal and core dump, plugin, generation, sessions
+ * closed) and respawned at once, then with a backoff (100 ms doubling to
+ * 30 s) while it keeps crashing; crash_limit crashes within a minute mark
+ * the service failed until a reload. handler_kill_ms kills a process whose
+ * handler runs longer; max_rss_bytes replaces one that grew too big, after
+ * its replacement is ready. Counters and what each of its workers runs
+ * live in a page the master shares with the process, so they survive it.
+ */
+#ifndef SHMIPC_SERVER_PROC_H
+#define SHMIPC_SERVER_PROC_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "server/daemon.h"
+
+#define PROC_CALLS CONF_MAX_WORKERS
+
+/* The page shared by the master and one service's worker processes: its
+ * counters, which both add to (atomics) and which outlive the processes. */
+struct proc_shared {
+    struct svc_stats st;
+};
+
+/* The page of one worker process: what each of its workers runs (the
+ * process writes, the master reads: slow log, handler_kill_ms). */
+struct proc_calls {
+    struct call_info calls[PROC_CALLS];
+};
+
+/* Control messages, both ways; fds ride along with PM_HELLO (the shared
+ * page) and PM_SESSION (socket, pool, queue). */
+enum proc_msg_type {
+    PM_HELLO = 1, /* master -> process: the shared page and its calls page */
+    PM_READY,     /* process -> master: serving; text = "plugin version" */
+    PM_FAIL,      /* process -> master: could not start; text = why */
+    PM_SESSION,   /* master -> process: a session to run */
+    PM_CLOSED,    /* process -> master: session id closed */
+    PM_DRAIN,     /* master -> process: take no more, finish, exit by the deadline */
+};
+
+struct proc_msg {
+    uint32_t type;
+    uint32_t version;     /* PM_SESSION: the session's protocol version */
+    uint64_t id;          /* PM_SESSION, PM_CLOSED: the session */
+    uint32_t generation;  /* PM_READY: the generation it loaded */
+    int32_t code;         /* PM_FAIL */
+    uint32_t drain_ms;    /* PM_DRAIN */
+    uint32_t unlink_pool; /* PM_SESSION: remove the peer's pool file when done */
+    uint32_t pool_dir_len, queue_dir_len; /* PM_SESSION, file mode: where the
+                                             allowed dir ends in the paths */
+    char pool_path[256];  /* PM_SESSION, file mode: the files to remove */
+    char queue_path[256];
+    char text[512];       /* PM_READY, PM_FAIL */
+};
+
+/* A worker process, as the master sees it. */
+struct wproc {
+    struct serve_tag tag; /* EPK_PROC: its control socket */
+    struct service *svc;
+    pid_t pid;
+    int fd;               /* control socket, -1 once it is gone */
+    int ready;
+    int draining;
+    unsigned generation;
+    char plugin[160];     /* "name version", from PM_READY */
+    uint64_t started_ns;
+    struct proc_calls *calls; /* its calls page, mapped */
+    struct psess {
+        uint64_t id;
+        long long uid;
+    } *sess;              /* its open sessions, as handed over */
+    unsigned nsess, capsess;
+    struct wproc *next;   /* in d->procs */
+};
+
+/* One control message each way; fds ride with it (SCM_RIGHTS, at most 3).
+ * proc_recv_msg: 0, SHMIPC_ECLOSED at the end, -EAGAIN (non-blocking), or
+ * a code (every fd received closed). */
+int proc_send_msg(int fd, const struct proc_msg *m, const int *fds, int nfds);
+int proc_recv_msg(int fd, struct proc_msg *m, int *fds, int max, int *nfds);
+
+/* Process mode of a service: its shared page (made once; counters go on
+ * across its processes) and its first worker process, waited for until
+ * it is ready. 0, or a code with err filled. */
+int proc_service_start(struct daemon *d, struct service *svc, char *err, size_t errlen);
+/* A reload made a new generation: a new process runs it, waited for
+ * until ready; then the old one drains. 0, or a code with err filled
+ * (the old process serves on). */
+int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen, char *err,
+                         size_t errlen);
+/* The service's process (if serving) takes the session; the master's copy
+ * goes. 0, or a code (the session is closed). */
+int proc_hand_over(struct daemon *d, struct service *svc, long long uid, struct session *s,
+                   uint64_t id);
+/* Why the service cannot take a session now, or NULL. */
+const char *proc_refusal(struct service *svc);
+/* Its control socket is readable. */
+void proc_on_event(struct daemon *d, struct wproc *w);
+/* SIGCHLD: reaps and supervises. */
+void proc_on_sigchld(struct daemon *d);
+/* Respawns, handler_kill_ms, max_rss_bytes: ms until it wants to run
+ * again, -1 when nothing is pending. */
+int proc_tick(struct daemon *d);
+/* Sessions the master counts in worker processes. */
+unsigned proc_sessions(struct daemon *d);
+/* The service goes (removed by a reload, or the daemon stops): its
+ * processes drain until the deadline. */
+void proc_service_stop(struct daemon *d, struct service *svc, uint64_t deadline_ns);
+/* Stop: waits until every worker process exited or the deadline passed
+ * (then kills what is left). */
+void proc_wait_all(struct daemon *d, uint64_t deadline_ns);
+/* `shmipcctl status` lines of a service's processes. */
+void proc_status(struct daemon *d, struct service *svc, struct strbuf *b);
+/* At start: removes private plugin directories of shmipcd processes that
+ * are gone (/tmp/shmipcd-<pid>-*, only when <pid> is not a running
+ * shmipcd). */
+void proc_remove_stale_dirs(void);
+
+#endif

@@ -1,0 +1,279 @@
+/*
+ * Process isolation against the real shmipcd: a service with isolation =
+ * "process" runs its plugin in a worker process of its own. A plugin that
+ * crashes takes down only that process: the crash is logged with the
+ * plugin's name and the signal, the master and the other services never
+ * notice, the service serves again once its process is respawned, and the
+ * master's fds come back to where they were. crash_limit marks it failed;
+ * handler_kill_ms kills a process whose handler never returns; a reload
+ * starts a new process; stale private directories of dead daemons go at
+ * start. The crash test plugin crashes or hangs on request: no timing.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/daemon_fixture.h"
+
+static int start_isolated(struct fx *f, const char *keys)
+{
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f->d, NULL);
+    du_conf_add(&t,
+                "  { name = \"victim\"; listen = \"%s\"; plugin = \"%s\"; isolation = \"process\"; "
+                "%s },\n",
+                du_addr(&f->d, "victim"), du_test_plugin_path("crash"), keys ? keys : "");
+    du_conf_service(&t, &f->d, 1, "echo", du_plugin_path("echo"), NULL);
+    int rc = du_conf_write(&t, &f->d, "iso.conf");
+    return rc < 0 ? rc : du_start(&f->d, START_MS);
+}
+
+static int open_client(const struct fx *f, const char *svc, shmipc_client **out)
+{
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = du_addr(&f->d, svc);
+    cfg.reconnect_min_ms = 10;
+    cfg.reconnect_max_ms = 50;
+    return shmipc_client_open(&cfg, out);
+}
+
+/* One request on a fresh stream of c; 0 when it came back equal. */
+static int call_text(shmipc_client *c, const char *text)
+{
+    shmipc_stream *st;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    shmipc_msg m;
+    rc = shmipc_call(st, text, strlen(text), &m, RECV_MS);
+    if (rc == 0) {
+        char buf[128] = "";
+        size_t n = shmipc_msg_copy(&m, 0, buf, sizeof(buf) - 1);
+        rc = n == strlen(text) && memcmp(buf, text, n) == 0 ? 0 : -1;
+        shmipc_msg_release(&m);
+        shmipc_client_put(c, st);
+    } else {
+        shmipc_stream_close(st);
+    }
+    return rc;
+}
+
+/* Retries (bounded) until the service answers again. */
+static int call_until_ok(shmipc_client *c, const char *text)
+{
+    uint64_t dl = du_deadline(POLL_MS);
+    int rc;
+    while ((rc = call_text(c, text)) != 0 && !du_past(dl))
+        du_sleep_ms(10);
+    return rc;
+}
+
+static int wait_log(const struct fx *f, const char *needle, int n)
+{
+    uint64_t dl = du_deadline(POLL_MS);
+    while (dfx_log_count(&f->d, needle) < n && !du_past(dl))
+        du_sleep_ms(20);
+    return dfx_log_count(&f->d, needle);
+}
+
+/* The pid of the victim's serving process, from `shmipcctl status`. */
+static long victim_pid(const struct fx *f)
+{
+    char out[8192];
+    if (dfx_ctl(&f->d, out, sizeof(out), "status", NULL) != 0)
+        return -1;
+    const char *p = strstr(out, "service victim process ");
+    long pid = -1;
+    for (; p != NULL; p = strstr(p + 1, "service victim process ")) {
+        long v;
+        char state[32];
+        if (sscanf(p, "service victim process %ld: %31[a-z]", &v, state) == 2 &&
+            strcmp(state, "serving") == 0)
+            pid = v;
+    }
+    return pid;
+}
+
+static void test_crash_is_contained(void)
+{
+    struct fx f;
+    shmipc_client *vc = NULL, *ec = NULL;
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(start_isolated(&f, NULL) == 0);
+    REQUIRE(open_client(&f, "victim", &vc) == 0 && open_client(&f, "echo", &ec) == 0);
+    CHECK_EQ(call_text(vc, "before"), 0);
+    CHECK_EQ(call_text(ec, "before"), 0);
+    long pid0 = victim_pid(&f);
+    REQUIRE(pid0 > 0);
+    int fds0 = du_count_fds(f.d.pid), maps0 = du_count_shared_maps(f.d.pid);
+    for (int round = 1; round <= 3; round++) {
+        CU_ASSERT(call_text(vc, "crash now") < 0); /* its process dies under it */
+        CHECK_EQ(wait_log(&f, "killed by signal 11", round), round);
+        CHECK_EQ(call_text(ec, "the others never notice"), 0);
+        CHECK_EQ(call_until_ok(vc, "served again"), 0);
+    }
+    CU_ASSERT(victim_pid(&f) != pid0);
+    /* One line says what died, with the plugin, and how many sessions. */
+    CU_ASSERT(dfx_log_count(&f.d, "(plugin crash 1.0.0, generation 1); 1 sessions closed") >= 1);
+    /* The process said where it died. */
+    CU_ASSERT(dfx_log_count(&f.d, "(service victim): fatal signal 11 at address 0x") >= 1);
+    char out[8192];
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "service victim processes: restarts 3"));
+    /* The master holds what it held (the sessions and pools went with
+     * the process). */
+    CHECK_EQ(du_count_fds(f.d.pid), fds0);
+    CHECK_EQ(du_count_shared_maps(f.d.pid), maps0);
+out:
+    if (vc != NULL)
+        shmipc_client_close(vc);
+    if (ec != NULL)
+        shmipc_client_close(ec);
+    dfx_end(&f);
+}
+
+static void test_crash_limit(void)
+{
+    struct fx f;
+    shmipc_client *vc = NULL, *ec = NULL;
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(start_isolated(&f, "crash_limit = 2;") == 0);
+    REQUIRE(open_client(&f, "victim", &vc) == 0 && open_client(&f, "echo", &ec) == 0);
+    CU_ASSERT(call_text(vc, "crash") < 0);
+    CHECK_EQ(call_until_ok(vc, "once more"), 0);
+    CU_ASSERT(call_text(vc, "crash") < 0);
+    CHECK_EQ(wait_log(&f, "crashed 2 times within a minute (crash_limit 2)", 1), 1);
+    char out[8192];
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "failed: its worker process crashed 2 times"));
+    /* It refuses, saying why; the others serve. */
+    CU_ASSERT(call_text(vc, "refused") < 0);
+    CHECK_EQ(wait_log(&f, "service victim: connection refused: failed:", 1), 1);
+    CHECK_EQ(call_text(ec, "fine"), 0);
+    /* A reload starts it again. */
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "reload", NULL), 0);
+    CHECK_EQ(call_until_ok(vc, "back"), 0);
+out:
+    if (vc != NULL)
+        shmipc_client_close(vc);
+    if (ec != NULL)
+        shmipc_client_close(ec);
+    dfx_end(&f);
+}
+
+static void test_handler_kill(void)
+{
+    struct fx f;
+    shmipc_client *vc = NULL;
+    shmipc_stream *st = NULL;
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(start_isolated(&f, "handler_kill_ms = 200;") == 0);
+    REQUIRE(open_client(&f, "victim", &vc) == 0 && shmipc_client_get(vc, &st) == 0);
+    REQUIRE(shmipc_stream_write(st, "hang", 4) == 0 && shmipc_stream_flush(st) == 0);
+    shmipc_msg m;
+    CU_ASSERT(shmipc_stream_recv(st, &m, RECV_MS) < 0); /* killed, not answered */
+    shmipc_stream_close(st);
+    st = NULL;
+    CHECK_EQ(wait_log(&f, "(handler_kill_ms 200): killing worker process", 1), 1);
+    CHECK_EQ(call_until_ok(vc, "after the kill"), 0);
+out:
+    if (st != NULL)
+        shmipc_stream_close(st);
+    if (vc != NULL)
+        shmipc_client_close(vc);
+    dfx_end(&f);
+}
+
+/* A reload of a process-mode service whose plugin config changed: a new
+ * process with the new generation serves, the old one exits. */
+static void test_reload_new_process(void)
+{
+    struct fx f;
+    shmipc_client *vc = NULL;
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(start_isolated(&f, NULL) == 0);
+    REQUIRE(open_client(&f, "victim", &vc) == 0);
+    CHECK_EQ(call_text(vc, "gen 1"), 0);
+    long pid1 = victim_pid(&f);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_add(&t,
+                "  { name = \"victim\"; listen = \"%s\"; plugin = \"%s\"; isolation = \"process\"; "
+                "config = { changed = true; }; },\n",
+                du_addr(&f.d, "victim"), du_test_plugin_path("crash"));
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "iso.conf") == 0);
+    char out[8192];
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "reload", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "service victim: generation 2"));
+    CHECK_EQ(call_until_ok(vc, "gen 2"), 0);
+    long pid2 = victim_pid(&f);
+    CU_ASSERT(pid2 > 0 && pid2 != pid1);
+    CHECK_EQ(wait_log(&f, "exited with status 0 (generation 1)", 1), 1);
+out:
+    if (vc != NULL)
+        shmipc_client_close(vc);
+    dfx_end(&f);
+}
+
+/* A private plugin directory of a shmipcd that is gone is removed at start;
+ * one of a live process that is not ours to judge stays. */
+static void test_stale_dirs_removed(void)
+{
+    struct fx f;
+    char stale[64], file[96];
+    snprintf(stale, sizeof(stale), "/tmp/shmipcd-%d-abcdef", 999999); /* no such pid */
+    snprintf(file, sizeof(file), "%s/echo.so.gen1", stale);
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(mkdir(stale, 0700) == 0 || errno == EEXIST);
+    REQUIRE(du_write_file(file, "x") == 0);
+    REQUIRE(start_isolated(&f, NULL) == 0);
+    CU_ASSERT(!du_exists(stale));
+    CU_ASSERT(dfx_log_count(&f.d, "removing /tmp/shmipcd-999999-abcdef") == 1);
+out:
+    unlink(file);
+    rmdir(stale);
+    dfx_end(&f);
+}
+
+static void test_isolation_keys_checked(void)
+{
+    struct fx f;
+    char out[4096];
+    REQUIRE(dfx_begin(&f) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_add(&t, "  { name = \"e\"; listen = \"%s\"; plugin = \"%s\"; crash_limit = 3; }\n",
+                du_addr(&f.d, "e"), du_plugin_path("echo"));
+    REQUIRE(du_conf_write(&t, &f.d, "k.conf") == 0);
+    const char *argv[] = {f.d.shmipcd, "-t", "-c", f.d.conf, NULL};
+    CHECK_EQ(dfx_run_capture(argv, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "crash_limit"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "needs isolation = \"process\""));
+    t.n = 0;
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_add(&t, "  { name = \"e\"; listen = \"%s\"; plugin = \"%s\"; isolation = \"proc\"; }\n",
+                du_addr(&f.d, "e"), du_plugin_path("echo"));
+    REQUIRE(du_conf_write(&t, &f.d, "k.conf") == 0);
+    CHECK_EQ(dfx_run_capture(argv, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "\"proc\" is not \"thread\" or \"process\""));
+out:
+    dfx_end(&f);
+}
+
+static const struct test_case cases[] = {
+    {"a crash takes down only its own process, which is respawned", test_crash_is_contained},
+    {"crash_limit marks the service failed until a reload", test_crash_limit},
+    {"handler_kill_ms kills a process whose handler hangs", test_handler_kill},
+    {"a reload starts a new process with the new generation", test_reload_new_process},
+    {"stale private directories are removed at start", test_stale_dirs_removed},
+    {"isolation keys are checked", test_isolation_keys_checked},
+    {NULL, NULL},
+};
+
+const struct test_suite suite_isolation = {"isolation", cases};
