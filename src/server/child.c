@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -297,12 +298,18 @@ static int start(struct daemon *d, const char *conf, const char *name, unsigned 
     return rc;
 }
 
-/* Drains until the deadline and exits: 0, or 1 when a handler never
- * returned (its thread is left, so _exit). */
-static void finish(struct daemon *d, struct service *svc, unsigned drain_ms)
+/* Drains and exits: sessions go on until their clients close them or the
+ * deadline passes (a replacement process takes the new ones meanwhile),
+ * then what is queued is answered and the rest closed. Exits 0, or 1 when
+ * a handler never returned (its thread is left, so _exit). */
+static void finish(struct daemon *d, struct service *svc, unsigned drain_ms, int let_end)
 {
     uint64_t deadline = sock_deadline((int)drain_ms);
     struct worker_pool *p = pool_of(d, svc);
+    while (let_end && pool_sessions(p) > 0 && sock_now_ns() < deadline) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     pool_ask_stop(p, deadline);
     if (pool_join_until(p, deadline + 500u * 1000000u) != 0)
         _exit(1);
@@ -360,14 +367,14 @@ int child_main(int argc, char **argv)
     for (;;) {
         struct pollfd p = {control_fd, POLLIN, 0};
         if (poll(&p, 1, -1) < 0 && errno != EINTR)
-            finish(d, svc, 0);
+            finish(d, svc, 0, 0);
         struct proc_msg m;
         int fds[3], nfds;
         rc = proc_recv_msg(control_fd, &m, fds, 3, &nfds);
         if (rc == -EAGAIN)
             continue;
         if (rc < 0) /* the master is gone */
-            finish(d, svc, 0);
+            finish(d, svc, 0, 0);
         if (m.type == PM_SESSION) {
             take_session(d, svc, &m, fds, nfds);
             continue;
@@ -375,6 +382,6 @@ int child_main(int argc, char **argv)
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
         if (m.type == PM_DRAIN)
-            finish(d, svc, m.drain_ms);
+            finish(d, svc, m.drain_ms, m.code == 1);
     }
 }

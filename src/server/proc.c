@@ -283,12 +283,15 @@ static int wait_ready(struct daemon *d, struct wproc *w, char *err, size_t errle
     return -ETIMEDOUT;
 }
 
-static void drain_proc(struct wproc *w, unsigned drain_ms)
+/* let_end: its sessions may go on until their clients close them (a
+ * replacement serves the new ones); else (a stop) they close once what is
+ * queued is answered. */
+static void drain_proc(struct wproc *w, unsigned drain_ms, int let_end)
 {
     if (w->fd < 0 || w->draining)
         return;
     w->draining = 1;
-    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms};
+    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms, .code = let_end};
     if (proc_send_msg(w->fd, &m, NULL, 0) < 0)
         kill(w->pid, SIGKILL);
 }
@@ -326,7 +329,7 @@ int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen, ch
     svc->ncrash = 0;
     svc->respawn_at_ns = 0;
     if (old != NULL)
-        drain_proc(old, (unsigned)d->conf->drain_timeout_ms);
+        drain_proc(old, (unsigned)d->conf->drain_timeout_ms, 1);
     return 0;
 }
 
@@ -446,7 +449,7 @@ void proc_on_event(struct daemon *d, struct wproc *w)
                 svc->proc = w;
                 svc->next_proc = NULL;
                 if (old != NULL)
-                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms);
+                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms, 1);
             } else if (svc->proc == NULL && !svc->removed) {
                 svc->proc = w;
             }
@@ -654,7 +657,7 @@ void proc_service_stop(struct daemon *d, struct service *svc, uint64_t deadline_
     unsigned ms = deadline_ns > now ? (unsigned)((deadline_ns - now) / 1000000u) : 0;
     for (struct wproc *w = d->procs; w != NULL; w = w->next)
         if (w->svc == svc)
-            drain_proc(w, ms);
+            drain_proc(w, ms, 0);
     svc->proc = NULL;
     svc->next_proc = NULL;
     svc->respawn_at_ns = 0;

@@ -47,7 +47,8 @@ enum proc_msg_type {
     PM_FAIL,      /* process -> master: could not start; text = why */
     PM_SESSION,   /* master -> process: a session to run */
     PM_CLOSED,    /* process -> master: session id closed */
-    PM_DRAIN,     /* master -> process: take no more, finish, exit by the deadline */
+    PM_DRAIN,     /* master -> process: take no more, finish, exit by the deadline
+                     (code 1: let sessions end by themselves until then) */
 };
 
 struct proc_msg {
