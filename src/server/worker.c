@@ -382,11 +382,14 @@ void pool_ask_stop(struct worker_pool *p, uint64_t drain_deadline_ns)
 
 void pool_join(struct worker_pool *p)
 {
-    for (unsigned i = 0; p->w != NULL && i < p->n; i++)
+    if (p->w == NULL)
+        return;
+    for (unsigned i = 0; i < p->n; i++)
         worker_join(&p->w[i]);
     free(p->w);
     p->w = NULL;
-    p->n = 0;
+    /* n stays: other pools' workers still ask pool_of() which pool a
+     * service has while they finish. */
 }
 
 /* Says what a worker that did not exit is running (the seqlock of
