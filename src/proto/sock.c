@@ -103,22 +103,50 @@ static int new_socket(int family)
     return fd;
 }
 
+int sock_unix_owner(const struct sock_addr *a, pid_t *pid)
+{
+    *pid = 0;
+    if (a->family != AF_UNIX)
+        return 0;
+    const char *path = ((const struct sockaddr_un *)&a->ss)->sun_path;
+    struct stat st;
+    if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
+        return 0;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int live = connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0 || errno == EAGAIN ||
+               errno == EINPROGRESS;
+    if (live) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+            *pid = cred.pid;
+    }
+    close(fd);
+    return live;
+}
+
 int sock_listen(const struct sock_addr *a, int mode, int backlog)
 {
+    const char *path = NULL;
+    if (a->family == AF_UNIX) {
+        struct stat st;
+        path = ((const struct sockaddr_un *)&a->ss)->sun_path;
+        /* Someone serves it: never take it over. A stale socket (nobody
+         * listens) is replaced; a file of another kind never is. */
+        pid_t owner;
+        if (sock_unix_owner(a, &owner) > 0)
+            return -EADDRINUSE;
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(path);
+    }
     int fd = new_socket(a->family);
     if (fd < 0)
         return fd;
     int one = 1;
     if (a->family == AF_INET)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    const char *path = NULL;
-    if (a->family == AF_UNIX) {
-        struct stat st;
-        path = ((const struct sockaddr_un *)&a->ss)->sun_path;
-        /* Replace a stale socket, never a file of another kind. */
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(path);
-    }
     if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
         int err = -errno;
         close(fd);

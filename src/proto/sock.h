@@ -23,9 +23,15 @@ struct sock_addr {
 /* Parses an address. -EINVAL for anything malformed or too long. */
 int sock_addr_parse(const char *text, struct sock_addr *out);
 
-/* Listens on `a` (a unix path is unlinked first only if it is a socket;
- * `mode` >= 0 chmods it). Returns the fd or a negative code. */
+/* Listens on `a` (`mode` >= 0 chmods a unix socket). A unix path that a
+ * live process serves is -EADDRINUSE (sock_unix_owner names it); a stale
+ * socket there is replaced; any other file is left (bind fails).
+ * Returns the fd or a negative code. */
 int sock_listen(const struct sock_addr *a, int mode, int backlog);
+/* 1 when a process accepts connections on unix address a (*pid: its
+ * pid, from SO_PEERCRED, 0 if unknown), 0 when nobody does (or not a
+ * unix socket file), or a negative code. */
+int sock_unix_owner(const struct sock_addr *a, pid_t *pid);
 
 /* Connects with a deadline (CLOCK_MONOTONIC ns). Returns the fd. */
 int sock_connect(const struct sock_addr *a, uint64_t deadline_ns);

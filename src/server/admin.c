@@ -192,7 +192,7 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
         stats(d, &b, 1);
     else if (strcmp(line, "reload") == 0) {
         char *report = NULL;
-        daemon_reload(d, &report);
+        reload_and_log(d, "admin", &report);
         strbuf_add(&b, "%s", report != NULL ? report : "error: reload: out of memory\n");
         free(report);
     } else if (strcmp(line, "stop") == 0) {

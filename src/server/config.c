@@ -49,7 +49,7 @@ struct conf_parser {
 static const char *const top_keys[] = {"workers",         "spin_us",          "log",
                                        "admin",           "admin_mode",       "plugin_dir",
                                        "limits",          "services",         "slow_handler_ms",
-                                       "slow_handler_trace", NULL};
+                                       "slow_handler_trace", "pid_file", NULL};
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
@@ -646,6 +646,15 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
         return rc;
     if ((rc = get_bool(ld, root, NULL, "slow_handler_trace", &c->slow_handler_trace)) < 0)
         return rc;
+    const char *pf;
+    if ((rc = get_string(ld, root, NULL, "pid_file", &m, &pf)) < 0)
+        return rc;
+    if (rc > 0) {
+        if (pf[0] != '/')
+            return fail(ld, m.s, m.key, "\"%s\" is not an absolute path", pf);
+        if ((rc = dup_str(ld, m.s, m.key, pf, &c->pid_file)) < 0)
+            return rc;
+    }
     return 0;
 }
 
@@ -1126,6 +1135,7 @@ void conf_free(struct daemon_conf *c)
     }
     free(c->services);
     free(c->admin);
+    free(c->pid_file);
     free(c->path);
     if (c->cfg.root != NULL)
         config_destroy(&c->cfg);

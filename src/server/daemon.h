@@ -251,6 +251,9 @@ struct daemon {
     struct serve_tag watch_tag;
     int stopping;
     struct wproc *procs;       /* every worker process alive (proc.c) */
+    int pid_fd;                /* the pid file, locked; -1 when none */
+    char pid_path[4096];
+    ino_t pid_ino;
     char exe[4096];            /* this binary, for worker processes */
 };
 

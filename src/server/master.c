@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -24,6 +25,7 @@
 #include "base/log.h"
 #include "server/admin.h"
 #include "server/handler.h"
+#include "server/notify.h"
 #include "server/proc.h"
 #include "server/reload.h"
 #include "server/service.h"
@@ -69,15 +71,82 @@ static int open_admin(struct daemon *d, char *err, size_t errlen)
         d->admin.tag.kind = EPK_ADMIN;
         rc = ep_add(d, d->admin.fd, EPOLLIN, &d->admin.tag);
     }
-    if (rc < 0)
+    pid_t owner;
+    if (rc == -EADDRINUSE && sock_unix_owner(&a, &owner) > 0)
+        snprintf(err, errlen, "admin socket %s is served by pid %d (another shmipcd?)", a.text,
+                 (int)owner);
+    else if (rc < 0)
         snprintf(err, errlen, "admin socket %s: %s", d->conf->admin, shmipc_strerror(rc));
     return rc < 0 ? rc : 0;
+}
+
+/* One daemon per configuration: a lock on the pid file (the admin
+ * socket's directory, or pid_file), which names the holder when taken. */
+static int lock_pid_file(struct daemon *d, char *err, size_t errlen)
+{
+    d->pid_fd = -1;
+    const char *pf = d->conf->pid_file;
+    char path[sizeof(d->pid_path)];
+    if (pf == NULL) {
+        struct sock_addr a;
+        if (d->conf->admin == NULL || sock_addr_parse(d->conf->admin, &a) < 0 ||
+            a.family != AF_UNIX)
+            return 0;
+        snprintf(path, sizeof(path), "%s", ((const struct sockaddr_un *)&a.ss)->sun_path);
+        char *slash = strrchr(path, '/');
+        if (slash == NULL)
+            return 0;
+        snprintf(slash + 1, sizeof(path) - (size_t)(slash + 1 - path), "shmipcd.pid");
+        pf = path;
+    }
+    int fd = open(pf, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) {
+        snprintf(err, errlen, "pid file %s: %s", pf, strerror(errno));
+        return -errno;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        char buf[32] = "";
+        ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK) {
+            snprintf(err, errlen, "%s is held by pid %ld: another shmipcd serves this configuration",
+                     pf, strtol(buf, NULL, 10));
+            return -EADDRINUSE;
+        }
+        snprintf(err, errlen, "locking %s: %s", pf, strerror(e));
+        return -e;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+    struct stat st;
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n || fstat(fd, &st) < 0) {
+        snprintf(err, errlen, "writing %s: %s", pf, strerror(errno));
+        close(fd);
+        return -EIO;
+    }
+    d->pid_fd = fd;
+    d->pid_ino = st.st_ino;
+    snprintf(d->pid_path, sizeof(d->pid_path), "%s", pf);
+    return 0;
+}
+
+static void unlock_pid_file(struct daemon *d)
+{
+    if (d->pid_fd < 0)
+        return;
+    struct stat st;
+    if (stat(d->pid_path, &st) == 0 && st.st_ino == d->pid_ino)
+        unlink(d->pid_path); /* ours still: a successor made its own otherwise */
+    close(d->pid_fd);
+    d->pid_fd = -1;
 }
 
 int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen)
 {
     memset(d, 0, sizeof(*d));
-    d->epfd = d->sigfd = d->admin.fd = -1;
+    d->epfd = d->sigfd = d->admin.fd = d->pid_fd = -1;
     watch_init(&d->watch);
     uid_counts_init(&d->uids);
     d->started_ns = sock_now_ns();
@@ -96,6 +165,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->pool.n = d->conf->workers;
     d->spin_us = d->conf->spin_us;
     d->idle_timeout_ms = d->conf->idle_timeout_ms;
+    if ((rc = lock_pid_file(d, err, errlen)) < 0)
+        return rc;
     snprintf(d->exe, sizeof(d->exe), "/proc/self/exe"); /* even if replaced on disk */
     proc_remove_stale_dirs();
     snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
@@ -156,6 +227,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
         return rc;
     }
     log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->pool.n);
+    sd_notify_text("READY=1\nMAINPID=%d\nSTATUS=%u services, %u workers", (int)getpid(), d->nsvcs,
+                   d->pool.n);
     return 0;
 }
 
@@ -284,26 +357,12 @@ static const struct serve_accept_ops accept_ops = {on_admit, on_started, on_ende
 
 /* ---- signals and admin ---- */
 
-/* A reload asked by a signal or the plugin file watch: its report goes
- * to the log, a line each (prefix first), at warn level when anything was
- * refused. */
-static void reload_logged(struct daemon *d, const char *prefix)
-{
-    char *report = NULL;
-    int rc = daemon_reload(d, &report);
-    if (report != NULL)
-        for (char *line = strtok(report, "\n"); line != NULL; line = strtok(NULL, "\n"))
-            log_msg(rc == 0 ? LOG_INFO : LOG_WARN, "%s%s", prefix, line);
-    free(report);
-}
-
 static void on_signal(struct daemon *d)
 {
     struct signalfd_siginfo si;
     while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-            log_info("SIGHUP: reloading %s", d->conf_path);
-            reload_logged(d, "");
+            reload_and_log(d, "SIGHUP", NULL);
             continue;
         }
         if (si.ssi_signo == SIGCHLD) {
@@ -370,7 +429,7 @@ int daemon_run(struct daemon *d)
         int reload_due;
         int due = watch_due(&d->watch, &reload_due);
         if (reload_due)
-            reload_logged(d, "watch: ");
+            reload_and_log(d, "watch", NULL);
         if (due >= 0 && due < timeout)
             timeout = due;
         int n = epoll_wait(d->epfd, evs, 64, timeout);
@@ -428,12 +487,14 @@ static void abandon(struct daemon *d)
         if (r->g->private_path != NULL)
             unlink(r->g->private_path);
     serve_listener_close(&d->admin);
+    unlock_pid_file(d);
     if (d->tmpdir[0] != '\0')
         rmdir(d->tmpdir);
 }
 
 int daemon_stop_and_free(struct daemon *d)
 {
+    sd_notify_text("STOPPING=1");
     /* Stop accepting first, then let the workers drain. */
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
@@ -505,6 +566,7 @@ int daemon_stop_and_free(struct daemon *d)
     if (d->sigfd >= 0)
         close(d->sigfd);
     uid_counts_free(&d->uids);
+    unlock_pid_file(d);
     conf_ref_put(d->cref);
     return 0;
 }

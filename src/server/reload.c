@@ -24,6 +24,7 @@
 #include "base/log.h"
 #include "server/daemon.h"
 #include "server/reload.h"
+#include "server/notify.h"
 #include "server/proc.h"
 #include "server/service.h"
 #include "server/strbuf.h"
@@ -296,4 +297,27 @@ int daemon_reload(struct daemon *d, char **report)
     free(body.p);
     *report = rep.p;
     return failed ? -EINVAL : 0;
+}
+
+int reload_and_log(struct daemon *d, const char *trigger, char **report_out)
+{
+    char *report = NULL;
+    sd_notify_text("RELOADING=1");
+    log_info("%s: reloading %s", trigger, d->conf_path);
+    int rc = daemon_reload(d, &report);
+    /* A refused reload is an error whoever asked for it. */
+    if (report != NULL) {
+        char *copy = strdup(report), *save = NULL;
+        for (char *line = copy != NULL ? strtok_r(copy, "\n", &save) : NULL; line != NULL;
+             line = strtok_r(NULL, "\n", &save))
+            log_msg(rc == 0 ? LOG_INFO : LOG_ERROR, "%s: %s", trigger, line);
+        free(copy);
+    }
+    sd_notify_text("READY=1\nSTATUS=%u services; the last reload (%s) %s", d->nsvcs, trigger,
+                   rc == 0 ? "applied" : "was refused in part: see the log");
+    if (report_out != NULL)
+        *report_out = report;
+    else
+        free(report);
+    return rc;
 }

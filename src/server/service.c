@@ -200,6 +200,12 @@ int service_listen(struct daemon *d, struct service *svc, char *err, size_t errl
             rc = -errno;
     }
     if (rc < 0) {
+        pid_t owner;
+        if (rc == -EADDRINUSE && sock_unix_owner(&svc->l.addr, &owner) > 0) {
+            snprintf(err, errlen, "service '%s': %s is served by pid %d (another shmipcd?)",
+                     svc->name, svc->l.addr.text, (int)owner);
+            return rc;
+        }
         snprintf(err, errlen, "service '%s': listening on %s: %s", svc->name, svc->listen,
                  shmipc_strerror(rc));
         return rc;

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -825,6 +827,110 @@ out:
     dfx_end(&f);
 }
 
+/* A second shmipcd on the same configuration is refused (the pid file
+ * names the first), and one on another configuration with a socket the
+ * first serves is refused too (naming its pid); the first never notices
+ * and keeps its sockets. */
+static void test_one_daemon_per_socket(void)
+{
+    struct fx f;
+    char out[8192];
+    REQUIRE(dfx_begin(&f) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "one.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
+    char pidtext[32];
+    snprintf(pidtext, sizeof(pidtext), "is held by pid %d", (int)f.d.pid);
+    const char *argv[] = {f.d.shmipcd, "-c", f.d.conf, NULL};
+    CHECK_EQ(dfx_run_capture(argv, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, pidtext));
+    /* Another admin socket and pid file, the same service socket. */
+    t.n = 0;
+    du_conf_add(&t, "admin = \"unix:%s\";\npid_file = \"%s\";\nservices = (\n",
+                du_path(&f.d, "admin2.sock"), du_path(&f.d, "two.pid"));
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    char conf2[160];
+    snprintf(conf2, sizeof(conf2), "%s", f.d.conf);
+    struct du_daemon other = f.d;
+    REQUIRE(du_conf_write(&t, &other, "two.conf") == 0);
+    const char *argv2[] = {f.d.shmipcd, "-c", other.conf, NULL};
+    CHECK_EQ(dfx_run_capture(argv2, out, sizeof(out)), 1);
+    snprintf(pidtext, sizeof(pidtext), "echo.sock is served by pid %d", (int)f.d.pid);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, pidtext));
+    /* The first still answers, on its sockets. */
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", NULL), 0);
+    CU_ASSERT(du_exists(du_path(&f.d, "echo.sock")) && du_exists(du_path(&f.d, "shmipcd.pid")));
+    shmipc_client *c = NULL;
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = du_addr(&f.d, "echo");
+    REQUIRE(shmipc_client_open(&cfg, &c) == 0);
+    shmipc_stream *st;
+    REQUIRE(shmipc_client_get(c, &st) == 0);
+    shmipc_msg m;
+    CHECK_EQ(shmipc_call(st, "still here", 10, &m, RECV_MS), 0);
+    shmipc_msg_release(&m);
+    shmipc_client_put(c, st);
+    shmipc_client_close(c);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
+    CU_ASSERT(!du_exists(du_path(&f.d, "shmipcd.pid")));
+    (void)conf2;
+out:
+    dfx_end(&f);
+}
+
+/* NOTIFY_SOCKET: READY=1 once serving, RELOADING=1 then READY=1 around a
+ * reload, STOPPING=1 at the stop. */
+static int notify_next(int fd, char *buf, size_t cap)
+{
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, POLL_MS) != 1)
+        return -1;
+    ssize_t n = recv(fd, buf, cap - 1, 0);
+    if (n < 0)
+        return -1;
+    buf[n] = '\0';
+    return 0;
+}
+
+static void test_systemd_notify(void)
+{
+    struct fx f;
+    int fd = -1;
+    char buf[512];
+    REQUIRE(dfx_begin(&f) == 0);
+    const char *path = du_path(&f.d, "notify.sock");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "notify.conf") == 0);
+    setenv("NOTIFY_SOCKET", sa.sun_path, 1);
+    int rc = du_start(&f.d, START_MS);
+    unsetenv("NOTIFY_SOCKET");
+    REQUIRE(rc == 0);
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "READY=1"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(buf, "STATUS=1 services"));
+    kill(f.d.pid, SIGHUP);
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    CU_ASSERT_STRING_EQUAL(buf, "RELOADING=1");
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    CU_ASSERT(strncmp(buf, "READY=1", 7) == 0);
+    CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    CU_ASSERT_STRING_EQUAL(buf, "STOPPING=1");
+out:
+    if (fd >= 0)
+        close(fd);
+    dfx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"many clients x streams, echo and greeter, both modes", test_many_clients},
     {"a slow handshake does not delay others", test_slow_handshake},
@@ -835,6 +941,8 @@ static const struct test_case cases[] = {
     {"watch: a replaced plugin file reloads the service", test_watch},
     {"limits: allowlist, per-uid sessions, streams, idle timeout", test_limits},
     {"forward: the request's slices answer, copied when mixed", test_forward},
+    {"one daemon per socket and pid file", test_one_daemon_per_socket},
+    {"systemd notifications", test_systemd_notify},
     {NULL, NULL},
 };
 
