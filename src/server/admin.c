@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "server/metrics.h"
 #include "server/proc.h"
 #include "server/reload.h"
 #include "server/strbuf.h"
@@ -190,6 +191,12 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
         stats(d, &b, 0);
     else if (strcmp(line, "stats --json") == 0)
         stats(d, &b, 1);
+    else if (strcmp(line, "status --json") == 0)
+        status_json(d, &b);
+    else if (strcmp(line, "metrics") == 0)
+        metrics_text(d, &b);
+    else if (strcmp(line, "sessions") == 0)
+        sessions_text(d, &b);
     else if (strcmp(line, "reload") == 0) {
         char *report = NULL;
         reload_and_log(d, "admin", &report);
@@ -199,7 +206,9 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
         strbuf_add(&b, "stopping\n");
         *stop = 1;
     } else
-        strbuf_add(&b, "error: unknown command '%.64s' (status, stats [--json], reload, stop)\n",
+        strbuf_add(&b,
+                   "error: unknown command '%.64s' (status [--json], stats [--json], metrics, "
+                   "sessions, reload, stop)\n",
                    line);
     return b.p;
 }

@@ -49,7 +49,7 @@ struct conf_parser {
 static const char *const top_keys[] = {"workers",         "spin_us",          "log",
                                        "admin",           "admin_mode",       "plugin_dir",
                                        "limits",          "services",         "slow_handler_ms",
-                                       "slow_handler_trace", "pid_file", NULL};
+                                       "slow_handler_trace", "pid_file", "metrics_listen", NULL};
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
@@ -646,6 +646,18 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
         return rc;
     if ((rc = get_bool(ld, root, NULL, "slow_handler_trace", &c->slow_handler_trace)) < 0)
         return rc;
+    const char *ml;
+    if ((rc = get_string(ld, root, NULL, "metrics_listen", &m, &ml)) < 0)
+        return rc;
+    if (rc > 0) {
+        struct sock_addr a;
+        if (sock_addr_parse(ml, &a) < 0)
+            return fail(ld, m.s, m.key,
+                        "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)",
+                        ml);
+        if ((rc = dup_str(ld, m.s, m.key, ml, &c->metrics_listen)) < 0)
+            return rc;
+    }
     const char *pf;
     if ((rc = get_string(ld, root, NULL, "pid_file", &m, &pf)) < 0)
         return rc;
@@ -1136,6 +1148,7 @@ void conf_free(struct daemon_conf *c)
     free(c->services);
     free(c->admin);
     free(c->pid_file);
+    free(c->metrics_listen);
     free(c->path);
     if (c->cfg.root != NULL)
         config_destroy(&c->cfg);

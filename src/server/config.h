@@ -88,6 +88,7 @@ struct daemon_conf {
     int spin_us;            /* low-latency mode, 0..100000, default 0 (off) */
     enum log_level log_level; /* default info */
     char *admin;            /* NULL when absent */
+    char *metrics_listen;   /* NULL: none; an address for GET /metrics */
     char *pid_file;         /* NULL: <admin socket's directory>/shmipcd.pid, or none
                                without a unix admin socket */
     int admin_mode;         /* default 0600 */

@@ -35,7 +35,7 @@
 #include "session/session.h"
 
 /* The daemon's own epoll entries, after the server core's (serve_tag.h). */
-enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH, EPK_PROC };
+enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH, EPK_PROC, EPK_METRICS };
 
 struct proc_shared;
 struct wproc;
@@ -50,7 +50,25 @@ struct svc_stats {
     uint64_t client_gone;  /* answers that found their client (or session) gone */
     uint64_t deferred;     /* answers deferred by the plugin */
     uint64_t slow_handlers; /* handler calls logged as slow */
+    uint64_t refused_by[4]; /* enum refusal */
+    /* Handler call times (handle() returning; a deferred answer's wait
+     * is not in it): counts per bucket of LAT_BOUNDS_US, sum, count. */
+    uint64_t lat_buckets[16];
+    uint64_t lat_sum_ns, lat_count;
+    /* Of sessions already closed (live ones are summed at a scrape). */
+    uint64_t wakeups_sent, wakeups_received, fallbacks_sent, fallbacks_received;
+    uint64_t streams_opened;
 };
+
+/* Why a connection was refused (metrics). */
+enum refusal { REFUSED_MAX_SESSIONS, REFUSED_ALLOWLIST, REFUSED_UID_LIMIT, REFUSED_UNAVAILABLE };
+
+/* Upper bounds of the handler latency buckets, in microseconds; the last
+ * bucket is everything above. */
+#define LAT_BOUNDS_US                                                                              \
+    {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 250000, 1000000, 2500000,   \
+     10000000}
+#define LAT_NBOUNDS 15
 
 /* A loaded configuration, shared by the generations created from it (a
  * plugin may keep pointers into its config group for its whole life). */
@@ -131,6 +149,8 @@ struct dsession {
     struct worker *w;
     long long uid;             /* peer's uid (SO_PEERCRED), -1 when unknown (or
                                   counted by the master: a worker process) */
+    long long pid;             /* peer's pid (SO_PEERCRED), -1 when unknown */
+    uint64_t started_ns;
     uint64_t requests, handler_errors; /* written by the worker only */
     struct dsession *next_in; /* in the worker's inbox */
 };
@@ -197,6 +217,7 @@ struct worker {
     struct call_info call_own;
     struct resume_target *rt;  /* for deferred answers */
     int deferred_open;         /* atomic: deferred answers not yet completed */
+    uint64_t requests;         /* atomic: requests it handled */
     int joined, stuck;         /* stop: its thread was joined / was left running */
     struct resume *resumes;    /* sessions with a stream resumed (under mu) */
     /* Called from any thread by a completed deferred answer (rt->mu held). */
@@ -232,6 +253,7 @@ struct daemon {
     int epfd, sigfd;
     struct serve_tag sig_tag;
     struct serve_listener admin; /* tag EPK_ADMIN; fd -1 when none */
+    struct serve_listener metrics; /* tag EPK_METRICS; fd -1 when none */
     struct serve_accept acc;     /* handshakes in progress */
     char tmpdir[256];          /* private plugin copies */
     struct shmipc_host_api host;

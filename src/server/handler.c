@@ -208,6 +208,18 @@ static void call_end(struct worker *w)
     __atomic_add_fetch(&w->call->seq, 1, __ATOMIC_RELEASE);
 }
 
+/* A handler call took `ns`: the service's latency histogram. */
+static void record_latency(struct service *svc, uint64_t ns)
+{
+    static const uint64_t bounds[LAT_NBOUNDS] = LAT_BOUNDS_US;
+    unsigned b = 0;
+    while (b < LAT_NBOUNDS && ns > bounds[b] * 1000u)
+        b++;
+    __atomic_add_fetch(&svc->st->lat_buckets[b], 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->lat_sum_ns, ns, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->lat_count, 1, __ATOMIC_RELAXED);
+}
+
 /* ---- requests ---- */
 
 /* The counters the admin socket reads are added once per pass (each is
@@ -389,6 +401,8 @@ int plugin_request(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
     if (ts != NULL || g->desc->thread_init == NULL)
         rc = g->desc->handle(g->state, ts, &req, &resp);
     call_end(w);
+    record_latency(svc, sock_now_ns() - w->call->start_ns);
+    __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
     if (resp.moved != NULL) {
         p->deferred++;
         if (rc < 0)

@@ -25,6 +25,7 @@
 #include "base/log.h"
 #include "server/admin.h"
 #include "server/handler.h"
+#include "server/metrics.h"
 #include "server/notify.h"
 #include "server/proc.h"
 #include "server/reload.h"
@@ -143,10 +144,38 @@ static void unlock_pid_file(struct daemon *d)
     d->pid_fd = -1;
 }
 
+/* metrics_listen: GET /metrics for a Prometheus server. */
+static int open_metrics(struct daemon *d, char *err, size_t errlen)
+{
+    if (d->conf->metrics_listen == NULL)
+        return 0;
+    int rc = serve_listen(&d->metrics, d->conf->metrics_listen, 0600, 16);
+    if (rc == 0) {
+        d->metrics.tag.kind = EPK_METRICS;
+        rc = ep_add(d, d->metrics.fd, EPOLLIN, &d->metrics.tag);
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "metrics_listen %s: %s", d->conf->metrics_listen,
+                 shmipc_strerror(rc));
+        return rc;
+    }
+    log_info("metrics on %s (GET /metrics)", d->metrics.addr.text);
+    return 0;
+}
+
+static void on_metrics(struct daemon *d)
+{
+    int fd;
+    while ((fd = sock_accept(d->metrics.fd)) >= 0) {
+        metrics_http(d, fd);
+        close(fd);
+    }
+}
+
 int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen)
 {
     memset(d, 0, sizeof(*d));
-    d->epfd = d->sigfd = d->admin.fd = d->pid_fd = -1;
+    d->epfd = d->sigfd = d->admin.fd = d->pid_fd = d->metrics.fd = -1;
     watch_init(&d->watch);
     uid_counts_init(&d->uids);
     d->started_ns = sock_now_ns();
@@ -194,7 +223,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     if ((rc = ep_add(d, d->sigfd, EPOLLIN, &d->sig_tag)) < 0)
         return rc;
     serve_accept_init(&d->acc, d->epfd, &d->reg, &accept_ops, d);
-    if ((rc = start_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0)
+    if ((rc = start_services(d, err, errlen)) < 0 || (rc = open_admin(d, err, errlen)) < 0 ||
+        (rc = open_metrics(d, err, errlen)) < 0)
         return rc;
     slowlog_init();
     if ((rc = pool_start(&d->pool, d, d->conf->workers, "shared")) < 0) {
@@ -294,7 +324,7 @@ static int on_admit(void *owner, struct serve_listener *l, int fd, long long *ui
     const char *no;
     if (total_sessions(d) + d->acc.nhs >= d->conf->max_sessions) {
         snprintf(why, whylen, "%u sessions is the limit", d->conf->max_sessions);
-        rc = -EUSERS;
+        rc = -EMFILE;
     } else if (svc->isolation == ISOLATION_PROCESS && (no = proc_refusal(svc)) != NULL) {
         snprintf(why, whylen, "%s", no);
         rc = -EAGAIN;
@@ -304,6 +334,11 @@ static int on_admit(void *owner, struct serve_listener *l, int fd, long long *ui
     if (rc < 0) {
         log_warn("service %s: connection refused: %s", svc->name, why);
         __atomic_add_fetch(&svc->st->refused, 1, __ATOMIC_RELAXED);
+        enum refusal r = rc == -EMFILE    ? REFUSED_MAX_SESSIONS
+                         : rc == -EACCES  ? REFUSED_ALLOWLIST
+                         : rc == -EUSERS  ? REFUSED_UID_LIMIT
+                                          : REFUSED_UNAVAILABLE;
+        __atomic_add_fetch(&svc->st->refused_by[r], 1, __ATOMIC_RELAXED);
     }
     return rc;
 }
@@ -333,6 +368,13 @@ static void on_started(void *owner, struct serve_listener *l, long long uid, str
     }
     ds->conn.s = s;
     ds->uid = uid;
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    ds->pid = svc->l.addr.family == AF_UNIX &&
+                      getsockopt(s->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0
+                  ? cred.pid
+                  : -1;
+    ds->started_ns = sock_now_ns();
     ds->svc = svc;
     ds->id = (uint64_t)(unsigned)s->index; /* the core numbers sessions; logs agree */
     __atomic_add_fetch(&svc->st->sessions_opened, 1, __ATOMIC_RELAXED);
@@ -457,6 +499,9 @@ int daemon_run(struct daemon *d)
             case EPK_ADMIN:
                 on_admin(d);
                 break;
+            case EPK_METRICS:
+                on_metrics(d);
+                break;
             case EPK_PROC:
                 proc_on_event(d, (struct wproc *)t);
                 break;
@@ -558,6 +603,7 @@ int daemon_stop_and_free(struct daemon *d)
         service_free(d, d->svcs[i]);
     d->nsvcs = 0;
     serve_listener_close(&d->admin);
+    serve_listener_close(&d->metrics);
     watch_close(&d->watch);
     if (d->tmpdir[0] != '\0')
         rmdir(d->tmpdir);

@@ -64,6 +64,13 @@ static void h_closed(void *ctx, struct serve_conn *c)
     __atomic_add_fetch(&svc->st->sessions_closed, 1, __ATOMIC_RELAXED);
     if (s->stats.protocol_errors != 0)
         __atomic_add_fetch(&svc->st->protocol_errors, s->stats.protocol_errors, __ATOMIC_RELAXED);
+    struct shmipc_stats ss = {0};
+    session_add_stats(s, &ss);
+    __atomic_add_fetch(&svc->st->wakeups_sent, ss.wakeups_sent, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->wakeups_received, ss.wakeups_received, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->fallbacks_sent, ss.fallbacks_sent, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->fallbacks_received, ss.fallbacks_received, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->st->streams_opened, ss.streams_opened, __ATOMIC_RELAXED);
     if (s->err == SHMIPC_ECLOSED)
         log_debug("service %s: session %lu closed: %s", svc->name, (unsigned long)ds->id, s->why);
     else

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -931,6 +933,99 @@ out:
     dfx_end(&f);
 }
 
+/* The metrics text through the reference parser (tests/metrics/parse.py):
+ * its samples, one per line, in out. The parser's exit code. */
+static int parse_metrics(const struct fx *f, const char *text, char *out, size_t cap)
+{
+    const char *file = du_path(&f->d, "metrics.txt");
+    if (du_write_file(file, text) < 0)
+        return -1;
+    char script[4096];
+    snprintf(script, sizeof(script), "%s/../../tests/metrics/parse.py", du_exe_dir());
+    const char *argv[] = {"/usr/bin/python3", script, file, NULL};
+    return dfx_run_capture(argv, out, cap);
+}
+
+/* shmipcctl metrics and GET /metrics: both parse with the reference
+ * parser and count what was done; status --json and sessions too. */
+static void test_metrics(void)
+{
+    struct fx f;
+    static char out[65536], parsed[65536];
+    shmipc_client *c = NULL;
+    int port = 0, fd = -1;
+    REQUIRE(dfx_begin(&f) == 0);
+    for (int tries = 0; tries < 20 && port == 0; tries++) {
+        int p = 20000 + (int)((du_now_ns() / 1000 + (uint64_t)tries * 7919) % 30000);
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        if (s >= 0 && bind(s, (struct sockaddr *)&in, sizeof(in)) == 0)
+            port = p;
+        if (s >= 0)
+            close(s);
+    }
+    REQUIRE(port != 0);
+    struct du_conf t = {.n = 0};
+    du_conf_add(&t, "metrics_listen = \"tcp:127.0.0.1:%d\";\n", port);
+    du_conf_head(&t, &f.d, NULL);
+    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    REQUIRE(du_conf_write(&t, &f.d, "metrics.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = du_addr(&f.d, "echo");
+    REQUIRE(shmipc_client_open(&cfg, &c) == 0);
+    shmipc_stream *st;
+    REQUIRE(shmipc_client_get(c, &st) == 0);
+    for (int i = 0; i < 7; i++) {
+        shmipc_msg m;
+        REQUIRE(shmipc_call(st, "count me", 8, &m, RECV_MS) == 0);
+        shmipc_msg_release(&m);
+    }
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "metrics", NULL), 0);
+    CHECK_EQ(parse_metrics(&f, out, parsed, sizeof(parsed)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 7\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_sessions{service=\"echo\"} 1\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_handler_seconds_count{service=\"echo\"} 7\n"));
+    CU_ASSERT_PTR_NOT_NULL(
+        strstr(parsed, "shmipcd_refused_total{reason=\"allowlist\",service=\"echo\"} 0\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_worker_requests_total{pool=\"shared\""));
+    /* Over HTTP, as a Prometheus server scrapes it. */
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0 && connect(fd, (struct sockaddr *)&in, sizeof(in)) == 0);
+    static const char get[] = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    REQUIRE(write(fd, get, sizeof(get) - 1) == (ssize_t)(sizeof(get) - 1));
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof(out) - 1 && (r = read(fd, out + n, sizeof(out) - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    CU_ASSERT(strncmp(out, "HTTP/1.1 200 OK\r\n", 17) == 0);
+    const char *body = strstr(out, "\r\n\r\n");
+    REQUIRE(body != NULL);
+    CHECK_EQ(parse_metrics(&f, body + 4, parsed, sizeof(parsed)), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 7\n"));
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", "--json"), 0);
+    CU_ASSERT(strncmp(out, "{\"pid\":", 7) == 0 &&
+              strstr(out, "\"name\":\"echo\"") != NULL && strstr(out, "\"sessions\":1") != NULL);
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "sessions", NULL), 0);
+    char want[96];
+    snprintf(want, sizeof(want), "service echo, worker shared ");
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
+    snprintf(want, sizeof(want), "peer pid %d uid %d", (int)getpid(), (int)getuid());
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
+    shmipc_client_put(c, st);
+out:
+    if (fd >= 0)
+        close(fd);
+    if (c != NULL)
+        shmipc_client_close(c);
+    dfx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"many clients x streams, echo and greeter, both modes", test_many_clients},
     {"a slow handshake does not delay others", test_slow_handshake},
@@ -943,6 +1038,7 @@ static const struct test_case cases[] = {
     {"forward: the request's slices answer, copied when mixed", test_forward},
     {"one daemon per socket and pid file", test_one_daemon_per_socket},
     {"systemd notifications", test_systemd_notify},
+    {"metrics, status --json and sessions", test_metrics},
     {NULL, NULL},
 };
 
