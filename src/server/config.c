@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include "proto/sock.h"
 
@@ -441,6 +442,56 @@ static char *read_all(const char *path, size_t *n)
     return buf;
 }
 
+/* An integer key read straight into the field of struct daemon_conf that
+ * has its name, by offset and size as nginx's conf slots do; the fields are
+ * 32 or 64 bits wide and every range fits the field. */
+struct int_key {
+    long long min, max;
+    const char *name;
+    size_t off, size;
+};
+
+#define FIELD_SIZE(field) sizeof(((struct daemon_conf *)0)->field)
+#define INT_KEY(field, min, max)                                                                   \
+    {                                                                                              \
+        (min), (max), #field, offsetof(struct daemon_conf, field), FIELD_SIZE(field)               \
+    }
+
+static const struct int_key top_ints[] = {
+    INT_KEY(workers, 1, CONF_MAX_WORKERS),
+    INT_KEY(spin_us, 0, 100000),
+    INT_KEY(slow_handler_ms, 0, 3600000),
+};
+
+static const struct int_key limit_ints[] = {
+    INT_KEY(max_sessions, 1, 1000000),         INT_KEY(max_pool_bytes, 64 << 10, (4ll << 30) - 1),
+    INT_KEY(handshake_timeout_ms, 10, 600000), INT_KEY(max_event_bytes, 64 << 10, 1ll << 30),
+    INT_KEY(drain_timeout_ms, 0, 600000),      INT_KEY(max_sessions_per_uid, 0, 1000000),
+    INT_KEY(max_streams, 1, 1000000),          INT_KEY(idle_timeout_ms, 0, 86400000),
+};
+
+/* The range of a known integer key ("limits.max_pool_bytes", "workers"):
+ * 1 and *min, *max set, or 0 for a key of no table (a plugin's). */
+static int key_range(const char *key, long long *min, long long *max)
+{
+    const char *name = strrchr(key, '.');
+    name = name != NULL ? name + 1 : key;
+    int in_limits = strncmp(key, "limits.", 7) == 0;
+    const struct int_key *t = in_limits ? limit_ints : top_ints;
+    size_t n = in_limits ? sizeof(limit_ints) / sizeof(limit_ints[0])
+                         : sizeof(top_ints) / sizeof(top_ints[0]);
+    if (!in_limits && strchr(key, '.') != NULL)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(t[i].name, name) == 0) {
+            *min = t[i].min;
+            *max = t[i].max;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static int check_wrapped(struct conf_parser *ld)
 {
     const config_t *cfg = &ld->c->cfg;
@@ -464,6 +515,11 @@ static int check_wrapped(struct conf_parser *ld)
         struct int_hit hit = {NULL, ""};
         if (w.has_value)
             find_int(config_root_setting(cfg), name, &w, key, &hit);
+        long long kmin, kmax;
+        unsigned long long lit = strtoull(w.lit, NULL, 0);
+        if (hit.s != NULL && key_range(hit.key, &kmin, &kmax) && lit > (unsigned long long)kmax)
+            return fail(ld, hit.s, hit.key, "%s is out of range (%lld..%lld)", w.lit, kmin,
+                        kmax); /* an L suffix would not help */
         if (hit.s != NULL)
             return fail(ld, hit.s, hit.key,
                         "%s does not fit in 32 bits (libconfig 1.5 reads it as %d); "
@@ -554,34 +610,6 @@ static int check_includes(struct conf_parser *ld, const char *file, int depth)
 
 /* ---- sections ---- */
 
-/* An integer key read straight into the field of struct daemon_conf that
- * has its name, by offset and size as nginx's conf slots do; the fields are
- * 32 or 64 bits wide and every range fits the field. */
-struct int_key {
-    long long min, max;
-    const char *name;
-    size_t off, size;
-};
-
-#define FIELD_SIZE(field) sizeof(((struct daemon_conf *)0)->field)
-#define INT_KEY(field, min, max)                                                                   \
-    {                                                                                              \
-        (min), (max), #field, offsetof(struct daemon_conf, field), FIELD_SIZE(field)               \
-    }
-
-static const struct int_key top_ints[] = {
-    INT_KEY(workers, 1, CONF_MAX_WORKERS),
-    INT_KEY(spin_us, 0, 100000),
-    INT_KEY(slow_handler_ms, 0, 3600000),
-};
-
-static const struct int_key limit_ints[] = {
-    INT_KEY(max_sessions, 1, 1000000),         INT_KEY(max_pool_bytes, 64 << 10, (4ll << 30) - 1),
-    INT_KEY(handshake_timeout_ms, 10, 600000), INT_KEY(max_event_bytes, 64 << 10, 1ll << 30),
-    INT_KEY(drain_timeout_ms, 0, 600000),      INT_KEY(max_sessions_per_uid, 0, 1000000),
-    INT_KEY(max_streams, 1, 1000000),          INT_KEY(idle_timeout_ms, 0, 86400000),
-};
-
 /* Reads keys[0..n) of group into ld->c, in order; absent keys keep their
  * defaults. 0, or the first refusal. */
 static int get_ints(struct conf_parser *ld, const config_setting_t *group, const char *prefix,
@@ -603,6 +631,49 @@ static int get_ints(struct conf_parser *ld, const config_setting_t *group, const
             uint32_t u = (uint32_t)v;
             memcpy(field, &u, sizeof(u));
         }
+    }
+    return 0;
+}
+
+/* A unix socket address that cannot work: a path longer than sun_path.
+ * 0, or the refusal. */
+static int check_unix_path(struct conf_parser *ld, const config_setting_t *s, const char *key,
+                           const char *text)
+{
+    const char *path = strncmp(text, "unix:", 5) == 0 ? text + 5 : text[0] == '/' ? text : NULL;
+    if (path == NULL)
+        return 0;
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    if (strlen(path) > max)
+        return fail(ld, s, key, "%s is too long: %zu bytes, at most %zu", path, strlen(path),
+                    max);
+    return 0;
+}
+
+int conf_check_socket_dir(const char *address, char *err, size_t errlen)
+{
+    const char *path = strncmp(address, "unix:", 5) == 0 ? address + 5
+                       : address[0] == '/'               ? address
+                                                         : NULL;
+    if (path == NULL)
+        return 0;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return 0;
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    struct stat st;
+    if (stat(dir, &st) < 0) {
+        snprintf(err, errlen, "the directory %s of %s does not exist", dir, path);
+        return -ENOENT;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s (for %s) is not a directory", dir, path);
+        return -ENOTDIR;
     }
     return 0;
 }
@@ -635,6 +706,8 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
         return rc;
     if (rc > 0) {
         struct sock_addr a;
+        if ((rc = check_unix_path(ld, m.s, m.key, admin)) < 0)
+            return rc;
         if (sock_addr_parse(admin, &a) < 0)
             return fail(ld, m.s, m.key,
                         "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)",
@@ -651,6 +724,8 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
         return rc;
     if (rc > 0) {
         struct sock_addr a;
+        if ((rc = check_unix_path(ld, m.s, m.key, ml)) < 0)
+            return rc;
         if (sock_addr_parse(ml, &a) < 0)
             return fail(ld, m.s, m.key,
                         "\"%s\" is not an address (unix:/abs/path, /abs/path or tcp:host:port)",
@@ -928,6 +1003,8 @@ static int load_service(struct conf_parser *ld, const config_setting_t *e, unsig
         return rc;
 
     if ((rc = get_needed(ld, e, prefix, "listen", "an address to listen on", &m, &v)) < 0)
+        return rc;
+    if ((rc = check_unix_path(ld, m.s, m.key, v)) < 0)
         return rc;
     if (sock_addr_parse(v, &addrs[i]) < 0)
         return fail(ld, m.s, m.key,

@@ -122,4 +122,8 @@ int conf_plugin_bool(const config_setting_t *group, const char *path, int *out);
 int conf_plugin_float(const config_setting_t *group, const char *path, double *out);
 int conf_plugin_string(const config_setting_t *group, const char *path, const char **out);
 
+/* shmipcd -t: the directory of a unix socket address exists (at start,
+ * bind says so itself). 0, or a code with err filled. */
+int conf_check_socket_dir(const char *address, char *err, size_t errlen);
+
 #endif

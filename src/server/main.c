@@ -36,6 +36,20 @@ static int check_config(const char *path)
         conf_free(&c);
         return 1;
     }
+    char derr[600];
+    for (unsigned i = 0; rc == 0 && i < c.nservices; i++)
+        if ((rc = conf_check_socket_dir(c.services[i].listen, derr, sizeof(derr))) < 0)
+            fprintf(stderr, "shmipcd: %s:%d: service '%s': listen: %s\n", path,
+                    c.services[i].line, c.services[i].name, derr);
+    const char *others[2] = {c.admin, c.metrics_listen}, *names[2] = {"admin", "metrics_listen"};
+    for (unsigned i = 0; rc == 0 && i < 2; i++)
+        if (others[i] != NULL && (rc = conf_check_socket_dir(others[i], derr, sizeof(derr))) < 0)
+            fprintf(stderr, "shmipcd: %s: %s: %s\n", path, names[i], derr);
+    if (rc < 0) {
+        rmdir(tmp);
+        conf_free(&c);
+        return 1;
+    }
     struct shmipc_host_api host;
     host_api_init(&host);
     for (unsigned i = 0; rc == 0 && i < c.nservices; i++) {

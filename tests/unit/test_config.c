@@ -499,16 +499,26 @@ static const struct refusal refusals[] = {
      "max_pool", -EINVAL, "65535 is out of range"},
     {"max_pool_bytes 4 GiB", LIMITS("max_pool_bytes = 4294967296L;"), "limits.max_pool_bytes",
      "max_pool", -EINVAL, "4294967296 is out of range"},
-    {"max_pool_bytes wrapped by libconfig", "limits = {\n\n max_pool_bytes = 4295032832; };\n" SVC,
-     "limits.max_pool_bytes", "max_pool", -EINVAL, "4295032832 does not fit in 32 bits"},
+    {"max_pool_bytes wrapped by libconfig, in range", "limits = {\n\n max_pool_bytes = 4000000000; };\n" SVC,
+     "limits.max_pool_bytes", "max_pool", -EINVAL,
+     "4000000000 does not fit in 32 bits (libconfig 1.5 reads it as -294967296); write 4000000000L"},
+    {"max_pool_bytes beyond its range: the range, not an L suffix",
+     "limits = {\n\n max_pool_bytes = 4295032832; };\n" SVC, "limits.max_pool_bytes", "max_pool",
+     -EINVAL, "4295032832 is out of range (65536..4294967295)"},
+    {"socket path longer than sun_path",
+     "services = ( { name = \"a\";\n listen = \"unix:/tmp/"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.sock\";"
+     " plugin = \"p.so\"; } );\n",
+     "services.[0].listen", "listen", -EINVAL, "is too long: 115 bytes, at most 107"},
     {"wrapped value on the line after its name",
      "limits = {\n max_event_bytes =\n   3000000000; };\n" SVC, "limits.max_event_bytes",
-     "max_event", -EINVAL, "write 3000000000L"},
+     "max_event", -EINVAL, "3000000000 is out of range (65536..1073741824)"},
     {"wrapped value: the setting named above it, not an equal one below",
      "limits = {\n max_event_bytes =\n   3000000000; };\n"
      "services = ( { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n"
      "  config = { y = -1294967296; }; } );\n",
-     "limits.max_event_bytes", "max_event", -EINVAL, "reads it as -1294967296"},
+     "limits.max_event_bytes", "max_event", -EINVAL,
+     "3000000000 is out of range (65536..1073741824)"},
     {"wrapped integer in a plugin's config",
      "services = ( { name = \"a\"; listen = \"/tmp/a.sock\"; plugin = \"p.so\";\n"
      "  config = { x = [ 1,\n 3000000000 ]; }; } );\n",

@@ -1026,6 +1026,26 @@ out:
     dfx_end(&f);
 }
 
+/* shmipcd -t: a socket in a directory that is not there is refused (the
+ * daemon would fail at start), naming the directory. */
+static void test_check_socket_dirs(void)
+{
+    struct fx f;
+    char out[4096];
+    REQUIRE(dfx_begin(&f) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_add(&t, "services = (\n  { name = \"e\"; listen = \"unix:%s/nowhere/e.sock\"; "
+                    "plugin = \"%s\"; }\n",
+                f.d.dir, du_plugin_path("echo"));
+    REQUIRE(du_conf_write(&t, &f.d, "dirs.conf") == 0);
+    const char *argv[] = {f.d.shmipcd, "-t", "-c", f.d.conf, NULL};
+    CHECK_EQ(dfx_run_capture(argv, out, sizeof(out)), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "/nowhere of "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "does not exist"));
+out:
+    dfx_end(&f);
+}
+
 static const struct test_case cases[] = {
     {"many clients x streams, echo and greeter, both modes", test_many_clients},
     {"a slow handshake does not delay others", test_slow_handshake},
@@ -1039,6 +1059,7 @@ static const struct test_case cases[] = {
     {"one daemon per socket and pid file", test_one_daemon_per_socket},
     {"systemd notifications", test_systemd_notify},
     {"metrics, status --json and sessions", test_metrics},
+    {"shmipcd -t checks socket directories", test_check_socket_dirs},
     {NULL, NULL},
 };
 
