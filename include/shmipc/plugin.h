@@ -109,7 +109,13 @@ struct shmipc_host_api {
     struct shmipc_response *(*defer)(struct shmipc_response *resp);
     int (*complete)(struct shmipc_response *deferred);
     void (*fail)(struct shmipc_response *deferred, int code);
-    void *reserved[3];
+    /* From init: the keys the plugin's config group may have (NULL-
+     * terminated). 0, or -EINVAL with errbuf naming the file, line and the
+     * unknown key, and the known ones: return NULL from init with it, and
+     * a typo in the config refuses the load instead of being ignored. */
+    int (*conf_keys)(const struct shmipc_plugin_conf *c, const char *const *known, char *errbuf,
+                     size_t errlen);
+    void *reserved[2];
 };
 
 struct shmipc_plugin {
@@ -190,6 +196,12 @@ struct shmipc_plugin {
     .magic = SHMIPC_PLUGIN_MAGIC, .abi_major = SHMIPC_PLUGIN_ABI_MAJOR,                            \
     .abi_minor = SHMIPC_PLUGIN_ABI_MINOR, .size = sizeof(struct shmipc_plugin), .name = (name_),   \
     .version = (version_)
+
+/* Whether the host's API table has `field` (a host older than the plugin
+ * has a shorter table): SHMIPC_HOST_HAS(host, conf_keys). */
+#define SHMIPC_HOST_HAS(host, field)                                                               \
+    ((host)->size >= offsetof(struct shmipc_host_api, field) + sizeof((host)->field) &&            \
+     (host)->field != NULL)
 
 #define SHMIPC_PLUGIN_EXPORT                                                                       \
     __attribute__((visibility("default"))) const struct shmipc_plugin shmipc_plugin

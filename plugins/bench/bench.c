@@ -28,6 +28,9 @@ static void *bench_init(const struct shmipc_host_api *h, const struct shmipc_plu
         snprintf(errbuf, errlen, "the host API has no advance() or forward(): shmipcd too old");
         return NULL;
     }
+    static const char *const known[] = {"max_slice", NULL};
+    if (SHMIPC_HOST_HAS(h, conf_keys) && h->conf_keys(conf, known, errbuf, errlen) < 0)
+        return NULL; /* a typo in the service's config group */
     if (h->conf_int(conf, "max_slice", &one_slice) == -EINVAL || one_slice < 1) {
         snprintf(errbuf, errlen, "max_slice must be a positive integer");
         return NULL;

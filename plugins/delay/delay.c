@@ -84,6 +84,9 @@ static void *delay_init(const struct shmipc_host_api *host, const struct shmipc_
         snprintf(errbuf, errlen, "delay: needs a host with deferred responses (ABI 1.1)");
         return NULL;
     }
+    static const char *const known[] = {"delay_ms", NULL};
+    if (SHMIPC_HOST_HAS(host, conf_keys) && host->conf_keys(conf, known, errbuf, errlen) < 0)
+        return NULL; /* a typo in the service's config group */
     long long ms = 100;
     int rc = host->conf_int(conf, "delay_ms", &ms);
     if (rc < 0 && rc != -ENOENT) {

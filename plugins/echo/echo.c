@@ -13,9 +13,9 @@ struct echo_state {
 static void *echo_init(const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
                        char *errbuf, size_t errlen)
 {
-    (void)conf;
-    (void)errbuf;
-    (void)errlen;
+    static const char *const known[] = {NULL};
+    if (SHMIPC_HOST_HAS(host, conf_keys) && host->conf_keys(conf, known, errbuf, errlen) < 0)
+        return NULL; /* a typo in the service's config group */
     struct echo_state *s = malloc(sizeof(*s));
     if (s != NULL)
         s->host = host;

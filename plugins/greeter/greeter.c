@@ -24,9 +24,9 @@ struct greeter_thread {
 static void *greeter_init(const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
                           char *errbuf, size_t errlen)
 {
-    (void)conf;
-    (void)errbuf;
-    (void)errlen;
+    static const char *const known[] = {NULL};
+    if (SHMIPC_HOST_HAS(host, conf_keys) && host->conf_keys(conf, known, errbuf, errlen) < 0)
+        return NULL; /* a typo in the service's config group */
     struct greeter_state *s = malloc(sizeof(*s));
     if (s != NULL)
         s->host = host;

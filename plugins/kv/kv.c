@@ -153,6 +153,9 @@ static void kv_table_put(struct kv_table *t)
 static void *kv_init(const struct shmipc_host_api *host, const struct shmipc_plugin_conf *conf,
                      char *errbuf, size_t errlen)
 {
+    static const char *const known[] = {"max_keys", "max_value_bytes", NULL};
+    if (SHMIPC_HOST_HAS(host, conf_keys) && host->conf_keys(conf, known, errbuf, errlen) < 0)
+        return NULL; /* a typo in the service's config group */
     long long max_keys, max_value;
     if (kv_conf_int(host, conf, "max_keys", KV_DEFAULT_MAX_KEYS, 1, KV_LIMIT_MAX_KEYS, &max_keys,
                     errbuf, errlen) < 0 ||

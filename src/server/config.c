@@ -1284,3 +1284,36 @@ int conf_plugin_string(const config_setting_t *group, const char *path, const ch
 {
     return plugin_get(group, path, CONFIG_TYPE_STRING, out);
 }
+
+int conf_plugin_keys(const config_setting_t *group, const char *const *known, char *err,
+                     size_t errlen)
+{
+    if (group == NULL)
+        return 0;
+    int n = config_setting_length(group);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *m = config_setting_get_elem(group, (unsigned)i);
+        const char *name = config_setting_name(m);
+        if (name == NULL)
+            continue;
+        int ok = 0;
+        for (const char *const *k = known; k != NULL && *k != NULL && !ok; k++)
+            ok = strcmp(*k, name) == 0;
+        if (ok)
+            continue;
+        char list[256] = "";
+        size_t used = 0;
+        for (const char *const *k = known; k != NULL && *k != NULL; k++) {
+            int w = snprintf(list + used, sizeof(list) - used, "%s%s", used ? ", " : "", *k);
+            if (w < 0 || (size_t)w >= sizeof(list) - used)
+                break;
+            used += (size_t)w;
+        }
+        const char *file = config_setting_source_file(m);
+        snprintf(err, errlen, "%s:%u: unknown key '%s' in the plugin's config (known: %s)",
+                 file != NULL ? file : "?", config_setting_source_line(m), name,
+                 used ? list : "none");
+        return -EINVAL;
+    }
+    return 0;
+}

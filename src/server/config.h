@@ -121,6 +121,10 @@ int conf_plugin_int(const config_setting_t *group, const char *path, long long *
 int conf_plugin_bool(const config_setting_t *group, const char *path, int *out);
 int conf_plugin_float(const config_setting_t *group, const char *path, double *out);
 int conf_plugin_string(const config_setting_t *group, const char *path, const char **out);
+/* Every member of a plugin's group is one of `known` (NULL-terminated):
+ * 0, or -EINVAL with err naming the file, line, key and the known keys. */
+int conf_plugin_keys(const config_setting_t *group, const char *const *known, char *err,
+                     size_t errlen);
 
 /* shmipcd -t: the directory of a unix socket address exists (at start,
  * bind says so itself). 0, or a code with err filled. */

@@ -60,12 +60,29 @@ static int unforward(struct shmipc_response *r)
     return copy_request(r);
 }
 
+/* The service whose plugin code runs on this thread, for its log lines. */
+static _Thread_local const char *log_service;
+
+void handler_log_service(const char *service)
+{
+    log_service = service;
+}
+
 static void host_log(int level, const char *fmt, ...)
 {
+    char line[1024];
     va_list ap;
     va_start(ap, fmt);
-    log_vmsg((enum log_level)level, fmt, ap);
+    vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
+    if (level < SHMIPC_LOG_ERROR)
+        level = SHMIPC_LOG_ERROR;
+    if (level > SHMIPC_LOG_DEBUG)
+        level = SHMIPC_LOG_DEBUG;
+    if (log_service != NULL)
+        log_msg((enum log_level)level, "service %s: plugin: %s", log_service, line);
+    else
+        log_msg((enum log_level)level, "plugin: %s", line);
 }
 
 static int host_write(struct shmipc_response *r, const void *data, size_t n)
@@ -140,6 +157,12 @@ static int host_conf_float(const struct shmipc_plugin_conf *c, const char *path,
     return conf_plugin_float((const config_setting_t *)c, path, out);
 }
 
+static int host_conf_keys(const struct shmipc_plugin_conf *c, const char *const *known,
+                          char *errbuf, size_t errlen)
+{
+    return conf_plugin_keys((const config_setting_t *)c, known, errbuf, errlen);
+}
+
 static int host_conf_string(const struct shmipc_plugin_conf *c, const char *path, const char **out)
 {
     return conf_plugin_string((const config_setting_t *)c, path, out);
@@ -201,11 +224,13 @@ static void call_begin(struct worker *w, struct service *svc, struct plugin_gen 
     __atomic_store_n(&c->stream_id, stream_id, __ATOMIC_RELAXED);
     __atomic_store_n(&c->start_ns, sock_now_ns(), __ATOMIC_RELAXED);
     __atomic_add_fetch(&c->seq, 1, __ATOMIC_RELEASE);
+    log_service = svc->name;
 }
 
 static void call_end(struct worker *w)
 {
     __atomic_add_fetch(&w->call->seq, 1, __ATOMIC_RELEASE);
+    log_service = NULL;
 }
 
 /* A handler call took `ns`: the service's latency histogram. */
@@ -452,4 +477,5 @@ void host_api_init(struct shmipc_host_api *h)
     h->defer = host_defer;
     h->complete = host_complete;
     h->fail = host_fail;
+    h->conf_keys = host_conf_keys;
 }

@@ -9,6 +9,10 @@
 
 /* The host API table handed to plugins. */
 void host_api_init(struct shmipc_host_api *h);
+/* Names the service whose plugin code runs next on this thread (init,
+ * thread_init, ...), so that its log lines carry it; NULL when done.
+ * Handler calls set it themselves. */
+void handler_log_service(const char *service);
 /* One request of stream st on worker w: handle() and the answer; counted
  * in *p (released by plugin_pass_end). Returns 1 when the plugin deferred
  * the answer: the stream is paused until it completes (the worker's

@@ -2,6 +2,7 @@
  * shmipcd -c FILE [-t]: the server. With -t, checks the configuration
  * (syntax, keys, plugins load and pass init) and exits 0 or 1.
  */
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,12 +13,14 @@
 #include "server/handler.h"
 #include "server/master.h"
 #include "shmipc/errors.h"
+#include "shmipc/shmipc.h"
 
-static void usage(void)
+static void usage(FILE *f)
 {
-    fprintf(stderr, "usage: shmipcd -c FILE [-t]\n"
-                    "  -c FILE  configuration (libconfig syntax; see etc/shmipcd.conf)\n"
-                    "  -t       check the configuration and exit\n");
+    fprintf(f, "usage: shmipcd -c FILE [-t]\n"
+               "  -c FILE      configuration (libconfig syntax; see etc/shmipcd.conf)\n"
+               "  -t           check the configuration and exit\n"
+               "  -h, --help   this text;  --version  the version\n");
 }
 
 /* -t: the file parses and validates, and every plugin loads, passes the
@@ -78,18 +81,23 @@ int main(int argc, char **argv)
         return child_main(argc, argv); /* a process-mode service's worker */
     const char *conf = NULL;
     int test = 0, opt;
-    while ((opt = getopt(argc, argv, "c:th")) != -1) {
-        if (opt == 'c')
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+    while ((opt = getopt_long(argc, argv, "c:th", opts, NULL)) != -1) {
+        if (opt == 'c') {
             conf = optarg;
-        else if (opt == 't')
+        } else if (opt == 't') {
             test = 1;
-        else {
-            usage();
+        } else if (opt == 'V') {
+            printf("shmipcd (shmipc) %s\n", SHMIPC_VERSION);
+            return 0;
+        } else {
+            usage(opt == 'h' ? stdout : stderr);
             return opt == 'h' ? 0 : 2;
         }
     }
     if (conf == NULL || optind != argc) {
-        usage();
+        usage(stderr);
         return 2;
     }
     if (test)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "server/handler.h"
 #include "server/proc.h"
 #include "server/strbuf.h"
 #include "server/worker.h"
@@ -122,8 +123,10 @@ static void load_gen(struct daemon *d, struct service *svc, const struct svc_con
      * init and the rest. */
     const struct shmipc_host_api *host =
         sc->isolation == ISOLATION_PROCESS && !d->worker_process ? NULL : &d->host;
+    handler_log_service(svc->name);
     *rc = gen_load(sc->plugin, d->tmpdir, svc->next_gen + 1, pool_of(d, svc)->n, host,
                    (const struct shmipc_plugin_conf *)sc->plugin_conf, out, lerr, sizeof(lerr));
+    handler_log_service(NULL);
     if (*rc < 0) {
         snprintf(err, errlen, "%s", lerr);
         return;

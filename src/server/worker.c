@@ -111,6 +111,7 @@ static void run_jobs(struct worker *w)
         struct wcmd *c = jobs;
         jobs = c->next;
         c->rc = 0;
+        handler_log_service(c->svc != NULL ? c->svc->name : NULL);
         if (c->kind == WCMD_THREAD_INIT && c->g->desc->thread_init != NULL &&
             c->g->thread_states[w->index] == NULL)
             c->rc = gen_thread_init(c->g, w->index, c->err, sizeof(c->err));
@@ -118,6 +119,7 @@ static void run_jobs(struct worker *w)
             gen_thread_fini(c->g, w->index);
         else if (c->kind == WCMD_CLOSE_SERVICE)
             close_service_sessions(w, c->svc);
+        handler_log_service(NULL);
         pthread_mutex_lock(&w->mu);
         c->done = 1;
         pthread_cond_broadcast(&w->cmd_done);
