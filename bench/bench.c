@@ -38,12 +38,15 @@
 
 #include "base/log.h"
 #include "bench.h"
+#include "proto/sock.h"
 #include "shmipc/shmipc.h"
 
 #define MAX_LIST 32
 
-enum transport { T_SHMIPCD, T_LIB, T_UDS, T_TCP, T_COUNT };
-static const char *const tr_name[T_COUNT] = {"shmipc-shmipcd", "shmipc-lib", "uds", "tcp"};
+/* T_SHMIPCD_PROC: the same plugin in a service of shmipcd's with isolation = "process". */
+enum transport { T_SHMIPCD, T_SHMIPCD_PROC, T_LIB, T_UDS, T_TCP, T_COUNT };
+static const char *const tr_name[T_COUNT] = {"shmipc-shmipcd", "shmipc-shmipcd-proc", "shmipc-lib",
+                                             "uds", "tcp"};
 static const char *const mode_name[2] = {"zero-touch", "full"};
 
 /* Defaults chosen by measurement on the 2-CPU machine (see --help). */
@@ -70,6 +73,10 @@ struct opts {
     size_t reserve_chunk;
     size_t max_slice; /* 0: shmipc's default classes */
     unsigned spin_us; /* low-latency mode of the shmipc client and servers */
+    unsigned clients; /* --clients: the scale run (bench_scale.c) instead of rows */
+    size_t pool_bytes;
+    unsigned trials;
+    int scale_uds; /* --scale-uds: that run over unix sockets instead */
 };
 
 static char tmpdir[64];
@@ -86,7 +93,8 @@ static void usage(FILE *f)
         "  --sizes LIST          request = response sizes, e.g. 64,512,1K,4K,64K,1M,4M\n"
         "                        (default: 64,512,1K,4K,16K,32K,64K,256K,512K,1M,4M)\n"
         "  --concurrency LIST    requests in flight (default 1,8,64,200)\n"
-        "  --transports LIST     shmipc-shmipcd,shmipc-lib,uds,tcp (default all)\n"
+        "  --transports LIST     shmipc-shmipcd,shmipc-shmipcd-proc,shmipc-lib,uds,tcp\n"
+        "                        (default all; -proc: a process-mode service)\n"
         "  --modes LIST          zero-touch,full (default both)\n"
         "  --ms N                timed window per row, ms (default 1000)\n"
         "  --warmup-ms N         warm-up per row, ms; every request slot also completes\n"
@@ -113,7 +121,18 @@ static void usage(FILE *f)
         "                        most the largest slice; smaller ones let the pool fall\n"
         "                        back to smaller slice classes)\n"
         "  --max-slice BYTES     the largest slice class instead of shmipc's 131052 bytes\n"
-        "                        (a multiple of 4): fewer slices per large message\n",
+        "                        (a multiple of 4): fewer slices per large message\n"
+        "  --clients N           the scale run instead of the table: N client processes\n"
+        "                        (at least 11), one session and pool each, blocking calls\n"
+        "                        of the first --sizes size (default 64) against shmipcd:\n"
+        "                        req/s with 10 and with N calling, shmipcd's memory per idle\n"
+        "                        session, connect times with N - 1 sessions open (--ms is\n"
+        "                        each window, default 3000)\n"
+        "  --pool-bytes BYTES    --clients: each client's pool (default 1M)\n"
+        "  --connect-trials N    --clients: connects timed with N - 1 open (default 200)\n"
+        "  --scale-uds           --clients: the same run over unix sockets (one connection\n"
+        "                        per client process, blocking write and read, against the\n"
+        "                        epoll echo server): the baseline\n",
         DEF_SESSIONS, DEF_WORKERS, DEF_SOCK_THREADS, DEF_SOCKBUF);
 }
 
@@ -187,6 +206,8 @@ static int add_transport(const char *t, void *arg)
     } alias[] = {
         {"shmipc-shmipcd", T_SHMIPCD},
         {"shmipcd", T_SHMIPCD},
+        {"shmipc-shmipcd-proc", T_SHMIPCD_PROC},
+        {"shmipcd-proc", T_SHMIPCD_PROC},
         {"shmipc-lib", T_LIB},
         {"lib", T_LIB},
         {"uds", T_UDS},
@@ -249,13 +270,21 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         o->transports[T_LIB] = o->transports[T_UDS] = 1;
         o->modes[0] = o->modes[1] = 1;
     }
-    int set_sizes = 0, set_concs = 0, set_tr = 0, set_modes = 0;
+    int set_sizes = 0, set_concs = 0, set_tr = 0, set_modes = 0, set_ms = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--quick") == 0)
             continue;
+        if (strcmp(a, "--scale-uds") == 0) {
+            o->scale_uds = 1;
+            continue;
+        }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
+            exit(0);
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("shmipc-bench (shmipc) %s\n", SHMIPC_VERSION);
             exit(0);
         }
         if (i + 1 >= argc) {
@@ -284,6 +313,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--ms") == 0) {
             bad = parse_uint(v, 10, 3600000, &u) < 0;
             o->ms = (int)u;
+            set_ms = 1;
         } else if (strcmp(a, "--warmup-ms") == 0) {
             bad = parse_uint(v, 0, 600000, &u) < 0;
             o->warm_ms = (int)u;
@@ -320,6 +350,12 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--max-slice") == 0) {
             bad = parse_size(v, &o->max_slice) < 0 || o->max_slice < 32752 ||
                   o->max_slice > 64u << 20 || o->max_slice % 4 != 0;
+        } else if (strcmp(a, "--clients") == 0) {
+            bad = parse_uint(v, 11, 100000, &o->clients) < 0;
+        } else if (strcmp(a, "--pool-bytes") == 0) {
+            bad = parse_size(v, &o->pool_bytes) < 0 || o->pool_bytes < (64u << 10);
+        } else if (strcmp(a, "--connect-trials") == 0) {
+            bad = parse_uint(v, 1, 100000, &o->trials) < 0;
         } else if (strcmp(a, "--mem") == 0) {
             bad = strcmp(v, "memfd") != 0 && strcmp(v, "file") != 0;
             o->file_mode = strcmp(v, "file") == 0;
@@ -345,6 +381,20 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->transports[i] = 1;
     if (!set_modes && !quick)
         o->modes[0] = o->modes[1] = 1;
+    if (o->clients) {
+        /* The scale run: shmipcd only (or the unix-socket server). */
+        memset(o->transports, 0, sizeof(o->transports));
+        o->transports[o->scale_uds ? T_UDS : T_SHMIPCD] = 1;
+        if (!set_ms)
+            o->ms = 3000;
+        if (!set_sizes)
+            o->sizes[0] = 64;
+        if (o->pool_bytes == 0)
+            o->pool_bytes = 1u << 20;
+        if (o->trials == 0)
+            o->trials = 200;
+        o->connect = NULL;
+    }
     if (o->connect != NULL) {
         /* Only the shmipc client, against the given server. */
         memset(o->transports, 0, sizeof(o->transports));
@@ -439,7 +489,8 @@ static int beside_exe(const char *rel, char *out, size_t cap)
 
 /* ---- shmipcd ---- */
 
-static int shmipcd_start(const struct opts *o, const char *addr, pid_t *pid)
+/* addr_proc: also a process-mode service of the plugin there (NULL: none). */
+static int shmipcd_start(const struct opts *o, const char *addr, const char *addr_proc, pid_t *pid)
 {
     char bin[PATH_MAX], plugin[PATH_MAX], conf[PATH_MAX], log[PATH_MAX], sock[PATH_MAX];
     if (o->shmipcd != NULL)
@@ -473,8 +524,15 @@ static int shmipcd_start(const struct opts *o, const char *addr, pid_t *pid)
             "           max_event_bytes = 67108864; handshake_timeout_ms = 5000;\n"
             "           drain_timeout_ms = 1000; };\n"
             "services = ( { name = \"bench\"; listen = \"%s\"; mode = \"0600\";\n"
-            "               plugin = \"%s\"; config = { max_slice = %u; }; } );\n",
+            "               plugin = \"%s\"; config = { max_slice = %u; }; }",
             o->workers, o->spin_us, addr, plugin, shm_max_slice());
+    if (addr_proc != NULL)
+        fprintf(f,
+                ",\n             { name = \"bench-proc\"; listen = \"%s\"; mode = \"0600\";\n"
+                "               plugin = \"%s\"; isolation = \"process\";\n"
+                "               config = { max_slice = %u; }; }",
+                addr_proc, plugin, shm_max_slice());
+    fprintf(f, " );\n");
     if (fclose(f) != 0)
         return -errno;
     pid_t parent = getpid();
@@ -503,6 +561,8 @@ static int shmipcd_start(const struct opts *o, const char *addr, pid_t *pid)
     }
     char err[256] = "";
     int rc = child_alive(c) ? shm_probe(addr, 0, 5000, err, sizeof(err)) : -ECHILD;
+    if (rc == 0 && addr_proc != NULL)
+        rc = shm_probe(addr_proc, 0, 5000, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "shmipc-bench: shmipcd did not come up: %s; its log (%s):\n",
                 err[0] ? err : "it exited", log);
@@ -568,7 +628,7 @@ static void json_row(FILE *f, const struct row_result *r, const struct opts *o)
                 (unsigned long long)r->fallbacks, o->spin_us);
     else
         fprintf(f, "\"connections\":%u,\"server_threads\":%u", r->sessions, o->sock_threads);
-    if (strcmp(r->transport, tr_name[T_SHMIPCD]) == 0)
+    if (strncmp(r->transport, tr_name[T_SHMIPCD], strlen(tr_name[T_SHMIPCD])) == 0)
         fprintf(f, ",\"shmipcd_workers\":%u", o->workers);
     fprintf(f, "}\n");
     fflush(f);
@@ -600,6 +660,7 @@ static void print_table(FILE *f, const struct opts *o)
             "  shmipc: %u session(s) per client (at most C), event-loop style (no I/O thread);\n"
             "          shmipc-lib = library server (1 thread), shmipc-shmipcd = shmipcd with "
             "%u worker(s)\n"
+            "          (-proc: in a worker process of its own, isolation = \"process\")\n"
             "  uds/tcp: epoll server with %u thread(s), 4-byte length framing; SO_SNDBUF/"
             "SO_RCVBUF %d;\n"
             "          tcp on 127.0.0.1 with TCP_NODELAY\n",
@@ -628,7 +689,7 @@ static void print_table(FILE *f, const struct opts *o)
                     ? "shmipc reserves and flushes without writing the bytes; sockets send "
                       "unfilled buffers (the kernel still copies them)"
                     : "every request byte written, every response byte read and checked");
-        fprintf(f, "%8s %4s  %-15s %9s %10s %9s %9s %7s %7s %8s %8s %6s %5s\n", "size", "C",
+        fprintf(f, "%8s %4s  %-19s %9s %10s %9s %9s %7s %7s %8s %8s %6s %5s\n", "size", "C",
                 "transport", "ops", "ns/op", "p50 us", "p99 us", "wake/op", "slp/op", "cli us",
                 "srv us", "uds/x", "oth%");
         for (unsigned si = 0; si < o->nsizes; si++) {
@@ -649,7 +710,7 @@ static void print_table(FILE *f, const struct opts *o)
                     if (u != NULL && u != r && r->ns_per_op > 0 && u->ns_per_op > 0)
                         snprintf(ratio, sizeof(ratio), "%6.2f", u->ns_per_op / r->ns_per_op);
                     fprintf(f,
-                            "%8s %4u  %-15s %9llu %10.0f %9.1f %9.1f %7.2f %7.2f %8.2f %s %6s "
+                            "%8s %4u  %-19s %9llu %10.0f %9.1f %9.1f %7.2f %7.2f %8.2f %s %6s "
                             "%5.0f%s\n",
                             size_text(r->size, sz, sizeof(sz)), r->conc, r->transport,
                             (unsigned long long)r->ops, r->ns_per_op, r->p50_us, r->p99_us,
@@ -698,7 +759,8 @@ static int plot(const struct opts *o)
     FILE *f = fopen(script, "w");
     if (f == NULL)
         return -errno;
-    static const char *const color[T_COUNT] = {"#2ca02c", "#1f77b4", "#d62728", "#ff7f0e"};
+    static const char *const color[T_COUNT] = {"#2ca02c", "#9467bd", "#1f77b4", "#d62728",
+                                               "#ff7f0e"};
     unsigned nm = o->modes[0] + o->modes[1];
     size_t pl = strlen(o->plot);
     int png = pl > 4 && strcmp(o->plot + pl - 4, ".png") == 0; /* else SVG */
@@ -790,9 +852,36 @@ static int plot(const struct opts *o)
 
 /* ---- the run ---- */
 
+/* A child process of parent (shmipcd's worker process), from /proc; 0
+ * when there is none. */
+static pid_t child_of(pid_t parent)
+{
+    DIR *d = opendir("/proc");
+    pid_t found = 0;
+    struct dirent *e;
+    while (d != NULL && found == 0 && (e = readdir(d)) != NULL) {
+        char path[288], buf[512];
+        snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+        FILE *f = e->d_name[0] >= '1' && e->d_name[0] <= '9' ? fopen(path, "re") : NULL;
+        if (f == NULL)
+            continue;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        const char *rp = strrchr(buf, ')'); /* the name may hold anything */
+        int ppid;
+        if (rp != NULL && sscanf(rp + 1, " %*c %d", &ppid) == 1 && ppid == (int)parent)
+            found = (pid_t)atoi(e->d_name);
+    }
+    if (d != NULL)
+        closedir(d);
+    return found;
+}
+
 struct servers {
-    pid_t pid[T_COUNT];
-    char addr_lib[128], addr_shmipcd[128];
+    pid_t pid[T_COUNT]; /* pid[T_SHMIPCD] is shmipcd's for both shmipcd transports */
+    pid_t proc_pid;     /* the worker process of the process-mode service (its CPU) */
+    char addr_lib[128], addr_shmipcd[128], addr_proc[128];
     struct sock_server uds, tcp;
 };
 
@@ -817,10 +906,14 @@ static int start_servers(const struct opts *o, struct servers *sv)
             return rc;
         }
     }
-    if (o->transports[T_SHMIPCD]) {
+    if (o->transports[T_SHMIPCD] || o->transports[T_SHMIPCD_PROC]) {
         snprintf(sv->addr_shmipcd, sizeof(sv->addr_shmipcd), "unix:%s/shmipcd.sock", tmpdir);
-        if ((rc = shmipcd_start(o, sv->addr_shmipcd, &sv->pid[T_SHMIPCD])) < 0)
+        snprintf(sv->addr_proc, sizeof(sv->addr_proc), "unix:%s/shmipcd-proc.sock", tmpdir);
+        if ((rc = shmipcd_start(o, sv->addr_shmipcd,
+                                o->transports[T_SHMIPCD_PROC] ? sv->addr_proc : NULL,
+                                &sv->pid[T_SHMIPCD])) < 0)
             return rc;
+        sv->proc_pid = o->transports[T_SHMIPCD_PROC] ? child_of(sv->pid[T_SHMIPCD]) : 0;
     }
     if (o->transports[T_UDS]) {
         char path[108];
@@ -900,7 +993,9 @@ static int conn_open(const struct opts *o, struct servers *sv, int t, size_t siz
     memset(c, 0, sizeof(*c));
     if (t == T_UDS || t == T_TCP)
         return sock_client_open(t == T_UDS ? &sv->uds : &sv->tcp, size, conc, &c->sock);
-    struct shm_client_opts so = {.address = t == T_LIB ? sv->addr_lib : sv->addr_shmipcd,
+    struct shm_client_opts so = {.address = t == T_LIB            ? sv->addr_lib
+                                            : t == T_SHMIPCD_PROC ? sv->addr_proc
+                                                                  : sv->addr_shmipcd,
                                  .sessions = o->sessions,
                                  .file_mode = t == T_LIB ? o->file_mode : 0,
                                  .reserve_chunk = o->reserve_chunk,
@@ -961,7 +1056,8 @@ static int run_rows(const struct opts *o, struct servers *sv, FILE *json)
                                            .conc = o->concs[ci],
                                            .warm_ms = o->warm_ms,
                                            .ms = o->ms,
-                                           .server_pid = sv->pid[t]};
+                                           .server_pid =
+                                               t == T_SHMIPCD_PROC ? sv->proc_pid : sv->pid[t]};
                     struct row_result r;
                     int rc = c.shm ? shm_row(c.shm, &p, &r) : sock_row(c.sock, &p, &r);
                     r.transport = tn;
@@ -1021,7 +1117,29 @@ int main(int argc, char **argv)
     }
     struct servers sv;
     memset(&sv, 0, sizeof(sv));
+    unsigned long long nofile0 = 0, nofile1 = 0;
+    if (o.clients && sock_raise_nofile(&nofile0, &nofile1) == 0 && nofile1 != nofile0)
+        fprintf(stderr, "shmipc-bench: open files limit raised from %llu to %llu (shmipcd "
+                "inherits it)\n", nofile0, nofile1);
     int rc = start_servers(&o, &sv);
+    if (o.clients) {
+        struct scale_opts so = {.address = sv.addr_shmipcd,
+                                .uds_path = o.scale_uds ? sv.uds.path : NULL,
+                                .server_pid = sv.pid[o.scale_uds ? T_UDS : T_SHMIPCD],
+                                .clients = o.clients,
+                                .pool_bytes = o.pool_bytes,
+                                .size = o.sizes[0],
+                                .ms = o.ms,
+                                .trials = o.trials};
+        struct scale_summary sum = {.clients = o.clients, .failed = 1};
+        if (rc == 0)
+            rc = scale_run(&so, &sum);
+        int src = stop_servers(&o, &sv);
+        if (json != NULL)
+            fclose(json);
+        scale_print_summary(&sum); /* the last line */
+        return bench_stop ? 130 : rc < 0 || src < 0 ? 1 : 0;
+    }
     if (rc == 0)
         rc = run_rows(&o, &sv, json);
     int src = stop_servers(&o, &sv);

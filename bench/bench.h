@@ -3,7 +3,8 @@
  * servers, the row loop, table/JSON/plot), bench_shm.c (the shmipc client
  * rows and the library server), bench_sock.c (the unix-socket and TCP
  * baseline: server and client), bench_util.c (payload pattern, latency
- * percentiles, clocks, CPU accounting, the row phases, child processes).
+ * percentiles, clocks, CPU accounting, the row phases, child processes),
+ * bench_scale.c (--clients: many client processes against one shmipcd).
  *
  * The one rule: every transport runs the same loop shape (one client thread
  * driving C requests in flight, warm-up, a timed window, a drain) and the
@@ -217,5 +218,32 @@ int sock_client_open(const struct sock_server *srv, size_t size, unsigned conc,
                      struct sock_client **out);
 void sock_client_close(struct sock_client *c);
 int sock_row(struct sock_client *c, const struct row_params *p, struct row_result *r);
+
+/* ---- bench_scale.c ---- */
+
+struct scale_opts {
+    const char *address; /* shmipcd's service (the bench plugin) */
+    const char *uds_path; /* instead: the unix-socket baseline, this echo server */
+    pid_t server_pid;    /* shmipcd, for its memory and CPU */
+    unsigned clients;    /* client processes, at least 11 */
+    size_t pool_bytes;   /* each client's pool */
+    size_t size;         /* request = response bytes */
+    int ms;              /* each measured window */
+    unsigned trials;     /* connects timed with clients - 1 sessions open */
+};
+struct scale_summary {
+    const char *name; /* "scale", or "scale-uds" for the baseline */
+    unsigned clients;
+    double req_per_s, req_per_s_at_10;
+    double rss_per_session_kib, connect_p99_ms;
+    unsigned failed;
+};
+/* The scale run (--clients): prints its lines and fills *sum. 0, or -EIO
+ * when anything failed. */
+int scale_run(const struct scale_opts *o, struct scale_summary *sum);
+/* The summary line, "scale: clients=N req_per_s=X ... failed=F": the
+ * caller prints it last, once shmipcd has stopped (and said what it had
+ * to say on stderr). */
+void scale_print_summary(const struct scale_summary *sum);
 
 #endif

@@ -8,13 +8,23 @@
  *
  * Usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]
  *                        [--mode memfd|file] [--connect ADDR] [--no-uds]
- *                        [--spin-us N]   (low-latency mode on client and server)
+ *                        [--spin-us N]   (low-latency mode on client and server;
+ *                                         --server-spin-us N: the server's alone)
+ *                        [--sessions N] [--pool-mb N] [--server-pid PID]
+ *                        [--adaptive-spin 0|1] [--server-spin-us N]
+ * The shmipc client has one session (the library's default; --sessions
+ * N for more) and a 64 MiB pool (--pool-mb); its calls are blocking
+ * shmipc_call()s, answers checked where they lie.
  * --connect points the shmipc client at a running echo server (shmipcd's
  * echo plugin, echo_server, or any peer speaking the protocol) instead of
  * one forked here; --no-uds skips the unix-socket rows.
  * Prints one line per transport, size and stream count: round trips,
- * ns/op (wall time / round trips), p50 and p99 round-trip latency.
+ * ns/op (wall time / round trips), p50 and p99 round-trip latency, CPU per
+ * round trip of the client process and of the server process (all their
+ * threads; "-" when unknown), and for shmipc the Polling events the client
+ * sent per message; then uds/shmipc, the ratio of the two ns/op.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,6 +52,11 @@ struct opts {
     const char *connect;
     int no_uds;
     int spin_us;
+    int server_spin_us; /* -1: as spin_us */
+    unsigned sessions; /* client sessions (the library's default: 1) */
+    size_t pool_mb;
+    pid_t server_pid;  /* --connect: whose CPU to count as the server's */
+    int adaptive_spin; /* -1: the library's default */
 };
 
 static uint64_t now_ns(void)
@@ -49,6 +64,57 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t self_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time of a process, summed over its threads (schedstat, ns); 0 when
+ * unknown. Threads that ended are not counted: the servers here keep
+ * theirs for the whole run. */
+static uint64_t proc_cpu_ns(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *d = pid > 0 ? opendir(path) : NULL;
+    if (d == NULL)
+        return 0;
+    uint64_t sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char p[300];
+        snprintf(p, sizeof(p), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+        FILE *f = fopen(p, "re");
+        unsigned long long run = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%llu", &run) != 1)
+                run = 0;
+            fclose(f);
+        }
+        sum += run;
+    }
+    closedir(d);
+    return sum;
+}
+
+/* CPU time all processes spent since boot (/proc/stat user+nice+system), ns:
+ * what others used during a row shows how noisy it was. */
+static uint64_t system_busy_ns(void)
+{
+    FILE *f = fopen("/proc/stat", "re");
+    unsigned long long user = 0, nice = 0, sys = 0;
+    if (f != NULL) {
+        if (fscanf(f, "cpu %llu %llu %llu", &user, &nice, &sys) != 3)
+            user = nice = sys = 0;
+        fclose(f);
+    }
+    return (uint64_t)(user + nice + sys) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
 }
 
 /* ---- servers (run in a forked child) ---- */
@@ -210,12 +276,45 @@ static void record(struct worker *w, uint64_t t0)
     w->ops++;
 }
 
+/* The payload: byte i of the message with `seed` is (uint8_t)(seed + i),
+ * copied from this table (pattern[k] = k % 256) so that neither transport
+ * pays a byte loop for it. */
+static uint8_t *pattern;
+
+static void fill(uint8_t *dst, size_t n, uint8_t seed)
+{
+    memcpy(dst, pattern + seed, n);
+}
+
+/* Checks the piece [off, off + n) of a message: every 61st byte of the
+ * message and its last one (n_total), where they fall in the piece. */
+static int check_piece(const uint8_t *p, size_t off, size_t n, size_t n_total, uint8_t seed)
+{
+    for (size_t i = (off + 60) / 61 * 61; i < off + n; i += 61)
+        if (p[i - off] != (uint8_t)(seed + i))
+            return 0;
+    if (n_total > 0 && off + n == n_total && p[n - 1] != (uint8_t)(seed + n_total - 1))
+        return 0;
+    return 1;
+}
+
 static int check(const uint8_t *p, size_t n, uint8_t seed)
 {
-    for (size_t i = 0; i < n; i += 61)
-        if (p[i] != (uint8_t)(seed + i))
+    return check_piece(p, 0, n, n, seed);
+}
+
+/* A response checked where it lies, piece by piece. */
+static int check_msg(const shmipc_msg *m, size_t n, uint8_t seed)
+{
+    if (m->len != n)
+        return 0;
+    size_t off = 0;
+    for (unsigned i = 0; i < m->niov; i++) {
+        if (!check_piece(m->iov[i].base, off, m->iov[i].len, n, seed))
             return 0;
-    return n == 0 || p[n - 1] == (uint8_t)(seed + n - 1);
+        off += m->iov[i].len;
+    }
+    return off == n;
 }
 
 static void *shmipc_worker(void *arg)
@@ -226,10 +325,9 @@ static void *shmipc_worker(void *arg)
         w->errors++;
         return NULL;
     }
-    uint8_t *req = malloc(w->size + 1), *resp = malloc(w->size + 1);
+    uint8_t *req = malloc(w->size + 1);
     for (uint8_t seed = 0; now_ns() < w->end_ns; seed++) {
-        for (size_t i = 0; i < w->size; i++)
-            req[i] = (uint8_t)(seed + i);
+        fill(req, w->size, seed);
         uint64_t t0 = now_ns();
         shmipc_msg m;
         int rc = shmipc_call(st, req, w->size, &m, 5000);
@@ -237,14 +335,13 @@ static void *shmipc_worker(void *arg)
             w->errors++;
             break;
         }
-        size_t n = shmipc_msg_copy(&m, 0, resp, w->size);
-        shmipc_msg_release(&m);
-        if (n != w->size || !check(resp, n, seed))
+        /* Read in place: the response lies in shared memory. */
+        if (!check_msg(&m, w->size, seed))
             w->errors++;
+        shmipc_msg_release(&m);
         record(w, t0);
     }
     free(req);
-    free(resp);
     shmipc_client_put(w->client, st);
     return NULL;
 }
@@ -290,8 +387,7 @@ static void *uds_worker(void *arg)
     uint32_t len = (uint32_t)w->size;
     for (uint8_t seed = 0; now_ns() < w->end_ns; seed++) {
         memcpy(req, &len, 4);
-        for (size_t i = 0; i < w->size; i++)
-            req[4 + i] = (uint8_t)(seed + i);
+        fill(req + 4, w->size, seed);
         uint64_t t0 = now_ns();
         if (write_full(fd, req, w->size + 4) < 0 || read_full(fd, resp, w->size + 4) < 0) {
             w->errors++;
@@ -313,10 +409,15 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void run_case(const char *name, int uds, shmipc_client *client, const char *path,
-                     size_t size, unsigned nstreams, int ms)
+/* One row: returns its ns/op. */
+static double run_case(const char *name, int uds, shmipc_client *client, const char *path,
+                       size_t size, unsigned nstreams, int ms, pid_t server)
 {
     struct worker *w = calloc(nstreams, sizeof(*w));
+    struct shmipc_stats st0 = {0}, st1 = {0};
+    if (client != NULL)
+        shmipc_client_stats(client, &st0);
+    uint64_t cpu0 = self_cpu_ns(), srv0 = proc_cpu_ns(server), all0 = system_busy_ns();
     uint64_t t0 = now_ns(), end = t0 + (uint64_t)ms * 1000000u;
     for (unsigned i = 0; i < nstreams; i++) {
         w[i] = (struct worker){.uds = uds, .client = client, .path = path, .size = size,
@@ -332,6 +433,11 @@ static void run_case(const char *name, int uds, shmipc_client *client, const cha
         nlat += w[i].nlat;
     }
     uint64_t wall = now_ns() - t0;
+    uint64_t cpu = self_cpu_ns() - cpu0, srv1 = proc_cpu_ns(server), all1 = system_busy_ns();
+    double other = (double)(all1 - all0) - (double)cpu - (double)(srv1 - srv0);
+    other = other > 0 ? other * 100.0 / (double)wall : 0.0;
+    if (client != NULL)
+        shmipc_client_stats(client, &st1);
     uint32_t *all = malloc((nlat ? nlat : 1) * sizeof(*all));
     size_t k = 0;
     for (unsigned i = 0; i < nstreams; i++) {
@@ -340,13 +446,28 @@ static void run_case(const char *name, int uds, shmipc_client *client, const cha
         free(w[i].lat_us);
     }
     qsort(all, nlat, sizeof(*all), cmp_u32);
+    double nsop = ops ? (double)wall / (double)ops : 0.0;
+    char srvtxt[32] = "     -", poltxt[64] = "";
+    if (server > 0 && srv0 > 0 && srv1 >= srv0 && ops)
+        snprintf(srvtxt, sizeof(srvtxt), "%6.2f", (double)(srv1 - srv0) / 1000.0 / (double)ops);
+    if (client != NULL) {
+        uint64_t msgs = st1.messages_sent - st0.messages_sent;
+        uint64_t fb = st1.fallbacks_sent + st1.fallbacks_received - st0.fallbacks_sent -
+                      st0.fallbacks_received;
+        snprintf(poltxt, sizeof(poltxt), "  polling/msg out %.3f in %.3f%s",
+                 msgs ? (double)(st1.wakeups_sent - st0.wakeups_sent) / (double)msgs : 0.0,
+                 msgs ? (double)(st1.wakeups_received - st0.wakeups_received) / (double)msgs : 0.0,
+                 fb ? "  FALLBACKS" : "");
+    }
     printf("%-8s size %8zu  streams %3u  round trips %8lu  ns/op %10.0f  p50 %6u us  p99 %6u us"
-           "  errors %lu\n",
-           name, size, nstreams, (unsigned long)ops, ops ? (double)wall / (double)ops : 0.0,
-           nlat ? all[nlat / 2] : 0, nlat ? all[nlat * 99 / 100] : 0, (unsigned long)errors);
+           "  cpu/op us cli %6.2f srv %s%s  other %3.0f%%  errors %lu\n",
+           name, size, nstreams, (unsigned long)ops, nsop, nlat ? all[nlat / 2] : 0,
+           nlat ? all[nlat * 99 / 100] : 0, ops ? (double)cpu / 1000.0 / (double)ops : 0.0, srvtxt,
+           poltxt, other, (unsigned long)errors);
     fflush(stdout);
     free(all);
     free(w);
+    return errors ? 0.0 : nsop;
 }
 
 static unsigned parse_list(const char *s, size_t *out)
@@ -362,16 +483,23 @@ static unsigned parse_list(const char *s, size_t *out)
 int main(int argc, char **argv)
 {
     struct opts o = {.sizes = {64, 1048576}, .nsizes = 2, .streams = {1, 8}, .nstreams = 2,
-                     .ms = 1500, .mode = SHMIPC_MODE_MEMFD};
+                     .ms = 1500, .mode = SHMIPC_MODE_MEMFD, .pool_mb = 64, .sessions = 1,
+                     .adaptive_spin = -1, .server_spin_us = -1};
     for (int i = 1; i < argc; i += 2) {
         size_t tmp[MAX_LIST];
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             printf("usage: shmipc-pingpong [--sizes 64,1048576] [--streams 1,8] [--ms 1500]\n"
                    "                       [--mode memfd|file] [--spin-us N] [--connect ADDR]\n"
-                   "                       [--no-uds]\n"
+                   "                       [--no-uds] [--sessions N] [--pool-mb N]\n"
+                   "                       [--server-pid PID] [--adaptive-spin 0|1]\n"
+                   "                       [--server-spin-us N]\n"
                    "One ping-pong per size and stream count: shmipc (a library server\n"
                    "forked here, or ADDR) and a unix-socket baseline (unless --no-uds);\n"
                    "every byte written and checked.\n");
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("shmipc-pingpong (shmipc) %s\n", SHMIPC_VERSION);
             return 0;
         }
         if (strcmp(argv[i], "--no-uds") == 0) {
@@ -385,6 +513,16 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--spin-us") == 0) {
             o.spin_us = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--server-spin-us") == 0) {
+            o.server_spin_us = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--sessions") == 0) {
+            o.sessions = (unsigned)atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--pool-mb") == 0) {
+            o.pool_mb = (size_t)atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--server-pid") == 0) {
+            o.server_pid = (pid_t)atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--adaptive-spin") == 0) {
+            o.adaptive_spin = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--connect") == 0) {
             o.connect = argv[i + 1];
         } else if (strcmp(argv[i], "--sizes") == 0) {
@@ -403,6 +541,15 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    size_t max_size = 0;
+    for (unsigned k = 0; k < o.nsizes; k++)
+        if (o.sizes[k] > max_size)
+            max_size = o.sizes[k];
+    pattern = malloc(max_size + 256);
+    if (pattern == NULL)
+        return 1;
+    for (size_t i = 0; i < max_size + 256; i++)
+        pattern[i] = (uint8_t)i;
     char dir[] = "/tmp/shmipc-pingpong-XXXXXX";
     if (mkdtemp(dir) == NULL)
         return 1;
@@ -412,7 +559,7 @@ int main(int argc, char **argv)
     snprintf(shm_addr, sizeof(shm_addr), "unix:%s", shm_path);
     pid_t ps = -1, pu = -1;
     if (o.connect == NULL && (ps = fork()) == 0)
-        _exit(run_shmipc_server(shm_addr, o.spin_us));
+        _exit(run_shmipc_server(shm_addr, o.server_spin_us >= 0 ? o.server_spin_us : o.spin_us));
     if (!o.no_uds && (pu = fork()) == 0)
         _exit(run_uds_server(uds_path));
     /* Wait (bounded) for the servers started here to listen. */
@@ -422,27 +569,31 @@ int main(int argc, char **argv)
         struct timespec ts = {0, 10000000};
         nanosleep(&ts, NULL);
     }
-    unsigned max_streams = 1;
-    for (unsigned k = 0; k < o.nstreams; k++)
-        if (o.streams[k] > max_streams)
-            max_streams = o.streams[k];
     struct shmipc_client_config cfg;
     shmipc_client_config_init(&cfg);
     cfg.address = o.connect ? o.connect : shm_addr;
     cfg.mode = o.mode;
-    cfg.sessions = max_streams < 4 ? max_streams : 4;
-    cfg.pool_bytes = 64u << 20;
+    cfg.sessions = o.sessions;
+    cfg.pool_bytes = o.pool_mb << 20;
     cfg.spin_us = o.spin_us;
+    if (o.adaptive_spin >= 0)
+        cfg.adaptive_spin = o.adaptive_spin;
     shmipc_client *client = NULL;
     int rc = shmipc_client_open(&cfg, &client);
     if (rc < 0) {
         fprintf(stderr, "shmipc-pingpong: %s\n", shmipc_strerror(rc));
     } else {
+        pid_t srv = o.connect ? o.server_pid : ps;
         for (unsigned si = 0; si < o.nsizes; si++) {
             for (unsigned k = 0; k < o.nstreams; k++) {
-                run_case("shmipc", 0, client, NULL, o.sizes[si], o.streams[k], o.ms);
-                if (!o.no_uds)
-                    run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms);
+                double a = run_case("shmipc", 0, client, NULL, o.sizes[si], o.streams[k], o.ms,
+                                    srv);
+                if (o.no_uds)
+                    continue;
+                double b = run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms, pu);
+                if (a > 0 && b > 0)
+                    printf("ratio    size %8zu  streams %3u  uds/shmipc %.2f\n", o.sizes[si],
+                           o.streams[k], b / a);
             }
         }
         struct shmipc_stats st;
@@ -463,5 +614,6 @@ int main(int argc, char **argv)
         waitpid(pu, NULL, 0);
     }
     rmdir(dir);
+    free(pattern);
     return rc < 0;
 }

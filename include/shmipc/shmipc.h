@@ -169,6 +169,18 @@ struct shmipc_client_config {
      * by that thread's next poll (or when 32 wait, or another thread queues
      * on the session); eager_wakeups = 1 sends each at its flush. */
     int eager_wakeups;
+    /* Blocking calls (with the I/O thread): a thread waiting for an answer
+     * reads its session itself when nobody else does, and hands the other
+     * waiters their answers; the I/O thread reads only while no caller
+     * waits. io_thread_reads = 1 leaves all reading to the I/O thread
+     * (every answer then wakes it and then its caller). */
+    int io_thread_reads;
+    /* Blocking calls: the reading caller spins briefly on the queue (a few
+     * microseconds past the session's recent answer time) when recent
+     * answers came sooner than a wake-up would take; never on a machine
+     * with one CPU. spin_us, when set, is used instead. Default 1 (on);
+     * 0 turns it off. */
+    int adaptive_spin;
 };
 
 typedef struct shmipc_client shmipc_client;
@@ -242,6 +254,25 @@ SHMIPC_API int shmipc_server_run(shmipc_server *s);
 SHMIPC_API void shmipc_server_stop(shmipc_server *s);
 SHMIPC_API void shmipc_server_stats(shmipc_server *s, struct shmipc_stats *st);
 SHMIPC_API void shmipc_server_close(shmipc_server *s);
+
+/* ---- logging ------------------------------------------------------------ */
+
+/* The library logs to stderr (warnings: a peer's bad input, a reconnect;
+ * info: a server listening, a session closed for a reason). Levels: 0
+ * error, 1 warn, 2 info (the default), 3 debug. A sink gets every line up
+ * to the level (timestamped, without a newline) instead of stderr, from
+ * any thread; NULL restores stderr. */
+SHMIPC_API void shmipc_set_log_level(int level);
+SHMIPC_API void shmipc_set_log_sink(void (*sink)(void *arg, int level, const char *line),
+                                    void *arg);
+
+/* The release, the one place it is written: SConstruct reads these for
+ * libshmipc.so's name (libshmipc.so.MAJOR.MINOR, SONAME libshmipc.so.MAJOR)
+ * and shmipc.pc; every program's --version prints SHMIPC_VERSION. */
+#define SHMIPC_VERSION_MAJOR 0
+#define SHMIPC_VERSION_MINOR 1
+#define SHMIPC_VERSION_PATCH 0
+#define SHMIPC_VERSION "0.1.0"
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,8 @@
  */
 #include "base/log.h"
 
+#include "shmipc/shmipc.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,4 +88,27 @@ void log_msg(enum log_level level, const char *fmt, ...)
     va_start(ap, fmt);
     log_vmsg(level, fmt, ap);
     va_end(ap);
+}
+
+/* ---- the public face (shmipc.h) ---- */
+
+void shmipc_set_log_level(int level)
+{
+    log_set_level(level < LOG_ERROR ? LOG_ERROR : level > LOG_DEBUG ? LOG_DEBUG
+                                                                    : (enum log_level)level);
+}
+
+static void (*public_sink)(void *arg, int level, const char *line);
+
+static void public_sink_call(void *arg, enum log_level level, const char *line)
+{
+    void (*fn)(void *, int, const char *) = __atomic_load_n(&public_sink, __ATOMIC_ACQUIRE);
+    if (fn != NULL)
+        fn(arg, (int)level, line);
+}
+
+void shmipc_set_log_sink(void (*sink)(void *arg, int level, const char *line), void *arg)
+{
+    __atomic_store_n(&public_sink, sink, __ATOMIC_RELEASE);
+    log_set_sink(sink != NULL ? public_sink_call : NULL, arg);
 }

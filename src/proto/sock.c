@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -373,4 +374,34 @@ int sock_recv_fds(int fd, uint8_t *byte, int *fds, int max, int *nfds)
     }
     *nfds = got;
     return 0;
+}
+
+int sock_raise_nofile(unsigned long long *before, unsigned long long *after)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return -errno;
+    *before = *after = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur == rl.rlim_max)
+        return 0;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return -errno;
+    *after = (unsigned long long)rl.rlim_cur;
+    return 0;
+}
+
+int sock_backlog_for(unsigned max_sessions)
+{
+    unsigned cap = 4096;
+    FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+    if (f != NULL) {
+        if (fscanf(f, "%u", &cap) != 1 || cap == 0)
+            cap = 4096;
+        fclose(f);
+    }
+    unsigned n = max_sessions < 128 ? 128 : max_sessions;
+    if (n > cap)
+        n = cap;
+    return n > 65535 ? 65535 : (int)n;
 }

@@ -59,4 +59,16 @@ uint64_t sock_now_ns(void);
 /* now + ms, saturating; ms < 0 means no deadline. */
 uint64_t sock_deadline(int ms);
 
+/* For a server that holds many sessions (a socket, a pool and a queue fd
+ * each in memfd mode: 1,000 sessions need about 3,000 fds, past the usual
+ * soft limit of 1024): raises RLIMIT_NOFILE's soft limit to its hard
+ * limit. *before and *after get the soft limit around the call (equal when
+ * it was already there). 0 or a negated errno; the caller logs it. */
+int sock_raise_nofile(unsigned long long *before, unsigned long long *after);
+/* The listen backlog for a server of up to max_sessions sessions: that
+ * many (all of them may reconnect at once, e.g. after a restart), at
+ * least 128, at most what the kernel allows (net.core.somaxconn; it caps
+ * larger values itself, so reading it is only for the log). */
+int sock_backlog_for(unsigned max_sessions);
+
 #endif

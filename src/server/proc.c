@@ -31,6 +31,7 @@ extern char **environ;
 #define PROC_READY_MS 10000   /* a new process to load its plugin and say so */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 30000
+#define SERVED_OK_NS 500000000ull /* ready this long: no backoff */
 #define CRASH_WINDOW_NS (60ull * 1000000000u)
 #define RSS_CHECK_MS 1000
 
@@ -269,6 +270,7 @@ static int wait_ready(struct daemon *d, struct wproc *w, char *err, size_t errle
         }
         if (m.type == PM_READY) {
             w->ready = 1;
+            w->ready_ns = sock_now_ns();
             snprintf(w->plugin, sizeof(w->plugin), "%.159s", m.text);
             return 0;
         }
@@ -442,6 +444,7 @@ void proc_on_event(struct daemon *d, struct wproc *w)
             session_done(d, w, m.id);
         } else if (m.type == PM_READY) {
             w->ready = 1;
+            w->ready_ns = sock_now_ns();
             snprintf(w->plugin, sizeof(w->plugin), "%.159s", m.text);
             struct service *svc = w->svc;
             if (svc->next_proc == w) { /* a replacement (max_rss_bytes) */
@@ -471,9 +474,10 @@ static void describe_exit(int status, char *buf, size_t len)
         snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* The service's process died unasked: count it, and respawn now, later
- * (backoff), or never (crash_limit). */
-static void crashed(struct daemon *d, struct service *svc)
+/* The service's process died unasked after serving for served_ns (0: it
+ * never became ready): count it, and respawn now, later (backoff), or
+ * never (crash_limit). */
+static void crashed(struct daemon *d, struct service *svc, uint64_t served_ns)
 {
     uint64_t now = sock_now_ns();
     svc->crash_ns[svc->ncrash++ % 64] = now;
@@ -488,8 +492,9 @@ static void crashed(struct daemon *d, struct service *svc)
         log_error("service %s: %s", svc->name, svc->failed);
         return;
     }
-    /* At once after a quiet minute, then 100 ms doubling to 30 s. */
-    if (recent <= 1) {
+    /* At once after a quiet minute or when it had served a while (one bad
+     * request, not a broken plugin); otherwise 100 ms doubling to 30 s. */
+    if (recent <= 1 || served_ns >= SERVED_OK_NS) {
         svc->backoff_ms = 0;
     } else {
         svc->backoff_ms = svc->backoff_ms == 0 ? BACKOFF_MIN_MS : svc->backoff_ms * 2;
@@ -534,7 +539,7 @@ void proc_on_sigchld(struct daemon *d)
             svc->proc = NULL;
             if (!svc->removed && !d->stopping) {
                 svc->restarts++;
-                crashed(d, svc);
+                crashed(d, svc, w->ready_ns ? sock_now_ns() - w->ready_ns : 0);
             }
         }
         if (svc->next_proc == w)
@@ -612,7 +617,7 @@ int proc_tick(struct daemon *d)
                 svc->respawn_at_ns = 0;
                 if (spawn(d, svc, svc->gen->number, err, sizeof(err)) == NULL) {
                     log_error("service %s: %s", svc->name, err);
-                    crashed(d, svc);
+                    crashed(d, svc, 0);
                 }
             } else {
                 min_due(&due, (int)((svc->respawn_at_ns - now) / 1000000u) + 1);

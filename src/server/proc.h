@@ -11,7 +11,7 @@
  * Supervision (master thread only): a worker process that dies is logged
  * (service, pid, signal and core dump, plugin, generation, sessions
  * closed) and respawned at once, then with a backoff (100 ms doubling to
- * 30 s) while it keeps crashing; crash_limit crashes within a minute mark
+ * 30 s) while it keeps dying within a second of becoming ready; crash_limit crashes within a minute mark
  * the service failed until a reload. handler_kill_ms kills a process whose
  * handler runs longer; max_rss_bytes replaces one that grew too big, after
  * its replacement is ready. Counters and what each of its workers runs
@@ -77,6 +77,7 @@ struct wproc {
     unsigned generation;
     char plugin[160];     /* "name version", from PM_READY */
     uint64_t started_ns;
+    uint64_t ready_ns;    /* when it said PM_READY, 0 before */
     struct proc_calls *calls; /* its calls page, mapped */
     struct psess {
         uint64_t id;

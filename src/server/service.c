@@ -191,7 +191,8 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
 
 int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen)
 {
-    int rc = serve_listen(&svc->l, svc->listen, svc->mode, 1024);
+    int rc = serve_listen(&svc->l, svc->listen, svc->mode,
+                          sock_backlog_for(d->conf->max_sessions));
     svc->l.ctx = svc;
     if (rc == 0) {
         const struct sock_addr *a = &svc->l.addr;

@@ -7,9 +7,12 @@
 #include "session/core.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -36,7 +39,13 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     rc = queue_pair_map(&s->qp, qregion->base, qregion->size, cfg->role == ROLE_SERVER);
     if (rc < 0)
         goto fail;
-    pthread_mutex_init(&s->mu, NULL);
+    /* Held briefly by many threads of a threaded client: spin a little
+     * before sleeping on it. */
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(&s->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_cond_init(&s->out_cv, NULL);
     s->refs = 1;
     s->fd = fd;
@@ -101,12 +110,26 @@ int session_unhealthy(struct session *s)
     return until != 0 && sock_now_ns() < until;
 }
 
+void session_futex_wake(struct session *s, uint32_t bits)
+{
+    syscall(SYS_futex, &s->fseq, FUTEX_WAKE_BITSET_PRIVATE, INT_MAX, NULL, NULL, bits);
+}
+
+void session_wake_followers(struct session *s)
+{
+    uint32_t bits = __atomic_exchange_n(&s->wake_bits, 0, __ATOMIC_ACQ_REL);
+    if (bits != 0)
+        session_futex_wake(s, bits);
+}
+
 static void wake_all_locked(struct session *s)
 {
     for (unsigned b = 0; b < s->nbuckets; b++)
         for (shmipc_stream *st = s->table[b]; st != NULL; st = st->hnext)
             pthread_cond_broadcast(&st->cv);
     pthread_cond_broadcast(&s->out_cv);
+    __atomic_add_fetch(&s->fseq, 1, __ATOMIC_RELEASE);
+    session_futex_wake(s, FOLLOWERS_ALL);
 }
 
 void session_die_locked(struct session *s, int err, const char *why)

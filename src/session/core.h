@@ -5,8 +5,11 @@
  * Locking: one mutex per session guards its streams, their receive lists
  * and pending writes, the send queue (its only producer) and the output
  * buffer. The receive queue has one consumer: the driver, also under the
- * mutex. Pool pop/push are lock-free. Lock order: client/server locks
- * before a session's; never two sessions at once.
+ * mutex (a threaded client's driver is its reading caller while one
+ * waits: leader.h). Pool pop/push are lock-free; a large write copies into
+ * its stream's slices without the mutex (one thread writes a stream).
+ * Lock order: client/server locks before a session's; never two sessions
+ * at once.
  *
  * Lifetimes: sessions and streams are reference counted. A stream holds a
  * reference on its session; a received message holds one on the pool, so
@@ -59,6 +62,9 @@ struct shmipc_stream {
     uint8_t seen_open;           /* touched by the dispatcher only */
     uint8_t seen_close;
     void *user;
+    uint64_t flush_ns;           /* adaptive spin: when the request now answered went out */
+    unsigned sleeping;           /* callers asleep on cv, not counted in sess->awake */
+    unsigned wake_gen;           /* bumped when a delivery counts them awake again */
 };
 
 enum session_role { ROLE_CLIENT = 0, ROLE_SERVER = 1 };
@@ -80,6 +86,10 @@ struct session_cfg {
     int defer_wakeups; /* client, self-driven: a flush made by the thread that
                           is handling a poll's results owes its Polling to the
                           next poll (see session_defer_wakeups) */
+    int callers_read;  /* client with an I/O thread: a caller waiting for a
+                          message reads the session itself (leader.h) */
+    int adaptive_spin; /* with callers_read: the reader spins briefly when
+                          recent answers came sooner than a wake-up */
     void *owner;       /* the client or server that drives it */
     int index;         /* its number for logs (inside its client, or its server) */
     int kick_fd;       /* with kick_need: the owner's eventfd (see struct session) */
@@ -120,6 +130,8 @@ struct session {
     int throttled;         /* session_on_io stopped reading at the limit above */
     struct shmipc_stream *ready_head, *ready_tail;
     struct shmipc_stream *blocked;  /* server: streams whose flush met a full queue */
+    int *blocked_sessions; /* server: its loop's count of sessions with a blocked
+                              list (atomic; kept by stream.c), or NULL */
     struct session_stats stats;
     int spinning;          /* a spinner holds the receive queue's working flag */
     uint64_t last_rx_ns;   /* atomic: when the peer last sent anything */
@@ -134,6 +146,25 @@ struct session {
                               owner's poll, or a caller took its fd) */
     const int *kick_need;
     int index;             /* session number inside its client */
+    /* cfg.callers_read (leader.c): the callers that wait drive the session. */
+    const void *reader;    /* the thread reading for the waiters, or NULL */
+    int io_parked;         /* the I/O thread's watch of input is off: a reader
+                              reads, or one did lately (see leader.c) */
+    unsigned followers;    /* callers waiting on their stream for the reader */
+    uint32_t fseq;         /* followers sleep on this futex word (bumped under mu
+                              when they have news), each with its stream's bit */
+    uint32_t wake_bits;    /* atomic: bits of followers to wake after the unlock */
+    unsigned reader_turns; /* readers so far; what the I/O thread last saw */
+    unsigned turns_seen;
+    unsigned awake;        /* callers inside a call on this session that are not
+                              asleep (wake-up batching, leader.c) */
+    uint64_t rtt_ns;       /* recent flush-to-answer time (adaptive spin) */
+    unsigned spin_probe;   /* waits since the last spin probe */
+    uint64_t rcvtimeo_ns;  /* the socket's SO_RCVTIMEO (the reader's blocking read) */
+    int rd_blocking;       /* the socket is blocking: the reader waits in recv() */
+    int rx_woke;           /* what is harvested now came after a sleep (a Polling
+                              woke its reader): its answer times say nothing of
+                              how soon the peer answers */
 };
 
 /* Takes over fd, the queue region (mapped) and a pool reference. */
@@ -154,6 +185,21 @@ void session_die(struct session *s, int err, const char *why);
  * with err (SHMIPC_ECORRUPT if the peer shrank its memory). Returns the
  * error reported. Caller holds s->mu. */
 int protocol_error(struct session *s, int err, const char *what);
+
+/* Followers (leader.c) sleep on s->fseq with a bit of their stream's id:
+ * the bit, and waking those of `bits` (FOLLOWERS_ALL: every one). A
+ * deliverer bumps fseq and collects bits in s->wake_bits under s->mu,
+ * then wakes them after unlocking (session_wake_followers), so that they
+ * do not wake to a mutex it still holds. */
+#define FOLLOWERS_ALL 0xffffffffu
+static inline uint32_t follower_bit(const shmipc_stream *st)
+{
+    return 1u << (st->id % 32u);
+}
+void session_futex_wake(struct session *s, uint32_t bits);
+/* Wakes the followers that deliveries made while s->mu was held have
+ * news for; called after unlocking (any thread holding a reference). */
+void session_wake_followers(struct session *s);
 
 /* With cfg.notify_ready: puts a stream with news on the ready list (which
  * takes a reference), once. Caller holds s->mu. */

@@ -18,6 +18,38 @@
 #include "shm/atomics.h"
 #include "shmipc/errors.h"
 
+/* A threaded client's callers asleep on the stream (followers, leader.c)
+ * count as awake again from here on (the last awake caller pays an owed
+ * Polling) and are woken once s->mu is let go (session_wake_followers);
+ * other readers wait on the stream's condition variable. */
+static void wake_stream_locked(struct session *s, shmipc_stream *st)
+{
+    if (st->sleeping == 0) {
+        pthread_cond_broadcast(&st->cv);
+        return;
+    }
+    s->awake += st->sleeping;
+    st->sleeping = 0;
+    st->wake_gen++;
+    __atomic_add_fetch(&s->fseq, 1, __ATOMIC_RELEASE);
+    __atomic_or_fetch(&s->wake_bits, follower_bit(st), __ATOMIC_RELEASE);
+}
+
+/* Adaptive spin: how soon the peer answered a request of this stream. An
+ * answer harvested after a sleep counts as RTT_SLEPT_NS: it only says the
+ * peer was not faster than a wake-up. A faster answer than the estimate
+ * (a spin probe's) is taken at once; slower ones move it a quarter of the
+ * way, so a peer that slows down costs a few short spins, not many. */
+static void sample_rtt_locked(struct session *s, shmipc_stream *st)
+{
+    uint64_t d = s->rx_woke ? RTT_SLEPT_NS : sock_now_ns() - st->flush_ns;
+    if (s->rtt_ns == 0 || d < s->rtt_ns)
+        s->rtt_ns = d;
+    else
+        s->rtt_ns += (d - s->rtt_ns) / 4;
+    st->flush_ns = 0;
+}
+
 void deliver_locked(struct session *s, shmipc_stream *st, struct rx_msg *m)
 {
     __atomic_add_fetch(&s->rx_heap, rx_msg_heap_cost(m), __ATOMIC_RELAXED);
@@ -30,14 +62,16 @@ void deliver_locked(struct session *s, shmipc_stream *st, struct rx_msg *m)
     st->rx_count++;
     s->stats.messages_received++;
     s->stats.bytes_received += m->len;
-    pthread_cond_broadcast(&st->cv);
+    if (st->flush_ns != 0)
+        sample_rtt_locked(s, st);
+    wake_stream_locked(s, st);
     mark_ready_locked(s, st);
 }
 
 void remote_close_locked(struct session *s, shmipc_stream *st)
 {
     st->flags |= ST_REMOTE_CLOSED;
-    pthread_cond_broadcast(&st->cv);
+    wake_stream_locked(s, st);
     mark_ready_locked(s, st);
 }
 
@@ -186,6 +220,7 @@ int session_spin_harvest(struct session *s)
             __atomic_store_n(&s->last_rx_ns, sock_now_ns(), __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s);
     return n;
 }
 
@@ -198,4 +233,5 @@ void session_spin_end(struct session *s)
             harvest_locked(s); /* now clears the flag, re-checking the queue */
     }
     pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s);
 }

@@ -16,6 +16,10 @@ struct rx_msg;
  * the queue) unless a spinner holds it. 0 or the error that closed the
  * session. */
 int harvest_locked(struct session *s);
+/* Adaptive spin (leader.c): a stream's answer that was harvested after its
+ * reader slept counts as this long in the session's recent answer time. */
+#define RTT_SLEPT_NS 20000u
+
 /* Appends a received message to the stream and wakes its readers. */
 void deliver_locked(struct session *s, shmipc_stream *st, struct rx_msg *m);
 /* The peer closed the stream: its readers wake to the end. */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "proto/event.h"
@@ -131,15 +132,20 @@ int session_throttled(struct session *s)
     return __atomic_load_n(&s->throttled, __ATOMIC_RELAXED);
 }
 
+/* How pump_locked() reads: until EAGAIN (an edge-triggered driver: no new
+ * edge would tell of what it left), until a short read (a reader that
+ * waits on the socket again next), or not at all (the reader just read). */
+enum pump_read { READ_ALL, READ_SHORT, READ_NONE };
+
 /* Reads what the socket holds, handles it, writes what is pending and
  * harvests the queue: everything a readiness event asks for. */
-static int pump_locked(struct session *s)
+static int pump_locked(struct session *s, enum pump_read how)
 {
     int rc = 0;
     if (!s->dead && (region_tripped(&s->pool->region) || region_tripped(&s->qregion)))
         protocol_error(s, SHMIPC_ECORRUPT, "peer truncated its shared memory");
     __atomic_store_n(&s->throttled, 0, __ATOMIC_RELAXED);
-    while (!s->dead) {
+    while (!s->dead && how != READ_NONE) {
         /* A peer that sends FallbackData faster than we handle it would
          * otherwise have us read (and copy) without bound before the
          * driver gets to dispatch. Unhandled input shares the output's
@@ -167,6 +173,8 @@ static int pump_locked(struct session *s)
         if (n > 0) {
             s->in_len += (size_t)n;
             __atomic_store_n(&s->last_rx_ns, sock_now_ns(), __ATOMIC_RELAXED);
+            if (how == READ_SHORT && s->in_len < s->in_cap)
+                break;
             continue;
         }
         if (n < 0 && errno == EINTR)
@@ -192,9 +200,100 @@ static int pump_locked(struct session *s)
 int session_on_io(struct session *s)
 {
     pthread_mutex_lock(&s->mu);
-    int rc = pump_locked(s);
+    int rc;
+    if (s->reader != NULL) {
+        /* A caller reads for the waiters (leader.c): only it may, or what
+         * we deliver here would wake nobody while it sleeps in poll(). The
+         * output is ours still. */
+        rc = s->out_len > 0 && !s->dead ? flush_out_locked(s) : 0;
+    } else {
+        rc = pump_locked(s, READ_ALL);
+    }
     pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s);
     return rc;
+}
+
+int session_read_locked(struct session *s)
+{
+    return pump_locked(s, READ_SHORT);
+}
+
+#define READER_BUF 2048
+#define READER_WAIT_NS 1000000000ull
+
+/* Appends what the reader read to the input buffer. */
+static int take_input_locked(struct session *s, const uint8_t *p, size_t n)
+{
+    if (s->in_len + n > s->in_cap) {
+        size_t cap = s->in_cap * 2 > s->in_len + n ? s->in_cap * 2 : s->in_len + n;
+        uint8_t *b = realloc(s->in, cap);
+        if (b == NULL)
+            return protocol_error(s, -ENOMEM, "no memory for input");
+        s->in = b;
+        s->in_cap = cap;
+    }
+    memcpy(s->in + s->in_len, p, n);
+    s->in_len += n;
+    return 0; /* (last_rx_ns is for a server's idle timeout: not kept here) */
+}
+
+int session_read_wait_locked(struct session *s, uint64_t deadline_ns)
+{
+    uint64_t now = sock_now_ns();
+    if (now >= deadline_ns)
+        return 0;
+    /* A blocking read wakes with the bytes (poll() and then a read would
+     * be two calls); SO_RCVTIMEO bounds it: a second, or less when the
+     * deadline is nearer (set only when it changes). */
+    uint64_t want = deadline_ns - now < READER_WAIT_NS ? deadline_ns - now : READER_WAIT_NS;
+    int set = want != s->rcvtimeo_ns;
+    s->rcvtimeo_ns = want;
+    int fd = s->fd; /* closed only with the session, which our caller holds */
+    pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s); /* what we delivered, now that they can lock */
+    if (set) {
+        uint64_t us = (want + 999) / 1000;
+        struct timeval tv = {(time_t)(us / 1000000u), (suseconds_t)(us % 1000000u)};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    }
+    uint8_t buf[READER_BUF];
+    if (!s->rd_blocking) { /* set once when the session was made */
+        struct timespec ts = {(time_t)(want / 1000000000u), (long)(want % 1000000000u)};
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        ppoll(&p, 1, &ts, NULL);
+    }
+    ssize_t n = recv(fd, buf, sizeof(buf), s->rd_blocking ? 0 : MSG_DONTWAIT);
+    int err = n < 0 ? errno : 0;
+    pthread_mutex_lock(&s->mu);
+    if (n > 0) {
+        int rc = take_input_locked(s, buf, (size_t)n);
+        if (rc < 0)
+            return rc;
+        /* A full buffer may have left more behind. */
+        return pump_locked(s, (size_t)n == sizeof(buf) ? READ_SHORT : READ_NONE);
+    }
+    if (n == 0 && !s->dead)
+        return pump_locked(s, READ_ALL); /* sees the end and lets the session go */
+    if (n < 0 && err != EAGAIN && err != EWOULDBLOCK && err != EINTR && !s->dead)
+        session_die_locked(s, -err, "read failed");
+    return s->dead ? (s->err ? s->err : SHMIPC_ECLOSED) : 0;
+}
+
+void session_park_io_locked(struct session *s, int park)
+{
+    if (s->ep_fd < 0 || s->io_parked == park)
+        return;
+    /* Parked: output readiness (when output waits) and the peer's hang-up
+     * only (input wakes with a key that matches neither, so it no longer
+     * wakes the I/O thread); back on: what session_watch() asked for. A
+     * MOD re-checks readiness, so input that came meanwhile is reported. */
+    uint32_t events = EPOLLET | EPOLLRDHUP | (s->ep_out ? EPOLLOUT : 0);
+    if (!park)
+        events |= EPOLLIN;
+    struct epoll_event ev = {.events = events, .data = s->ep_data};
+    if (epoll_ctl(s->ep_fd, EPOLL_CTL_MOD, s->fd, &ev) == 0)
+        s->io_parked = park;
 }
 
 /* No other thread serves this session: wait for the socket here, and keep
@@ -203,7 +302,7 @@ int session_on_io(struct session *s)
 static int wait_output_self_locked(struct session *s, uint64_t deadline_ns)
 {
     ring_locked(s); /* the peer may be waiting for it to read what we wait on */
-    while (!s->dead && pump_locked(s) >= 0 && s->out_len > 0) {
+    while (!s->dead && pump_locked(s, READ_ALL) >= 0 && s->out_len > 0) {
         uint64_t now = sock_now_ns();
         if (now >= deadline_ns)
             return SHMIPC_ETIMEDOUT;
@@ -226,6 +325,7 @@ int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
 {
     if (s->cfg.self_driven)
         return wait_output_self_locked(s, deadline_ns);
+    ring_locked(s); /* a caller about to sleep sends what it owes first */
     while (s->out_len > 0 && !s->dead) {
         uint64_t now = sock_now_ns();
         if (now >= deadline_ns)

@@ -21,6 +21,20 @@ int session_on_io(struct session *s);
  * dispatches, then calls session_on_io() again (the socket may still have
  * input, and an edge-triggered poller will not say so again). */
 int session_throttled(struct session *s);
+/* Threaded client, the reader (leader.c): reads what the socket holds
+ * (stopping at a short read: the reader polls level-triggered), handles
+ * it, writes pending output and harvests the queue. Caller holds s->mu. */
+int session_read_locked(struct session *s);
+/* Threaded client, the reader: waits for input in a blocking read (the
+ * socket is blocking; everyone else reads and writes with MSG_DONTWAIT)
+ * until the deadline or a second, then handles what came as
+ * session_read_locked() does. s->mu is let go meanwhile (the followers
+ * its deliveries woke are woken first). Caller holds s->mu. */
+int session_read_wait_locked(struct session *s, uint64_t deadline_ns);
+/* Threaded client: turns the I/O thread's watch of the socket's input off
+ * (park = 1) while a caller reads, and back on (0). Output readiness and
+ * hang-ups still reach the I/O thread. Caller holds s->mu. */
+void session_park_io_locked(struct session *s, int park);
 /* Client: waits (unlocked) until the output buffer drains, up to the
  * deadline. Caller holds s->mu. */
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns);

@@ -17,6 +17,7 @@ void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler
     pthread_mutex_init(&lp->mu, NULL);
     lp->conns = NULL;
     lp->n = 0;
+    lp->nblocked = 0;
     lp->h = h;
     lp->ctx = ctx;
 }
@@ -83,6 +84,9 @@ void serve_loop_close(struct serve_loop *lp, struct serve_conn *c)
     if (session_alive(s))
         session_die(s, SHMIPC_ECLOSED, "server closed the session");
     session_retry_blocked(s);
+    pthread_mutex_lock(&s->mu);
+    s->blocked_sessions = NULL; /* dead: nothing blocks on it any more */
+    pthread_mutex_unlock(&s->mu);
     serve_loop_dispatch(lp, c); /* every stream's close reaches the handler */
     session_release_streams(s);
     lp->h->closed(lp->ctx, c);
@@ -110,6 +114,9 @@ void serve_loop_ready(struct serve_loop *lp, struct serve_conn *c)
 void serve_loop_add(struct serve_loop *lp, struct serve_conn *c)
 {
     c->tag.kind = SERVE_SESSION;
+    pthread_mutex_lock(&c->s->mu);
+    c->s->blocked_sessions = &lp->nblocked;
+    pthread_mutex_unlock(&c->s->mu);
     pthread_mutex_lock(&lp->mu);
     c->next = lp->conns;
     lp->conns = c;
@@ -146,6 +153,10 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
 
 int serve_loop_retry_blocked(struct serve_loop *lp)
 {
+    /* Called after every wake-up: with a thousand sessions a walk over
+     * them all would cost more than the wake-up's work. */
+    if (__atomic_load_n(&lp->nblocked, __ATOMIC_ACQUIRE) == 0)
+        return 0;
     int any = 0;
     for (struct serve_conn *c = lp->conns; c != NULL; c = c->next)
         if (c->s->blocked != NULL)

@@ -46,6 +46,7 @@ struct serve_loop {
     pthread_mutex_t mu; /* guards conns and n against other threads */
     struct serve_conn *conns;
     unsigned n;
+    int nblocked;       /* atomic: sessions with flushes a full queue blocked */
     const struct serve_handler *h;
     void *ctx;
 };

@@ -9,8 +9,9 @@
  * engine's own files include only the parts below them, from the ground
  * up: pool_ref (pools), rx_msg (received messages), core (the session
  * object, its locking and lifetimes), table (streams by id), output,
- * wakeup (Pollings), harvest (the receive queue), io (the socket), stream
- * (the stream API), and session.c (serving a session as a batch).
+ * wakeup (Pollings), harvest (the receive queue), io (the socket), leader
+ * (a threaded client's waiting callers driving it), stream (the stream
+ * API), and session.c (serving a session as a batch).
  */
 #ifndef SHMIPC_SESSION_SESSION_H
 #define SHMIPC_SESSION_SESSION_H
@@ -23,6 +24,7 @@
 #include "session/wakeup.h"
 #include "session/harvest.h"
 #include "session/io.h"
+#include "session/leader.h"
 #include "session/stream.h"
 
 /* Server: serves one readiness event as a batch. The receive queue's

@@ -16,6 +16,7 @@
 #include "proto/sock.h"
 #include "session/harvest.h"
 #include "session/io.h"
+#include "session/leader.h"
 #include "session/output.h"
 #include "session/pool_ref.h"
 #include "session/rx_msg.h"
@@ -165,6 +166,12 @@ static int pool_exhausted(int rc)
     return rc == SHMIPC_ENOBUFS || rc == SHMIPC_ECONTENDED;
 }
 
+/* Writes this large are copied into the pool without the session's lock:
+ * a megabyte's copy must not hold up the session's other callers (and its
+ * reader). The writer and its slices are the stream's, written by one
+ * thread at a time, and the pool is lock-free. */
+#define WRITE_UNLOCKED_MIN (32u << 10)
+
 int shmipc_stream_write(shmipc_stream *st, const void *data, size_t n)
 {
     struct session *s = st->sess;
@@ -173,7 +180,13 @@ int shmipc_stream_write(shmipc_stream *st, const void *data, size_t n)
     const uint8_t *src = data;
     if (rc == 0 && !(st->flags & ST_FALLBACK)) {
         uint64_t before = st->w.total;
-        rc = pool_writer_write(&st->w, src, n);
+        if (n >= WRITE_UNLOCKED_MIN) {
+            pthread_mutex_unlock(&s->mu);
+            rc = pool_writer_write(&st->w, src, n);
+            pthread_mutex_lock(&s->mu);
+        } else {
+            rc = pool_writer_write(&st->w, src, n);
+        }
         if (pool_exhausted(rc)) {
             size_t done = (size_t)(st->w.total - before);
             src += done;
@@ -292,6 +305,10 @@ static int put_message_locked(shmipc_stream *st, uint32_t first, uint32_t len)
         if (s->cfg.role == ROLE_SERVER && !(st->flags & ST_BLOCKED)) {
             st->flags |= ST_BLOCKED;
             stream_get(st);
+            /* The loop counts sessions with a list: it looks for them only
+             * while there are some, not at each turn over all of them. */
+            if (s->blocked == NULL && s->blocked_sessions != NULL)
+                __atomic_add_fetch(s->blocked_sessions, 1, __ATOMIC_RELEASE);
             st->bnext = s->blocked;
             s->blocked = st;
         }
@@ -309,11 +326,28 @@ static int put_message_locked(shmipc_stream *st, uint32_t first, uint32_t len)
 
 static int flush_locked(shmipc_stream *st);
 
+/* A threaded client's caller counts as awake while inside a call (see
+ * leader.c): the Polling its flush owes may go out with the flushes of
+ * the other awake callers. */
+static void caller_enter_locked(struct session *s)
+{
+    if (s->cfg.callers_read)
+        session_caller_enter_locked(s);
+}
+
+static void caller_leave_locked(struct session *s)
+{
+    if (s->cfg.callers_read)
+        session_caller_leave_locked(s);
+}
+
 int shmipc_stream_flush(shmipc_stream *st)
 {
     struct session *s = st->sess;
     pthread_mutex_lock(&s->mu);
+    caller_enter_locked(s);
     int rc = flush_locked(st);
+    caller_leave_locked(s);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -335,7 +369,9 @@ int shmipc_stream_forward(shmipc_stream *st, shmipc_msg *m)
          * like a replay. */
         uint32_t first = rx->offs[0], len = rx->len;
         rx_msg_unhold(rx);
+        caller_enter_locked(s);
         rc = put_message_locked(st, first, len); /* frees the chain if not queued */
+        caller_leave_locked(s);
         pthread_mutex_unlock(&s->mu);
         pool_ref_put(rx->pool);
         rx_msg_drop(rx);
@@ -369,6 +405,8 @@ static int flush_locked(shmipc_stream *st)
 {
     int rc = check_writable_locked(st);
     int retried = 0;
+    if (rc == 0 && st->sess->cfg.adaptive_spin)
+        st->flush_ns = sock_now_ns(); /* its answer's time tells how fast the peer is */
     if (rc == 0 && st->has_unsent) {
         st->has_unsent = 0;
         rc = put_message_locked(st, st->unsent_first, st->unsent_len);
@@ -410,6 +448,10 @@ static void abs_deadline(struct timespec *ts, uint64_t deadline_ns)
 static int wait_rx_locked(shmipc_stream *st, uint64_t deadline_ns)
 {
     struct session *s = st->sess;
+    if (s->cfg.callers_read && deadline_ns != 0)
+        return session_wait_rx_locked(s, st, deadline_ns); /* we drive the session */
+    if (s->cfg.callers_read && st->rx_head == NULL)
+        session_poll_rx_locked(s);
     while (st->rx_head == NULL) {
         if (st->flags & ST_REMOTE_CLOSED)
             return SHMIPC_ECLOSED;
@@ -490,13 +532,46 @@ int shmipc_stream_recv(shmipc_stream *st, shmipc_msg *out, int timeout_ms)
 {
     struct session *s = st->sess;
     memset(out, 0, sizeof(*out));
-    if (s->cfg.spin_us > 0 && timeout_ms != 0)
+    /* A threaded client's reader spins itself (leader.c): a follower that
+     * harvested would take the reader's answer from under its read(). */
+    if (s->cfg.spin_us > 0 && timeout_ms != 0 && !s->cfg.callers_read)
         spin_for_message(st, s->cfg.spin_us, sock_deadline(timeout_ms));
     pthread_mutex_lock(&s->mu);
+    caller_enter_locked(s);
     int rc = wait_rx_locked(st, timeout_ms == 0 ? 0 : sock_deadline(timeout_ms));
     if (rc == 0)
         fill_msg(out, take_head_locked(st));
+    caller_leave_locked(s);
     pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s); /* what we read for others, once unlocked */
+    return rc;
+}
+
+int stream_call(shmipc_stream *st, const void *req, size_t n, shmipc_msg *resp, int timeout_ms)
+{
+    struct session *s = st->sess;
+    memset(resp, 0, sizeof(*resp));
+    int rc = shmipc_stream_write(st, req, n);
+    if (rc < 0)
+        return rc;
+    if (!s->cfg.callers_read) {
+        if ((rc = shmipc_stream_flush(st)) < 0)
+            return rc;
+        return shmipc_stream_recv(st, resp, timeout_ms);
+    }
+    /* One lock from the flush to the wait: the caller stays awake between
+     * them, so its Polling may go out with those of the other callers. */
+    uint64_t deadline = timeout_ms == 0 ? 0 : sock_deadline(timeout_ms);
+    pthread_mutex_lock(&s->mu);
+    caller_enter_locked(s);
+    rc = flush_locked(st);
+    if (rc == 0)
+        rc = wait_rx_locked(st, deadline);
+    if (rc == 0)
+        fill_msg(resp, take_head_locked(st));
+    caller_leave_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s);
     return rc;
 }
 
@@ -508,12 +583,15 @@ int shmipc_stream_read(shmipc_stream *st, void *buf, size_t n, int timeout_ms)
     if (n > INT32_MAX)
         n = INT32_MAX;
     pthread_mutex_lock(&s->mu);
+    caller_enter_locked(s);
     while (got == 0 && n > 0) {
         int rc = wait_rx_locked(st, deadline);
         if (rc == SHMIPC_ECLOSED)
             break; /* end of stream: 0 */
         if (rc < 0) {
+            caller_leave_locked(s);
             pthread_mutex_unlock(&s->mu);
+            session_wake_followers(s);
             return rc;
         }
         struct rx_msg *m = st->rx_head;
@@ -524,7 +602,9 @@ int shmipc_stream_read(shmipc_stream *st, void *buf, size_t n, int timeout_ms)
         if (st->rx_off >= m->len)
             rx_msg_free(take_head_locked(st));
     }
+    caller_leave_locked(s);
     pthread_mutex_unlock(&s->mu);
+    session_wake_followers(s);
     return (int)got;
 }
 
@@ -626,6 +706,8 @@ unsigned session_retry_blocked(struct session *s)
     pthread_mutex_lock(&s->mu);
     shmipc_stream *list = s->blocked;
     s->blocked = NULL;
+    if (list != NULL && s->blocked_sessions != NULL)
+        __atomic_sub_fetch(s->blocked_sessions, 1, __ATOMIC_RELEASE);
     for (shmipc_stream *st = list; st != NULL; st = st->bnext)
         st->flags &= ~ST_BLOCKED;
     pthread_mutex_unlock(&s->mu);

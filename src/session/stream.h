@@ -28,6 +28,8 @@ int stream_paused(shmipc_stream *st);
 void stream_resume(shmipc_stream *st);
 /* 1 once this side sent its close (shutdown): nothing more can go out. */
 int stream_closed_here(shmipc_stream *st);
+/* shmipc_call(): write, flush and wait for one message. */
+int stream_call(shmipc_stream *st, const void *req, size_t n, shmipc_msg *resp, int timeout_ms);
 /* 1 if the stream can be pooled for reuse. */
 int stream_reusable(shmipc_stream *st);
 /* Server: retries the flushes that met a full queue. Returns how many

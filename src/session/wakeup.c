@@ -120,6 +120,23 @@ int session_ring_wakeup(struct session *s)
  * (its working flag clear, which we now set for it). */
 static int wake_peer_locked(struct session *s)
 {
+    if (s->cfg.callers_read) {
+        /* Threaded client: while other callers are awake (leader.c counts
+         * them) the Polling waits for their flushes; the last of them to
+         * sleep or return sends it, or whoever queues the WAKE_DEFER_MAX-th
+         * message meanwhile. */
+        if (!queue_mark_working(&s->qp.send)) {
+            if (__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED) &&
+                ++s->wake_deferred >= WAKE_DEFER_MAX)
+                return ring_locked(s);
+            return 0;
+        }
+        if (s->awake <= 1) /* nobody but (maybe) this caller */
+            return send_polling_locked(s);
+        __atomic_store_n(&s->wake_owed, 1, __ATOMIC_RELAXED);
+        s->wake_deferred = 1;
+        return 0;
+    }
     if (!queue_mark_working(&s->qp.send)) {
         if (!__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED))
             return 0;

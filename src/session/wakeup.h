@@ -23,7 +23,9 @@ int session_put_elem_locked(struct session *s, const struct shmipc_queue_elem *e
  * which is sent once WAKE_DEFER_MAX messages wait, when another thread
  * queues on the session, by session_ring_wakeup(), or when this thread
  * calls session_defer_wakeups() for another owner or NULL (or ends).
- * Flushes from other threads never wait for it. */
+ * Flushes from other threads never wait for it. A threaded client
+ * (cfg.callers_read) batches the flushes of its callers instead: see
+ * leader.c. */
 #define WAKE_DEFER_MAX 32
 void session_defer_wakeups(const void *owner);
 /* Sends the Polling the session owes, if any. */

@@ -5,6 +5,7 @@
  */
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "shmipc/shmipc.h"
 
@@ -29,10 +30,26 @@ static void on_message(shmipc_stream *st, shmipc_msg *m, void *arg)
                 shmipc_strerror(rc), answer_errors == 10 ? " (further errors only counted)" : "");
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: echo_server ADDR   (unix:/path, /path or tcp:host:port)\n"
+               "Answers every message with its own bytes on the same stream until\n"
+               "SIGTERM or SIGINT, then prints its counters on stderr.\n"
+               "  -h, --help   this text;  --version  the version\n");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: echo_server ADDR   (unix:/path or tcp:host:port)\n");
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("echo_server (shmipc) %s\n", SHMIPC_VERSION);
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        usage(stderr);
         return 2;
     }
     struct shmipc_server_config cfg;

@@ -7,11 +7,31 @@
 
 #include "shmipc/shmipc.h"
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: greeter_client ADDR [--memfd|--file]\n"
+               "Sends \"client say hello world!!!\" to the greeter service at ADDR\n"
+               "(unix:/path, /path or tcp:host:port) and prints the answer.\n"
+               "  --memfd      shared memory passed as memfds (default)\n"
+               "  --file       /dev/shm files (always over tcp:)\n"
+               "  -h, --help   this text;  --version  the version\n");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3 ||
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("greeter_client (shmipc) %s\n", SHMIPC_VERSION);
+            return 0;
+        }
+    }
+    if (argc < 2 || argc > 3 || argv[1][0] == '-' ||
         (argc == 3 && strcmp(argv[2], "--memfd") != 0 && strcmp(argv[2], "--file") != 0)) {
-        fprintf(stderr, "usage: greeter_client ADDR [--memfd|--file]\n");
+        usage(stderr);
         return 2;
     }
     struct shmipc_client_config cfg;

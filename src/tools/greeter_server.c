@@ -37,10 +37,26 @@ static void on_message(shmipc_stream *st, shmipc_msg *m, void *arg)
                 shmipc_strerror(rc));
 }
 
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: greeter_server ADDR   (unix:/path, /path or tcp:host:port)\n"
+               "Answers \"client say hello world!!!\" with \"server hello world!!!\" on the same\n"
+               "stream until SIGTERM or SIGINT.\n"
+               "  -h, --help   this text;  --version  the version\n");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 2) {
-        fprintf(stderr, "usage: greeter_server ADDR   (unix:/path or tcp:host:port)\n");
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        usage(stdout);
+        return 0;
+    }
+    if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+        printf("greeter_server (shmipc) %s\n", SHMIPC_VERSION);
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        usage(stderr);
         return 2;
     }
     struct shmipc_server_config cfg;

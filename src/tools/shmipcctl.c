@@ -1,28 +1,106 @@
 /*
- * shmipcctl [-s ADMIN] COMMAND: talks to shmipcd's admin socket.
+ * shmipcctl [-s ADMIN | -c CONF] COMMAND: talks to shmipcd's admin socket.
  *   status           services, plugins and generations, sessions per worker
  *   stats [--json]   counters per service and per session
+ *   reload           re-reads the configuration (as SIGHUP)
  *   stop             asks shmipcd to stop (drain, then exit)
- * ADMIN defaults to unix:/run/shmipcd/admin.sock.
+ * ADMIN defaults to unix:/run/shmipcd/admin.sock; -c takes it from the
+ * `admin` key of shmipcd's configuration file. The command line goes to
+ * shmipcd as one line; shmipcd's reply is printed as it comes.
  */
+#include <errno.h>
+#include <libconfig.h>
+#include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "proto/sock.h"
 #include "shmipc/errors.h"
+#include "shmipc/shmipc.h"
+
+#define DEFAULT_ADMIN "unix:/run/shmipcd/admin.sock"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: shmipcctl [-s ADMIN | -c CONF] COMMAND\n"
+               "Talks to shmipcd's admin socket. Commands:\n"
+               "  status           services, plugins and generations, sessions per worker\n"
+               "  stats [--json]   counters per service and per session\n"
+               "  reload           re-read the configuration (as SIGHUP)\n"
+               "  stop             drain, then stop shmipcd\n"
+               "Options:\n"
+               "  -s ADMIN         the admin socket (default " DEFAULT_ADMIN ")\n"
+               "  -c CONF          the admin socket named by CONF's admin key\n"
+               "  -h, --help       this text;  --version  the version\n");
+}
+
+/* The `admin` address of shmipcd's config file into out; 0 or -1 (said). */
+static int admin_from_conf(const char *path, char *out, size_t cap)
+{
+    config_t cfg;
+    config_init(&cfg);
+    /* @include resolves against the file's directory, as in shmipcd. */
+    char *copy = strdup(path);
+    if (copy == NULL) {
+        config_destroy(&cfg);
+        return -1;
+    }
+    config_set_include_dir(&cfg, dirname(copy));
+    int rc = -1;
+    const char *admin;
+    int loaded = config_read_file(&cfg, path) == CONFIG_TRUE;
+    if (!loaded && config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
+        fprintf(stderr, "shmipcctl: %s: %s\n", path, strerror(errno));
+    else if (!loaded)
+        fprintf(stderr, "shmipcctl: %s:%d: %s\n",
+                config_error_file(&cfg) ? config_error_file(&cfg) : path,
+                config_error_line(&cfg), config_error_text(&cfg));
+    else if (config_lookup_string(&cfg, "admin", &admin) != CONFIG_TRUE)
+        fprintf(stderr, "shmipcctl: %s: no admin socket (the key 'admin' is absent or "
+                        "not a string)\n", path);
+    else if ((size_t)snprintf(out, cap, "%s", admin) >= cap)
+        fprintf(stderr, "shmipcctl: %s: admin address too long\n", path);
+    else
+        rc = 0;
+    config_destroy(&cfg);
+    free(copy);
+    return rc;
+}
 
 int main(int argc, char **argv)
 {
-    const char *admin = "unix:/run/shmipcd/admin.sock";
+    const char *admin = DEFAULT_ADMIN, *conf = NULL, *sock = NULL;
     int i = 1;
-    if (argc > 2 && strcmp(argv[1], "-s") == 0) {
-        admin = argv[2];
-        i = 3;
+    /* Options come before the command; what follows is the command's. */
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("shmipcctl (shmipc) %s\n", SHMIPC_VERSION);
+            return 0;
+        } else if ((strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "-c") == 0) && i + 1 < argc) {
+            *(argv[i][1] == 's' ? &sock : &conf) = argv[i + 1];
+            i++;
+        } else {
+            fprintf(stderr, "shmipcctl: %s: unknown option or missing value\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
     }
-    if (i >= argc) {
-        fprintf(stderr, "usage: shmipcctl [-s ADMIN] status | stats [--json] | reload | stop\n");
+    if (i >= argc || (sock != NULL && conf != NULL)) {
+        usage(stderr);
         return 2;
+    }
+    char conf_admin[256];
+    if (conf != NULL) {
+        if (admin_from_conf(conf, conf_admin, sizeof(conf_admin)) < 0)
+            return 1;
+        admin = conf_admin;
+    } else if (sock != NULL) {
+        admin = sock;
     }
     char line[256] = "";
     for (; i < argc; i++) {

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "reuse_peer.h"
+#include "shmipc/shmipc.h"
 
 static void usage(FILE *f)
 {
@@ -65,7 +66,8 @@ int main(int argc, char **argv)
         {"count", required_argument, NULL, 'n'},    {"streams", required_argument, NULL, 'm'},
         {"sessions", required_argument, NULL, 'e'}, {"allowed-dir", required_argument, NULL, 'd'},
         {"leave-files", no_argument, NULL, 'l'},    {"timeout-ms", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},           {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
     };
     struct rp_client_opts co = {.size = 64, .count = 1000};
     struct rp_server_opts so = {.sessions = 1, .ready_fd = -1};
@@ -111,6 +113,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             usage(stdout);
+            return 0;
+        case 'V':
+            printf("shmipc-reuse-peer (shmipc) %s\n", SHMIPC_VERSION);
             return 0;
         default:
             bad = 1;

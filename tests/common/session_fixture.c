@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -529,9 +530,12 @@ void sfx_end(struct fx *f)
     f->cli = NULL;
     EXPECT_RC(sfx_srv_stop(&f->srv), 0);
     if (f->dir[0] != '\0') {
+        static const char *const files[] = {"sock", "entered", "release"}; /* + the gate's */
         char path[160];
-        snprintf(path, sizeof(path), "%s/sock", f->dir);
-        unlink(path);
+        for (unsigned i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+            snprintf(path, sizeof(path), "%s/%s", f->dir, files[i]);
+            unlink(path);
+        }
         CU_ASSERT_EQUAL(rmdir(f->dir), 0);
     }
     sfx_leaks_check(&f->base);
@@ -745,4 +749,76 @@ int sfx_free_port(void)
     if (fd >= 0)
         close(fd);
     return port;
+}
+
+/* ---- the gate ---- */
+
+int sfx_gate_init(const struct fx *f, struct gate *g)
+{
+    snprintf(g->entered, sizeof(g->entered), "%s/entered", f->dir);
+    snprintf(g->release, sizeof(g->release), "%s/release", f->dir);
+    if (mkfifo(g->entered, 0600) < 0 || mkfifo(g->release, 0600) < 0)
+        return -errno;
+    return 0;
+}
+
+int sfx_gate_entered(const struct gate *g)
+{
+    /* Our read end open first lets the handler's open for writing return. */
+    int fd = open(g->entered, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    char c;
+    int rc = poll(&pfd, 1, RECV_MS) == 1 && read(fd, &c, 1) == 1 ? 0 : -ETIMEDOUT;
+    close(fd);
+    return rc;
+}
+
+int sfx_gate_release(const struct gate *g)
+{
+    /* The handler opens its end right after saying it entered. */
+    uint64_t deadline = sfx_deadline_ns(RECV_MS);
+    int fd;
+    while ((fd = open(g->release, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO &&
+           tu_now_ns() < deadline)
+        sfx_sleep_ms(1);
+    if (fd < 0)
+        return -errno;
+    int rc = write(fd, "R", 1) == 1 ? 0 : -EIO;
+    close(fd);
+    return rc;
+}
+
+/* ---- a blocking caller on a thread of its own ---- */
+
+static void *caller_main(void *arg)
+{
+    struct caller *c = arg;
+    c->rc = shmipc_call(c->st, c->req, c->n, &c->m, c->timeout_ms);
+    return NULL;
+}
+
+int sfx_caller_start(struct caller *c, shmipc_stream *st, const void *req, size_t n,
+                     int timeout_ms)
+{
+    memset(c, 0, sizeof(*c));
+    c->st = st;
+    c->req = req;
+    c->n = n;
+    c->timeout_ms = timeout_ms;
+    int rc = pthread_create(&c->th, NULL, caller_main, c);
+    if (rc != 0)
+        return -rc;
+    c->running = 1;
+    return 0;
+}
+
+int sfx_caller_join(struct caller *c)
+{
+    if (c->running) {
+        pthread_join(c->th, NULL);
+        c->running = 0;
+    }
+    return c->rc;
 }

@@ -33,6 +33,7 @@
 #ifndef SHMIPC_TESTS_SESSION_FIXTURE_H
 #define SHMIPC_TESTS_SESSION_FIXTURE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -215,5 +216,40 @@ int sfx_srv_wait_closed(shmipc_client *c, uint32_t id, struct closed_rec *out);
 
 /* A loopback port nobody listens on right now (-1 if none was found). */
 int sfx_free_port(void);
+
+/* ---- the gate: holding the server inside a handler (sfx_ctl_gate) ---- */
+
+/* The gate's FIFOs in the fixture's directory. Each gate message the
+ * server handles says "entered" and waits for one "release". */
+struct gate {
+    char entered[160];
+    char release[160];
+};
+/* Makes the FIFOs (sfx_end removes them). 0 or -errno. */
+int sfx_gate_init(const struct fx *f, struct gate *g);
+/* Waits (bounded) until the server is inside a gate handler: 0, or
+ * -ETIMEDOUT / -errno. */
+int sfx_gate_entered(const struct gate *g);
+/* Lets the gate handler the server is in go on (bounded): 0 or a code. */
+int sfx_gate_release(const struct gate *g);
+
+/* ---- a blocking caller on a thread of its own ---- */
+
+struct caller {
+    pthread_t th;
+    shmipc_stream *st;
+    const void *req;
+    size_t n;
+    int timeout_ms;
+    int rc;       /* what shmipc_call() returned */
+    shmipc_msg m; /* its answer when rc == 0: the test releases it */
+    int running;  /* the thread was started and not joined yet */
+};
+/* Starts a thread that makes one shmipc_call(st, req, n, ..., timeout_ms);
+ * req must stay valid until sfx_caller_join(). 0 or -errno. */
+int sfx_caller_start(struct caller *c, shmipc_stream *st, const void *req, size_t n,
+                     int timeout_ms);
+/* Joins it (if running): its rc. */
+int sfx_caller_join(struct caller *c);
 
 #endif

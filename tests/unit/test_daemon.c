@@ -940,8 +940,20 @@ static int parse_metrics(const struct fx *f, const char *text, char *out, size_t
     const char *file = du_path(&f->d, "metrics.txt");
     if (du_write_file(file, text) < 0)
         return -1;
-    char script[4096];
-    snprintf(script, sizeof(script), "%s/../../tests/metrics/parse.py", du_exe_dir());
+    /* The source tree's tests/metrics/parse.py, found upward from this
+     * program (build/tests, build/asan/tests, ...). */
+    char script[4096] = "";
+    for (int up = 1; up <= 4 && script[0] == '\0'; up++) {
+        char path[4096];
+        int n = snprintf(path, sizeof(path), "%s", du_exe_dir());
+        for (int i = 0; i < up && n > 0 && (size_t)n < sizeof(path) - 4; i++)
+            n += snprintf(path + n, sizeof(path) - (size_t)n, "/..");
+        snprintf(path + n, sizeof(path) - (size_t)n, "/tests/metrics/parse.py");
+        if (du_exists(path))
+            snprintf(script, sizeof(script), "%s", path);
+    }
+    if (script[0] == '\0')
+        return -1;
     const char *argv[] = {"/usr/bin/python3", script, file, NULL};
     return dfx_run_capture(argv, out, cap);
 }

@@ -7,7 +7,10 @@
 #include <limits.h>
 #include <string.h>
 
+#include <stdio.h>
+
 #include "shmipc/errors.h"
+#include "shmipc/shmipc.h"
 #include "testutil.h"
 
 struct err_row {
@@ -113,6 +116,44 @@ static void test_results_are_static(void)
     CU_ASSERT_PTR_EQUAL(shmipc_strerror(SHMIPC_EQFULL), own);
 }
 
+/* The public log controls: a sink gets the library's lines up to the
+ * level set, nothing above it, and NULL gives stderr back. */
+struct sunk {
+    int lines, worst;
+    char last[256];
+};
+
+static void sink(void *arg, int level, const char *line)
+{
+    struct sunk *k = arg;
+    k->lines++;
+    if (k->lines == 1 || level < k->worst)
+        k->worst = level;
+    snprintf(k->last, sizeof(k->last), "%s", line);
+}
+
+static void test_log_sink(void)
+{
+    struct sunk k = {0};
+    struct shmipc_client_config cfg;
+    shmipc_client *c = NULL;
+    shmipc_client_config_init(&cfg);
+    cfg.address = "unix:/nonexistent-shmipc-dir/none.sock";
+    cfg.connect_timeout_ms = 100;
+    shmipc_set_log_sink(sink, &k);
+    shmipc_set_log_level(0); /* errors only: a refused connect is a warning */
+    CU_ASSERT(shmipc_client_open(&cfg, &c) < 0);
+    CHECK_EQ(k.lines, 0);
+    shmipc_set_log_level(1);
+    CU_ASSERT(shmipc_client_open(&cfg, &c) < 0);
+    CU_ASSERT(k.lines >= 1);
+    CHECK_EQ(k.worst, 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(k.last, "none.sock"));
+    CU_ASSERT(strchr(k.last, '\n') == NULL);
+    shmipc_set_log_sink(NULL, NULL);
+    shmipc_set_log_level(0); /* what the test runner had set */
+}
+
 static const struct test_case cases[] = {
     {"success", test_success},
     {"own codes dense", test_own_codes_dense},
@@ -121,6 +162,7 @@ static const struct test_case cases[] = {
     {"errno passthrough", test_errno_passthrough},
     {"unknown codes", test_unknown},
     {"results are static", test_results_are_static},
+    {"log level and sink", test_log_sink},
     {NULL, NULL},
 };
 

@@ -5,9 +5,10 @@
  * plugin's name and the signal, the master and the other services never
  * notice, the service serves again once its process is respawned, and the
  * master's fds come back to where they were. crash_limit marks it failed;
- * handler_kill_ms kills a process whose handler never returns; a reload
- * starts a new process; stale private directories of dead daemons go at
- * start. The crash test plugin crashes or hangs on request: no timing.
+ * handler_kill_ms kills a process whose handler never returns;
+ * max_rss_bytes replaces one that grew too big; a reload starts a new
+ * process; stale private directories of dead daemons go at start. The
+ * crash and hog test plugins crash, hang or grow on request: no timing.
  */
 #include <errno.h>
 #include <signal.h>
@@ -81,22 +82,27 @@ static int wait_log(const struct fx *f, const char *needle, int n)
     return dfx_log_count(&f->d, needle);
 }
 
-/* The pid of the victim's serving process, from `shmipcctl status`. */
-static long victim_pid(const struct fx *f)
+/* The pid of service svc's serving process, from `shmipcctl status`. */
+static long serving_pid(const struct fx *f, const char *svc)
 {
-    char out[8192];
+    char out[8192], key[64];
     if (dfx_ctl(&f->d, out, sizeof(out), "status", NULL) != 0)
         return -1;
-    const char *p = strstr(out, "service victim process ");
+    int klen = snprintf(key, sizeof(key), "service %s process ", svc);
+    const char *p = strstr(out, key);
     long pid = -1;
-    for (; p != NULL; p = strstr(p + 1, "service victim process ")) {
+    for (; p != NULL; p = strstr(p + 1, key)) {
         long v;
         char state[32];
-        if (sscanf(p, "service victim process %ld: %31[a-z]", &v, state) == 2 &&
-            strcmp(state, "serving") == 0)
+        if (sscanf(p + klen, "%ld: %31[a-z]", &v, state) == 2 && strcmp(state, "serving") == 0)
             pid = v;
     }
     return pid;
+}
+
+static long victim_pid(const struct fx *f)
+{
+    return serving_pid(f, "victim");
 }
 
 static void test_crash_is_contained(void)
@@ -134,6 +140,91 @@ out:
         shmipc_client_close(vc);
     if (ec != NULL)
         shmipc_client_close(ec);
+    dfx_end(&f);
+}
+
+/* One request on a fresh stream of c; its answer as text in buf. */
+static int call_answer(shmipc_client *c, const char *text, char *buf, size_t cap)
+{
+    shmipc_stream *st;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    shmipc_msg m;
+    rc = shmipc_call(st, text, strlen(text), &m, RECV_MS);
+    if (rc < 0) {
+        shmipc_stream_close(st);
+        return rc;
+    }
+    size_t n = shmipc_msg_copy(&m, 0, buf, cap - 1);
+    buf[n] = '\0';
+    shmipc_msg_release(&m);
+    shmipc_client_put(c, st);
+    return 0;
+}
+
+/* The pid of the process serving c's session, as the hog plugin says. */
+static long served_by(shmipc_client *c)
+{
+    char buf[32];
+    return call_answer(c, "pid", buf, sizeof(buf)) == 0 ? strtol(buf, NULL, 10) : -1;
+}
+
+/* A process that grows past max_rss_bytes is replaced once its successor
+ * is ready: new sessions go to the new one, the old one serves the
+ * sessions it has until they end (drain_timeout_ms is far off here, so
+ * only their end can make it exit) and then exits. */
+static void test_max_rss_replaces(void)
+{
+    struct fx f;
+    shmipc_client *old_c = NULL, *new_c = NULL;
+    REQUIRE(dfx_begin(&f) == 0);
+    struct du_conf t = {.n = 0};
+    du_conf_head(&t, &f.d, "drain_timeout_ms = 600000;");
+    du_conf_add(&t,
+                "  { name = \"hog\"; listen = \"%s\"; plugin = \"%s\"; isolation = \"process\"; "
+                "max_rss_bytes = 67108864; }\n",
+                du_addr(&f.d, "hog"), du_test_plugin_path("hog"));
+    REQUIRE(du_conf_write(&t, &f.d, "rss.conf") == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
+    REQUIRE(open_client(&f, "hog", &old_c) == 0);
+    long pid1 = served_by(old_c);
+    REQUIRE(pid1 > 0);
+    /* Below the limit nothing happens: the master looks once a second. */
+    char buf[64];
+    CHECK_EQ(call_answer(old_c, "hog 8", buf, sizeof(buf)), 0);
+    du_sleep_ms(1500);
+    CHECK_EQ(dfx_log_count(&f.d, "(max_rss_bytes 67108864): replacing it"), 0);
+    CHECK_EQ(call_answer(old_c, "hog 80", buf, sizeof(buf)), 0);
+    CU_ASSERT_STRING_EQUAL(buf, "hogged 80");
+    char line[160];
+    snprintf(line, sizeof(line), "service hog: worker process %ld uses ", pid1);
+    CHECK_EQ(wait_log(&f, line, 1), 1);
+    CHECK_EQ(wait_log(&f, "(max_rss_bytes 67108864): replacing it", 1), 1);
+    /* The successor serves new sessions once it is ready. */
+    uint64_t dl = du_deadline(POLL_MS);
+    long pid2;
+    while ((pid2 = serving_pid(&f, "hog")) == pid1 && !du_past(dl))
+        du_sleep_ms(20);
+    CU_ASSERT(pid2 > 0 && pid2 != pid1);
+    REQUIRE(open_client(&f, "hog", &new_c) == 0);
+    CHECK_EQ(served_by(new_c), pid2);
+    /* The old one still serves the session it has, and exits once it ends. */
+    CHECK_EQ(served_by(old_c), pid1);
+    CHECK_EQ(call_text(old_c, "still served"), 0);
+    snprintf(line, sizeof(line), "service hog: worker process %ld exited with status 0", pid1);
+    CHECK_EQ(dfx_log_count(&f.d, line), 0);
+    shmipc_client_close(old_c);
+    old_c = NULL;
+    CHECK_EQ(wait_log(&f, line, 1), 1);
+    CHECK_EQ(call_text(new_c, "after"), 0);
+    /* Replaced once: the new process is small. */
+    CHECK_EQ(dfx_log_count(&f.d, "(max_rss_bytes 67108864): replacing it"), 1);
+out:
+    if (old_c != NULL)
+        shmipc_client_close(old_c);
+    if (new_c != NULL)
+        shmipc_client_close(new_c);
     dfx_end(&f);
 }
 
@@ -270,6 +361,7 @@ static const struct test_case cases[] = {
     {"a crash takes down only its own process, which is respawned", test_crash_is_contained},
     {"crash_limit marks the service failed until a reload", test_crash_limit},
     {"handler_kill_ms kills a process whose handler hangs", test_handler_kill},
+    {"max_rss_bytes replaces a process that grew too big", test_max_rss_replaces},
     {"a reload starts a new process with the new generation", test_reload_new_process},
     {"stale private directories are removed at start", test_stale_dirs_removed},
     {"isolation keys are checked", test_isolation_keys_checked},

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1684,6 +1685,436 @@ out:
     sfx_end(&f);
 }
 
+/* ==== threaded callers drive their session (leader and followers) ==== */
+
+/* A session's reader state, read under its lock. */
+struct rd_state {
+    int reader;         /* a caller reads the session */
+    unsigned followers; /* callers waiting for the reader */
+    unsigned awake;     /* callers counted awake (wake-up batching) */
+    int parked;         /* the I/O thread's watch of input is off */
+    int owed;           /* a Polling waits for the awake callers */
+    unsigned turns;     /* readers so far */
+    uint64_t last_tx_ns;
+};
+
+static struct rd_state rd_state(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    pthread_mutex_lock(&s->mu);
+    struct rd_state r = {s->reader != NULL, s->followers, s->awake, s->io_parked,
+                         s->wake_owed, s->reader_turns, s->last_tx_ns};
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* Waits (bounded) until ok() holds for the session's reader state. */
+static int wait_rd(shmipc_stream *st, int (*ok)(const struct rd_state *))
+{
+    uint64_t end = sfx_deadline_ns(POLL_MS);
+    for (;;) {
+        struct rd_state r = rd_state(st);
+        if (ok(&r))
+            return 1;
+        if (tu_now_ns() >= end)
+            return 0;
+        sfx_sleep_ms(1);
+    }
+}
+
+static int rd_reading(const struct rd_state *r)
+{
+    return r->reader && r->followers == 0;
+}
+
+static int rd_one_follower(const struct rd_state *r)
+{
+    return r->reader && r->followers == 1;
+}
+
+static int rd_io_reads(const struct rd_state *r)
+{
+    return !r->reader && !r->parked;
+}
+
+/* Nobody inside a call: nothing counted, nothing owed. */
+static int rd_quiet(const struct rd_state *r)
+{
+    return !r->reader && r->followers == 0 && r->awake == 0 && !r->owed;
+}
+
+/* Threads of one session's callers: `rounds` calls each on its own
+ * stream, sizes random below `max`, every answer checked. */
+struct call_worker {
+    shmipc_client *c;
+    uint64_t seed;
+    unsigned rounds;
+    size_t max;
+    int rc;
+};
+
+static void *call_worker_main(void *arg)
+{
+    struct call_worker *w = arg;
+    shmipc_stream *st = NULL;
+    uint8_t *buf = malloc(w->max + 1);
+    w->rc = buf == NULL ? -ENOMEM : shmipc_client_get(w->c, &st);
+    uint64_t s = w->seed;
+    for (unsigned i = 0; i < w->rounds && w->rc == 0; i++) {
+        size_t n = (size_t)(sfx_rng(&s) % w->max);
+        sfx_fill(buf, n, w->seed + i);
+        shmipc_msg m;
+        w->rc = shmipc_call(st, buf, n, &m, RECV_MS);
+        if (w->rc == 0) {
+            w->rc = sfx_msg_is(&m, n, w->seed + i) ? 0 : 1;
+            shmipc_msg_release(&m);
+        }
+    }
+    if (st != NULL)
+        shmipc_client_put(w->c, st);
+    free(buf);
+    return NULL;
+}
+
+/* Eight threads calling on one session (and variants): every answer
+ * reaches its caller whoever read it, and once they are done the session
+ * holds no reader, no follower, no awake caller and no owed Polling. */
+static void many_callers_on(int io_thread_reads, int spin_us, int adaptive)
+{
+    struct fx f;
+    enum { NTH = 8 };
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, spin_us ? spin_us : adaptive ? 200 : 0), 0);
+    struct shmipc_client_config cfg;
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.io_thread_reads = io_thread_reads;
+    cfg.spin_us = spin_us;
+    cfg.adaptive_spin = adaptive;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    struct call_worker w[NTH];
+    pthread_t th[NTH];
+    for (int i = 0; i < NTH; i++) {
+        w[i] = (struct call_worker){f.cli, 0xca11u + (uint64_t)i * 104729u, 300,
+                                    i % 4 == 3 ? 200000 : 3000, 0};
+        pthread_create(&th[i], NULL, call_worker_main, &w[i]);
+    }
+    for (int i = 0; i < NTH; i++) {
+        pthread_join(th[i], NULL);
+        EXPECT_RC(w[i].rc, 0);
+    }
+    struct shmipc_stats s;
+    shmipc_client_stats(f.cli, &s);
+    CU_ASSERT_EQUAL(s.messages_received, NTH * 300);
+    CU_ASSERT(s.wakeups_sent <= s.messages_sent);
+    struct rd_state r = rd_state(f.st);
+    CU_ASSERT(rd_quiet(&r));
+    /* With io_thread_reads nobody but the I/O thread read. */
+    CU_ASSERT(io_thread_reads ? r.turns == 0 : r.turns > 0);
+    /* And the session goes on working from this thread. */
+    REQUIRE_RC(sfx_echo_once(f.st, 5000, 99, NULL), 0);
+out:
+    sfx_end(&f);
+}
+
+static void test_callers_share_a_session(void)
+{
+    many_callers_on(0, 0, 0);
+}
+
+static void test_callers_io_thread_reads(void)
+{
+    many_callers_on(1, 0, 0);
+}
+
+static void test_callers_spin(void)
+{
+    many_callers_on(0, 200, 0);
+}
+
+static void test_callers_adaptive_spin(void)
+{
+    many_callers_on(0, 0, 1);
+}
+
+/* A follower's answer read by the reader (or the I/O thread), never by
+ * itself: A waits on a gated request and reads the session; B's request
+ * queues behind the gate at the server, B follows; one release answers
+ * both. */
+static void test_answer_taken_by_reader(void)
+{
+    struct fx f;
+    struct gate g;
+    struct caller a = {0}, b = {0};
+    shmipc_stream *sb = NULL;
+    uint8_t *req = sfx_pattern(700, 31);
+    REQUIRE(req != NULL);
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_gate_init(&f, &g), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    unsigned turns0 = rd_state(f.st).turns;
+    REQUIRE_RC(sfx_caller_start(&a, f.st, sfx_ctl_gate, CTL_LEN, RECV_MS), 0);
+    REQUIRE_RC(sfx_gate_entered(&g), 0);
+    REQUIRE(wait_rd(f.st, rd_reading));
+    REQUIRE_RC(sfx_caller_start(&b, sb, req, 700, RECV_MS), 0);
+    REQUIRE(wait_rd(f.st, rd_one_follower));
+    REQUIRE_RC(sfx_gate_release(&g), 0);
+    EXPECT_RC(sfx_caller_join(&a), 0);
+    EXPECT_RC(sfx_caller_join(&b), 0);
+    CU_ASSERT_EQUAL(a.m.len, CTL_LEN);
+    CU_ASSERT(sfx_msg_is(&b.m, 700, 31));
+    /* A was the only reader: B never read, its answer was handed to it. */
+    CU_ASSERT_EQUAL(rd_state(f.st).turns, turns0 + 1);
+    CU_ASSERT(wait_rd(f.st, rd_quiet));
+out:
+    shmipc_msg_release(&a.m);
+    shmipc_msg_release(&b.m);
+    sfx_caller_join(&a);
+    sfx_caller_join(&b);
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    free(req);
+    sfx_end(&f);
+}
+
+/* The reader leaves with its answer while another caller still waits:
+ * the I/O thread reads for it. Two gates: A's is released, B's holds the
+ * server until A is gone. */
+static void test_reader_leaves_while_others_wait(void)
+{
+    struct fx f;
+    struct gate g;
+    struct caller a = {0}, b = {0};
+    shmipc_stream *sb = NULL;
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(sfx_gate_init(&f, &g), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    REQUIRE_RC(sfx_caller_start(&a, f.st, sfx_ctl_gate, CTL_LEN, RECV_MS), 0);
+    REQUIRE_RC(sfx_gate_entered(&g), 0);
+    REQUIRE_RC(sfx_caller_start(&b, sb, sfx_ctl_gate, CTL_LEN, RECV_MS), 0);
+    REQUIRE(wait_rd(f.st, rd_one_follower));
+    REQUIRE_RC(sfx_gate_release(&g), 0); /* A's answer; the server enters B's gate */
+    EXPECT_RC(sfx_caller_join(&a), 0);
+    REQUIRE_RC(sfx_gate_entered(&g), 0);
+    /* A left: nobody reads but the I/O thread, and B still waits. */
+    struct rd_state r = rd_state(f.st);
+    CU_ASSERT(!r.reader && !r.parked && r.followers == 1);
+    REQUIRE_RC(sfx_gate_release(&g), 0);
+    EXPECT_RC(sfx_caller_join(&b), 0);
+    CU_ASSERT_EQUAL(b.m.len, CTL_LEN);
+    CU_ASSERT(wait_rd(f.st, rd_quiet));
+    /* Both streams go on working. */
+    REQUIRE_RC(sfx_echo_once(f.st, 100, 1, NULL), 0);
+    REQUIRE_RC(sfx_echo_once(sb, 100, 2, NULL), 0);
+out:
+    shmipc_msg_release(&a.m);
+    shmipc_msg_release(&b.m);
+    sfx_caller_join(&a);
+    sfx_caller_join(&b);
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    sfx_end(&f);
+}
+
+/* The server dies while a caller reads the session and another follows:
+ * both return the session's error at once (not their timeout), and the
+ * session is gone. */
+static void test_dead_peer_while_caller_leads(void)
+{
+    struct fx f;
+    struct caller a = {0}, b = {0};
+    shmipc_stream *sb = NULL;
+    uint8_t req[64] = {1};
+    REQUIRE_RC(sfx_start(&f, SRV_SWALLOW, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    REQUIRE_RC(sfx_caller_start(&a, f.st, req, sizeof(req), 60000), 0);
+    REQUIRE_RC(sfx_caller_start(&b, sb, req, sizeof(req), 60000), 0);
+    REQUIRE(wait_rd(f.st, rd_one_follower));
+    pid_t pid = f.srv.pid;
+    REQUIRE(kill(pid, SIGKILL) == 0);
+    f.srv.pid = 0;
+    CU_ASSERT_EQUAL(tu_wait(pid, CHILD_MS), 128 + SIGKILL);
+    int ra = sfx_caller_join(&a), rb = sfx_caller_join(&b);
+    CU_ASSERT(ra < 0 && ra != SHMIPC_ETIMEDOUT);
+    CU_ASSERT(rb < 0 && rb != SHMIPC_ETIMEDOUT);
+    uint64_t end = sfx_deadline_ns(POLL_MS);
+    while (shmipc_client_live_sessions(f.cli) > 0 && tu_now_ns() < end)
+        sfx_sleep_ms(5);
+    CU_ASSERT_EQUAL(shmipc_client_live_sessions(f.cli), 0);
+    struct rd_state r = rd_state(f.st);
+    CU_ASSERT(!r.reader && r.followers == 0 && r.awake == 0);
+out:
+    sfx_caller_join(&a);
+    sfx_caller_join(&b);
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    sfx_end(&f);
+}
+
+static int rd_parked(const struct rd_state *r)
+{
+    return r->parked;
+}
+
+/* Nobody waits: the I/O thread sends the keepalives, gets its watch of
+ * the socket back a tick after the last reader left (lazily), and reads
+ * what comes then: a late answer reaches its stream with no call. A look
+ * without waiting (timeout 0) reads a session nobody watches yet. */
+static void test_io_thread_when_nobody_waits(void)
+{
+    struct fx f;
+    struct gate g;
+    shmipc_msg m = {0};
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
+    struct shmipc_client_config cfg;
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.keepalive_ms = 20;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    REQUIRE_RC(sfx_gate_init(&f, &g), 0);
+
+    /* A late answer, looked for without waiting while the watch is off. */
+    REQUIRE_RC(sfx_echo_once(f.st, 100, 1, NULL), 0);
+    CU_ASSERT(rd_state(f.st).parked); /* the reader left it off */
+    REQUIRE_RC(shmipc_stream_write(f.st, sfx_ctl_gate, CTL_LEN), 0);
+    REQUIRE_RC(shmipc_stream_flush(f.st), 0);
+    REQUIRE_RC(sfx_gate_entered(&g), 0);
+    CU_ASSERT_EQUAL(shmipc_stream_recv(f.st, &m, 1), SHMIPC_ETIMEDOUT);
+    REQUIRE_RC(sfx_gate_release(&g), 0);
+    int rc;
+    uint64_t end = sfx_deadline_ns(RECV_MS);
+    while ((rc = shmipc_stream_recv(f.st, &m, 0)) == SHMIPC_ETIMEDOUT && tu_now_ns() < end)
+        sfx_sleep_ms(1);
+    REQUIRE_RC(rc, 0);
+    CU_ASSERT_EQUAL(m.len, CTL_LEN);
+    shmipc_msg_release(&m);
+
+    /* Keepalives go out while nobody calls, and the watch comes back. */
+    uint64_t tx = rd_state(f.st).last_tx_ns;
+    end = sfx_deadline_ns(POLL_MS);
+    while (rd_state(f.st).last_tx_ns == tx && tu_now_ns() < end)
+        sfx_sleep_ms(5);
+    CU_ASSERT(rd_state(f.st).last_tx_ns != tx);
+    CU_ASSERT(wait_rd(f.st, rd_io_reads));
+
+    /* A late answer read by the I/O thread: it is there before any look. */
+    REQUIRE_RC(shmipc_stream_write(f.st, sfx_ctl_gate, CTL_LEN), 0);
+    REQUIRE_RC(shmipc_stream_flush(f.st), 0);
+    REQUIRE_RC(sfx_gate_entered(&g), 0);
+    REQUIRE_RC(sfx_gate_release(&g), 0);
+    end = sfx_deadline_ns(RECV_MS);
+    int have = 0;
+    while (!have && tu_now_ns() < end) {
+        pthread_mutex_lock(&f.st->sess->mu);
+        have = f.st->rx_head != NULL;
+        pthread_mutex_unlock(&f.st->sess->mu);
+        if (!have)
+            sfx_sleep_ms(1);
+    }
+    CU_ASSERT(have);
+    CU_ASSERT(!rd_state(f.st).parked);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, 0), 0);
+    CU_ASSERT_EQUAL(m.len, CTL_LEN);
+    shmipc_msg_release(&m);
+    /* The next call parks it again. */
+    REQUIRE_RC(sfx_echo_once(f.st, 100, 2, NULL), 0);
+    CU_ASSERT(wait_rd(f.st, rd_parked));
+out:
+    sfx_end(&f);
+}
+
+static int rd_server_idle(shmipc_stream *st)
+{
+    uint64_t end = sfx_deadline_ns(POLL_MS);
+    while (queue_working(&st->sess->qp.send) && tu_now_ns() < end)
+        sfx_sleep_ms(1);
+    return !queue_working(&st->sess->qp.send);
+}
+
+/* Wake-up batching: flushes made while other callers of the session are
+ * awake owe their Polling to the last of them, and share one. */
+static void test_awake_callers_share_a_polling(void)
+{
+    struct fx f;
+    shmipc_stream *sb = NULL;
+    shmipc_msg m;
+    struct session *s = NULL;
+    REQUIRE_RC(sfx_start(&f, SRV_ECHO, SHMIPC_MODE_MEMFD, &f.st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 10, 1, NULL), 0);
+    s = f.st->sess;
+    REQUIRE(sb->sess == s);
+    REQUIRE(rd_server_idle(f.st));
+    struct shmipc_stats a, b;
+    shmipc_client_stats(f.cli, &a);
+    /* Two callers awake in the session (as the followers a reader just
+     * woke would be) ... */
+    pthread_mutex_lock(&s->mu);
+    session_caller_enter_locked(s);
+    session_caller_enter_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    REQUIRE_RC(sfx_send_msg(f.st, "one", 3), 0);
+    REQUIRE_RC(sfx_send_msg(sb, "two", 3), 0);
+    shmipc_client_stats(f.cli, &b);
+    CU_ASSERT_EQUAL(b.wakeups_sent, a.wakeups_sent); /* owed, not sent */
+    CU_ASSERT_EQUAL(queue_working(&s->qp.send), 1);
+    CU_ASSERT(rd_state(f.st).owed);
+    /* ... the first to go leaves it to the other, the last sends it. */
+    pthread_mutex_lock(&s->mu);
+    session_caller_leave_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    shmipc_client_stats(f.cli, &b);
+    CU_ASSERT_EQUAL(b.wakeups_sent, a.wakeups_sent);
+    pthread_mutex_lock(&s->mu);
+    session_caller_leave_locked(s);
+    pthread_mutex_unlock(&s->mu);
+    shmipc_client_stats(f.cli, &b);
+    CU_ASSERT_EQUAL(b.wakeups_sent, a.wakeups_sent + 1);
+    CU_ASSERT(!rd_state(f.st).owed);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
+    CU_ASSERT(m.len == 3 && memcmp(m.iov[0].base, "one", 3) == 0);
+    shmipc_msg_release(&m);
+    REQUIRE_RC(shmipc_stream_recv(sb, &m, RECV_MS), 0);
+    CU_ASSERT(m.len == 3 && memcmp(m.iov[0].base, "two", 3) == 0);
+    shmipc_msg_release(&m);
+    /* A flush with nobody else awake sends its Polling at once. */
+    REQUIRE(rd_server_idle(f.st));
+    shmipc_client_stats(f.cli, &a);
+    REQUIRE_RC(sfx_send_msg(f.st, "three", 5), 0);
+    shmipc_client_stats(f.cli, &b);
+    CU_ASSERT_EQUAL(b.wakeups_sent, a.wakeups_sent + 1);
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, 5);
+    shmipc_msg_release(&m);
+    CU_ASSERT(wait_rd(f.st, rd_quiet));
+out:
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    sfx_end(&f);
+}
+
+/* Adaptive spin is never on where only one CPU may run us: a child bound
+ * to one CPU says so, and a client it opens keeps the spin off. */
+static void test_no_spin_on_one_cpu(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+        if (sched_setaffinity(0, sizeof(set), &set) < 0)
+            _exit(2);
+        _exit(session_spin_allowed() ? 1 : 0);
+    }
+    REQUIRE(pid > 0);
+    CU_ASSERT_EQUAL(tu_wait(pid, CHILD_MS), 0);
+    if (sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+        cpu_set_t set;
+        CU_ASSERT(sched_getaffinity(0, sizeof(set), &set) != 0 || CPU_COUNT(&set) < 2 ||
+                  session_spin_allowed());
+    }
+out:;
+}
+
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"event_loop_client", test_event_loop_client},
@@ -1719,6 +2150,16 @@ static const struct test_case cases[] = {
     {"client_close_removes_files", test_client_close_removes_files},
     {"server_removes_peer_files", test_server_removes_peer_files},
     {"server_keeps_invalid_peer_files", test_server_keeps_invalid_peer_files},
+    {"callers_share_a_session", test_callers_share_a_session},
+    {"callers_io_thread_reads", test_callers_io_thread_reads},
+    {"callers_spin", test_callers_spin},
+    {"callers_adaptive_spin", test_callers_adaptive_spin},
+    {"answer_taken_by_reader", test_answer_taken_by_reader},
+    {"reader_leaves_while_others_wait", test_reader_leaves_while_others_wait},
+    {"dead_peer_while_caller_leads", test_dead_peer_while_caller_leads},
+    {"io_thread_when_nobody_waits", test_io_thread_when_nobody_waits},
+    {"awake_callers_share_a_polling", test_awake_callers_share_a_polling},
+    {"no_spin_on_one_cpu", test_no_spin_on_one_cpu},
     {NULL, NULL},
 };
 
