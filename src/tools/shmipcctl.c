@@ -1,7 +1,9 @@
 /*
  * shmipcctl [-s ADMIN | -c CONF] COMMAND: talks to shmipcd's admin socket.
- *   status           services, plugins and generations, sessions per worker
+ *   status [--json]  services, plugins and generations, sessions per worker
  *   stats [--json]   counters per service and per session
+ *   metrics          the counters in Prometheus text format
+ *   sessions         each session: service, worker, peer pid and uid, age
  *   reload           re-reads the configuration (as SIGHUP)
  *   stop             asks shmipcd to stop (drain, then exit)
  * ADMIN defaults to unix:/run/shmipcd/admin.sock; -c takes it from the
@@ -26,8 +28,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: shmipcctl [-s ADMIN | -c CONF] COMMAND\n"
                "Talks to shmipcd's admin socket. Commands:\n"
-               "  status           services, plugins and generations, sessions per worker\n"
+               "  status [--json]  services, plugins and generations, sessions per worker\n"
                "  stats [--json]   counters per service and per session\n"
+               "  metrics          the counters in Prometheus text format\n"
+               "  sessions         each session: service, worker, peer pid and uid, age,\n"
+               "                   streams, pool bytes, idle time\n"
                "  reload           re-read the configuration (as SIGHUP)\n"
                "  stop             drain, then stop shmipcd\n"
                "Options:\n"
