@@ -16,21 +16,6 @@
 #include "server/reload.h"
 #include "server/strbuf.h"
 
-/* Bytes of the client's pool currently taken (both sides), as the
- * shared free counts say; clamped, since the client can write them. */
-static uint64_t pool_bytes_in_use(const struct pool *p)
-{
-    uint64_t used = 0;
-    for (unsigned i = 0; i < p->nlists; i++) {
-        int32_t f = pool_free_count(p, i);
-        uint32_t free_slices = f < 0 ? 0 : (uint32_t)f;
-        if (free_slices > p->lists[i].nslices)
-            free_slices = p->lists[i].nslices;
-        used += (uint64_t)(p->lists[i].nslices - free_slices) * p->lists[i].slice_cap;
-    }
-    return used;
-}
-
 static unsigned count_retiring(const struct daemon *d)
 {
     unsigned n = 0;

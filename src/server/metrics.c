@@ -285,19 +285,6 @@ void status_json(struct daemon *d, struct strbuf *b)
 
 /* ---- sessions ---- */
 
-static uint64_t pool_in_use(const struct pool *p)
-{
-    uint64_t used = 0;
-    for (unsigned i = 0; i < p->nlists; i++) {
-        int32_t f = pool_free_count(p, i);
-        uint32_t free_slices = f < 0 ? 0 : (uint32_t)f;
-        if (free_slices > p->lists[i].nslices)
-            free_slices = p->lists[i].nslices;
-        used += (uint64_t)(p->lists[i].nslices - free_slices) * p->lists[i].slice_cap;
-    }
-    return used;
-}
-
 static void sessions_of_pool(struct strbuf *b, struct worker_pool *p, uint64_t now)
 {
     for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
@@ -312,7 +299,7 @@ static void sessions_of_pool(struct strbuf *b, struct worker_pool *p, uint64_t n
                        (unsigned long)ds->id, ds->svc->name, p->name, i, ds->pid, ds->uid,
                        (unsigned long long)((now - ds->started_ns) / 1000000000u),
                        __atomic_load_n(&c->s->nstreams, __ATOMIC_RELAXED),
-                       (unsigned long long)pool_in_use(&c->s->pool->pool),
+                       (unsigned long long)pool_bytes_in_use(&c->s->pool->pool),
                        (unsigned long long)((now > last ? now - last : 0) / 1000000u));
         }
         pthread_mutex_unlock(&lp->mu);

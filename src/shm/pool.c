@@ -957,6 +957,19 @@ int32_t pool_free_count(const struct pool *p, unsigned li)
     return __atomic_load_n(&p->lists[li].hdr->free_count, __ATOMIC_RELAXED);
 }
 
+uint64_t pool_bytes_in_use(const struct pool *p)
+{
+    uint64_t used = 0;
+    for (unsigned i = 0; i < p->nlists; i++) {
+        int32_t f = pool_free_count(p, i);
+        uint32_t free_slices = f < 0 ? 0 : (uint32_t)f;
+        if (free_slices > p->lists[i].nslices)
+            free_slices = p->lists[i].nslices;
+        used += (uint64_t)(p->lists[i].nslices - free_slices) * p->lists[i].slice_cap;
+    }
+    return used;
+}
+
 /* ---- writer ---- */
 
 void pool_writer_init(struct pool_writer *w, struct pool *p)

@@ -191,6 +191,10 @@ int64_t pool_outstanding(const struct pool *p);
 /* Free slices of list `li` as the shared counter says (for stats). */
 int32_t pool_free_count(const struct pool *p, unsigned li);
 
+/* Bytes of the pool currently taken (both sides), as the shared free
+ * counts say; clamped per list, since a peer can write them. */
+uint64_t pool_bytes_in_use(const struct pool *p);
+
 /* Builds a message in pool slices without extra copies: write() copies
  * bytes, reserve() hands out contiguous space. When the current slice is
  * full, the next allocation covers the rest of the current write, as
