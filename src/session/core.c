@@ -136,9 +136,10 @@ void session_die_locked(struct session *s, int err, const char *why)
 {
     if (s->dead)
         return;
-    __atomic_store_n(&s->dead, 1, __ATOMIC_RELEASE);
+    /* err and why first: whoever sees dead (acquire) may read them unlocked. */
     s->err = err;
     snprintf(s->why, sizeof(s->why), "%s", why);
+    __atomic_store_n(&s->dead, 1, __ATOMIC_RELEASE);
     shutdown(s->fd, SHUT_RDWR); /* the driver sees a hang-up and lets go */
     wake_all_locked(s);
     if (s->cfg.notify_ready)
