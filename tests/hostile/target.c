@@ -24,7 +24,9 @@
 #define SHMIPCD_MAX_STREAMS 256
 #define SHMIPCD_HS_MS 300
 #define SHMIPCD_MAX_SESSIONS 64
-#define SHMIPCD_IDLE_MS 2000
+/* Long enough that a busy peer stalled by a loaded machine (ASan, a
+ * flooding good client, 2 CPUs) is not taken for an idle one. */
+#define SHMIPCD_IDLE_MS 5000
 #define ECHO_MAX_EVENT (32u << 20) /* the library server's defaults */
 #define ECHO_MAX_STREAMS 65536
 #define ECHO_HS_MS 1000
