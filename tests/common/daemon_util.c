@@ -686,3 +686,14 @@ int du_conf_write(struct du_conf *c, struct du_daemon *d, const char *file)
     snprintf(d->conf, sizeof(d->conf), "%s/%s", d->dir, file);
     return du_write_file(d->conf, c->b);
 }
+
+void du_fail(const char *who, int *failures, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: FAIL: ", who);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    (*failures)++;
+}

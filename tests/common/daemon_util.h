@@ -180,4 +180,9 @@ void du_conf_service(struct du_conf *c, const struct du_daemon *d, int first, co
  * becomes d->conf. 0 or -errno. */
 int du_conf_write(struct du_conf *c, struct du_daemon *d, const char *file);
 
+/* A soak program's failure: "<who>: FAIL: <message>" on stderr, and
+ * *failures counted up. */
+void du_fail(const char *who, int *failures, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

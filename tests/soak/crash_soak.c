@@ -87,18 +87,7 @@ static const char *const svc_name[NSVC] = {"echo_t", "echo_p", "victim"};
 static int failures;
 static volatile sig_atomic_t interrupted;
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "crash-soak: FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    failures++;
-}
+#define fail(...) du_fail("crash-soak", &failures, __VA_ARGS__)
 
 /* ---- what the threads and the coordinator share ----
  * seq_cst for the few control words (cheap at this rate, easy to get

@@ -122,18 +122,7 @@ static uint64_t ld(const uint64_t *p)
 
 static int failures;
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "fault-soak: FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    failures++;
-}
+#define fail(...) du_fail("fault-soak", &failures, __VA_ARGS__)
 
 /* ---- a client's counts (its threads add, the driver sums) ---- */
 

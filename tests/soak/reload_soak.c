@@ -127,18 +127,7 @@ static void sleep_ms(int ms)
 
 static int failures;
 
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "reload-soak: FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    failures++;
-}
+#define fail(...) du_fail("reload-soak", &failures, __VA_ARGS__)
 
 /* ---- shmipcd's resources, seen from /proc ---- */
 
