@@ -42,13 +42,14 @@ extern "C" {
     X(ETIMEDOUT, 20, "deadline expired")                                        \
     X(EUNHEALTHY, 21, "session refuses new streams after falling back")         \
     X(ENOSESSION, 22, "no session to the server is available")                  \
-    X(ESLICEHELD, 23, "slice from the peer is in a message not yet released")
+    X(ESLICEHELD, 23, "slice from the peer is in a message not yet released")  \
+    X(ERETIRED, 24, "session is being replaced after the server's hot restart")
 
 enum shmipc_errno {
 #define SHMIPC_ERR_ENUM_(name, off, msg) SHMIPC_##name = SHMIPC_ERR_BASE - (off),
     SHMIPC_ERRNO_MAP(SHMIPC_ERR_ENUM_)
 #undef SHMIPC_ERR_ENUM_
-    SHMIPC_ERR_LAST_ = SHMIPC_ERR_BASE - 24
+    SHMIPC_ERR_LAST_ = SHMIPC_ERR_BASE - 25
 };
 
 /* A static string naming `code` (0, a negated errno, or a SHMIPC_E* code).

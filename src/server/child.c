@@ -160,7 +160,7 @@ static void arm_unlink(struct region *r, const char *path, uint32_t dir_len)
     r->flags |= REGION_UNLINK_PEER;
 }
 
-static int map_pool(struct daemon *d, int fd, const struct proc_msg *m, struct pool_ref **out)
+static int map_pool(struct daemon *d, int fd, struct pool_ref **out)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) {
@@ -179,8 +179,6 @@ static int map_pool(struct daemon *d, int fd, const struct proc_msg *m, struct p
         if (rc < 0)
             return rc;
     }
-    if (m->unlink_pool && !((*out)->region.flags & REGION_UNLINK_PEER))
-        arm_unlink(&(*out)->region, m->pool_path, m->pool_dir_len);
     return 0;
 }
 
@@ -196,7 +194,7 @@ static void take_session(struct daemon *d, struct service *svc, const struct pro
     struct pool_ref *pool;
     struct region q;
     region_init(&q);
-    int rc = map_pool(d, fds[1], m, &pool);
+    int rc = map_pool(d, fds[1], &pool);
     if (rc < 0) {
         close(fds[0]);
         close(fds[2]);
@@ -235,6 +233,74 @@ static void take_session(struct daemon *d, struct service *svc, const struct pro
     worker_hand_over(pool_least_loaded(pool_of(d, svc)), ds);
 }
 
+/* ---- state across a reload ---- */
+
+/* PM_SAVE: the plugin's save hook; the bytes go back in a memfd. */
+static void save_state(struct service *svc)
+{
+    char err[512] = "";
+    uint8_t *data = NULL;
+    size_t len = 0;
+    int rc = gen_save(svc->gen, &data, &len, err, sizeof(err));
+    int fd = rc == 0 ? memfd_create("shmipcd-state", MFD_CLOEXEC) : -1;
+    if (rc == 0 && fd < 0) {
+        rc = -errno;
+        snprintf(err, sizeof(err), "memfd_create: %s", strerror(errno));
+    }
+    for (size_t at = 0; rc == 0 && at < len;) {
+        ssize_t n = write(fd, data + at, len - at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? -errno : -EIO;
+            snprintf(err, sizeof(err), "writing the saved state: %s", strerror(-rc));
+            break;
+        }
+        at += (size_t)n;
+    }
+    free(data);
+    struct proc_msg m = {.type = PM_SAVED, .code = rc, .id = len};
+    snprintf(m.text, sizeof(m.text), "%s", err);
+    if (proc_send_msg(control_fd, &m, rc == 0 ? &fd : NULL, rc == 0 ? 1 : 0) < 0)
+        log_warn("service %s: sending the saved state failed", svc->name);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* PM_RESTORE: the bytes another process saved, for this generation's
+ * restore hook, before any session comes. */
+static void restore_state(struct service *svc, const struct proc_msg *m, int *fds, int nfds)
+{
+    char err[512] = "";
+    int rc = 0;
+    void *data = NULL;
+    struct stat st;
+    size_t len = (size_t)m->id;
+    if (nfds != 1) {
+        rc = -EPROTO;
+        snprintf(err, sizeof(err), "the saved state came with %d fds, not 1", nfds);
+    } else if (fstat(fds[0], &st) < 0 || st.st_size < 0 || (uint64_t)st.st_size < m->id) {
+        rc = -EPROTO;
+        snprintf(err, sizeof(err), "the saved state is shorter than the %llu bytes announced",
+                 (unsigned long long)m->id);
+    } else if (len > 0 &&
+               (data = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fds[0], 0)) == MAP_FAILED) {
+        rc = -errno;
+        data = NULL;
+        snprintf(err, sizeof(err), "mapping the saved state: %s", strerror(errno));
+    }
+    if (rc == 0)
+        rc = gen_restore(svc->gen, m->generation, data, len, err, sizeof(err));
+    if (data != NULL)
+        munmap(data, len);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    if (rc == 0)
+        log_info("service %s: state of generation %u restored (%zu bytes)", svc->name,
+                 m->generation, len);
+    say(PM_RESTORED, rc, svc->gen->number, err);
+}
+
 /* ---- the process ---- */
 
 static int start(struct daemon *d, const char *conf, const char *name, unsigned gen,
@@ -271,7 +337,8 @@ static int start(struct daemon *d, const char *conf, const char *name, unsigned 
                  conf);
         return -ENOENT;
     }
-    snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
+    snprintf(d->tmpdir, sizeof(d->tmpdir), "%s/shmipcd-%d-XXXXXX", proc_tmp_base(),
+             (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
         d->tmpdir[0] = '\0';
@@ -298,15 +365,19 @@ static int start(struct daemon *d, const char *conf, const char *name, unsigned 
     return rc;
 }
 
-/* Drains and exits: sessions go on until their clients close them or the
- * deadline passes (a replacement process takes the new ones meanwhile),
- * then what is queued is answered and the rest closed. Exits 0, or 1 when
- * a handler never returned (its thread is left, so _exit). */
-static void finish(struct daemon *d, struct service *svc, unsigned drain_ms, int let_end)
+/* Drains and exits. With a replacement (epoch non-zero) every session is
+ * told HotRestart: its client opens a new session (the replacement serves
+ * it), lets its streams here finish and acks, and the session closes;
+ * until every one did or the deadline passed. Then what is queued is
+ * answered and the rest closed. Exits 0, or 1 when a handler never
+ * returned (its thread is left, so _exit). */
+static void finish(struct daemon *d, struct service *svc, unsigned drain_ms, uint64_t epoch)
 {
     uint64_t deadline = sock_deadline((int)drain_ms);
     struct worker_pool *p = pool_of(d, svc);
-    while (let_end && pool_sessions(p) > 0 && sock_now_ns() < deadline) {
+    if (epoch != 0)
+        pool_hot_restart(p, epoch);
+    while (epoch != 0 && pool_sessions(p) > 0 && sock_now_ns() < deadline) {
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -379,9 +450,15 @@ int child_main(int argc, char **argv)
             take_session(d, svc, &m, fds, nfds);
             continue;
         }
+        if (m.type == PM_RESTORE) {
+            restore_state(svc, &m, fds, nfds);
+            continue;
+        }
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
-        if (m.type == PM_DRAIN)
-            finish(d, svc, m.drain_ms, m.code == 1);
+        if (m.type == PM_SAVE)
+            save_state(svc);
+        else if (m.type == PM_DRAIN)
+            finish(d, svc, m.drain_ms, m.code == 1 ? (m.id != 0 ? m.id : 1) : 0);
     }
 }

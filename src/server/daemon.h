@@ -227,6 +227,8 @@ struct worker {
     unsigned nsessions;        /* including the inbox */
     struct wcmd *cmds;         /* pending jobs from the master */
     pthread_cond_t cmd_done;
+    uint64_t hot_epoch;        /* atomic: non-zero: tell every session HotRestart
+                                  with it, close each once acked and quiet */
     int stop;                  /* atomic: 1 drain then exit */
     uint64_t drain_deadline_ns;
     struct daemon *d;

@@ -333,23 +333,104 @@ static int hook_failed(const struct plugin_gen *g, const char *hook, char *perr,
                 g->desc->name, g->desc->version, hook, perr);
 }
 
-/* save on old, restore on neu. 0 or negative with err set. */
-static int save_restore(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen)
+int gen_save(struct plugin_gen *g, uint8_t **data, size_t *len, char *err, size_t errlen)
 {
     struct saved b = {NULL, 0, 0};
     char perr[512] = "";
-    int rc = old->desc->save(old->state, saved_put, &b, perr, sizeof(perr));
+    *data = NULL;
+    *len = 0;
+    if (!has_minor1(g->desc) || g->desc->save == NULL)
+        return fail(-ENOSYS, err, errlen, "%s: plugin '%s' %s has no save hook", g->source,
+                    g->desc->name, g->desc->version);
+    int rc = g->desc->save(g->state, saved_put, &b, perr, sizeof(perr));
     if (rc < 0) {
         free(b.p);
-        return hook_failed(old, "save", perr, sizeof(perr), rc, err, errlen);
+        return hook_failed(g, "save", perr, sizeof(perr), rc, err, errlen);
     }
-    rc = neu->desc->restore(neu->state, b.p != NULL ? b.p : (const uint8_t *)"", b.len, perr,
-                            sizeof(perr));
-    free(b.p);
+    *data = b.p;
+    *len = b.len;
+    return 0;
+}
+
+int gen_restore(struct plugin_gen *g, unsigned from, const void *data, size_t len, char *err,
+                size_t errlen)
+{
+    char perr[512] = "";
+    if (!has_minor1(g->desc) || g->desc->restore == NULL)
+        return fail(-ENOSYS, err, errlen, "%s: plugin '%s' %s has no restore hook", g->source,
+                    g->desc->name, g->desc->version);
+    int rc = g->desc->restore(g->state, data != NULL ? data : (const void *)"", len, perr,
+                              sizeof(perr));
     if (rc < 0)
-        return hook_failed(neu, "restore", perr, sizeof(perr), rc, err, errlen);
-    neu->carry.how = GEN_CARRY_RESTORE;
-    neu->carry.bytes = b.len;
+        return hook_failed(g, "restore", perr, sizeof(perr), rc, err, errlen);
+    g->carry.how = GEN_CARRY_RESTORE;
+    g->carry.from = from;
+    g->carry.bytes = len;
+    return 0;
+}
+
+/* save on old, restore on neu. 0 or negative with err set. */
+static int save_restore(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen)
+{
+    uint8_t *data;
+    size_t len;
+    int rc = gen_save(old, &data, &len, err, errlen);
+    if (rc == 0)
+        rc = gen_restore(neu, old->number, data, len, err, errlen);
+    free(data);
+    return rc;
+}
+
+/* Why a plugin that has state hooks starts empty (neu->carry.why). */
+static void carry_why(const struct plugin_gen *old, struct plugin_gen *neu, int declined)
+{
+    const struct shmipc_plugin *o = old->desc;
+    if (declined)
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "the plugin declined the hand-off, and there is no save/restore pair");
+    else if (!has_minor1(o) || (o->handoff == NULL && o->save == NULL))
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "generation %u (%s %s) has no hook to pass it on", old->number, o->name,
+                 o->version);
+    else
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "no handoff or save/restore pair between generation %u (%s %s) and this one",
+                 old->number, o->name, o->version);
+}
+
+/* Why nothing can be carried for another plugin's name, or 0 when the
+ * names match. */
+static int other_plugin(const struct plugin_gen *old, struct plugin_gen *neu, int wants)
+{
+    if (strcmp(old->desc->name, neu->desc->name) == 0)
+        return 0;
+    if (wants)
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "generation %u ran another plugin ('%s')", old->number, old->desc->name);
+    return 1;
+}
+
+int gen_carry_across(const struct plugin_gen *old, struct plugin_gen *neu)
+{
+    memset(&neu->carry, 0, sizeof(neu->carry));
+    if (old == NULL)
+        return 0;
+    neu->carry.from = old->number;
+    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
+    int wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
+    if (other_plugin(old, neu, wants))
+        return 0;
+    if (has_minor1(o) && has_minor1(n) && o->save != NULL && n->restore != NULL)
+        return 1;
+    if (!wants)
+        return 0;
+    if (has_minor1(o) && o->handoff != NULL && o->save == NULL)
+        snprintf(neu->carry.why, sizeof(neu->carry.why),
+                 "generation %u (%s %s) passes its state on by handoff only, which cannot "
+                 "cross into another process",
+                 old->number, o->name, o->version);
+    else
+        carry_why(old, neu, 0);
     return 0;
 }
 
@@ -364,12 +445,8 @@ int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, s
     const struct shmipc_plugin *o = old->desc, *n = neu->desc;
     /* Why nothing was carried matters only to a plugin that could take it. */
     int wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
-    if (strcmp(o->name, n->name) != 0) {
-        if (wants)
-            snprintf(neu->carry.why, sizeof(neu->carry.why),
-                     "generation %u ran another plugin ('%s')", old->number, o->name);
+    if (other_plugin(old, neu, wants))
         return 0;
-    }
     int both = has_minor1(o) && has_minor1(n), declined = 0;
     if (both && o->handoff != NULL && n->handoff != NULL) {
         char perr[512] = "";
@@ -384,19 +461,8 @@ int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, s
     }
     if (both && o->save != NULL && n->restore != NULL)
         return save_restore(old, neu, err, errlen);
-    if (!wants)
-        return 0;
-    if (declined)
-        snprintf(neu->carry.why, sizeof(neu->carry.why),
-                 "the plugin declined the hand-off, and there is no save/restore pair");
-    else if (!has_minor1(o) || (o->handoff == NULL && o->save == NULL))
-        snprintf(neu->carry.why, sizeof(neu->carry.why),
-                 "generation %u (%s %s) has no hook to pass it on", old->number, o->name,
-                 o->version);
-    else
-        snprintf(neu->carry.why, sizeof(neu->carry.why),
-                 "no handoff or save/restore pair between generation %u (%s %s) and this one",
-                 old->number, o->name, o->version);
+    if (wants)
+        carry_why(old, neu, declined);
     return 0;
 }
 

@@ -68,6 +68,20 @@ int gen_load(const char *so_path, const char *tmpdir, unsigned number, unsigned 
  * ..."). Both generations are left as they were: unload neu on failure. */
 int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, size_t errlen);
 
+/* Process mode (the generations live in other processes; these are the
+ * master's checked copies): 1 when old's save and neu's restore should
+ * carry the state across, else 0 with neu->carry filled as
+ * gen_carry_state() would (handoff cannot cross a process). */
+int gen_carry_across(const struct plugin_gen *old, struct plugin_gen *neu);
+/* The two halves of save/restore, for a generation in this process:
+ * gen_save runs g's save hook (*data malloc'd, the caller frees it);
+ * gen_restore runs g's restore on the bytes and records them in
+ * g->carry (from: the generation saved). 0, or negative with err set
+ * (-ENOSYS: g has no such hook). */
+int gen_save(struct plugin_gen *g, uint8_t **data, size_t *len, char *err, size_t errlen);
+int gen_restore(struct plugin_gen *g, unsigned from, const void *data, size_t len, char *err,
+                size_t errlen);
+
 /* Worker `w`, on its own thread: create / destroy its thread state. */
 int gen_thread_init(struct plugin_gen *g, unsigned w, char *err, size_t errlen);
 void gen_thread_fini(struct plugin_gen *g, unsigned w);

@@ -203,7 +203,8 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
         return rc;
     snprintf(d->exe, sizeof(d->exe), "/proc/self/exe"); /* even if replaced on disk */
     proc_remove_stale_dirs();
-    snprintf(d->tmpdir, sizeof(d->tmpdir), "/tmp/shmipcd-%d-XXXXXX", (int)getpid());
+    snprintf(d->tmpdir, sizeof(d->tmpdir), "%s/shmipcd-%d-XXXXXX", proc_tmp_base(),
+             (int)getpid());
     if (mkdtemp(d->tmpdir) == NULL) {
         snprintf(err, errlen, "mkdtemp(%s): %s", d->tmpdir, strerror(errno));
         d->tmpdir[0] = '\0';

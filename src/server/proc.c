@@ -18,6 +18,7 @@
 #include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -228,6 +229,7 @@ static struct wproc *spawn(struct daemon *d, struct service *svc, unsigned gen, 
 }
 
 static void remove_dirs_of(pid_t pid);
+static void sessions_gone(struct daemon *d, struct wproc *w);
 
 /* A process that failed to start: killed and reaped at once, so that
  * nothing refers to it (or to its service) afterwards. */
@@ -239,6 +241,7 @@ static void reap_now(struct daemon *d, struct wproc *w)
         ;
     close_control(d, w);
     unlink_proc(d, w);
+    sessions_gone(d, w);
     remove_dirs_of(w->pid);
     if (w->calls != NULL)
         munmap(w->calls, sizeof(*w->calls));
@@ -285,15 +288,17 @@ static int wait_ready(struct daemon *d, struct wproc *w, char *err, size_t errle
     return -ETIMEDOUT;
 }
 
-/* let_end: its sessions may go on until their clients close them (a
- * replacement serves the new ones); else (a stop) they close once what is
- * queued is answered. */
-static void drain_proc(struct wproc *w, unsigned drain_ms, int let_end)
+/* to: the replacement that takes its sessions over: each is told
+ * HotRestart (the replacement's pid as the epoch), and the clients move
+ * to the replacement before the old one closes them. NULL (a stop): they
+ * close once what is queued is answered. */
+static void drain_proc(struct wproc *w, unsigned drain_ms, const struct wproc *to)
 {
     if (w->fd < 0 || w->draining)
         return;
     w->draining = 1;
-    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms, .code = let_end};
+    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms, .code = to != NULL};
+    m.id = to != NULL ? (uint64_t)to->pid : 0;
     if (proc_send_msg(w->fd, &m, NULL, 0) < 0)
         kill(w->pid, SIGKILL);
 }
@@ -316,7 +321,96 @@ int proc_service_start(struct daemon *d, struct service *svc, char *err, size_t 
     return 0;
 }
 
-int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen, char *err,
+static void session_done(struct daemon *d, struct wproc *w, uint64_t id);
+
+/* Waits (bounded) for a message of `type` from w; a session's end it
+ * reports meanwhile is taken as proc_on_event() would. 0 with *m and
+ * *fd (-1 when none came), or a code with err filled. */
+static int wait_msg(struct daemon *d, struct wproc *w, uint32_t type, struct proc_msg *m, int *fd,
+                    char *err, size_t errlen)
+{
+    uint64_t dl = sock_deadline(PROC_READY_MS);
+    *fd = -1;
+    while (w->fd >= 0) {
+        struct pollfd p = {w->fd, POLLIN, 0};
+        uint64_t now = sock_now_ns();
+        if (now >= dl)
+            break;
+        poll(&p, 1, (int)((dl - now) / 1000000u) + 1);
+        int fds[3], nfds;
+        int rc = proc_recv_msg(w->fd, m, fds, 3, &nfds);
+        if (rc == -EAGAIN)
+            continue;
+        for (int i = rc == 0 && m->type == type ? 1 : 0; i < nfds; i++)
+            close(fds[i]);
+        if (rc < 0) {
+            snprintf(err, errlen, "worker process %d: %s", (int)w->pid,
+                     rc == SHMIPC_ECLOSED ? "exited (see the log)" : shmipc_strerror(rc));
+            return rc;
+        }
+        if (m->type == type) {
+            *fd = nfds > 0 ? fds[0] : -1;
+            return 0;
+        }
+        if (m->type == PM_CLOSED)
+            session_done(d, w, m->id);
+    }
+    snprintf(err, errlen, "worker process %d did not answer within %d ms", (int)w->pid,
+             PROC_READY_MS);
+    return -ETIMEDOUT;
+}
+
+/* save in the old process, restore in the new one (which serves nobody
+ * yet): the bytes travel in a memfd through the master. 0, or a code
+ * with err filled. */
+static int carry_state(struct daemon *d, struct wproc *old, struct wproc *neu, unsigned from,
+                       struct plugin_gen *to, char *err, size_t errlen)
+{
+    struct proc_msg m = {.type = PM_SAVE};
+    int fd = -1;
+    int rc = proc_send_msg(old->fd, &m, NULL, 0);
+    if (rc == 0)
+        rc = wait_msg(d, old, PM_SAVED, &m, &fd, err, errlen);
+    else
+        snprintf(err, errlen, "asking worker process %d to save: %s", (int)old->pid,
+                 strerror(-rc));
+    if (rc == 0 && m.code < 0) {
+        snprintf(err, errlen, "%s", m.text);
+        rc = m.code;
+    } else if (rc == 0 && fd < 0) {
+        snprintf(err, errlen, "worker process %d saved no bytes", (int)old->pid);
+        rc = -EPROTO;
+    }
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    uint64_t len = m.id;
+    m = (struct proc_msg){.type = PM_RESTORE, .id = len, .generation = from};
+    rc = proc_send_msg(neu->fd, &m, &fd, 1);
+    close(fd);
+    if (rc < 0) {
+        snprintf(err, errlen, "handing the state to worker process %d: %s", (int)neu->pid,
+                 strerror(-rc));
+        return rc;
+    }
+    if ((rc = wait_msg(d, neu, PM_RESTORED, &m, &fd, err, errlen)) < 0)
+        return rc;
+    if (fd >= 0)
+        close(fd);
+    if (m.code < 0) {
+        snprintf(err, errlen, "%s", m.text);
+        return m.code;
+    }
+    to->carry.how = GEN_CARRY_RESTORE;
+    to->carry.from = from;
+    to->carry.bytes = (size_t)len;
+    return 0;
+}
+
+int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen,
+                         const struct plugin_gen *from, struct plugin_gen *to, char *err,
                          size_t errlen)
 {
     struct wproc *w = spawn(d, svc, gen, err, errlen);
@@ -325,13 +419,20 @@ int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen, ch
     int rc = wait_ready(d, w, err, errlen);
     if (rc < 0)
         return rc;
+    struct wproc *prev = svc->proc;
+    if (from != NULL && to != NULL && gen_carry_across(from, to) && prev != NULL &&
+        prev->fd >= 0 && prev->ready && !prev->draining &&
+        (rc = carry_state(d, prev, w, from->number, to, err, errlen)) < 0) {
+        reap_now(d, w);
+        return rc;
+    }
     struct wproc *old = svc->proc;
     svc->proc = w;
     svc->failed[0] = '\0';
     svc->ncrash = 0;
     svc->respawn_at_ns = 0;
     if (old != NULL)
-        drain_proc(old, (unsigned)d->conf->drain_timeout_ms, 1);
+        drain_proc(old, (unsigned)d->conf->drain_timeout_ms, w);
     return 0;
 }
 
@@ -351,34 +452,34 @@ int proc_hand_over(struct daemon *d, struct service *svc, long long uid, struct 
     struct wproc *w = svc->proc;
     struct proc_msg m = {.type = PM_SESSION, .version = s->cfg.version, .id = id};
     struct region *pr = &s->pool->region, *qr = &s->qregion;
-    /* The peer's files (file mode) are removed by whoever unmaps them
-     * last: the process, unless another session of ours still maps the
-     * pool here. */
-    if (qr->flags & REGION_UNLINK_PEER) {
-        snprintf(m.queue_path, sizeof(m.queue_path), "%s", qr->peer_path);
-        m.queue_dir_len = (uint32_t)qr->peer_dir_len;
-        qr->flags &= ~(unsigned)REGION_UNLINK_PEER;
-    }
-    if ((pr->flags & REGION_UNLINK_PEER) && __atomic_load_n(&s->pool->refs, __ATOMIC_ACQUIRE) == 1) {
-        snprintf(m.pool_path, sizeof(m.pool_path), "%s", pr->peer_path);
-        m.pool_dir_len = (uint32_t)pr->peer_dir_len;
-        m.unlink_pool = 1;
-        pr->flags &= ~(unsigned)REGION_UNLINK_PEER;
-    }
-    int fds[3] = {s->fd, pr->fd, qr->fd};
-    int rc = w != NULL && w->fd >= 0 ? proc_send_msg(w->fd, &m, fds, 3) : -ECHILD;
+    /* The peer's files (file mode): its queue is the session's own, removed
+     * by the process when it unmaps it. Its pool may serve sessions in
+     * several processes (the old and the new one of a reload): we keep a
+     * reference on it for each session until the process says it closed,
+     * so the registry here removes the file after the last of them. */
+    int rc = w != NULL && w->fd >= 0 ? 0 : -ECHILD;
     if (rc == 0 && w->nsess == w->capsess) {
         unsigned cap = w->capsess ? w->capsess * 2 : 16;
         struct psess *p = realloc(w->sess, cap * sizeof(*p));
         if (p == NULL)
-            rc = -ENOMEM; /* it runs the session; we only lose its uid count */
+            rc = -ENOMEM;
         else {
             w->sess = p;
             w->capsess = cap;
         }
     }
-    if (rc == 0 && w->nsess < w->capsess)
-        w->sess[w->nsess++] = (struct psess){id, uid};
+    if (rc == 0 && (qr->flags & REGION_UNLINK_PEER)) {
+        snprintf(m.queue_path, sizeof(m.queue_path), "%s", qr->peer_path);
+        m.queue_dir_len = (uint32_t)qr->peer_dir_len;
+        qr->flags &= ~(unsigned)REGION_UNLINK_PEER;
+    }
+    int fds[3] = {s->fd, pr->fd, qr->fd};
+    if (rc == 0)
+        rc = proc_send_msg(w->fd, &m, fds, 3);
+    if (rc == 0) {
+        pool_ref_get(s->pool);
+        w->sess[w->nsess++] = (struct psess){id, uid, s->pool};
+    }
     /* Our copies go; the process has its own fds now. No shutdown: that
      * would end the connection for both. */
     session_release_streams(s);
@@ -388,10 +489,20 @@ int proc_hand_over(struct daemon *d, struct service *svc, long long uid, struct 
 
 static void remove_dir(const char *dir);
 
-/* /tmp/shmipcd-<pid>-*: the private directories of process pid. */
+const char *proc_tmp_base(void)
+{
+    const char *t = getenv("TMPDIR");
+    struct stat st;
+    if (t != NULL && t[0] == '/' && strlen(t) < 200 && stat(t, &st) == 0 && S_ISDIR(st.st_mode))
+        return t;
+    return "/tmp";
+}
+
+/* <tmp>/shmipcd-<pid>-*: the private directories of process pid. */
 static void remove_dirs_of(pid_t pid)
 {
-    DIR *dp = opendir("/tmp");
+    const char *base = proc_tmp_base();
+    DIR *dp = opendir(base);
     if (dp == NULL)
         return;
     char prefix[40];
@@ -400,8 +511,8 @@ static void remove_dirs_of(pid_t pid)
     while ((e = readdir(dp)) != NULL) {
         if (strncmp(e->d_name, prefix, (size_t)n) != 0 || strlen(e->d_name) != (size_t)n + 6)
             continue;
-        char dir[300];
-        snprintf(dir, sizeof(dir), "/tmp/%s", e->d_name);
+        char dir[512];
+        snprintf(dir, sizeof(dir), "%s/%s", base, e->d_name);
         remove_dir(dir);
     }
     closedir(dp);
@@ -420,10 +531,18 @@ static void session_done(struct daemon *d, struct wproc *w, uint64_t id)
     for (unsigned i = 0; i < w->nsess; i++) {
         if (w->sess[i].id == id) {
             uid_release(&d->uids, w->sess[i].uid);
+            pool_ref_put(w->sess[i].pool);
             w->sess[i] = w->sess[--w->nsess];
             return;
         }
     }
+}
+
+/* Every session of a process that is gone. */
+static void sessions_gone(struct daemon *d, struct wproc *w)
+{
+    while (w->nsess > 0)
+        session_done(d, w, w->sess[w->nsess - 1].id);
 }
 
 void proc_on_event(struct daemon *d, struct wproc *w)
@@ -452,7 +571,7 @@ void proc_on_event(struct daemon *d, struct wproc *w)
                 svc->proc = w;
                 svc->next_proc = NULL;
                 if (old != NULL)
-                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms, 1);
+                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms, w);
             } else if (svc->proc == NULL && !svc->removed) {
                 svc->proc = w;
             }
@@ -517,8 +636,7 @@ void proc_on_sigchld(struct daemon *d)
         char how[128];
         describe_exit(status, how, sizeof(how));
         unsigned lost = w->nsess;
-        for (unsigned i = 0; i < w->nsess; i++)
-            uid_release(&d->uids, w->sess[i].uid);
+        sessions_gone(d, w);
         /* Sessions it could not close itself are closed now (their
          * sockets went with it). */
         __atomic_add_fetch(&svc->st->sessions_closed, lost, __ATOMIC_RELAXED);
@@ -662,7 +780,7 @@ void proc_service_stop(struct daemon *d, struct service *svc, uint64_t deadline_
     unsigned ms = deadline_ns > now ? (unsigned)((deadline_ns - now) / 1000000u) : 0;
     for (struct wproc *w = d->procs; w != NULL; w = w->next)
         if (w->svc == svc)
-            drain_proc(w, ms, 0);
+            drain_proc(w, ms, NULL);
     svc->proc = NULL;
     svc->next_proc = NULL;
     svc->respawn_at_ns = 0;
@@ -735,7 +853,8 @@ static void remove_dir(const char *dir)
 
 void proc_remove_stale_dirs(void)
 {
-    DIR *dp = opendir("/tmp");
+    const char *base = proc_tmp_base();
+    DIR *dp = opendir(base);
     if (dp == NULL)
         return;
     struct dirent *e;
@@ -748,8 +867,8 @@ void proc_remove_stale_dirs(void)
             continue;
         if (kill((pid_t)pid, 0) == 0 && is_shmipcd(pid))
             continue; /* a live shmipcd's */
-        char dir[300];
-        snprintf(dir, sizeof(dir), "/tmp/%s", e->d_name);
+        char dir[512];
+        snprintf(dir, sizeof(dir), "%s/%s", base, e->d_name);
         log_info("removing %s: its shmipcd (pid %ld) is gone", dir, pid);
         remove_dir(dir);
     }

@@ -48,22 +48,30 @@ enum proc_msg_type {
     PM_SESSION,   /* master -> process: a session to run */
     PM_CLOSED,    /* process -> master: session id closed */
     PM_DRAIN,     /* master -> process: take no more, finish, exit by the deadline
-                     (code 1: let sessions end by themselves until then) */
+                     (code 1: a replacement serves: its clients move over
+                     after HotRestart with epoch `id`, until then) */
+    PM_SAVE,      /* master -> old process: run the plugin's save hook */
+    PM_SAVED,     /* old process -> master: the bytes (a memfd, `id` bytes), or
+                     code < 0 and text = why */
+    PM_RESTORE,   /* master -> new process: restore those (memfd, `id` bytes,
+                     saved by generation `generation`) before it serves */
+    PM_RESTORED,  /* new process -> master: code 0, or < 0 and text = why */
 };
 
 struct proc_msg {
     uint32_t type;
     uint32_t version;     /* PM_SESSION: the session's protocol version */
-    uint64_t id;          /* PM_SESSION, PM_CLOSED: the session */
-    uint32_t generation;  /* PM_READY: the generation it loaded */
-    int32_t code;         /* PM_FAIL */
+    uint64_t id;          /* PM_SESSION, PM_CLOSED: the session; PM_DRAIN: the
+                             epoch; PM_SAVED, PM_RESTORE: the bytes */
+    uint32_t generation;  /* PM_READY: the generation it loaded; PM_RESTORE:
+                             the one that saved */
+    int32_t code;         /* PM_FAIL, PM_SAVED, PM_RESTORED */
     uint32_t drain_ms;    /* PM_DRAIN */
-    uint32_t unlink_pool; /* PM_SESSION: remove the peer's pool file when done */
-    uint32_t pool_dir_len, queue_dir_len; /* PM_SESSION, file mode: where the
-                                             allowed dir ends in the paths */
-    char pool_path[256];  /* PM_SESSION, file mode: the files to remove */
-    char queue_path[256];
-    char text[512];       /* PM_READY, PM_FAIL */
+    uint32_t queue_dir_len; /* PM_SESSION, file mode: where the allowed dir
+                               ends in queue_path */
+    char queue_path[256]; /* PM_SESSION, file mode: the queue file to remove
+                             (the master removes the pool's: proc.c) */
+    char text[512];       /* PM_READY, PM_FAIL, PM_SAVED, PM_RESTORED */
 };
 
 /* A worker process, as the master sees it. */
@@ -82,6 +90,9 @@ struct wproc {
     struct psess {
         uint64_t id;
         long long uid;
+        struct pool_ref *pool; /* the master's reference: the pool registry
+                                  removes a peer's file once the last
+                                  session in any process has closed */
     } *sess;              /* its open sessions, as handed over */
     unsigned nsess, capsess;
     struct wproc *next;   /* in d->procs */
@@ -98,9 +109,14 @@ int proc_recv_msg(int fd, struct proc_msg *m, int *fds, int max, int *nfds);
  * it is ready. 0, or a code with err filled. */
 int proc_service_start(struct daemon *d, struct service *svc, char *err, size_t errlen);
 /* A reload made a new generation: a new process runs it, waited for
- * until ready; then the old one drains. 0, or a code with err filled
- * (the old process serves on). */
-int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen, char *err,
+ * until ready; the plugin's state goes from the old process to it when
+ * from (the serving generation) and to (the new one; the master's checked
+ * copies) have save and restore (gen_carry_across; to->carry says what
+ * happened); then the old one drains. from and to are NULL for a restart
+ * of the same generation. 0, or a code with err filled (the old process
+ * serves on). */
+int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen,
+                         const struct plugin_gen *from, struct plugin_gen *to, char *err,
                          size_t errlen);
 /* The service's process (if serving) takes the session; the master's copy
  * goes. 0, or a code (the session is closed). */
@@ -125,8 +141,11 @@ void proc_service_stop(struct daemon *d, struct service *svc, uint64_t deadline_
 void proc_wait_all(struct daemon *d, uint64_t deadline_ns);
 /* `shmipcctl status` lines of a service's processes. */
 void proc_status(struct daemon *d, struct service *svc, struct strbuf *b);
+/* Where the private plugin directories go: $TMPDIR when it names a
+ * directory (absolute), else /tmp. */
+const char *proc_tmp_base(void);
 /* At start: removes private plugin directories of shmipcd processes that
- * are gone (/tmp/shmipcd-<pid>-*, only when <pid> is not a running
+ * are gone (<tmp>/shmipcd-<pid>-*, only when <pid> is not a running
  * shmipcd). */
 void proc_remove_stale_dirs(void);
 

@@ -141,7 +141,7 @@ static int update_service(struct daemon *d, struct service *svc, const struct sv
         gen_source_free(&src);
         if (svc->isolation == ISOLATION_PROCESS && (svc->failed[0] || svc->proc == NULL)) {
             /* A failed (or down) process-mode service starts anew. */
-            rc = proc_service_replace(d, svc, svc->gen->number, err, sizeof(err));
+            rc = proc_service_replace(d, svc, svc->gen->number, NULL, NULL, err, sizeof(err));
             if (rc < 0) {
                 strbuf_add(rep, "service %s: refused: %s\n", svc->name, err);
                 return rc;

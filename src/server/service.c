@@ -278,7 +278,7 @@ int service_new_gen(struct daemon *d, struct service *svc, const struct svc_conf
         return rc;
     if ((*out)->checked_only) {
         /* Process mode: a new worker process runs it (proc_service_replace). */
-        if ((rc = proc_service_replace(d, svc, (*out)->number, err, errlen)) < 0) {
+        if ((rc = proc_service_replace(d, svc, (*out)->number, svc->gen, *out, err, errlen)) < 0) {
             service_unload_gen(*out);
             *out = NULL;
         }

@@ -267,6 +267,13 @@ static void *worker_main(void *arg)
         if (n > 0 && spin_us > 0)
             serve_loop_spin(&w->loop, spin_us, &w->stop);
         blocked = serve_loop_retry_blocked(&w->loop);
+        uint64_t hot = __atomic_load_n(&w->hot_epoch, __ATOMIC_ACQUIRE);
+        if (hot != 0) {
+            adopt(w);
+            /* A session that acked closes when its last answer is out,
+             * which may come from another thread: look again soon. */
+            blocked |= serve_loop_hot_restart(&w->loop, hot) > 0;
+        }
         if (idle_ms > 0 && sock_now_ns() >= next_idle_check) {
             close_idle(w, idle_ms);
             next_idle_check = sock_now_ns() + (uint64_t)idle_ms * 250000u;
@@ -459,6 +466,16 @@ void pool_stop(struct worker_pool *p, uint64_t drain_deadline_ns)
 {
     pool_ask_stop(p, drain_deadline_ns);
     pool_join(p);
+}
+
+void pool_hot_restart(struct worker_pool *p, uint64_t epoch)
+{
+    for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
+        __atomic_store_n(&p->w[i].hot_epoch, epoch, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        if (write(p->w[i].evfd, &one, sizeof(one)) < 0)
+            log_warn("worker %u: waking it failed: %s", p->w[i].index, strerror(errno));
+    }
 }
 
 unsigned pool_sessions(struct worker_pool *p)

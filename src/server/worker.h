@@ -21,6 +21,10 @@ void pool_join(struct worker_pool *p);
  * (the pool is then not freed: the process should exit). */
 int pool_join_until(struct worker_pool *p, uint64_t deadline_ns);
 void pool_stop(struct worker_pool *p, uint64_t drain_deadline_ns);
+/* Hot restart: every worker tells each of its sessions (and those it gets
+ * later) HotRestart(epoch), and closes each once its client acked and
+ * nothing is in flight; pool_sessions() then counts down. */
+void pool_hot_restart(struct worker_pool *p, uint64_t epoch);
 /* Sessions of the pool's workers, their inboxes included. */
 unsigned pool_sessions(struct worker_pool *p);
 struct worker *pool_least_loaded(struct worker_pool *p);

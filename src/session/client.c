@@ -6,9 +6,17 @@
  * the caller that next needs the slot, so healthy sessions never wait for
  * it.
  *
+ * Hot restart (PROTOCOL.md 8): a session told HotRestart retires. Its
+ * slot gets a replacement session at once (by the I/O thread, or in the
+ * event-loop style by the next poll or get), its idle streams are closed,
+ * the streams callers still hold finish on it, and it acks by itself when
+ * the last one is gone (session/io.h); the server then closes it. Retired
+ * sessions wait on a list of their own until they are dead.
+ *
  * Lock order: a slot's mutex, then the idle-list mutex is never held with
  * it; a session's mutex is taken inside either; pool_mu only around
- * picking the pool of a new session (inside a slot's mutex). The I/O thread holds one
+ * picking the pool of a new session (inside a slot's mutex); retired_mu
+ * inside a slot's mutex, never with a session's. The I/O thread holds one
  * reference on each session registered with it and drops it when it sees
  * the session dead.
  */
@@ -65,7 +73,14 @@ struct shmipc_client {
     pthread_mutex_t reg_mu; /* sessions the I/O thread holds a reference on */
     struct session **reg;
     unsigned nreg, capreg;
+    int hot_pending; /* atomic: a session was told HotRestart and is not retired yet */
+    pthread_mutex_t retired_mu; /* sessions replaced after a HotRestart, until dead */
+    struct session **retired;
+    unsigned nretired, capretired; /* nretired: atomic reads outside the lock */
 };
+
+static void retire_all(struct shmipc_client *c);
+static void sweep_retired(struct shmipc_client *c, int all);
 
 static unsigned instances; /* per process, for unique default names */
 
@@ -170,6 +185,7 @@ static void *io_main(void *arg)
         uint64_t now = sock_now_ns();
         if (now >= next_tick) {
             reader_ticks(c);
+            sweep_retired(c, 0);
             next_tick = now + TICK_NS;
         }
         for (int i = 0; i < n; i++) {
@@ -189,8 +205,21 @@ static void *io_main(void *arg)
                 io_unregister(c, s);
             }
         }
+        if (__atomic_load_n(&c->hot_pending, __ATOMIC_ACQUIRE))
+            retire_all(c);
     }
     return NULL;
+}
+
+/* A session of ours was told HotRestart (its mutex held): the I/O thread,
+ * or in the event-loop style the next poll or get, replaces it. */
+static void on_hot_restart(void *owner)
+{
+    struct shmipc_client *c = owner;
+    __atomic_store_n(&c->hot_pending, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (c->io_started && write(c->evfd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_warn("client: waking the I/O thread failed");
 }
 
 static int create_pool(struct shmipc_client *c)
@@ -318,6 +347,7 @@ static int connect_slot(struct shmipc_client *c, struct client_slot *sl)
                          c->cfg.adaptive_spin > 0 && session_spin_allowed(),
         .spin_us = c->cfg.spin_us,
         .owner = c,
+        .on_hot_restart = on_hot_restart,
         .index = (int)sl->index,
     };
     if (scfg.defer_wakeups) {
@@ -366,6 +396,53 @@ static void drop_session(struct shmipc_client *c, struct client_slot *sl)
     session_put(s);
 }
 
+/* The slot's session was told HotRestart: it goes to the retired list
+ * (with the slot's reference), alive for the streams still on it. Slot
+ * locked. */
+static void retire_slot(struct shmipc_client *c, struct client_slot *sl)
+{
+    struct session *s = sl->sess;
+    pthread_mutex_lock(&c->retired_mu);
+    if (c->nretired == c->capretired) {
+        unsigned cap = c->capretired ? c->capretired * 2 : 4;
+        struct session **r = realloc(c->retired, cap * sizeof(*r));
+        if (r == NULL) {
+            pthread_mutex_unlock(&c->retired_mu);
+            return; /* drop_session() lets it go: its streams fail */
+        }
+        c->retired = r;
+        c->capretired = cap;
+    }
+    c->retired[c->nretired] = s;
+    __atomic_store_n(&c->nretired, c->nretired + 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&c->retired_mu);
+    sl->sess = NULL;
+}
+
+/* Lets retired sessions go: the dead ones, or all (closing the client). */
+static void sweep_retired(struct shmipc_client *c, int all)
+{
+    if (__atomic_load_n(&c->nretired, __ATOMIC_ACQUIRE) == 0)
+        return;
+    for (;;) {
+        struct session *s = NULL;
+        pthread_mutex_lock(&c->retired_mu);
+        for (unsigned i = 0; i < c->nretired; i++) {
+            if (all || !session_alive(c->retired[i])) {
+                s = c->retired[i];
+                c->retired[i] = c->retired[c->nretired - 1];
+                __atomic_store_n(&c->nretired, c->nretired - 1, __ATOMIC_RELEASE);
+                break;
+            }
+        }
+        pthread_mutex_unlock(&c->retired_mu);
+        if (s == NULL)
+            return;
+        struct client_slot gone = {.sess = s};
+        drop_session(c, &gone);
+    }
+}
+
 static uint64_t backoff_ns(const struct shmipc_client *c, unsigned failures)
 {
     uint64_t ms = (uint64_t)c->cfg.reconnect_min_ms;
@@ -380,11 +457,14 @@ static uint64_t backoff_ns(const struct shmipc_client *c, unsigned failures)
  * backoff allows. */
 static int ensure_slot(struct shmipc_client *c, struct client_slot *sl, int initial)
 {
-    if (sl->sess != NULL && session_alive(sl->sess))
+    int retiring = sl->sess != NULL && session_retiring(sl->sess);
+    if (sl->sess != NULL && session_alive(sl->sess) && !retiring)
         return 0;
-    if (!initial && sock_now_ns() < sl->next_try_ns)
+    if (retiring)
+        retire_slot(c, sl); /* its replacement is due now, whatever the backoff */
+    else if (!initial && sock_now_ns() < sl->next_try_ns)
         return SHMIPC_ENOSESSION;
-    int was_connected = sl->sess != NULL;
+    int was_connected = sl->sess != NULL || retiring;
     drop_session(c, sl);
     int rc = connect_slot(c, sl);
     if (rc < 0) {
@@ -414,6 +494,7 @@ int shmipc_client_open(const struct shmipc_client_config *cfg, shmipc_client **o
     pthread_mutex_init(&c->stats_mu, NULL);
     pthread_mutex_init(&c->pool_mu, NULL);
     pthread_mutex_init(&c->reg_mu, NULL);
+    pthread_mutex_init(&c->retired_mu, NULL);
     unsigned inst = __atomic_fetch_add(&instances, 1, __ATOMIC_RELAXED);
     const char *pre = cfg->path_prefix ? cfg->path_prefix : "/dev/shm/shmipc";
     int n = inst == 0 ? snprintf(c->prefix, sizeof(c->prefix), "%s_%d", pre, (int)getpid())
@@ -481,17 +562,60 @@ static shmipc_stream *take_idle(struct shmipc_client *c)
     }
 }
 
-/* Opens a stream on the slot's session; reconnects when it is dead. */
+/* Opens a stream on the slot's session; reconnects when it is dead, and
+ * replaces it when a HotRestart came in between. */
 static int open_on_slot(struct shmipc_client *c, struct client_slot *sl, shmipc_stream **out)
 {
-    int rc = ensure_slot(c, sl, 0);
-    if (rc == 0)
-        rc = session_open_stream(sl->sess, out);
+    int rc = SHMIPC_ERETIRED;
+    for (int tries = 0; tries < 2 && rc == SHMIPC_ERETIRED; tries++) {
+        rc = ensure_slot(c, sl, 0);
+        if (rc == 0)
+            rc = session_open_stream(sl->sess, out);
+    }
     return rc;
+}
+
+/* An idle stream of a retired session, taken off the idle list, or NULL. */
+static shmipc_stream *take_retired_idle(struct shmipc_client *c)
+{
+    shmipc_stream *st = NULL;
+    pthread_mutex_lock(&c->idle_mu);
+    for (unsigned i = 0; i < c->nidle; i++) {
+        if (session_retiring(c->idle[i]->sess)) {
+            st = c->idle[i];
+            c->idle[i] = c->idle[--c->nidle];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->idle_mu);
+    return st;
+}
+
+/* After a HotRestart: every slot whose session was told gets its
+ * replacement, idle streams on the retired sessions are closed (their
+ * last one leaving sends the ack), and dead retired sessions go. */
+static void retire_all(struct shmipc_client *c)
+{
+    if (!__atomic_exchange_n(&c->hot_pending, 0, __ATOMIC_ACQ_REL))
+        return;
+    for (unsigned i = 0; i < c->nslots; i++) {
+        struct client_slot *sl = &c->slots[i];
+        pthread_mutex_lock(&sl->mu);
+        if (sl->sess != NULL && session_retiring(sl->sess) &&
+            !__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE))
+            ensure_slot(c, sl, 1);
+        pthread_mutex_unlock(&sl->mu);
+    }
+    shmipc_stream *st;
+    while ((st = take_retired_idle(c)) != NULL)
+        shmipc_stream_close(st);
+    sweep_retired(c, 0);
 }
 
 int shmipc_client_get(shmipc_client *c, shmipc_stream **out)
 {
+    if (__atomic_load_n(&c->hot_pending, __ATOMIC_ACQUIRE))
+        retire_all(c);
     if ((*out = take_idle(c)) != NULL)
         return 0;
     int rc = SHMIPC_ENOSESSION;
@@ -545,6 +669,10 @@ void shmipc_client_stats(shmipc_client *c, struct shmipc_stats *st)
             session_add_stats(c->slots[i].sess, st);
         pthread_mutex_unlock(&c->slots[i].mu);
     }
+    pthread_mutex_lock(&c->retired_mu);
+    for (unsigned i = 0; i < c->nretired; i++)
+        session_add_stats(c->retired[i], st);
+    pthread_mutex_unlock(&c->retired_mu);
 }
 
 #define FD_TAKEN (1 << 20)
@@ -562,18 +690,30 @@ int shmipc_client_fd(shmipc_client *c)
     return c->epfd;
 }
 
+static int collect_from(struct session *s, shmipc_stream **ready, int n, int max)
+{
+    shmipc_stream *st;
+    while (n < max && s != NULL && (st = session_next_ready(s)) != NULL) {
+        ready[n++] = st;
+        stream_put(st); /* borrowed: the caller holds its own reference */
+    }
+    return n;
+}
+
 static int collect(struct shmipc_client *c, shmipc_stream **ready, int max)
 {
     int n = 0;
     for (unsigned i = 0; i < c->nslots && n < max; i++) {
         struct client_slot *sl = &c->slots[i];
         pthread_mutex_lock(&sl->mu);
-        shmipc_stream *st;
-        while (n < max && sl->sess != NULL && (st = session_next_ready(sl->sess)) != NULL) {
-            ready[n++] = st;
-            stream_put(st); /* borrowed: the caller holds its own reference */
-        }
+        n = collect_from(sl->sess, ready, n, max);
         pthread_mutex_unlock(&sl->mu);
+    }
+    if (__atomic_load_n(&c->nretired, __ATOMIC_ACQUIRE) > 0) {
+        pthread_mutex_lock(&c->retired_mu);
+        for (unsigned i = 0; i < c->nretired && n < max; i++)
+            n = collect_from(c->retired[i], ready, n, max);
+        pthread_mutex_unlock(&c->retired_mu);
     }
     return n;
 }
@@ -661,6 +801,10 @@ int shmipc_client_poll(shmipc_client *c, shmipc_stream **ready, int max, int tim
     }
     if (kicked)
         ring_all(c);
+    if (__atomic_load_n(&c->hot_pending, __ATOMIC_ACQUIRE))
+        retire_all(c);
+    else
+        sweep_retired(c, 0);
     n += collect(c, ready + n, max - n);
     if (n > 0)
         session_defer_wakeups(c);
@@ -693,6 +837,10 @@ void shmipc_client_close(shmipc_client *c)
             session_die(c->slots[i].sess, SHMIPC_ECLOSED, "client closed");
         pthread_mutex_unlock(&c->slots[i].mu);
     }
+    pthread_mutex_lock(&c->retired_mu);
+    for (unsigned i = 0; i < c->nretired; i++)
+        session_die(c->retired[i], SHMIPC_ECLOSED, "client closed");
+    pthread_mutex_unlock(&c->retired_mu);
     if (c->io_started) {
         __atomic_store_n(&c->stopping, 1, __ATOMIC_RELEASE);
         uint64_t one = 1;
@@ -707,6 +855,9 @@ void shmipc_client_close(shmipc_client *c)
         drop_session(c, &c->slots[i]);
         pthread_mutex_destroy(&c->slots[i].mu);
     }
+    sweep_retired(c, 1);
+    free(c->retired);
+    pthread_mutex_destroy(&c->retired_mu);
     if (c->pool != NULL)
         pool_ref_put(c->pool);
     if (c->epfd >= 0)

@@ -69,6 +69,16 @@ struct shmipc_stream {
 
 enum session_role { ROLE_CLIENT = 0, ROLE_SERVER = 1 };
 
+/* Where a hot restart stands (io.h). */
+enum hot_state {
+    HOT_NONE = 0,
+    HOT_SENT,     /* server: HotRestart sent, no ack yet */
+    HOT_ACKED,    /* server: the client acked */
+    HOT_RETIRING, /* client: HotRestart received, streams still open */
+    HOT_ACK_SENT, /* client: acked; the server closes it */
+};
+
+
 struct session_cfg {
     enum session_role role;
     uint8_t version;
@@ -91,6 +101,9 @@ struct session_cfg {
     int adaptive_spin; /* with callers_read: the reader spins briefly when
                           recent answers came sooner than a wake-up */
     void *owner;       /* the client or server that drives it */
+    /* Client: a HotRestart arrived (called under s->mu; it may only note
+     * it and wake the owner, which replaces the session: io.h). */
+    void (*on_hot_restart)(void *owner);
     int index;         /* its number for logs (inside its client, or its server) */
     int kick_fd;       /* with kick_need: the owner's eventfd (see struct session) */
     const int *kick_need;
@@ -165,6 +178,8 @@ struct session {
     int rx_woke;           /* what is harvested now came after a sleep (a Polling
                               woke its reader): its answer times say nothing of
                               how soon the peer answers */
+    int hot;               /* enum hot_state: where a hot restart stands */
+    uint64_t hot_epoch;    /* the epoch of that hot restart */
 };
 
 /* Takes over fd, the queue region (mapped) and a pool reference. */

@@ -15,6 +15,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "base/log.h"
 #include "proto/event.h"
 #include "proto/sock.h"
 #include "session/harvest.h"
@@ -60,6 +61,39 @@ static int on_fallback_locked(struct session *s, const uint8_t *ev, uint32_t len
     return 0;
 }
 
+/* HotRestart reaches a client, HotRestartAck a server: anything else is
+ * the peer's error. A client keeps the first epoch it was told (as Go's
+ * does); a server takes only the ack of the epoch it sent. */
+static int on_hot_locked(struct session *s, const uint8_t *ev, const struct ev_header *h)
+{
+    uint64_t epoch;
+    int rc = ev_decode_hot_restart(ev, h->length, &epoch);
+    if (rc < 0)
+        return protocol_error(s, rc, "malformed HotRestart");
+    if (h->type == SHMIPC_EV_HOT_RESTART) {
+        if (s->cfg.role != ROLE_CLIENT)
+            return protocol_error(s, SHMIPC_EPROTO, "a client sent HotRestart");
+        if (s->hot != HOT_NONE)
+            return 0;
+        s->hot_epoch = epoch;
+        __atomic_store_n(&s->hot, HOT_RETIRING, __ATOMIC_RELEASE);
+        log_info("session %d: the server restarts (epoch %llu): new streams go to a new session",
+                 s->cfg.index, (unsigned long long)epoch);
+        if (s->cfg.on_hot_restart != NULL)
+            s->cfg.on_hot_restart(s->cfg.owner);
+        session_hot_ack_locked(s);
+        return 0;
+    }
+    if (s->cfg.role != ROLE_SERVER)
+        return protocol_error(s, SHMIPC_EPROTO, "a server sent HotRestartAck");
+    if (s->hot == HOT_SENT && epoch == s->hot_epoch)
+        __atomic_store_n(&s->hot, HOT_ACKED, __ATOMIC_RELEASE);
+    else
+        log_debug("session %d: HotRestartAck for epoch %llu ignored (none asked for)",
+                  s->cfg.index, (unsigned long long)epoch);
+    return 0;
+}
+
 static int on_event_locked(struct session *s, const uint8_t *ev, const struct ev_header *h)
 {
     switch (h->type) {
@@ -79,11 +113,8 @@ static int on_event_locked(struct session *s, const uint8_t *ev, const struct ev
     case SHMIPC_EV_FALLBACK_DATA:
         return on_fallback_locked(s, ev, h->length);
     case SHMIPC_EV_HOT_RESTART:
-        if (s->cfg.role == ROLE_CLIENT) {
-            session_die_locked(s, SHMIPC_ECLOSED, "server is restarting");
-            return SHMIPC_ECLOSED;
-        }
-        return protocol_error(s, SHMIPC_EPROTO, "a client sent HotRestart");
+    case SHMIPC_EV_HOT_RESTART_ACK:
+        return on_hot_locked(s, ev, h);
     default:
         return protocol_error(s, SHMIPC_EPROTO, "event type not allowed after the handshake");
     }
@@ -341,4 +372,55 @@ int session_wait_output_locked(struct session *s, uint64_t deadline_ns)
         pthread_cond_timedwait(&s->out_cv, &s->mu, &ts);
     }
     return s->dead ? (s->err ? s->err : SHMIPC_ECLOSED) : 0;
+}
+
+/* ---- hot restart ---- */
+
+static int hot_send_locked(struct session *s, uint8_t type, uint64_t epoch)
+{
+    uint8_t ev[SHMIPC_EV_HOT_RESTART_LEN];
+    ev_encode_hot_restart(ev, sizeof(ev), s->cfg.version, type, epoch);
+    return session_send_locked(s, ev, sizeof(ev), NULL, 0);
+}
+
+int session_hot_restart(struct session *s, uint64_t epoch)
+{
+    pthread_mutex_lock(&s->mu);
+    int sent = 0;
+    if (!s->dead && s->hot == HOT_NONE) {
+        s->hot_epoch = epoch;
+        __atomic_store_n(&s->hot, HOT_SENT, __ATOMIC_RELEASE);
+        sent = hot_send_locked(s, SHMIPC_EV_HOT_RESTART, epoch) == 0;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return sent;
+}
+
+int session_hot_quiet(struct session *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int quiet = s->hot == HOT_ACKED && s->out_len == 0 && s->ready_head == NULL &&
+                s->blocked == NULL && __atomic_load_n(&s->rx_heap, __ATOMIC_RELAXED) == 0;
+    for (unsigned b = 0; quiet && b < s->nbuckets; b++)
+        for (shmipc_stream *st = s->table[b]; quiet && st != NULL; st = st->hnext)
+            quiet = __atomic_load_n(&st->refs, __ATOMIC_ACQUIRE) == 1 && st->rx_head == NULL &&
+                    !st->has_unsent && st->w.chain.nslices == 0 && st->fb_len == 0;
+    pthread_mutex_unlock(&s->mu);
+    return quiet;
+}
+
+int session_retiring(struct session *s)
+{
+    int h = __atomic_load_n(&s->hot, __ATOMIC_ACQUIRE);
+    return h == HOT_RETIRING || h == HOT_ACK_SENT;
+}
+
+void session_hot_ack_locked(struct session *s)
+{
+    if (s->hot != HOT_RETIRING || s->nstreams > 0 || s->dead)
+        return;
+    __atomic_store_n(&s->hot, HOT_ACK_SENT, __ATOMIC_RELEASE);
+    if (hot_send_locked(s, SHMIPC_EV_HOT_RESTART_ACK, s->hot_epoch) == 0)
+        log_debug("session %d: HotRestartAck (epoch %llu) sent", s->cfg.index,
+                  (unsigned long long)s->hot_epoch);
 }

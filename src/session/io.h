@@ -39,4 +39,25 @@ void session_park_io_locked(struct session *s, int park);
  * deadline. Caller holds s->mu. */
 int session_wait_output_locked(struct session *s, uint64_t deadline_ns);
 
+/* ---- hot restart (PROTOCOL.md 8) ----
+ * Server: session_hot_restart() sends HotRestart(epoch); the client opens
+ * a replacement session, lets its streams here finish and acks; once
+ * acked and quiet (session_hot_quiet) the driver closes the session.
+ * Client: a HotRestart marks the session retiring (cfg.on_hot_restart
+ * tells the owner): no new stream opens on it (session_open_stream says
+ * SHMIPC_ERETIRED), idle streams are not reused, and the ack goes out by
+ * itself once its last stream has left it. */
+/* Server: sends HotRestart(epoch) once. 1 when sent now, 0 when it was
+ * already (or the session is dead). */
+int session_hot_restart(struct session *s, uint64_t epoch);
+/* Server: the client acked, and nothing is in flight: no stream is held
+ * beyond the table (by a handler or a ready list), none has unread input
+ * or a blocked flush, and the output is written. */
+int session_hot_quiet(struct session *s);
+/* Client: a HotRestart came (HOT_RETIRING or HOT_ACK_SENT). */
+int session_retiring(struct session *s);
+/* Client: acks when the session is retiring and its last stream left.
+ * Caller holds s->mu. */
+void session_hot_ack_locked(struct session *s);
+
 #endif

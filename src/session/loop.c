@@ -104,11 +104,31 @@ static void dispatch_cb(void *arg)
     serve_loop_dispatch(x->lp, x->c);
 }
 
+/* After a HotRestart the client acked: closed once nothing is in flight. */
+static int hot_done(struct serve_conn *c)
+{
+    return __atomic_load_n(&c->s->hot, __ATOMIC_ACQUIRE) == HOT_ACKED && session_hot_quiet(c->s);
+}
+
 void serve_loop_ready(struct serve_loop *lp, struct serve_conn *c)
 {
     struct serve_ctx x = {lp, c};
-    if (!session_serve(c->s, dispatch_cb, &x))
+    if (!session_serve(c->s, dispatch_cb, &x) || hot_done(c))
         serve_loop_close(lp, c);
+}
+
+unsigned serve_loop_hot_restart(struct serve_loop *lp, uint64_t epoch)
+{
+    unsigned left = 0;
+    for (struct serve_conn *c = lp->conns, *n; c != NULL; c = n) {
+        n = c->next;
+        session_hot_restart(c->s, epoch);
+        if (hot_done(c))
+            serve_loop_close(lp, c);
+        else
+            left++;
+    }
+    return left;
 }
 
 void serve_loop_add(struct serve_loop *lp, struct serve_conn *c)

@@ -74,6 +74,12 @@ int serve_loop_retry_blocked(struct serve_loop *lp);
 /* Stop: serves what is queued and retries what is blocked until nothing
  * is or the deadline passed, then closes every session. */
 void serve_loop_drain(struct serve_loop *lp, uint64_t deadline_ns);
+/* Hot restart (PROTOCOL.md 8): tells every session HotRestart(epoch)
+ * once (those told already are skipped, so it may run on every turn and
+ * reach sessions added since), and closes the ones whose client acked
+ * and that have nothing in flight. Returns the sessions left. A session
+ * that acks is closed by serve_loop_ready() as soon as it is quiet. */
+unsigned serve_loop_hot_restart(struct serve_loop *lp, uint64_t epoch);
 /* Sessions in the loop (any thread). */
 unsigned serve_loop_count(struct serve_loop *lp);
 

@@ -672,6 +672,8 @@ void stream_forget(shmipc_stream *st)
     int was_in = (st->flags & ST_IN_TABLE) != 0;
     stream_unlink_locked(s, st);
     drop_rx(st);
+    if (s->hot == HOT_RETIRING)
+        session_hot_ack_locked(s); /* its last stream gone: the server may close it */
     pthread_mutex_unlock(&s->mu);
     if (was_in)
         stream_put(st); /* the table's reference */
@@ -693,7 +695,7 @@ int stream_reusable(shmipc_stream *st)
 {
     struct session *s = st->sess;
     pthread_mutex_lock(&s->mu);
-    int ok = !s->dead && (st->flags & ST_IN_TABLE) &&
+    int ok = !s->dead && s->hot == HOT_NONE && (st->flags & ST_IN_TABLE) &&
              !(st->flags & (ST_LOCAL_CLOSED | ST_REMOTE_CLOSED | ST_FALLBACK)) &&
              st->rx_head == NULL && st->w.chain.nslices == 0 && st->fb_len == 0 &&
              !st->has_unsent;

@@ -89,6 +89,8 @@ int session_open_stream(struct session *s, shmipc_stream **out)
     int rc = 0;
     if (s->dead)
         rc = s->err ? s->err : SHMIPC_ECLOSED;
+    else if (s->hot != HOT_NONE && s->cfg.role == ROLE_CLIENT)
+        rc = SHMIPC_ERETIRED;
     else if (session_unhealthy(s))
         rc = SHMIPC_EUNHEALTHY;
     else if (s->cfg.max_streams && s->nstreams >= s->cfg.max_streams)

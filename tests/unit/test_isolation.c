@@ -11,11 +11,13 @@
  * crash and hog test plugins crash, hang or grow on request: no timing.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../common/daemon_fixture.h"
@@ -171,9 +173,8 @@ static long served_by(shmipc_client *c)
 }
 
 /* A process that grows past max_rss_bytes is replaced once its successor
- * is ready: new sessions go to the new one, the old one serves the
- * sessions it has until they end (drain_timeout_ms is far off here, so
- * only their end can make it exit) and then exits. */
+ * is ready: new sessions go to the new one, and the old one's sessions
+ * move over after a HotRestart before it exits. */
 static void test_max_rss_replaces(void)
 {
     struct fx f;
@@ -209,14 +210,16 @@ static void test_max_rss_replaces(void)
     CU_ASSERT(pid2 > 0 && pid2 != pid1);
     REQUIRE(open_client(&f, "hog", &new_c) == 0);
     CHECK_EQ(served_by(new_c), pid2);
-    /* The old one still serves the session it has, and exits once it ends. */
-    CHECK_EQ(served_by(old_c), pid1);
-    CHECK_EQ(call_text(old_c, "still served"), 0);
+    /* The old one tells its session HotRestart: the client moves to the
+     * successor and acks, and the old process exits (its drain deadline
+     * is ten minutes away: only the ack can end it now). */
     snprintf(line, sizeof(line), "service hog: worker process %ld exited with status 0", pid1);
-    CHECK_EQ(dfx_log_count(&f.d, line), 0);
-    shmipc_client_close(old_c);
-    old_c = NULL;
     CHECK_EQ(wait_log(&f, line, 1), 1);
+    long now = -1;
+    dl = du_deadline(POLL_MS);
+    while ((now = served_by(old_c)) != pid2 && !du_past(dl))
+        du_sleep_ms(10);
+    CHECK_EQ(now, pid2);
     CHECK_EQ(call_text(new_c, "after"), 0);
     /* Replaced once: the new process is small. */
     CHECK_EQ(dfx_log_count(&f.d, "(max_rss_bytes 67108864): replacing it"), 1);
@@ -280,53 +283,275 @@ out:
     dfx_end(&f);
 }
 
-/* A reload of a process-mode service whose plugin config changed: a new
- * process with the new generation serves, the old one exits. */
-static void test_reload_new_process(void)
+/* ---- reload under load ---- */
+
+/* A client under load: threaded (a blocking call at a time on one of
+ * `threads` threads) or event-loop (`inflight` requests at a time), in
+ * either handshake mode. Every answer is checked. */
+struct loader {
+    const struct fx *f;
+    enum shmipc_mem_mode mode;
+    int event_loop;
+    unsigned threads, inflight, index;
+    shmipc_client *c;
+    int stop;             /* atomic */
+    unsigned long ok;     /* atomic */
+    unsigned long failed; /* atomic */
+    char why[160];
+    pthread_t th[4];
+};
+
+static void load_failed(struct loader *l, const char *what, int rc)
 {
-    struct fx f;
-    shmipc_client *vc = NULL;
-    REQUIRE(dfx_begin(&f) == 0);
-    REQUIRE(start_isolated(&f, NULL) == 0);
-    REQUIRE(open_client(&f, "victim", &vc) == 0);
-    CHECK_EQ(call_text(vc, "gen 1"), 0);
-    long pid1 = victim_pid(&f);
+    if (__atomic_fetch_add(&l->failed, 1, __ATOMIC_RELAXED) == 0)
+        snprintf(l->why, sizeof(l->why), "%s: %s", what, shmipc_strerror(rc));
+}
+
+static void *load_threaded(void *arg)
+{
+    struct loader *l = arg;
+    char text[64];
+    for (unsigned long i = 0; !__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE); i++) {
+        snprintf(text, sizeof(text), "load %u/%lx %lu", l->index, (unsigned long)pthread_self(), i);
+        int rc = call_text(l->c, text);
+        if (rc == 0)
+            __atomic_add_fetch(&l->ok, 1, __ATOMIC_RELAXED);
+        else
+            load_failed(l, "call", rc);
+    }
+    return NULL;
+}
+
+/* One round: inflight requests flushed, then polled until each answered. */
+static int load_round(struct loader *l, unsigned long round)
+{
+    shmipc_stream *st[8] = {NULL}, *ready[8];
+    char want[8][48];
+    int got[8] = {0}, rc = 0;
+    unsigned n = l->inflight, left = n;
+    for (unsigned k = 0; k < n && rc == 0; k++) {
+        snprintf(want[k], sizeof(want[k]), "loop %u %lu %u", l->index, round, k);
+        if ((rc = shmipc_client_get(l->c, &st[k])) == 0 &&
+            (rc = shmipc_stream_write(st[k], want[k], strlen(want[k]))) == 0)
+            rc = shmipc_stream_flush(st[k]);
+    }
+    uint64_t dl = du_deadline(RECV_MS);
+    while (rc == 0 && left > 0) {
+        if (du_past(dl)) {
+            rc = SHMIPC_ETIMEDOUT;
+            break;
+        }
+        int k = shmipc_client_poll(l->c, ready, 8, 100);
+        if (k < 0)
+            rc = k;
+        for (int j = 0; j < k && rc == 0; j++) {
+            unsigned idx = 0;
+            while (idx < n && st[idx] != ready[j])
+                idx++;
+            shmipc_msg m;
+            if (idx == n || got[idx] || shmipc_stream_recv(ready[j], &m, 0) != 0) {
+                rc = -EPROTO;
+                break;
+            }
+            char buf[48] = "";
+            size_t len = shmipc_msg_copy(&m, 0, buf, sizeof(buf) - 1);
+            shmipc_msg_release(&m);
+            rc = len == strlen(want[idx]) && memcmp(buf, want[idx], len) == 0 ? 0 : -EBADMSG;
+            got[idx] = 1;
+            left--;
+        }
+    }
+    for (unsigned k = 0; k < n; k++) {
+        if (st[k] != NULL && rc == 0)
+            shmipc_client_put(l->c, st[k]);
+        else if (st[k] != NULL)
+            shmipc_stream_close(st[k]);
+    }
+    return rc;
+}
+
+static void *load_event_loop(void *arg)
+{
+    struct loader *l = arg;
+    for (unsigned long r = 0; !__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE); r++) {
+        int rc = load_round(l, r);
+        if (rc == 0)
+            __atomic_add_fetch(&l->ok, l->inflight, __ATOMIC_RELAXED);
+        else
+            load_failed(l, "round", rc);
+    }
+    return NULL;
+}
+
+static int loader_start(struct loader *l)
+{
+    char prefix[128];
+    snprintf(prefix, sizeof(prefix), "/dev/shm/%sl%u", dfx_shm_name(), l->index);
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    cfg.address = du_addr(&l->f->d, "victim");
+    cfg.mode = l->mode;
+    cfg.path_prefix = prefix;
+    cfg.pool_bytes = 4u << 20;
+    cfg.sessions = 2;
+    cfg.no_io_thread = l->event_loop;
+    cfg.connect_timeout_ms = 5000;
+    int rc = shmipc_client_open(&cfg, &l->c);
+    for (unsigned i = 0; rc == 0 && i < l->threads; i++)
+        rc = -pthread_create(&l->th[i], NULL, l->event_loop ? load_event_loop : load_threaded, l);
+    return rc;
+}
+
+static void loader_stop(struct loader *l)
+{
+    __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < l->threads; i++)
+        pthread_join(l->th[i], NULL);
+    if (l->c != NULL)
+        shmipc_client_close(l->c);
+    l->c = NULL;
+}
+
+/* Until every loader has answered `more` requests more than `since`. */
+static int loaders_progress(struct loader *ls, unsigned n, const unsigned long *since,
+                            unsigned long more)
+{
+    uint64_t dl = du_deadline(POLL_MS);
+    for (unsigned i = 0; i < n; i++)
+        while (__atomic_load_n(&ls[i].ok, __ATOMIC_RELAXED) < since[i] + more)
+            if (du_past(dl))
+                return -1;
+            else
+                du_sleep_ms(5);
+    return 0;
+}
+
+static int write_victim_conf(struct fx *f, const char *plugin, int version)
+{
     struct du_conf t = {.n = 0};
-    du_conf_head(&t, &f.d, NULL);
+    du_conf_head(&t, &f->d, "drain_timeout_ms = 600000;");
     du_conf_add(&t,
                 "  { name = \"victim\"; listen = \"%s\"; plugin = \"%s\"; isolation = \"process\"; "
-                "config = { changed = true; }; },\n",
-                du_addr(&f.d, "victim"), du_test_plugin_path("crash"));
-    du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
-    REQUIRE(du_conf_write(&t, &f.d, "iso.conf") == 0);
-    char out[8192];
-    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "reload", NULL), 0);
-    CU_ASSERT_PTR_NOT_NULL(strstr(out, "service victim: generation 2"));
-    CHECK_EQ(call_until_ok(vc, "gen 2"), 0);
-    long pid2 = victim_pid(&f);
-    CU_ASSERT(pid2 > 0 && pid2 != pid1);
-    CHECK_EQ(wait_log(&f, "exited with status 0 (generation 1)", 1), 1);
+                "workers = 2; config = { version = %d; }; },\n",
+                du_addr(&f->d, "victim"), plugin, version);
+    du_conf_service(&t, &f->d, 1, "echo", du_plugin_path("echo"), NULL);
+    return du_conf_write(&t, &f->d, "iso.conf");
+}
+
+/* Reloads of a process-mode service under load, from threaded and
+ * event-loop clients in both handshake modes: each reload starts a new
+ * process; the old one tells its sessions HotRestart, the clients move to
+ * the new process and ack, and the old process exits long before its
+ * drain deadline (ten minutes here: only the acks can end it so soon).
+ * Not one request fails. */
+static void test_reload_under_load(void)
+{
+    struct fx f;
+    struct loader ls[4] = {
+        {.mode = SHMIPC_MODE_MEMFD, .threads = 3},
+        {.mode = SHMIPC_MODE_FILE, .threads = 2},
+        {.mode = SHMIPC_MODE_MEMFD, .event_loop = 1, .threads = 1, .inflight = 4},
+        {.mode = SHMIPC_MODE_FILE, .event_loop = 1, .threads = 1, .inflight = 3},
+    };
+    unsigned n = 4, started = 0;
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(write_victim_conf(&f, du_test_plugin_path("crash"), 1) == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
+    for (; started < n; started++) {
+        ls[started].f = &f;
+        ls[started].index = started;
+        REQUIRE(loader_start(&ls[started]) == 0);
+    }
+    unsigned long since[4] = {0};
+    CHECK_EQ(loaders_progress(ls, n, since, 50), 0);
+    long pid = victim_pid(&f);
+    for (int gen = 2; gen <= 4; gen++) {
+        REQUIRE(write_victim_conf(&f, du_test_plugin_path("crash"), gen) == 0);
+        char out[8192], line[96];
+        CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "reload", NULL), 0);
+        snprintf(line, sizeof(line), "service victim: generation %d", gen);
+        CU_ASSERT_PTR_NOT_NULL(strstr(out, line));
+        snprintf(line, sizeof(line), "worker process %ld exited with status 0 (generation %d)",
+                 pid, gen - 1);
+        CHECK_EQ(wait_log(&f, line, 1), 1);
+        long now = victim_pid(&f);
+        CU_ASSERT(now > 0 && now != pid);
+        pid = now;
+        for (unsigned i = 0; i < n; i++)
+            since[i] = __atomic_load_n(&ls[i].ok, __ATOMIC_RELAXED);
+        CHECK_EQ(loaders_progress(ls, n, since, 50), 0);
+    }
 out:
-    if (vc != NULL)
-        shmipc_client_close(vc);
+    for (unsigned i = 0; i < started; i++) {
+        loader_stop(&ls[i]);
+        if (ls[i].failed > 0)
+            fprintf(stderr, "\n  loader %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
+                    ls[i].ok);
+        CHECK_EQ(ls[i].failed, 0);
+        CU_ASSERT(ls[i].ok > 0);
+    }
     dfx_end(&f);
 }
 
-/* A private plugin directory of a shmipcd that is gone is removed at start;
- * one of a live process that is not ours to judge stays. */
+/* State across a reload in process mode: the old process saves (the
+ * plugin's save hook), the master carries the bytes, the new process
+ * restores them before it serves. tallyhooks counts requests. */
+static void test_reload_carries_state(void)
+{
+    struct fx f;
+    shmipc_client *c = NULL;
+    char buf[32];
+    REQUIRE(dfx_begin(&f) == 0);
+    REQUIRE(write_victim_conf(&f, du_test_plugin_path("tallyhooks"), 1) == 0);
+    REQUIRE(du_start(&f.d, START_MS) == 0);
+    REQUIRE(open_client(&f, "victim", &c) == 0);
+    for (int i = 1; i <= 5; i++)
+        CHECK_EQ(call_answer(c, "x", buf, sizeof(buf)), 0);
+    CU_ASSERT_STRING_EQUAL(buf, "5");
+    long pid1 = victim_pid(&f);
+    REQUIRE(write_victim_conf(&f, du_test_plugin_path("tallyhooks"), 2) == 0);
+    char out[8192];
+    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "reload", NULL), 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(out, "state of generation 1 restored"));
+    CU_ASSERT(victim_pid(&f) != pid1);
+    CHECK_EQ(call_answer(c, "x", buf, sizeof(buf)), 0);
+    CU_ASSERT_STRING_EQUAL(buf, "6");
+out:
+    if (c != NULL)
+        shmipc_client_close(c);
+    dfx_end(&f);
+}
+
+/* A private plugin directory of a shmipcd that is gone is removed at
+ * start. Under a TMPDIR of this test's own, so that no other shmipcd on
+ * the machine looks there; the pid is that of a child already reaped. */
 static void test_stale_dirs_removed(void)
 {
     struct fx f;
-    char stale[64], file[96];
-    snprintf(stale, sizeof(stale), "/tmp/shmipcd-%d-abcdef", 999999); /* no such pid */
-    snprintf(file, sizeof(file), "%s/echo.so.gen1", stale);
+    char stale[160], file[200], line[220];
+    int tmpdir_set = 0;
     REQUIRE(dfx_begin(&f) == 0);
-    REQUIRE(mkdir(stale, 0700) == 0 || errno == EEXIST);
+    pid_t gone = fork();
+    REQUIRE(gone >= 0);
+    if (gone == 0)
+        _exit(0);
+    REQUIRE(waitpid(gone, NULL, 0) == gone);
+    snprintf(stale, sizeof(stale), "%s/shmipcd-%d-abcdef", f.d.dir, (int)gone);
+    snprintf(file, sizeof(file), "%s/echo.so.gen1", stale);
+    REQUIRE(mkdir(stale, 0700) == 0);
     REQUIRE(du_write_file(file, "x") == 0);
+    REQUIRE(setenv("TMPDIR", f.d.dir, 1) == 0);
+    tmpdir_set = 1;
     REQUIRE(start_isolated(&f, NULL) == 0);
+    unsetenv("TMPDIR");
+    tmpdir_set = 0;
     CU_ASSERT(!du_exists(stale));
-    CU_ASSERT(dfx_log_count(&f.d, "removing /tmp/shmipcd-999999-abcdef") == 1);
+    snprintf(line, sizeof(line), "removing %s: its shmipcd (pid %d) is gone", stale, (int)gone);
+    CHECK_EQ(dfx_log_count(&f.d, line), 1);
+    CHECK_EQ(dfx_log_count(&f.d, "removing"), 1);
 out:
+    if (tmpdir_set)
+        unsetenv("TMPDIR");
     unlink(file);
     rmdir(stale);
     dfx_end(&f);
@@ -362,7 +587,9 @@ static const struct test_case cases[] = {
     {"crash_limit marks the service failed until a reload", test_crash_limit},
     {"handler_kill_ms kills a process whose handler hangs", test_handler_kill},
     {"max_rss_bytes replaces a process that grew too big", test_max_rss_replaces},
-    {"a reload starts a new process with the new generation", test_reload_new_process},
+    {"reloads under load move every client to the new process, none fails",
+     test_reload_under_load},
+    {"a reload carries the plugin's state to the new process", test_reload_carries_state},
     {"stale private directories are removed at start", test_stale_dirs_removed},
     {"isolation keys are checked", test_isolation_keys_checked},
     {NULL, NULL},
