@@ -240,6 +240,10 @@ struct shmipc_server_config {
     int unhealthy_ms;          /* default 30000 */
     int spin_us;               /* low-latency mode: poll the queues this long after
                                   work before sleeping (burns CPU); default 0 = off */
+    int listen_fd;             /* a listening socket to serve instead of binding
+                                  address (inherited from the server it replaces:
+                                  see shmipc_server_hot_restart); address then only
+                                  names it. Default -1: bind address */
 };
 
 typedef struct shmipc_server shmipc_server;
@@ -252,6 +256,22 @@ SHMIPC_API int shmipc_server_open(const struct shmipc_server_config *c,
 SHMIPC_API int shmipc_server_run(shmipc_server *s);
 /* Async-signal-safe; shmipc_server_run() returns soon after. */
 SHMIPC_API void shmipc_server_stop(shmipc_server *s);
+/* Hot restart: hands every client over to a successor without failing a
+ * call. Start the successor first on the same listening socket (give it
+ * shmipc_server_listen_fd(), e.g. across fork and exec, as its
+ * cfg.listen_fd): from then on both accept. This server then stops
+ * accepting, tells every session HotRestart(epoch) (epoch non-zero, e.g.
+ * the successor's pid), and closes each one once its client acked (the
+ * client has opened a session to the successor and finished its streams
+ * here) and nothing is in flight. shmipc_server_run() returns 0 when
+ * every session is closed, or after drain_ms (sessions whose client never
+ * acked are closed then, what is queued answered first). The socket file
+ * stays: the successor owns it. Once; async-signal-safe (as nginx's
+ * SIGUSR2). 0, -EINVAL (epoch 0), or -EALREADY. */
+SHMIPC_API int shmipc_server_hot_restart(shmipc_server *s, uint64_t epoch, int drain_ms);
+/* The listening socket (close-on-exec: clear the flag, or dup2 it, to pass
+ * it across exec), or -EBADF once a hot restart let it go. */
+SHMIPC_API int shmipc_server_listen_fd(shmipc_server *s);
 SHMIPC_API void shmipc_server_stats(shmipc_server *s, struct shmipc_stats *st);
 SHMIPC_API void shmipc_server_close(shmipc_server *s);
 

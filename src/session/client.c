@@ -55,6 +55,7 @@ struct shmipc_client {
     char buffer_path[256];
     struct pool_ref *pool;
     unsigned pool_gen; /* pools made again after a server removed the file */
+    uint64_t pool_epoch; /* file mode: the hot restart the current pool was made for */
     struct client_slot *slots;
     unsigned nslots;
     unsigned rr; /* atomic */
@@ -246,32 +247,59 @@ static int create_pool(struct shmipc_client *c)
     return pool_ref_new(&r, 1, classes, c->cfg.nclasses, NULL, &c->pool);
 }
 
-/* File mode: a server removes a pool file once the last session using it
- * has closed (Go's servers do, and ours), so a reconnect after that needs
- * a new pool in a new file. The old pool lives on for the messages that
- * still use it. pool_mu held. */
-static int file_pool_current(struct shmipc_client *c)
+/* File mode: the pool new sessions use moves to a new file, `path`; the
+ * old pool lives on for the sessions and messages that still use it.
+ * pool_mu held. */
+static int new_file_pool(struct shmipc_client *c, const char *path, const char *why)
 {
-    struct stat st;
-    const struct region *r = &c->pool->region;
-    if (lstat(c->buffer_path, &st) == 0 && st.st_dev == r->dev && st.st_ino == r->ino)
-        return 0;
     char old_path[sizeof(c->buffer_path)];
     memcpy(old_path, c->buffer_path, sizeof(old_path));
-    int n = snprintf(c->buffer_path, sizeof(c->buffer_path), "%s_buffer_r%u", c->prefix,
-                     c->pool_gen + 1);
     struct pool_ref *old = c->pool;
-    int rc = n < 0 || (size_t)n >= sizeof(c->buffer_path) ? -ENAMETOOLONG : create_pool(c);
+    int rc = strlen(path) >= sizeof(c->buffer_path) ? -ENAMETOOLONG : 0;
+    if (rc == 0) {
+        snprintf(c->buffer_path, sizeof(c->buffer_path), "%s", path);
+        rc = create_pool(c);
+    }
     if (rc < 0) {
         memcpy(c->buffer_path, old_path, sizeof(old_path));
         c->pool = old;
         return rc;
     }
     c->pool_gen++;
-    log_info("pool file %s is gone (the server removed it): new pool %s", old_path,
-             c->buffer_path);
+    log_info("pool file %s: %s: new pool %s", old_path, why, c->buffer_path);
     pool_ref_put(old);
     return 0;
+}
+
+/* File mode: a server removes a pool file once the last session using it
+ * has closed (Go's servers do, and ours), so a reconnect after that needs
+ * a new pool in a new file. pool_mu held. */
+static int file_pool_current(struct shmipc_client *c)
+{
+    struct stat st;
+    const struct region *r = &c->pool->region;
+    if (lstat(c->buffer_path, &st) == 0 && st.st_dev == r->dev && st.st_ino == r->ino)
+        return 0;
+    char path[300];
+    snprintf(path, sizeof(path), "%s_buffer_r%u", c->prefix, c->pool_gen + 1);
+    return new_file_pool(c, path, "gone (the server removed it)");
+}
+
+/* File mode, a hot restart: the old server removes the pool file once its
+ * sessions are gone, while the new one may still map it; so the sessions
+ * to the new server get a pool of their own, named as Go's clients name
+ * theirs (_epoch_<epoch>_<n>). Once per epoch. */
+static void file_pool_for_epoch(struct shmipc_client *c, uint64_t epoch)
+{
+    pthread_mutex_lock(&c->pool_mu);
+    if (c->pool_epoch != epoch) {
+        char path[300];
+        snprintf(path, sizeof(path), "%s_epoch_%llu_%u_buffer", c->prefix,
+                 (unsigned long long)epoch, c->pool_gen + 1);
+        if (new_file_pool(c, path, "the server restarts") == 0)
+            c->pool_epoch = epoch;
+    }
+    pthread_mutex_unlock(&c->pool_mu);
 }
 
 /* The pool a new session uses, with a reference for it; its path in bpath. */
@@ -460,6 +488,8 @@ static int ensure_slot(struct shmipc_client *c, struct client_slot *sl, int init
     int retiring = sl->sess != NULL && session_retiring(sl->sess);
     if (sl->sess != NULL && session_alive(sl->sess) && !retiring)
         return 0;
+    if (retiring && c->cfg.mode == SHMIPC_MODE_FILE)
+        file_pool_for_epoch(c, sl->sess->hot_epoch);
     if (retiring)
         retire_slot(c, sl); /* its replacement is due now, whatever the backoff */
     else if (!initial && sock_now_ns() < sl->next_try_ns)

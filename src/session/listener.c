@@ -3,6 +3,9 @@
  */
 #include "session/listener.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -36,6 +39,32 @@ int serve_listen(struct serve_listener *l, const char *address, int mode, int ba
     if ((rc = sock_listen(&l->addr, mode, backlog)) < 0)
         return rc;
     l->fd = rc;
+    l->ino = serve_sock_inode(&l->addr);
+    return 0;
+}
+
+int serve_listen_fd(struct serve_listener *l, const char *address, int fd)
+{
+    l->tag.kind = SERVE_LISTENER;
+    l->fd = -1;
+    l->ino = 0;
+    int rc = sock_addr_parse(address, &l->addr);
+    if (rc < 0)
+        return rc;
+    int listening = 0, type = 0;
+    socklen_t n = sizeof(listening), tn = sizeof(type);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tn) < 0 ||
+        getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+        return -errno;
+    if (!listening || type != SOCK_STREAM || ss.ss_family != l->addr.family)
+        return -ENOTSOCK;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        return -errno;
+    l->fd = fd;
     l->ino = serve_sock_inode(&l->addr);
     return 0;
 }

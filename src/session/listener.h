@@ -26,6 +26,10 @@ int serve_listen(struct serve_listener *l, const char *address, int mode, int ba
 ino_t serve_sock_inode(const struct sock_addr *a);
 /* Removes a unix socket file if it is still the one with inode ino. */
 void serve_unlink_own(const struct sock_addr *a, ino_t ino);
+/* Takes over fd, a listening socket of address's family (inherited from
+ * a server this one replaces): the socket file at address (unix) is ours
+ * to remove from now on. 0, or a negative code (fd not taken). */
+int serve_listen_fd(struct serve_listener *l, const char *address, int fd);
 /* Closes the fd and removes our socket file. Idempotent. */
 void serve_listener_close(struct serve_listener *l);
 

@@ -42,7 +42,14 @@ struct shmipc_server {
     struct shmipc_stats gone; /* counters of sessions already closed */
     pthread_mutex_t stats_mu;
     int stop;
+    int stop_asked;    /* atomic: shmipc_server_stop() rang */
+    int hot;           /* atomic: HOT_ASKED, then HOT_RUNNING on the server's thread */
+    uint64_t hot_epoch;
+    int hot_drain_ms;
+    uint64_t hot_deadline_ns;
 };
+
+enum { HOT_IDLE = 0, HOT_ASKED, HOT_RUNNING };
 
 void shmipc_server_config_init(struct shmipc_server_config *c)
 {
@@ -56,6 +63,7 @@ void shmipc_server_config_init(struct shmipc_server_config *c)
     c->max_pool_bytes = d.max_pool_bytes;
     c->max_sessions = 1024;
     c->unhealthy_ms = d.unhealthy_ms;
+    c->listen_fd = -1;
 }
 
 /* ---- the core's callbacks ---- */
@@ -179,7 +187,8 @@ int shmipc_server_open(const struct shmipc_server_config *c, const struct shmipc
     srv->ep_stop.kind = EP_STOP;
     pool_registry_init(&srv->reg);
     pthread_mutex_init(&srv->stats_mu, NULL);
-    int rc = serve_listen(&srv->l, c->address, c->socket_mode, 512);
+    int rc = c->listen_fd >= 0 ? serve_listen_fd(&srv->l, c->address, c->listen_fd)
+                               : serve_listen(&srv->l, c->address, c->socket_mode, 512);
     if (rc == 0) {
         srv->epfd = epoll_create1(EPOLL_CLOEXEC);
         srv->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -207,14 +216,52 @@ int shmipc_server_open(const struct shmipc_server_config *c, const struct shmipc
     return 0;
 }
 
+/* The hot restart starts (on the server's thread): no more accepting;
+ * the socket file is the successor's now. */
+static void hot_begin(struct shmipc_server *srv)
+{
+    srv->hot_deadline_ns = sock_deadline(srv->hot_drain_ms);
+    if (srv->l.fd >= 0)
+        epoll_ctl(srv->epfd, EPOLL_CTL_DEL, srv->l.fd, NULL);
+    srv->l.ino = 0;
+    serve_listener_close(&srv->l);
+    __atomic_store_n(&srv->hot, HOT_RUNNING, __ATOMIC_RELEASE);
+    log_info("hot restart (epoch %llu): %u sessions to hand over, for %d ms at most",
+             (unsigned long long)srv->hot_epoch, serve_loop_count(&srv->loop), srv->hot_drain_ms);
+}
+
+/* A turn of the hot restart: 1 when it is over (every session closed, or
+ * the drain deadline passed and what was left is closed). */
+static int hot_turn(struct shmipc_server *srv)
+{
+    unsigned left = serve_loop_hot_restart(&srv->loop, srv->hot_epoch);
+    if (left == 0 && srv->acc.nhs == 0) {
+        log_info("hot restart (epoch %llu): every session handed over",
+                 (unsigned long long)srv->hot_epoch);
+        return 1;
+    }
+    if (sock_now_ns() < srv->hot_deadline_ns)
+        return 0;
+    log_warn("hot restart (epoch %llu): %u sessions did not ack within %d ms: closed", 
+             (unsigned long long)srv->hot_epoch, left, srv->hot_drain_ms);
+    serve_accept_drop(&srv->acc, NULL);
+    serve_loop_drain(&srv->loop, sock_deadline(100));
+    return 1;
+}
+
 int shmipc_server_run(shmipc_server *srv)
 {
     struct epoll_event evs[64];
     int blocked = 0;
     while (!srv->stop) {
+        int hot = __atomic_load_n(&srv->hot, __ATOMIC_ACQUIRE) == HOT_RUNNING;
+        if (hot && hot_turn(srv))
+            break;
         int timeout = serve_accept_expire(&srv->acc);
         if (blocked && timeout > 1)
             timeout = 1; /* a client's queue was full: retry soon */
+        if (hot && (timeout < 0 || timeout > 10))
+            timeout = 10; /* a session that acked closes once quiet */
         int n = epoll_wait(srv->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             return -errno;
@@ -224,8 +271,12 @@ int shmipc_server_run(shmipc_server *srv)
                 serve_accept_listener(&srv->acc, &srv->l, &srv->set);
             } else if (t->kind == EP_STOP) {
                 uint64_t v;
-                if (read(srv->stopfd, &v, sizeof(v)) > 0)
+                if (read(srv->stopfd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                    log_warn("server: reading its event fd: %s", strerror(errno));
+                if (__atomic_load_n(&srv->stop_asked, __ATOMIC_ACQUIRE))
                     srv->stop = 1;
+                if (__atomic_load_n(&srv->hot, __ATOMIC_ACQUIRE) == HOT_ASKED)
+                    hot_begin(srv);
             } else if (t->kind == SERVE_HANDSHAKE) {
                 serve_accept_step(&srv->acc, (struct serve_hs *)t);
             } else {
@@ -239,8 +290,34 @@ int shmipc_server_run(shmipc_server *srv)
     return 0;
 }
 
+int shmipc_server_hot_restart(shmipc_server *srv, uint64_t epoch, int drain_ms)
+{
+    if (epoch == 0)
+        return -EINVAL;
+    int idle = HOT_IDLE;
+    /* The epoch and drain are written before the state that publishes them. */
+    if (__atomic_load_n(&srv->hot, __ATOMIC_ACQUIRE) != HOT_IDLE)
+        return -EALREADY;
+    srv->hot_epoch = epoch;
+    srv->hot_drain_ms = drain_ms > 0 ? drain_ms : 0;
+    if (!__atomic_compare_exchange_n(&srv->hot, &idle, HOT_ASKED, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return -EALREADY;
+    uint64_t one = 1;
+    ssize_t w = write(srv->stopfd, &one, sizeof(one));
+    (void)w; /* a full eventfd is rung already */
+    return 0;
+}
+
+int shmipc_server_listen_fd(shmipc_server *srv)
+{
+    return __atomic_load_n(&srv->hot, __ATOMIC_ACQUIRE) == HOT_RUNNING || srv->l.fd < 0 ? -EBADF
+                                                                                      : srv->l.fd;
+}
+
 void shmipc_server_stop(shmipc_server *srv)
 {
+    __atomic_store_n(&srv->stop_asked, 1, __ATOMIC_RELEASE);
     uint64_t one = 1;
     ssize_t w = write(srv->stopfd, &one, sizeof(one));
     (void)w; /* a full eventfd already means "stop" */

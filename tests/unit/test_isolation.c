@@ -11,7 +11,6 @@
  * crash and hog test plugins crash, hang or grow on request: no timing.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "../common/daemon_fixture.h"
+#include "../common/load_fixture.h"
 
 static int start_isolated(struct fx *f, const char *keys)
 {
@@ -285,147 +285,6 @@ out:
 
 /* ---- reload under load ---- */
 
-/* A client under load: threaded (a blocking call at a time on one of
- * `threads` threads) or event-loop (`inflight` requests at a time), in
- * either handshake mode. Every answer is checked. */
-struct loader {
-    const struct fx *f;
-    enum shmipc_mem_mode mode;
-    int event_loop;
-    unsigned threads, inflight, index;
-    shmipc_client *c;
-    int stop;             /* atomic */
-    unsigned long ok;     /* atomic */
-    unsigned long failed; /* atomic */
-    char why[160];
-    pthread_t th[4];
-};
-
-static void load_failed(struct loader *l, const char *what, int rc)
-{
-    if (__atomic_fetch_add(&l->failed, 1, __ATOMIC_RELAXED) == 0)
-        snprintf(l->why, sizeof(l->why), "%s: %s", what, shmipc_strerror(rc));
-}
-
-static void *load_threaded(void *arg)
-{
-    struct loader *l = arg;
-    char text[64];
-    for (unsigned long i = 0; !__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE); i++) {
-        snprintf(text, sizeof(text), "load %u/%lx %lu", l->index, (unsigned long)pthread_self(), i);
-        int rc = call_text(l->c, text);
-        if (rc == 0)
-            __atomic_add_fetch(&l->ok, 1, __ATOMIC_RELAXED);
-        else
-            load_failed(l, "call", rc);
-    }
-    return NULL;
-}
-
-/* One round: inflight requests flushed, then polled until each answered. */
-static int load_round(struct loader *l, unsigned long round)
-{
-    shmipc_stream *st[8] = {NULL}, *ready[8];
-    char want[8][48];
-    int got[8] = {0}, rc = 0;
-    unsigned n = l->inflight, left = n;
-    for (unsigned k = 0; k < n && rc == 0; k++) {
-        snprintf(want[k], sizeof(want[k]), "loop %u %lu %u", l->index, round, k);
-        if ((rc = shmipc_client_get(l->c, &st[k])) == 0 &&
-            (rc = shmipc_stream_write(st[k], want[k], strlen(want[k]))) == 0)
-            rc = shmipc_stream_flush(st[k]);
-    }
-    uint64_t dl = du_deadline(RECV_MS);
-    while (rc == 0 && left > 0) {
-        if (du_past(dl)) {
-            rc = SHMIPC_ETIMEDOUT;
-            break;
-        }
-        int k = shmipc_client_poll(l->c, ready, 8, 100);
-        if (k < 0)
-            rc = k;
-        for (int j = 0; j < k && rc == 0; j++) {
-            unsigned idx = 0;
-            while (idx < n && st[idx] != ready[j])
-                idx++;
-            shmipc_msg m;
-            if (idx == n || got[idx] || shmipc_stream_recv(ready[j], &m, 0) != 0) {
-                rc = -EPROTO;
-                break;
-            }
-            char buf[48] = "";
-            size_t len = shmipc_msg_copy(&m, 0, buf, sizeof(buf) - 1);
-            shmipc_msg_release(&m);
-            rc = len == strlen(want[idx]) && memcmp(buf, want[idx], len) == 0 ? 0 : -EBADMSG;
-            got[idx] = 1;
-            left--;
-        }
-    }
-    for (unsigned k = 0; k < n; k++) {
-        if (st[k] != NULL && rc == 0)
-            shmipc_client_put(l->c, st[k]);
-        else if (st[k] != NULL)
-            shmipc_stream_close(st[k]);
-    }
-    return rc;
-}
-
-static void *load_event_loop(void *arg)
-{
-    struct loader *l = arg;
-    for (unsigned long r = 0; !__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE); r++) {
-        int rc = load_round(l, r);
-        if (rc == 0)
-            __atomic_add_fetch(&l->ok, l->inflight, __ATOMIC_RELAXED);
-        else
-            load_failed(l, "round", rc);
-    }
-    return NULL;
-}
-
-static int loader_start(struct loader *l)
-{
-    char prefix[128];
-    snprintf(prefix, sizeof(prefix), "/dev/shm/%sl%u", dfx_shm_name(), l->index);
-    struct shmipc_client_config cfg;
-    shmipc_client_config_init(&cfg);
-    cfg.address = du_addr(&l->f->d, "victim");
-    cfg.mode = l->mode;
-    cfg.path_prefix = prefix;
-    cfg.pool_bytes = 4u << 20;
-    cfg.sessions = 2;
-    cfg.no_io_thread = l->event_loop;
-    cfg.connect_timeout_ms = 5000;
-    int rc = shmipc_client_open(&cfg, &l->c);
-    for (unsigned i = 0; rc == 0 && i < l->threads; i++)
-        rc = -pthread_create(&l->th[i], NULL, l->event_loop ? load_event_loop : load_threaded, l);
-    return rc;
-}
-
-static void loader_stop(struct loader *l)
-{
-    __atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
-    for (unsigned i = 0; i < l->threads; i++)
-        pthread_join(l->th[i], NULL);
-    if (l->c != NULL)
-        shmipc_client_close(l->c);
-    l->c = NULL;
-}
-
-/* Until every loader has answered `more` requests more than `since`. */
-static int loaders_progress(struct loader *ls, unsigned n, const unsigned long *since,
-                            unsigned long more)
-{
-    uint64_t dl = du_deadline(POLL_MS);
-    for (unsigned i = 0; i < n; i++)
-        while (__atomic_load_n(&ls[i].ok, __ATOMIC_RELAXED) < since[i] + more)
-            if (du_past(dl))
-                return -1;
-            else
-                du_sleep_ms(5);
-    return 0;
-}
-
 static int write_victim_conf(struct fx *f, const char *plugin, int version)
 {
     struct du_conf t = {.n = 0};
@@ -447,7 +306,8 @@ static int write_victim_conf(struct fx *f, const char *plugin, int version)
 static void test_reload_under_load(void)
 {
     struct fx f;
-    struct loader ls[4] = {
+    char prefix[4][128];
+    struct load ls[4] = {
         {.mode = SHMIPC_MODE_MEMFD, .threads = 3},
         {.mode = SHMIPC_MODE_FILE, .threads = 2},
         {.mode = SHMIPC_MODE_MEMFD, .event_loop = 1, .threads = 1, .inflight = 4},
@@ -458,12 +318,16 @@ static void test_reload_under_load(void)
     REQUIRE(write_victim_conf(&f, du_test_plugin_path("crash"), 1) == 0);
     REQUIRE(du_start(&f.d, START_MS) == 0);
     for (; started < n; started++) {
-        ls[started].f = &f;
+        snprintf(prefix[started], sizeof(prefix[started]), "/dev/shm/%sl%u", dfx_shm_name(),
+                 started);
+        ls[started].address = du_addr(&f.d, "victim");
+        ls[started].path_prefix = prefix[started];
         ls[started].index = started;
-        REQUIRE(loader_start(&ls[started]) == 0);
+        ls[started].timeout_ms = RECV_MS;
+        REQUIRE(load_start(&ls[started]) == 0);
     }
     unsigned long since[4] = {0};
-    CHECK_EQ(loaders_progress(ls, n, since, 50), 0);
+    CHECK_EQ(load_progress(ls, n, since, 50, POLL_MS), 0);
     long pid = victim_pid(&f);
     for (int gen = 2; gen <= 4; gen++) {
         REQUIRE(write_victim_conf(&f, du_test_plugin_path("crash"), gen) == 0);
@@ -477,15 +341,14 @@ static void test_reload_under_load(void)
         long now = victim_pid(&f);
         CU_ASSERT(now > 0 && now != pid);
         pid = now;
-        for (unsigned i = 0; i < n; i++)
-            since[i] = __atomic_load_n(&ls[i].ok, __ATOMIC_RELAXED);
-        CHECK_EQ(loaders_progress(ls, n, since, 50), 0);
+        load_counts(ls, n, since);
+        CHECK_EQ(load_progress(ls, n, since, 50, POLL_MS), 0);
     }
 out:
     for (unsigned i = 0; i < started; i++) {
-        loader_stop(&ls[i]);
+        load_stop(&ls[i]);
         if (ls[i].failed > 0)
-            fprintf(stderr, "\n  loader %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
+            fprintf(stderr, "\n  load %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
                     ls[i].ok);
         CHECK_EQ(ls[i].failed, 0);
         CU_ASSERT(ls[i].ok > 0);
