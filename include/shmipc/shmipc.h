@@ -243,7 +243,9 @@ struct shmipc_server_config {
     int listen_fd;             /* a listening socket to serve instead of binding
                                   address (inherited from the server it replaces:
                                   see shmipc_server_hot_restart); address then only
-                                  names it. Default -1: bind address */
+                                  names it, and the socket file is left in place at
+                                  close (the next bind replaces it). Default -1:
+                                  bind address */
 };
 
 typedef struct shmipc_server shmipc_server;

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -26,8 +27,20 @@ static unsigned count_retiring(const struct daemon *d)
 
 static void status(struct daemon *d, struct strbuf *b)
 {
-    strbuf_add(b, "shmipcd pid %d, up %lu s, %u workers\n", (int)getpid(),
-               (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->pool.n);
+    strbuf_add(b, "shmipcd pid %d, up %lu s, %u workers, epoch %llu", (int)getpid(),
+               (unsigned long)((sock_now_ns() - d->started_ns) / 1000000000u), d->pool.n,
+               (unsigned long long)d->up.epoch);
+    if (d->up.since_s != 0) {
+        char when[32];
+        time_t t = (time_t)d->up.since_s;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+        strbuf_add(b, " (upgraded at %s)", when);
+    }
+    if (d->up.handing_over)
+        strbuf_add(b, ", handing over to pid %d", (int)d->up.successor);
+    strbuf_add(b, "\n");
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);

@@ -28,6 +28,7 @@
 #include "server/config.h"
 #include "server/loader.h"
 #include "server/uids.h"
+#include "server/upgrade.h"
 #include "server/watch.h"
 #include "session/accept.h"
 #include "session/listener.h"
@@ -35,7 +36,15 @@
 #include "session/session.h"
 
 /* The daemon's own epoll entries, after the server core's (serve_tag.h). */
-enum ep_kind { EPK_SIGNAL = SERVE_OWNER, EPK_ADMIN, EPK_WAKE, EPK_WATCH, EPK_PROC, EPK_METRICS };
+enum ep_kind {
+    EPK_SIGNAL = SERVE_OWNER,
+    EPK_ADMIN,
+    EPK_WAKE,
+    EPK_WATCH,
+    EPK_PROC,
+    EPK_METRICS,
+    EPK_UPGRADE,
+};
 
 struct proc_shared;
 struct wproc;
@@ -279,6 +288,8 @@ struct daemon {
     char pid_path[4096];
     ino_t pid_ino;
     char exe[4096];            /* this binary, for worker processes */
+    char exe_path[4096];       /* the file it was started from: an upgrade's default */
+    struct upgrade up;         /* upgrade.h */
 };
 
 #endif

@@ -107,6 +107,7 @@ int main(int argc, char **argv)
     int rc = daemon_start(&d, conf, err, sizeof(err));
     if (rc < 0) {
         log_error("shmipcd: %s", err[0] ? err : shmipc_strerror(rc));
+        upgrade_failed(&d, err[0] ? err : shmipc_strerror(rc)); /* when one started us */
         daemon_stop_and_free(&d);
         return 1;
     }

@@ -20,6 +20,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/log.h"
@@ -31,6 +32,7 @@
 #include "server/reload.h"
 #include "server/service.h"
 #include "server/slowlog.h"
+#include "server/upgrade.h"
 #include "server/worker.h"
 #include "session/accept.h"
 #include "shmipc/errors.h"
@@ -68,7 +70,12 @@ static int open_admin(struct daemon *d, char *err, size_t errlen)
     int rc = sock_addr_parse(d->conf->admin, &a);
     if (rc == 0 && a.family != AF_UNIX)
         rc = -EINVAL; /* never on a network */
-    if (rc == 0 && (rc = serve_listen(&d->admin, d->conf->admin, d->conf->admin_mode, 16)) == 0) {
+    int inherited = rc == 0 ? upgrade_take_listener(d, d->conf->admin) : -1;
+    if (rc == 0 && inherited >= 0 && (rc = serve_listen_fd(&d->admin, d->conf->admin, inherited)) < 0)
+        close(inherited);
+    else if (rc == 0 && inherited < 0)
+        rc = serve_listen(&d->admin, d->conf->admin, d->conf->admin_mode, 16);
+    if (rc == 0) {
         d->admin.tag.kind = EPK_ADMIN;
         rc = ep_add(d, d->admin.fd, EPOLLIN, &d->admin.tag);
     }
@@ -144,12 +151,29 @@ static void unlock_pid_file(struct daemon *d)
     d->pid_fd = -1;
 }
 
+/* An upgrade's successor: the old daemon closes the pid file as it says
+ * GO; a moment later the lock is free. */
+static int lock_pid_file_patient(struct daemon *d, char *err, size_t errlen)
+{
+    uint64_t dl = sock_deadline(5000);
+    int rc;
+    while ((rc = lock_pid_file(d, err, errlen)) == -EADDRINUSE && sock_now_ns() < dl) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return rc;
+}
+
 /* metrics_listen: GET /metrics for a Prometheus server. */
 static int open_metrics(struct daemon *d, char *err, size_t errlen)
 {
     if (d->conf->metrics_listen == NULL)
         return 0;
-    int rc = serve_listen(&d->metrics, d->conf->metrics_listen, 0600, 16);
+    int inherited = upgrade_take_listener(d, d->conf->metrics_listen), rc;
+    if (inherited >= 0 && (rc = serve_listen_fd(&d->metrics, d->conf->metrics_listen, inherited)) < 0)
+        close(inherited);
+    else if (inherited < 0)
+        rc = serve_listen(&d->metrics, d->conf->metrics_listen, 0600, 16);
     if (rc == 0) {
         d->metrics.tag.kind = EPK_METRICS;
         rc = ep_add(d, d->metrics.fd, EPOLLIN, &d->metrics.tag);
@@ -176,6 +200,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
 {
     memset(d, 0, sizeof(*d));
     d->epfd = d->sigfd = d->admin.fd = d->pid_fd = d->metrics.fd = -1;
+    upgrade_init(d); /* first: a start that fails says so to the old daemon */
     watch_init(&d->watch);
     uid_counts_init(&d->uids);
     d->started_ns = sock_now_ns();
@@ -199,9 +224,12 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->pool.n = d->conf->workers;
     d->spin_us = d->conf->spin_us;
     d->idle_timeout_ms = d->conf->idle_timeout_ms;
-    if ((rc = lock_pid_file(d, err, errlen)) < 0)
+    /* A successor locks it once the old daemon lets go (upgrade.h). */
+    if (!upgrade_starting(d) && (rc = lock_pid_file(d, err, errlen)) < 0)
         return rc;
     snprintf(d->exe, sizeof(d->exe), "/proc/self/exe"); /* even if replaced on disk */
+    ssize_t en = readlink("/proc/self/exe", d->exe_path, sizeof(d->exe_path) - 1);
+    d->exe_path[en > 0 ? en : 0] = '\0';
     proc_remove_stale_dirs();
     snprintf(d->tmpdir, sizeof(d->tmpdir), "%s/shmipcd-%d-XXXXXX", proc_tmp_base(),
              (int)getpid());
@@ -216,6 +244,7 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGCHLD); /* worker processes */
+    sigaddset(&set, SIGUSR2); /* upgrade */
     /* Blocked before any thread starts, so every thread inherits it. */
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
@@ -261,6 +290,11 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     if ((rc = watch_refresh(d)) < 0) {
         snprintf(err, errlen, "inotify: %s", shmipc_strerror(rc));
         return rc;
+    }
+    if (upgrade_starting(d)) {
+        upgrade_started(d); /* READY to the old daemon; GO back */
+        if ((rc = lock_pid_file_patient(d, err, errlen)) < 0)
+            return rc;
     }
     log_info("shmipcd %d: %u services, %u workers", (int)getpid(), d->nsvcs, d->pool.n);
     sd_notify_text("READY=1\nMAINPID=%d\nSTATUS=%u services, %u workers", (int)getpid(), d->nsvcs,
@@ -310,8 +344,7 @@ static int admit(struct daemon *d, struct service *svc, int fd, long long *uid, 
     return 0;
 }
 
-/* Sessions of every pool, with those handed over and not yet adopted. */
-static unsigned total_sessions(struct daemon *d)
+unsigned daemon_sessions(struct daemon *d)
 {
     unsigned n = pool_sessions(&d->pool);
     for (unsigned i = 0; i < d->nsvcs; i++)
@@ -328,7 +361,7 @@ static int on_admit(void *owner, struct serve_listener *l, int fd, long long *ui
     struct service *svc = l->ctx;
     int rc;
     const char *no;
-    if (total_sessions(d) + d->acc.nhs >= d->conf->max_sessions) {
+    if (daemon_sessions(d) + d->acc.nhs >= d->conf->max_sessions) {
         snprintf(why, whylen, "%u sessions is the limit", d->conf->max_sessions);
         rc = -EMFILE;
     } else if (svc->isolation == ISOLATION_PROCESS && (no = proc_refusal(svc)) != NULL) {
@@ -417,6 +450,10 @@ static void on_signal(struct daemon *d)
             proc_on_sigchld(d);
             continue;
         }
+        if (si.ssi_signo == SIGUSR2) {
+            upgrade_begin(d, NULL, -1);
+            continue;
+        }
         log_info("signal %u: stopping", si.ssi_signo);
         d->stopping = 1;
     }
@@ -446,6 +483,10 @@ static void on_admin(struct daemon *d)
         char *nl = strchr(line, '\n');
         if (nl != NULL)
             *nl = '\0';
+        if (strcmp(line, "upgrade") == 0 || strncmp(line, "upgrade --binary ", 17) == 0) {
+            upgrade_begin(d, line[7] != '\0' ? line + 17 : NULL, fd); /* answers later */
+            continue;
+        }
         int stop = 0;
         char *reply = admin_command(d, line, &stop);
         if (reply != NULL) {
@@ -471,6 +512,11 @@ int daemon_run(struct daemon *d)
         int proc_due = proc_tick(d);
         if (proc_due >= 0 && proc_due < timeout)
             timeout = proc_due;
+        int up_due = upgrade_tick(d);
+        if (up_due >= 0 && up_due < timeout)
+            timeout = up_due;
+        if (d->stopping)
+            break;
         int slow_due = slowlog_check(d);
         if (slow_due >= 0 && slow_due < timeout)
             timeout = slow_due;
@@ -514,6 +560,9 @@ int daemon_run(struct daemon *d)
             case EPK_WATCH:
                 watch_on_event(d);
                 break;
+            case EPK_UPGRADE:
+                upgrade_on_event(d);
+                break;
             default:
                 break;
             }
@@ -545,7 +594,8 @@ static void abandon(struct daemon *d)
 
 int daemon_stop_and_free(struct daemon *d)
 {
-    sd_notify_text("STOPPING=1");
+    if (!d->up.handing_over) /* else systemd follows the successor */
+        sd_notify_text("STOPPING=1");
     /* Stop accepting first, then let the workers drain. */
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];

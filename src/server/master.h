@@ -11,6 +11,9 @@
 /* Loads the configuration, opens every listener and the admin socket,
  * starts the workers. 0, or a code with err filled. */
 int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errlen);
+/* Sessions of every pool and worker process, with those handed over and
+ * not yet adopted. */
+unsigned daemon_sessions(struct daemon *d);
 /* Serves until a stop (signal or admin). */
 int daemon_run(struct daemon *d);
 /* Stops accepting, drains the workers until drain_timeout_ms, frees

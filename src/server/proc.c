@@ -288,17 +288,16 @@ static int wait_ready(struct daemon *d, struct wproc *w, char *err, size_t errle
     return -ETIMEDOUT;
 }
 
-/* to: the replacement that takes its sessions over: each is told
- * HotRestart (the replacement's pid as the epoch), and the clients move
- * to the replacement before the old one closes them. NULL (a stop): they
- * close once what is queued is answered. */
-static void drain_proc(struct wproc *w, unsigned drain_ms, const struct wproc *to)
+/* epoch non-zero: a replacement takes its sessions over (another
+ * process, or a new daemon): each is told HotRestart(epoch), and the
+ * clients move before the old one closes them. 0 (a stop): they close
+ * once what is queued is answered. */
+static void drain_proc(struct wproc *w, unsigned drain_ms, uint64_t epoch)
 {
     if (w->fd < 0 || w->draining)
         return;
     w->draining = 1;
-    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms, .code = to != NULL};
-    m.id = to != NULL ? (uint64_t)to->pid : 0;
+    struct proc_msg m = {.type = PM_DRAIN, .drain_ms = drain_ms, .code = epoch != 0, .id = epoch};
     if (proc_send_msg(w->fd, &m, NULL, 0) < 0)
         kill(w->pid, SIGKILL);
 }
@@ -432,8 +431,14 @@ int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen,
     svc->ncrash = 0;
     svc->respawn_at_ns = 0;
     if (old != NULL)
-        drain_proc(old, (unsigned)d->conf->drain_timeout_ms, w);
+        drain_proc(old, (unsigned)d->conf->drain_timeout_ms, (uint64_t)w->pid);
     return 0;
+}
+
+void proc_hot_restart(struct daemon *d, uint64_t epoch, unsigned drain_ms)
+{
+    for (struct wproc *w = d->procs; w != NULL; w = w->next)
+        drain_proc(w, drain_ms, epoch);
 }
 
 const char *proc_refusal(struct service *svc)
@@ -571,7 +576,7 @@ void proc_on_event(struct daemon *d, struct wproc *w)
                 svc->proc = w;
                 svc->next_proc = NULL;
                 if (old != NULL)
-                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms, w);
+                    drain_proc(old, (unsigned)d->conf->drain_timeout_ms, (uint64_t)w->pid);
             } else if (svc->proc == NULL && !svc->removed) {
                 svc->proc = w;
             }
@@ -629,6 +634,8 @@ void proc_on_sigchld(struct daemon *d)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (upgrade_child_exited(d, pid, status))
+            continue; /* an upgrade's new daemon */
         struct wproc *w = find_pid(d, pid);
         if (w == NULL)
             continue;
@@ -655,7 +662,7 @@ void proc_on_sigchld(struct daemon *d)
         remove_dirs_of(pid); /* its private plugin copy, if it could not */
         if (svc->proc == w) {
             svc->proc = NULL;
-            if (!svc->removed && !d->stopping) {
+            if (!svc->removed && !d->stopping && !d->up.handing_over) {
                 svc->restarts++;
                 crashed(d, svc, w->ready_ns ? sock_now_ns() - w->ready_ns : 0);
             }
@@ -780,7 +787,7 @@ void proc_service_stop(struct daemon *d, struct service *svc, uint64_t deadline_
     unsigned ms = deadline_ns > now ? (unsigned)((deadline_ns - now) / 1000000u) : 0;
     for (struct wproc *w = d->procs; w != NULL; w = w->next)
         if (w->svc == svc)
-            drain_proc(w, ms, NULL);
+            drain_proc(w, ms, 0);
     svc->proc = NULL;
     svc->next_proc = NULL;
     svc->respawn_at_ns = 0;

@@ -122,6 +122,9 @@ int proc_service_replace(struct daemon *d, struct service *svc, unsigned gen,
  * goes. 0, or a code (the session is closed). */
 int proc_hand_over(struct daemon *d, struct service *svc, long long uid, struct session *s,
                    uint64_t id);
+/* An upgrade (upgrade.h): every worker process tells its sessions
+ * HotRestart(epoch), then exits once they moved or at drain_ms. */
+void proc_hot_restart(struct daemon *d, uint64_t epoch, unsigned drain_ms);
 /* Why the service cannot take a session now, or NULL. */
 const char *proc_refusal(struct service *svc);
 /* Its control socket is readable. */

@@ -191,8 +191,12 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
 
 int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen)
 {
-    int rc = serve_listen(&svc->l, svc->listen, svc->mode,
-                          sock_backlog_for(d->conf->max_sessions));
+    /* An upgrade's successor takes the old daemon's socket as it is. */
+    int inherited = upgrade_take_listener(d, svc->listen), rc;
+    if (inherited >= 0 && (rc = serve_listen_fd(&svc->l, svc->listen, inherited)) < 0)
+        close(inherited);
+    else if (inherited < 0)
+        rc = serve_listen(&svc->l, svc->listen, svc->mode, sock_backlog_for(d->conf->max_sessions));
     svc->l.ctx = svc;
     if (rc == 0) {
         const struct sock_addr *a = &svc->l.addr;

@@ -65,8 +65,13 @@ int serve_listen_fd(struct serve_listener *l, const char *address, int fd)
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
         return -errno;
     l->fd = fd;
-    l->ino = serve_sock_inode(&l->addr);
     return 0;
+}
+
+void serve_listener_claim(struct serve_listener *l)
+{
+    if (l->fd >= 0 && l->ino == 0)
+        l->ino = serve_sock_inode(&l->addr);
 }
 
 void serve_listener_close(struct serve_listener *l)

@@ -27,9 +27,14 @@ ino_t serve_sock_inode(const struct sock_addr *a);
 /* Removes a unix socket file if it is still the one with inode ino. */
 void serve_unlink_own(const struct sock_addr *a, ino_t ino);
 /* Takes over fd, a listening socket of address's family (inherited from
- * a server this one replaces): the socket file at address (unix) is ours
- * to remove from now on. 0, or a negative code (fd not taken). */
+ * a server this one replaces). The socket file at address (unix) is not
+ * ours to remove until serve_listener_claim(): a successor that fails to
+ * start must leave it to the server that still serves. 0, or a negative
+ * code (fd not taken). */
 int serve_listen_fd(struct serve_listener *l, const char *address, int fd);
+/* The predecessor let go: the socket file at l's address, if it is a
+ * socket, is ours to remove at close. */
+void serve_listener_claim(struct serve_listener *l);
 /* Closes the fd and removes our socket file. Idempotent. */
 void serve_listener_close(struct serve_listener *l);
 

@@ -6,6 +6,9 @@
  *   sessions         each session: service, worker, peer pid and uid, age
  *   reload           re-reads the configuration (as SIGHUP)
  *   stop             asks shmipcd to stop (drain, then exit)
+ *   upgrade [--binary PATH]  replaces the running shmipcd by a new one
+ *                    (PATH, or the binary it was started from) without
+ *                    failing a request; exits 1 when the new one refused
  * ADMIN defaults to unix:/run/shmipcd/admin.sock; -c takes it from the
  * `admin` key of shmipcd's configuration file. The command line goes to
  * shmipcd as one line; shmipcd's reply is printed as it comes.
@@ -35,6 +38,10 @@ static void usage(FILE *f)
                "                   streams, pool bytes, idle time\n"
                "  reload           re-read the configuration (as SIGHUP)\n"
                "  stop             drain, then stop shmipcd\n"
+               "  upgrade [--binary PATH]\n"
+               "                   start a new shmipcd (PATH, default the binary it was\n"
+               "                   started from) on the same sockets, and hand every\n"
+               "                   client over to it (as SIGUSR2); exits 1 if it refused\n"
                "Options:\n"
                "  -s ADMIN         the admin socket (default " DEFAULT_ADMIN ")\n"
                "  -c CONF          the admin socket named by CONF's admin key\n"
@@ -121,7 +128,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "shmipcctl: %s: %s\n", admin, shmipc_strerror(fd));
         return 1;
     }
-    uint64_t deadline = sock_deadline(10000);
+    /* An upgrade answers once the new daemon loaded everything. */
+    uint64_t deadline = sock_deadline(strncmp(line, "upgrade", 7) == 0 ? 60000 : 10000);
     if ((rc = sock_write_all(fd, line, strlen(line), deadline)) < 0) {
         fprintf(stderr, "shmipcctl: %s\n", shmipc_strerror(rc));
         close(fd);

@@ -434,6 +434,33 @@ pid_t du_spawn(const char *const *argv, int out_fd, const struct du_spawn_opts *
     return pid;
 }
 
+int du_gone(pid_t pid)
+{
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return 1;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the state follows the name */
+    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
+}
+
+int du_wait_gone(pid_t pid, int timeout_ms)
+{
+    uint64_t dl = du_deadline(timeout_ms);
+    while (!du_gone(pid)) {
+        if (du_past(dl))
+            return -1;
+        du_sleep_ms(5);
+    }
+    return 0;
+}
+
 int du_reap(pid_t pid, int timeout_ms)
 {
     uint64_t dl = du_deadline(timeout_ms);
@@ -593,6 +620,7 @@ int du_start(struct du_daemon *d, int timeout_ms)
         return -1;
     }
     d->last_pid = d->pid;
+    d->pid_is_child = 1;
     uint64_t dl = du_deadline(timeout_ms);
     char reply[512];
     while (!du_past(dl)) {
@@ -616,6 +644,16 @@ int du_stop(struct du_daemon *d, int sig, int timeout_ms)
     if (d->pid <= 0)
         return 0;
     kill(d->pid, sig);
+    if (!d->pid_is_child) { /* an upgrade's successor: not ours to reap */
+        int rc = du_wait_gone(d->pid, timeout_ms);
+        if (rc < 0) {
+            kill(d->pid, SIGKILL);
+            fprintf(stderr, "\n  shmipcd %d killed after %d ms deadline\n", (int)d->pid,
+                    timeout_ms);
+        }
+        d->pid = 0;
+        return rc;
+    }
     int rc = du_reap(d->pid, timeout_ms);
     d->pid = 0;
     return rc;

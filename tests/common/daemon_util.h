@@ -102,6 +102,10 @@ struct du_spawn_opts {
 /* Starts argv[0] with stdin from /dev/null and stdout+stderr on out_fd;
  * a forked child keeps no other fd. opts may be NULL. pid or -1. */
 pid_t du_spawn(const char *const *argv, int out_fd, const struct du_spawn_opts *opts);
+/* 1 when pid is gone (or a zombie: not ours to reap). */
+int du_gone(pid_t pid);
+/* Waits until du_gone(pid), up to timeout_ms. 0 or -1. */
+int du_wait_gone(pid_t pid, int timeout_ms);
 /* Reaps pid within timeout_ms, SIGKILL after (said on stderr). Its exit
  * code, 128+signal, or -1 (killed at the deadline, or not our child). */
 int du_reap(pid_t pid, int timeout_ms);
@@ -131,6 +135,7 @@ struct du_daemon {
     char shmipcd[4200];   /* the binary: du_bin_path("shmipcd") unless set */
     struct du_spawn_opts spawn;
     pid_t pid;      /* running, 0 when none */
+    int pid_is_child; /* pid is ours (du_start), not an upgrade's successor */
     pid_t last_pid; /* the last one started, for leftover checks */
 };
 

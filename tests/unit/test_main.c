@@ -33,13 +33,14 @@ SUITE_(suite_interop);
 SUITE_(suite_handlers);
 SUITE_(suite_isolation);
 SUITE_(suite_hotrestart);
+SUITE_(suite_upgrade);
 #undef SUITE_
 
 static const struct test_suite *const suites[] = {
     &suite_errors, &suite_event, &suite_region, &suite_pool,
     &suite_queue,  &suite_vectors, &suite_xproc, &suite_sock, &suite_handshake,
     &suite_session, &suite_config, &suite_loader, &suite_daemon,
-    &suite_reload, &suite_interop, &suite_handlers, &suite_isolation, &suite_hotrestart,
+    &suite_reload, &suite_interop, &suite_handlers, &suite_isolation, &suite_hotrestart, &suite_upgrade,
 };
 
 static int selected(const char *name, int argc, char **argv)
