@@ -24,6 +24,10 @@ static void sleep_ms(int ms)
 
 static void failed(struct load *l, const char *what, int rc)
 {
+    if (rc == SHMIPC_ETIMEDOUT)
+        __atomic_add_fetch(&l->lost, 1, __ATOMIC_RELAXED);
+    else if (rc == SHMIPC_ENOSESSION || rc == -ECONNREFUSED || rc == -ENOENT)
+        __atomic_add_fetch(&l->refused, 1, __ATOMIC_RELAXED);
     if (__atomic_fetch_add(&l->failed, 1, __ATOMIC_RELAXED) == 0)
         snprintf(l->why, sizeof(l->why), "%s: %s", what, shmipc_strerror(rc));
 }

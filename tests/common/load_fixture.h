@@ -35,7 +35,9 @@ struct load {
     shmipc_client *c;
     int stop;             /* atomic */
     unsigned long ok;     /* atomic: answers that came back right */
-    unsigned long failed; /* atomic */
+    unsigned long failed; /* atomic: every failure, of which: */
+    unsigned long lost;   /* atomic: an answer that never came (timeout) */
+    unsigned long refused; /* atomic: no session (connect refused or failed) */
     char why[160];        /* the first failure */
     pthread_t th[LOAD_MAX_THREADS];
     unsigned started;     /* atomic: threads that numbered themselves */
