@@ -468,7 +468,7 @@ static void unlink_if_ours(const char *path, dev_t dev, ino_t ino)
         log_warn("not unlinking %s: it was replaced after we created it", path);
         return;
     }
-    if (unlink(path) < 0)
+    if (unlink(path) < 0 && errno != ENOENT) /* ENOENT: the peer removed it meanwhile */
         warn_err(errno, "unlink(%s)", path);
 }
 
