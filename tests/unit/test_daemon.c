@@ -884,7 +884,8 @@ out:
 }
 
 /* NOTIFY_SOCKET: READY=1 once serving, RELOADING=1 then READY=1 around a
- * reload, STOPPING=1 at the stop. */
+ * reload, MAINPID= of the new daemon and its READY=1 at an upgrade,
+ * STOPPING=1 at the stop. */
 static int notify_next(int fd, char *buf, size_t cap)
 {
     struct pollfd p = {fd, POLLIN, 0};
@@ -924,6 +925,21 @@ static void test_systemd_notify(void)
     CU_ASSERT_STRING_EQUAL(buf, "RELOADING=1");
     REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
     CU_ASSERT(strncmp(buf, "READY=1", 7) == 0);
+    /* An upgrade: the old daemon names the new main pid, the new one says
+     * READY=1; the old one exits without STOPPING=1. */
+    pid_t old = f.d.pid;
+    kill(old, SIGUSR2);
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    long next = -1;
+    CU_ASSERT(sscanf(buf, "MAINPID=%ld", &next) == 1 && next > 0 && next != old);
+    REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
+    char want[64];
+    snprintf(want, sizeof(want), "READY=1\nMAINPID=%ld\n", next);
+    CU_ASSERT(strncmp(buf, want, strlen(want)) == 0);
+    CHECK_EQ(du_reap(old, STOP_MS), 0);
+    f.d.pid = (pid_t)next;
+    f.d.pid_is_child = 0;
+    f.d.last_pid = (pid_t)next;
     CHECK_EQ(du_stop(&f.d, SIGTERM, STOP_MS), 0);
     REQUIRE(notify_next(fd, buf, sizeof(buf)) == 0);
     CU_ASSERT_STRING_EQUAL(buf, "STOPPING=1");
