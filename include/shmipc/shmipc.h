@@ -240,6 +240,10 @@ struct shmipc_server_config {
     int unhealthy_ms;          /* default 30000 */
     int spin_us;               /* low-latency mode: poll the queues this long after
                                   work before sleeping (burns CPU); default 0 = off */
+    int adaptive_spin;         /* with few sessions whose clients come back sooner
+                                  than a wake-up, poll their queues that long after
+                                  answering (clients skip their Pollings); never on
+                                  one CPU. Default 1; 0 turns it off */
     int listen_fd;             /* a listening socket to serve instead of binding
                                   address (inherited from the server it replaces:
                                   see shmipc_server_hot_restart); address then only

@@ -50,7 +50,8 @@ struct conf_parser {
 static const char *const top_keys[] = {"workers",         "spin_us",          "log",
                                        "admin",           "admin_mode",       "plugin_dir",
                                        "limits",          "services",         "slow_handler_ms",
-                                       "slow_handler_trace", "pid_file", "metrics_listen", NULL};
+                                       "slow_handler_trace", "pid_file", "metrics_listen",
+                                       "adaptive_spin", NULL};
 static const char *const log_keys[] = {"level", NULL};
 static const char *const limit_keys[] = {"max_sessions",         "max_pool_bytes",
                                          "handshake_timeout_ms", "max_event_bytes",
@@ -719,6 +720,8 @@ static int load_top(struct conf_parser *ld, const config_setting_t *root)
         return rc;
     if ((rc = get_bool(ld, root, NULL, "slow_handler_trace", &c->slow_handler_trace)) < 0)
         return rc;
+    if ((rc = get_bool(ld, root, NULL, "adaptive_spin", &c->adaptive_spin)) < 0)
+        return rc;
     const char *ml;
     if ((rc = get_string(ld, root, NULL, "metrics_listen", &m, &ml)) < 0)
         return rc;
@@ -1112,6 +1115,7 @@ static void set_defaults(struct daemon_conf *c)
     c->drain_timeout_ms = DEF_DRAIN_MS;
     c->max_streams = 65536;
     c->slow_handler_ms = 1000;
+    c->adaptive_spin = 1;
 }
 
 /* Checks the file can be opened and fills conf_dir and c->path. */

@@ -3,6 +3,7 @@
  *
  *   workers = 2;                         # worker threads (1..64)
  *   spin_us = 0;                         # low-latency mode: poll queues this long (0..100000)
+ *   adaptive_spin = true;                # poll briefly while clients come back fast
  *   log = { level = "info"; };           # error | warn | info | debug
  *   admin = "unix:/run/shmipcd/admin.sock";   # optional
  *   admin_mode = "0600";                 # optional, octal string
@@ -86,6 +87,8 @@ struct daemon_conf {
     int slow_handler_ms;    /* a handler running longer is logged; 0: off; default 1000 */
     int slow_handler_trace; /* with it, the worker's stack too; default 0 */
     int spin_us;            /* low-latency mode, 0..100000, default 0 (off) */
+    int adaptive_spin;      /* a worker with few sessions spins while their clients
+                               come back sooner than a wake-up; default 1 */
     enum log_level log_level; /* default info */
     char *admin;            /* NULL when absent */
     char *metrics_listen;   /* NULL: none; an address for GET /metrics */

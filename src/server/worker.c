@@ -255,7 +255,10 @@ static void *worker_main(void *arg)
     while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         int idle_ms = __atomic_load_n(&w->d->idle_timeout_ms, __ATOMIC_RELAXED);
         int timeout = blocked ? 1 : idle_ms > 0 && idle_ms < 4000 ? idle_ms / 4 + 1 : 1000;
+        serve_loop_idle(&w->loop);
         int n = epoll_wait(w->epfd, evs, 64, timeout);
+        if (n > 0)
+            serve_loop_awake(&w->loop);
         for (int i = 0; i < n; i++) {
             struct serve_tag *t = evs[i].data.ptr;
             if (t->kind == EPK_WAKE)
@@ -266,6 +269,8 @@ static void *worker_main(void *arg)
         int spin_us = __atomic_load_n(&w->d->spin_us, __ATOMIC_RELAXED);
         if (n > 0 && spin_us > 0)
             serve_loop_spin(&w->loop, spin_us, &w->stop);
+        else if (n > 0)
+            serve_loop_adaptive_spin(&w->loop, &w->stop);
         blocked = serve_loop_retry_blocked(&w->loop);
         uint64_t hot = __atomic_load_n(&w->hot_epoch, __ATOMIC_ACQUIRE);
         if (hot != 0) {
@@ -303,6 +308,7 @@ static int worker_start(struct worker *w, struct daemon *d, struct worker_pool *
         return -errno;
     serve_loop_init(&w->loop, w->epfd, &handler, w);
     w->loop_ready = 1;
+    w->loop.adaptive = d->conf->adaptive_spin && session_spin_allowed();
     w->resume = resume_session;
     if ((w->rt = calloc(1, sizeof(*w->rt))) == NULL)
         return -ENOMEM;

@@ -18,6 +18,9 @@ void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler
     lp->conns = NULL;
     lp->n = 0;
     lp->nblocked = 0;
+    lp->adaptive = 0;
+    lp->idle_ns = lp->gap_ns = 0;
+    lp->probe = 0;
     lp->h = h;
     lp->ctx = ctx;
 }
@@ -165,6 +168,75 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
             for (int i = 0; i < 16; i++)
                 cpu_relax();
     }
+    for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+        session_spin_end(c->s);
+        serve_loop_dispatch(lp, c);
+    }
+}
+
+#define ASPIN_WAKE_NS 12000u    /* longer than this, a wake-up is cheaper */
+#define ASPIN_SLACK_NS 3000u
+#define ASPIN_PROBE_EVERY 64u
+#define ASPIN_MAX_SESSIONS 8u   /* each spin turn looks at every session */
+
+void serve_loop_awake(struct serve_loop *lp)
+{
+    if (lp->idle_ns != 0) {
+        uint64_t now = sock_now_ns();
+        lp->gap_ns = now > lp->idle_ns ? now - lp->idle_ns : 1;
+        lp->idle_ns = 0;
+    }
+}
+
+void serve_loop_idle(struct serve_loop *lp)
+{
+    if (lp->idle_ns == 0)
+        lp->idle_ns = sock_now_ns();
+}
+
+void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
+{
+    if (!lp->adaptive || lp->n == 0 || lp->n > ASPIN_MAX_SESSIONS)
+        return;
+    uint64_t window;
+    if (lp->gap_ns != 0 && lp->gap_ns < ASPIN_WAKE_NS) {
+        window = lp->gap_ns + ASPIN_SLACK_NS;
+    } else if (++lp->probe >= ASPIN_PROBE_EVERY) {
+        window = ASPIN_WAKE_NS;
+        lp->probe = 0;
+    } else {
+        return;
+    }
+    uint64_t idle = sock_now_ns(), end = idle + window;
+    int came = 0;
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+        int any = 0;
+        for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
+            if (session_spin_harvest(c->s) > 0) {
+                if (!any) {
+                    uint64_t now = sock_now_ns();
+                    lp->gap_ns = now > idle ? now - idle : 1;
+                }
+                serve_loop_dispatch(lp, c);
+                any = came = 1;
+            }
+        }
+        uint64_t now = sock_now_ns();
+        if (any) {
+            idle = now;
+            end = now + (lp->gap_ns < ASPIN_WAKE_NS ? lp->gap_ns : ASPIN_WAKE_NS) + ASPIN_SLACK_NS;
+            continue;
+        }
+        if (now >= end)
+            break;
+        for (int i = 0; i < 16; i++)
+            cpu_relax();
+    }
+    /* Nothing came within the window: the next turn sleeps (unless a
+     * probe), and the gap is what the wake-up will measure. */
+    if (!came)
+        lp->gap_ns = ASPIN_WAKE_NS;
+    lp->idle_ns = idle;
     for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
         session_spin_end(c->s);
         serve_loop_dispatch(lp, c);

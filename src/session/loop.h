@@ -49,6 +49,11 @@ struct serve_loop {
     int nblocked;       /* atomic: sessions with flushes a full queue blocked */
     const struct serve_handler *h;
     void *ctx;
+    /* Adaptive spin (serve_loop_adaptive_spin), on the loop's thread. */
+    int adaptive;       /* allowed: set by the owner (more than one CPU) */
+    uint64_t idle_ns;   /* when the loop last went idle, 0 before */
+    uint64_t gap_ns;    /* how soon work came back after it went idle */
+    unsigned probe;     /* idle turns since the last probe spin */
 };
 
 void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler *h, void *ctx);
@@ -68,6 +73,17 @@ void serve_loop_close(struct serve_loop *lp, struct serve_conn *c);
  * (holding the working flags, so clients skip their Polling), new work
  * restarting the window; stops early when *stop becomes non-zero. */
 void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop);
+/* Adaptive spin, for a loop with few sessions whose peers come back
+ * sooner than a wake-up takes (a client making one call after another):
+ * after a turn that served work it polls its sessions' queues for as long
+ * as work recently took to come back plus a little, holding the working
+ * flags so the clients skip their Pollings; never longer than a wake-up
+ * (SPIN_WAKE), and once every few dozen idle turns a probe of that length
+ * notices clients that became fast. serve_loop_awake() is called when
+ * epoll_wait returned work, serve_loop_idle() before the loop sleeps. */
+void serve_loop_awake(struct serve_loop *lp);
+void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop);
+void serve_loop_idle(struct serve_loop *lp);
 /* Retries flushes that met a full queue; 1 while any stream stays
  * blocked (the caller polls again soon). */
 int serve_loop_retry_blocked(struct serve_loop *lp);

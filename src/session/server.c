@@ -64,6 +64,7 @@ void shmipc_server_config_init(struct shmipc_server_config *c)
     c->max_sessions = 1024;
     c->unhealthy_ms = d.unhealthy_ms;
     c->listen_fd = -1;
+    c->adaptive_spin = 1;
 }
 
 /* ---- the core's callbacks ---- */
@@ -198,6 +199,7 @@ int shmipc_server_open(const struct shmipc_server_config *c, const struct shmipc
     if (rc == 0) {
         serve_accept_init(&srv->acc, srv->epfd, &srv->reg, &accept_ops, srv);
         serve_loop_init(&srv->loop, srv->epfd, &handler, srv);
+        srv->loop.adaptive = c->adaptive_spin > 0 && session_spin_allowed();
         srv->loop_ready = 1;
         struct epoll_event le = {.events = EPOLLIN, .data.ptr = &srv->l.tag};
         struct epoll_event se = {.events = EPOLLIN, .data.ptr = &srv->ep_stop};
@@ -262,9 +264,12 @@ int shmipc_server_run(shmipc_server *srv)
             timeout = 1; /* a client's queue was full: retry soon */
         if (hot && (timeout < 0 || timeout > 10))
             timeout = 10; /* a session that acked closes once quiet */
+        serve_loop_idle(&srv->loop);
         int n = epoll_wait(srv->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
             return -errno;
+        if (n > 0)
+            serve_loop_awake(&srv->loop);
         for (int i = 0; i < n; i++) {
             struct serve_tag *t = evs[i].data.ptr;
             if (t->kind == SERVE_LISTENER) {
@@ -285,6 +290,8 @@ int shmipc_server_run(shmipc_server *srv)
         }
         if (n > 0 && srv->cfg.spin_us > 0)
             serve_loop_spin(&srv->loop, srv->cfg.spin_us, &srv->stop);
+        else if (n > 0)
+            serve_loop_adaptive_spin(&srv->loop, &srv->stop);
         blocked = serve_loop_retry_blocked(&srv->loop);
     }
     return 0;

@@ -89,6 +89,7 @@ static int is_zeroed(const struct daemon_conf *c)
 static const char full_text[] =
     "# every key\n"
     "workers = 7;\n"
+    "adaptive_spin = false;\n"
     "log = { level = \"debug\"; };\n"
     "admin = \"unix:/run/x/admin.sock\";\n"
     "admin_mode = \"0640\";\n"
@@ -155,6 +156,7 @@ static void test_full_file(void)
     CU_ASSERT_STRING_EQUAL(err, "");
     CU_ASSERT_STRING_EQUAL(c.path, tpath("full.conf"));
     CU_ASSERT_EQUAL(c.workers, 7);
+    CU_ASSERT_EQUAL(c.adaptive_spin, 0);
     CU_ASSERT_EQUAL(c.log_level, LOG_DEBUG);
     CU_ASSERT_STRING_EQUAL(c.admin, "unix:/run/x/admin.sock");
     CU_ASSERT_EQUAL(c.admin_mode, 0640);
@@ -223,6 +225,7 @@ static void test_defaults(void)
     CU_ASSERT_EQUAL_FATAL(conf_load(path, &c, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(c.workers, 2);
     CU_ASSERT_EQUAL(c.spin_us, 0);
+    CU_ASSERT_EQUAL(c.adaptive_spin, 1);
     CU_ASSERT_EQUAL(c.max_streams, 65536);
     CU_ASSERT_EQUAL(c.max_sessions_per_uid, 0);
     CU_ASSERT_EQUAL(c.idle_timeout_ms, 0);
@@ -540,6 +543,8 @@ static const struct refusal refusals[] = {
      "like \"0660\", not an integer"},
     {"spin_us out of range", "spin_us = 100001;\n" SVC, "spin_us", "spin_us", -EINVAL,
      "out of range"},
+    {"adaptive_spin not a boolean", "adaptive_spin = 1;\n" SVC, "adaptive_spin", "adaptive_spin",
+     -EINVAL, "true or false"},
     {"allow_uids not an array", SVC_KEY("allow_uids = 5;"), "services.[0].allow_uids", "allow_uids",
      -EINVAL, "must be an array of ids"},
     {"max_streams 0", "limits = {\n  max_streams = 0; };\n" SVC, "limits.max_streams",
