@@ -206,7 +206,7 @@ char *admin_command(struct daemon *d, const char *line, int *stop)
     } else
         strbuf_add(&b,
                    "error: unknown command '%.64s' (status [--json], stats [--json], metrics, "
-                   "sessions, reload, stop)\n",
+                   "sessions, reload, stop, upgrade [--binary PATH])\n",
                    line);
     return b.p;
 }

@@ -302,6 +302,19 @@ int daemon_reload(struct daemon *d, char **report)
 int reload_and_log(struct daemon *d, const char *trigger, char **report_out)
 {
     char *report = NULL;
+    if (d->up.handing_over) {
+        /* The successor serves the configuration now: a reload here would
+         * open listeners again. */
+        log_warn("%s: reload ignored: this daemon hands over to pid %d", trigger,
+                 (int)d->up.successor);
+        if (report_out != NULL) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "error: this daemon hands over to pid %d: reload it\n",
+                     (int)d->up.successor);
+            *report_out = strdup(msg);
+        }
+        return -EBUSY;
+    }
     sd_notify_text("RELOADING=1");
     log_info("%s: reloading %s", trigger, d->conf_path);
     int rc = daemon_reload(d, &report);
