@@ -410,16 +410,26 @@ static int other_plugin(const struct plugin_gen *old, struct plugin_gen *neu, in
     return 1;
 }
 
-int gen_carry_across(const struct plugin_gen *old, struct plugin_gen *neu)
+/* What both ways of carrying state ask first: neu->carry reset; 1 when
+ * old's state may go to neu (same plugin), *wants whether neu could take
+ * it (why not is said only then). */
+static int carry_begin(const struct plugin_gen *old, struct plugin_gen *neu, int *wants)
 {
     memset(&neu->carry, 0, sizeof(neu->carry));
     if (old == NULL)
         return 0;
     neu->carry.from = old->number;
-    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
-    int wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
-    if (other_plugin(old, neu, wants))
+    const struct shmipc_plugin *n = neu->desc;
+    *wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
+    return !other_plugin(old, neu, *wants);
+}
+
+int gen_carry_across(const struct plugin_gen *old, struct plugin_gen *neu)
+{
+    int wants = 0;
+    if (!carry_begin(old, neu, &wants))
         return 0;
+    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
     if (has_minor1(o) && has_minor1(n) && o->save != NULL && n->restore != NULL)
         return 1;
     if (!wants)
@@ -438,15 +448,11 @@ int gen_carry_state(struct plugin_gen *old, struct plugin_gen *neu, char *err, s
 {
     if (err != NULL && errlen > 0)
         err[0] = '\0';
-    memset(&neu->carry, 0, sizeof(neu->carry));
-    if (old == NULL)
-        return 0;
-    neu->carry.from = old->number;
-    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
     /* Why nothing was carried matters only to a plugin that could take it. */
-    int wants = has_minor1(n) && (n->handoff != NULL || n->restore != NULL);
-    if (other_plugin(old, neu, wants))
+    int wants = 0;
+    if (!carry_begin(old, neu, &wants))
         return 0;
+    const struct shmipc_plugin *o = old->desc, *n = neu->desc;
     int both = has_minor1(o) && has_minor1(n), declined = 0;
     if (both && o->handoff != NULL && n->handoff != NULL) {
         char perr[512] = "";

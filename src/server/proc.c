@@ -160,6 +160,22 @@ static int shared_page(struct service *svc)
     return 0;
 }
 
+int proc_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+               char *const argv[], char *const envp[])
+{
+    /* The child starts with no signal blocked (the master blocks its
+     * signals for its signalfd). */
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
+    int rc = posix_spawn(pid, path, fa, &at, argv, envp);
+    posix_spawnattr_destroy(&at);
+    return rc;
+}
+
 /* Starts a process for svc's generation `gen`; it says PM_READY or
  * PM_FAIL on its control socket. */
 static struct wproc *spawn(struct daemon *d, struct service *svc, unsigned gen, char *err,
@@ -181,18 +197,9 @@ static struct wproc *spawn(struct daemon *d, struct service *svc, unsigned gen, 
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, sv[1], 3); /* dup2 clears close-on-exec */
-    /* The child starts with no signal blocked (the master blocks its
-     * signals for its signalfd). */
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
     pid_t pid;
-    int rc = posix_spawn(&pid, d->exe, &fa, &at, argv, environ);
+    int rc = proc_spawn(&pid, d->exe, &fa, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
     close(sv[1]);
     if (rc != 0) {
         snprintf(err, errlen, "starting a worker process (%s): %s", d->exe, strerror(rc));

@@ -20,6 +20,7 @@
 #ifndef SHMIPC_SERVER_PROC_H
 #define SHMIPC_SERVER_PROC_H
 
+#include <spawn.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -97,6 +98,11 @@ struct wproc {
     unsigned nsess, capsess;
     struct wproc *next;   /* in d->procs */
 };
+
+/* posix_spawn with no signal blocked in the child (the master blocks its
+ * own for its signalfd): a worker process, or an upgrade's new daemon. */
+int proc_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+               char *const argv[], char *const envp[]);
 
 /* One control message each way; fds ride with it (SCM_RIGHTS, at most 3).
  * proc_recv_msg: 0, SHMIPC_ECLOSED at the end, -EAGAIN (non-blocking), or

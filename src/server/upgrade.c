@@ -287,17 +287,10 @@ void upgrade_begin(struct daemon *d, const char *binary, int admin_fd)
     for (int i = 0; i < n; i++)
         posix_spawn_file_actions_adddup2(&fa, fds[i], fds[i]);
     posix_spawn_file_actions_adddup2(&fa, sv[1], sv[1]);
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK);
     char *argv[] = {u->binary, "-c", d->conf_path, NULL};
     pid_t pid;
-    int rc = posix_spawn(&pid, u->binary, &fa, &at, argv, env);
+    int rc = proc_spawn(&pid, u->binary, &fa, argv, env);
     posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
     free(env);
     close(sv[1]);
     if (rc != 0) {

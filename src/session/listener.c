@@ -28,12 +28,18 @@ void serve_unlink_own(const struct sock_addr *a, ino_t ino)
         unlink(path);
 }
 
-int serve_listen(struct serve_listener *l, const char *address, int mode, int backlog)
+/* A closed listener of address; 0 or the parse error. */
+static int listener_init(struct serve_listener *l, const char *address)
 {
     l->tag.kind = SERVE_LISTENER;
     l->fd = -1;
     l->ino = 0;
-    int rc = sock_addr_parse(address, &l->addr);
+    return sock_addr_parse(address, &l->addr);
+}
+
+int serve_listen(struct serve_listener *l, const char *address, int mode, int backlog)
+{
+    int rc = listener_init(l, address);
     if (rc < 0)
         return rc;
     if ((rc = sock_listen(&l->addr, mode, backlog)) < 0)
@@ -45,10 +51,7 @@ int serve_listen(struct serve_listener *l, const char *address, int mode, int ba
 
 int serve_listen_fd(struct serve_listener *l, const char *address, int fd)
 {
-    l->tag.kind = SERVE_LISTENER;
-    l->fd = -1;
-    l->ino = 0;
-    int rc = sock_addr_parse(address, &l->addr);
+    int rc = listener_init(l, address);
     if (rc < 0)
         return rc;
     int listening = 0, type = 0;

@@ -434,6 +434,39 @@ pid_t du_spawn(const char *const *argv, int out_fd, const struct du_spawn_opts *
     return pid;
 }
 
+int du_soak_seconds(int argc, char **argv, void (*usage)(FILE *f), unsigned *secs)
+{
+    if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
+        usage(argc > 2 ? stderr : stdout);
+        return argc > 2 ? 2 : 0;
+    }
+    if (argc == 2) {
+        char *e;
+        unsigned long v = strtoul(argv[1], &e, 10);
+        if (*argv[1] == '\0' || *e != '\0' || v < 5 || v > 86400) {
+            usage(stderr);
+            return 2;
+        }
+        *secs = (unsigned)v;
+    }
+    return -1;
+}
+
+int du_soak_prepare(const char *who, const char *const *need, unsigned n, void (*on_signal)(int))
+{
+    for (unsigned i = 0; i < n; i++) {
+        if (access(need[i], R_OK) < 0) {
+            fprintf(stderr, "%s: %s: %s\n", who, need[i], strerror(errno));
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    return 0;
+}
+
 int du_gone(pid_t pid)
 {
     if (kill(pid, 0) < 0 && errno == ESRCH)

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 /* ---- time ---- */
@@ -102,6 +103,14 @@ struct du_spawn_opts {
 /* Starts argv[0] with stdin from /dev/null and stdout+stderr on out_fd;
  * a forked child keeps no other fd. opts may be NULL. pid or -1. */
 pid_t du_spawn(const char *const *argv, int out_fd, const struct du_spawn_opts *opts);
+/* A soak program's command line, [SECONDS] (5 .. 86400) or --help:
+ * -1 to go on (*secs set when given), else the exit code (0 after the
+ * help, 2 after a bad argument, usage said). */
+int du_soak_seconds(int argc, char **argv, void (*usage)(FILE *f), unsigned *secs);
+/* The rest of a soak program's start: every file of need[] readable
+ * (else said, as `who: path: why`), SIGPIPE ignored, on_signal for SIGINT
+ * and SIGTERM. 0, or 2 (the exit code) when a file is missing. */
+int du_soak_prepare(const char *who, const char *const *need, unsigned n, void (*on_signal)(int));
 /* 1 when pid is gone (or a zombie: not ours to reap). */
 int du_gone(pid_t pid);
 /* Waits until du_gone(pid), up to timeout_ms. 0 or -1. */

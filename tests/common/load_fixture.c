@@ -137,6 +137,15 @@ static void *event_loop(void *arg)
     return NULL;
 }
 
+void load_mix(struct load *ls)
+{
+    memset(ls, 0, 4 * sizeof(*ls));
+    ls[0] = (struct load){.mode = SHMIPC_MODE_MEMFD, .threads = 3};
+    ls[1] = (struct load){.mode = SHMIPC_MODE_FILE, .threads = 2};
+    ls[2] = (struct load){.mode = SHMIPC_MODE_MEMFD, .event_loop = 1, .threads = 1, .inflight = 4};
+    ls[3] = (struct load){.mode = SHMIPC_MODE_FILE, .event_loop = 1, .threads = 1, .inflight = 3};
+}
+
 int load_start(struct load *l)
 {
     if (l->threads == 0 || l->threads > LOAD_MAX_THREADS ||
@@ -179,6 +188,19 @@ void load_stop(struct load *l)
     if (l->c != NULL)
         shmipc_client_close(l->c);
     l->c = NULL;
+}
+
+unsigned long load_stop_all(struct load *ls, unsigned n)
+{
+    unsigned long bad = 0;
+    for (unsigned i = 0; i < n; i++) {
+        load_stop(&ls[i]);
+        if (ls[i].failed > 0 || ls[i].ok == 0)
+            fprintf(stderr, "\n  load %u (%s): %lu failed (%s), %lu ok\n", i, ls[i].address,
+                    ls[i].failed, ls[i].failed ? ls[i].why : "-", ls[i].ok);
+        bad += ls[i].failed + (ls[i].ok == 0);
+    }
+    return bad;
 }
 
 void load_counts(struct load *ls, unsigned n, unsigned long *since)

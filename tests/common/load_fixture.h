@@ -43,10 +43,18 @@ struct load {
     unsigned started;     /* atomic: threads that numbered themselves */
 };
 
+/* The four kinds, in ls[0..3]: threaded in memfd mode (3 threads) and in
+ * file mode (2), event-loop in memfd mode (4 in flight) and in file mode
+ * (3); the rest of each struct zero. */
+void load_mix(struct load *ls);
 /* Opens the client (2 sessions) and starts the threads. 0 or a code. */
 int load_start(struct load *l);
 /* Stops the threads, closes the client. */
 void load_stop(struct load *l);
+/* Stops the n loads; each that failed, or was never answered, is said on
+ * stderr. The failures plus the loads never answered: 0 when all went
+ * well. */
+unsigned long load_stop_all(struct load *ls, unsigned n);
 /* since[i] = the ok count of each load now. */
 void load_counts(struct load *ls, unsigned n, unsigned long *since);
 /* Waits until each of the n loads has answered `more` requests beyond

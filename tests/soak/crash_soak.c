@@ -552,10 +552,11 @@ static void client_log(void *arg, enum log_level level, const char *line)
 {
     (void)arg;
     (void)level;
-    if (strstr(line, "/victim.sock") != NULL)
+    /* Its sessions' address, or its clients' pool files (shm prefix). */
+    if (strstr(line, "/victim.sock") != NULL || strstr(line, "-victim") != NULL)
         __atomic_add_fetch(&g_victim_log_lines, 1, __ATOMIC_RELAXED);
     else
-        fprintf(stderr, "%s", line);
+        fprintf(stderr, "%s\n", line);
 }
 
 static void on_signal(int sig)
@@ -576,34 +577,16 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     unsigned secs = 30;
-    if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
-        usage(argc > 2 ? stderr : stdout);
-        return argc > 2 ? 2 : 0;
-    }
-    if (argc == 2) {
-        char *e;
-        unsigned long v = strtoul(argv[1], &e, 10);
-        if (*argv[1] == '\0' || *e != '\0' || v < 5 || v > 86400) {
-            usage(stderr);
-            return 2;
-        }
-        secs = (unsigned)v;
-    }
+    int done = du_soak_seconds(argc, argv, usage, &secs);
+    if (done >= 0)
+        return done;
     int min_crashes = secs >= 30 ? 20 : 3;
     char echo[4200], crash[4200];
     snprintf(echo, sizeof(echo), "%s/../plugins/echo.so", du_exe_dir());
     snprintf(crash, sizeof(crash), "%s/../tests/plugins/crash.so", du_exe_dir());
     const char *need[] = {du_bin_path("shmipcd"), echo, crash};
-    for (unsigned i = 0; i < 3; i++) {
-        if (access(need[i], R_OK) < 0) {
-            fprintf(stderr, "crash-soak: %s: %s\n", need[i], strerror(errno));
-            return 2;
-        }
-    }
-    signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (du_soak_prepare("crash-soak", need, 3, on_signal) != 0)
+        return 2;
     log_set_sink(client_log, NULL);
 
     static struct worker w[NSVC][CLIENTS];

@@ -106,33 +106,15 @@ static void loads_counts(struct load *ls, unsigned long *since)
 int main(int argc, char **argv)
 {
     unsigned secs = 30;
-    if (argc > 2 || (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0))) {
-        usage(argc > 2 ? stderr : stdout);
-        return argc > 2 ? 2 : 0;
-    }
-    if (argc == 2) {
-        char *e;
-        unsigned long v = strtoul(argv[1], &e, 10);
-        if (*argv[1] == '\0' || *e != '\0' || v < 5 || v > 86400) {
-            usage(stderr);
-            return 2;
-        }
-        secs = (unsigned)v;
-    }
+    int done = du_soak_seconds(argc, argv, usage, &secs);
+    if (done >= 0)
+        return done;
     unsigned min_upgrades = secs >= 30 ? 20 : 3;
     char echo[4200];
     snprintf(echo, sizeof(echo), "%s/../plugins/echo.so", du_exe_dir());
     const char *need[] = {du_bin_path("shmipcd"), du_bin_path("shmipcctl"), echo};
-    for (unsigned i = 0; i < 3; i++) {
-        if (access(need[i], R_OK) < 0) {
-            fprintf(stderr, "upgrade-soak: %s: %s\n", need[i], strerror(errno));
-            return 2;
-        }
-    }
-    signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa = {.sa_handler = on_signal};
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    if (du_soak_prepare("upgrade-soak", need, 3, on_signal) != 0)
+        return 2;
     log_set_sink(client_log, NULL);
 
     struct du_daemon d;

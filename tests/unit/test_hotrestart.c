@@ -139,30 +139,14 @@ static void load_init(struct load *l, const struct hr *h, unsigned i, char *pref
     l->timeout_ms = WAIT_MS;
 }
 
-static void loads_check(struct load *ls, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        load_stop(&ls[i]);
-        if (ls[i].failed > 0)
-            fprintf(stderr, "\n  load %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
-                    ls[i].ok);
-        CHECK_EQ(ls[i].failed, 0);
-        CU_ASSERT(ls[i].ok > 0);
-    }
-}
-
 /* Three upgrades under load: every old server exits once its sessions
  * moved (its drain deadline is a minute away), and nothing fails. */
 static void test_upgrade_under_load(void)
 {
     struct hr h;
     char prefix[4][96];
-    struct load ls[4] = {
-        {.mode = SHMIPC_MODE_MEMFD, .threads = 3},
-        {.mode = SHMIPC_MODE_FILE, .threads = 2},
-        {.mode = SHMIPC_MODE_MEMFD, .event_loop = 1, .threads = 1, .inflight = 4},
-        {.mode = SHMIPC_MODE_FILE, .event_loop = 1, .threads = 1, .inflight = 3},
-    };
+    struct load ls[4];
+    load_mix(ls);
     unsigned n = 4, started = 0;
     unsigned long since[4] = {0};
     pid_t cur = -1;
@@ -185,7 +169,7 @@ static void test_upgrade_under_load(void)
     }
     CHECK_EQ(log_count(&h, "did not ack"), 0);
 out:
-    loads_check(ls, started);
+    CHECK_EQ(load_stop_all(ls, started), 0);
     if (started == n && cur > 0) {
         kill(cur, SIGTERM);
         CHECK_EQ(wait_log(&h, "echo_server: sessions ", 4, WAIT_MS), 4);
@@ -236,7 +220,7 @@ static void test_client_never_acks(void)
     shmipc_client_put(c, st);
     load_counts(&l, 1, &since);
     CHECK_EQ(load_progress(&l, 1, &since, 50, WAIT_MS), 0);
-    loads_check(&l, 1);
+    CHECK_EQ(load_stop_all(&l, 1), 0);
     started = 0;
     shmipc_client_close(c);
     c = NULL;
@@ -248,7 +232,7 @@ out:
     if (c != NULL)
         shmipc_client_close(c);
     if (started)
-        loads_check(&l, 1);
+        CHECK_EQ(load_stop_all(&l, 1), 0);
     hr_end(&h);
 }
 

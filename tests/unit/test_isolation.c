@@ -307,12 +307,8 @@ static void test_reload_under_load(void)
 {
     struct fx f;
     char prefix[4][128];
-    struct load ls[4] = {
-        {.mode = SHMIPC_MODE_MEMFD, .threads = 3},
-        {.mode = SHMIPC_MODE_FILE, .threads = 2},
-        {.mode = SHMIPC_MODE_MEMFD, .event_loop = 1, .threads = 1, .inflight = 4},
-        {.mode = SHMIPC_MODE_FILE, .event_loop = 1, .threads = 1, .inflight = 3},
-    };
+    struct load ls[4];
+    load_mix(ls);
     unsigned n = 4, started = 0;
     REQUIRE(dfx_begin(&f) == 0);
     REQUIRE(write_victim_conf(&f, du_test_plugin_path("crash"), 1) == 0);
@@ -345,14 +341,7 @@ static void test_reload_under_load(void)
         CHECK_EQ(load_progress(ls, n, since, 50, POLL_MS), 0);
     }
 out:
-    for (unsigned i = 0; i < started; i++) {
-        load_stop(&ls[i]);
-        if (ls[i].failed > 0)
-            fprintf(stderr, "\n  load %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
-                    ls[i].ok);
-        CHECK_EQ(ls[i].failed, 0);
-        CU_ASSERT(ls[i].ok > 0);
-    }
+    CHECK_EQ(load_stop_all(ls, started), 0);
     dfx_end(&f);
 }
 

@@ -87,18 +87,6 @@ static int start_loads(struct fx *f, struct load *ls, unsigned n, char (*prefix)
     return 0;
 }
 
-static void stop_loads(struct load *ls, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++) {
-        load_stop(&ls[i]);
-        if (ls[i].failed > 0)
-            fprintf(stderr, "\n  load %u: %lu failed (%s), %lu ok\n", i, ls[i].failed, ls[i].why,
-                    ls[i].ok);
-        CHECK_EQ(ls[i].failed, 0);
-        CU_ASSERT(ls[i].ok > 0);
-    }
-}
-
 static void test_upgrade_under_load(void)
 {
     struct fx f;
@@ -141,7 +129,7 @@ static void test_upgrade_under_load(void)
     CHECK_EQ(dfx_log_count(&f.d, "did not move"), 0);
 out:
     if (loads)
-        stop_loads(ls, n);
+        CHECK_EQ(load_stop_all(ls, n), 0);
     dfx_end(&f);
 }
 
@@ -265,7 +253,7 @@ out:
     if (c != NULL)
         shmipc_client_close(c);
     if (loads)
-        stop_loads(l, 1);
+        CHECK_EQ(load_stop_all(l, 1), 0);
     dfx_end(&f);
 }
 
