@@ -351,6 +351,10 @@ static int start(struct daemon *d, const char *conf, const char *name, unsigned 
         return -EINVAL;
     svc->isolation = ISOLATION_THREAD; /* here, it runs in threads */
     svc->st = &shared->st;
+    svc->wst = shared->wst; /* per-worker figures: counters that outlive us, gauges ours */
+    svc->wlive = calls->live;
+    svc->nwst = pool_of(d, svc)->n < PROC_CALLS ? pool_of(d, svc)->n : PROC_CALLS;
+    proc_shared_note_workers(shared, svc->nwst);
     svc->gen->number = gen;
     d->svcs[d->nsvcs++] = svc;
     if (svc->own.n > 0)

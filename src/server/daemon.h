@@ -69,6 +69,30 @@ struct svc_stats {
     uint64_t streams_opened;
 };
 
+/* One worker's figures for one service (metrics): counters that only
+ * grow, and the latency histogram with the same buckets as svc_stats.
+ * Written by that worker with relaxed atomic adds once per dispatch pass
+ * (a deferred answer completed on another thread adds its response bytes
+ * and errors too); read by the master. Three whole cache lines, so that
+ * two workers never write the same line: allocations of it are 64-aligned. */
+struct worker_stats {
+    uint64_t requests, bytes_in, bytes_out, handler_errors;
+    uint64_t lat_buckets[16]; /* as svc_stats.lat_buckets */
+    uint64_t lat_sum_ns;
+    uint64_t pad[3];
+} __attribute__((aligned(64)));
+
+/* What one worker serves of one service now (metrics gauges): written by
+ * that worker only (relaxed atomics), read by the master. */
+struct worker_live {
+    uint64_t sessions; /* adopted and not yet closed */
+    uint64_t streams;  /* seen open by the worker and not yet closed */
+    uint64_t pad[6];
+} __attribute__((aligned(64)));
+
+_Static_assert(sizeof(struct worker_stats) == 192, "worker_stats: three cache lines");
+_Static_assert(sizeof(struct worker_live) == 64, "worker_live: one cache line");
+
 /* Why a connection was refused (metrics). */
 enum refusal { REFUSED_MAX_SESSIONS, REFUSED_ALLOWLIST, REFUSED_UID_LIMIT, REFUSED_UNAVAILABLE };
 
@@ -78,6 +102,8 @@ enum refusal { REFUSED_MAX_SESSIONS, REFUSED_ALLOWLIST, REFUSED_UID_LIMIT, REFUS
     {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 250000, 1000000, 2500000,   \
      10000000}
 #define LAT_NBOUNDS 15
+_Static_assert(LAT_NBOUNDS + 1 == sizeof(((struct svc_stats *)0)->lat_buckets) / sizeof(uint64_t),
+               "a latency bucket per bound, and one above");
 
 /* A loaded configuration, shared by the generations created from it (a
  * plugin may keep pointers into its config group for its whole life). */
@@ -127,6 +153,15 @@ struct service {
     struct svc_stats *st;    /* atomic adds: st_own, or the page shared with its
                                 worker process (process mode) */
     struct svc_stats st_own;
+    /* Per worker of its pool (metrics), nwst of each: thread mode, an
+     * allocation of its own (wmem, freed with it); in a worker process,
+     * its counters are in the shared page and its gauges in the calls
+     * page; NULL in the master for a process-mode service (it reads the
+     * pages). */
+    struct worker_stats *wst;
+    struct worker_live *wlive;
+    unsigned nwst;
+    void *wmem;
     struct worker_pool own;  /* threads of its own (own.n 0: the shared pool) */
     /* Process mode (proc.c), master side. */
     int isolation;           /* enum isolation */
@@ -161,6 +196,7 @@ struct dsession {
     long long pid;             /* peer's pid (SO_PEERCRED), -1 when unknown */
     uint64_t started_ns;
     uint64_t requests, handler_errors; /* written by the worker only */
+    unsigned open_streams;     /* counted in its worker's worker_live (worker only) */
     struct dsession *next_in; /* in the worker's inbox */
 };
 
@@ -178,10 +214,12 @@ struct wcmd {
 };
 
 /* One dispatch pass: the plugin generation is taken once for all the
- * requests it answers, and the shared counters are added once at its end. */
+ * requests it answers, and the shared counters (the service's and the
+ * worker's, handler times included) are added once at its end. */
 struct pass {
     struct plugin_gen *g;
     uint64_t requests, bytes_in, bytes_out, errors, gone, deferred;
+    uint64_t lat_buckets[LAT_NBOUNDS + 1], lat_sum_ns;
 };
 
 /* How a deferred answer finds its worker again: shared by the worker and
@@ -226,7 +264,6 @@ struct worker {
     struct call_info call_own;
     struct resume_target *rt;  /* for deferred answers */
     int deferred_open;         /* atomic: deferred answers not yet completed */
-    uint64_t requests;         /* atomic: requests it handled */
     int joined, stuck;         /* stop: its thread was joined / was left running */
     struct resume *resumes;    /* sessions with a stream resumed (under mu) */
     /* Called from any thread by a completed deferred answer (rt->mu held). */
@@ -291,5 +328,16 @@ struct daemon {
     char exe_path[4096];       /* the file it was started from: an upgrade's default */
     struct upgrade up;         /* upgrade.h */
 };
+
+/* Worker i's figures for svc, or NULL when it keeps none for that index. */
+static inline struct worker_stats *svc_worker_stats(struct service *svc, unsigned i)
+{
+    return svc->wst != NULL && i < svc->nwst ? &svc->wst[i] : NULL;
+}
+
+static inline struct worker_live *svc_worker_live(struct service *svc, unsigned i)
+{
+    return svc->wlive != NULL && i < svc->nwst ? &svc->wlive[i] : NULL;
+}
 
 #endif

@@ -33,6 +33,7 @@ struct shmipc_response {
     struct service *svc;
     struct plugin_gen *g;
     struct worker *w;
+    unsigned windex; /* w->index: a deferred answer counts there after w is gone */
     /* The worker's response: defer() moved it there. */
     struct shmipc_response *moved;
     /* A deferred response: the plugin's until complete() or fail(). */
@@ -233,42 +234,60 @@ static void call_end(struct worker *w)
     log_service = NULL;
 }
 
-/* A handler call took `ns`: the service's latency histogram. */
-static void record_latency(struct service *svc, uint64_t ns)
+/* A handler call took `ns`: counted in the pass, which adds it to the
+ * service's and the worker's histograms at its end. */
+static void record_latency(struct pass *p, uint64_t ns)
 {
     static const uint64_t bounds[LAT_NBOUNDS] = LAT_BOUNDS_US;
     unsigned b = 0;
     while (b < LAT_NBOUNDS && ns > bounds[b] * 1000u)
         b++;
-    __atomic_add_fetch(&svc->st->lat_buckets[b], 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st->lat_sum_ns, ns, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st->lat_count, 1, __ATOMIC_RELAXED);
+    p->lat_buckets[b]++;
+    p->lat_sum_ns += ns;
+}
+
+static void add(uint64_t *counter, uint64_t n)
+{
+    if (n > 0)
+        __atomic_add_fetch(counter, n, __ATOMIC_RELAXED);
 }
 
 /* ---- requests ---- */
 
-/* The counters the admin socket reads are added once per pass (each is
- * an atomic shared with the other workers). */
+/* The counters the admin socket and the metrics read are added once per
+ * pass: the service's (atomics shared with the other workers) and the
+ * worker's own (its cache lines). */
 void plugin_pass_end(struct dsession *ds, struct pass *p)
 {
     struct service *svc = ds->svc;
     if (p->g != NULL)
         gen_release(p->g);
     p->g = NULL;
-    if (p->requests == 0 && p->gone == 0)
+    if (p->requests == 0 && p->gone == 0 && p->errors == 0)
         return;
-    __atomic_add_fetch(&ds->requests, p->requests, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st->requests, p->requests, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st->bytes_in, p->bytes_in, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->st->bytes_out, p->bytes_out, __ATOMIC_RELAXED);
-    if (p->errors > 0) {
-        __atomic_add_fetch(&ds->handler_errors, p->errors, __ATOMIC_RELAXED);
-        __atomic_add_fetch(&svc->st->handler_errors, p->errors, __ATOMIC_RELAXED);
+    add(&ds->requests, p->requests);
+    add(&ds->handler_errors, p->errors);
+    struct svc_stats *st = svc->st;
+    add(&st->requests, p->requests);
+    add(&st->bytes_in, p->bytes_in);
+    add(&st->bytes_out, p->bytes_out);
+    add(&st->handler_errors, p->errors);
+    add(&st->client_gone, p->gone);
+    add(&st->deferred, p->deferred);
+    add(&st->lat_sum_ns, p->lat_sum_ns);
+    add(&st->lat_count, p->requests);
+    for (unsigned b = 0; b <= LAT_NBOUNDS; b++)
+        add(&st->lat_buckets[b], p->lat_buckets[b]);
+    struct worker_stats *ws = ds->w != NULL ? svc_worker_stats(svc, ds->w->index) : NULL;
+    if (ws != NULL) {
+        add(&ws->requests, p->requests);
+        add(&ws->bytes_in, p->bytes_in);
+        add(&ws->bytes_out, p->bytes_out);
+        add(&ws->handler_errors, p->errors);
+        add(&ws->lat_sum_ns, p->lat_sum_ns);
+        for (unsigned b = 0; b <= LAT_NBOUNDS; b++)
+            add(&ws->lat_buckets[b], p->lat_buckets[b]);
     }
-    if (p->gone > 0)
-        __atomic_add_fetch(&svc->st->client_gone, p->gone, __ATOMIC_RELAXED);
-    if (p->deferred > 0)
-        __atomic_add_fetch(&svc->st->deferred, p->deferred, __ATOMIC_RELAXED);
     memset(p, 0, sizeof(*p));
 }
 
@@ -352,11 +371,14 @@ static struct shmipc_response *host_defer(struct shmipc_response *r)
 static void deferred_end(struct shmipc_response *d, struct pass *p)
 {
     struct service *svc = d->svc;
-    __atomic_add_fetch(&svc->st->bytes_out, p->bytes_out, __ATOMIC_RELAXED);
-    if (p->errors > 0)
-        __atomic_add_fetch(&svc->st->handler_errors, p->errors, __ATOMIC_RELAXED);
-    if (p->gone > 0)
-        __atomic_add_fetch(&svc->st->client_gone, p->gone, __ATOMIC_RELAXED);
+    add(&svc->st->bytes_out, p->bytes_out);
+    add(&svc->st->handler_errors, p->errors);
+    add(&svc->st->client_gone, p->gone);
+    struct worker_stats *ws = svc_worker_stats(svc, d->windex);
+    if (ws != NULL) {
+        add(&ws->bytes_out, p->bytes_out);
+        add(&ws->handler_errors, p->errors);
+    }
     shmipc_stream *st = d->st;
     struct session *s = st->sess;
     stream_resume(st);
@@ -418,7 +440,8 @@ int plugin_request(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
     void *ts = thread_state(w->index, g);
     struct shmipc_request req = {ds->id, shmipc_stream_id(st), m->len, m->niov,
                                  (const struct shmipc_plugin_iov *)m->iov};
-    struct shmipc_response resp = {.st = st, .req = m, .svc = svc, .g = g, .w = w};
+    struct shmipc_response resp = {
+        .st = st, .req = m, .svc = svc, .g = g, .w = w, .windex = w->index};
     int rc = SHMIPC_EPROTO;
     p->requests++;
     p->bytes_in += m->len;
@@ -426,8 +449,7 @@ int plugin_request(struct worker *w, struct dsession *ds, shmipc_stream *st, shm
     if (ts != NULL || g->desc->thread_init == NULL)
         rc = g->desc->handle(g->state, ts, &req, &resp);
     call_end(w);
-    record_latency(svc, sock_now_ns() - w->call->start_ns);
-    __atomic_add_fetch(&w->requests, 1, __ATOMIC_RELAXED);
+    record_latency(p, sock_now_ns() - w->call->start_ns);
     if (resp.moved != NULL) {
         p->deferred++;
         if (rc < 0)

@@ -1,8 +1,10 @@
 /*
  * Metrics, JSON status and the session list (see metrics.h). The one
  * rule: counters only ever grow (a closed session's numbers are added to
- * its service's when it closes, live sessions' at the scrape), and a
- * scrape never waits on a worker longer than a loop mutex is held.
+ * its service's when it closes, live sessions' at the scrape; a
+ * process-mode service's per-worker counters live in the page that
+ * outlives its processes), and a scrape never waits on a worker longer
+ * than a loop mutex is held.
  */
 #include "server/metrics.h"
 
@@ -50,6 +52,150 @@ static void family(struct strbuf *b, const char *name, const char *type, const c
     strbuf_add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+static unsigned long long load(const uint64_t *v)
+{
+    return (unsigned long long)__atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+/* The samples of a handler-time histogram for one label set (`labels`,
+ * without braces); buckets as svc_stats.lat_buckets. */
+static void histogram(struct strbuf *b, const char *name, const char *labels,
+                      const uint64_t *buckets, const uint64_t *sum_ns)
+{
+    static const uint64_t bounds[LAT_NBOUNDS] = LAT_BOUNDS_US;
+    unsigned long long cum = 0;
+    for (unsigned k = 0; k < LAT_NBOUNDS; k++) {
+        cum += load(&buckets[k]);
+        strbuf_add(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, (double)bounds[k] / 1e6, cum);
+    }
+    cum += load(&buckets[LAT_NBOUNDS]);
+    strbuf_add(b, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels, cum);
+    strbuf_add(b, "%s_sum{%s} %.9f\n", name, labels, (double)load(sum_ns) / 1e9);
+    strbuf_add(b, "%s_count{%s} %llu\n", name, labels, cum);
+}
+
+/* ---- per worker ---- */
+
+/* A service's workers as the metrics list them: worker i of its pool
+ * (thread mode), or worker slot i of its processes (process mode: the
+ * counters of every process it had, the gauges of those alive). */
+struct wview {
+    struct service *svc;
+    const struct worker_stats *st; /* n of them */
+    unsigned n;
+    const char *pool; /* "shared", the service's name (workers of its own), "process" */
+};
+
+static struct wview worker_view(struct daemon *d, struct service *svc)
+{
+    struct wview v = {svc, NULL, 0, "process"};
+    if (svc->isolation == ISOLATION_PROCESS) {
+        if (svc->shared != NULL) {
+            /* Its processes write nworkers: capped before it bounds a loop. */
+            unsigned n = __atomic_load_n(&svc->shared->nworkers, __ATOMIC_RELAXED);
+            v.st = svc->shared->wst;
+            v.n = n < PROC_CALLS ? n : PROC_CALLS;
+        }
+        return v;
+    }
+    struct worker_pool *p = svc->own.n > 0 ? &svc->own : &d->pool;
+    v.st = svc->wst;
+    v.n = svc->wst != NULL ? svc->nwst : 0;
+    v.pool = p->name != NULL ? p->name : "shared";
+    return v;
+}
+
+static void wlabels(char *buf, size_t cap, const struct wview *v, unsigned i)
+{
+    snprintf(buf, cap, "service=\"%s\",pool=\"%s\",worker=\"%u\"", v->svc->name, v->pool, i);
+}
+
+/* Sessions and streams worker i serves now: its own gauges (thread
+ * mode), or slot i's in every live process of the service. */
+static void worker_gauges(struct daemon *d, const struct wview *v, unsigned i,
+                          unsigned long long *sessions, unsigned long long *streams)
+{
+    *sessions = *streams = 0;
+    if (v->svc->isolation != ISOLATION_PROCESS) {
+        const struct worker_live *l = svc_worker_live(v->svc, i);
+        if (l != NULL) {
+            *sessions = load(&l->sessions);
+            *streams = load(&l->streams);
+        }
+        return;
+    }
+    for (struct wproc *w = d->procs; w != NULL && i < PROC_CALLS; w = w->next) {
+        if (w->svc != v->svc || w->calls == NULL)
+            continue;
+        *sessions += load(&w->calls->live[i].sessions);
+        *streams += load(&w->calls->live[i].streams);
+    }
+}
+
+/* One sample per worker of each service of a counter at `off` in
+ * worker_stats. */
+static void per_worker(struct strbuf *b, struct daemon *d, const struct wview *views,
+                       const char *name, const char *help, size_t off)
+{
+    char labels[192];
+    family(b, name, "counter", help);
+    for (unsigned k = 0; k < d->nsvcs; k++) {
+        for (unsigned i = 0; i < views[k].n; i++) {
+            wlabels(labels, sizeof(labels), &views[k], i);
+            strbuf_add(b, "%s{%s} %llu\n", name, labels,
+                       load((const uint64_t *)((const char *)&views[k].st[i] + off)));
+        }
+    }
+}
+
+#define WORKER_FIELD(f) offsetof(struct worker_stats, f)
+
+static void worker_metrics(struct strbuf *b, struct daemon *d)
+{
+    struct wview views[CONF_MAX_SERVICES];
+    for (unsigned k = 0; k < d->nsvcs; k++)
+        views[k] = worker_view(d, d->svcs[k]);
+    per_worker(b, d, views, "shmipcd_worker_requests_total", "Requests handled, per worker.",
+               WORKER_FIELD(requests));
+    per_worker(b, d, views, "shmipcd_worker_request_bytes_total",
+               "Request bytes received, per worker.", WORKER_FIELD(bytes_in));
+    per_worker(b, d, views, "shmipcd_worker_response_bytes_total",
+               "Response bytes sent, per worker.", WORKER_FIELD(bytes_out));
+    per_worker(b, d, views, "shmipcd_worker_handler_errors_total",
+               "Requests whose handler failed, per worker.", WORKER_FIELD(handler_errors));
+    char labels[192];
+    family(b, "shmipcd_worker_handler_seconds", "histogram",
+           "Time handle() took per request, per worker.");
+    for (unsigned k = 0; k < d->nsvcs; k++) {
+        for (unsigned i = 0; i < views[k].n; i++) {
+            wlabels(labels, sizeof(labels), &views[k], i);
+            histogram(b, "shmipcd_worker_handler_seconds", labels, views[k].st[i].lat_buckets,
+                      &views[k].st[i].lat_sum_ns);
+        }
+    }
+    static const char *const gauge[2][2] = {
+        {"shmipcd_worker_sessions", "Sessions open, per worker."},
+        {"shmipcd_worker_streams", "Streams open, per worker."}};
+    for (unsigned g = 0; g < 2; g++) {
+        family(b, gauge[g][0], "gauge", gauge[g][1]);
+        for (unsigned k = 0; k < d->nsvcs; k++) {
+            for (unsigned i = 0; i < views[k].n; i++) {
+                unsigned long long v[2];
+                worker_gauges(d, &views[k], i, &v[0], &v[1]);
+                wlabels(labels, sizeof(labels), &views[k], i);
+                strbuf_add(b, "%s{%s} %llu\n", gauge[g][0], labels, v[g]);
+            }
+        }
+    }
+    family(b, "shmipcd_worker_process_sessions", "gauge",
+           "Sessions of each worker process (process-mode services).");
+    for (struct wproc *w = d->procs; w != NULL; w = w->next)
+        strbuf_add(b,
+                   "shmipcd_worker_process_sessions{service=\"%s\",pid=\"%d\",generation=\"%u\"} "
+                   "%u\n",
+                   w->svc->name, (int)w->pid, w->generation, w->nsess);
+}
+
 /* One sample per service of a per-service counter at `off` in svc_stats. */
 static void per_service(struct strbuf *b, struct daemon *d, const char *name, const char *type,
                         const char *help, size_t off, const uint64_t *live_add)
@@ -64,6 +210,21 @@ static void per_service(struct strbuf *b, struct daemon *d, const char *name, co
 }
 
 #define SVC_FIELD(f) offsetof(struct svc_stats, f)
+
+/* Streams open of a service: what its live sessions hold (thread mode,
+ * `live`), or what the workers of its processes counted. */
+static unsigned long long service_streams(struct daemon *d, struct service *svc, unsigned live)
+{
+    if (svc->isolation != ISOLATION_PROCESS)
+        return live;
+    struct wview v = worker_view(d, svc);
+    unsigned long long sum = 0, sessions, streams;
+    for (unsigned i = 0; i < v.n; i++) {
+        worker_gauges(d, &v, i, &sessions, &streams);
+        sum += streams;
+    }
+    return sum;
+}
 
 void metrics_text(struct daemon *d, struct strbuf *b)
 {
@@ -140,53 +301,18 @@ void metrics_text(struct daemon *d, struct strbuf *b)
         strbuf_add(b, "shmipcd_sessions{service=\"%s\"} %llu\n", d->svcs[i]->name,
                    (unsigned long long)open);
     }
-    family(b, "shmipcd_streams", "gauge", "Streams open (thread-mode services).");
+    family(b, "shmipcd_streams", "gauge", "Streams open.");
     for (unsigned i = 0; i < n; i++)
-        strbuf_add(b, "shmipcd_streams{service=\"%s\"} %u\n", d->svcs[i]->name, lv[i].streams);
-    static const uint64_t bounds[LAT_NBOUNDS] = LAT_BOUNDS_US;
+        strbuf_add(b, "shmipcd_streams{service=\"%s\"} %llu\n", d->svcs[i]->name,
+                   service_streams(d, d->svcs[i], lv[i].streams));
     family(b, "shmipcd_handler_seconds", "histogram", "Time handle() took per request.");
     for (unsigned i = 0; i < n; i++) {
-        struct svc_stats *s = d->svcs[i]->st;
-        uint64_t cum = 0;
-        for (unsigned k = 0; k <= LAT_NBOUNDS; k++) {
-            cum += __atomic_load_n(&s->lat_buckets[k], __ATOMIC_RELAXED);
-            if (k < LAT_NBOUNDS)
-                strbuf_add(b, "shmipcd_handler_seconds_bucket{service=\"%s\",le=\"%g\"} %llu\n",
-                           d->svcs[i]->name, (double)bounds[k] / 1e6, (unsigned long long)cum);
-            else
-                strbuf_add(b, "shmipcd_handler_seconds_bucket{service=\"%s\",le=\"+Inf\"} %llu\n",
-                           d->svcs[i]->name, (unsigned long long)cum);
-        }
-        strbuf_add(b, "shmipcd_handler_seconds_sum{service=\"%s\"} %.9f\n", d->svcs[i]->name,
-                   (double)__atomic_load_n(&s->lat_sum_ns, __ATOMIC_RELAXED) / 1e9);
-        strbuf_add(b, "shmipcd_handler_seconds_count{service=\"%s\"} %llu\n", d->svcs[i]->name,
-                   (unsigned long long)cum);
+        char labels[96];
+        snprintf(labels, sizeof(labels), "service=\"%s\"", d->svcs[i]->name);
+        histogram(b, "shmipcd_handler_seconds", labels, d->svcs[i]->st->lat_buckets,
+                  &d->svcs[i]->st->lat_sum_ns);
     }
-    struct worker_pool *pools[1 + CONF_MAX_SERVICES];
-    unsigned np = 0;
-    pools[np++] = &d->pool;
-    for (unsigned i = 0; i < n; i++)
-        if (d->svcs[i]->own.w != NULL)
-            pools[np++] = &d->svcs[i]->own;
-    family(b, "shmipcd_worker_sessions", "gauge", "Sessions per worker thread.");
-    for (unsigned k = 0; k < np; k++) {
-        struct worker_pool *p = pools[k];
-        for (unsigned i = 0; p->w != NULL && i < p->n; i++) {
-            pthread_mutex_lock(&p->w[i].mu);
-            unsigned ns = p->w[i].nsessions;
-            pthread_mutex_unlock(&p->w[i].mu);
-            strbuf_add(b, "shmipcd_worker_sessions{pool=\"%s\",worker=\"%u\"} %u\n", p->name, i,
-                       ns);
-        }
-    }
-    family(b, "shmipcd_worker_requests_total", "counter", "Requests per worker thread.");
-    for (unsigned k = 0; k < np; k++) {
-        struct worker_pool *p = pools[k];
-        for (unsigned i = 0; p->w != NULL && i < p->n; i++)
-            strbuf_add(b, "shmipcd_worker_requests_total{pool=\"%s\",worker=\"%u\"} %llu\n",
-                       p->name, i,
-                       (unsigned long long)__atomic_load_n(&p->w[i].requests, __ATOMIC_RELAXED));
-    }
+    worker_metrics(b, d);
     family(b, "shmipcd_worker_process_restarts_total", "counter",
            "Worker processes of process-mode services started again after dying.");
     for (unsigned i = 0; i < n; i++)

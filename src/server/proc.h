@@ -21,6 +21,7 @@
 #define SHMIPC_SERVER_PROC_H
 
 #include <spawn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -29,16 +30,41 @@
 #define PROC_CALLS CONF_MAX_WORKERS
 
 /* The page shared by the master and one service's worker processes: its
- * counters, which both add to (atomics) and which outlive the processes. */
+ * counters, which both add to (atomics) and which outlive the processes,
+ * so that a respawn never takes a counter back. */
 struct proc_shared {
     struct svc_stats st;
+    /* Worker slots in use: the most workers any of its processes had (a
+     * process raises it before its workers start; the master reads it,
+     * capped at PROC_CALLS). */
+    uint32_t nworkers;
+    uint32_t pad;
+    /* Per worker index, summed over its processes (a replacement and the
+     * process it replaces add to the same slots): their workers add, the
+     * master reads. */
+    struct worker_stats wst[PROC_CALLS];
 };
 
 /* The page of one worker process: what each of its workers runs (the
- * process writes, the master reads: slow log, handler_kill_ms). */
+ * process writes, the master reads: slow log, handler_kill_ms), and what
+ * each serves now (the process writes, the master reads: metrics; gone
+ * with the process, as its sessions are). */
 struct proc_calls {
     struct call_info calls[PROC_CALLS];
+    struct worker_live live[PROC_CALLS];
 };
+
+_Static_assert(offsetof(struct proc_shared, wst) % 64 == 0, "worker slots on their own lines");
+_Static_assert(offsetof(struct proc_calls, live) % 64 == 0, "worker gauges on their own lines");
+
+/* A worker process about to start n workers: the slots they use. */
+static inline void proc_shared_note_workers(struct proc_shared *sh, unsigned n)
+{
+    uint32_t seen = __atomic_load_n(&sh->nworkers, __ATOMIC_RELAXED);
+    while (seen < n && !__atomic_compare_exchange_n(&sh->nworkers, &seen, (uint32_t)n, 0,
+                                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
 
 /* Control messages, both ways; fds ride along with PM_HELLO (the shared
  * page) and PM_SESSION (socket, pool, queue). */

@@ -143,6 +143,26 @@ void service_unload_gen(struct plugin_gen *g)
     conf_ref_put(cref);
 }
 
+/* Its per-worker figures (metrics): one of each per worker of its pool,
+ * which keeps its size for the service's life. A process-mode service
+ * keeps them in the pages it shares with its worker processes. */
+static int worker_figures(struct daemon *d, struct service *svc, const struct svc_conf *sc)
+{
+    unsigned n = pool_of(d, svc)->n;
+    if (sc->isolation == ISOLATION_PROCESS || n == 0)
+        return 0;
+    size_t size = (size_t)n * (sizeof(struct worker_stats) + sizeof(struct worker_live));
+    void *mem;
+    if (posix_memalign(&mem, 64, size) != 0)
+        return -ENOMEM;
+    memset(mem, 0, size);
+    svc->wmem = mem;
+    svc->wst = mem;
+    svc->wlive = (struct worker_live *)(svc->wst + n);
+    svc->nwst = n;
+    return 0;
+}
+
 struct service *service_create(struct daemon *d, const struct svc_conf *sc, char *err,
                                size_t errlen)
 {
@@ -171,8 +191,14 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     service_configure(d, svc, sc);
     svc->own.n = sc->workers; /* started by service_start_workers */
     svc->own.name = svc->name;
-    int rc = gen_source_read(&svc->src, sc->plugin, sc->plugin_conf);
     char lerr[512] = "";
+    int rc = worker_figures(d, svc, sc);
+    if (rc < 0) {
+        snprintf(err, errlen, "service '%s': out of memory", sc->name);
+        free(svc);
+        return NULL;
+    }
+    rc = gen_source_read(&svc->src, sc->plugin, sc->plugin_conf);
     if (rc == 0)
         load_gen(d, svc, sc, d->cref, &svc->gen, &rc, lerr, sizeof(lerr));
     else
@@ -181,6 +207,7 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
         snprintf(err, errlen, "service '%s': %s", sc->name, lerr);
     if (rc < 0) {
         gen_source_free(&svc->src);
+        free(svc->wmem);
         free(svc);
         return NULL;
     }
@@ -270,6 +297,7 @@ void service_free(struct daemon *d, struct service *svc)
     if (svc->gen != NULL)
         service_unload_gen(svc->gen);
     gen_source_free(&svc->src);
+    free(svc->wmem);
     free(svc);
 }
 

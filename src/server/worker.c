@@ -27,9 +27,26 @@
 
 /* ---- the serving loop's handler ---- */
 
+/* The gauges of what this worker serves of ds's service (metrics): only
+ * this worker changes them, at adoption, stream open and close, and the
+ * session's close. */
+static void live_add(struct worker *w, struct dsession *ds, int64_t sessions, int64_t streams)
+{
+    struct worker_live *l = svc_worker_live(ds->svc, w->index);
+    if (l == NULL)
+        return;
+    if (sessions != 0)
+        __atomic_add_fetch(&l->sessions, (uint64_t)sessions, __ATOMIC_RELAXED);
+    if (streams != 0)
+        __atomic_add_fetch(&l->streams, (uint64_t)streams, __ATOMIC_RELAXED);
+}
+
 static void h_open(void *ctx, struct serve_conn *c, shmipc_stream *st)
 {
-    plugin_stream_hook(ctx, (struct dsession *)c, st, 1);
+    struct dsession *ds = (struct dsession *)c;
+    ds->open_streams++;
+    live_add(ctx, ds, 0, 1);
+    plugin_stream_hook(ctx, ds, st, 1);
 }
 
 static int h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_msg *m)
@@ -40,7 +57,12 @@ static int h_message(void *ctx, struct serve_conn *c, shmipc_stream *st, shmipc_
 
 static void h_close(void *ctx, struct serve_conn *c, shmipc_stream *st)
 {
-    plugin_stream_hook(ctx, (struct dsession *)c, st, 0);
+    struct dsession *ds = (struct dsession *)c;
+    plugin_stream_hook(ctx, ds, st, 0);
+    if (ds->open_streams > 0) {
+        ds->open_streams--;
+        live_add(ctx, ds, 0, -1);
+    }
 }
 
 static void h_pass_end(void *ctx, struct serve_conn *c)
@@ -58,6 +80,8 @@ static void h_closed(void *ctx, struct serve_conn *c)
     pthread_mutex_lock(&w->mu);
     w->nsessions--;
     pthread_mutex_unlock(&w->mu);
+    live_add(w, ds, -1, -(int64_t)ds->open_streams); /* 0: each stream's close came first */
+    ds->open_streams = 0;
     uid_release(&w->d->uids, ds->uid);
     if (w->d->session_closed != NULL)
         w->d->session_closed(w->d, ds);
@@ -182,6 +206,7 @@ static void adopt(struct worker *w)
     while (in != NULL) {
         struct dsession *ds = in;
         in = ds->next_in;
+        live_add(w, ds, 1, 0); /* before: a session that cannot be watched closes at once */
         serve_loop_add(&w->loop, &ds->conn); /* served at once: a file-path
                                                 client may have sent already */
     }

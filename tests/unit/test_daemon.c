@@ -14,6 +14,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -974,15 +975,155 @@ static int parse_metrics(const struct fx *f, const char *text, char *out, size_t
     return dfx_run_capture(argv, out, cap);
 }
 
+/* The sum of the parsed samples named `name` (parse.py's lines) whose
+ * labels hold l1 and l2 (each `key="value"`, or NULL); *n says how many. */
+static double msum(const char *parsed, const char *name, const char *l1, const char *l2, int *n)
+{
+    double sum = 0;
+    int count = 0;
+    size_t nl = strlen(name);
+    for (const char *p = parsed; p != NULL && *p != '\0';) {
+        const char *e = strchr(p, '\n');
+        size_t len = e != NULL ? (size_t)(e - p) : strlen(p);
+        char line[512];
+        if (len < sizeof(line) && strncmp(p, name, nl) == 0 && p[nl] == '{') {
+            memcpy(line, p, len);
+            line[len] = '\0';
+            const char *sp = strrchr(line, ' ');
+            if (sp != NULL && (l1 == NULL || strstr(line, l1) != NULL) &&
+                (l2 == NULL || strstr(line, l2) != NULL)) {
+                sum += strtod(sp + 1, NULL);
+                count++;
+            }
+        }
+        p = e != NULL ? e + 1 : NULL;
+    }
+    if (n != NULL)
+        *n = count;
+    return sum;
+}
+
+/* The one sample of name with l1 and l2, or -1 when there is not exactly one. */
+static double mone(const char *parsed, const char *name, const char *l1, const char *l2)
+{
+    int n;
+    double v = msum(parsed, name, l1, l2, &n);
+    return n == 1 ? v : -1;
+}
+
+/* Service svc's per-worker samples (nworkers of them) add up to its
+ * per-service ones: requests, bytes, handler errors, the handler-time
+ * histogram (whose count is the requests, per worker too), sessions and
+ * streams. Its requests are `requests`. */
+static void check_worker_sums(const char *parsed, const char *svc, int nworkers, double requests)
+{
+    char sl[96];
+    snprintf(sl, sizeof(sl), "service=\"%s\"", svc);
+    static const char *const pairs[][2] = {
+        {"shmipcd_requests_total", "shmipcd_worker_requests_total"},
+        {"shmipcd_request_bytes_total", "shmipcd_worker_request_bytes_total"},
+        {"shmipcd_response_bytes_total", "shmipcd_worker_response_bytes_total"},
+        {"shmipcd_handler_errors_total", "shmipcd_worker_handler_errors_total"},
+        {"shmipcd_handler_seconds_count", "shmipcd_worker_handler_seconds_count"},
+        {"shmipcd_sessions", "shmipcd_worker_sessions"},
+        {"shmipcd_streams", "shmipcd_worker_streams"},
+    };
+    for (size_t k = 0; k < sizeof(pairs) / sizeof(pairs[0]); k++) {
+        int n = 0;
+        double per_worker = msum(parsed, pairs[k][1], sl, NULL, &n);
+        CHECK_EQ(n, nworkers);
+        CU_ASSERT(per_worker == mone(parsed, pairs[k][0], sl, NULL));
+    }
+    CU_ASSERT(mone(parsed, "shmipcd_requests_total", sl, NULL) == requests);
+    CU_ASSERT(mone(parsed, "shmipcd_handler_seconds_count", sl, NULL) == requests);
+    for (int i = 0; i < nworkers; i++) {
+        char wl[32];
+        snprintf(wl, sizeof(wl), "worker=\"%d\"", i);
+        double req = mone(parsed, "shmipcd_worker_requests_total", sl, wl);
+        CU_ASSERT(req >= 0);
+        CU_ASSERT(mone(parsed, "shmipcd_worker_handler_seconds_count", sl, wl) == req);
+        int nb = 0;
+        msum(parsed, "shmipcd_worker_handler_seconds_bucket", sl, wl, &nb);
+        CHECK_EQ(nb, 16); /* the service's buckets, +Inf included */
+        char both[160];
+        snprintf(both, sizeof(both), "%s,worker=\"%d\"", sl, i); /* parse.py sorts labels */
+        CU_ASSERT(mone(parsed, "shmipcd_worker_handler_seconds_bucket", "le=\"+Inf\"", both) ==
+                  req);
+    }
+}
+
+/* One request on st, answered with the same bytes. 0 or a code. */
+static int echo_call(shmipc_stream *st, const char *text)
+{
+    shmipc_msg m;
+    int rc = shmipc_call(st, text, strlen(text), &m, RECV_MS);
+    if (rc < 0)
+        return rc;
+    char buf[64] = "";
+    size_t n = shmipc_msg_copy(&m, 0, buf, sizeof(buf) - 1);
+    shmipc_msg_release(&m);
+    return n == strlen(text) && memcmp(buf, text, n) == 0 ? 0 : -1;
+}
+
+/* One request on a fresh stream of c (given back to c after). */
+static int echo_call_new(shmipc_client *c, const char *text)
+{
+    shmipc_stream *st;
+    int rc = shmipc_client_get(c, &st);
+    if (rc < 0)
+        return rc;
+    rc = echo_call(st, text);
+    if (rc == 0)
+        shmipc_client_put(c, st);
+    else
+        shmipc_stream_close(st);
+    return rc;
+}
+
+/* Scrapes into parsed until service svc's workers' sessions add up to
+ * its own count `sessions` (a respawned process adopts its sessions on
+ * its own time). 0 when they did. */
+static int scrape_settled(struct fx *f, const char *svc, double sessions, char *out, size_t cap,
+                          char *parsed, size_t pcap)
+{
+    char sl[96];
+    snprintf(sl, sizeof(sl), "service=\"%s\"", svc);
+    uint64_t dl = du_deadline(POLL_MS);
+    do {
+        if (dfx_ctl(&f->d, out, cap, "metrics", NULL) != 0 ||
+            parse_metrics(f, out, parsed, pcap) != 0)
+            return -1;
+        if (mone(parsed, "shmipcd_sessions", sl, NULL) == sessions &&
+            msum(parsed, "shmipcd_worker_sessions", sl, NULL, NULL) == sessions)
+            return 0;
+        du_sleep_ms(20);
+    } while (!du_past(dl));
+    return -1;
+}
+
 /* shmipcctl metrics and GET /metrics: both parse with the reference
- * parser and count what was done; status --json and sessions too. */
+ * parser and count what was done, per service and per worker, for a
+ * thread-mode service (the shared workers) and a process-mode one (the
+ * workers of its process), whose per-worker counters go on across a
+ * crash of its process; status --json and sessions too. Two sessions per
+ * service go to its two workers (the least loaded takes each). */
 static void test_metrics(void)
 {
     struct fx f;
-    static char out[65536], parsed[65536];
-    shmipc_client *c = NULL;
+    static char out[262144], parsed[262144];
+    enum { NCL = 4 };
+    static const char *const svc_of[NCL] = {"echo", "echo", "victim", "victim"};
+    static const int calls[NCL] = {7, 5, 7, 5};
+    shmipc_client *c[NCL] = {NULL, NULL, NULL, NULL};
+    shmipc_stream *st[NCL] = {NULL, NULL, NULL, NULL};
     int port = 0, fd = -1;
+    struct rlimit core;
+    int core_saved = getrlimit(RLIMIT_CORE, &core) == 0;
     REQUIRE(dfx_begin(&f) == 0);
+    if (core_saved) { /* shmipcd inherits it: the victim's crash leaves no core file */
+        struct rlimit none = {0, core.rlim_max};
+        setrlimit(RLIMIT_CORE, &none);
+    }
     for (int tries = 0; tries < 20 && port == 0; tries++) {
         int p = 20000 + (int)((du_now_ns() / 1000 + (uint64_t)tries * 7919) % 30000);
         int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -996,29 +1137,57 @@ static void test_metrics(void)
     REQUIRE(port != 0);
     struct du_conf t = {.n = 0};
     du_conf_add(&t, "metrics_listen = \"tcp:127.0.0.1:%d\";\n", port);
-    du_conf_head(&t, &f.d, NULL);
+    du_conf_head(&t, &f.d, NULL); /* workers = 2 */
     du_conf_service(&t, &f.d, 1, "echo", du_plugin_path("echo"), NULL);
+    du_conf_add(&t, ",  { name = \"victim\"; listen = \"%s\"; plugin = \"%s\"; "
+                    "isolation = \"process\"; }\n",
+                du_addr(&f.d, "victim"), du_test_plugin_path("crash"));
     REQUIRE(du_conf_write(&t, &f.d, "metrics.conf") == 0);
     REQUIRE(du_start(&f.d, START_MS) == 0);
-    struct shmipc_client_config cfg;
-    shmipc_client_config_init(&cfg);
-    cfg.address = du_addr(&f.d, "echo");
-    REQUIRE(shmipc_client_open(&cfg, &c) == 0);
-    shmipc_stream *st;
-    REQUIRE(shmipc_client_get(c, &st) == 0);
-    for (int i = 0; i < 7; i++) {
-        shmipc_msg m;
-        REQUIRE(shmipc_call(st, "count me", 8, &m, RECV_MS) == 0);
-        shmipc_msg_release(&m);
+    for (int k = 0; k < NCL; k++) {
+        struct shmipc_client_config cfg;
+        shmipc_client_config_init(&cfg);
+        cfg.address = du_addr(&f.d, svc_of[k]);
+        cfg.reconnect_min_ms = 10;
+        cfg.reconnect_max_ms = 50;
+        REQUIRE(shmipc_client_open(&cfg, &c[k]) == 0);
+        REQUIRE(shmipc_client_get(c[k], &st[k]) == 0);
+        for (int i = 0; i < calls[k]; i++)
+            REQUIRE(echo_call(st[k], "count me") == 0);
     }
-    CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "metrics", NULL), 0);
-    CHECK_EQ(parse_metrics(&f, out, parsed, sizeof(parsed)), 0);
-    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 7\n"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_sessions{service=\"echo\"} 1\n"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_handler_seconds_count{service=\"echo\"} 7\n"));
+    /* Each client holds its session and one stream open meanwhile. */
+    REQUIRE(scrape_settled(&f, "victim", 2, out, sizeof(out), parsed, sizeof(parsed)) == 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 12\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_sessions{service=\"echo\"} 2\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_handler_seconds_count{service=\"echo\"} 12\n"));
     CU_ASSERT_PTR_NOT_NULL(
         strstr(parsed, "shmipcd_refused_total{reason=\"allowlist\",service=\"echo\"} 0\n"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_worker_requests_total{pool=\"shared\""));
+    static const char *const svcs[2] = {"echo", "victim"}, *const pools[2] = {"shared", "process"};
+    double before[2][2] = {{0}};
+    for (int k = 0; k < 2; k++) {
+        char sl[64], pl[64];
+        snprintf(sl, sizeof(sl), "service=\"%s\"", svcs[k]);
+        snprintf(pl, sizeof(pl), "pool=\"%s\"", pools[k]);
+        check_worker_sums(parsed, svcs[k], 2, 12);
+        for (int i = 0; i < 2; i++) {
+            char wl[32];
+            snprintf(wl, sizeof(wl), "worker=\"%d\"", i);
+            before[k][i] = mone(parsed, "shmipcd_worker_requests_total", sl, wl);
+            /* One session each, holding one stream; its bytes are its requests'. */
+            CU_ASSERT(mone(parsed, "shmipcd_worker_sessions", sl, wl) == 1);
+            CU_ASSERT(mone(parsed, "shmipcd_worker_streams", sl, wl) == 1);
+            CU_ASSERT(mone(parsed, "shmipcd_worker_request_bytes_total", sl, wl) ==
+                      8 * before[k][i]);
+            CU_ASSERT(mone(parsed, "shmipcd_worker_response_bytes_total", sl, wl) ==
+                      8 * before[k][i]);
+            CU_ASSERT(mone(parsed, "shmipcd_worker_requests_total", pl, wl) >= 0);
+        }
+        /* The sessions of 7 and 5 calls, one per worker. */
+        CU_ASSERT((before[k][0] == 7 && before[k][1] == 5) ||
+                  (before[k][0] == 5 && before[k][1] == 7));
+    }
+    CU_ASSERT(mone(parsed, "shmipcd_worker_process_sessions", "service=\"victim\"", NULL) == 2);
+    CU_ASSERT(mone(parsed, "shmipcd_streams", "service=\"victim\"", NULL) == 2);
     /* Over HTTP, as a Prometheus server scrapes it. */
     struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -1035,23 +1204,77 @@ static void test_metrics(void)
     const char *body = strstr(out, "\r\n\r\n");
     REQUIRE(body != NULL);
     CHECK_EQ(parse_metrics(&f, body + 4, parsed, sizeof(parsed)), 0);
-    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 7\n"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(parsed, "shmipcd_requests_total{service=\"echo\"} 12\n"));
+    CU_ASSERT(mone(parsed, "shmipcd_worker_requests_total", "service=\"victim\"", "worker=\"0\"") ==
+              before[1][0]);
     CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", "--json"), 0);
     CU_ASSERT(strncmp(out, "{\"pid\":", 7) == 0 &&
-              strstr(out, "\"name\":\"echo\"") != NULL && strstr(out, "\"sessions\":1") != NULL);
+              strstr(out, "\"name\":\"echo\"") != NULL && strstr(out, "\"sessions\":2") != NULL);
     CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "sessions", NULL), 0);
     char want[96];
     snprintf(want, sizeof(want), "service echo, worker shared ");
     CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
     snprintf(want, sizeof(want), "peer pid %d uid %d", (int)getpid(), (int)getuid());
     CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
-    shmipc_client_put(c, st);
+
+    /* The victim's process dies (both its sessions with it) and is
+     * respawned: its per-worker counters go on from where they were. */
+    const char *pid_label = strstr(parsed, "shmipcd_worker_process_sessions{");
+    char old_pid[64] = "";
+    if (pid_label != NULL && (pid_label = strstr(pid_label, "pid=\"")) != NULL)
+        snprintf(old_pid, sizeof(old_pid), "%.*s",
+                 (int)(strchr(pid_label + 5, '"') - pid_label + 1), pid_label);
+    CU_ASSERT(old_pid[0] != '\0');
+    for (int k = 2; k < NCL; k++) {
+        shmipc_stream_close(st[k]);
+        st[k] = NULL;
+    }
+    CU_ASSERT(echo_call_new(c[2], "crash now") < 0);
+    int after_calls = 0;
+    for (int k = 2; k < NCL; k++) {
+        uint64_t dl = du_deadline(POLL_MS);
+        while (echo_call_new(c[k], "again") != 0 && !du_past(dl))
+            du_sleep_ms(10);
+        REQUIRE(!du_past(dl));
+        after_calls++;
+    }
+    for (int i = 0; i < 3; i++, after_calls++)
+        REQUIRE(echo_call_new(c[2], "and again") == 0);
+    REQUIRE(scrape_settled(&f, "victim", 2, out, sizeof(out), parsed, sizeof(parsed)) == 0);
+    check_worker_sums(parsed, "victim", 2, 12 + after_calls);
+    for (int i = 0; i < 2; i++) {
+        char wl[32];
+        snprintf(wl, sizeof(wl), "worker=\"%d\"", i);
+        CU_ASSERT(mone(parsed, "shmipcd_worker_requests_total", "service=\"victim\"", wl) >=
+                  before[1][i]);
+    }
+    CU_ASSERT(mone(parsed, "shmipcd_worker_process_restarts_total", "service=\"victim\"", NULL) ==
+              1);
+    /* One process now, a new one, with both sessions. */
+    CU_ASSERT(mone(parsed, "shmipcd_worker_process_sessions", "service=\"victim\"", NULL) == 2);
+    int nold = -1;
+    msum(parsed, "shmipcd_worker_process_sessions", old_pid, NULL, &nold);
+    CU_ASSERT(old_pid[0] != '\0' && nold == 0);
+    /* A client of echo goes: its worker's gauges go down with it. */
+    shmipc_client_put(c[1], st[1]);
+    st[1] = NULL;
+    shmipc_client_close(c[1]);
+    c[1] = NULL;
+    REQUIRE(scrape_settled(&f, "echo", 1, out, sizeof(out), parsed, sizeof(parsed)) == 0);
+    check_worker_sums(parsed, "echo", 2, 12);
+    CU_ASSERT(msum(parsed, "shmipcd_worker_streams", "service=\"echo\"", NULL, NULL) == 1);
 out:
     if (fd >= 0)
         close(fd);
-    if (c != NULL)
-        shmipc_client_close(c);
+    for (int k = 0; k < NCL; k++) {
+        if (st[k] != NULL)
+            shmipc_client_put(c[k], st[k]);
+        if (c[k] != NULL)
+            shmipc_client_close(c[k]);
+    }
     dfx_end(&f);
+    if (core_saved)
+        setrlimit(RLIMIT_CORE, &core);
 }
 
 /* shmipcd -t: a socket in a directory that is not there is refused (the
