@@ -836,15 +836,28 @@ void proc_status(struct daemon *d, struct service *svc, struct strbuf *b)
 }
 
 /* Whether pid runs a shmipcd (its name in /proc). */
+/* 1 when pid runs shmipcd: its name says so, or its command line names a
+ * shmipcd binary (under valgrind the name is the tool's). */
 static int is_shmipcd(long pid)
 {
-    char path[64], name[64] = "";
+    char path[64], buf[4096] = "";
     snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return 0;
-    int ok = fgets(name, sizeof(name), f) != NULL && strncmp(name, "shmipcd", 7) == 0;
+    int ok = fgets(buf, sizeof(buf), f) != NULL && strncmp(buf, "shmipcd", 7) == 0;
     fclose(f);
+    snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+    if (!ok && (f = fopen(path, "r")) != NULL) {
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* NUL-separated arguments: any whose file name starts with shmipcd */
+        for (size_t at = 0; at < n && !ok; at += strlen(buf + at) + 1) {
+            const char *slash = strrchr(buf + at, '/');
+            ok = strncmp(slash != NULL ? slash + 1 : buf + at, "shmipcd", 7) == 0;
+        }
+    }
     return ok;
 }
 

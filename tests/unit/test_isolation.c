@@ -12,6 +12,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,11 +378,27 @@ out:
 /* A private plugin directory of a shmipcd that is gone is removed at
  * start. Under a TMPDIR of this test's own, so that no other shmipcd on
  * the machine looks there; the pid is that of a child already reaped. */
+extern char **environ;
+
+static int cmdline_names(pid_t pid, const char *name)
+{
+    char path[64], buf[256] = "";
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    FILE *fp = fopen(path, "r");
+    if (fp == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strcmp(buf, name) == 0;
+}
+
 static void test_stale_dirs_removed(void)
 {
     struct fx f;
-    char stale[160], file[200], line[220];
+    char stale[160], file[200], line[220], kept[160] = "";
     int tmpdir_set = 0;
+    pid_t alive = -1;
     REQUIRE(dfx_begin(&f) == 0);
     pid_t gone = fork();
     REQUIRE(gone >= 0);
@@ -392,18 +409,34 @@ static void test_stale_dirs_removed(void)
     snprintf(file, sizeof(file), "%s/echo.so.gen1", stale);
     REQUIRE(mkdir(stale, 0700) == 0);
     REQUIRE(du_write_file(file, "x") == 0);
+    /* A live process whose command line names a shmipcd binary (as under
+     * valgrind, where the process name is the tool's) keeps its own. */
+    char *argv[] = {"shmipcd-under-a-tool", "30", NULL};
+    REQUIRE(posix_spawn(&alive, "/bin/sleep", NULL, NULL, argv, environ) == 0);
+    snprintf(kept, sizeof(kept), "%s/shmipcd-%d-ghijkl", f.d.dir, (int)alive);
+    REQUIRE(mkdir(kept, 0700) == 0);
+    uint64_t dl = du_deadline(POLL_MS); /* until the exec happened */
+    while (!cmdline_names(alive, "shmipcd-under-a-tool") && !du_past(dl))
+        du_sleep_ms(5);
     REQUIRE(setenv("TMPDIR", f.d.dir, 1) == 0);
     tmpdir_set = 1;
     REQUIRE(start_isolated(&f, NULL) == 0);
     unsetenv("TMPDIR");
     tmpdir_set = 0;
     CU_ASSERT(!du_exists(stale));
+    CU_ASSERT(du_exists(kept));
     snprintf(line, sizeof(line), "removing %s: its shmipcd (pid %d) is gone", stale, (int)gone);
     CHECK_EQ(dfx_log_count(&f.d, line), 1);
     CHECK_EQ(dfx_log_count(&f.d, "removing"), 1);
 out:
     if (tmpdir_set)
         unsetenv("TMPDIR");
+    if (alive > 0) {
+        kill(alive, SIGKILL);
+        du_reap(alive, POLL_MS);
+    }
+    if (kept[0] != '\0')
+        rmdir(kept);
     unlink(file);
     rmdir(stale);
     dfx_end(&f);
