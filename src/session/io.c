@@ -63,7 +63,8 @@ static int on_fallback_locked(struct session *s, const uint8_t *ev, uint32_t len
 
 /* HotRestart reaches a client, HotRestartAck a server: anything else is
  * the peer's error. A client keeps the first epoch it was told (as Go's
- * does); a server takes only the ack of the epoch it sent. */
+ * does); a server takes only the ack of the epoch it sent, and an ack it
+ * never asked for is a protocol error. */
 static int on_hot_locked(struct session *s, const uint8_t *ev, const struct ev_header *h)
 {
     uint64_t epoch;
@@ -86,12 +87,15 @@ static int on_hot_locked(struct session *s, const uint8_t *ev, const struct ev_h
     }
     if (s->cfg.role != ROLE_SERVER)
         return protocol_error(s, SHMIPC_EPROTO, "a server sent HotRestartAck");
-    if (s->hot == HOT_SENT && epoch == s->hot_epoch)
+    if (s->hot == HOT_SENT && epoch == s->hot_epoch) {
         __atomic_store_n(&s->hot, HOT_ACKED, __ATOMIC_RELEASE);
-    else
-        log_debug("session %d: HotRestartAck for epoch %llu ignored (none asked for)",
-                  s->cfg.index, (unsigned long long)epoch);
-    return 0;
+        return 0;
+    }
+    if (s->hot == HOT_ACKED && epoch == s->hot_epoch)
+        return 0; /* said twice: harmless */
+    return protocol_error(s, SHMIPC_EPROTO,
+                          s->hot == HOT_NONE ? "HotRestartAck, but no HotRestart was sent"
+                                             : "HotRestartAck for another epoch");
 }
 
 static int on_event_locked(struct session *s, const uint8_t *ev, const struct ev_header *h)

@@ -806,7 +806,8 @@ static void case_event_after_handshake_not_allowed(struct case_ctx *c)
     bad_after_handshake(c, "AckShareMemory", 3, SHMIPC_EV_ACK_SHM, why);
     bad_after_handshake(c, "AckReadyRecvFD", 3, SHMIPC_EV_ACK_READY_RECV_FD, why);
     ev_encode_hot_restart(b, sizeof(b), 3, SHMIPC_EV_HOT_RESTART_ACK, 7);
-    bad_bytes(c, "HotRestartAck unasked", b, 16, why);
+    bad_bytes(c, "HotRestartAck unasked", b, 16,
+              why2("HotRestartAck, but no HotRestart was sent", SHMIPC_EPROTO));
     ev_encode_hot_restart(b, sizeof(b), 3, SHMIPC_EV_HOT_RESTART, 7);
     bad_bytes(c, "HotRestart from a client", b, 16,
               why2("a client sent HotRestart", SHMIPC_EPROTO));
