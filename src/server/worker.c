@@ -275,11 +275,14 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct epoll_event evs[64];
-    int blocked = 0;
+    int blocked = 0, spinning = 0;
     uint64_t next_idle_check = 0;
     while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
         int idle_ms = __atomic_load_n(&w->d->idle_timeout_ms, __ATOMIC_RELAXED);
-        int timeout = blocked ? 1 : idle_ms > 0 && idle_ms < 4000 ? idle_ms / 4 + 1 : 1000;
+        int timeout = spinning  ? 0 /* the spin goes on after a look at the rest */
+                      : blocked ? 1
+                      : idle_ms > 0 && idle_ms < 4000 ? idle_ms / 4 + 1
+                                                      : 1000;
         serve_loop_idle(&w->loop);
         int n = epoll_wait(w->epfd, evs, 64, timeout);
         if (n > 0)
@@ -294,8 +297,8 @@ static void *worker_main(void *arg)
         int spin_us = __atomic_load_n(&w->d->spin_us, __ATOMIC_RELAXED);
         if (n > 0 && spin_us > 0)
             serve_loop_spin(&w->loop, spin_us, &w->stop);
-        else if (n > 0)
-            serve_loop_adaptive_spin(&w->loop, &w->stop);
+        else
+            spinning = (n > 0 || spinning) && serve_loop_adaptive_spin(&w->loop, &w->stop);
         blocked = serve_loop_retry_blocked(&w->loop);
         uint64_t hot = __atomic_load_n(&w->hot_epoch, __ATOMIC_ACQUIRE);
         if (hot != 0) {

@@ -11,6 +11,10 @@
 #include "shm/atomics.h"
 #include "shmipc/errors.h"
 
+/* However busy, the owner's own loop runs this often (new sessions, jobs,
+ * a hot restart, retries): a spin never lasts longer. */
+#define SPIN_TURN_MAX_NS 2000000u
+
 void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler *h, void *ctx)
 {
     lp->epfd = epfd;
@@ -153,8 +157,9 @@ void serve_loop_add(struct serve_loop *lp, struct serve_conn *c)
 
 void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
 {
-    uint64_t window = (uint64_t)spin_us * 1000u, end = sock_now_ns() + window;
-    while (!__atomic_load_n(stop, __ATOMIC_RELAXED) && sock_now_ns() < end) {
+    uint64_t window = (uint64_t)spin_us * 1000u, now = sock_now_ns(), end = now + window;
+    uint64_t cap = now + (window > SPIN_TURN_MAX_NS ? window : SPIN_TURN_MAX_NS);
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED) && (now = sock_now_ns()) < end && now < cap) {
         int any = 0;
         for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
             if (session_spin_harvest(c->s) > 0) {
@@ -194,10 +199,10 @@ void serve_loop_idle(struct serve_loop *lp)
         lp->idle_ns = sock_now_ns();
 }
 
-void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
+int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
 {
     if (!lp->adaptive || lp->n == 0 || lp->n > ASPIN_MAX_SESSIONS)
-        return;
+        return 0;
     uint64_t window;
     if (lp->gap_ns != 0 && lp->gap_ns < ASPIN_WAKE_NS) {
         window = lp->gap_ns + ASPIN_SLACK_NS;
@@ -205,11 +210,15 @@ void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
         window = ASPIN_WAKE_NS;
         lp->probe = 0;
     } else {
-        return;
+        return 0;
     }
-    uint64_t idle = sock_now_ns(), end = idle + window;
-    int came = 0;
+    uint64_t idle = sock_now_ns(), end = idle + window, cap = idle + SPIN_TURN_MAX_NS;
+    int came = 0, capped = 0;
     while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+        if (idle >= cap) {
+            capped = 1;
+            break;
+        }
         int any = 0;
         for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
             if (session_spin_harvest(c->s) > 0) {
@@ -241,6 +250,7 @@ void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
         session_spin_end(c->s);
         serve_loop_dispatch(lp, c);
     }
+    return capped;
 }
 
 int serve_loop_retry_blocked(struct serve_loop *lp)

@@ -82,7 +82,11 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop);
  * notices clients that became fast. serve_loop_awake() is called when
  * epoll_wait returned work, serve_loop_idle() before the loop sleeps. */
 void serve_loop_awake(struct serve_loop *lp);
-void serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop);
+/* Returns 1 when it stopped only because it ran SPIN_TURN_MAX_NS with work
+ * still coming: the owner runs its own loop without sleeping (epoll_wait
+ * with no timeout) and calls it again, so the clients keep being served
+ * by the spin while new sessions, jobs and stops are still looked at. */
+int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop);
 void serve_loop_idle(struct serve_loop *lp);
 /* Retries flushes that met a full queue; 1 while any stream stays
  * blocked (the caller polls again soon). */

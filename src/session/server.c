@@ -254,7 +254,7 @@ static int hot_turn(struct shmipc_server *srv)
 int shmipc_server_run(shmipc_server *srv)
 {
     struct epoll_event evs[64];
-    int blocked = 0;
+    int blocked = 0, spinning = 0;
     while (!srv->stop) {
         int hot = __atomic_load_n(&srv->hot, __ATOMIC_ACQUIRE) == HOT_RUNNING;
         if (hot && hot_turn(srv))
@@ -264,6 +264,8 @@ int shmipc_server_run(shmipc_server *srv)
             timeout = 1; /* a client's queue was full: retry soon */
         if (hot && (timeout < 0 || timeout > 10))
             timeout = 10; /* a session that acked closes once quiet */
+        if (spinning)
+            timeout = 0; /* the spin goes on after a look at everything else */
         serve_loop_idle(&srv->loop);
         int n = epoll_wait(srv->epfd, evs, 64, timeout);
         if (n < 0 && errno != EINTR)
@@ -290,8 +292,8 @@ int shmipc_server_run(shmipc_server *srv)
         }
         if (n > 0 && srv->cfg.spin_us > 0)
             serve_loop_spin(&srv->loop, srv->cfg.spin_us, &srv->stop);
-        else if (n > 0)
-            serve_loop_adaptive_spin(&srv->loop, &srv->stop);
+        else
+            spinning = (n > 0 || spinning) && serve_loop_adaptive_spin(&srv->loop, &srv->stop);
         blocked = serve_loop_retry_blocked(&srv->loop);
     }
     return 0;

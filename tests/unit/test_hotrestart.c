@@ -273,7 +273,59 @@ out:
     hr_end(&h);
 }
 
+/* A client calling without a pause keeps the server's adaptive spin going
+ * (and its own): the server must still look at its listener, so a second
+ * client is served, and at its event fd, so a hot restart still starts. */
+static void test_busy_spin_still_serves(void)
+{
+    struct hr h;
+    char prefix[96], bprefix[96];
+    struct load l = {.mode = SHMIPC_MODE_MEMFD, .threads = 2};
+    shmipc_client *b = NULL;
+    unsigned long since = 0;
+    int started = 0;
+    REQUIRE(hr_begin(&h, 60000) == 0);
+    load_init(&l, &h, 0, prefix, sizeof(prefix));
+    REQUIRE(load_start(&l) == 0);
+    started = 1;
+    CHECK_EQ(load_progress(&l, 1, &since, 2000, WAIT_MS), 0);
+    struct shmipc_client_config cfg;
+    shmipc_client_config_init(&cfg);
+    snprintf(bprefix, sizeof(bprefix), "/dev/shm/%sb", h.shm);
+    cfg.address = h.addr;
+    cfg.path_prefix = bprefix;
+    cfg.pool_bytes = 1u << 20;
+    cfg.connect_timeout_ms = WAIT_MS;
+    REQUIRE(shmipc_client_open(&cfg, &b) == 0);
+    shmipc_stream *st;
+    shmipc_msg m;
+    REQUIRE(shmipc_client_get(b, &st) == 0);
+    CHECK_EQ(shmipc_call(st, "second", 6, &m, WAIT_MS), 0);
+    shmipc_msg_release(&m);
+    shmipc_client_put(b, st);
+    shmipc_client_close(b);
+    b = NULL;
+    pid_t next = upgrade(&h, h.first, 1, WAIT_MS);
+    CU_ASSERT(next > 0);
+    load_counts(&l, 1, &since);
+    CHECK_EQ(load_progress(&l, 1, &since, 50, WAIT_MS), 0);
+    CHECK_EQ(load_stop_all(&l, 1), 0);
+    started = 0;
+    if (next > 0) {
+        kill(next, SIGTERM);
+        CHECK_EQ(wait_log(&h, "echo_server: sessions ", 2, WAIT_MS), 2);
+    }
+out:
+    if (b != NULL)
+        shmipc_client_close(b);
+    if (started)
+        CHECK_EQ(load_stop_all(&l, 1), 0);
+    hr_end(&h);
+}
+
 static const struct test_case cases[] = {
+    {"a busy spinning server still takes new sessions and a hot restart",
+     test_busy_spin_still_serves},
     {"upgrades under load: every client moves, none fails", test_upgrade_under_load},
     {"a client that never acks is closed at the drain deadline", test_client_never_acks},
     {"hot restart API", test_api},
