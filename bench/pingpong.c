@@ -12,6 +12,13 @@
  *                                         --server-spin-us N: the server's alone)
  *                        [--sessions N] [--pool-mb N] [--server-pid PID]
  *                        [--adaptive-spin 0|1] [--server-spin-us N]
+ *                        [--write copy|reserve]
+ * --write reserve makes the shmipc client write each request where it is
+ * sent, into shared memory (shmipc_stream_reserve, 64 KiB at a time,
+ * the pattern copied straight there; timed from the first reserve), as a
+ * program that builds its messages in place would; copy (the default)
+ * writes a private buffer first and hands it to shmipc_call(), as the
+ * unix-socket client hands its buffer to write().
  * The shmipc client has one session (the library's default; --sessions
  * N for more) and a 64 MiB pool (--pool-mb); its calls are blocking
  * shmipc_call()s, answers checked where they lie.
@@ -57,6 +64,7 @@ struct opts {
     size_t pool_mb;
     pid_t server_pid;  /* --connect: whose CPU to count as the server's */
     int adaptive_spin; /* -1: the library's default */
+    int reserve;       /* --write reserve */
 };
 
 static uint64_t now_ns(void)
@@ -261,6 +269,7 @@ struct worker {
     const char *path;
     size_t size;
     uint64_t end_ns;
+    int reserve;            /* shmipc: write in place (--write reserve) */
     uint64_t ops, errors;
     uint32_t *lat_us;       /* per round trip */
     size_t nlat, caplat;
@@ -317,6 +326,9 @@ static int check_msg(const shmipc_msg *m, size_t n, uint8_t seed)
     return off == n;
 }
 
+#define RESERVE_CHUNK 65536
+static int write_reserve; /* --write reserve */
+
 static void *shmipc_worker(void *arg)
 {
     struct worker *w = arg;
@@ -327,10 +339,24 @@ static void *shmipc_worker(void *arg)
     }
     uint8_t *req = malloc(w->size + 1);
     for (uint8_t seed = 0; now_ns() < w->end_ns; seed++) {
-        fill(req, w->size, seed);
         uint64_t t0 = now_ns();
+        int rc = 0;
+        if (w->reserve) {
+            /* The request written where it goes: nothing copied after. */
+            for (size_t off = 0; off < w->size && rc == 0;) {
+                size_t k = w->size - off < RESERVE_CHUNK ? w->size - off : RESERVE_CHUNK;
+                void *p;
+                if ((rc = shmipc_stream_reserve(st, k, &p)) == 0)
+                    memcpy(p, pattern + seed + off, k);
+                off += k;
+            }
+        } else {
+            fill(req, w->size, seed);
+            t0 = now_ns();
+        }
         shmipc_msg m;
-        int rc = shmipc_call(st, req, w->size, &m, 5000);
+        if (rc == 0)
+            rc = shmipc_call(st, req, w->reserve ? 0 : w->size, &m, 5000);
         if (rc < 0) {
             w->errors++;
             break;
@@ -421,7 +447,7 @@ static double run_case(const char *name, int uds, shmipc_client *client, const c
     uint64_t t0 = now_ns(), end = t0 + (uint64_t)ms * 1000000u;
     for (unsigned i = 0; i < nstreams; i++) {
         w[i] = (struct worker){.uds = uds, .client = client, .path = path, .size = size,
-                               .end_ns = end};
+                               .end_ns = end, .reserve = !uds && write_reserve};
         pthread_create(&w[i].th, NULL, uds ? uds_worker : shmipc_worker, &w[i]);
     }
     uint64_t ops = 0, errors = 0;
@@ -492,7 +518,7 @@ int main(int argc, char **argv)
                    "                       [--mode memfd|file] [--spin-us N] [--connect ADDR]\n"
                    "                       [--no-uds] [--sessions N] [--pool-mb N]\n"
                    "                       [--server-pid PID] [--adaptive-spin 0|1]\n"
-                   "                       [--server-spin-us N]\n"
+                   "                       [--server-spin-us N] [--write copy|reserve]\n"
                    "One ping-pong per size and stream count: shmipc (a library server\n"
                    "forked here, or ADDR) and a unix-socket baseline (unless --no-uds);\n"
                    "every byte written and checked.\n");
@@ -523,6 +549,12 @@ int main(int argc, char **argv)
             o.server_pid = (pid_t)atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--adaptive-spin") == 0) {
             o.adaptive_spin = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--write") == 0) {
+            o.reserve = strcmp(argv[i + 1], "reserve") == 0;
+            if (!o.reserve && strcmp(argv[i + 1], "copy") != 0) {
+                fprintf(stderr, "--write: copy or reserve\n");
+                return 2;
+            }
         } else if (strcmp(argv[i], "--connect") == 0) {
             o.connect = argv[i + 1];
         } else if (strcmp(argv[i], "--sizes") == 0) {
@@ -541,6 +573,7 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    write_reserve = o.reserve;
     size_t max_size = 0;
     for (unsigned k = 0; k < o.nsizes; k++)
         if (o.sizes[k] > max_size)
