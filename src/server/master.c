@@ -447,6 +447,7 @@ static void on_signal(struct daemon *d)
             continue;
         }
         if (si.ssi_signo == SIGCHLD) {
+            upgrade_reap(d); /* an upgrade's new daemon that did not make it */
             proc_on_sigchld(d);
             continue;
         }
@@ -512,7 +513,8 @@ int daemon_run(struct daemon *d)
         int proc_due = proc_tick(d);
         if (proc_due >= 0 && proc_due < timeout)
             timeout = proc_due;
-        int up_due = upgrade_tick(d);
+        int up_due =
+            upgrade_tick(d, upgrade_handing_over(d) ? daemon_sessions(d) + d->acc.nhs : 0);
         if (up_due >= 0 && up_due < timeout)
             timeout = up_due;
         if (d->stopping)
@@ -561,7 +563,7 @@ int daemon_run(struct daemon *d)
                 watch_on_event(d);
                 break;
             case EPK_UPGRADE:
-                upgrade_on_event(d);
+                upgrade_on_event(d, daemon_sessions(d));
                 break;
             default:
                 break;

@@ -530,14 +530,6 @@ static void remove_dirs_of(pid_t pid)
     closedir(dp);
 }
 
-static struct wproc *find_pid(struct daemon *d, pid_t pid)
-{
-    for (struct wproc *w = d->procs; w != NULL; w = w->next)
-        if (w->pid == pid)
-            return w;
-    return NULL;
-}
-
 static void session_done(struct daemon *d, struct wproc *w, uint64_t id)
 {
     for (unsigned i = 0; i < w->nsess; i++) {
@@ -636,16 +628,26 @@ static void crashed(struct daemon *d, struct service *svc, uint64_t served_ns)
     (void)d;
 }
 
+/* A worker process that exited, reaped (its status in *status), or NULL.
+ * Only ours: the master has other children (an upgrade's new daemon). */
+static struct wproc *reap_one(struct daemon *d, int *status)
+{
+    for (struct wproc *w = d->procs; w != NULL; w = w->next) {
+        pid_t r;
+        while ((r = waitpid(w->pid, status, WNOHANG)) < 0 && errno == EINTR)
+            ;
+        if (r == w->pid)
+            return w;
+    }
+    return NULL;
+}
+
 void proc_on_sigchld(struct daemon *d)
 {
     int status;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (upgrade_child_exited(d, pid, status))
-            continue; /* an upgrade's new daemon */
-        struct wproc *w = find_pid(d, pid);
-        if (w == NULL)
-            continue;
+    struct wproc *w;
+    while ((w = reap_one(d, &status)) != NULL) {
+        pid_t pid = w->pid;
         struct service *svc = w->svc;
         char how[128];
         describe_exit(status, how, sizeof(how));

@@ -23,7 +23,6 @@
 #include "base/log.h"
 #include "proto/sock.h"
 #include "server/daemon.h"
-#include "server/master.h"
 #include "server/notify.h"
 #include "server/proc.h"
 #include "server/service.h"
@@ -323,7 +322,7 @@ static void let_go(struct daemon *d, struct serve_listener *l)
     serve_listener_close(l);
 }
 
-static void hand_over(struct daemon *d, pid_t next)
+static void hand_over(struct daemon *d, pid_t next, unsigned n)
 {
     struct upgrade *u = &d->up;
     for (unsigned i = 0; i < d->nsvcs; i++)
@@ -349,14 +348,13 @@ static void hand_over(struct daemon *d, pid_t next)
     for (struct service *svc = d->removed; svc != NULL; svc = svc->next_removed)
         pool_hot_restart(&svc->own, epoch);
     proc_hot_restart(d, epoch, (unsigned)d->conf->drain_timeout_ms);
-    unsigned n = daemon_sessions(d);
     log_info("upgrade: pid %d (%s) serves; %u sessions move over (epoch %llu)", (int)next,
              u->binary, n, (unsigned long long)epoch);
     reply(u, "upgrade: pid %d (%s) serves; %u sessions move over (epoch %llu)\n", (int)next,
           u->binary, n, (unsigned long long)epoch);
 }
 
-void upgrade_on_event(struct daemon *d)
+void upgrade_on_event(struct daemon *d, unsigned sessions)
 {
     struct upgrade *u = &d->up;
     if (u->fd < 0)
@@ -367,7 +365,7 @@ void upgrade_on_event(struct daemon *d)
         return;
     msg[n > 0 ? n : 0] = '\0';
     if (n > 6 && strncmp(msg, "READY ", 6) == 0 && strtol(msg + 6, NULL, 10) == u->pid)
-        hand_over(d, u->pid);
+        hand_over(d, u->pid, sessions);
     else if (n > 5 && strncmp(msg, "FAIL ", 5) == 0)
         refused(d, msg + 5);
     else
@@ -375,24 +373,29 @@ void upgrade_on_event(struct daemon *d)
                           : "the new daemon said something else than READY or FAIL");
 }
 
-int upgrade_child_exited(struct daemon *d, pid_t pid, int status)
+void upgrade_reap(struct daemon *d)
 {
     struct upgrade *u = &d->up;
-    if (pid <= 0 || pid != u->pid)
-        return 0;
-    u->pid = 0; /* reaped by our caller */
+    int status;
+    if (u->pid <= 0 || waitpid(u->pid, &status, WNOHANG) != u->pid)
+        return;
+    u->pid = 0;
     if (u->fd >= 0)
-        upgrade_on_event(d); /* what it said before it exited: FAIL and why */
+        upgrade_on_event(d, 0); /* what it said before it exited: FAIL and why */
     if (u->fd >= 0) { /* it never said READY nor FAIL */
         char why[96];
         snprintf(why, sizeof(why), "the new daemon exited with status %d before it was ready",
                  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
         refused(d, why);
     }
-    return 1;
 }
 
-int upgrade_tick(struct daemon *d)
+int upgrade_handing_over(const struct daemon *d)
+{
+    return d->up.handing_over;
+}
+
+int upgrade_tick(struct daemon *d, unsigned sessions)
 {
     struct upgrade *u = &d->up;
     uint64_t now = sock_now_ns();
@@ -405,7 +408,7 @@ int upgrade_tick(struct daemon *d)
     }
     if (!u->handing_over || d->stopping)
         return -1;
-    unsigned left = daemon_sessions(d) + d->acc.nhs;
+    unsigned left = sessions;
     if (left == 0) {
         log_info("upgrade: every session moved to pid %d; exiting", (int)u->successor);
         d->stopping = 1;

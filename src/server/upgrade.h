@@ -68,12 +68,17 @@ void upgrade_failed(struct daemon *d, const char *why);
  * for `shmipcctl upgrade` (admin_fd gets the outcome, and is closed) or
  * SIGUSR2 (admin_fd -1). */
 void upgrade_begin(struct daemon *d, const char *binary, int admin_fd);
-/* Its socket is readable. */
-void upgrade_on_event(struct daemon *d);
-/* SIGCHLD for pid: 1 when it was the successor (reaped by the caller). */
-int upgrade_child_exited(struct daemon *d, pid_t pid, int status);
-/* Each turn of the master loop: deadlines, and the end of a hand-over
- * (d->stopping set). ms until it wants to run again, -1 when idle. */
-int upgrade_tick(struct daemon *d);
+/* Its socket is readable; sessions: how many this daemon serves (for the
+ * hand-over's report). */
+void upgrade_on_event(struct daemon *d, unsigned sessions);
+/* SIGCHLD: reaps the successor if it exited (a refused upgrade). */
+void upgrade_reap(struct daemon *d);
+/* Each turn of the master loop, with the sessions (and handshakes) this
+ * daemon still has: deadlines, and the end of a hand-over (d->stopping
+ * set). ms until it wants to run again, -1 when idle. */
+int upgrade_tick(struct daemon *d, unsigned sessions);
+/* 1 while this daemon hands its sessions over (then upgrade_tick wants
+ * their count). */
+int upgrade_handing_over(const struct daemon *d);
 
 #endif
