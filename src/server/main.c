@@ -12,6 +12,7 @@
 #include "server/child.h"
 #include "server/handler.h"
 #include "server/master.h"
+#include "server/proc.h"
 #include "shmipc/errors.h"
 #include "shmipc/shmipc.h"
 
@@ -28,7 +29,8 @@ static void usage(FILE *f)
 static int check_config(const char *path)
 {
     struct daemon_conf c;
-    char err[1024], tmp[] = "/tmp/shmipcd-check-XXXXXX";
+    char err[1024], tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s/shmipcd-check-XXXXXX", proc_tmp_base());
     int rc = conf_load(path, &c, err, sizeof(err));
     if (rc < 0) {
         fprintf(stderr, "shmipcd: %s\n", err);

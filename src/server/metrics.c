@@ -362,9 +362,12 @@ static void json_string(struct strbuf *b, const char *s)
 void status_json(struct daemon *d, struct strbuf *b)
 {
     strbuf_add(b, "{\"pid\":%d,\"uptime_s\":%llu,\"workers\":%u,\"reloads\":%llu,"
-                  "\"reloads_failed\":%llu,\"services\":[",
+                  "\"reloads_failed\":%llu,\"epoch\":%llu,\"upgraded_at_s\":%llu,"
+                  "\"handing_over_to\":%d,\"services\":[",
                (int)getpid(), (unsigned long long)((sock_now_ns() - d->started_ns) / 1000000000u),
-               d->pool.n, (unsigned long long)d->reloads, (unsigned long long)d->reloads_failed);
+               d->pool.n, (unsigned long long)d->reloads, (unsigned long long)d->reloads_failed,
+               (unsigned long long)d->up.epoch, (unsigned long long)d->up.since_s,
+               d->up.handing_over ? (int)d->up.successor : 0);
     for (unsigned i = 0; i < d->nsvcs; i++) {
         struct service *svc = d->svcs[i];
         struct plugin_gen *g = __atomic_load_n(&svc->gen, __ATOMIC_ACQUIRE);

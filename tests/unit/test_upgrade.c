@@ -120,6 +120,10 @@ static void test_upgrade_under_load(void)
         char *pidfile = du_read_file(du_path(&f.d, "shmipcd.pid"), NULL);
         CU_ASSERT(pidfile != NULL && strtol(pidfile, NULL, 10) == next);
         free(pidfile);
+        unsigned long v = 0;
+        CHECK_EQ(dfx_ctl(&f.d, out, sizeof(out), "status", "--json"), 0);
+        CU_ASSERT(dfx_json_top(out, "epoch", &v) == 0 && v == (unsigned long)k);
+        CU_ASSERT(dfx_json_top(out, "upgraded_at_s", &v) == 0 && v > 0);
         load_counts(ls, n, since);
         CHECK_EQ(load_progress(ls, n, since, 50, POLL_MS), 0);
     }
