@@ -317,17 +317,9 @@ static int start(struct daemon *d, const char *conf, const char *name, unsigned 
     d->session_closed = on_session_closed;
     d->worker_process = 1;
     d->started_ns = sock_now_ns();
-    if ((d->cref = calloc(1, sizeof(*d->cref))) == NULL)
-        return -ENOMEM;
-    d->cref->refs = 1;
-    d->conf = &d->cref->c;
-    int rc = conf_load(conf, d->conf, err, errlen);
+    int rc = daemon_load_conf(d, conf, err, errlen);
     if (rc < 0)
         return rc;
-    snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
-    log_set_level(d->conf->log_level);
-    d->spin_us = d->conf->spin_us;
-    d->idle_timeout_ms = d->conf->idle_timeout_ms;
     const struct svc_conf *sc = NULL;
     for (unsigned i = 0; i < d->conf->nservices; i++)
         if (strcmp(d->conf->services[i].name, name) == 0)

@@ -206,24 +206,15 @@ int daemon_start(struct daemon *d, const char *conf_path, char *err, size_t errl
     d->started_ns = sock_now_ns();
     pool_registry_init(&d->reg);
     host_api_init(&d->host);
-    d->cref = calloc(1, sizeof(*d->cref));
-    if (d->cref == NULL)
-        return -ENOMEM;
-    d->cref->refs = 1;
-    d->conf = &d->cref->c;
-    int rc = conf_load(conf_path, d->conf, err, errlen);
+    int rc = daemon_load_conf(d, conf_path, err, errlen);
     if (rc < 0)
         return rc;
-    snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
-    log_set_level(d->conf->log_level);
     /* Each memfd session holds about 3 fds: 1,000 sessions need more than
      * the usual soft limit of 1024. */
     unsigned long long nofile_before, nofile_after;
     if (sock_raise_nofile(&nofile_before, &nofile_after) == 0 && nofile_after != nofile_before)
         log_info("open files limit raised from %llu to %llu", nofile_before, nofile_after);
     d->pool.n = d->conf->workers;
-    d->spin_us = d->conf->spin_us;
-    d->idle_timeout_ms = d->conf->idle_timeout_ms;
     /* A successor locks it once the old daemon lets go (upgrade.h). */
     if (!upgrade_starting(d) && (rc = lock_pid_file(d, err, errlen)) < 0)
         return rc;

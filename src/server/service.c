@@ -216,6 +216,22 @@ struct service *service_create(struct daemon *d, const struct svc_conf *sc, char
     return svc;
 }
 
+int daemon_load_conf(struct daemon *d, const char *path, char *err, size_t errlen)
+{
+    if ((d->cref = calloc(1, sizeof(*d->cref))) == NULL)
+        return -ENOMEM;
+    d->cref->refs = 1;
+    d->conf = &d->cref->c;
+    int rc = conf_load(path, d->conf, err, errlen);
+    if (rc < 0)
+        return rc;
+    snprintf(d->conf_path, sizeof(d->conf_path), "%s", d->conf->path);
+    log_set_level(d->conf->log_level);
+    d->spin_us = d->conf->spin_us;
+    d->idle_timeout_ms = d->conf->idle_timeout_ms;
+    return 0;
+}
+
 int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen)
 {
     /* An upgrade's successor takes the old daemon's socket as it is. */

@@ -21,6 +21,10 @@ int gen_source_same(const struct gen_source *a, const struct gen_source *b);
 struct service *service_create(struct daemon *d, const struct svc_conf *sc, char *err,
                                size_t errlen);
 int service_listen(struct daemon *d, struct service *svc, char *err, size_t errlen);
+/* The daemon's configuration, read from path (the master's and a worker
+ * process's start): d->cref and d->conf, the path, the log level and the
+ * values workers read. 0, or a code with err filled. */
+int daemon_load_conf(struct daemon *d, const char *path, char *err, size_t errlen);
 /* Closes its listener and removes its socket file (a removed service). */
 void service_unlisten(struct daemon *d, struct service *svc);
 /* Stops listening (its socket file removed), unloads its generation,
