@@ -35,6 +35,7 @@
 
 #include "base/log.h"
 #include "bench.h"
+#include "floor.h"
 #include "shmipc/shmipc.h"
 
 enum { SC_IDLE = 0, SC_RUN = 1, SC_EXIT = 2 };
@@ -424,6 +425,32 @@ static void print_load(const char *what, unsigned n, const struct load_result *l
     fflush(stdout);
 }
 
+/* The machine's own ceiling for this run (floor.h): a client process that
+ * makes one blocking call at a time is woken once per call, whatever the
+ * transport; a futex ring of 10 and of n processes, a token per CPU, shows
+ * what those wake-ups cost as the number of processes grows. */
+static void print_floor(unsigned n)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned tokens = cpus < 1 ? 1u : (unsigned)cpus;
+    struct floor_result f10, fn;
+    progress("%s: the floor: futex rings of %u and %u processes", tag, FIRST, n);
+    int rc = floor_ring(FIRST, tokens, 1000, &f10);
+    if (rc == 0)
+        rc = floor_ring(n, tokens < n / 2 ? tokens : n / 2, 1000, &fn);
+    progress_done();
+    if (rc < 0) {
+        printf("%s-floor: the futex ring failed: %s\n", tag, strerror(-rc));
+        return;
+    }
+    double a = 1e9 / f10.ns_per_op, b = 1e9 / fn.ns_per_op;
+    printf("%s-floor: the machine without shmipc, processes waking each other in a futex ring "
+           "(a token per CPU): %u processes %.0f wake-ups/s, %u processes %.0f wake-ups/s, "
+           "ratio %.2f\n",
+           tag, FIRST, a, n, b, b / a);
+    fflush(stdout);
+}
+
 void scale_print_summary(const struct scale_summary *s)
 {
     printf("%s: clients=%u req_per_s=%.0f req_per_s_at_10=%.0f ratio=%.2f "
@@ -526,6 +553,8 @@ int scale_run(const struct scale_opts *o, struct scale_summary *sum)
 out:
     progress_done();
     failed += end_clients(&r);
+    if (rc == 0)
+        print_floor(n);
     failed += (unsigned)(at10.errors + atn.errors);
     if (rc < 0) {
         fprintf(stderr, "shmipc-bench: scale run failed: %s\n", strerror(-rc));

@@ -12,7 +12,7 @@
  *                                         --server-spin-us N: the server's alone)
  *                        [--sessions N] [--pool-mb N] [--server-pid PID]
  *                        [--adaptive-spin 0|1] [--server-spin-us N]
- *                        [--write copy|reserve]
+ *                        [--write copy|reserve] [--floor]
  * --write reserve makes the shmipc client write each request where it is
  * sent, into shared memory (shmipc_stream_reserve, 64 KiB at a time,
  * the pattern copied straight there; timed from the first reserve), as a
@@ -30,6 +30,11 @@
  * round trip of the client process and of the server process (all their
  * threads; "-" when unknown), and for shmipc the Polling events the client
  * sent per message; then uds/shmipc, the ratio of the two ns/op.
+ * --floor adds a row of the same calls reduced to their bones (floor.h:
+ * callers and a server process that wake each other by futex alone, the
+ * answer the request's own bytes): what no blocking call between two
+ * processes can beat on this machine; the ratio line then shows uds/floor
+ * and shmipc/floor too.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -45,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "floor.h"
 #include "shmipc/shmipc.h"
 
 #define MAX_LIST 16
@@ -65,6 +71,7 @@ struct opts {
     pid_t server_pid;  /* --connect: whose CPU to count as the server's */
     int adaptive_spin; /* -1: the library's default */
     int reserve;       /* --write reserve */
+    int floor;         /* --floor: the machine's floor row too (floor.h) */
 };
 
 static uint64_t now_ns(void)
@@ -135,13 +142,14 @@ static void stop_echo(int sig)
     shmipc_server_stop(echo_srv);
 }
 
+/* The echo sends the request's own slices back (shmipc_stream_forward):
+ * the server neither copies nor reads the payload, as a zero-copy server
+ * would; the client still writes and checks every byte. */
 static void echo_message(shmipc_stream *st, shmipc_msg *m, void *arg)
 {
     (void)arg;
-    for (unsigned i = 0; i < m->niov; i++)
-        shmipc_stream_write(st, m->iov[i].base, m->iov[i].len);
-    shmipc_msg_release(m);
-    shmipc_stream_flush(st);
+    if (shmipc_stream_forward(st, m) < 0)
+        shmipc_stream_discard(st);
 }
 
 static int run_shmipc_server(const char *addr, int spin_us)
@@ -429,6 +437,23 @@ static void *uds_worker(void *arg)
     return NULL;
 }
 
+/* The floor row (floor.h): the bare blocking echo, same size and callers. */
+static double floor_row(size_t size, unsigned nstreams, int ms)
+{
+    struct floor_result r;
+    int rc = floor_echo(size, nstreams, ms, &r);
+    if (rc < 0) {
+        fprintf(stderr, "shmipc-pingpong: the floor row failed: %s\n", strerror(-rc));
+        return 0.0;
+    }
+    printf("floor    size %8zu  streams %3u  round trips %8lu  ns/op %10.0f  p50 %6u us  p99 %6u us"
+           "  cpu/op us cli %6.2f srv %6.2f  errors %lu\n",
+           size, nstreams, (unsigned long)r.ops, r.ns_per_op, r.p50_us, r.p99_us, r.cpu_cli_us,
+           r.cpu_srv_us, (unsigned long)r.errors);
+    fflush(stdout);
+    return r.ns_per_op;
+}
+
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -519,9 +544,11 @@ int main(int argc, char **argv)
                    "                       [--no-uds] [--sessions N] [--pool-mb N]\n"
                    "                       [--server-pid PID] [--adaptive-spin 0|1]\n"
                    "                       [--server-spin-us N] [--write copy|reserve]\n"
+                   "                       [--floor]\n"
                    "One ping-pong per size and stream count: shmipc (a library server\n"
                    "forked here, or ADDR) and a unix-socket baseline (unless --no-uds);\n"
-                   "every byte written and checked.\n");
+                   "every byte written and checked. --floor adds the machine's floor:\n"
+                   "the same calls as bare futex wake-ups between two processes.\n");
             return 0;
         }
         if (strcmp(argv[i], "--version") == 0) {
@@ -530,6 +557,11 @@ int main(int argc, char **argv)
         }
         if (strcmp(argv[i], "--no-uds") == 0) {
             o.no_uds = 1;
+            i--;
+            continue;
+        }
+        if (strcmp(argv[i], "--floor") == 0) {
+            o.floor = 1;
             i--;
             continue;
         }
@@ -621,12 +653,17 @@ int main(int argc, char **argv)
             for (unsigned k = 0; k < o.nstreams; k++) {
                 double a = run_case("shmipc", 0, client, NULL, o.sizes[si], o.streams[k], o.ms,
                                     srv);
+                double f = o.floor ? floor_row(o.sizes[si], o.streams[k], o.ms) : 0.0;
                 if (o.no_uds)
                     continue;
                 double b = run_case("uds", 1, NULL, uds_path, o.sizes[si], o.streams[k], o.ms, pu);
                 if (a > 0 && b > 0)
-                    printf("ratio    size %8zu  streams %3u  uds/shmipc %.2f\n", o.sizes[si],
+                    printf("ratio    size %8zu  streams %3u  uds/shmipc %.2f", o.sizes[si],
                            o.streams[k], b / a);
+                if (a > 0 && b > 0 && f > 0)
+                    printf("  uds/floor %.2f  shmipc/floor %.2f", b / f, a / f);
+                if (a > 0 && b > 0)
+                    printf("\n");
             }
         }
         struct shmipc_stats st;
