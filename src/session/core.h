@@ -173,6 +173,10 @@ struct session {
                               asleep (wake-up batching, leader.c) */
     uint64_t rtt_ns;       /* recent flush-to-answer time (adaptive spin) */
     unsigned spin_probe;   /* waits since the last spin probe */
+    int peer_awake;        /* the last flush found the peer harvesting (its
+                              working flag set, no Polling owed) */
+    unsigned awake_backoff; /* waits before a spin on an awake peer again
+                              (one found it slow) */
     uint64_t rcvtimeo_ns;  /* the socket's SO_RCVTIMEO (the reader's blocking read) */
     int rd_blocking;       /* the socket is blocking: the reader waits in recv() */
     int rx_woke;           /* what is harvested now came after a sleep (a Polling

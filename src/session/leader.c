@@ -41,7 +41,12 @@
  * came sooner than a wake-up would take, and then no longer than that
  * answer time plus SPIN_SLACK_NS after its flush. Every SPIN_PROBE_EVERY
  * sleeps it spins once up to SPIN_WAKE_NS after the flush, to notice a peer
- * that became fast (answers harvested after a sleep count as RTT_SLEPT_NS). */
+ * that became fast (answers harvested after a sleep count as RTT_SLEPT_NS).
+ * A lone caller whose flush found the peer harvesting (its working flag
+ * set: a server that spins, or one probing) spins up to SPIN_WAKE_NS too:
+ * both ends awake is how a session leaves the state where each sleeps
+ * because the other did. One such spin that finds the peer slow stops
+ * them for SPIN_PROBE_EVERY waits. */
 #define SPIN_WAKE_NS 10000u
 #define SPIN_SLACK_NS 3000u
 #define SPIN_PROBE_EVERY 64u
@@ -77,16 +82,23 @@ static int has_news(struct session *s, shmipc_stream *st)
 }
 
 /* When the reader should stop spinning (0: do not spin). */
-static uint64_t spin_end(struct session *s, shmipc_stream *st, uint64_t now, uint64_t deadline)
+static uint64_t spin_end(struct session *s, shmipc_stream *st, uint64_t now, uint64_t deadline,
+                         int *on_awake)
 {
     uint64_t end = 0;
     if (s->cfg.spin_us > 0) {
         end = now + (uint64_t)s->cfg.spin_us * 1000u;
     } else if (s->cfg.adaptive_spin && st->flush_ns != 0) {
-        if (s->rtt_ns != 0 && s->rtt_ns < SPIN_WAKE_NS)
+        if (s->rtt_ns != 0 && s->rtt_ns < SPIN_WAKE_NS) {
             end = st->flush_ns + s->rtt_ns + SPIN_SLACK_NS;
-        else if (++s->spin_probe >= SPIN_PROBE_EVERY)
+        } else if (s->peer_awake && s->followers == 0 && s->awake_backoff == 0) {
             end = st->flush_ns + SPIN_WAKE_NS;
+            *on_awake = end > now;
+        } else if (++s->spin_probe >= SPIN_PROBE_EVERY) {
+            end = st->flush_ns + SPIN_WAKE_NS;
+        }
+        if (s->awake_backoff > 0)
+            s->awake_backoff--;
         if (end > now)
             s->spin_probe = 0;
     }
@@ -133,7 +145,8 @@ static void lead_locked(struct session *s, shmipc_stream *st, uint64_t deadline)
         uint64_t now = sock_now_ns();
         if (now >= deadline)
             break;
-        uint64_t end = spin_end(s, st, now, deadline);
+        int on_awake = 0;
+        uint64_t end = spin_end(s, st, now, deadline, &on_awake);
         /* Spinning is waiting too: what this caller owes goes out first
          * if nobody else awake will send it. */
         session_caller_leave_locked(s);
@@ -143,6 +156,8 @@ static void lead_locked(struct session *s, shmipc_stream *st, uint64_t deadline)
                 session_caller_enter_locked(s);
                 break;
             }
+            if (on_awake) /* awake, but slower than a wake-up */
+                s->awake_backoff = SPIN_PROBE_EVERY;
         }
         /* Asleep in a blocking read of the socket (a second at most,
          * then we look again), counted asleep until it returns. */

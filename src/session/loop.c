@@ -182,6 +182,7 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
 #define ASPIN_WAKE_NS 12000u    /* longer than this, a wake-up is cheaper */
 #define ASPIN_SLACK_NS 3000u
 #define ASPIN_PROBE_EVERY 64u
+#define ASPIN_PROBE_NS 40000u   /* outlasts a client's own wake-up and turn */
 #define ASPIN_MAX_SESSIONS 8u   /* each spin turn looks at every session */
 
 void serve_loop_awake(struct serve_loop *lp)
@@ -199,6 +200,16 @@ void serve_loop_idle(struct serve_loop *lp)
         lp->idle_ns = sock_now_ns();
 }
 
+/* No client has more than one answer of ours still to harvest: a client
+ * behind on its answers is busy, not asleep, and comes back by itself. */
+static int peers_caught_up(const struct serve_loop *lp)
+{
+    for (const struct serve_conn *c = lp->conns; c != NULL; c = c->next)
+        if (queue_len(&c->s->qp.send) > 1)
+            return 0;
+    return 1;
+}
+
 int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
 {
     if (!lp->adaptive || lp->n == 0 || lp->n > ASPIN_MAX_SESSIONS)
@@ -207,7 +218,7 @@ int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
     if (lp->gap_ns != 0 && lp->gap_ns < ASPIN_WAKE_NS) {
         window = lp->gap_ns + ASPIN_SLACK_NS;
     } else if (++lp->probe >= ASPIN_PROBE_EVERY) {
-        window = ASPIN_WAKE_NS;
+        window = ASPIN_PROBE_NS;
         lp->probe = 0;
     } else {
         return 0;
@@ -245,6 +256,15 @@ int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
      * probe), and the gap is what the wake-up will measure. */
     if (!came)
         lp->gap_ns = ASPIN_WAKE_NS;
+    /* Work came, then a quiet window: the client was late (a timer tick,
+     * a sleep, or it stopped calling), not busy with answers we gave it
+     * (peers_caught_up). The next turn probes, long enough
+     * for a client that now has to be woken to come back while we spin:
+     * it then finds us awake and spins for its answer too (leader.c), and
+     * neither side sleeps again until one is late. Without it both would
+     * sleep because the other did until the next periodic probe. */
+    if (came && !capped && peers_caught_up(lp))
+        lp->probe = ASPIN_PROBE_EVERY - 1;
     lp->idle_ns = idle;
     for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
         session_spin_end(c->s);

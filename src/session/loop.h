@@ -78,9 +78,11 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop);
  * after a turn that served work it polls its sessions' queues for as long
  * as work recently took to come back plus a little, holding the working
  * flags so the clients skip their Pollings; never longer than a wake-up
- * (SPIN_WAKE), and once every few dozen idle turns a probe of that length
- * notices clients that became fast. serve_loop_awake() is called when
- * epoll_wait returned work, serve_loop_idle() before the loop sleeps. */
+ * (SPIN_WAKE). Once every few dozen idle turns, and on the turn after a
+ * client came late, a longer probe notices clients that became fast, or
+ * that had to be woken before they could come back. serve_loop_awake()
+ * is called when epoll_wait returned work, serve_loop_idle() before the
+ * loop sleeps. */
 void serve_loop_awake(struct serve_loop *lp);
 /* Returns 1 when it stopped only because it ran SPIN_TURN_MAX_NS with work
  * still coming: the owner runs its own loop without sleeping (epoll_wait

@@ -126,11 +126,13 @@ static int wake_peer_locked(struct session *s)
          * sleep or return sends it, or whoever queues the WAKE_DEFER_MAX-th
          * message meanwhile. */
         if (!queue_mark_working(&s->qp.send)) {
-            if (__atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED) &&
-                ++s->wake_deferred >= WAKE_DEFER_MAX)
+            int owing = __atomic_load_n(&s->wake_owed, __ATOMIC_RELAXED);
+            s->peer_awake = !owing; /* set by the peer itself: it is harvesting */
+            if (owing && ++s->wake_deferred >= WAKE_DEFER_MAX)
                 return ring_locked(s);
             return 0;
         }
+        s->peer_awake = 0;
         if (s->awake <= 1) /* nobody but (maybe) this caller */
             return send_polling_locked(s);
         __atomic_store_n(&s->wake_owed, 1, __ATOMIC_RELAXED);

@@ -2092,6 +2092,87 @@ out:
     sfx_end(&f);
 }
 
+/* The server's working flag on our requests: set while it harvests them
+ * (or spins holding it). */
+static int server_flag_set(shmipc_stream *st)
+{
+    struct session *s = st->sess;
+    return __atomic_load_n((uint32_t *)(s->qp.send.hdr + SHMIPC_QUEUE_OFF_WORKING),
+                           __ATOMIC_ACQUIRE) != 0;
+}
+
+/* A lone caller whose flush finds the server harvesting (its working
+ * flag set) spins for its answer, even with no answer time known yet;
+ * one that finds it slow all the same stops doing so for a while. The
+ * server spins (spin_us), so a gated request that arrives while it spins
+ * is handled with the flag held: a call on a second stream then finds the
+ * server awake, spins, gets nothing (the server is stuck in the gate) and
+ * backs off. Were the server not spinning when the gated request came, the
+ * flag would be clear: the gate is let go and the attempt made again. */
+static void test_caller_spins_on_awake_server(void)
+{
+    struct fx f = {0};
+    struct gate g;
+    shmipc_stream *sb = NULL;
+    uint8_t req[64] = {7};
+    int held = 0, tries = 0;
+    if (!session_spin_allowed()) {
+        printf("\n      (one CPU: no adaptive spin to test) ");
+        return;
+    }
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 1500), 0);
+    struct shmipc_client_config cfg;
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    cfg.adaptive_spin = 1;
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    REQUIRE_RC(sfx_gate_init(&f, &g), 0);
+    struct session *s = f.st->sess;
+    while (!held && tries++ < 50) {
+        /* An echo wakes the server into its spin; the gate follows at once. */
+        REQUIRE_RC(sfx_echo_once(f.st, 100, (uint64_t)tries, NULL), 0);
+        REQUIRE_RC(shmipc_stream_write(f.st, sfx_ctl_gate, CTL_LEN), 0);
+        REQUIRE_RC(shmipc_stream_flush(f.st), 0);
+        REQUIRE_RC(sfx_gate_entered(&g), 0);
+        held = server_flag_set(f.st);
+        if (!held) {
+            shmipc_msg m;
+            REQUIRE_RC(sfx_gate_release(&g), 0);
+            REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
+            shmipc_msg_release(&m);
+        }
+    }
+    REQUIRE(held);
+    /* The echoes may have met a slow answer already: from a clean slate. */
+    pthread_mutex_lock(&s->mu);
+    s->awake_backoff = 0;
+    pthread_mutex_unlock(&s->mu);
+    shmipc_msg m;
+    EXPECT_RC(shmipc_call(sb, req, sizeof(req), &m, 100), SHMIPC_ETIMEDOUT);
+    pthread_mutex_lock(&s->mu);
+    int awake = s->peer_awake;
+    unsigned backoff = s->awake_backoff;
+    pthread_mutex_unlock(&s->mu);
+    CU_ASSERT(awake);
+    CU_ASSERT(backoff > 0);
+    /* Both answers come once the gate opens. */
+    REQUIRE_RC(sfx_gate_release(&g), 0);
+    held = 0;
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, CTL_LEN);
+    shmipc_msg_release(&m);
+    REQUIRE_RC(shmipc_stream_recv(sb, &m, RECV_MS), 0);
+    CU_ASSERT_EQUAL(m.len, sizeof(req));
+    shmipc_msg_release(&m);
+out:
+    if (held)
+        sfx_gate_release(&g);
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    sfx_end(&f);
+}
+
 /* Adaptive spin is never on where only one CPU may run us: a child bound
  * to one CPU says so, and a client it opens keeps the spin off. */
 static void test_no_spin_on_one_cpu(void)
@@ -2117,6 +2198,7 @@ out:;
 
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
+    {"caller_spins_on_awake_server", test_caller_spins_on_awake_server},
     {"event_loop_client", test_event_loop_client},
     {"event_loop_client_spin", test_event_loop_client_spin},
     {"event_loop_client_fallback", test_event_loop_client_fallback},
