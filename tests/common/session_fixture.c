@@ -403,7 +403,9 @@ static int srv_child_main(void *arg)
     struct shmipc_server_config cfg;
     shmipc_server_config_init(&cfg);
     cfg.address = b->address;
-    cfg.spin_us = srv_spin_us;
+    cfg.spin_us = srv_spin_us > 0 ? srv_spin_us : 0;
+    if (srv_spin_us < 0)
+        cfg.adaptive_spin = 0; /* it never claims a working flag by itself */
     struct shmipc_server_handlers h = {h_stream, h_message, h_close};
     int rc = shmipc_server_open(&cfg, &h, &S, &S.srv);
     if (rc == 0) {
@@ -561,7 +563,9 @@ void sfx_one_class_pool(struct shmipc_client_config *c, size_t pool_bytes, uint3
 }
 
 /* The fixture with a server child in `smode` on its socket, in
- * low-latency mode with `spin_us` (0: off). */
+ * low-latency mode with `spin_us` (0: off, the adaptive spin only; -1:
+ * no spin at all, for tests that count Pollings: a server that spins
+ * after a turn may set its working flag after the test saw it clear). */
 int sfx_serve(struct fx *f, enum srv_mode smode, int spin_us)
 {
     int rc = sfx_begin(f);

@@ -181,7 +181,8 @@ void sfx_cfg_init(struct shmipc_client_config *c, const char *addr, enum shmipc_
 /* A pool of one size class: a small one lets a test run it out. */
 void sfx_one_class_pool(struct shmipc_client_config *c, size_t pool_bytes, uint32_t slice_bytes);
 /* The fixture with a server child in `smode` on its socket, in
- * low-latency mode with `spin_us` (0: off). */
+ * low-latency mode with `spin_us` (0: off, the adaptive spin only; -1: no
+ * spin at all). */
 int sfx_serve(struct fx *f, enum srv_mode smode, int spin_us);
 /* Opens the fixture's client with sfx_cfg_init's defaults for `mode`;
  * with `st`, takes a stream from it. */

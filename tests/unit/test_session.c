@@ -344,7 +344,7 @@ static void test_event_loop_deferred_wakeups(void)
     shmipc_stream *st[NST] = {0};
     uint8_t buf[SZ];
     uint64_t p0 = 0;
-    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, 0), 0);
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, -1), 0); /* it counts Pollings (peer_idle) */
     struct shmipc_client_config cfg;
     sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
     cfg.no_io_thread = 1;
