@@ -177,9 +177,11 @@ struct shmipc_client_config {
     int io_thread_reads;
     /* Blocking calls: the reading caller spins briefly on the queue (a few
      * microseconds past the session's recent answer time) when recent
-     * answers came sooner than a wake-up would take; never on a machine
-     * with one CPU. spin_us, when set, is used instead. Default 1 (on);
-     * 0 turns it off. */
+     * answers came sooner than a wake-up would take, or, calling alone,
+     * when its flush found the server harvesting (up to a wake-up's time;
+     * once such a spin found the server slow, not for the next 64 waits);
+     * never on a machine with one CPU. spin_us, when set, is used instead.
+     * Default 1 (on); 0 turns it off. */
     int adaptive_spin;
 };
 
@@ -242,8 +244,9 @@ struct shmipc_server_config {
                                   work before sleeping (burns CPU); default 0 = off */
     int adaptive_spin;         /* with few sessions whose clients come back sooner
                                   than a wake-up, poll their queues that long after
-                                  answering (clients skip their Pollings); never on
-                                  one CPU. Default 1; 0 turns it off */
+                                  answering (clients skip their Pollings), and probe
+                                  40 us on the turn after a client came late; never
+                                  on one CPU. Default 1; 0 turns it off */
     int listen_fd;             /* a listening socket to serve instead of binding
                                   address (inherited from the server it replaces:
                                   see shmipc_server_hot_restart); address then only
