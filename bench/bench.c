@@ -37,7 +37,10 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "bench.h"
+#include "bench_scale.h"
+#include "bench_shm.h"
+#include "bench_sock.h"
+#include "bench_util.h"
 #include "proto/sock.h"
 #include "shmipc/shmipc.h"
 

@@ -34,7 +34,8 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "bench.h"
+#include "bench_scale.h"
+#include "bench_util.h"
 #include "floor.h"
 #include "shmipc/shmipc.h"
 

@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
-#include "bench.h"
+#include "bench_shm.h"
 #include "shmipc/shmipc.h"
 
 /* shmipc's default slice classes; only the shares and the pool size are

@@ -29,7 +29,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "bench.h"
+#include "bench_sock.h"
 
 #define MAX_FRAME ((64u << 20) + 4)
 #define SRV_BUF_START (64u << 10)

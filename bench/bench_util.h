@@ -1,17 +1,15 @@
 /*
- * shmipc-bench internals, shared by the program's files: bench.c (options,
- * servers, the row loop, table/JSON/plot), bench_shm.c (the shmipc client
- * rows and the library server), bench_sock.c (the unix-socket and TCP
- * baseline: server and client), bench_util.c (payload pattern, latency
- * percentiles, clocks, CPU accounting, the row phases, child processes),
- * bench_scale.c (--clients: many client processes against one shmipcd).
+ * shmipc-bench's shared parts (bench_util.c): the request modes, what a
+ * row measured, the payload pattern, latency percentiles, clocks, CPU
+ * accounting, the row phases, child processes and the progress line.
+ * Every other file of the program builds on it; it builds on none of them.
  *
  * The one rule: every transport runs the same loop shape (one client thread
  * driving C requests in flight, warm-up, a timed window, a drain) and the
  * same payload code, so that the rows differ only by the transport.
  */
-#ifndef SHMIPC_BENCH_H
-#define SHMIPC_BENCH_H
+#ifndef SHMIPC_BENCH_UTIL_H
+#define SHMIPC_BENCH_UTIL_H
 
 #include <signal.h>
 #include <stddef.h>
@@ -59,8 +57,6 @@ struct row_params {
     int ms;
     pid_t server_pid; /* for server CPU; <= 0 unknown */
 };
-
-/* ---- bench_util.c ---- */
 
 uint64_t now_ns(void);
 /* CPU time of this process (all threads), ns. */
@@ -165,85 +161,5 @@ int row_end(struct row_run *w);
 /* Progress line on stderr (a rewritten line on a terminal). */
 void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void progress_done(void);
-
-/* ---- bench_shm.c ---- */
-
-struct shm_client;
-struct shm_client_opts {
-    const char *address;
-    unsigned sessions;    /* per client, capped at the row's concurrency */
-    int file_mode;        /* 1: /dev/shm files (version 2; needed for tcp:) */
-    size_t reserve_chunk; /* full mode: bytes per reserve; 0: the largest slice */
-    int spin_us;          /* low-latency mode (cfg.spin_us) */
-};
-/* The largest slice class (default shmipc's 131052 bytes); set before
- * any client or server starts. */
-void shm_set_max_slice(uint32_t bytes);
-uint32_t shm_max_slice(void);
-/* A client sized for rows of this size and concurrency (pool fits every
- * request and response in flight, pre-faulted). */
-int shm_client_open(const struct shm_client_opts *o, size_t size, unsigned conc,
-                    struct shm_client **out);
-void shm_client_close(struct shm_client *c);
-/* One row on an open client; fills *r. Returns 0 or a negative code. */
-int shm_row(struct shm_client *c, const struct row_params *p, struct row_result *r);
-/* A request of each mode through a fresh blocking-style client; 0 when
- * the server answers them correctly. Retries the connection until
- * timeout_ms. */
-int shm_probe(const char *address, int file_mode, int timeout_ms, char *err, size_t errlen);
-/* Forks the library-server child listening on address; 0 and *pid once it
- * listens. */
-int shm_lib_server_start(const char *address, int spin_us, pid_t *pid);
-
-/* ---- bench_sock.c ---- */
-
-struct sock_opts {
-    int tcp;          /* 0: unix socket at path; 1: TCP on 127.0.0.1 */
-    const char *path; /* unix */
-    unsigned threads; /* server threads */
-    int sockbuf;      /* SO_SNDBUF/SO_RCVBUF bytes; 0 leaves the defaults */
-};
-/* Listens (in this process), forks the server child; the listener's
- * address is kept in *srv for clients. */
-struct sock_server {
-    int tcp;
-    char path[108];
-    uint16_t port;
-    pid_t pid;
-    int sockbuf;
-};
-int sock_server_start(const struct sock_opts *o, struct sock_server *srv);
-struct sock_client;
-int sock_client_open(const struct sock_server *srv, size_t size, unsigned conc,
-                     struct sock_client **out);
-void sock_client_close(struct sock_client *c);
-int sock_row(struct sock_client *c, const struct row_params *p, struct row_result *r);
-
-/* ---- bench_scale.c ---- */
-
-struct scale_opts {
-    const char *address; /* shmipcd's service (the bench plugin) */
-    const char *uds_path; /* instead: the unix-socket baseline, this echo server */
-    pid_t server_pid;    /* shmipcd, for its memory and CPU */
-    unsigned clients;    /* client processes, at least 11 */
-    size_t pool_bytes;   /* each client's pool */
-    size_t size;         /* request = response bytes */
-    int ms;              /* each measured window */
-    unsigned trials;     /* connects timed with clients - 1 sessions open */
-};
-struct scale_summary {
-    const char *name; /* "scale", or "scale-uds" for the baseline */
-    unsigned clients;
-    double req_per_s, req_per_s_at_10;
-    double rss_per_session_kib, connect_p99_ms;
-    unsigned failed;
-};
-/* The scale run (--clients): prints its lines and fills *sum. 0, or -EIO
- * when anything failed. */
-int scale_run(const struct scale_opts *o, struct scale_summary *sum);
-/* The summary line, "scale: clients=N req_per_s=X ... failed=F": the
- * caller prints it last, once shmipcd has stopped (and said what it had
- * to say on stderr). */
-void scale_print_summary(const struct scale_summary *sum);
 
 #endif
