@@ -428,17 +428,22 @@ static void print_load(const char *what, unsigned n, const struct load_result *l
 
 /* The machine's own ceiling for this run (floor.h): a client process that
  * makes one blocking call at a time is woken once per call, whatever the
- * transport; a futex ring of 10 and of n processes, a token per CPU, shows
+ * transport; a futex ring of 10 and of n processes, a token per CPU (at
+ * most 5), shows
  * what those wake-ups cost as the number of processes grows. */
 static void print_floor(unsigned n)
 {
+    if (bench_stop)
+        return;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned tokens = cpus < 1 ? 1u : (unsigned)cpus;
+    if (tokens > FIRST / 2) /* a ring holds at most one token per two processes */
+        tokens = FIRST / 2;
     struct floor_result f10, fn;
     progress("%s: the floor: futex rings of %u and %u processes", tag, FIRST, n);
     int rc = floor_ring(FIRST, tokens, 1000, &f10);
     if (rc == 0)
-        rc = floor_ring(n, tokens < n / 2 ? tokens : n / 2, 1000, &fn);
+        rc = floor_ring(n, tokens, 1000, &fn);
     progress_done();
     if (rc < 0) {
         printf("%s-floor: the futex ring failed: %s\n", tag, strerror(-rc));
@@ -446,9 +451,9 @@ static void print_floor(unsigned n)
     }
     double a = 1e9 / f10.ns_per_op, b = 1e9 / fn.ns_per_op;
     printf("%s-floor: the machine without shmipc, processes waking each other in a futex ring "
-           "(a token per CPU): %u processes %.0f wake-ups/s, %u processes %.0f wake-ups/s, "
+           "(%u tokens): %u processes %.0f wake-ups/s, %u processes %.0f wake-ups/s, "
            "ratio %.2f\n",
-           tag, FIRST, a, n, b, b / a);
+           tag, tokens, FIRST, a, n, b, b / a);
     fflush(stdout);
 }
 

@@ -60,6 +60,25 @@ static int child_setup(pid_t parent)
     return getppid() == parent ? 0 : -1;
 }
 
+/* Reaps pid (blocking), retrying when a signal interrupts the wait. */
+static void reap_one(pid_t pid)
+{
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+}
+
+/* How many of pids[0..n) have exited (reaped here, their slot zeroed). */
+static unsigned reap_exited(pid_t *pids, unsigned n)
+{
+    unsigned gone = 0;
+    for (unsigned i = 0; i < n; i++)
+        if (pids[i] > 0 && waitpid(pids[i], NULL, WNOHANG) == pids[i]) {
+            pids[i] = 0;
+            gone++;
+        }
+    return gone;
+}
+
 /* Reaps pids[0..n): waits up to STOP_MS for them to exit, then kills and
  * reaps the rest. Returns how many had to be killed. */
 static unsigned reap_all(pid_t *pids, unsigned n)
@@ -69,20 +88,15 @@ static unsigned reap_all(pid_t *pids, unsigned n)
         left += pids[i] > 0;
     uint64_t end = mono_ns() + (uint64_t)STOP_MS * 1000000u;
     while (left > 0 && mono_ns() < end) {
-        int reaped = 0;
-        for (unsigned i = 0; i < n; i++)
-            if (pids[i] > 0 && waitpid(pids[i], NULL, WNOHANG) == pids[i]) {
-                pids[i] = 0;
-                left--;
-                reaped = 1;
-            }
-        if (!reaped)
+        unsigned gone = reap_exited(pids, n);
+        left -= gone;
+        if (gone == 0)
             sleep_ms(5);
     }
     for (unsigned i = 0; i < n; i++)
         if (pids[i] > 0) {
             kill(pids[i], SIGKILL);
-            waitpid(pids[i], NULL, 0);
+            reap_one(pids[i]);
             pids[i] = 0;
             killed++;
         }
@@ -165,6 +179,8 @@ int floor_ring(unsigned nprocs, unsigned tokens, int ms, struct floor_result *ou
     while (rc == 0 && __atomic_load_n(&c->ready, __ATOMIC_ACQUIRE) < nprocs) {
         if (mono_ns() > end)
             rc = -ETIMEDOUT;
+        else if (reap_exited(pids, nprocs) > 0)
+            rc = -ECHILD; /* one died before it started */
         else
             sleep_ms(2);
     }
@@ -180,8 +196,8 @@ int floor_ring(unsigned nprocs, unsigned tokens, int ms, struct floor_result *ou
         uint64_t h1 = ring_hops(c, nprocs), t1 = mono_ns();
         out->ops = h1 - h0;
         out->ns_per_op = out->ops ? (double)(t1 - t0) / (double)out->ops : 0.0;
-        if (out->ops == 0)
-            rc = -EIO; /* the tokens went nowhere */
+        if (out->ops == 0 || reap_exited(pids, nprocs) > 0)
+            rc = -EIO; /* the tokens went nowhere, or one died with a token */
     }
     __atomic_store_n(&c->stop, 1, __ATOMIC_RELEASE);
     for (unsigned i = 0; i < nprocs; i++) {

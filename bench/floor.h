@@ -11,9 +11,10 @@
  * write a request into shared memory, wake a server process by futex if
  * it sleeps and sleep on a futex word of their own; the server process
  * polls the C slots (spinning a little after work, as shmipc's servers
- * do), answers each with its own bytes (nothing copied) and wakes its
- * thread directly. No sockets, no locks, no queue: a lower bound for any
- * blocking call between two processes on this machine.
+ * do), answers each with its own bytes (nothing copied, nothing read, as
+ * a zero-copy echo does) and wakes its thread directly. No sockets, no
+ * locks, no queue: a lower bound for any blocking call between two
+ * processes on this machine.
  *
  * Both fork their processes (which die with the caller), bound every wait
  * and return a negative errno when something did not start or stop.
@@ -38,8 +39,10 @@ struct floor_result {
 int floor_ring(unsigned nprocs, unsigned tokens, int ms, struct floor_result *out);
 
 /* nthreads callers (1 .. 64) of size-byte requests, every byte written and
- * the answer checked as shmipc-pingpong checks its own (every 61st byte
- * and the last), for ms. */
+ * the answer (the request's own bytes, where the caller wrote them) read
+ * as shmipc-pingpong reads its own (every 61st byte and the last), for
+ * ms; the read stands for the caller's use of its answer: the server
+ * touches no byte, so it finds no error. */
 int floor_echo(size_t size, unsigned nthreads, int ms, struct floor_result *out);
 
 #endif

@@ -173,10 +173,16 @@ struct session {
                               asleep (wake-up batching, leader.c) */
     uint64_t rtt_ns;       /* recent flush-to-answer time (adaptive spin) */
     unsigned spin_probe;   /* waits since the last spin probe */
-    int peer_awake;        /* the last flush found the peer harvesting (its
-                              working flag set, no Polling owed) */
+    int peer_awake;        /* the last flush found the peer harvesting: its
+                              working flag set, by itself (nothing owed, and
+                              not still ours from an earlier flush: it took
+                              something since) */
+    int flag_ours;         /* we set the peer's working flag, at its head */
+    int64_t flag_head;     /* (a snapshot of the peer's counter) */
     unsigned awake_backoff; /* waits before a spin on an awake peer again
                               (one found it slow) */
+    uint64_t spin_wake_ns; /* the longest spin without an answer time known;
+                              0: SPIN_WAKE_NS (leader.c; tests lengthen it) */
     uint64_t rcvtimeo_ns;  /* the socket's SO_RCVTIMEO (the reader's blocking read) */
     int rd_blocking;       /* the socket is blocking: the reader waits in recv() */
     int rx_woke;           /* what is harvested now came after a sleep (a Polling

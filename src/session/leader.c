@@ -89,13 +89,14 @@ static uint64_t spin_end(struct session *s, shmipc_stream *st, uint64_t now, uin
     if (s->cfg.spin_us > 0) {
         end = now + (uint64_t)s->cfg.spin_us * 1000u;
     } else if (s->cfg.adaptive_spin && st->flush_ns != 0) {
+        uint64_t wake = s->spin_wake_ns != 0 ? s->spin_wake_ns : SPIN_WAKE_NS;
         if (s->rtt_ns != 0 && s->rtt_ns < SPIN_WAKE_NS) {
             end = st->flush_ns + s->rtt_ns + SPIN_SLACK_NS;
         } else if (s->peer_awake && s->followers == 0 && s->awake_backoff == 0) {
-            end = st->flush_ns + SPIN_WAKE_NS;
+            end = st->flush_ns + wake;
             *on_awake = end > now;
         } else if (++s->spin_probe >= SPIN_PROBE_EVERY) {
-            end = st->flush_ns + SPIN_WAKE_NS;
+            end = st->flush_ns + wake;
         }
         if (s->awake_backoff > 0)
             s->awake_backoff--;

@@ -25,6 +25,7 @@ void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler
     lp->adaptive = 0;
     lp->idle_ns = lp->gap_ns = 0;
     lp->probe = 0;
+    lp->reprobes = 0;
     lp->h = h;
     lp->ctx = ctx;
 }
@@ -183,6 +184,7 @@ void serve_loop_spin(struct serve_loop *lp, int spin_us, const int *stop)
 #define ASPIN_SLACK_NS 3000u
 #define ASPIN_PROBE_EVERY 64u
 #define ASPIN_PROBE_NS 40000u   /* outlasts a client's own wake-up and turn */
+#define ASPIN_REPROBES 3u       /* probes at once after a late client, in a row */
 #define ASPIN_MAX_SESSIONS 8u   /* each spin turn looks at every session */
 
 void serve_loop_awake(struct serve_loop *lp)
@@ -256,15 +258,24 @@ int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
      * probe), and the gap is what the wake-up will measure. */
     if (!came)
         lp->gap_ns = ASPIN_WAKE_NS;
-    /* Work came, then a quiet window: the client was late (a timer tick,
-     * a sleep, or it stopped calling), not busy with answers we gave it
+    /* Work came, then a quiet window: the client was late (a timer tick, a
+     * sleep, or it stopped calling), not busy with answers we gave it
      * (peers_caught_up). The next turn probes, long enough
      * for a client that now has to be woken to come back while we spin:
      * it then finds us awake and spins for its answer too (leader.c), and
      * neither side sleeps again until one is late. Without it both would
-     * sleep because the other did until the next periodic probe. */
-    if (came && !capped && peers_caught_up(lp))
-        lp->probe = ASPIN_PROBE_EVERY - 1;
+     * sleep because the other did until the next periodic probe. A client
+     * that never comes back in step (sooner than a wake-up: it thinks for
+     * tens of microseconds between calls) gets ASPIN_REPROBES such probes,
+     * then only the periodic ones. */
+    if (came && !capped && peers_caught_up(lp)) {
+        if (lp->gap_ns < ASPIN_WAKE_NS)
+            lp->reprobes = 0;
+        if (lp->reprobes < ASPIN_REPROBES) {
+            lp->reprobes++;
+            lp->probe = ASPIN_PROBE_EVERY - 1;
+        }
+    }
     lp->idle_ns = idle;
     for (struct serve_conn *c = lp->conns; c != NULL; c = c->next) {
         session_spin_end(c->s);

@@ -54,6 +54,7 @@ struct serve_loop {
     uint64_t idle_ns;   /* when the loop last went idle, 0 before */
     uint64_t gap_ns;    /* how soon work came back after it went idle */
     unsigned probe;     /* idle turns since the last probe spin */
+    unsigned reprobes;  /* probes at once since work last came in step */
 };
 
 void serve_loop_init(struct serve_loop *lp, int epfd, const struct serve_handler *h, void *ctx);

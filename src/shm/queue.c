@@ -177,6 +177,11 @@ uint32_t queue_len(const struct queue *q)
     return counters_sane(head, tail, q->cap) ? (uint32_t)(tail - head) : 0;
 }
 
+int64_t queue_head(const struct queue *q)
+{
+    return ld_counter(q, SHMIPC_QUEUE_OFF_HEAD);
+}
+
 int queue_mark_working(struct queue *q)
 {
     return cas32(working(q), 0, 1);

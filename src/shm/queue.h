@@ -63,6 +63,9 @@ int queue_pop_many(struct queue *q, struct shmipc_queue_elem *e, unsigned max);
 
 /* Elements waiting, as far as this side can tell (0 on a corrupt counter). */
 uint32_t queue_len(const struct queue *q);
+/* The consumer's counter as it is now (the peer's, when we produce): only
+ * to tell whether it moved since an earlier look. */
+int64_t queue_head(const struct queue *q);
 
 /* Producer, after a put: CAS working 0 -> 1. Returns 1 when this call won,
  * i.e. the caller must wake the consumer with one Polling event. */

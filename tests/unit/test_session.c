@@ -2144,25 +2144,28 @@ static void test_caller_spins_on_awake_server(void)
         }
     }
     REQUIRE(held);
-    /* From a clean slate each time: the echoes may have met a slow answer
-     * already, or measured a fast one (the spin would then follow the
-     * answer time, not the awake server). A call whose flush took longer
-     * than the spin's window (a loaded machine) spins not at all, rightly:
-     * it is made again, a bounded number of times. */
+    /* From a clean slate: the echoes may have met a slow answer already,
+     * or measured a fast one (the spin would then follow the answer time,
+     * not the awake server). The spin's window is made longer than the
+     * call's timeout, so that however slow this machine is the spin runs
+     * until the timeout; were the timeout passed before the spin could
+     * begin (a machine stalled for 200 ms), the call is made again. */
     shmipc_msg m;
     int calls = 0, awake = 0;
     unsigned backoff = 0;
-    while (backoff == 0 && calls < 20) {
+    while (backoff == 0 && calls < 5) {
         pthread_mutex_lock(&s->mu);
         s->awake_backoff = 0;
         s->rtt_ns = 0;
         s->spin_probe = 0;
+        s->spin_wake_ns = 60ull * 1000000000u;
         pthread_mutex_unlock(&s->mu);
         calls++;
-        EXPECT_RC(shmipc_call(sb, req, sizeof(req), &m, 20), SHMIPC_ETIMEDOUT);
+        EXPECT_RC(shmipc_call(sb, req, sizeof(req), &m, 200), SHMIPC_ETIMEDOUT);
         pthread_mutex_lock(&s->mu);
         awake = s->peer_awake;
         backoff = s->awake_backoff;
+        s->spin_wake_ns = 0;
         pthread_mutex_unlock(&s->mu);
     }
     CU_ASSERT(awake);
@@ -2181,6 +2184,55 @@ static void test_caller_spins_on_awake_server(void)
 out:
     if (held)
         sfx_gate_release(&g);
+    if (sb != NULL)
+        shmipc_stream_close(sb);
+    sfx_end(&f);
+}
+
+/* A flag we set ourselves is not a server awake: with the server stopped
+ * (SIGSTOP), the first flush sets its working flag and sends a Polling;
+ * a second one finds the flag set, but the server has taken nothing since,
+ * so the caller must not count it awake (nor spin for it). */
+static void test_own_flag_is_not_an_awake_server(void)
+{
+    struct fx f = {0};
+    shmipc_stream *sb = NULL;
+    uint8_t req[64] = {9};
+    int stopped = 0;
+    REQUIRE_RC(sfx_serve(&f, SRV_ECHO, -1), 0);
+    struct shmipc_client_config cfg;
+    sfx_cfg_init(&cfg, f.addr, SHMIPC_MODE_MEMFD);
+    REQUIRE_RC(shmipc_client_open(&cfg, &f.cli), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &f.st), 0);
+    REQUIRE_RC(shmipc_client_get(f.cli, &sb), 0);
+    REQUIRE_RC(sfx_echo_once(f.st, 100, 1, NULL), 0); /* the session is up */
+    REQUIRE(peer_idle(f.st) == 0);
+    REQUIRE(kill(f.srv.pid, SIGSTOP) == 0);
+    stopped = 1;
+    struct session *s = f.st->sess;
+    REQUIRE_RC(shmipc_stream_write(f.st, req, sizeof(req)), 0);
+    REQUIRE_RC(shmipc_stream_flush(f.st), 0);
+    pthread_mutex_lock(&s->mu);
+    int first = s->peer_awake;
+    pthread_mutex_unlock(&s->mu);
+    REQUIRE_RC(shmipc_stream_write(sb, req, sizeof(req)), 0);
+    REQUIRE_RC(shmipc_stream_flush(sb), 0);
+    pthread_mutex_lock(&s->mu);
+    int second = s->peer_awake;
+    pthread_mutex_unlock(&s->mu);
+    CU_ASSERT(queue_working(&s->qp.send) != 0);
+    CU_ASSERT_EQUAL(first, 0);
+    CU_ASSERT_EQUAL(second, 0);
+    REQUIRE(kill(f.srv.pid, SIGCONT) == 0);
+    stopped = 0;
+    shmipc_msg m;
+    REQUIRE_RC(shmipc_stream_recv(f.st, &m, RECV_MS), 0);
+    shmipc_msg_release(&m);
+    REQUIRE_RC(shmipc_stream_recv(sb, &m, RECV_MS), 0);
+    shmipc_msg_release(&m);
+out:
+    if (stopped)
+        kill(f.srv.pid, SIGCONT);
     if (sb != NULL)
         shmipc_stream_close(sb);
     sfx_end(&f);
@@ -2212,6 +2264,7 @@ out:;
 static const struct test_case cases[] = {
     {"spin_mode_both_sides", test_spin_mode},
     {"caller_spins_on_awake_server", test_caller_spins_on_awake_server},
+    {"own_flag_is_not_an_awake_server", test_own_flag_is_not_an_awake_server},
     {"event_loop_client", test_event_loop_client},
     {"event_loop_client_spin", test_event_loop_client_spin},
     {"event_loop_client_fallback", test_event_loop_client_fallback},
