@@ -260,14 +260,14 @@ int serve_loop_adaptive_spin(struct serve_loop *lp, const int *stop)
         lp->gap_ns = ASPIN_WAKE_NS;
     /* Work came, then a quiet window: the client was late (a timer tick, a
      * sleep, or it stopped calling), not busy with answers we gave it
-     * (peers_caught_up). The next turn probes, long enough
-     * for a client that now has to be woken to come back while we spin:
-     * it then finds us awake and spins for its answer too (leader.c), and
-     * neither side sleeps again until one is late. Without it both would
-     * sleep because the other did until the next periodic probe. A client
-     * that never comes back in step (sooner than a wake-up: it thinks for
-     * tens of microseconds between calls) gets ASPIN_REPROBES such probes,
-     * then only the periodic ones. */
+     * (peers_caught_up). The next turn probes, long enough for a client
+     * that now has to be woken to come back while we spin: it then finds
+     * us awake and spins for its answer too (leader.c), and neither side
+     * sleeps again until one is late. Without it both would sleep because
+     * the other did until the next periodic probe. A client that never
+     * comes back in step (sooner than a wake-up: it thinks for tens of
+     * microseconds between calls) gets ASPIN_REPROBES such probes, then
+     * only the periodic ones. */
     if (came && !capped && peers_caught_up(lp)) {
         if (lp->gap_ns < ASPIN_WAKE_NS)
             lp->reprobes = 0;
