@@ -49,6 +49,7 @@ int session_new(const struct session_cfg *cfg, int fd, struct pool_ref *pool,
     pthread_cond_init(&s->out_cv, NULL);
     s->refs = 1;
     s->fd = fd;
+    s->flag_head = INT64_MIN;
     s->ep_fd = -1;
     /* What the owner says of itself comes with the config. */
     s->owner = cfg->owner;

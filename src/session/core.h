@@ -177,8 +177,8 @@ struct session {
                               working flag set, by itself (nothing owed, and
                               not still ours from an earlier flush: it took
                               something since) */
-    int flag_ours;         /* we set the peer's working flag, at its head */
-    int64_t flag_head;     /* (a snapshot of the peer's counter) */
+    int64_t flag_head;     /* the peer's counter when we last set its working
+                              flag (INT64_MIN: never) */
     unsigned awake_backoff; /* waits before a spin on an awake peer again
                               (one found it slow) */
     uint64_t spin_wake_ns; /* the longest spin without an answer time known;

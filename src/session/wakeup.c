@@ -130,14 +130,12 @@ static int wake_peer_locked(struct session *s)
             /* Set by the peer itself (it harvests, or spins), unless it is
              * still the flag one of our flushes set and the peer has not
              * taken anything since (it has not woken yet). */
-            s->peer_awake = !owing && (!s->flag_ours ||
-                                       queue_head(&s->qp.send) != s->flag_head);
+            s->peer_awake = !owing && queue_head(&s->qp.send) != s->flag_head;
             if (owing && ++s->wake_deferred >= WAKE_DEFER_MAX)
                 return ring_locked(s);
             return 0;
         }
         s->peer_awake = 0;
-        s->flag_ours = 1;
         s->flag_head = queue_head(&s->qp.send);
         if (s->awake <= 1) /* nobody but (maybe) this caller */
             return send_polling_locked(s);
